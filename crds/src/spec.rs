@@ -1,0 +1,969 @@
+//! The `EdgePipeline` spec: what one pipeline reads, how it filters, what it infers,
+//! where it buffers and where it sends.
+//!
+//! Doc comments on these types are user documentation: they become the CRD's
+//! descriptions and so the text of `kubectl explain edgepipeline.spec...`.
+//! "Exactly one of" choices are plain structs of optional fields with a CEL rule, so the
+//! manifest reads naturally (`- deadband: {absolute: 0.5}`) and the API server rejects
+//! ambiguous objects at admission.
+
+use std::collections::BTreeMap;
+
+use k8s_openapi::api::core::v1::{ResourceRequirements, Toleration};
+use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+
+use crate::units::{Duration, Size};
+
+/// Desired state of an edge data pipeline: read sensor readings from MQTT, filter and
+/// aggregate them, run anomaly inference, buffer durably on the node and sync upstream.
+#[cfg_attr(
+    feature = "kube",
+    derive(kube::CustomResource),
+    kube(
+        group = "edgepipe.dev",
+        version = "v1alpha1",
+        kind = "EdgePipeline",
+        plural = "edgepipelines",
+        singular = "edgepipeline",
+        shortname = "ep",
+        category = "edgepipe",
+        namespaced,
+        doc = "An edge data pipeline: MQTT readings on the selected nodes are filtered, checked for anomalies, buffered durably and synced upstream.",
+        status = "crate::status::EdgePipelineStatus",
+        printcolumn = r#"{"name":"Ready","type":"string","jsonPath":".status.conditions[?(@.type==\"Ready\")].status"}"#,
+        printcolumn = r#"{"name":"Nodes","type":"integer","jsonPath":".status.readyNodes","description":"Nodes whose agent is ready"}"#,
+        printcolumn = r#"{"name":"Desired","type":"integer","jsonPath":".status.desiredNodes","priority":1}"#,
+        printcolumn = r#"{"name":"Age","type":"date","jsonPath":".metadata.creationTimestamp"}"#
+    )
+)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct EdgePipelineSpec {
+    /// Where readings come from: an MQTT broker on (or embedded in) the edge node, and how
+    /// to read a value, a device id and a timestamp out of each message.
+    pub source: Source,
+
+    /// Optional TFLite anomaly detection (or image classification) run on every raw
+    /// reading, before the processors. Anomalies always travel upstream and trigger
+    /// `actions`, whatever the processors drop.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub inference: Option<Inference>,
+
+    /// Ordered processing stages applied per device. They decide which routine readings
+    /// travel upstream; a reading must pass every stage. Empty means every reading travels.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 32))]
+    pub processors: Vec<Processor>,
+
+    /// Local actions published immediately on the source broker (never queued), e.g. an
+    /// alert on `alerts/{device}` when an anomaly is detected.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 16))]
+    pub actions: Vec<Action>,
+
+    /// The durable on-node queue that holds records until the sink acknowledges them.
+    #[serde(default)]
+    pub buffer: Buffer,
+
+    /// Where records are sent when the link is up: an HTTP ingest API or an MQTT broker.
+    pub sink: Sink,
+
+    /// Cluster only: run the agent on nodes with these labels
+    /// (ignored when the agent runs standalone).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub node_selector: BTreeMap<String, String>,
+
+    /// Cluster only: tolerations for the agent pods, e.g. to run on tainted edge nodes.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 64))]
+    pub tolerations: Vec<Toleration>,
+
+    /// Cluster only: how the agent pods are run.
+    #[serde(default)]
+    pub agent: AgentSettings,
+}
+
+/// Where readings come from.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct Source {
+    /// The MQTT broker and topics to subscribe to.
+    pub mqtt: MqttSource,
+
+    /// How to read value, device and timestamp out of a message.
+    #[serde(default)]
+    pub format: PayloadFormat,
+
+    /// Messages larger than this are counted as invalid (`too_large`) and skipped.
+    #[serde(default = "default_max_payload_size")]
+    pub max_payload_size: Size,
+
+    /// Upper bound on the number of devices whose processor and inference state is kept.
+    /// When exceeded, the least recently seen device's state is evicted and counted.
+    #[serde(default = "default_max_devices")]
+    #[schemars(range(min = 1))]
+    pub max_devices: u32,
+}
+
+fn default_max_payload_size() -> Size {
+    Size::new("64Ki")
+}
+fn default_max_devices() -> u32 {
+    10_000
+}
+
+/// An MQTT broker to subscribe to, on the node or embedded in the agent.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+#[schemars(extend("x-kubernetes-validations" = [
+    {"rule": "has(self.url) || has(self.embedded)", "message": "set url, or embedded to run a broker inside the agent"},
+    {"rule": "self.qos == 0 || self.qos == 1", "message": "qos must be 0 or 1"},
+    {"rule": "size(self.topics) > 0", "message": "at least one topic is required"}
+]))]
+pub struct MqttSource {
+    /// Broker URL, `mqtt://host:1883` or `mqtts://host:8883`. `${VAR}` is expanded from
+    /// the agent's environment: inside a pod use `mqtt://${HOST_IP}:1883` to reach a broker
+    /// on the node. Defaults to the embedded broker when `embedded` is set.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub url: Option<String>,
+
+    /// Topic filters to subscribe to; MQTT wildcards `+` and `#` are allowed.
+    #[schemars(length(max = 64))]
+    pub topics: Vec<String>,
+
+    /// Subscription QoS. With 1 (the default) a message is acknowledged to the broker only
+    /// after its outcome is durable in the queue, so nothing acknowledged is lost.
+    #[serde(default = "default_qos")]
+    pub qos: u8,
+
+    /// MQTT client id. Defaults to `<namespace>-<name>-<node>`, stable across restarts so
+    /// the broker keeps the persistent session while the agent restarts.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub client_id: Option<String>,
+
+    /// MQTT username, if the broker requires one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub username: Option<String>,
+
+    /// Where the MQTT password comes from (a Secret, an environment variable or a file);
+    /// never inline.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub password_from: Option<ValueFrom>,
+
+    /// TLS settings for `mqtts://` URLs.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tls: Option<Tls>,
+
+    /// MQTT keep-alive interval.
+    #[serde(default = "default_keep_alive")]
+    pub keep_alive: Duration,
+
+    /// Run an MQTT broker inside the agent so the node needs no separate broker. In a
+    /// cluster the operator exposes its port on the node with a hostPort.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub embedded: Option<EmbeddedBroker>,
+}
+
+fn default_qos() -> u8 {
+    1
+}
+fn default_keep_alive() -> Duration {
+    Duration::new("30s")
+}
+
+/// An MQTT broker embedded in the agent.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct EmbeddedBroker {
+    /// Address the embedded broker listens on.
+    #[serde(default = "default_embedded_listen")]
+    pub listen: String,
+}
+
+fn default_embedded_listen() -> String {
+    "0.0.0.0:1883".to_string()
+}
+
+/// Where a secret value (password, token, PEM) comes from. Exactly one field is set.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+#[schemars(extend("x-kubernetes-validations" = [
+    {"rule": "[has(self.secretKeyRef), has(self.env), has(self.file)].filter(x, x).size() == 1", "message": "exactly one of secretKeyRef, env or file must be set"}
+]))]
+pub struct ValueFrom {
+    /// A key of a Secret in the pipeline's namespace (cluster only; the operator passes it
+    /// to the agent as an environment variable).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub secret_key_ref: Option<SecretKeyRef>,
+
+    /// Name of an environment variable of the agent holding the value.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub env: Option<String>,
+
+    /// Path of a file holding the value (trailing newline removed).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub file: Option<String>,
+}
+
+/// A reference to one key of a Secret.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct SecretKeyRef {
+    /// Name of the Secret, in the pipeline's namespace.
+    pub name: String,
+    /// Key within the Secret.
+    pub key: String,
+}
+
+/// TLS client settings.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct Tls {
+    /// PEM bundle of CA certificates to trust instead of the system roots.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ca: Option<ValueFrom>,
+    /// PEM client certificate for mutual TLS.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cert: Option<ValueFrom>,
+    /// PEM private key of the client certificate.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub key: Option<ValueFrom>,
+}
+
+/// How to read a reading out of an MQTT message. A JSON object payload is read with
+/// dotted paths; a bare number payload is the value itself.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct PayloadFormat {
+    /// Dotted path of the numeric value in a JSON payload, e.g. `value` or `data.temp`.
+    #[serde(default = "default_value_path")]
+    pub value: String,
+
+    /// Where the device id comes from: a dotted path in the payload (`device_id`), or a
+    /// topic segment written `topic[N]` (0-based: `topic[1]` of `sensors/t1/temperature`
+    /// is `t1`).
+    #[serde(default = "default_device_path")]
+    pub device: String,
+
+    /// Dotted path of the timestamp: unix seconds, unix milliseconds or RFC 3339.
+    /// A missing timestamp means the time the agent received the message.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub timestamp: Option<String>,
+
+    /// `json` for sensor readings (JSON or bare numbers); `image` for JPEG/PNG payloads
+    /// fed to an image classification model.
+    #[serde(default)]
+    pub encoding: PayloadEncoding,
+}
+
+impl Default for PayloadFormat {
+    fn default() -> Self {
+        Self {
+            value: default_value_path(),
+            device: default_device_path(),
+            timestamp: Some("timestamp".to_string()),
+            encoding: PayloadEncoding::default(),
+        }
+    }
+}
+
+fn default_value_path() -> String {
+    "value".to_string()
+}
+fn default_device_path() -> String {
+    "device_id".to_string()
+}
+
+/// Encoding of MQTT payloads.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub enum PayloadEncoding {
+    /// A JSON object (read with the dotted paths) or a bare number.
+    #[default]
+    Json,
+    /// A JPEG or PNG image.
+    Image,
+}
+
+/// TFLite inference on the node.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+#[schemars(extend("x-kubernetes-validations" = [
+    {"rule": "self.window > 0", "message": "window must be > 0"},
+    {"rule": "self.topK > 0", "message": "topK must be > 0"}
+]))]
+pub struct Inference {
+    /// Where the model file comes from.
+    pub model: ModelSource,
+
+    /// `anomaly`: a per-device window of readings in, one score out. `classification`: an
+    /// image in, class scores out (needs `source.format.encoding: image`).
+    #[serde(default)]
+    pub task: InferenceTask,
+
+    /// Anomaly task: number of most recent raw readings per device fed to the model, as a
+    /// `[1, window]` float32 tensor.
+    #[serde(default = "default_window")]
+    pub window: u32,
+
+    /// Anomaly task: a score above this is an anomaly.
+    #[serde(default = "default_score_threshold")]
+    pub threshold: f64,
+
+    /// Anomaly task: how readings are normalised before they reach the model (use the
+    /// statistics the model was trained with).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub normalize: Option<Normalize>,
+
+    /// Known inputs and outputs checked every time a model is loaded; a model whose
+    /// outputs diverge is refused and the previous model (if any) keeps running.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub golden: Option<Golden>,
+
+    /// Classification task: class labels, one per model output.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 10000))]
+    pub labels: Vec<String>,
+
+    /// Classification task: a labels file (one label per line) next to the model, by file
+    /// name (for `configMap` models, a key of the same ConfigMap).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub labels_file: Option<String>,
+
+    /// Classification task: how many of the best classes to report.
+    #[serde(default = "default_top_k")]
+    pub top_k: u32,
+
+    /// An inference that takes longer than this is abandoned and counted; the data path
+    /// keeps going.
+    #[serde(default = "default_inference_timeout")]
+    pub timeout: Duration,
+}
+
+fn default_window() -> u32 {
+    16
+}
+fn default_score_threshold() -> f64 {
+    0.8
+}
+fn default_top_k() -> u32 {
+    3
+}
+fn default_inference_timeout() -> Duration {
+    Duration::new("1s")
+}
+
+/// What the model computes.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub enum InferenceTask {
+    /// A window of readings in, an anomaly score out.
+    #[default]
+    Anomaly,
+    /// An image in, class scores out.
+    Classification,
+}
+
+/// Where a model comes from. Exactly one of `path`, `configMap` or `url` is set.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+#[schemars(extend("x-kubernetes-validations" = [
+    {"rule": "[has(self.path), has(self.configMap), has(self.url)].filter(x, x).size() == 1", "message": "exactly one of path, configMap or url must be set"},
+    {"rule": "!has(self.url) || has(self.sha256)", "message": "url requires sha256"},
+    {"rule": "!has(self.sha256) || has(self.url)", "message": "sha256 is only used with url"}
+]))]
+pub struct ModelSource {
+    /// A model file on the node or in the agent image.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub path: Option<String>,
+
+    /// A model stored in a ConfigMap (small models); the operator mounts it and updating
+    /// the ConfigMap swaps the model without a restart.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub config_map: Option<ConfigMapKey>,
+
+    /// An HTTP(S) URL the agent downloads the model from; cached on the node, used while
+    /// offline, and never run unless it matches `sha256`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub url: Option<String>,
+
+    /// Lowercase hex SHA-256 of the file at `url`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(regex(pattern = r"^[0-9a-f]{64}$"))]
+    pub sha256: Option<String>,
+}
+
+/// One key of a ConfigMap in the pipeline's namespace.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct ConfigMapKey {
+    /// Name of the ConfigMap.
+    pub name: String,
+    /// Key holding the model (use `binaryData` for binary files).
+    pub key: String,
+}
+
+/// Normalisation applied to each reading before inference: either `(x - mean) / std` or
+/// `(x - min) / (max - min)`.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+#[schemars(extend("x-kubernetes-validations" = [
+    {"rule": "(has(self.mean) && has(self.std) && !has(self.min) && !has(self.max)) || (has(self.min) && has(self.max) && !has(self.mean) && !has(self.std))", "message": "set either mean and std, or min and max"},
+    {"rule": "!has(self.std) || self.std > 0.0", "message": "std must be > 0"},
+    {"rule": "!has(self.min) || !has(self.max) || self.max > self.min", "message": "max must be > min"}
+]))]
+pub struct Normalize {
+    /// Mean of the training data.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mean: Option<f64>,
+    /// Standard deviation of the training data.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub std: Option<f64>,
+    /// Minimum of the training range.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub min: Option<f64>,
+    /// Maximum of the training range.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max: Option<f64>,
+}
+
+/// Golden vectors: inputs with the outputs a reference interpreter produced.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+#[schemars(extend("x-kubernetes-validations" = [
+    {"rule": "has(self.file) || size(self.vectors) > 0", "message": "set file or vectors"}
+]))]
+pub struct Golden {
+    /// A golden JSON file next to the model, by file name (for `configMap` models, a key
+    /// of the same ConfigMap): `{"vectors": [{"input": [...], "output": [...]}]}`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub file: Option<String>,
+
+    /// Inline golden vectors.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 256))]
+    pub vectors: Vec<GoldenVector>,
+
+    /// Largest absolute difference allowed between the model's output and the golden one.
+    #[serde(default = "default_tolerance")]
+    pub tolerance: f64,
+}
+
+fn default_tolerance() -> f64 {
+    1e-5
+}
+
+/// One golden input and its expected output, both flattened.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct GoldenVector {
+    /// Flattened model input.
+    pub input: Vec<f32>,
+    /// Flattened expected model output.
+    pub output: Vec<f32>,
+}
+
+/// One processing stage. Exactly one field is set.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+#[schemars(extend("x-kubernetes-validations" = [
+    {"rule": "[has(self.significantChange), has(self.deadband), has(self.range), has(self.threshold), has(self.aggregate)].filter(x, x).size() == 1", "message": "exactly one of significantChange, deadband, range, threshold or aggregate must be set"}
+]))]
+pub struct Processor {
+    /// Pass a reading when it differs from the moving average of the device's last
+    /// `window` values (the new one included) by more than `threshold`. A device's first
+    /// reading never passes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub significant_change: Option<SignificantChange>,
+
+    /// Pass a reading when it moved more than a dead band away from the last value that
+    /// passed; send a heartbeat after `maxSilence` without one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub deadband: Option<Deadband>,
+
+    /// Pass readings inside `[min, max]` (drops sensor glitches).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub range: Option<Range>,
+
+    /// Pass readings above `above` or below `below` (the original "value > 100" rule).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub threshold: Option<Threshold>,
+
+    /// Replace readings by one aggregate record per device and tumbling time window.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub aggregate: Option<Aggregate>,
+}
+
+/// The significant-change rule.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+#[schemars(extend("x-kubernetes-validations" = [
+    {"rule": "self.window > 0", "message": "window must be > 0"},
+    {"rule": "self.threshold >= 0.0", "message": "threshold must be >= 0"}
+]))]
+pub struct SignificantChange {
+    /// Number of most recent values (the new one included) the moving average covers.
+    #[serde(default = "default_sc_window")]
+    pub window: u32,
+    /// Minimum absolute difference between a value and the moving average.
+    pub threshold: f64,
+}
+
+fn default_sc_window() -> u32 {
+    10
+}
+
+/// The dead-band rule: `absolute` or `percent` (of the last passed value).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+#[schemars(extend("x-kubernetes-validations" = [
+    {"rule": "has(self.absolute) != has(self.percent)", "message": "exactly one of absolute or percent must be set"},
+    {"rule": "!has(self.absolute) || self.absolute > 0.0", "message": "absolute must be > 0"},
+    {"rule": "!has(self.percent) || self.percent > 0.0", "message": "percent must be > 0"}
+]))]
+pub struct Deadband {
+    /// Dead band in the value's unit.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub absolute: Option<f64>,
+    /// Dead band in percent of the last passed value.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub percent: Option<f64>,
+    /// Pass the next reading anyway after this long without one passing (a heartbeat that
+    /// proves the sensor is alive).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_silence: Option<Duration>,
+}
+
+/// The range rule.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+#[schemars(extend("x-kubernetes-validations" = [
+    {"rule": "has(self.min) || has(self.max)", "message": "set min, max or both"},
+    {"rule": "!has(self.min) || !has(self.max) || self.min <= self.max", "message": "min must be <= max"}
+]))]
+pub struct Range {
+    /// Smallest value that passes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub min: Option<f64>,
+    /// Largest value that passes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max: Option<f64>,
+}
+
+/// The threshold rule. With both set, a reading passes when it is above `above` or
+/// below `below`.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+#[schemars(extend("x-kubernetes-validations" = [
+    {"rule": "has(self.above) || has(self.below)", "message": "set above, below or both"}
+]))]
+pub struct Threshold {
+    /// Pass readings strictly greater than this.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub above: Option<f64>,
+    /// Pass readings strictly less than this.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub below: Option<f64>,
+}
+
+/// Tumbling-window aggregation.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+#[schemars(extend("x-kubernetes-validations" = [
+    {"rule": "duration(self.window) > duration('0s')", "message": "window must be > 0"},
+    {"rule": "size(self.functions) > 0", "message": "at least one function is required"}
+]))]
+pub struct Aggregate {
+    /// Window length; a window closes by the clock even if no further reading arrives.
+    pub window: Duration,
+    /// Statistics computed for each window.
+    #[serde(default = "default_functions")]
+    #[schemars(length(max = 6))]
+    pub functions: Vec<AggregateFunction>,
+}
+
+fn default_functions() -> Vec<AggregateFunction> {
+    vec![
+        AggregateFunction::Mean,
+        AggregateFunction::Min,
+        AggregateFunction::Max,
+        AggregateFunction::Count,
+        AggregateFunction::Last,
+    ]
+}
+
+/// A statistic over a window.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub enum AggregateFunction {
+    /// Arithmetic mean.
+    Mean,
+    /// Smallest value.
+    Min,
+    /// Largest value.
+    Max,
+    /// Number of readings.
+    Count,
+    /// Sum of values.
+    Sum,
+    /// Most recent value.
+    Last,
+}
+
+impl AggregateFunction {
+    /// The name used in records and manifests.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Mean => "mean",
+            Self::Min => "min",
+            Self::Max => "max",
+            Self::Count => "count",
+            Self::Sum => "sum",
+            Self::Last => "last",
+        }
+    }
+}
+
+/// A local action, published immediately on the source broker.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct Action {
+    /// What triggers the action: `anomaly` (inference score above threshold) or
+    /// `threshold` (a reading crossing a threshold processor's bound).
+    pub on: ActionTrigger,
+    /// Publish a JSON message to the local broker.
+    pub mqtt: MqttAction,
+}
+
+/// Events that trigger local actions.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub enum ActionTrigger {
+    /// An anomaly detected by inference.
+    Anomaly,
+    /// A reading that passed a threshold processor.
+    Threshold,
+    /// An image classified by inference.
+    Classification,
+}
+
+/// An MQTT publish on the source broker.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+#[schemars(extend("x-kubernetes-validations" = [
+    {"rule": "self.qos == 0 || self.qos == 1", "message": "qos must be 0 or 1"}
+]))]
+pub struct MqttAction {
+    /// Topic template; `{device}` and `{pipeline}` are replaced, e.g. `alerts/{device}`.
+    pub topic: String,
+    /// Publish QoS.
+    #[serde(default)]
+    pub qos: u8,
+    /// Publish as a retained message.
+    #[serde(default)]
+    pub retain: bool,
+}
+
+/// The durable queue on the node.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+#[schemars(extend("x-kubernetes-validations" = [
+    {"rule": "quantity(self.maxBytes).isGreaterThan(quantity('0'))", "message": "maxBytes must be > 0"},
+    {"rule": "duration(self.maxAge) > duration('0s')", "message": "maxAge must be > 0"}
+]))]
+pub struct Buffer {
+    /// Upper bound on the queue's size on disk; what happens when it is reached is
+    /// `whenFull`.
+    #[serde(default = "default_max_bytes")]
+    pub max_bytes: Size,
+    /// Records older than this are dropped (and counted) instead of sent.
+    #[serde(default = "default_max_age")]
+    pub max_age: Duration,
+    /// What to do when the queue is full.
+    #[serde(default)]
+    pub when_full: WhenFull,
+    /// How hard a commit is: `fsync` survives power loss, `os` survives a crash of the
+    /// agent but not of the node.
+    #[serde(default)]
+    pub durability: Durability,
+}
+
+impl Default for Buffer {
+    fn default() -> Self {
+        Self {
+            max_bytes: default_max_bytes(),
+            max_age: default_max_age(),
+            when_full: WhenFull::default(),
+            durability: Durability::default(),
+        }
+    }
+}
+
+fn default_max_bytes() -> Size {
+    Size::new("256Mi")
+}
+fn default_max_age() -> Duration {
+    Duration::new("168h")
+}
+
+/// Policy when the queue is full. Every dropped record is counted.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub enum WhenFull {
+    /// Delete the oldest records to make room.
+    #[default]
+    DropOldest,
+    /// Drop the incoming records.
+    DropNewest,
+    /// Stop acknowledging MQTT so the broker's persistent session holds the data.
+    Block,
+}
+
+/// Commit durability.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub enum Durability {
+    /// fsync on every commit (SQLite `synchronous=FULL`): survives power loss.
+    #[default]
+    Fsync,
+    /// Leave flushing to the OS (SQLite `synchronous=NORMAL`): survives an agent crash.
+    Os,
+}
+
+/// Where records go. Exactly one of `http` or `mqtt` is set.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+#[schemars(extend("x-kubernetes-validations" = [
+    {"rule": "has(self.http) != has(self.mqtt)", "message": "exactly one of http or mqtt must be set"}
+]))]
+pub struct Sink {
+    /// POST JSON batches to an HTTP ingest API.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub http: Option<HttpSink>,
+    /// Publish batches to an upstream MQTT broker.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mqtt: Option<MqttSink>,
+}
+
+/// An HTTP ingest API. Each request is a JSON array of records with an `Idempotency-Key`
+/// header that is the same on every retry of the same batch.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+#[schemars(extend("x-kubernetes-validations" = [
+    {"rule": "self.batchSize > 0", "message": "batchSize must be > 0"},
+    {"rule": "duration(self.flushInterval) > duration('0s')", "message": "flushInterval must be > 0"},
+    {"rule": "duration(self.timeout) > duration('0s')", "message": "timeout must be > 0"}
+]))]
+pub struct HttpSink {
+    /// Endpoint URL (`https://` recommended); `${VAR}` is expanded from the environment.
+    #[schemars(regex(pattern = r"^https?://.+"))]
+    pub url: String,
+    /// Maximum records per request.
+    #[serde(default = "default_batch_size")]
+    pub batch_size: u32,
+    /// Send a partial batch after this long.
+    #[serde(default = "default_flush_interval")]
+    pub flush_interval: Duration,
+    /// Request timeout; a timeout is retried.
+    #[serde(default = "default_timeout")]
+    pub timeout: Duration,
+    /// Request body compression.
+    #[serde(default)]
+    pub compression: Compression,
+    /// Extra request headers, e.g. an `Authorization` token from a Secret.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 32))]
+    pub headers: Vec<Header>,
+    /// TLS settings (custom CA, client certificate).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tls: Option<Tls>,
+    /// Retry backoff bounds.
+    #[serde(default)]
+    pub retry: Retry,
+}
+
+fn default_batch_size() -> u32 {
+    500
+}
+fn default_flush_interval() -> Duration {
+    Duration::new("5s")
+}
+fn default_timeout() -> Duration {
+    Duration::new("10s")
+}
+
+/// Request body compression.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub enum Compression {
+    /// Plain JSON.
+    #[default]
+    None,
+    /// gzip (`Content-Encoding: gzip`).
+    Gzip,
+}
+
+/// An HTTP header whose value comes from a Secret, an environment variable or a file.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct Header {
+    /// Header name, e.g. `Authorization`.
+    pub name: String,
+    /// Where the header value comes from.
+    pub value_from: ValueFrom,
+}
+
+/// Capped exponential backoff with jitter for 5xx, 429, timeouts and connection errors.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct Retry {
+    /// First delay after a failure.
+    #[serde(default = "default_initial_backoff")]
+    pub initial_backoff: Duration,
+    /// Largest delay between attempts.
+    #[serde(default = "default_max_backoff")]
+    pub max_backoff: Duration,
+}
+
+impl Default for Retry {
+    fn default() -> Self {
+        Self {
+            initial_backoff: default_initial_backoff(),
+            max_backoff: default_max_backoff(),
+        }
+    }
+}
+
+fn default_initial_backoff() -> Duration {
+    Duration::new("500ms")
+}
+fn default_max_backoff() -> Duration {
+    Duration::new("60s")
+}
+
+/// An upstream MQTT broker. Each message is a JSON array of up to `batchSize` records;
+/// records are deleted from the queue after the broker's PUBACK.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+#[schemars(extend("x-kubernetes-validations" = [
+    {"rule": "self.qos == 0 || self.qos == 1", "message": "qos must be 0 or 1"},
+    {"rule": "self.batchSize > 0", "message": "batchSize must be > 0"}
+]))]
+pub struct MqttSink {
+    /// Broker URL, `mqtt://` or `mqtts://`; `${VAR}` is expanded from the environment.
+    #[schemars(regex(pattern = r"^mqtts?://.+"))]
+    pub url: String,
+    /// Topic template; `{pipeline}` and `{node}` are replaced.
+    pub topic: String,
+    /// Publish QoS; 1 means a batch leaves the queue only after the broker's PUBACK.
+    #[serde(default = "default_qos")]
+    pub qos: u8,
+    /// Maximum records per message.
+    #[serde(default = "default_mqtt_batch_size")]
+    pub batch_size: u32,
+    /// Send a partial batch after this long.
+    #[serde(default = "default_flush_interval")]
+    pub flush_interval: Duration,
+    /// MQTT client id; defaults to `<namespace>-<name>-<node>-sink`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub client_id: Option<String>,
+    /// MQTT username.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub username: Option<String>,
+    /// Where the MQTT password comes from; never inline.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub password_from: Option<ValueFrom>,
+    /// TLS settings for `mqtts://`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tls: Option<Tls>,
+}
+
+fn default_mqtt_batch_size() -> u32 {
+    100
+}
+
+/// How the agent pods run (cluster only).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+#[schemars(extend("x-kubernetes-validations" = [
+    {"rule": "self.metricsPort >= 1 && self.metricsPort <= 65535", "message": "metricsPort must be a port number"}
+]))]
+pub struct AgentSettings {
+    /// CPU and memory requests and limits of the agent container. Defaults to requests of
+    /// 20m CPU / 32Mi memory and a 256Mi memory limit.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub resources: Option<ResourceRequirements>,
+    /// Port serving `/metrics`, `/livez` and `/readyz`.
+    #[serde(default = "default_metrics_port")]
+    pub metrics_port: i32,
+    /// How many nodes may have their agent down during a rollout (a number or a
+    /// percentage). Agents are never surged: two agents must not share a node's queue.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_unavailable: Option<IntOrString>,
+    /// Log filter of the agent, e.g. `info` or `edge_agent=debug`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub log_level: Option<String>,
+}
+
+impl Default for AgentSettings {
+    fn default() -> Self {
+        Self {
+            resources: None,
+            metrics_port: default_metrics_port(),
+            max_unavailable: None,
+            log_level: None,
+        }
+    }
+}
+
+fn default_metrics_port() -> i32 {
+    9464
+}
+
+/// A borrowed view of a [`Processor`] as the closed set of stage kinds it can be.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum ProcessorKind<'a> {
+    /// See [`SignificantChange`].
+    SignificantChange(&'a SignificantChange),
+    /// See [`Deadband`].
+    Deadband(&'a Deadband),
+    /// See [`Range`].
+    Range(&'a Range),
+    /// See [`Threshold`].
+    Threshold(&'a Threshold),
+    /// See [`Aggregate`].
+    Aggregate(&'a Aggregate),
+}
+
+impl Processor {
+    /// The stage this processor is, or `None` unless exactly one field is set.
+    pub fn kind(&self) -> Option<ProcessorKind<'_>> {
+        let mut kinds = [
+            self.significant_change.as_ref().map(ProcessorKind::SignificantChange),
+            self.deadband.as_ref().map(ProcessorKind::Deadband),
+            self.range.as_ref().map(ProcessorKind::Range),
+            self.threshold.as_ref().map(ProcessorKind::Threshold),
+            self.aggregate.as_ref().map(ProcessorKind::Aggregate),
+        ]
+        .into_iter()
+        .flatten();
+        match (kinds.next(), kinds.next()) {
+            (Some(kind), None) => Some(kind),
+            _ => None,
+        }
+    }
+}
+
+impl ProcessorKind<'_> {
+    /// The processor's name as used in metric labels (static, bounded).
+    pub fn metric_name(&self) -> &'static str {
+        match self {
+            Self::SignificantChange(_) => "significant_change",
+            Self::Deadband(_) => "deadband",
+            Self::Range(_) => "range",
+            Self::Threshold(_) => "threshold",
+            Self::Aggregate(_) => "aggregate",
+        }
+    }
+}

@@ -1,0 +1,43 @@
+//! The `EdgePipeline` status written by the operator: how many nodes run the current
+//! agent, and conditions a human or `kubectl wait --for=condition=Ready` can read.
+
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+
+/// Condition type: every desired node runs the current agent and it is ready.
+pub const CONDITION_READY: &str = "Ready";
+/// Condition type: a rollout of a new configuration is in progress.
+pub const CONDITION_PROGRESSING: &str = "Progressing";
+/// Condition type: some agents are not ready, or the operator cannot apply the pipeline.
+pub const CONDITION_DEGRADED: &str = "Degraded";
+/// Condition type: the spec failed validation; the last good agents keep running.
+pub const CONDITION_INVALID: &str = "Invalid";
+
+/// Observed state of an EdgePipeline.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct EdgePipelineStatus {
+    /// The `metadata.generation` this status describes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub observed_generation: Option<i64>,
+    /// Number of nodes that should run the agent.
+    #[serde(default)]
+    pub desired_nodes: i32,
+    /// Number of nodes whose agent is ready.
+    #[serde(default)]
+    pub ready_nodes: i32,
+    /// Number of nodes running the agent for the current configuration.
+    #[serde(default)]
+    pub updated_nodes: i32,
+    /// Conditions: `Ready`, `Progressing`, `Degraded` and `Invalid`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub conditions: Vec<Condition>,
+}
+
+impl EdgePipelineStatus {
+    /// The condition of the given type, if present.
+    pub fn condition(&self, type_: &str) -> Option<&Condition> {
+        self.conditions.iter().find(|c| c.type_ == type_)
+    }
+}

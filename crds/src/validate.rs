@@ -1,0 +1,505 @@
+//! Semantic validation of an `EdgePipelineSpec`, reporting every problem at once, each
+//! with the path of the field it concerns (`spec.processors[2].deadband.absolute: must
+//! be > 0`).
+//!
+//! The CRD's CEL rules enforce the structural invariants at admission; this is the
+//! complete check used by `edge-agent check`, by the agent at start and by the operator
+//! before it touches a DaemonSet. It is a superset of the CEL rules.
+
+use std::fmt;
+
+use crate::spec::*;
+use crate::units::{parse_duration, parse_size};
+
+/// One problem with a spec, with the path of the field it concerns.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct FieldError {
+    /// Field path, e.g. `spec.processors[2].deadband.absolute`.
+    pub path: String,
+    /// What is wrong, e.g. `must be > 0`.
+    pub message: String,
+}
+
+impl fmt::Display for FieldError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}: {}", self.path, self.message)
+    }
+}
+
+impl std::error::Error for FieldError {}
+
+/// Joins field errors one per line, for logs, Events and conditions.
+pub fn describe(errors: &[FieldError]) -> String {
+    errors
+        .iter()
+        .map(ToString::to_string)
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+/// Validates a spec; `Err` holds every problem found.
+pub fn validate(spec: &EdgePipelineSpec) -> Result<(), Vec<FieldError>> {
+    let mut v = Validator::default();
+    v.source(&spec.source);
+    if let Some(inference) = &spec.inference {
+        v.inference(inference, spec.source.format.encoding);
+    }
+    for (i, p) in spec.processors.iter().enumerate() {
+        v.processor(&format!("spec.processors[{i}]"), p);
+    }
+    for (i, a) in spec.actions.iter().enumerate() {
+        v.action(&format!("spec.actions[{i}]"), a, spec);
+    }
+    v.buffer(&spec.buffer);
+    v.sink(&spec.sink);
+    v.agent(&spec.agent);
+    if v.errors.is_empty() {
+        Ok(())
+    } else {
+        Err(v.errors)
+    }
+}
+
+#[derive(Default)]
+struct Validator {
+    errors: Vec<FieldError>,
+}
+
+impl Validator {
+    fn err(&mut self, path: impl Into<String>, message: impl Into<String>) {
+        self.errors.push(FieldError {
+            path: path.into(),
+            message: message.into(),
+        });
+    }
+
+    fn duration(&mut self, path: &str, d: &crate::units::Duration, positive: bool) {
+        match parse_duration(&d.0) {
+            Ok(v) if positive && v.is_zero() => self.err(path, "must be > 0"),
+            Ok(_) => {}
+            Err(e) => self.err(path, e.to_string()),
+        }
+    }
+
+    fn finite(&mut self, path: &str, x: f64) -> bool {
+        if x.is_finite() {
+            true
+        } else {
+            self.err(path, "must be a finite number");
+            false
+        }
+    }
+
+    fn positive(&mut self, path: &str, x: f64) {
+        if self.finite(path, x) && x <= 0.0 {
+            self.err(path, "must be > 0");
+        }
+    }
+
+    fn source(&mut self, s: &Source) {
+        let m = &s.mqtt;
+        match (&m.url, &m.embedded) {
+            (None, None) => self.err(
+                "spec.source.mqtt.url",
+                "required (or set spec.source.mqtt.embedded)",
+            ),
+            (Some(url), _) => self.url("spec.source.mqtt.url", url, &["mqtt", "mqtts"]),
+            (None, Some(_)) => {}
+        }
+        if let Some(e) = &m.embedded
+            && e.listen.parse::<std::net::SocketAddr>().is_err()
+        {
+            self.err(
+                "spec.source.mqtt.embedded.listen",
+                format!("{:?} is not an address like 0.0.0.0:1883", e.listen),
+            );
+        }
+        if m.topics.is_empty() {
+            self.err("spec.source.mqtt.topics", "at least one topic is required");
+        }
+        for (i, t) in m.topics.iter().enumerate() {
+            if let Err(msg) = check_topic_filter(t) {
+                self.err(format!("spec.source.mqtt.topics[{i}]"), msg);
+            }
+        }
+        if m.qos > 1 {
+            self.err("spec.source.mqtt.qos", "must be 0 or 1");
+        }
+        if let Some(id) = &m.client_id
+            && (id.is_empty() || id.len() > 128)
+        {
+            self.err("spec.source.mqtt.clientId", "must be 1 to 128 characters");
+        }
+        if let Some(p) = &m.password_from {
+            self.value_from("spec.source.mqtt.passwordFrom", p);
+        }
+        if m.password_from.is_some() && m.username.is_none() {
+            self.err(
+                "spec.source.mqtt.username",
+                "required when passwordFrom is set",
+            );
+        }
+        if let Some(tls) = &m.tls {
+            self.tls("spec.source.mqtt.tls", tls);
+        }
+        self.duration("spec.source.mqtt.keepAlive", &m.keep_alive, true);
+        self.path_expr("spec.source.format.value", &s.format.value, false);
+        self.path_expr("spec.source.format.device", &s.format.device, true);
+        if let Some(ts) = &s.format.timestamp {
+            self.path_expr("spec.source.format.timestamp", ts, false);
+        }
+        match parse_size(&s.max_payload_size.0) {
+            Ok(0) => self.err("spec.source.maxPayloadSize", "must be > 0"),
+            Ok(_) => {}
+            Err(e) => self.err("spec.source.maxPayloadSize", e.to_string()),
+        }
+        if s.max_devices == 0 {
+            self.err("spec.source.maxDevices", "must be > 0");
+        }
+    }
+
+    fn path_expr(&mut self, path: &str, expr: &str, topic_allowed: bool) {
+        if expr.is_empty() {
+            self.err(path, "must not be empty");
+        } else if let Some(rest) = expr.strip_prefix("topic[") {
+            let index_ok = rest
+                .strip_suffix(']')
+                .is_some_and(|n| n.parse::<usize>().is_ok());
+            if !topic_allowed {
+                self.err(path, "a topic segment is only allowed for device");
+            } else if !index_ok {
+                self.err(path, format!("{expr:?} is not topic[N]"));
+            }
+        } else if expr.split('.').any(str::is_empty) {
+            self.err(path, format!("{expr:?} is not a dotted path"));
+        }
+    }
+
+    fn url(&mut self, path: &str, url: &str, schemes: &[&str]) {
+        match url.split_once("://") {
+            Some((scheme, rest)) if schemes.contains(&scheme) && !rest.is_empty() => {}
+            _ => self.err(
+                path,
+                format!(
+                    "{url:?} must start with {}",
+                    schemes
+                        .iter()
+                        .map(|s| format!("{s}://"))
+                        .collect::<Vec<_>>()
+                        .join(" or ")
+                ),
+            ),
+        }
+    }
+
+    fn value_from(&mut self, path: &str, v: &ValueFrom) {
+        let set = [
+            v.secret_key_ref.is_some(),
+            v.env.is_some(),
+            v.file.is_some(),
+        ]
+        .iter()
+        .filter(|x| **x)
+        .count();
+        if set != 1 {
+            self.err(path, "exactly one of secretKeyRef, env or file must be set");
+        }
+        if let Some(r) = &v.secret_key_ref
+            && (r.name.is_empty() || r.key.is_empty())
+        {
+            self.err(format!("{path}.secretKeyRef"), "name and key are required");
+        }
+        if let Some(e) = &v.env
+            && (e.is_empty() || e.contains('='))
+        {
+            self.err(format!("{path}.env"), "must be an environment variable name");
+        }
+    }
+
+    fn tls(&mut self, path: &str, tls: &Tls) {
+        for (name, v) in [("ca", &tls.ca), ("cert", &tls.cert), ("key", &tls.key)] {
+            if let Some(v) = v {
+                self.value_from(&format!("{path}.{name}"), v);
+            }
+        }
+        if tls.cert.is_some() != tls.key.is_some() {
+            self.err(path, "cert and key must be set together");
+        }
+    }
+
+    fn inference(&mut self, inf: &Inference, encoding: PayloadEncoding) {
+        let m = &inf.model;
+        let sources = [m.path.is_some(), m.config_map.is_some(), m.url.is_some()]
+            .iter()
+            .filter(|x| **x)
+            .count();
+        if sources != 1 {
+            self.err(
+                "spec.inference.model",
+                "exactly one of path, configMap or url must be set",
+            );
+        }
+        if let Some(url) = &m.url {
+            self.url("spec.inference.model.url", url, &["http", "https"]);
+            if m.sha256.is_none() {
+                self.err("spec.inference.model.sha256", "required with url");
+            }
+        }
+        if let Some(sha) = &m.sha256 {
+            if m.url.is_none() {
+                self.err("spec.inference.model.sha256", "only used with url");
+            }
+            if sha.len() != 64 || !sha.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b)) {
+                self.err(
+                    "spec.inference.model.sha256",
+                    "must be 64 lowercase hex characters",
+                );
+            }
+        }
+        if let Some(cm) = &m.config_map
+            && (cm.name.is_empty() || cm.key.is_empty())
+        {
+            self.err("spec.inference.model.configMap", "name and key are required");
+        }
+        if inf.window == 0 {
+            self.err("spec.inference.window", "must be > 0");
+        }
+        self.finite("spec.inference.threshold", inf.threshold);
+        if let Some(n) = &inf.normalize {
+            match (n.mean, n.std, n.min, n.max) {
+                (Some(mean), Some(std), None, None) => {
+                    self.finite("spec.inference.normalize.mean", mean);
+                    self.positive("spec.inference.normalize.std", std);
+                }
+                (None, None, Some(min), Some(max)) => {
+                    if self.finite("spec.inference.normalize.min", min)
+                        && self.finite("spec.inference.normalize.max", max)
+                        && max <= min
+                    {
+                        self.err("spec.inference.normalize.max", "must be > min");
+                    }
+                }
+                _ => self.err(
+                    "spec.inference.normalize",
+                    "set either mean and std, or min and max",
+                ),
+            }
+        }
+        if let Some(g) = &inf.golden {
+            if g.file.is_none() && g.vectors.is_empty() {
+                self.err("spec.inference.golden", "set file or vectors");
+            }
+            self.positive("spec.inference.golden.tolerance", g.tolerance);
+            for (i, vec) in g.vectors.iter().enumerate() {
+                if vec.input.is_empty() || vec.output.is_empty() {
+                    self.err(
+                        format!("spec.inference.golden.vectors[{i}]"),
+                        "input and output must not be empty",
+                    );
+                }
+            }
+        }
+        if inf.top_k == 0 {
+            self.err("spec.inference.topK", "must be > 0");
+        }
+        self.duration("spec.inference.timeout", &inf.timeout, true);
+        match (inf.task, encoding) {
+            (InferenceTask::Classification, PayloadEncoding::Json) => self.err(
+                "spec.inference.task",
+                "classification needs spec.source.format.encoding: image",
+            ),
+            (InferenceTask::Anomaly, PayloadEncoding::Image) => self.err(
+                "spec.inference.task",
+                "image payloads need task: classification",
+            ),
+            _ => {}
+        }
+    }
+
+    fn processor(&mut self, path: &str, p: &Processor) {
+        let Some(kind) = p.kind() else {
+            self.err(
+                path,
+                "exactly one of significantChange, deadband, range, threshold or aggregate must be set",
+            );
+            return;
+        };
+        match kind {
+            ProcessorKind::SignificantChange(sc) => {
+                let path = format!("{path}.significantChange");
+                if sc.window == 0 {
+                    self.err(format!("{path}.window"), "must be > 0");
+                }
+                if self.finite(&format!("{path}.threshold"), sc.threshold) && sc.threshold < 0.0 {
+                    self.err(format!("{path}.threshold"), "must be >= 0");
+                }
+            }
+            ProcessorKind::Deadband(d) => {
+                let path = format!("{path}.deadband");
+                match (d.absolute, d.percent) {
+                    (Some(a), None) => self.positive(&format!("{path}.absolute"), a),
+                    (None, Some(p)) => self.positive(&format!("{path}.percent"), p),
+                    _ => self.err(&path, "exactly one of absolute or percent must be set"),
+                }
+                if let Some(s) = &d.max_silence {
+                    self.duration(&format!("{path}.maxSilence"), s, true);
+                }
+            }
+            ProcessorKind::Range(r) => {
+                let path = format!("{path}.range");
+                if r.min.is_none() && r.max.is_none() {
+                    self.err(&path, "set min, max or both");
+                }
+                let min_ok = r.min.is_none_or(|x| self.finite(&format!("{path}.min"), x));
+                let max_ok = r.max.is_none_or(|x| self.finite(&format!("{path}.max"), x));
+                if let (Some(min), Some(max)) = (r.min, r.max)
+                    && min_ok
+                    && max_ok
+                    && min > max
+                {
+                    self.err(format!("{path}.max"), "must be >= min");
+                }
+            }
+            ProcessorKind::Threshold(t) => {
+                let path = format!("{path}.threshold");
+                if t.above.is_none() && t.below.is_none() {
+                    self.err(&path, "set above, below or both");
+                }
+                if let Some(a) = t.above {
+                    self.finite(&format!("{path}.above"), a);
+                }
+                if let Some(b) = t.below {
+                    self.finite(&format!("{path}.below"), b);
+                }
+            }
+            ProcessorKind::Aggregate(a) => {
+                let path = format!("{path}.aggregate");
+                self.duration(&format!("{path}.window"), &a.window, true);
+                if a.functions.is_empty() {
+                    self.err(format!("{path}.functions"), "at least one function is required");
+                }
+            }
+        }
+    }
+
+    fn action(&mut self, path: &str, a: &Action, spec: &EdgePipelineSpec) {
+        let topic = &a.mqtt.topic;
+        if topic.is_empty() || topic.contains(['+', '#']) {
+            self.err(
+                format!("{path}.mqtt.topic"),
+                "must be a topic name without wildcards",
+            );
+        }
+        let unknown: Vec<&str> = placeholders(topic)
+            .filter(|p| !matches!(*p, "device" | "pipeline" | "node"))
+            .collect();
+        if !unknown.is_empty() {
+            self.err(
+                format!("{path}.mqtt.topic"),
+                format!("unknown placeholder {{{}}}; use {{device}}, {{pipeline}} or {{node}}", unknown[0]),
+            );
+        }
+        if a.mqtt.qos > 1 {
+            self.err(format!("{path}.mqtt.qos"), "must be 0 or 1");
+        }
+        match a.on {
+            ActionTrigger::Anomaly | ActionTrigger::Classification if spec.inference.is_none() => {
+                self.err(format!("{path}.on"), "needs spec.inference")
+            }
+            ActionTrigger::Threshold
+                if !spec.processors.iter().any(|p| p.threshold.is_some()) =>
+            {
+                self.err(format!("{path}.on"), "needs a threshold processor")
+            }
+            _ => {}
+        }
+    }
+
+    fn buffer(&mut self, b: &Buffer) {
+        match parse_size(&b.max_bytes.0) {
+            Ok(n) if n < 64 * 1024 => self.err("spec.buffer.maxBytes", "must be at least 64Ki"),
+            Ok(_) => {}
+            Err(e) => self.err("spec.buffer.maxBytes", e.to_string()),
+        }
+        self.duration("spec.buffer.maxAge", &b.max_age, true);
+    }
+
+    fn sink(&mut self, s: &Sink) {
+        match (&s.http, &s.mqtt) {
+            (Some(h), None) => {
+                self.url("spec.sink.http.url", &h.url, &["http", "https"]);
+                if h.batch_size == 0 {
+                    self.err("spec.sink.http.batchSize", "must be > 0");
+                }
+                self.duration("spec.sink.http.flushInterval", &h.flush_interval, true);
+                self.duration("spec.sink.http.timeout", &h.timeout, true);
+                self.duration("spec.sink.http.retry.initialBackoff", &h.retry.initial_backoff, true);
+                self.duration("spec.sink.http.retry.maxBackoff", &h.retry.max_backoff, true);
+                for (i, header) in h.headers.iter().enumerate() {
+                    let path = format!("spec.sink.http.headers[{i}]");
+                    if header.name.is_empty()
+                        || !header.name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+                    {
+                        self.err(format!("{path}.name"), "must be an HTTP header name");
+                    }
+                    self.value_from(&format!("{path}.valueFrom"), &header.value_from);
+                }
+                if let Some(tls) = &h.tls {
+                    self.tls("spec.sink.http.tls", tls);
+                }
+            }
+            (None, Some(m)) => {
+                self.url("spec.sink.mqtt.url", &m.url, &["mqtt", "mqtts"]);
+                if m.topic.is_empty() || m.topic.contains(['+', '#']) {
+                    self.err("spec.sink.mqtt.topic", "must be a topic name without wildcards");
+                }
+                if m.qos > 1 {
+                    self.err("spec.sink.mqtt.qos", "must be 0 or 1");
+                }
+                if m.batch_size == 0 {
+                    self.err("spec.sink.mqtt.batchSize", "must be > 0");
+                }
+                self.duration("spec.sink.mqtt.flushInterval", &m.flush_interval, true);
+                if let Some(p) = &m.password_from {
+                    self.value_from("spec.sink.mqtt.passwordFrom", p);
+                }
+                if let Some(tls) = &m.tls {
+                    self.tls("spec.sink.mqtt.tls", tls);
+                }
+            }
+            _ => self.err("spec.sink", "exactly one of http or mqtt must be set"),
+        }
+    }
+
+    fn agent(&mut self, a: &AgentSettings) {
+        if !(1..=65535).contains(&a.metrics_port) {
+            self.err("spec.agent.metricsPort", "must be a port number (1-65535)");
+        }
+    }
+}
+
+/// `{name}` placeholders in a template.
+fn placeholders(template: &str) -> impl Iterator<Item = &str> {
+    template
+        .split('{')
+        .skip(1)
+        .filter_map(|part| part.split_once('}').map(|(name, _)| name))
+}
+
+/// Checks an MQTT topic filter: non-empty, `#` only as the last level, `+` and `#` only
+/// as whole levels.
+pub fn check_topic_filter(filter: &str) -> Result<(), String> {
+    if filter.is_empty() {
+        return Err("must not be empty".into());
+    }
+    let levels: Vec<&str> = filter.split('/').collect();
+    for (i, level) in levels.iter().enumerate() {
+        if level.contains('#') && (*level != "#" || i != levels.len() - 1) {
+            return Err(format!("{filter:?}: '#' must be a whole last level"));
+        }
+        if level.contains('+') && *level != "+" {
+            return Err(format!("{filter:?}: '+' must be a whole level"));
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,1 @@
+//! edge-operator: turns EdgePipelines into agent DaemonSets.

@@ -1,0 +1,1 @@
+//! Shared helpers for Edgepipe's cross-component tests.
