@@ -40,6 +40,9 @@ use crate::units::{Duration, Size};
 )]
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
+#[schemars(extend("x-kubernetes-validations" = [
+    {"rule": "!has(self.processors) || self.processors.all(p, !has(p.aggregate)) || (has(self.processors[size(self.processors) - 1].aggregate) && self.processors.filter(p, has(p.aggregate)).size() == 1)", "message": "aggregate must be the last processor", "fieldPath": ".processors"}
+]))]
 pub struct EdgePipelineSpec {
     /// Where readings come from: an MQTT broker on (or embedded in) the edge node, and how
     /// to read a value, a device id and a timestamp out of each message.

@@ -46,6 +46,9 @@ pub fn validate(spec: &EdgePipelineSpec) -> Result<(), Vec<FieldError>> {
     }
     for (i, p) in spec.processors.iter().enumerate() {
         v.processor(&format!("spec.processors[{i}]"), p);
+        if p.aggregate.is_some() && i + 1 < spec.processors.len() {
+            v.err(format!("spec.processors[{i}].aggregate"), "must be the last processor");
+        }
     }
     for (i, a) in spec.actions.iter().enumerate() {
         v.action(&format!("spec.actions[{i}]"), a, spec);

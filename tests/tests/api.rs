@@ -25,11 +25,19 @@ fn every_example_passes_both_layers() {
         let text = fs::read_to_string(&path).unwrap();
         let file = edge_crds::parse_pipeline(&text)
             .unwrap_or_else(|e| panic!("{}: does not deserialize: {e}", path.display()));
-        assert!(file.meta.name.is_some(), "{}: examples are full manifests", path.display());
+        assert!(
+            file.meta.name.is_some(),
+            "{}: examples are full manifests",
+            path.display()
+        );
         let rust = rust_layer(&text);
         assert!(rust.is_empty(), "{}: validate(): {rust:?}", path.display());
         let schema = schema_layer(&text);
-        assert!(schema.is_empty(), "{}: CRD schema/CEL: {schema:#?}", path.display());
+        assert!(
+            schema.is_empty(),
+            "{}: CRD schema/CEL: {schema:#?}",
+            path.display()
+        );
     }
 }
 
@@ -50,7 +58,11 @@ fn names(problem: &Problem, expected: &str) -> bool {
         || expected.starts_with(&format!("{p}."))
         || expected.starts_with(&format!("{p}["));
     let leaf = expected.rsplit(['.', '[']).next().unwrap_or(expected);
-    field_or_parent && (p != "spec" || expected == "spec") && (p == expected || problem.message.contains(leaf.trim_end_matches(']')) || p.len() > "spec".len())
+    field_or_parent
+        && (p != "spec" || expected == "spec")
+        && (p == expected
+            || problem.message.contains(leaf.trim_end_matches(']'))
+            || p.len() > "spec".len())
 }
 
 #[test]
@@ -102,6 +114,9 @@ spec:
         "spec.buffer.maxAge",
         "spec.sink",
     ] {
-        assert!(paths.iter().any(|p| p == expected), "missing {expected} in {paths:#?}");
+        assert!(
+            paths.iter().any(|p| p == expected),
+            "missing {expected} in {paths:#?}"
+        );
     }
 }
