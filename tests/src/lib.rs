@@ -2,6 +2,7 @@
 //! installed tools are, and the two validation layers of the EdgePipeline API.
 
 pub mod api;
+pub mod helm;
 
 use std::path::{Path, PathBuf};
 

@@ -42,7 +42,7 @@ fn every_example_passes_both_layers() {
 }
 
 /// `# expect: <field path>` in a broken manifest's header.
-fn expected_path(text: &str, path: &PathBuf) -> String {
+fn expected_path(text: &str, path: &std::path::Path) -> String {
     text.lines()
         .find_map(|l| l.strip_prefix("# expect: "))
         .unwrap_or_else(|| panic!("{}: no '# expect:' line", path.display()))
