@@ -4,4 +4,15 @@
 //! with local actions published straight from inference and the processors. Never links
 //! a Kubernetes client: the pipeline comes from a file (`edge-agent run --config`).
 
+pub mod actions;
+pub mod config;
+pub mod http;
+pub mod inference;
+pub mod parse;
+pub mod process;
+pub mod queue;
 pub mod record;
+pub mod run;
+pub mod sink;
+pub mod source;
+pub mod telemetry;

@@ -1,13 +1,197 @@
-//! The `edge-agent` command line.
+//! The `edge-agent` command line: `run` the agent, `check` a pipeline file, list
+//! `dead-letters`, `model inspect|test` a TFLite model.
 
-use clap::Parser;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+use anyhow::Context;
+use clap::{Parser, Subcommand};
+use edge_agent::config::AgentConfig;
+use edge_agent::queue::list_dead_letters;
+use edge_agent::record::format_timestamp_ms;
+use edge_agent::run::{RunOptions, preflight, run};
+use edge_agent::source::tls::install_crypto_provider;
+use tokio_util::sync::CancellationToken;
+
+mod model_cli;
 
 /// The Edgepipe edge agent: MQTT in, filter, infer, durable queue, sync.
 #[derive(Parser)]
 #[command(name = "edge-agent", version, about)]
-struct Cli {}
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
 
-fn main() -> anyhow::Result<()> {
-    let _ = Cli::parse();
+#[derive(Subcommand)]
+enum Command {
+    /// Run the pipeline in FILE (a full EdgePipeline manifest or its bare spec).
+    Run {
+        /// Pipeline file.
+        #[arg(long, value_name = "FILE")]
+        config: PathBuf,
+        /// Directory of the durable queue.
+        #[arg(long, value_name = "DIR", default_value = "/var/lib/edgepipe")]
+        data_dir: PathBuf,
+        /// Address serving /metrics, /livez and /readyz.
+        #[arg(long, value_name = "ADDR", default_value = "0.0.0.0:9464")]
+        listen: SocketAddr,
+        /// Node name written into every record (default: $NODE_NAME, then the hostname).
+        #[arg(long, value_name = "NAME", env = "NODE_NAME")]
+        node_name: Option<String>,
+    },
+    /// Check the pipeline in FILE: print every problem (exit 1), or `ok`.
+    Check {
+        /// Pipeline file.
+        #[arg(long, value_name = "FILE")]
+        config: PathBuf,
+        /// Node name to resolve the pipeline for (default: $NODE_NAME, then the hostname).
+        #[arg(long, value_name = "NAME", env = "NODE_NAME")]
+        node_name: Option<String>,
+    },
+    /// Inspect a TFLite model or check it against golden vectors.
+    Model {
+        #[command(subcommand)]
+        command: model_cli::ModelCommand,
+    },
+    /// List the batches the upstream rejected (kept in the queue's dead-letter table).
+    DeadLetters {
+        /// Directory of the durable queue.
+        #[arg(long, value_name = "DIR", default_value = "/var/lib/edgepipe")]
+        data_dir: PathBuf,
+    },
+}
+
+fn main() -> ExitCode {
+    install_crypto_provider();
+    init_logging();
+    let cli = Cli::parse();
+    match dispatch(cli.command) {
+        Ok(code) => code,
+        Err(e) => {
+            tracing::error!("{e:#}");
+            eprintln!("edge-agent: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
+    match command {
+        Command::Run {
+            config,
+            data_dir,
+            listen,
+            node_name,
+        } => {
+            let node = node_name.unwrap_or_else(hostname);
+            let config = match AgentConfig::load(&config, &node) {
+                Ok(c) => c,
+                Err(e) => {
+                    eprintln!("{}: invalid pipeline:\n{e}", config.display());
+                    return Ok(ExitCode::FAILURE);
+                }
+            };
+            let runtime = tokio::runtime::Builder::new_multi_thread()
+                .enable_all()
+                .build()
+                .context("starting the async runtime")?;
+            runtime.block_on(async {
+                let stop = CancellationToken::new();
+                tokio::spawn(stop_on_signal(stop.clone()));
+                run(config, RunOptions { data_dir, listen }, stop).await
+            })?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Check { config, node_name } => {
+            let node = node_name.unwrap_or_else(hostname);
+            let problems = match AgentConfig::load(&config, &node) {
+                Ok(c) => preflight(&c),
+                Err(e) => e.to_string().lines().map(str::to_owned).collect(),
+            };
+            if problems.is_empty() {
+                println!("ok");
+                Ok(ExitCode::SUCCESS)
+            } else {
+                for p in problems {
+                    println!("{p}");
+                }
+                Ok(ExitCode::FAILURE)
+            }
+        }
+        Command::Model { command } => model_cli::run(command),
+        Command::DeadLetters { data_dir } => {
+            print_dead_letters(&data_dir)?;
+            Ok(ExitCode::SUCCESS)
+        }
+    }
+}
+
+fn print_dead_letters(dir: &Path) -> anyhow::Result<()> {
+    let letters = list_dead_letters(dir)
+        .with_context(|| format!("reading the queue in {}", dir.display()))?;
+    if letters.is_empty() {
+        println!("no dead letters in {}", dir.display());
+        return Ok(());
+    }
+    println!(
+        "{:<24}  {:>6}  {:>7}  {:<23}  REASON",
+        "TIME", "STATUS", "RECORDS", "SEQ"
+    );
+    for l in letters {
+        println!(
+            "{:<24}  {:>6}  {:>7}  {:<23}  {}",
+            format_timestamp_ms(l.at_ms),
+            l.status,
+            l.records,
+            format!("{}-{}", l.first_seq, l.last_seq),
+            l.reason
+        );
+    }
     Ok(())
+}
+
+/// Cancels `stop` on SIGTERM or SIGINT.
+async fn stop_on_signal(stop: CancellationToken) {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{SignalKind, signal};
+        match signal(SignalKind::terminate()) {
+            Ok(mut term) => {
+                tokio::select! {
+                    _ = term.recv() => {}
+                    _ = tokio::signal::ctrl_c() => {}
+                }
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot watch SIGTERM; stopping on SIGINT only");
+                let _ = tokio::signal::ctrl_c().await;
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = tokio::signal::ctrl_c().await;
+    tracing::info!("stop signal received");
+    stop.cancel();
+}
+
+fn init_logging() {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .init();
+}
+
+/// The machine's host name (`localhost` if it cannot be read).
+fn hostname() -> String {
+    ["/proc/sys/kernel/hostname", "/etc/hostname"]
+        .iter()
+        .filter_map(|p| std::fs::read_to_string(p).ok())
+        .map(|s| s.trim().to_string())
+        .find(|s| !s.is_empty())
+        .or_else(|| std::env::var("HOSTNAME").ok().filter(|s| !s.is_empty()))
+        .unwrap_or_else(|| "localhost".to_string())
 }

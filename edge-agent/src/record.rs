@@ -20,6 +20,10 @@ pub struct Reading {
     pub value: f64,
     /// Event time in unix milliseconds (the payload's timestamp, else receive time).
     pub timestamp_ms: i64,
+    /// Wall-clock time the agent received the message, unix milliseconds. Time-based
+    /// processors (`deadband.maxSilence`, `aggregate` windows) use this clock, so a
+    /// device with a wrong clock cannot hold a window open or silence a heartbeat.
+    pub received_ms: i64,
 }
 
 /// What a record is.
@@ -188,8 +192,14 @@ mod tests {
     #[test]
     fn timestamps_are_rfc3339_utc_millis() {
         assert_eq!(format_timestamp_ms(0), "1970-01-01T00:00:00.000Z");
-        assert_eq!(format_timestamp_ms(1_795_608_000_123), "2026-11-25T12:00:00.123Z");
-        assert_eq!(format_timestamp_ms(951_782_400_000), "2000-02-29T00:00:00.000Z");
+        assert_eq!(
+            format_timestamp_ms(1_795_608_000_123),
+            "2026-11-25T12:00:00.123Z"
+        );
+        assert_eq!(
+            format_timestamp_ms(951_782_400_000),
+            "2000-02-29T00:00:00.000Z"
+        );
         assert_eq!(format_timestamp_ms(-1), "1969-12-31T23:59:59.999Z");
     }
 
@@ -200,8 +210,14 @@ mod tests {
             topic: "sensors/t1/temperature".into(),
             value: 23.4,
             timestamp_ms: 1_795_608_000_123,
+            received_ms: 1_795_608_000_200,
         };
-        let up = UpstreamRecord::new("factory/line1-temperature", "edge-1", 12345, &Record::reading(&r));
+        let up = UpstreamRecord::new(
+            "factory/line1-temperature",
+            "edge-1",
+            12345,
+            &Record::reading(&r),
+        );
         let json = serde_json::to_value(&up).unwrap();
         assert_eq!(
             json,

@@ -1,1 +1,33 @@
 //! edge-operator: turns EdgePipelines into agent DaemonSets.
+//!
+//! Pure parts, tested without an API server: [`render`] (EdgePipeline -> ConfigMap +
+//! DaemonSet) and [`status`] (pipeline + DaemonSet -> status and Event-worthy
+//! transitions). Thin I/O around them: [`controller`] (watches, reconcile, error policy),
+//! [`leader`] (Lease-based leader election), [`server`] (`/metrics`, `/livez`,
+//! `/readyz`) and [`telemetry`] (the metrics). [`rbac`] lists the permissions all this
+//! needs.
+
+pub mod controller;
+pub mod datadir;
+pub mod leader;
+pub mod rbac;
+pub mod render;
+pub mod server;
+pub mod status;
+pub mod telemetry;
+
+pub use rbac::{Permission, required_permissions};
+pub use render::{MODEL_MOUNT_DIR, RenderOptions, Rendered, render};
+
+/// The default agent image: the agent released with this operator.
+pub fn default_agent_image() -> String {
+    format!("ghcr.io/edgepipe/edge-agent:{}", env!("CARGO_PKG_VERSION"))
+}
+
+/// The default image of the agent pods' init container: this operator's image.
+pub fn default_init_image() -> String {
+    format!(
+        "ghcr.io/edgepipe/edge-operator:{}",
+        env!("CARGO_PKG_VERSION")
+    )
+}

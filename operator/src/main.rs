@@ -1,6 +1,19 @@
-//! The `edge-operator` command line.
+//! The `edge-operator` command line: `run` the operator, print the `crd`, `render` what
+//! the operator would apply for a manifest, and `prepare-data-dir` (the agent pods' init
+//! container).
 
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use anyhow::Context as _;
 use clap::{Parser, Subcommand};
+use edge_operator::controller::{self, Settings};
+use edge_operator::leader::{self, LeaseSettings};
+use edge_operator::server::{self, Readiness};
+use edge_operator::telemetry::Metrics;
+use edge_operator::{RenderOptions, datadir, render};
+use tokio_util::sync::CancellationToken;
 
 /// Kubernetes operator for Edgepipe: reconciles EdgePipelines into edge-agent DaemonSets.
 #[derive(Parser)]
@@ -12,13 +25,206 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
+    /// Run the operator (in a cluster, or with the current kubeconfig).
+    Run(RunArgs),
     /// Print the EdgePipeline CustomResourceDefinition as YAML.
     Crd,
+    /// Print, as YAML, the ConfigMap and DaemonSet the operator applies for a manifest.
+    Render(RenderArgs),
+    /// Give the agent's queue directory to the agent user (the agent pods' init container).
+    PrepareDataDir(PrepareArgs),
+}
+
+#[derive(clap::Args)]
+struct ImageArgs {
+    /// Image of the agent container.
+    #[arg(long, value_name = "IMAGE", default_value_t = edge_operator::default_agent_image())]
+    agent_image: String,
+    /// Image of the agent pods' init container (this operator's image).
+    #[arg(long, value_name = "IMAGE", default_value_t = edge_operator::default_init_image())]
+    init_image: String,
+}
+
+impl ImageArgs {
+    fn options(&self) -> RenderOptions {
+        RenderOptions {
+            agent_image: self.agent_image.clone(),
+            init_image: self.init_image.clone(),
+            model_version: None,
+        }
+    }
+}
+
+#[derive(clap::Args)]
+struct RunArgs {
+    #[command(flatten)]
+    images: ImageArgs,
+    /// Watch EdgePipelines in this namespace only (default: all namespaces).
+    #[arg(long, value_name = "NS")]
+    namespace: Option<String>,
+    /// Address serving /metrics, /livez and /readyz.
+    #[arg(long, value_name = "ADDR", default_value = "0.0.0.0:8080")]
+    listen: SocketAddr,
+    /// Run the controller only while holding a coordination.k8s.io Lease.
+    #[arg(long)]
+    leader_elect: bool,
+    /// Name of the leader-election Lease.
+    #[arg(long, value_name = "NAME", default_value = "edge-operator")]
+    lease_name: String,
+    /// Namespace of the leader-election Lease (the operator's own).
+    #[arg(long, value_name = "NS", env = "POD_NAMESPACE")]
+    lease_namespace: Option<String>,
+    /// This replica's name in the Lease and in Events.
+    #[arg(long, value_name = "NAME", env = "POD_NAME")]
+    identity: Option<String>,
+}
+
+#[derive(clap::Args)]
+struct RenderArgs {
+    /// EdgePipeline manifest (a bare spec is rendered as `default/standalone`).
+    #[arg(short = 'f', long = "filename", value_name = "FILE")]
+    file: PathBuf,
+    #[command(flatten)]
+    images: ImageArgs,
+}
+
+#[derive(clap::Args)]
+struct PrepareArgs {
+    /// The directory to hand over.
+    #[arg(long)]
+    path: PathBuf,
+    /// Owner user id.
+    #[arg(long)]
+    uid: u32,
+    /// Owner group id.
+    #[arg(long)]
+    gid: u32,
 }
 
 fn main() -> anyhow::Result<()> {
+    // kube's client uses rustls with ring; install it before anything can build a client.
+    let _ = rustls::crypto::ring::default_provider().install_default();
     match Cli::parse().command {
         Command::Crd => print!("{}", edge_crds::crd_yaml()),
+        Command::Render(args) => print!("{}", render_file(&args)?),
+        Command::PrepareDataDir(args) => {
+            let changed = datadir::prepare_data_dir(&args.path, args.uid, args.gid)
+                .with_context(|| format!("preparing {}", args.path.display()))?;
+            let what = if changed {
+                "now owned by"
+            } else {
+                "already owned by"
+            };
+            println!("{} {what} {}:{}", args.path.display(), args.uid, args.gid);
+        }
+        Command::Run(args) => {
+            init_logging();
+            tokio::runtime::Builder::new_multi_thread()
+                .enable_all()
+                .build()
+                .context("starting the async runtime")?
+                .block_on(run(args))?;
+        }
     }
     Ok(())
+}
+
+fn render_file(args: &RenderArgs) -> anyhow::Result<String> {
+    let text = std::fs::read_to_string(&args.file)
+        .with_context(|| format!("reading {}", args.file.display()))?;
+    let pipeline = render::pipeline_from_manifest(&text)
+        .with_context(|| format!("reading {}", args.file.display()))?;
+    let rendered = render::render(&pipeline, &args.images.options())
+        .with_context(|| args.file.display().to_string())?;
+    Ok(rendered.to_yaml()?)
+}
+
+fn init_logging() {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .init();
+}
+
+async fn run(args: RunArgs) -> anyhow::Result<()> {
+    let shutdown = CancellationToken::new();
+    tokio::spawn(stop_on_signal(shutdown.clone()));
+
+    let metrics = Arc::new(Metrics::new().context("registering metrics")?);
+    let readiness = Readiness::default();
+    let listener = tokio::net::TcpListener::bind(args.listen)
+        .await
+        .with_context(|| format!("listening on {}", args.listen))?;
+    tracing::info!(listen = %args.listen, "serving /metrics, /livez and /readyz");
+    let server = tokio::spawn(server::serve(
+        listener,
+        metrics.clone(),
+        readiness.clone(),
+        shutdown.clone(),
+    ));
+
+    let client = kube::Client::try_default()
+        .await
+        .context("connecting to the Kubernetes API")?;
+    let identity = args
+        .identity
+        .or_else(|| std::env::var("HOSTNAME").ok())
+        .unwrap_or_else(|| format!("edge-operator-{}", std::process::id()));
+    let settings = Settings {
+        namespace: args.namespace,
+        render: args.images.options(),
+        instance: Some(identity.clone()),
+    };
+
+    let result = if args.leader_elect {
+        let namespace = args
+            .lease_namespace
+            .context("--leader-elect needs --lease-namespace (or POD_NAMESPACE)")?;
+        let lease = LeaseSettings {
+            name: args.lease_name,
+            namespace,
+            identity,
+        };
+        readiness.set(true);
+        leader::run_as_leader(client.clone(), lease, shutdown.clone(), |term| {
+            controller::run(
+                client.clone(),
+                settings.clone(),
+                metrics.clone(),
+                readiness.clone(),
+                term,
+            )
+        })
+        .await
+        .map_err(anyhow::Error::from)
+    } else {
+        controller::run(client, settings, metrics, readiness, shutdown.clone())
+            .await
+            .map_err(anyhow::Error::from)
+    };
+    shutdown.cancel();
+    let _ = server.await;
+    result
+}
+
+/// Cancels `shutdown` on SIGTERM or Ctrl-C.
+async fn stop_on_signal(shutdown: CancellationToken) {
+    let terminate = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut signal) => {
+                signal.recv().await;
+            }
+            Err(error) => {
+                tracing::warn!(%error, "cannot listen for SIGTERM");
+                std::future::pending::<()>().await;
+            }
+        }
+    };
+    tokio::select! {
+        _ = terminate => tracing::info!("SIGTERM: shutting down"),
+        _ = tokio::signal::ctrl_c() => tracing::info!("interrupted: shutting down"),
+    }
+    shutdown.cancel();
 }

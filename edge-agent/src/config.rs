@@ -1,0 +1,242 @@
+//! The agent's configuration: a pipeline file (full EdgePipeline manifest or bare spec)
+//! loaded, validated and resolved into the settings each part of the agent runs with.
+//!
+//! Resolution expands `${VAR}` in URLs from the environment (inside a pod
+//! `mqtt://${HOST_IP}:1883` reaches a broker on the node), reads secrets from
+//! environment variables or files (never inline; the operator turns Secret references
+//! into environment variables), and derives defaults such as the stable MQTT client id.
+//! Every problem, from validation or from resolution, is reported at once, one per line,
+//! each with the path of the field it concerns.
+
+mod resolve;
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use edge_crds::manifest::ManifestError;
+use edge_crds::validate::describe;
+use edge_crds::{Durability, EdgePipelineSpec, FieldError, WhenFull, parse_pipeline};
+
+use self::resolve::Resolver;
+
+/// Why the configuration cannot be used.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The file cannot be read.
+    #[error("cannot read {}: {source}", path.display())]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    /// The file is not a pipeline manifest or spec.
+    #[error("{0}")]
+    Manifest(#[from] ManifestError),
+    /// The pipeline has problems; all of them, one per line when displayed.
+    #[error("{}", describe(.0))]
+    Invalid(Vec<FieldError>),
+}
+
+/// PEM material for a TLS client, each part resolved from its `ValueFrom`.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct TlsMaterial {
+    /// CA bundle to trust instead of the system roots.
+    pub ca: Option<Vec<u8>>,
+    /// Client certificate (mutual TLS).
+    pub cert: Option<Vec<u8>>,
+    /// Client private key (mutual TLS).
+    pub key: Option<Vec<u8>>,
+}
+
+/// The MQTT broker readings come from.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SourceSettings {
+    /// Broker URL, `${VAR}` expanded (the embedded broker's address when not set).
+    pub url: String,
+    /// Broker host (without brackets for IPv6).
+    pub host: String,
+    /// Broker port (1883 for `mqtt://`, 8883 for `mqtts://` unless given).
+    pub port: u16,
+    /// `mqtts://`.
+    pub tls: bool,
+    /// Topic filters to subscribe to.
+    pub topics: Vec<String>,
+    /// Subscription QoS (0 or 1).
+    pub qos: u8,
+    /// MQTT client id: the configured one, else `<namespace>-<name>-<node>` made MQTT-safe.
+    pub client_id: String,
+    /// MQTT username.
+    pub username: Option<String>,
+    /// MQTT password, resolved.
+    pub password: Option<String>,
+    /// TLS material for `mqtts://`.
+    pub tls_material: TlsMaterial,
+    /// MQTT keep-alive (1 s to 65535 s).
+    pub keep_alive: Duration,
+    /// Larger payloads are invalid (`too_large`).
+    pub max_payload_bytes: usize,
+    /// Bound on per-device state.
+    pub max_devices: usize,
+    /// Address the embedded broker listens on, when the agent runs one.
+    pub embedded_listen: Option<SocketAddr>,
+}
+
+/// The durable queue.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct BufferSettings {
+    /// Upper bound on the queue's size.
+    pub max_bytes: u64,
+    /// Records older than this are dropped (and counted).
+    pub max_age: Duration,
+    /// Policy when full.
+    pub when_full: WhenFull,
+    /// Commit durability.
+    pub durability: Durability,
+}
+
+/// Where records go.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum SinkSettings {
+    /// An HTTP ingest API.
+    Http(HttpSettings),
+    /// An upstream MQTT broker.
+    Mqtt(MqttSinkSettings),
+}
+
+/// An HTTP ingest API.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct HttpSettings {
+    /// Endpoint URL, `${VAR}` expanded.
+    pub url: String,
+    /// Maximum records per request.
+    pub batch_size: usize,
+    /// Send a partial batch after this long.
+    pub flush_interval: Duration,
+    /// Request timeout.
+    pub timeout: Duration,
+    /// gzip the request body.
+    pub gzip: bool,
+    /// Extra headers (name, resolved value).
+    pub headers: Vec<(String, String)>,
+    /// TLS material (custom CA, client certificate).
+    pub tls_material: TlsMaterial,
+    /// First retry delay.
+    pub initial_backoff: Duration,
+    /// Largest retry delay.
+    pub max_backoff: Duration,
+}
+
+/// An upstream MQTT broker.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct MqttSinkSettings {
+    /// Broker URL, `${VAR}` expanded.
+    pub url: String,
+    /// Broker host.
+    pub host: String,
+    /// Broker port.
+    pub port: u16,
+    /// `mqtts://`.
+    pub tls: bool,
+    /// Topic, with `{pipeline}` and `{node}` replaced.
+    pub topic: String,
+    /// Publish QoS (0 or 1).
+    pub qos: u8,
+    /// Maximum records per message.
+    pub batch_size: usize,
+    /// Send a partial batch after this long.
+    pub flush_interval: Duration,
+    /// MQTT client id: the configured one, else `<namespace>-<name>-<node>-sink`.
+    pub client_id: String,
+    /// MQTT username.
+    pub username: Option<String>,
+    /// MQTT password, resolved.
+    pub password: Option<String>,
+    /// TLS material for `mqtts://`.
+    pub tls_material: TlsMaterial,
+}
+
+/// Everything the agent runs with, resolved and valid.
+#[derive(Clone, Debug, PartialEq)]
+pub struct AgentConfig {
+    /// `namespace/name` (as in records and metric labels).
+    pub pipeline: String,
+    /// `metadata.name` (`standalone` for a bare spec).
+    pub name: String,
+    /// `metadata.namespace` (`default` for a bare spec).
+    pub namespace: String,
+    /// The node the agent runs on.
+    pub node: String,
+    /// The spec as loaded, with `${VAR}` expanded in its URLs.
+    pub spec: EdgePipelineSpec,
+    /// The MQTT source.
+    pub source: SourceSettings,
+    /// The durable queue.
+    pub buffer: BufferSettings,
+    /// The sink.
+    pub sink: SinkSettings,
+}
+
+impl AgentConfig {
+    /// Loads the pipeline file at `path` for `node`, with the process environment.
+    pub fn load(path: &Path, node: &str) -> Result<Self, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        Self::from_text(&text, node, &|name| std::env::var(name).ok())
+    }
+
+    /// Parses, validates and resolves a pipeline for `node`; `env` looks up environment
+    /// variables. Secret files are read from the filesystem.
+    pub fn from_text(
+        text: &str,
+        node: &str,
+        env: &dyn Fn(&str) -> Option<String>,
+    ) -> Result<Self, ConfigError> {
+        let file = parse_pipeline(text)?;
+        let namespace = file
+            .meta
+            .namespace
+            .clone()
+            .unwrap_or_else(|| "default".to_string());
+        let name = file
+            .meta
+            .name
+            .clone()
+            .unwrap_or_else(|| "standalone".to_string());
+        let pipeline = file.meta.id();
+        let mut spec = file.spec;
+        let mut r = Resolver::new(env);
+        if node.is_empty() {
+            r.err(
+                "node",
+                "the node name is empty (set --node-name or NODE_NAME)",
+            );
+        }
+
+        r.expand_urls(&mut spec);
+        if let Err(errors) = edge_crds::validate(&spec) {
+            r.add_validation(errors);
+        }
+        let source = r.source(&spec, &namespace, &name, node);
+        let buffer = r.buffer(&spec.buffer);
+        let sink = r.sink(&spec.sink, &namespace, &name, &pipeline, node);
+        let errors = r.finish();
+        if !errors.is_empty() {
+            return Err(ConfigError::Invalid(errors));
+        }
+        Ok(Self {
+            pipeline,
+            name,
+            namespace,
+            node: node.to_string(),
+            spec,
+            source,
+            buffer,
+            sink,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,361 @@
+//! [`Inference`]: the handle the data path calls, once per batch of readings (anomaly
+//! task) or once per image payload (classification task).
+//!
+//! Windows are kept on the caller's side (cheap, in reading order); the model runs on
+//! the inference thread. A call hands one job to the thread's bounded queue without
+//! blocking (a full queue skips the inference: `overloaded`) and waits at most
+//! `spec.inference.timeout` for the reply (`timeout` otherwise). Either way the readings
+//! go on to the processors; only the inference is skipped, and counted.
+
+use std::sync::mpsc::{self, SyncSender, TrySendError};
+use std::sync::{Arc, Mutex};
+use std::thread;
+use std::time::{Duration, Instant};
+
+use edge_crds::{Inference as InferenceSpec, InferenceTask};
+use tokio::sync::oneshot;
+
+use super::loader::Loader;
+use super::source::{ModelLocation, SourceError, SourceSettings};
+use super::window::{Normalizer, WindowStats, Windows};
+use super::worker::{self, ImageScores, Msg};
+use super::{InferenceMetrics, ModelStatus, Skip};
+use crate::record::{Reading, Record, RecordKind};
+
+/// How [`Inference`] runs.
+#[derive(Clone, Debug)]
+pub struct InferenceSettings {
+    /// `spec.inference`.
+    pub spec: InferenceSpec,
+    /// Where model sources are resolved.
+    pub source: SourceSettings,
+    /// Most devices with a window (`spec.source.maxDevices`).
+    pub max_devices: usize,
+    /// How often a file-based model source is checked for changes.
+    pub poll_interval: Duration,
+    /// Jobs the inference queue holds before calls are skipped as `overloaded`.
+    pub queue_capacity: usize,
+    /// Most windows in one model call.
+    pub max_batch: usize,
+}
+
+impl InferenceSettings {
+    /// Settings with the defaults: 2 s polling, 64 queued jobs, batches of 64 windows.
+    pub fn new(spec: InferenceSpec, source: SourceSettings, max_devices: usize) -> Self {
+        Self {
+            spec,
+            source,
+            max_devices,
+            poll_interval: Duration::from_secs(2),
+            queue_capacity: 64,
+            max_batch: 64,
+        }
+    }
+}
+
+/// Why inference could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum InferenceError {
+    /// The model source is unusable.
+    #[error(transparent)]
+    Source(#[from] SourceError),
+    /// `spec.inference.timeout` does not parse.
+    #[error("spec.inference.timeout: {0}")]
+    Timeout(String),
+    /// A thread could not be started.
+    #[error("starting the {0} thread: {1}")]
+    Spawn(&'static str, std::io::Error),
+}
+
+/// The score of one full window.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Scored {
+    /// Index of the reading (in the slice passed to [`Inference::score`]) that completed
+    /// the window.
+    pub index: usize,
+    /// The model's score.
+    pub score: f32,
+    /// Summary of the window's raw values.
+    pub stats: WindowStats,
+    /// Generation of the model that scored it (see [`ModelStatus::generation`]).
+    pub generation: u64,
+}
+
+/// Inference for one pipeline: windows, the inference thread and the model loader.
+pub struct Inference {
+    task: InferenceTask,
+    threshold: f64,
+    top_k: usize,
+    timeout: Duration,
+    windows: Windows,
+    tx: SyncSender<Msg>,
+    status: Arc<Mutex<ModelStatus>>,
+    metrics: InferenceMetrics,
+    evicted: u64,
+    /// Dropping it stops the loader thread.
+    _stop: mpsc::Sender<()>,
+}
+
+impl Inference {
+    /// Starts the inference and loader threads; the model loads in the background
+    /// (until it has, inferences are skipped as `no_model`). The async methods need a
+    /// Tokio runtime with the time driver.
+    pub fn start(
+        settings: InferenceSettings,
+        metrics: InferenceMetrics,
+    ) -> Result<Self, InferenceError> {
+        let spec = settings.spec;
+        let timeout = spec
+            .timeout
+            .to_std()
+            .map_err(|e| InferenceError::Timeout(e.to_string()))?;
+        let location = ModelLocation::new(
+            &spec.model,
+            spec.golden.as_ref().and_then(|g| g.file.as_deref()),
+            spec.labels_file.as_deref(),
+            settings.source,
+        )?;
+        let status = Arc::new(Mutex::new(ModelStatus::default()));
+        let (tx, rx) = mpsc::sync_channel(settings.queue_capacity.max(1));
+        let (stop, stop_rx) = mpsc::channel();
+        {
+            let (status, metrics, max_batch) =
+                (status.clone(), metrics.clone(), settings.max_batch);
+            thread::Builder::new()
+                .name("inference".into())
+                .spawn(move || worker::run(rx, max_batch, status, metrics))
+                .map_err(|e| InferenceError::Spawn("inference", e))?;
+        }
+        let loader = Loader {
+            location,
+            spec: spec.clone(),
+            tx: tx.clone(),
+            status: status.clone(),
+            metrics: metrics.clone(),
+            poll: settings.poll_interval,
+        };
+        thread::Builder::new()
+            .name("model-loader".into())
+            .spawn(move || loader.run(stop_rx))
+            .map_err(|e| InferenceError::Spawn("model loader", e))?;
+        Ok(Self {
+            task: spec.task,
+            threshold: spec.threshold,
+            top_k: spec.top_k.max(1) as usize,
+            timeout,
+            windows: Windows::new(
+                spec.window as usize,
+                Normalizer::from_spec(spec.normalize.as_ref()),
+                settings.max_devices,
+            ),
+            tx,
+            status,
+            metrics,
+            evicted: 0,
+            _stop: stop,
+        })
+    }
+
+    /// What the model computes.
+    pub fn task(&self) -> InferenceTask {
+        self.task
+    }
+
+    /// The running model and the last refusal.
+    pub fn status(&self) -> ModelStatus {
+        self.status.lock().map(|s| s.clone()).unwrap_or_default()
+    }
+
+    /// Waits until the running model's generation is at least `generation`; `false` if
+    /// that did not happen within `timeout`.
+    pub async fn wait_for_generation(&self, generation: u64, timeout: Duration) -> bool {
+        let deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            if self.status().generation >= generation {
+                return true;
+            }
+            if tokio::time::Instant::now() >= deadline {
+                return false;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+
+    /// Devices whose window was evicted so far (more than `max_devices` devices).
+    pub fn evicted_devices(&self) -> u64 {
+        self.evicted
+    }
+
+    /// Feeds `readings` into their devices' windows and scores every full window in one
+    /// job. Skipped inferences are counted (one per window) and returned as the error.
+    pub async fn score(&mut self, readings: &[Reading]) -> Result<Vec<Scored>, Skip> {
+        if self.task != InferenceTask::Anomaly {
+            return Ok(Vec::new());
+        }
+        let mut full = Vec::new();
+        let mut input = Vec::new();
+        for (index, r) in readings.iter().enumerate() {
+            let (window, evicted) = self.windows.push(&r.device, r.value);
+            self.evicted += u64::from(evicted);
+            if let Some(w) = window {
+                input.extend_from_slice(&w.input);
+                full.push((index, w.stats));
+            }
+        }
+        if full.is_empty() {
+            return Ok(Vec::new());
+        }
+        let rows = full.len();
+        let deadline = Instant::now() + self.timeout;
+        let (reply, rx) = oneshot::channel();
+        let result = match self.submit(Msg::Windows {
+            input,
+            rows,
+            deadline,
+            reply,
+        }) {
+            Ok(()) => self.wait(rx).await,
+            Err(skip) => Err(skip),
+        };
+        match result {
+            Ok(out) if out.scores.len() == rows => Ok(full
+                .into_iter()
+                .zip(out.scores)
+                .map(|((index, stats), score)| Scored {
+                    index,
+                    score,
+                    stats,
+                    generation: out.generation,
+                })
+                .collect()),
+            Ok(_) => Err(self.count(Skip::Failed("wrong number of scores".into()), rows)),
+            Err(skip) => Err(self.count(skip, rows)),
+        }
+    }
+
+    /// Anomaly records for `readings`: one per window whose score is above the
+    /// threshold. Skipped inferences yield none (and are counted).
+    pub async fn anomalies(&mut self, readings: &[Reading]) -> Vec<Record> {
+        let Ok(scored) = self.score(readings).await else {
+            return Vec::new();
+        };
+        let records: Vec<Record> = scored
+            .into_iter()
+            .filter(|s| f64::from(s.score) > self.threshold)
+            .filter_map(|s| {
+                let r = readings.get(s.index)?;
+                Some(Record {
+                    kind: RecordKind::Anomaly,
+                    device: r.device.clone(),
+                    topic: r.topic.clone(),
+                    value: Some(r.value),
+                    timestamp_ms: r.timestamp_ms,
+                    score: Some(f64::from(s.score)),
+                    stats: Some(s.stats.to_map()),
+                    labels: None,
+                })
+            })
+            .collect();
+        self.metrics.anomalies.inc_by(records.len() as u64);
+        records
+    }
+
+    /// The best classes of an image payload. Skips are counted.
+    pub async fn classify_scores(&mut self, payload: &[u8]) -> Result<ImageScores, Skip> {
+        if self.task != InferenceTask::Classification {
+            return Err(Skip::Failed("the model is not a classifier".into()));
+        }
+        let (reply, rx) = oneshot::channel();
+        let msg = Msg::Image {
+            payload: payload.to_vec(),
+            top_k: self.top_k,
+            deadline: Instant::now() + self.timeout,
+            reply,
+        };
+        let result = match self.submit(msg) {
+            Ok(()) => self.wait(rx).await,
+            Err(skip) => Err(skip),
+        };
+        result.map_err(|skip| self.count(skip, 1))
+    }
+
+    /// A classification record for an image payload from `device`, or `None` when the
+    /// inference was skipped (counted).
+    pub async fn classify(
+        &mut self,
+        device: &str,
+        topic: &str,
+        timestamp_ms: i64,
+        payload: &[u8],
+    ) -> Option<Record> {
+        let scores = self.classify_scores(payload).await.ok()?;
+        Some(Record {
+            kind: RecordKind::Classification,
+            device: device.to_string(),
+            topic: topic.to_string(),
+            value: None,
+            timestamp_ms,
+            score: scores.top.first().map(|(_, s)| *s),
+            stats: None,
+            labels: Some(scores.top),
+        })
+    }
+
+    /// Blocks the inference thread until the returned guard is dropped (jobs queue up
+    /// meanwhile). Lets tests drive the timeout and overload paths deterministically.
+    #[doc(hidden)]
+    pub async fn hold_inference_thread(&self) -> Result<InferenceHold, Skip> {
+        let (held_tx, held) = mpsc::sync_channel(1);
+        let (release, release_rx) = mpsc::sync_channel(1);
+        self.submit(Msg::Hold {
+            held: held_tx,
+            release: release_rx,
+        })?;
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            match held.try_recv() {
+                Ok(()) => return Ok(InferenceHold { _release: release }),
+                Err(mpsc::TryRecvError::Empty) if Instant::now() < deadline => {
+                    tokio::task::yield_now().await
+                }
+                Err(_) => return Err(Skip::Failed("the inference thread did not stop".into())),
+            }
+        }
+    }
+
+    fn submit(&self, msg: Msg) -> Result<(), Skip> {
+        self.tx.try_send(msg).map_err(|e| match e {
+            TrySendError::Full(_) => Skip::Overloaded,
+            TrySendError::Disconnected(_) => {
+                Skip::Failed("the inference thread has stopped".into())
+            }
+        })
+    }
+
+    async fn wait<T>(&self, rx: oneshot::Receiver<Result<T, Skip>>) -> Result<T, Skip> {
+        match tokio::time::timeout(self.timeout, rx).await {
+            Ok(Ok(result)) => result,
+            // The thread drops the reply of a job whose deadline passed.
+            Ok(Err(_)) | Err(_) => Err(Skip::Timeout),
+        }
+    }
+
+    fn count(&self, skip: Skip, n: usize) -> Skip {
+        tracing::debug!(
+            reason = skip.reason(),
+            windows = n,
+            "inference skipped: {skip}"
+        );
+        self.metrics
+            .errors
+            .with_label_values(&[skip.reason()])
+            .inc_by(n as u64);
+        skip
+    }
+}
+
+/// Keeps the inference thread blocked while alive (see [`Inference::hold_inference_thread`]).
+#[doc(hidden)]
+pub struct InferenceHold {
+    _release: mpsc::SyncSender<()>,
+}

@@ -1,0 +1,168 @@
+//! Inference as a step of the agent's data path: what the pipeline calls for every raw
+//! reading (before the processors) and for every image payload, turning model results
+//! into anomaly and classification records and firing the matching local actions at
+//! once, before anything is queued.
+
+use std::path::Path;
+use std::time::Instant;
+
+use edge_crds::{InferenceTask, PayloadEncoding, PayloadFormat};
+
+use super::InferenceMetrics;
+use super::engine::{Inference, InferenceError, InferenceSettings};
+use super::source::SourceSettings;
+use crate::actions::Actions;
+use crate::config::AgentConfig;
+use crate::parse::InvalidReason;
+use crate::record::{Reading, Record};
+
+/// How image messages name their device: a topic segment (`topic[N]`), else the topic.
+#[derive(Clone, Debug)]
+struct ImageMessages {
+    device_segment: Option<usize>,
+    max_bytes: usize,
+}
+
+impl ImageMessages {
+    fn new(format: &PayloadFormat, max_bytes: usize) -> Self {
+        let device_segment = format
+            .device
+            .strip_prefix("topic[")
+            .and_then(|rest| rest.strip_suffix(']'))
+            .and_then(|n| n.parse().ok());
+        Self {
+            device_segment,
+            max_bytes,
+        }
+    }
+
+    fn device(&self, topic: &str) -> Option<String> {
+        match self.device_segment {
+            Some(i) => topic
+                .split('/')
+                .nth(i)
+                .filter(|s| !s.is_empty())
+                .map(str::to_string),
+            None => Some(topic.to_string()),
+        }
+    }
+}
+
+/// The inference step of one pipeline.
+pub struct InferenceStage {
+    inference: Inference,
+    images: Option<ImageMessages>,
+}
+
+impl InferenceStage {
+    /// Starts inference when the pipeline has `spec.inference`; URL models are cached in
+    /// `<data_dir>/models`.
+    pub fn start(
+        config: &AgentConfig,
+        data_dir: &Path,
+        metrics: InferenceMetrics,
+    ) -> Result<Option<Self>, InferenceError> {
+        let Some(spec) = &config.spec.inference else {
+            return Ok(None);
+        };
+        let images = (spec.task == InferenceTask::Classification
+            && config.spec.source.format.encoding == PayloadEncoding::Image)
+            .then(|| {
+                ImageMessages::new(&config.spec.source.format, config.source.max_payload_bytes)
+            });
+        let settings = InferenceSettings::new(
+            spec.clone(),
+            SourceSettings::new(data_dir),
+            config.source.max_devices,
+        );
+        let inference = Inference::start(settings, metrics)?;
+        Ok(Some(Self { inference, images }))
+    }
+
+    /// The engine, e.g. for its model status.
+    pub fn inference(&self) -> &Inference {
+        &self.inference
+    }
+
+    /// Whether messages are images to classify rather than readings to parse.
+    pub fn takes_images(&self) -> bool {
+        self.images.is_some()
+    }
+
+    /// Scores `reading`'s window; an anomaly fires the `on: anomaly` actions now and is
+    /// returned as a record to queue (whatever the processors do with the reading).
+    pub async fn on_reading(
+        &mut self,
+        reading: &Reading,
+        received: Instant,
+        actions: &Actions,
+    ) -> Vec<Record> {
+        let records = self
+            .inference
+            .anomalies(std::slice::from_ref(reading))
+            .await;
+        for record in &records {
+            actions.on_anomaly(reading, record.score.unwrap_or_default(), received);
+        }
+        records
+    }
+
+    /// Classifies an image payload: a classification record, after firing the
+    /// `on: classification` actions. An undecodable image or a skipped inference yields
+    /// no record (counted in the inference metrics).
+    pub async fn on_image(
+        &mut self,
+        topic: &str,
+        payload: &[u8],
+        received_ms: i64,
+        received: Instant,
+        actions: &Actions,
+    ) -> Result<Vec<Record>, InvalidReason> {
+        let Some(images) = &self.images else {
+            return Ok(Vec::new());
+        };
+        if payload.len() > images.max_bytes {
+            return Err(InvalidReason::TooLarge);
+        }
+        let device = images.device(topic).ok_or(InvalidReason::MissingDevice)?;
+        let Some(record) = self
+            .inference
+            .classify(&device, topic, received_ms, payload)
+            .await
+        else {
+            return Ok(Vec::new());
+        };
+        if let Some((label, score)) = record.labels.as_ref().and_then(|l| l.first()) {
+            let reading = Reading {
+                device,
+                topic: topic.to_string(),
+                value: *score,
+                timestamp_ms: received_ms,
+                received_ms,
+            };
+            actions.on_classification(&reading, label, *score, received);
+        }
+        Ok(vec![record])
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn image_devices_come_from_a_topic_segment_or_the_topic() {
+        let mut format = PayloadFormat {
+            device: "topic[1]".into(),
+            ..PayloadFormat::default()
+        };
+        let m = ImageMessages::new(&format, 10);
+        assert_eq!(m.device("cameras/cam7/frame").as_deref(), Some("cam7"));
+        assert_eq!(m.device("cameras"), None);
+        format.device = "device_id".into();
+        assert_eq!(
+            ImageMessages::new(&format, 10).device("cams/x").as_deref(),
+            Some("cams/x")
+        );
+    }
+}

@@ -1,0 +1,578 @@
+//! The durable on-node queue: records wait here, in a SQLite file, until the sink has
+//! them acknowledged upstream.
+//!
+//! All SQLite work runs on one dedicated thread (the writer) that owns the [`Store`]. The
+//! ingest side submits one [`Unit`] per MQTT message (its records, possibly none) and gets
+//! a completion that resolves only after the transaction holding them is committed, so
+//! the message is acknowledged to the broker only once its outcome is durable. Units that
+//! arrive while a commit is running share the next transaction (group commit). The sink
+//! side takes the oldest batch and deletes it only after the upstream accepted it.
+//!
+//! Caps: `maxBytes` with `whenFull` (`dropOldest` and `dropNewest` count `queue_full`
+//! drops; `block` stops committing, hence acknowledging, until space frees), and `maxAge`
+//! (expired records are deleted and counted as `max_age`). A failing disk never crashes
+//! the agent: commits are retried with backoff, and after a few failures the records are
+//! dropped and counted as `disk_full` (under `block` they are retried until they fit).
+
+mod file;
+pub mod seq;
+pub mod store;
+#[cfg(test)]
+mod tests;
+
+use std::collections::VecDeque;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use edge_crds::WhenFull;
+use tokio::sync::{mpsc, oneshot, watch};
+use tokio_util::sync::CancellationToken;
+
+pub use store::{
+    AppendReport, Batch, DeadLetter, QueueError, QueueStats, Store, StoreSettings, StoredRecord,
+    UnitOutcome, list_dead_letters,
+};
+
+use crate::http::{Health, Loop};
+use crate::record::Record;
+use crate::telemetry::Metrics;
+
+/// Units waiting for the writer; with the broker's in-flight window below this, ingest
+/// never waits for the channel.
+const APPEND_CAPACITY: usize = 2048;
+/// Requests from the sink waiting for the writer.
+const COMMAND_CAPACITY: usize = 16;
+/// Most units committed in one transaction.
+const MAX_GROUP: usize = 4096;
+/// How long a small group waits for more units before committing.
+const LINGER: Duration = Duration::from_millis(2);
+/// Failed commits retried before the records are dropped (not under `block`).
+const MAX_COMMIT_ATTEMPTS: u32 = 5;
+/// Longest pause between retries of a failed commit.
+const MAX_RETRY_DELAY: Duration = Duration::from_secs(5);
+/// How often the writer wakes up when idle (heartbeat, gauges, retries).
+const TICK: Duration = Duration::from_secs(1);
+
+/// How the queue is set up.
+#[derive(Clone, Debug)]
+pub struct QueueConfig {
+    /// Data directory holding `queue.db` and `seq.hwm`.
+    pub dir: PathBuf,
+    /// Store settings (caps, durability, record identity).
+    pub store: StoreSettings,
+    /// Records older than this are dropped.
+    pub max_age: Duration,
+}
+
+/// What became of a submitted unit. Either way the MQTT message may be acknowledged.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Committed {
+    /// Its records are durable.
+    Stored,
+    /// Its records were dropped and counted (queue full, or a failing disk).
+    Dropped,
+}
+
+/// The records derived from one MQTT message, on their way to the writer.
+pub struct Unit {
+    records: Vec<Record>,
+    received: Instant,
+    done: oneshot::Sender<Committed>,
+}
+
+enum Command {
+    TakeBatch {
+        limit: usize,
+        allow_partial: bool,
+        reply: oneshot::Sender<Result<Option<Batch>, QueueError>>,
+    },
+    Ack {
+        batch: Batch,
+        reply: oneshot::Sender<Result<u64, QueueError>>,
+    },
+    DeadLetter {
+        batch: Batch,
+        status: u16,
+        reason: String,
+        reply: oneshot::Sender<Result<u64, QueueError>>,
+    },
+}
+
+/// A handle to the queue. Clones share the writer, which runs until every handle is
+/// dropped or [`WriterControl::shutdown`].
+#[derive(Clone)]
+pub struct Queue {
+    appends: mpsc::Sender<Unit>,
+    commands: mpsc::Sender<Command>,
+    stats: watch::Receiver<QueueStats>,
+}
+
+/// Room for one unit in the writer's channel (see [`Queue::reserve`]).
+pub struct SubmitPermit<'a>(mpsc::Permit<'a, Unit>);
+
+impl SubmitPermit<'_> {
+    /// Submits the records of one message, like [`Queue::submit`].
+    pub fn submit(self, records: Vec<Record>, received: Instant) -> oneshot::Receiver<Committed> {
+        let (done, rx) = oneshot::channel();
+        self.0.send(Unit {
+            records,
+            received,
+            done,
+        });
+        rx
+    }
+}
+
+/// Stops the writer thread.
+pub struct WriterControl {
+    done: oneshot::Receiver<()>,
+    shutdown: CancellationToken,
+}
+
+impl WriterControl {
+    /// Asks the writer to commit what it has already received (within the caps; what does
+    /// not fit under `block` stays unacknowledged), close the file and stop; waits for it.
+    /// Later requests fail with [`QueueError::Stopped`].
+    pub async fn shutdown(self) {
+        self.shutdown.cancel();
+        let _ = self.done.await;
+    }
+}
+
+impl Queue {
+    /// Starts the writer thread, which opens (or repairs) the queue in `config.dir`.
+    pub async fn start(
+        config: QueueConfig,
+        metrics: Arc<Metrics>,
+        health: Arc<Health>,
+    ) -> Result<(Self, WriterControl), QueueError> {
+        let (appends_tx, appends_rx) = mpsc::channel(APPEND_CAPACITY);
+        let (commands_tx, commands_rx) = mpsc::channel(COMMAND_CAPACITY);
+        let (opened_tx, opened_rx) = oneshot::channel();
+        let (done_tx, done_rx) = oneshot::channel();
+        let shutdown = CancellationToken::new();
+        let shutdown_writer = shutdown.clone();
+        std::thread::Builder::new()
+            .name("queue-writer".into())
+            .spawn(move || {
+                let opened = match open(&config, &metrics) {
+                    Ok(store) => store,
+                    Err(e) => {
+                        let _ = opened_tx.send(Err(e));
+                        return;
+                    }
+                };
+                let stats = opened.stats().unwrap_or_default();
+                let (stats_tx, stats_rx) = watch::channel(stats);
+                health.set_queue_open(true);
+                let _ = opened_tx.send(Ok(stats_rx));
+                let runtime = match tokio::runtime::Builder::new_current_thread()
+                    .enable_time()
+                    .build()
+                {
+                    Ok(rt) => rt,
+                    Err(e) => {
+                        tracing::error!(error = %e, "queue writer runtime");
+                        health.set_queue_open(false);
+                        return;
+                    }
+                };
+                let writer = Writer {
+                    store: opened,
+                    metrics,
+                    health,
+                    stats: stats_tx,
+                    pending: VecDeque::new(),
+                    stall: None,
+                    max_age: config.max_age,
+                    last_expire: Instant::now(),
+                };
+                writer.publish_stats();
+                runtime.block_on(writer.run(appends_rx, commands_rx, shutdown_writer));
+                let _ = done_tx.send(());
+            })
+            .map_err(|source| QueueError::Io {
+                path: PathBuf::from("queue-writer thread"),
+                source,
+            })?;
+        let stats = opened_rx.await.map_err(|_| QueueError::Stopped)??;
+        Ok((
+            Self {
+                appends: appends_tx,
+                commands: commands_tx,
+                stats,
+            },
+            WriterControl {
+                done: done_rx,
+                shutdown,
+            },
+        ))
+    }
+
+    /// Submits the records of one message. The returned receiver resolves once they are
+    /// committed (or dropped and counted); it errors if the agent stops first, in which case
+    /// the message must not be acknowledged.
+    pub async fn submit(
+        &self,
+        records: Vec<Record>,
+        received: Instant,
+    ) -> Result<oneshot::Receiver<Committed>, QueueError> {
+        let (done, rx) = oneshot::channel();
+        self.appends
+            .send(Unit {
+                records,
+                received,
+                done,
+            })
+            .await
+            .map_err(|_| QueueError::Stopped)?;
+        Ok(rx)
+    }
+
+    /// Waits for room in the writer's channel; the permit then submits without waiting.
+    /// Cancelling the wait loses nothing.
+    pub async fn reserve(&self) -> Result<SubmitPermit<'_>, QueueError> {
+        let permit = self
+            .appends
+            .reserve()
+            .await
+            .map_err(|_| QueueError::Stopped)?;
+        Ok(SubmitPermit(permit))
+    }
+
+    /// The batch to send next (see [`Store::take_batch`]).
+    pub async fn take_batch(
+        &self,
+        limit: usize,
+        allow_partial: bool,
+    ) -> Result<Option<Batch>, QueueError> {
+        self.request(|reply| Command::TakeBatch {
+            limit,
+            allow_partial,
+            reply,
+        })
+        .await
+    }
+
+    /// Deletes a batch the sink accepted; returns how many records were deleted.
+    pub async fn ack(&self, batch: Batch) -> Result<u64, QueueError> {
+        self.request(|reply| Command::Ack { batch, reply }).await
+    }
+
+    /// Moves a rejected batch to the dead-letter table; returns how many records it held.
+    pub async fn dead_letter(
+        &self,
+        batch: Batch,
+        status: u16,
+        reason: String,
+    ) -> Result<u64, QueueError> {
+        self.request(|reply| Command::DeadLetter {
+            batch,
+            status,
+            reason,
+            reply,
+        })
+        .await
+    }
+
+    /// The latest queue statistics; `changed()` on the receiver wakes on every change.
+    pub fn stats(&self) -> watch::Receiver<QueueStats> {
+        self.stats.clone()
+    }
+
+    async fn request<T>(
+        &self,
+        make: impl FnOnce(oneshot::Sender<Result<T, QueueError>>) -> Command,
+    ) -> Result<T, QueueError> {
+        let (tx, rx) = oneshot::channel();
+        self.commands
+            .send(make(tx))
+            .await
+            .map_err(|_| QueueError::Stopped)?;
+        rx.await.map_err(|_| QueueError::Stopped)?
+    }
+}
+
+fn open(config: &QueueConfig, metrics: &Metrics) -> Result<Store, QueueError> {
+    let opened = Store::open(&config.dir, config.store.clone())?;
+    if let Some((aside, why)) = &opened.moved_aside {
+        tracing::error!(
+            moved_to = %aside.display(),
+            error = %why,
+            "the queue file was corrupt: moved it aside and started a fresh queue"
+        );
+        metrics.queue_corruptions.inc();
+    }
+    metrics
+        .queue_capacity_bytes
+        .set(config.store.max_bytes.min(i64::MAX as u64) as i64);
+    Ok(opened.store)
+}
+
+/// Why pending units are not committed yet.
+#[derive(Clone, Copy, Debug)]
+enum Stall {
+    /// `block` and the queue is full: retried when space frees (and on every tick).
+    Full,
+    /// Commits failed this many times: retried at `retry_at`.
+    Failing {
+        attempts: u32,
+        retry_at: tokio::time::Instant,
+    },
+}
+
+struct Writer {
+    store: Store,
+    metrics: Arc<Metrics>,
+    health: Arc<Health>,
+    stats: watch::Sender<QueueStats>,
+    /// Units received but not committed yet, in order.
+    pending: VecDeque<Unit>,
+    stall: Option<Stall>,
+    max_age: Duration,
+    last_expire: Instant,
+}
+
+impl Writer {
+    async fn run(
+        mut self,
+        mut appends: mpsc::Receiver<Unit>,
+        mut commands: mpsc::Receiver<Command>,
+        shutdown: CancellationToken,
+    ) {
+        let mut tick = tokio::time::interval(TICK);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let (mut appends_open, mut commands_open) = (true, true);
+        while appends_open || commands_open {
+            self.health.beat(Loop::Writer);
+            let retry_at = match self.stall {
+                Some(Stall::Failing { retry_at, .. }) => Some(retry_at),
+                _ => None,
+            };
+            tokio::select! {
+                biased;
+                _ = shutdown.cancelled() => break,
+                cmd = commands.recv(), if commands_open => match cmd {
+                    Some(cmd) => self.handle(cmd),
+                    None => commands_open = false,
+                },
+                unit = appends.recv(), if appends_open && self.pending.is_empty() => match unit {
+                    Some(unit) => {
+                        self.pending.push_back(unit);
+                        gather(&mut appends, &mut self.pending).await;
+                        self.commit_pending();
+                    }
+                    None => appends_open = false,
+                },
+                _ = sleep_until(retry_at), if retry_at.is_some() => self.commit_pending(),
+                _ = tick.tick() => self.on_tick(),
+            }
+        }
+        // Finish what was received: one last group commit.
+        appends.close();
+        while let Ok(unit) = appends.try_recv() {
+            self.pending.push_back(unit);
+        }
+        if !self.pending.is_empty() {
+            self.commit_pending();
+        }
+        if !self.pending.is_empty() {
+            tracing::info!(
+                messages = self.pending.len(),
+                "stopping with uncommitted messages; they stay unacknowledged at the broker"
+            );
+        }
+        self.pending.clear();
+        self.health.set_queue_open(false);
+    }
+
+    fn handle(&mut self, cmd: Command) {
+        match cmd {
+            Command::TakeBatch {
+                limit,
+                allow_partial,
+                reply,
+            } => {
+                let _ = reply.send(self.store.take_batch(limit, allow_partial));
+            }
+            Command::Ack { batch, reply } => {
+                let result = self.store.ack(&batch);
+                let _ = reply.send(result);
+                self.after_space_freed();
+            }
+            Command::DeadLetter {
+                batch,
+                status,
+                reason,
+                reply,
+            } => {
+                let result = self.store.dead_letter(&batch, status, &reason, now_ms());
+                let _ = reply.send(result);
+                self.after_space_freed();
+            }
+        }
+    }
+
+    fn after_space_freed(&mut self) {
+        if matches!(self.stall, Some(Stall::Full)) {
+            self.commit_pending();
+        } else {
+            self.publish_stats();
+        }
+    }
+
+    fn on_tick(&mut self) {
+        let every = (self.max_age / 10).clamp(Duration::from_millis(500), Duration::from_secs(60));
+        if self.last_expire.elapsed() >= every {
+            self.last_expire = Instant::now();
+            let cutoff =
+                now_ms().saturating_sub(self.max_age.as_millis().min(i64::MAX as u128) as i64);
+            match self.store.expire(cutoff) {
+                Ok(0) => {}
+                Ok(n) => {
+                    tracing::warn!(records = n, "dropped records older than maxAge");
+                    self.metrics.dropped("max_age", n);
+                }
+                Err(e) => tracing::warn!(error = %e, "expiring old records"),
+            }
+        }
+        if matches!(self.stall, Some(Stall::Full)) {
+            self.commit_pending();
+        } else {
+            self.publish_stats();
+        }
+    }
+
+    /// Commits as many pending units as the policy allows, completing each.
+    fn commit_pending(&mut self) {
+        if self.pending.is_empty() {
+            self.stall = None;
+            return;
+        }
+        let units: Vec<&[Record]> = self.pending.iter().map(|u| u.records.as_slice()).collect();
+        match self.store.append(&units, now_ms()) {
+            Ok(report) => {
+                self.stall = None;
+                if report.evicted > 0 {
+                    self.metrics.dropped("queue_full", report.evicted);
+                }
+                for outcome in report.outcomes {
+                    match outcome {
+                        UnitOutcome::Blocked => {
+                            self.stall = Some(Stall::Full);
+                            break;
+                        }
+                        UnitOutcome::Stored { .. } => {
+                            if let Some(unit) = self.pending.pop_front() {
+                                for record in &unit.records {
+                                    self.metrics
+                                        .records_enqueued
+                                        .with_label_values(&[record.kind.as_str()])
+                                        .inc();
+                                }
+                                self.metrics
+                                    .ingest_to_durable
+                                    .observe(unit.received.elapsed().as_secs_f64());
+                                let _ = unit.done.send(Committed::Stored);
+                            }
+                        }
+                        UnitOutcome::Dropped { records } => {
+                            self.metrics.dropped("queue_full", records);
+                            if let Some(unit) = self.pending.pop_front() {
+                                self.metrics
+                                    .ingest_to_durable
+                                    .observe(unit.received.elapsed().as_secs_f64());
+                                let _ = unit.done.send(Committed::Dropped);
+                            }
+                        }
+                    }
+                }
+            }
+            Err(e) => {
+                let attempts = match self.stall {
+                    Some(Stall::Failing { attempts, .. }) => attempts + 1,
+                    _ => 1,
+                };
+                tracing::warn!(error = %e, attempts, "committing to the queue failed");
+                let give_up = attempts >= MAX_COMMIT_ATTEMPTS
+                    && self.store.settings().when_full != WhenFull::Block;
+                if give_up {
+                    let n: usize = self.pending.iter().map(|u| u.records.len()).sum();
+                    tracing::error!(records = n, error = %e, "dropping records the queue cannot store");
+                    self.metrics.dropped("disk_full", n as u64);
+                    for unit in self.pending.drain(..) {
+                        let _ = unit.done.send(Committed::Dropped);
+                    }
+                    self.stall = None;
+                } else {
+                    let delay = (Duration::from_millis(100) * 2u32.saturating_pow(attempts - 1))
+                        .min(MAX_RETRY_DELAY);
+                    self.stall = Some(Stall::Failing {
+                        attempts,
+                        retry_at: tokio::time::Instant::now() + delay,
+                    });
+                }
+            }
+        }
+        self.publish_stats();
+    }
+
+    fn publish_stats(&self) {
+        let stats = match self.store.stats() {
+            Ok(s) => s,
+            Err(e) => {
+                tracing::warn!(error = %e, "reading queue statistics");
+                return;
+            }
+        };
+        self.metrics
+            .queue_records
+            .set(stats.records.min(i64::MAX as u64) as i64);
+        self.metrics
+            .queue_bytes
+            .set(stats.bytes.min(i64::MAX as u64) as i64);
+        let age = stats
+            .oldest_ms
+            .map_or(0.0, |t| (now_ms() - t).max(0) as f64 / 1000.0);
+        self.metrics.queue_oldest_age_seconds.set(age);
+        self.stats.send_if_modified(|old| {
+            let changed = *old != stats;
+            *old = stats;
+            changed
+        });
+    }
+}
+
+/// Adds the units already waiting (up to [`MAX_GROUP`]) to `group`, waiting up to
+/// [`LINGER`] once for more when the group is small.
+async fn gather(appends: &mut mpsc::Receiver<Unit>, group: &mut VecDeque<Unit>) {
+    let mut lingered = false;
+    while group.len() < MAX_GROUP {
+        match appends.try_recv() {
+            Ok(unit) => group.push_back(unit),
+            Err(_) if lingered || group.len() >= 64 => return,
+            Err(_) => {
+                lingered = true;
+                match tokio::time::timeout(LINGER, appends.recv()).await {
+                    Ok(Some(unit)) => group.push_back(unit),
+                    _ => return,
+                }
+            }
+        }
+    }
+}
+
+async fn sleep_until(at: Option<tokio::time::Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(at).await,
+        None => std::future::pending().await,
+    }
+}
+
+/// Wall-clock unix milliseconds.
+pub fn now_ms() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis().min(i64::MAX as u128) as i64)
+}

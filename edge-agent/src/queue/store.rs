@@ -1,0 +1,602 @@
+//! The queue's SQLite file: synchronous, single-owner code that the queue's writer thread
+//! drives (and that tests drive directly on real files in temporary directories).
+//!
+//! One table of records in `seq` order (each stored as its upstream JSON), one of
+//! dead-lettered batches, one of small counters. `seq` is assigned here: strictly
+//! increasing and never reused, across restarts and across a corrupt file being replaced,
+//! thanks to a high-water mark kept beside the database (see [`super::seq`]).
+
+use std::path::{Path, PathBuf};
+
+use edge_crds::{Durability, WhenFull};
+use rusqlite::{Connection, ErrorCode, OptionalExtension, params};
+
+use super::file::{move_aside, open_checked, stored_next_seq, unix_micros};
+use super::seq::SeqCeiling;
+use crate::record::{Record, UpstreamRecord};
+
+/// File name of the queue database inside the data directory.
+pub const DB_FILE: &str = "queue.db";
+/// Rows read per step when making room or expiring.
+const SCAN_CHUNK: i64 = 512;
+
+/// Why the queue failed.
+#[derive(Debug, thiserror::Error)]
+pub enum QueueError {
+    #[error("queue database: {0}")]
+    Sqlite(#[from] rusqlite::Error),
+    #[error("queue directory {path}: {source}")]
+    Io {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("queue database is corrupt: {0}")]
+    Corrupt(String),
+    #[error("encoding a record: {0}")]
+    Encode(#[from] serde_json::Error),
+    #[error("the queue has stopped")]
+    Stopped,
+}
+
+impl QueueError {
+    /// True for errors a retry may get past: a full disk, an I/O error, a busy file.
+    pub fn is_transient(&self) -> bool {
+        match self {
+            Self::Sqlite(e) => matches!(
+                e.sqlite_error_code(),
+                Some(
+                    ErrorCode::DiskFull
+                        | ErrorCode::SystemIoFailure
+                        | ErrorCode::DatabaseBusy
+                        | ErrorCode::DatabaseLocked
+                        | ErrorCode::OutOfMemory
+                )
+            ),
+            Self::Io { .. } => true,
+            _ => false,
+        }
+    }
+
+    pub(super) fn is_corruption(&self) -> bool {
+        match self {
+            Self::Corrupt(_) => true,
+            Self::Sqlite(e) => matches!(
+                e.sqlite_error_code(),
+                Some(ErrorCode::DatabaseCorrupt | ErrorCode::NotADatabase)
+            ),
+            _ => false,
+        }
+    }
+}
+
+/// How the store is opened.
+#[derive(Clone, Debug)]
+pub struct StoreSettings {
+    /// `namespace/name`, written into every record.
+    pub pipeline: String,
+    /// Node name, written into every record.
+    pub node: String,
+    /// Cap on stored payload bytes.
+    pub max_bytes: u64,
+    /// What to do when the cap is reached.
+    pub when_full: WhenFull,
+    /// `fsync` (`synchronous=FULL`) or `os` (`synchronous=NORMAL`).
+    pub durability: Durability,
+}
+
+/// What happened to one unit (the records of one message) in [`Store::append`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum UnitOutcome {
+    /// Committed.
+    Stored { records: u64 },
+    /// Dropped because the queue was full (`dropNewest`, or a unit larger than the cap).
+    Dropped { records: u64 },
+    /// Not committed: the queue is full and the policy is `block`. This unit and every
+    /// later one of the same call were left untouched.
+    Blocked,
+}
+
+/// What one [`Store::append`] did.
+#[derive(Debug, Default)]
+pub struct AppendReport {
+    /// One entry per submitted unit, in order.
+    pub outcomes: Vec<UnitOutcome>,
+    /// Oldest records deleted to make room (`dropOldest`).
+    pub evicted: u64,
+}
+
+/// A stored record.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct StoredRecord {
+    /// Its sequence number.
+    pub seq: u64,
+    /// Its upstream JSON.
+    pub body: Vec<u8>,
+}
+
+/// A run of the oldest records, sent upstream as one request.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Batch {
+    /// First `seq` of the batch's range.
+    pub first_seq: u64,
+    /// Last `seq` of the batch's range.
+    pub last_seq: u64,
+    /// The records still in the queue within the range, in `seq` order.
+    pub records: Vec<StoredRecord>,
+}
+
+impl Batch {
+    /// The records as one JSON array.
+    pub fn json_array(&self) -> Vec<u8> {
+        let len = self.records.iter().map(|r| r.body.len() + 1).sum::<usize>() + 2;
+        let mut out = Vec::with_capacity(len);
+        out.push(b'[');
+        for (i, r) in self.records.iter().enumerate() {
+            if i > 0 {
+                out.push(b',');
+            }
+            out.extend_from_slice(&r.body);
+        }
+        out.push(b']');
+        out
+    }
+}
+
+/// A batch the sink rejected, kept for inspection.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct DeadLetter {
+    /// When it was dead-lettered (unix ms).
+    pub at_ms: i64,
+    /// First `seq`.
+    pub first_seq: u64,
+    /// Last `seq`.
+    pub last_seq: u64,
+    /// Number of records.
+    pub records: u64,
+    /// HTTP status (0 when not HTTP).
+    pub status: u16,
+    /// Why the sink rejected it (start of the response body).
+    pub reason: String,
+}
+
+/// Size and age of what is queued.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct QueueStats {
+    /// Records queued.
+    pub records: u64,
+    /// Payload bytes queued.
+    pub bytes: u64,
+    /// When the oldest record was enqueued (unix ms).
+    pub oldest_ms: Option<i64>,
+}
+
+/// The result of [`Store::open`].
+pub struct Opened {
+    /// The open store.
+    pub store: Store,
+    /// Where a corrupt file was moved, with the error that showed it was corrupt.
+    pub moved_aside: Option<(PathBuf, String)>,
+}
+
+/// The queue database.
+pub struct Store {
+    conn: Connection,
+    settings: StoreSettings,
+    ceiling: SeqCeiling,
+    next_seq: u64,
+    records: u64,
+    bytes: u64,
+}
+
+impl Store {
+    /// Opens (or creates) `<dir>/queue.db`. A corrupt file is moved aside to
+    /// `queue.db.corrupt-<unix seconds>` (with its `-wal` and `-shm`) and a fresh queue is
+    /// opened; `seq` still continues above every value ever handed out.
+    pub fn open(dir: &Path, settings: StoreSettings) -> Result<Opened, QueueError> {
+        std::fs::create_dir_all(dir).map_err(|source| QueueError::Io {
+            path: dir.to_path_buf(),
+            source,
+        })?;
+        let path = dir.join(DB_FILE);
+        let existed = path.exists();
+        let mut ceiling = SeqCeiling::load(dir)?;
+        let (conn, moved_aside) = match open_checked(&path, settings.durability) {
+            Ok(conn) => (conn, None),
+            Err(e) if e.is_corruption() => {
+                let aside = move_aside(&path)?;
+                (
+                    open_checked(&path, settings.durability)?,
+                    Some((aside, e.to_string())),
+                )
+            }
+            Err(e) => return Err(e),
+        };
+        let stored_next = stored_next_seq(&conn)?;
+        let fresh = !existed || moved_aside.is_some();
+        let next_seq = match (fresh, ceiling.value()) {
+            // A database that survived: continue after it. With `os` durability the last
+            // commits may have been lost with the page cache, so start above everything
+            // ever reserved instead.
+            (false, Some(c)) if settings.durability == Durability::Os => stored_next.max(c),
+            (false, _) => stored_next,
+            (true, Some(c)) => c.max(1),
+            // Nothing to continue from after a corrupt file without a mark: the clock in
+            // microseconds is above any sequence handed out at the usual rates.
+            (true, None) if moved_aside.is_some() => unix_micros(),
+            (true, None) => 1,
+        };
+        ceiling.reserve_through(next_seq)?;
+        let (records, bytes): (i64, i64) = conn.query_row(
+            "SELECT count(*), coalesce(sum(size), 0) FROM records",
+            [],
+            |r| Ok((r.get(0)?, r.get(1)?)),
+        )?;
+        Ok(Opened {
+            store: Self {
+                conn,
+                settings,
+                ceiling,
+                next_seq,
+                records: records.max(0) as u64,
+                bytes: bytes.max(0) as u64,
+            },
+            moved_aside,
+        })
+    }
+
+    /// The settings the store was opened with.
+    pub fn settings(&self) -> &StoreSettings {
+        &self.settings
+    }
+
+    /// The `seq` the next record will get.
+    pub fn next_seq(&self) -> u64 {
+        self.next_seq
+    }
+
+    /// Records and bytes queued, and the oldest record's enqueue time.
+    pub fn stats(&self) -> Result<QueueStats, QueueError> {
+        let oldest_ms = self
+            .conn
+            .query_row(
+                "SELECT enqueued_ms FROM records ORDER BY seq LIMIT 1",
+                [],
+                |r| r.get(0),
+            )
+            .optional()?;
+        Ok(QueueStats {
+            records: self.records,
+            bytes: self.bytes,
+            oldest_ms,
+        })
+    }
+
+    /// Commits `units` (each the records of one message) in one transaction, applying
+    /// `maxBytes` and `whenFull` unit by unit in order. On error nothing is committed.
+    pub fn append(&mut self, units: &[&[Record]], now_ms: i64) -> Result<AppendReport, QueueError> {
+        let mut report = AppendReport::default();
+        let mut next_seq = self.next_seq;
+        let mut records = self.records;
+        let mut bytes = self.bytes;
+        let max = self.settings.max_bytes;
+        let tx = self.conn.transaction()?;
+        {
+            let mut insert = tx.prepare_cached(
+                "INSERT INTO records (seq, enqueued_ms, size, body) VALUES (?1, ?2, ?3, ?4)",
+            )?;
+            for unit in units {
+                let mut bodies = Vec::with_capacity(unit.len());
+                let mut seq = next_seq;
+                for record in unit.iter() {
+                    let up = UpstreamRecord::new(
+                        &self.settings.pipeline,
+                        &self.settings.node,
+                        seq,
+                        record,
+                    );
+                    bodies.push((seq, serde_json::to_vec(&up)?));
+                    seq += 1;
+                }
+                let size: u64 = bodies.iter().map(|(_, b)| b.len() as u64).sum();
+                let n = bodies.len() as u64;
+                if bytes + size > max {
+                    match self.settings.when_full {
+                        WhenFull::Block => {
+                            let left = units.len() - report.outcomes.len();
+                            report
+                                .outcomes
+                                .extend(std::iter::repeat_n(UnitOutcome::Blocked, left));
+                            break;
+                        }
+                        WhenFull::DropNewest => {
+                            report.outcomes.push(UnitOutcome::Dropped { records: n });
+                            continue;
+                        }
+                        WhenFull::DropOldest if size > max => {
+                            report.outcomes.push(UnitOutcome::Dropped { records: n });
+                            continue;
+                        }
+                        WhenFull::DropOldest => {
+                            let (r, b) = evict_oldest(&tx, bytes + size - max)?;
+                            report.evicted += r;
+                            records -= r.min(records);
+                            bytes -= b.min(bytes);
+                        }
+                    }
+                }
+                for (seq, body) in &bodies {
+                    insert.execute(params![*seq as i64, now_ms, body.len() as i64, body])?;
+                }
+                next_seq = seq;
+                records += n;
+                bytes += size;
+                report.outcomes.push(UnitOutcome::Stored { records: n });
+            }
+        }
+        if next_seq != self.next_seq {
+            tx.execute(
+                "INSERT INTO meta (key, value) VALUES ('next_seq', ?1)
+                 ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+                params![next_seq as i64],
+            )?;
+            self.ceiling.reserve_through(next_seq)?;
+        }
+        tx.commit()?;
+        self.next_seq = next_seq;
+        self.records = records;
+        self.bytes = bytes;
+        Ok(report)
+    }
+
+    /// The batch to send next: the batch already being sent (its range is kept across
+    /// restarts so every retry carries the same records and key), else the oldest `limit`
+    /// records if there are that many, or fewer when `allow_partial`. The returned batch
+    /// is remembered as the one being sent until [`Store::ack`] or [`Store::dead_letter`].
+    pub fn take_batch(
+        &mut self,
+        limit: usize,
+        allow_partial: bool,
+    ) -> Result<Option<Batch>, QueueError> {
+        if let Some((first, last)) = self.pinned()? {
+            let records = self.read_range(first, last, i64::MAX)?;
+            if !records.is_empty() {
+                return Ok(Some(Batch {
+                    first_seq: first,
+                    last_seq: last,
+                    records,
+                }));
+            }
+            self.unpin()?;
+        }
+        if self.records == 0 || (!allow_partial && (self.records as usize) < limit) {
+            return Ok(None);
+        }
+        let records = self.read_range(0, u64::MAX, limit.max(1) as i64)?;
+        let (Some(first), Some(last)) = (records.first(), records.last()) else {
+            return Ok(None);
+        };
+        let batch = Batch {
+            first_seq: first.seq,
+            last_seq: last.seq,
+            records,
+        };
+        self.conn.execute(
+            "INSERT INTO meta (key, value) VALUES ('batch_first', ?1), ('batch_last', ?2)
+             ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+            params![batch.first_seq as i64, batch.last_seq as i64],
+        )?;
+        Ok(Some(batch))
+    }
+
+    /// Deletes a batch the sink accepted; returns how many records were deleted.
+    pub fn ack(&mut self, batch: &Batch) -> Result<u64, QueueError> {
+        let tx = self.conn.transaction()?;
+        let (n, b) = delete_range(&tx, batch.first_seq, batch.last_seq)?;
+        tx.execute(
+            "DELETE FROM meta WHERE key IN ('batch_first', 'batch_last')",
+            [],
+        )?;
+        tx.commit()?;
+        self.records -= n.min(self.records);
+        self.bytes -= b.min(self.bytes);
+        Ok(n)
+    }
+
+    /// Moves a batch the sink rejected to the dead-letter table; returns how many records
+    /// it held.
+    pub fn dead_letter(
+        &mut self,
+        batch: &Batch,
+        status: u16,
+        reason: &str,
+        now_ms: i64,
+    ) -> Result<u64, QueueError> {
+        let tx = self.conn.transaction()?;
+        let (n, b) = delete_range(&tx, batch.first_seq, batch.last_seq)?;
+        tx.execute(
+            "INSERT INTO dead_letters (at_ms, first_seq, last_seq, records, status, reason, body)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+            params![
+                now_ms,
+                batch.first_seq as i64,
+                batch.last_seq as i64,
+                n as i64,
+                status,
+                reason,
+                batch.json_array()
+            ],
+        )?;
+        tx.execute(
+            "DELETE FROM meta WHERE key IN ('batch_first', 'batch_last')",
+            [],
+        )?;
+        tx.commit()?;
+        self.records -= n.min(self.records);
+        self.bytes -= b.min(self.bytes);
+        Ok(n)
+    }
+
+    /// Deletes records enqueued before `cutoff_ms` (oldest first); returns how many.
+    pub fn expire(&mut self, cutoff_ms: i64) -> Result<u64, QueueError> {
+        let mut total = 0;
+        loop {
+            let tx = self.conn.transaction()?;
+            let rows: Vec<(i64, i64, i64)> = {
+                let mut stmt = tx.prepare_cached(
+                    "SELECT seq, enqueued_ms, size FROM records ORDER BY seq LIMIT ?1",
+                )?;
+                stmt.query_map([SCAN_CHUNK], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?
+                    .collect::<Result<_, _>>()?
+            };
+            let expired: Vec<_> = rows
+                .iter()
+                .take_while(|(_, at, _)| *at < cutoff_ms)
+                .collect();
+            let Some(last) = expired.last() else {
+                return Ok(total);
+            };
+            let n = tx.execute("DELETE FROM records WHERE seq <= ?1", [last.0])? as u64;
+            tx.commit()?;
+            let b: i64 = expired.iter().map(|(_, _, s)| *s).sum();
+            self.records -= n.min(self.records);
+            self.bytes -= (b.max(0) as u64).min(self.bytes);
+            total += n;
+            if expired.len() < rows.len() || rows.len() < SCAN_CHUNK as usize {
+                return Ok(total);
+            }
+        }
+    }
+
+    /// Every dead-lettered batch, oldest first.
+    pub fn dead_letters(&self) -> Result<Vec<DeadLetter>, QueueError> {
+        read_dead_letters(&self.conn)
+    }
+
+    /// The body (JSON array) of a dead-lettered batch.
+    pub fn dead_letter_body(&self, first_seq: u64) -> Result<Option<Vec<u8>>, QueueError> {
+        Ok(self
+            .conn
+            .query_row(
+                "SELECT body FROM dead_letters WHERE first_seq = ?1",
+                [first_seq as i64],
+                |r| r.get(0),
+            )
+            .optional()?)
+    }
+
+    fn pinned(&self) -> Result<Option<(u64, u64)>, QueueError> {
+        let get = |key: &str| -> Result<Option<i64>, QueueError> {
+            Ok(self
+                .conn
+                .query_row("SELECT value FROM meta WHERE key = ?1", [key], |r| r.get(0))
+                .optional()?)
+        };
+        Ok(match (get("batch_first")?, get("batch_last")?) {
+            (Some(f), Some(l)) if f <= l => Some((f as u64, l as u64)),
+            _ => None,
+        })
+    }
+
+    fn unpin(&self) -> Result<(), QueueError> {
+        self.conn.execute(
+            "DELETE FROM meta WHERE key IN ('batch_first', 'batch_last')",
+            [],
+        )?;
+        Ok(())
+    }
+
+    fn read_range(
+        &self,
+        first: u64,
+        last: u64,
+        limit: i64,
+    ) -> Result<Vec<StoredRecord>, QueueError> {
+        let mut stmt = self.conn.prepare_cached(
+            "SELECT seq, body FROM records WHERE seq BETWEEN ?1 AND ?2 ORDER BY seq LIMIT ?3",
+        )?;
+        let rows = stmt.query_map(
+            params![first as i64, last.min(i64::MAX as u64) as i64, limit],
+            |r| {
+                Ok(StoredRecord {
+                    seq: r.get::<_, i64>(0)? as u64,
+                    body: r.get(1)?,
+                })
+            },
+        )?;
+        Ok(rows.collect::<Result<_, _>>()?)
+    }
+}
+
+/// Lists the dead letters of the queue in `dir` without opening it for writing.
+pub fn list_dead_letters(dir: &Path) -> Result<Vec<DeadLetter>, QueueError> {
+    let path = dir.join(DB_FILE);
+    if !path.exists() {
+        return Ok(Vec::new());
+    }
+    let conn = Connection::open_with_flags(&path, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY)?;
+    conn.busy_timeout(std::time::Duration::from_secs(5))?;
+    read_dead_letters(&conn)
+}
+
+fn read_dead_letters(conn: &Connection) -> Result<Vec<DeadLetter>, QueueError> {
+    let mut stmt = conn.prepare(
+        "SELECT at_ms, first_seq, last_seq, records, status, reason FROM dead_letters ORDER BY id",
+    )?;
+    let rows = stmt.query_map([], |r| {
+        Ok(DeadLetter {
+            at_ms: r.get(0)?,
+            first_seq: r.get::<_, i64>(1)? as u64,
+            last_seq: r.get::<_, i64>(2)? as u64,
+            records: r.get::<_, i64>(3)? as u64,
+            status: r.get(4)?,
+            reason: r.get(5)?,
+        })
+    })?;
+    Ok(rows.collect::<Result<_, _>>()?)
+}
+
+/// Deletes the oldest records until at least `need` bytes are freed (or the table is
+/// empty); returns (records, bytes) deleted.
+fn evict_oldest(conn: &Connection, need: u64) -> Result<(u64, u64), QueueError> {
+    let mut freed = 0u64;
+    let mut deleted = 0u64;
+    while freed < need {
+        let rows: Vec<(i64, i64)> = {
+            let mut stmt =
+                conn.prepare_cached("SELECT seq, size FROM records ORDER BY seq LIMIT ?1")?;
+            stmt.query_map([SCAN_CHUNK], |r| Ok((r.get(0)?, r.get(1)?)))?
+                .collect::<Result<_, _>>()?
+        };
+        if rows.is_empty() {
+            break;
+        }
+        let mut upto = None;
+        for (seq, size) in &rows {
+            freed += (*size).max(0) as u64;
+            deleted += 1;
+            upto = Some(*seq);
+            if freed >= need {
+                break;
+            }
+        }
+        if let Some(seq) = upto {
+            conn.execute("DELETE FROM records WHERE seq <= ?1", [seq])?;
+        }
+    }
+    Ok((deleted, freed))
+}
+
+/// Deletes the records of a range; returns (records, bytes) deleted.
+fn delete_range(conn: &Connection, first: u64, last: u64) -> Result<(u64, u64), QueueError> {
+    let (n, b): (i64, i64) = conn.query_row(
+        "SELECT count(*), coalesce(sum(size), 0) FROM records WHERE seq BETWEEN ?1 AND ?2",
+        params![first as i64, last as i64],
+        |r| Ok((r.get(0)?, r.get(1)?)),
+    )?;
+    conn.execute(
+        "DELETE FROM records WHERE seq BETWEEN ?1 AND ?2",
+        params![first as i64, last as i64],
+    )?;
+    Ok((n.max(0) as u64, b.max(0) as u64))
+}

@@ -1,0 +1,576 @@
+//! Tests of the queue on real SQLite files in temporary directories: `seq` across
+//! restarts and corrupt files, caps, batches, dead letters, expiry, the writer's
+//! acknowledgement ordering, and a property test against an in-memory model.
+
+use std::collections::VecDeque;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use edge_crds::{Durability, WhenFull};
+use proptest::prelude::*;
+
+use super::seq::{HWM_FILE, SEQ_BLOCK};
+use super::store::DB_FILE;
+use super::*;
+use crate::record::{Reading, Record, UpstreamRecord};
+
+fn settings(max_bytes: u64, when_full: WhenFull, durability: Durability) -> StoreSettings {
+    StoreSettings {
+        pipeline: "factory/line1".into(),
+        node: "edge-1".into(),
+        max_bytes,
+        when_full,
+        durability,
+    }
+}
+
+fn record(device: &str, value: f64) -> Record {
+    Record::reading(&Reading {
+        device: device.into(),
+        topic: format!("sensors/{device}/temperature"),
+        value,
+        timestamp_ms: 1_795_608_000_000,
+        received_ms: 1_795_608_000_000,
+    })
+}
+
+fn open(dir: &Path, s: StoreSettings) -> Store {
+    Store::open(dir, s).unwrap().store
+}
+
+fn seqs(batch: &Batch) -> Vec<u64> {
+    batch.records.iter().map(|r| r.seq).collect()
+}
+
+fn decode(batch: &Batch) -> Vec<UpstreamRecord> {
+    serde_json::from_slice(&batch.json_array()).unwrap()
+}
+
+#[test]
+fn records_come_back_in_order_with_their_seq_and_identity() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut s = open(
+        dir.path(),
+        settings(1 << 20, WhenFull::DropOldest, Durability::Fsync),
+    );
+    let a = [record("t1", 1.0), record("t2", 2.0)];
+    let b = [record("t3", 3.0)];
+    let report = s.append(&[&a, &[], &b], 1000).unwrap();
+    assert_eq!(
+        report.outcomes,
+        vec![
+            UnitOutcome::Stored { records: 2 },
+            UnitOutcome::Stored { records: 0 },
+            UnitOutcome::Stored { records: 1 }
+        ]
+    );
+    let batch = s.take_batch(10, true).unwrap().unwrap();
+    assert_eq!(seqs(&batch), vec![1, 2, 3]);
+    let up = decode(&batch);
+    assert_eq!(up[2].device, "t3");
+    assert_eq!(up[2].seq, 3);
+    assert_eq!(up[0].pipeline, "factory/line1");
+    assert_eq!(up[0].node, "edge-1");
+    assert_eq!(s.stats().unwrap().records, 3);
+    assert_eq!(s.ack(&batch).unwrap(), 3);
+    assert_eq!(s.stats().unwrap(), QueueStats::default());
+    assert!(s.take_batch(10, true).unwrap().is_none());
+}
+
+#[test]
+fn seq_is_never_reused_across_restarts_even_when_the_queue_drained() {
+    let dir = tempfile::tempdir().unwrap();
+    let st = settings(1 << 20, WhenFull::DropOldest, Durability::Fsync);
+    let mut s = open(dir.path(), st.clone());
+    s.append(&[&[record("t1", 1.0), record("t1", 2.0)]], 1)
+        .unwrap();
+    let batch = s.take_batch(10, true).unwrap().unwrap();
+    s.ack(&batch).unwrap();
+    drop(s);
+    let mut s = open(dir.path(), st.clone());
+    assert_eq!(s.next_seq(), 3, "continues after the drained records");
+    s.append(&[&[record("t1", 3.0)]], 2).unwrap();
+    let batch = s.take_batch(10, true).unwrap().unwrap();
+    assert_eq!(seqs(&batch), vec![3]);
+}
+
+#[test]
+fn with_os_durability_a_restart_continues_above_every_reserved_seq() {
+    let dir = tempfile::tempdir().unwrap();
+    let st = settings(1 << 20, WhenFull::DropOldest, Durability::Os);
+    let mut s = open(dir.path(), st.clone());
+    s.append(&[&[record("t1", 1.0)]], 1).unwrap();
+    drop(s);
+    let s = open(dir.path(), st);
+    assert!(
+        s.next_seq() > SEQ_BLOCK,
+        "a power cut may have lost commits: skip the reserved block"
+    );
+}
+
+#[test]
+fn a_corrupt_file_is_moved_aside_and_seq_continues_above_the_old_ones() {
+    let dir = tempfile::tempdir().unwrap();
+    let st = settings(1 << 20, WhenFull::DropOldest, Durability::Fsync);
+    let mut s = open(dir.path(), st.clone());
+    s.append(&[&[record("t1", 1.0), record("t1", 2.0)]], 1)
+        .unwrap();
+    drop(s);
+    std::fs::write(
+        dir.path().join(DB_FILE),
+        b"this is not a database, it is garbage".repeat(200),
+    )
+    .unwrap();
+    let opened = Store::open(dir.path(), st).unwrap();
+    let (aside, why) = opened.moved_aside.expect("moved aside");
+    assert!(
+        aside
+            .file_name()
+            .unwrap()
+            .to_string_lossy()
+            .starts_with("queue.db.corrupt-")
+    );
+    assert!(aside.exists());
+    assert!(!why.is_empty());
+    let mut s = opened.store;
+    assert_eq!(s.stats().unwrap().records, 0);
+    s.append(&[&[record("t1", 3.0)]], 2).unwrap();
+    let batch = s.take_batch(10, true).unwrap().unwrap();
+    assert!(
+        batch.first_seq > 2,
+        "seq {} reused after a reset",
+        batch.first_seq
+    );
+}
+
+#[test]
+fn a_corrupt_file_without_a_mark_starts_seq_from_the_clock() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join(DB_FILE), b"garbage".repeat(1000)).unwrap();
+    let s = Store::open(
+        dir.path(),
+        settings(1 << 20, WhenFull::DropOldest, Durability::Fsync),
+    )
+    .unwrap();
+    assert!(s.moved_aside.is_some());
+    assert!(s.store.next_seq() > 1_600_000_000_000_000);
+    assert!(dir.path().join(HWM_FILE).exists());
+}
+
+#[test]
+fn a_damaged_page_fails_quick_check_and_is_moved_aside() {
+    let dir = tempfile::tempdir().unwrap();
+    let st = settings(1 << 22, WhenFull::DropOldest, Durability::Fsync);
+    let mut s = open(dir.path(), st.clone());
+    let unit: Vec<Record> = (0..2000).map(|i| record("t1", i as f64)).collect();
+    s.append(&[&unit], 1).unwrap();
+    drop(s);
+    // Checkpointed on close: overwrite the middle of the file, keeping the header valid.
+    let path = dir.path().join(DB_FILE);
+    let mut bytes = std::fs::read(&path).unwrap();
+    assert!(bytes.len() > 64 * 1024, "database unexpectedly small");
+    for b in &mut bytes[8192..40960] {
+        *b = 0xA5;
+    }
+    std::fs::write(&path, bytes).unwrap();
+    let opened = Store::open(dir.path(), st).unwrap();
+    assert!(opened.moved_aside.is_some(), "damage not detected");
+    assert!(opened.store.next_seq() > 2000);
+}
+
+#[test]
+fn drop_newest_rejects_what_does_not_fit_and_keeps_the_rest() {
+    let dir = tempfile::tempdir().unwrap();
+    let one = serde_json::to_vec(&UpstreamRecord::new(
+        "factory/line1",
+        "edge-1",
+        1,
+        &record("t1", 1.0),
+    ))
+    .unwrap()
+    .len() as u64;
+    let mut s = open(
+        dir.path(),
+        settings(one * 3 + one / 2, WhenFull::DropNewest, Durability::Os),
+    );
+    let r = [record("t1", 1.0)];
+    let report = s.append(&[&r, &r, &r, &r, &r], 1).unwrap();
+    assert_eq!(
+        report.outcomes[..3],
+        [UnitOutcome::Stored { records: 1 }; 3]
+    );
+    assert_eq!(
+        report.outcomes[3..],
+        [UnitOutcome::Dropped { records: 1 }; 2]
+    );
+    let batch = s.take_batch(10, true).unwrap().unwrap();
+    assert_eq!(seqs(&batch), vec![1, 2, 3], "the oldest are kept");
+}
+
+#[test]
+fn drop_oldest_evicts_the_oldest_to_make_room() {
+    let dir = tempfile::tempdir().unwrap();
+    let one = serde_json::to_vec(&UpstreamRecord::new(
+        "factory/line1",
+        "edge-1",
+        1,
+        &record("t1", 1.0),
+    ))
+    .unwrap()
+    .len() as u64;
+    let mut s = open(
+        dir.path(),
+        settings(one * 3 + one / 2, WhenFull::DropOldest, Durability::Os),
+    );
+    let r = [record("t1", 1.0)];
+    let report = s.append(&[&r, &r, &r, &r, &r], 1).unwrap();
+    assert_eq!(report.outcomes, vec![UnitOutcome::Stored { records: 1 }; 5]);
+    assert_eq!(report.evicted, 2);
+    let batch = s.take_batch(10, true).unwrap().unwrap();
+    assert_eq!(seqs(&batch), vec![3, 4, 5], "the newest are kept");
+    assert!(s.stats().unwrap().bytes <= one * 3 + one / 2);
+}
+
+#[test]
+fn block_leaves_what_does_not_fit_uncommitted() {
+    let dir = tempfile::tempdir().unwrap();
+    let one = serde_json::to_vec(&UpstreamRecord::new(
+        "factory/line1",
+        "edge-1",
+        1,
+        &record("t1", 1.0),
+    ))
+    .unwrap()
+    .len() as u64;
+    let mut s = open(
+        dir.path(),
+        settings(one * 2 + one / 2, WhenFull::Block, Durability::Os),
+    );
+    let r = [record("t1", 1.0)];
+    let report = s.append(&[&r, &r, &r, &r], 1).unwrap();
+    assert_eq!(
+        report.outcomes,
+        vec![
+            UnitOutcome::Stored { records: 1 },
+            UnitOutcome::Stored { records: 1 },
+            UnitOutcome::Blocked,
+            UnitOutcome::Blocked
+        ]
+    );
+    assert_eq!(s.stats().unwrap().records, 2);
+    assert_eq!(s.next_seq(), 3, "nothing was handed out to blocked records");
+}
+
+#[test]
+fn a_partial_batch_keeps_its_range_until_acknowledged_even_across_restarts() {
+    let dir = tempfile::tempdir().unwrap();
+    let st = settings(1 << 20, WhenFull::DropOldest, Durability::Fsync);
+    let mut s = open(dir.path(), st.clone());
+    s.append(&[&[record("t1", 1.0), record("t1", 2.0)]], 1)
+        .unwrap();
+    assert!(
+        s.take_batch(5, false).unwrap().is_none(),
+        "not a full batch yet"
+    );
+    let first = s.take_batch(5, true).unwrap().unwrap();
+    assert_eq!(seqs(&first), vec![1, 2]);
+    s.append(&[&[record("t1", 3.0), record("t1", 4.0)]], 2)
+        .unwrap();
+    let again = s.take_batch(5, true).unwrap().unwrap();
+    assert_eq!(again, first, "a retry sends exactly the same batch");
+    drop(s);
+    let mut s = open(dir.path(), st);
+    let after_restart = s.take_batch(5, false).unwrap().unwrap();
+    assert_eq!(after_restart, first);
+    s.ack(&after_restart).unwrap();
+    let next = s.take_batch(5, true).unwrap().unwrap();
+    assert_eq!(seqs(&next), vec![3, 4]);
+}
+
+#[test]
+fn dead_letters_are_kept_listed_and_out_of_the_queue() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut s = open(
+        dir.path(),
+        settings(1 << 20, WhenFull::DropOldest, Durability::Fsync),
+    );
+    s.append(
+        &[
+            &[record("t1", 1.0), record("t2", 2.0)],
+            &[record("t3", 3.0)],
+        ],
+        1,
+    )
+    .unwrap();
+    let batch = s.take_batch(2, false).unwrap().unwrap();
+    assert_eq!(s.dead_letter(&batch, 400, "bad record", 1234).unwrap(), 2);
+    let next = s.take_batch(10, true).unwrap().unwrap();
+    assert_eq!(seqs(&next), vec![3], "sync continues with the next batch");
+    let listed = list_dead_letters(dir.path()).unwrap();
+    assert_eq!(
+        listed,
+        vec![DeadLetter {
+            at_ms: 1234,
+            first_seq: 1,
+            last_seq: 2,
+            records: 2,
+            status: 400,
+            reason: "bad record".into()
+        }]
+    );
+    let body = s.dead_letter_body(1).unwrap().unwrap();
+    let up: Vec<UpstreamRecord> = serde_json::from_slice(&body).unwrap();
+    assert_eq!(up.len(), 2);
+    drop(s);
+    let s = open(
+        dir.path(),
+        settings(1 << 20, WhenFull::DropOldest, Durability::Fsync),
+    );
+    assert_eq!(s.next_seq(), 4, "dead-lettered seqs are not reused");
+}
+
+#[test]
+fn records_older_than_the_cutoff_expire_oldest_first() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut s = open(
+        dir.path(),
+        settings(1 << 24, WhenFull::DropOldest, Durability::Os),
+    );
+    let old: Vec<Record> = (0..1200).map(|i| record("t1", i as f64)).collect();
+    s.append(&[&old], 1_000).unwrap();
+    s.append(&[&[record("t1", 0.5)]], 5_000).unwrap();
+    assert_eq!(s.stats().unwrap().oldest_ms, Some(1_000));
+    assert_eq!(s.expire(2_000).unwrap(), 1200);
+    let stats = s.stats().unwrap();
+    assert_eq!(stats.records, 1);
+    assert_eq!(stats.oldest_ms, Some(5_000));
+    assert_eq!(s.expire(2_000).unwrap(), 0);
+}
+
+#[test]
+fn the_dead_letter_listing_of_a_missing_queue_is_empty() {
+    let dir = tempfile::tempdir().unwrap();
+    assert!(list_dead_letters(dir.path()).unwrap().is_empty());
+}
+
+fn writer_config(dir: &Path, max_bytes: u64, when_full: WhenFull) -> QueueConfig {
+    QueueConfig {
+        dir: dir.to_path_buf(),
+        store: settings(max_bytes, when_full, Durability::Fsync),
+        max_age: Duration::from_secs(3600),
+    }
+}
+
+#[tokio::test]
+async fn completions_resolve_after_commit_in_submission_order() {
+    let dir = tempfile::tempdir().unwrap();
+    let metrics = Arc::new(crate::telemetry::Metrics::new("factory/line1").unwrap());
+    let health = Arc::new(crate::http::Health::new(Duration::from_secs(30)));
+    let (queue, done) = Queue::start(
+        writer_config(dir.path(), 1 << 20, WhenFull::DropOldest),
+        metrics.clone(),
+        health.clone(),
+    )
+    .await
+    .unwrap();
+    assert_eq!(
+        health.ready(),
+        Err(vec!["source broker not connected"]),
+        "queue is open"
+    );
+    let mut waits = Vec::new();
+    for i in 0..200 {
+        let records = if i % 2 == 0 {
+            vec![record("t1", i as f64)]
+        } else {
+            vec![]
+        };
+        waits.push(queue.submit(records, Instant::now()).await.unwrap());
+    }
+    for w in waits {
+        assert_eq!(w.await.unwrap(), Committed::Stored);
+    }
+    assert_eq!(
+        metrics
+            .records_enqueued
+            .with_label_values(&["reading"])
+            .get(),
+        100
+    );
+    assert_eq!(metrics.ingest_to_durable.get_sample_count(), 200);
+    let batch = queue.take_batch(1000, true).await.unwrap().unwrap();
+    assert_eq!(batch.records.len(), 100);
+    assert_eq!(metrics.queue_records.get(), 100);
+    queue.ack(batch).await.unwrap();
+    drop(queue);
+    done.shutdown().await;
+    assert_eq!(metrics.queue_records.get(), 0);
+}
+
+#[tokio::test]
+async fn under_block_a_message_is_acknowledged_only_once_space_frees() {
+    let dir = tempfile::tempdir().unwrap();
+    let one = serde_json::to_vec(&UpstreamRecord::new(
+        "factory/line1",
+        "edge-1",
+        1,
+        &record("t1", 1.0),
+    ))
+    .unwrap()
+    .len() as u64;
+    let metrics = Arc::new(crate::telemetry::Metrics::new("factory/line1").unwrap());
+    let health = Arc::new(crate::http::Health::new(Duration::from_secs(30)));
+    let (queue, done) = Queue::start(
+        writer_config(dir.path(), one * 2 + one / 2, WhenFull::Block),
+        metrics.clone(),
+        health,
+    )
+    .await
+    .unwrap();
+    let a = queue
+        .submit(vec![record("t1", 1.0)], Instant::now())
+        .await
+        .unwrap();
+    let b = queue
+        .submit(vec![record("t1", 2.0)], Instant::now())
+        .await
+        .unwrap();
+    let mut c = queue
+        .submit(vec![record("t1", 3.0)], Instant::now())
+        .await
+        .unwrap();
+    assert_eq!(a.await.unwrap(), Committed::Stored);
+    assert_eq!(b.await.unwrap(), Committed::Stored);
+    // A round trip through the writer proves it has seen `c` and kept it pending.
+    let batch = queue.take_batch(1, false).await.unwrap().unwrap();
+    assert!(
+        c.try_recv().is_err(),
+        "acknowledged while the queue is full"
+    );
+    queue.ack(batch).await.unwrap();
+    assert_eq!(c.await.unwrap(), Committed::Stored);
+    assert_eq!(
+        metrics
+            .records_dropped
+            .with_label_values(&["queue_full"])
+            .get(),
+        0
+    );
+    done.shutdown().await;
+    assert!(matches!(
+        queue.take_batch(1, true).await,
+        Err(QueueError::Stopped)
+    ));
+}
+
+/// One step of the model test.
+#[derive(Clone, Debug)]
+enum Op {
+    Append(Vec<u8>),
+    SendOk(usize),
+    SendRejected(usize),
+    Reopen,
+}
+
+fn op() -> impl Strategy<Value = Op> {
+    prop_oneof![
+        4 => proptest::collection::vec(0u8..4, 0..4).prop_map(Op::Append),
+        2 => (1usize..6).prop_map(Op::SendOk),
+        1 => (1usize..6).prop_map(Op::SendRejected),
+        1 => Just(Op::Reopen),
+    ]
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 24, .. ProptestConfig::default() })]
+
+    /// The queue behaves like a bounded FIFO of (seq, record) with the chosen full
+    /// policy; seq only grows; every record is either queued, synced, dropped or
+    /// dead-lettered, and the counts add up.
+    #[test]
+    fn the_queue_matches_a_simple_model(
+        ops in proptest::collection::vec(op(), 1..40),
+        drop_oldest in any::<bool>(),
+        cap_records in 2u64..8,
+    ) {
+        let dir = tempfile::tempdir().unwrap();
+        let size_of = |seq: u64, v: u8| {
+            serde_json::to_vec(&UpstreamRecord::new("factory/line1", "edge-1", seq, &record("t1", v as f64))).unwrap().len() as u64
+        };
+        let when_full = if drop_oldest { WhenFull::DropOldest } else { WhenFull::DropNewest };
+        let max_bytes = cap_records * size_of(1, 0) + 10;
+        let st = settings(max_bytes, when_full, Durability::Os);
+        let mut store = open(dir.path(), st.clone());
+        let mut model: VecDeque<(u64, u8, u64)> = VecDeque::new();
+        let mut last_seq = 0u64;
+        let (mut total, mut synced, mut dropped, mut dead) = (0u64, 0u64, 0u64, 0u64);
+        for op in ops {
+            match op {
+                Op::Append(values) => {
+                    let records: Vec<Record> = values.iter().map(|v| record("t1", *v as f64)).collect();
+                    let first = store.next_seq();
+                    let report = store.append(&[&records], 1).unwrap();
+                    total += records.len() as u64;
+                    let sizes: Vec<u64> = values.iter().enumerate().map(|(i, v)| size_of(first + i as u64, *v)).collect();
+                    let need: u64 = sizes.iter().sum();
+                    let mut bytes: u64 = model.iter().map(|m| m.2).sum();
+                    let fits = bytes + need <= max_bytes;
+                    match report.outcomes[0] {
+                        UnitOutcome::Stored { .. } => {
+                            prop_assert!(fits || (drop_oldest && need <= max_bytes));
+                            let mut evicted = 0;
+                            while bytes + need > max_bytes {
+                                let (_, _, s) = model.pop_front().expect("model evicts as much as the store");
+                                bytes -= s;
+                                evicted += 1;
+                            }
+                            prop_assert_eq!(report.evicted, evicted);
+                            dropped += evicted;
+                            for (i, (v, s)) in values.iter().zip(sizes).enumerate() {
+                                let seq = first + i as u64;
+                                prop_assert!(seq > last_seq);
+                                last_seq = seq;
+                                model.push_back((seq, *v, s));
+                            }
+                        }
+                        UnitOutcome::Dropped { records } => {
+                            prop_assert!(!fits && (!drop_oldest || need > max_bytes));
+                            prop_assert_eq!(store.next_seq(), first, "a dropped unit uses no seq");
+                            dropped += records;
+                        }
+                        UnitOutcome::Blocked => prop_assert!(false, "no block policy here"),
+                    }
+                }
+                Op::SendOk(limit) | Op::SendRejected(limit) => {
+                    let Some(batch) = store.take_batch(limit, true).unwrap() else {
+                        prop_assert!(model.is_empty());
+                        continue;
+                    };
+                    let got = seqs(&batch);
+                    prop_assert!(got.len() <= limit);
+                    let expected: Vec<u64> = model.iter().take_while(|m| m.0 <= batch.last_seq).map(|m| m.0).collect();
+                    prop_assert_eq!(&got, &expected);
+                    if matches!(op, Op::SendOk(_)) {
+                        synced += store.ack(&batch).unwrap();
+                    } else {
+                        dead += store.dead_letter(&batch, 400, "rejected", 1).unwrap();
+                    }
+                    for _ in &got {
+                        model.pop_front();
+                    }
+                }
+                Op::Reopen => {
+                    drop(store);
+                    store = open(dir.path(), st.clone());
+                    prop_assert!(store.next_seq() > last_seq);
+                }
+            }
+            let stats = store.stats().unwrap();
+            prop_assert_eq!(stats.records, model.len() as u64);
+            prop_assert_eq!(stats.bytes, model.iter().map(|m| m.2).sum::<u64>());
+            prop_assert!(stats.bytes <= max_bytes);
+            prop_assert_eq!(total, model.len() as u64 + synced + dropped + dead);
+        }
+    }
+}

@@ -1,0 +1,416 @@
+//! The running agent: wires the source, the pipeline of one reading, the queue, the sink,
+//! the local actions and the metrics endpoint together, and shuts them down in the order
+//! that loses nothing.
+//!
+//! Ingest: each MQTT message is counted, parsed and turned into records by
+//! [`Pipeline::on_reading`]; the records (possibly none) go to the queue as one unit, and
+//! the message is acknowledged by a separate task, in arrival order, once its unit is
+//! committed. Malformed messages are counted by reason and acknowledged in turn.
+//!
+//! Shutdown (SIGTERM/SIGINT): stop intake (messages not yet processed stay unacknowledged
+//! at the broker), stop sync (a batch in flight stays queued and is resent with the same
+//! key), let the writer commit what it received, send the acknowledgements of everything
+//! committed, disconnect from the broker, stop serving metrics.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use tokio::net::TcpListener;
+use tokio::sync::{mpsc, oneshot};
+use tokio_util::sync::CancellationToken;
+
+use crate::actions::Actions;
+use crate::config::{AgentConfig, SinkSettings};
+use crate::http::{Health, Loop};
+use crate::inference::{InferenceError, InferenceMetrics, InferenceStage};
+use crate::parse::{InvalidReason, PayloadParser};
+use crate::process::{ProcessError, Processors};
+use crate::queue::{Committed, Queue, QueueConfig, QueueError, StoreSettings, now_ms};
+use crate::record::{Reading, Record};
+use crate::sink::{self, Sink, SyncContext};
+use crate::source::mqtt::{self as source, Message, SourceHandle};
+use crate::source::tls::TlsError;
+use crate::telemetry::{Metrics, MetricsError, init_labels};
+
+/// Acknowledgements waiting for their commit, in arrival order.
+const ACK_CAPACITY: usize = 8192;
+/// How long shutdown waits for the broker to take the last acknowledgements.
+const DISCONNECT_TIMEOUT: Duration = Duration::from_secs(3);
+
+/// Where the agent keeps its queue and serves its endpoint.
+#[derive(Clone, Debug)]
+pub struct RunOptions {
+    /// Directory of the queue (`queue.db`, `seq.hwm`).
+    pub data_dir: PathBuf,
+    /// Address of `/metrics`, `/livez` and `/readyz`.
+    pub listen: SocketAddr,
+}
+
+/// Why the agent could not start or had to stop.
+#[derive(Debug, thiserror::Error)]
+pub enum RunError {
+    #[error(transparent)]
+    Metrics(#[from] MetricsError),
+    #[error("listening on {addr}: {source}")]
+    Listen {
+        addr: SocketAddr,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("opening the queue: {0}")]
+    Queue(#[from] QueueError),
+    #[error(transparent)]
+    Processors(#[from] ProcessError),
+    #[error("source: {0}")]
+    SourceTls(TlsError),
+    #[error("sink: {0}")]
+    Sink(String),
+    #[error("inference: {0}")]
+    Inference(#[from] InferenceError),
+}
+
+/// The problems `edge-agent check` reports beyond config validation: everything the agent
+/// builds from the config before it starts (processors, TLS material, sink client).
+pub fn preflight(config: &AgentConfig) -> Vec<String> {
+    let mut problems = Vec::new();
+    if let Err(e) = Processors::new(&config.spec.processors, config.source.max_devices) {
+        problems.push(e.to_string());
+    }
+    if config.source.tls
+        && let Err(e) = crate::source::tls::client_config(&config.source.tls_material)
+    {
+        problems.push(format!("spec.source.mqtt.tls: {e}"));
+    }
+    if let Err(e) = build_sink(config) {
+        problems.push(e.to_string());
+    }
+    problems
+}
+
+fn build_sink(config: &AgentConfig) -> Result<Sink, RunError> {
+    match &config.sink {
+        SinkSettings::Http(http) => sink::http::HttpSink::new(http, &config.pipeline, &config.node)
+            .map(|s| Sink::Http(Box::new(s)))
+            .map_err(|e| RunError::Sink(format!("spec.sink.http: {e}"))),
+        SinkSettings::Mqtt(mqtt) => sink::mqtt::MqttSink::new(mqtt)
+            .map(|s| Sink::Mqtt(Box::new(s)))
+            .map_err(|e| RunError::Sink(format!("spec.sink.mqtt: {e}"))),
+    }
+}
+
+/// Registers the agent's metrics with every label value of this pipeline at zero.
+pub fn metrics_for(config: &AgentConfig) -> Result<Metrics, MetricsError> {
+    let metrics = Metrics::new(&config.pipeline)?;
+    let reasons: Vec<&str> = InvalidReason::ALL.iter().map(|r| r.as_str()).collect();
+    init_labels(&metrics.messages_invalid, &reasons);
+    let processors: Vec<&str> = config
+        .spec
+        .processors
+        .iter()
+        .filter_map(|p| p.kind().map(|k| k.metric_name()))
+        .collect();
+    init_labels(&metrics.records_filtered, &processors);
+    // Creates the inference label values, so the series exist with or without a model.
+    let _ = inference_metrics(&metrics);
+    metrics
+        .queue_capacity_bytes
+        .set(config.buffer.max_bytes.min(i64::MAX as u64) as i64);
+    Ok(metrics)
+}
+
+/// The inference engine's handles into the agent's registry.
+pub fn inference_metrics(metrics: &Metrics) -> InferenceMetrics {
+    InferenceMetrics::new(
+        metrics.inferences.clone(),
+        metrics.anomalies.clone(),
+        metrics.inference_duration.clone(),
+        metrics.inference_errors.clone(),
+        metrics.model_loads.clone(),
+    )
+}
+
+/// Runs the agent until `stop` is cancelled, then shuts down cleanly.
+pub async fn run(
+    config: AgentConfig,
+    options: RunOptions,
+    stop: CancellationToken,
+) -> Result<(), RunError> {
+    let metrics = Arc::new(metrics_for(&config)?);
+    let sink = build_sink(&config)?;
+    let processors = Processors::new(&config.spec.processors, config.source.max_devices)?;
+    let sink_timeout = match &config.sink {
+        SinkSettings::Http(h) => h.timeout,
+        SinkSettings::Mqtt(_) => Duration::from_secs(30),
+    };
+    let health = Arc::new(Health::new(
+        Duration::from_secs(60).max(sink_timeout + Duration::from_secs(30)),
+    ));
+
+    let listener = TcpListener::bind(options.listen)
+        .await
+        .map_err(|source| RunError::Listen {
+            addr: options.listen,
+            source,
+        })?;
+    tracing::info!(addr = %options.listen, "serving /metrics, /livez and /readyz");
+    let http_stop = CancellationToken::new();
+    let http_task = tokio::spawn(crate::http::serve(
+        listener,
+        metrics.clone(),
+        health.clone(),
+        http_stop.clone(),
+    ));
+
+    let queue_config = QueueConfig {
+        dir: options.data_dir.clone(),
+        store: StoreSettings {
+            pipeline: config.pipeline.clone(),
+            node: config.node.clone(),
+            max_bytes: config.buffer.max_bytes,
+            when_full: config.buffer.when_full,
+            durability: config.buffer.durability,
+        },
+        max_age: config.buffer.max_age,
+    };
+    let (queue, writer) = Queue::start(queue_config, metrics.clone(), health.clone()).await?;
+    tracing::info!(dir = %options.data_dir.display(), "queue open");
+
+    let sync_stop = CancellationToken::new();
+    let sync_ctx = SyncContext::new(
+        queue.clone(),
+        metrics.clone(),
+        health.clone(),
+        sync_stop.clone(),
+    );
+    let sync_task = tokio::spawn(sink::run(sink, sync_ctx));
+
+    let (source, messages, source_task) =
+        source::start(&config.source, metrics.clone(), health.clone())
+            .map_err(RunError::SourceTls)?;
+    let (ack_tx, ack_rx) = mpsc::channel(ACK_CAPACITY);
+    let acker = tokio::spawn(acknowledge_in_order(ack_rx, source.clone()));
+
+    let inference = InferenceStage::start(&config, &options.data_dir, inference_metrics(&metrics))?;
+    let mut pipeline = Pipeline {
+        inference,
+        parser: PayloadParser::new(&config.spec.source.format, config.source.max_payload_bytes),
+        processors,
+        actions: Actions::new(
+            &config.spec.actions,
+            &config.pipeline,
+            &config.node,
+            source.client().clone(),
+            metrics.clone(),
+        ),
+        metrics: metrics.clone(),
+    };
+    tracing::info!(pipeline = %config.pipeline, node = %config.node, "agent running");
+    let ingest = Ingest {
+        queue,
+        acks: ack_tx,
+        health: health.clone(),
+        metrics: metrics.clone(),
+    };
+    let result = ingest.run(&mut pipeline, messages, &stop).await;
+
+    tracing::info!("shutting down");
+    sync_stop.cancel();
+    let _ = sync_task.await;
+    writer.shutdown().await;
+    let _ = acker.await;
+    source.disconnect().await;
+    let mut source_task = source_task;
+    if tokio::time::timeout(DISCONNECT_TIMEOUT, &mut source_task)
+        .await
+        .is_err()
+    {
+        source_task.abort();
+    }
+    http_stop.cancel();
+    let _ = http_task.await;
+    tracing::info!("stopped");
+    result
+}
+
+/// Turns readings into records: the processors, the actions they trigger, and their
+/// metrics.
+pub struct Pipeline {
+    inference: Option<InferenceStage>,
+    parser: PayloadParser,
+    processors: Processors,
+    actions: Actions,
+    metrics: Arc<Metrics>,
+}
+
+impl Pipeline {
+    /// The one place a reading becomes records. Inference, when configured, runs here on
+    /// every raw reading before the processors (its anomaly records always travel and fire
+    /// `on: anomaly` actions); the processors decide which routine readings travel.
+    pub async fn on_reading(&mut self, reading: &Reading, received: Instant) -> Vec<Record> {
+        let mut records = match &mut self.inference {
+            Some(inference) => inference.on_reading(reading, received, &self.actions).await,
+            None => Vec::new(),
+        };
+        let outcome = self.processors.apply(reading);
+        if let Some(processor) = outcome.filtered_by {
+            self.metrics
+                .records_filtered
+                .with_label_values(&[processor])
+                .inc();
+        }
+        if outcome.evicted_devices > 0 {
+            self.metrics
+                .dropped("device_evicted", outcome.evicted_devices);
+        }
+        if outcome.threshold_crossed {
+            self.actions.on_threshold(reading, received);
+        }
+        records.extend(outcome.records);
+        records
+    }
+}
+
+/// One acknowledgement to send once its turn comes.
+enum PendingAck {
+    /// After the unit's commit.
+    AfterCommit(oneshot::Receiver<Committed>, Message),
+    /// Right away (a malformed message).
+    Now(Message),
+}
+
+/// Sends acknowledgements in arrival order, each once its unit is committed. A unit that
+/// was never committed (the agent stopped first) is not acknowledged.
+async fn acknowledge_in_order(mut pending: mpsc::Receiver<PendingAck>, source: SourceHandle) {
+    while let Some(p) = pending.recv().await {
+        match p {
+            PendingAck::Now(m) => source.ack(&m).await,
+            PendingAck::AfterCommit(done, m) => {
+                if done.await.is_ok() {
+                    source.ack(&m).await;
+                }
+            }
+        }
+    }
+}
+
+struct Ingest {
+    queue: Queue,
+    acks: mpsc::Sender<PendingAck>,
+    health: Arc<Health>,
+    metrics: Arc<Metrics>,
+}
+
+impl Ingest {
+    async fn run(
+        self,
+        pipeline: &mut Pipeline,
+        mut messages: mpsc::Receiver<Message>,
+        stop: &CancellationToken,
+    ) -> Result<(), RunError> {
+        let mut beat = tokio::time::interval(Duration::from_secs(1));
+        loop {
+            self.health.beat(Loop::Ingest);
+            let window_closes = pipeline.processors.next_deadline_ms().map(|at| {
+                let wait = Duration::from_millis(at.saturating_sub(now_ms()).max(0) as u64);
+                tokio::time::Instant::now() + wait
+            });
+            tokio::select! {
+                biased;
+                _ = stop.cancelled() => break,
+                message = messages.recv() => match message {
+                    Some(m) => self.handle(pipeline, m).await?,
+                    None => break,
+                },
+                _ = sleep_until(window_closes), if window_closes.is_some() => {
+                    let records = pipeline.processors.tick(now_ms());
+                    if !records.is_empty() {
+                        // Nothing to acknowledge: the readings were acknowledged with
+                        // their (empty) units when they arrived.
+                        drop(self.submit(records, Instant::now()).await?);
+                    }
+                }
+                _ = beat.tick() => {}
+            }
+        }
+        // Intake stops here: what is still in the channel stays unacknowledged.
+        drop(messages);
+        // Open aggregate windows close early rather than vanish with the process.
+        let records = pipeline.processors.tick(i64::MAX);
+        if !records.is_empty() {
+            drop(self.submit(records, Instant::now()).await?);
+        }
+        Ok(())
+    }
+
+    /// Submits a unit to the queue; while the queue cannot take it (a full queue under
+    /// `block`), the ingest loop still beats: waiting is not being stuck.
+    async fn submit(
+        &self,
+        records: Vec<Record>,
+        received: Instant,
+    ) -> Result<oneshot::Receiver<Committed>, QueueError> {
+        loop {
+            tokio::select! {
+                permit = self.queue.reserve() => return Ok(permit?.submit(records, received)),
+                _ = tokio::time::sleep(Duration::from_secs(1)) => self.health.beat(Loop::Ingest),
+            }
+        }
+    }
+
+    async fn handle(&self, pipeline: &mut Pipeline, m: Message) -> Result<(), RunError> {
+        self.metrics.messages_received.inc();
+        self.metrics
+            .received_bytes
+            .inc_by(m.publish.payload.len() as u64);
+        // Image payloads (classification) are not readings: the inference step turns
+        // them into records directly.
+        if let Some(stage) = pipeline.inference.as_mut().filter(|s| s.takes_images()) {
+            let (topic, payload) = (&m.publish.topic, &m.publish.payload);
+            match stage
+                .on_image(topic, payload, m.received_ms, m.received, &pipeline.actions)
+                .await
+            {
+                Ok(records) => {
+                    let done = self.submit(records, m.received).await?;
+                    let _ = self.acks.send(PendingAck::AfterCommit(done, m)).await;
+                }
+                Err(reason) => {
+                    self.metrics
+                        .messages_invalid
+                        .with_label_values(&[reason.as_str()])
+                        .inc();
+                    let _ = self.acks.send(PendingAck::Now(m)).await;
+                }
+            }
+            return Ok(());
+        }
+        match pipeline
+            .parser
+            .parse(&m.publish.topic, &m.publish.payload, m.received_ms)
+        {
+            Err(reason) => {
+                self.metrics
+                    .messages_invalid
+                    .with_label_values(&[reason.as_str()])
+                    .inc();
+                tracing::debug!(topic = %m.publish.topic, %reason, "skipping a malformed message");
+                let _ = self.acks.send(PendingAck::Now(m)).await;
+            }
+            Ok(reading) => {
+                let records = pipeline.on_reading(&reading, m.received).await;
+                let done = self.submit(records, m.received).await?;
+                let _ = self.acks.send(PendingAck::AfterCommit(done, m)).await;
+            }
+        }
+        Ok(())
+    }
+}
+
+async fn sleep_until(at: Option<tokio::time::Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(at).await,
+        None => std::future::pending().await,
+    }
+}

@@ -1,0 +1,331 @@
+//! The HTTP sink: POSTs each batch as a JSON array (gzip when configured) with an
+//! `Idempotency-Key` that is the same on every retry of the batch.
+//!
+//! 2xx deletes the batch; 5xx, 408, 429 (honouring `Retry-After`), timeouts and connection
+//! errors retry the same batch with capped exponential backoff and jitter; any other 4xx
+//! moves the batch to the dead-letter table and sync continues with the next one.
+
+use std::io::Write;
+use std::time::Duration;
+
+use flate2::Compression;
+use flate2::write::GzEncoder;
+use reqwest::StatusCode;
+use reqwest::header::{
+    CONTENT_ENCODING, CONTENT_TYPE, HeaderMap, HeaderName, HeaderValue, RETRY_AFTER,
+};
+use tokio::time::Instant;
+
+use super::{Delivery, Stopped, SyncContext, backoff};
+use crate::config::HttpSettings;
+use crate::queue::Batch;
+
+/// Longest `Retry-After` honoured.
+const MAX_RETRY_AFTER: Duration = Duration::from_secs(3600);
+/// Characters of a rejection's response body kept as the dead letter's reason.
+const REASON_CHARS: usize = 300;
+
+/// Why the HTTP sink cannot be set up.
+#[derive(Debug, thiserror::Error)]
+pub enum HttpSinkError {
+    #[error("header {name:?}: {reason}")]
+    Header { name: String, reason: String },
+    #[error("TLS material: {0}")]
+    Tls(String),
+    #[error("HTTP client: {0}")]
+    Client(#[from] reqwest::Error),
+}
+
+/// An HTTP ingest API.
+pub struct HttpSink {
+    client: reqwest::Client,
+    settings: HttpSettings,
+    headers: HeaderMap,
+    key_prefix: String,
+}
+
+/// What one request came to.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Verdict {
+    /// 2xx.
+    Accepted,
+    /// Try the same batch again, after at least this long if the server said so.
+    Retry(Option<Duration>),
+    /// A 4xx that a retry would not change.
+    Rejected,
+}
+
+/// Classifies a response status (and its `Retry-After` header value, if any).
+pub fn verdict(status: StatusCode, retry_after: Option<&str>) -> Verdict {
+    if status.is_success() {
+        return Verdict::Accepted;
+    }
+    let retryable = status.is_server_error()
+        || status == StatusCode::TOO_MANY_REQUESTS
+        || status == StatusCode::REQUEST_TIMEOUT
+        || !status.is_client_error();
+    if retryable {
+        let after = retry_after
+            .and_then(|v| v.trim().parse::<u64>().ok())
+            .map(|s| Duration::from_secs(s).min(MAX_RETRY_AFTER));
+        Verdict::Retry(after)
+    } else {
+        Verdict::Rejected
+    }
+}
+
+impl HttpSink {
+    /// A sink for `settings`; records carry `pipeline` and `node`, which also prefix the
+    /// idempotency keys.
+    pub fn new(settings: &HttpSettings, pipeline: &str, node: &str) -> Result<Self, HttpSinkError> {
+        let mut builder = reqwest::Client::builder()
+            .timeout(settings.timeout)
+            .connect_timeout(settings.timeout.min(Duration::from_secs(10)))
+            .pool_idle_timeout(Duration::from_secs(30));
+        if let Some(ca) = &settings.tls_material.ca {
+            let certs = reqwest::Certificate::from_pem_bundle(ca)
+                .map_err(|e| HttpSinkError::Tls(e.to_string()))?;
+            builder = builder.tls_certs_only(certs);
+        }
+        match (&settings.tls_material.cert, &settings.tls_material.key) {
+            (Some(cert), Some(key)) => {
+                let mut pem = cert.clone();
+                pem.push(b'\n');
+                pem.extend_from_slice(key);
+                let identity = reqwest::Identity::from_pem(&pem)
+                    .map_err(|e| HttpSinkError::Tls(e.to_string()))?;
+                builder = builder.identity(identity);
+            }
+            (None, None) => {}
+            _ => {
+                return Err(HttpSinkError::Tls(
+                    "a client certificate needs both cert and key".into(),
+                ));
+            }
+        }
+        let mut headers = HeaderMap::new();
+        for (name, value) in &settings.headers {
+            let err = |reason: String| HttpSinkError::Header {
+                name: name.clone(),
+                reason,
+            };
+            let n = HeaderName::from_bytes(name.as_bytes()).map_err(|e| err(e.to_string()))?;
+            let mut v = HeaderValue::from_str(value).map_err(|e| err(e.to_string()))?;
+            v.set_sensitive(true);
+            headers.insert(n, v);
+        }
+        Ok(Self {
+            client: builder.build()?,
+            settings: settings.clone(),
+            headers,
+            key_prefix: format!("{pipeline}/{node}"),
+        })
+    }
+
+    pub(super) fn batch_size(&self) -> usize {
+        self.settings.batch_size
+    }
+
+    pub(super) fn flush_interval(&self) -> Duration {
+        self.settings.flush_interval
+    }
+
+    /// The idempotency key of a batch: stable across retries and restarts.
+    pub fn idempotency_key(&self, batch: &Batch) -> String {
+        format!("{}/{}-{}", self.key_prefix, batch.first_seq, batch.last_seq)
+    }
+
+    /// Sends `batch` once: on success or rejection the batch leaves the queue; on a
+    /// retryable failure this waits out the backoff for `attempt` (or `Retry-After`).
+    pub(super) async fn deliver(
+        &mut self,
+        batch: Batch,
+        attempt: u32,
+        ctx: &SyncContext,
+    ) -> Result<Delivery, Stopped> {
+        let key = self.idempotency_key(&batch);
+        let body = self.encode(&batch);
+        let started = Instant::now();
+        let mut request = self
+            .client
+            .post(&self.settings.url)
+            .headers(self.headers.clone())
+            .header(CONTENT_TYPE, "application/json")
+            .header("Idempotency-Key", key.as_str())
+            .body(body.clone());
+        if self.settings.gzip {
+            request = request.header(CONTENT_ENCODING, "gzip");
+        }
+        let response = tokio::select! {
+            _ = ctx.stop.cancelled() => return Err(Stopped),
+            r = request.send() => r,
+        };
+        ctx.metrics.sent_bytes.inc_by(body.len() as u64);
+        let outcome = match response {
+            Ok(resp) => {
+                let status = resp.status();
+                let retry_after = resp
+                    .headers()
+                    .get(RETRY_AFTER)
+                    .and_then(|v| v.to_str().ok())
+                    .map(str::to_owned);
+                let v = verdict(status, retry_after.as_deref());
+                let text = match v {
+                    Verdict::Accepted => String::new(),
+                    _ => tokio::select! {
+                        _ = ctx.stop.cancelled() => return Err(Stopped),
+                        t = resp.text() => t.unwrap_or_default(),
+                    },
+                };
+                (v, status.as_u16(), summary(status, &text))
+            }
+            Err(e) => (Verdict::Retry(None), 0, describe(&e)),
+        };
+        ctx.metrics
+            .sync_duration
+            .observe(started.elapsed().as_secs_f64());
+        match outcome {
+            (Verdict::Accepted, ..) => {
+                ctx.metrics
+                    .sync_requests
+                    .with_label_values(&["success"])
+                    .inc();
+                ctx.upstream(true);
+                tracing::debug!(%key, records = batch.records.len(), "batch synced");
+                ctx.accepted(batch).await.map(|()| Delivery::Done)
+            }
+            (Verdict::Rejected, status, reason) => {
+                ctx.metrics
+                    .sync_requests
+                    .with_label_values(&["rejected"])
+                    .inc();
+                ctx.upstream(true);
+                ctx.rejected(batch, status, reason)
+                    .await
+                    .map(|()| Delivery::Done)
+            }
+            (Verdict::Retry(after), _, reason) => {
+                ctx.metrics
+                    .sync_requests
+                    .with_label_values(&["retry"])
+                    .inc();
+                ctx.upstream(false);
+                let delay = after.unwrap_or_else(|| {
+                    backoff(
+                        attempt,
+                        self.settings.initial_backoff,
+                        self.settings.max_backoff,
+                    )
+                });
+                if attempt == 0 || attempt.is_multiple_of(10) {
+                    tracing::warn!(%key, attempt, %reason, retry_in = ?delay, "upstream unavailable, will retry");
+                }
+                ctx.pause(delay).await.map(|()| Delivery::Retry)
+            }
+        }
+    }
+
+    fn encode(&self, batch: &Batch) -> Vec<u8> {
+        let json = batch.json_array();
+        if !self.settings.gzip {
+            return json;
+        }
+        let mut gz = GzEncoder::new(Vec::with_capacity(json.len() / 4), Compression::default());
+        // Writing into a Vec cannot fail.
+        match gz.write_all(&json).and_then(|()| gz.finish()) {
+            Ok(body) => body,
+            Err(e) => {
+                tracing::error!(error = %e, "gzip");
+                json
+            }
+        }
+    }
+}
+
+fn summary(status: StatusCode, body: &str) -> String {
+    let body: String = body
+        .chars()
+        .map(|c| if c.is_control() { ' ' } else { c })
+        .take(REASON_CHARS)
+        .collect();
+    let body = body.trim();
+    if body.is_empty() {
+        status.to_string()
+    } else {
+        format!("{status}: {body}")
+    }
+}
+
+fn describe(e: &reqwest::Error) -> String {
+    if e.is_timeout() {
+        "timeout".into()
+    } else if e.is_connect() {
+        "connection failed".into()
+    } else {
+        let mut s = e.to_string();
+        let mut source = std::error::Error::source(e);
+        while let Some(inner) = source {
+            s.push_str(": ");
+            s.push_str(&inner.to_string());
+            source = inner.source();
+        }
+        s
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn statuses_are_classified_as_the_delivery_contract_says() {
+        assert_eq!(verdict(StatusCode::OK, None), Verdict::Accepted);
+        assert_eq!(verdict(StatusCode::ACCEPTED, None), Verdict::Accepted);
+        assert_eq!(
+            verdict(StatusCode::INTERNAL_SERVER_ERROR, None),
+            Verdict::Retry(None)
+        );
+        assert_eq!(
+            verdict(StatusCode::SERVICE_UNAVAILABLE, Some("7")),
+            Verdict::Retry(Some(Duration::from_secs(7)))
+        );
+        assert_eq!(
+            verdict(StatusCode::TOO_MANY_REQUESTS, Some(" 2 ")),
+            Verdict::Retry(Some(Duration::from_secs(2)))
+        );
+        assert_eq!(
+            verdict(
+                StatusCode::TOO_MANY_REQUESTS,
+                Some("Wed, 21 Oct 2015 07:28:00 GMT")
+            ),
+            Verdict::Retry(None),
+            "an HTTP date falls back to the backoff"
+        );
+        assert_eq!(
+            verdict(StatusCode::TOO_MANY_REQUESTS, Some("999999")),
+            Verdict::Retry(Some(MAX_RETRY_AFTER))
+        );
+        assert_eq!(
+            verdict(StatusCode::REQUEST_TIMEOUT, None),
+            Verdict::Retry(None)
+        );
+        assert_eq!(verdict(StatusCode::BAD_REQUEST, None), Verdict::Rejected);
+        assert_eq!(
+            verdict(StatusCode::UNPROCESSABLE_ENTITY, None),
+            Verdict::Rejected
+        );
+        assert_eq!(verdict(StatusCode::NOT_FOUND, None), Verdict::Rejected);
+    }
+
+    #[test]
+    fn rejection_reasons_are_one_bounded_line() {
+        let s = summary(
+            StatusCode::BAD_REQUEST,
+            &format!("bad\nrecord {}", "x".repeat(1000)),
+        );
+        assert!(s.starts_with("400 Bad Request: bad record"));
+        assert!(!s.contains('\n'));
+        assert!(s.len() < REASON_CHARS + 40);
+        assert_eq!(summary(StatusCode::BAD_REQUEST, " "), "400 Bad Request");
+    }
+}

@@ -1,0 +1,260 @@
+//! Sync: the loop that takes the oldest batch from the queue, sends it upstream and
+//! deletes it only once the upstream accepted it.
+//!
+//! Two sinks: [`http`] (POST a JSON array to an ingest API) and [`mqtt`] (publish it with
+//! QoS 1 to an upstream broker). Both retry the same batch with capped exponential backoff
+//! and full jitter while the upstream is unreachable, which at the edge is a normal state:
+//! it never stops ingest and never fails liveness.
+
+pub mod http;
+pub mod mqtt;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use rand::Rng;
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+
+use crate::http::{Health, Loop};
+use crate::queue::{Batch, Queue, QueueError};
+use crate::telemetry::Metrics;
+
+/// How often a waiting sync loop beats its heartbeat.
+const BEAT: Duration = Duration::from_secs(1);
+
+/// The configured sink.
+pub enum Sink {
+    /// An HTTP ingest API.
+    Http(Box<http::HttpSink>),
+    /// An upstream MQTT broker.
+    Mqtt(Box<mqtt::MqttSink>),
+}
+
+impl Sink {
+    fn batch_size(&self) -> usize {
+        match self {
+            Self::Http(s) => s.batch_size(),
+            Self::Mqtt(s) => s.batch_size(),
+        }
+    }
+
+    fn flush_interval(&self) -> Duration {
+        match self {
+            Self::Http(s) => s.flush_interval(),
+            Self::Mqtt(s) => s.flush_interval(),
+        }
+    }
+
+    async fn deliver(
+        &mut self,
+        batch: Batch,
+        attempt: u32,
+        ctx: &SyncContext,
+    ) -> Result<Delivery, Stopped> {
+        match self {
+            Self::Http(s) => s.deliver(batch, attempt, ctx).await,
+            Self::Mqtt(s) => s.deliver(batch, attempt, ctx).await,
+        }
+    }
+}
+
+/// What one delivery attempt came to.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Delivery {
+    /// The batch left the queue (accepted, or dead-lettered).
+    Done,
+    /// The batch stays and is sent again: re-read from the queue, so the retry carries
+    /// its range's records minus any the queue dropped meanwhile (`dropOldest`,
+    /// `maxAge`), under the same key.
+    Retry,
+}
+
+/// The sync loop was asked to stop (or the queue stopped) in the middle of a batch; the
+/// batch stays in the queue.
+#[derive(Debug)]
+pub struct Stopped;
+
+/// What a sink needs besides its own connection.
+pub struct SyncContext {
+    /// The queue batches come from.
+    pub queue: Queue,
+    /// Metrics.
+    pub metrics: Arc<Metrics>,
+    /// Heartbeats.
+    pub health: Arc<Health>,
+    /// Cancelled at shutdown.
+    pub stop: CancellationToken,
+    upstream: std::sync::Mutex<UpstreamClock>,
+}
+
+impl SyncContext {
+    /// A context; the upstream counts as up until a request fails.
+    pub fn new(
+        queue: Queue,
+        metrics: Arc<Metrics>,
+        health: Arc<Health>,
+        stop: CancellationToken,
+    ) -> Self {
+        metrics.upstream_up.set(1);
+        Self {
+            queue,
+            metrics,
+            health,
+            stop,
+            upstream: std::sync::Mutex::new(UpstreamClock { down_since: None }),
+        }
+    }
+
+    /// Records whether the upstream answered (up) or not (down), and accumulates the time
+    /// spent down in `edge_agent_upstream_down_seconds_total`.
+    pub fn upstream(&self, up: bool) {
+        let now = Instant::now();
+        let mut clock = self.upstream.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(since) = clock.down_since.take() {
+            self.metrics
+                .upstream_down_seconds
+                .inc_by((now - since).as_secs_f64());
+        }
+        if !up {
+            clock.down_since = Some(now);
+        }
+        self.metrics.upstream_up.set(i64::from(up));
+    }
+
+    /// Sleeps `delay` (beating, and adding to the down time), unless stopped first.
+    pub async fn pause(&self, delay: Duration) -> Result<(), Stopped> {
+        let until = Instant::now() + delay;
+        loop {
+            self.health.beat(Loop::Sync);
+            let step = until.saturating_duration_since(Instant::now()).min(BEAT);
+            if step.is_zero() {
+                return Ok(());
+            }
+            tokio::select! {
+                _ = self.stop.cancelled() => return Err(Stopped),
+                _ = tokio::time::sleep(step) => {}
+            }
+            let down = self
+                .upstream
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .down_since
+                .is_some();
+            if down {
+                self.upstream(false);
+            }
+        }
+    }
+
+    /// Deletes an accepted batch and counts it as synced.
+    pub async fn accepted(&self, batch: Batch) -> Result<(), Stopped> {
+        match self.queue.ack(batch).await {
+            Ok(n) => {
+                self.metrics.records_synced.inc_by(n);
+                Ok(())
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "deleting a synced batch");
+                Err(Stopped)
+            }
+        }
+    }
+
+    /// Moves a rejected batch to the dead letters and counts its records as dropped.
+    pub async fn rejected(&self, batch: Batch, status: u16, reason: String) -> Result<(), Stopped> {
+        let (first, last) = (batch.first_seq, batch.last_seq);
+        match self.queue.dead_letter(batch, status, reason.clone()).await {
+            Ok(n) => {
+                tracing::warn!(status, first, last, records = n, %reason, "upstream rejected a batch: dead-lettered");
+                self.metrics.dropped("dead_letter", n);
+                Ok(())
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "dead-lettering a batch");
+                Err(Stopped)
+            }
+        }
+    }
+}
+
+struct UpstreamClock {
+    down_since: Option<Instant>,
+}
+
+/// Runs `sink` until `ctx.stop` is cancelled: full batches as soon as they are there, a
+/// partial batch at most once per flush interval.
+pub async fn run(mut sink: Sink, ctx: SyncContext) {
+    let batch_size = sink.batch_size().max(1);
+    let flush = sink.flush_interval();
+    let mut stats = ctx.queue.stats();
+    let mut flush_due = Instant::now() + flush;
+    let mut attempt = 0u32;
+    loop {
+        ctx.health.beat(Loop::Sync);
+        if ctx.stop.is_cancelled() {
+            return;
+        }
+        let allow_partial = Instant::now() >= flush_due;
+        // Changes from here on wake the wait below.
+        stats.mark_unchanged();
+        match ctx.queue.take_batch(batch_size, allow_partial).await {
+            Ok(Some(batch)) => match sink.deliver(batch, attempt, &ctx).await {
+                Ok(Delivery::Done) => {
+                    attempt = 0;
+                    flush_due = Instant::now() + flush;
+                }
+                Ok(Delivery::Retry) => attempt = attempt.saturating_add(1),
+                Err(Stopped) => return,
+            },
+            Ok(None) => {
+                let has_records = stats.borrow().records > 0;
+                tokio::select! {
+                    _ = ctx.stop.cancelled() => return,
+                    changed = stats.changed() => if changed.is_err() { return },
+                    _ = tokio::time::sleep_until(flush_due), if has_records => {}
+                    _ = tokio::time::sleep(BEAT) => {}
+                }
+            }
+            Err(QueueError::Stopped) => return,
+            Err(e) => {
+                tracing::warn!(error = %e, "reading a batch from the queue");
+                if ctx.pause(BEAT).await.is_err() {
+                    return;
+                }
+            }
+        }
+    }
+}
+
+/// Capped exponential backoff with full jitter: a random delay between `initial` and
+/// `min(max, initial * 2^attempt)`.
+pub fn backoff(attempt: u32, initial: Duration, max: Duration) -> Duration {
+    let ceiling = initial
+        .saturating_mul(2u32.saturating_pow(attempt.min(31)))
+        .min(max);
+    let floor = initial.min(ceiling);
+    if ceiling <= floor {
+        return ceiling;
+    }
+    rand::rng().random_range(floor..=ceiling)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_grows_is_capped_and_jittered() {
+        let (i, m) = (Duration::from_millis(100), Duration::from_secs(2));
+        for attempt in 0..40 {
+            let d = backoff(attempt, i, m);
+            assert!(d >= i && d <= m, "attempt {attempt}: {d:?}");
+            let cap = (i * 2u32.pow(attempt.min(20))).min(m);
+            assert!(d <= cap, "attempt {attempt}: {d:?} above {cap:?}");
+        }
+        let spread: std::collections::BTreeSet<_> = (0..50).map(|_| backoff(10, i, m)).collect();
+        assert!(spread.len() > 1, "no jitter");
+        assert_eq!(backoff(3, m, i), i, "a max below initial wins");
+    }
+}

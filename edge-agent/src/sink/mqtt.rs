@@ -1,0 +1,169 @@
+//! The MQTT sink: publishes each batch as one JSON array to a topic of an upstream broker
+//! and deletes it from the queue only after the broker's PUBACK (QoS 1).
+//!
+//! The connection is driven only while a batch is in flight. On any error the client is
+//! thrown away and a fresh one publishes the same batch again after a backoff, so there is
+//! exactly one copy of a batch in flight at a time.
+
+use std::time::Duration;
+
+use rumqttc::{AsyncClient, Event, EventLoop, Incoming, MqttOptions, Outgoing, QoS};
+use tokio::time::Instant;
+
+use super::{Delivery, Stopped, SyncContext, backoff};
+use crate::config::MqttSinkSettings;
+use crate::queue::Batch;
+use crate::source::tls::{Connect, TlsError, mqtt_options};
+
+/// Longest wait for a PUBACK before the connection is considered broken.
+const ACK_TIMEOUT: Duration = Duration::from_secs(30);
+/// First retry delay.
+const INITIAL_BACKOFF: Duration = Duration::from_millis(500);
+/// Largest retry delay.
+const MAX_BACKOFF: Duration = Duration::from_secs(60);
+/// Largest message the sink publishes (a batch); the broker may have a lower limit.
+const MAX_OUTGOING_PACKET: usize = 128 * 1024 * 1024;
+
+/// An upstream MQTT broker.
+pub struct MqttSink {
+    settings: MqttSinkSettings,
+    options: MqttOptions,
+    conn: Option<Connection>,
+}
+
+struct Connection {
+    client: AsyncClient,
+    events: EventLoop,
+    last_used: Instant,
+}
+
+impl MqttSink {
+    /// A sink for `settings` (not connected until the first batch).
+    pub fn new(settings: &MqttSinkSettings) -> Result<Self, TlsError> {
+        let mut options = mqtt_options(&Connect {
+            client_id: &settings.client_id,
+            host: &settings.host,
+            port: settings.port,
+            tls: settings.tls,
+            material: &settings.tls_material,
+            username: settings.username.as_deref(),
+            password: settings.password.as_deref(),
+            keep_alive: Duration::from_secs(30),
+        })?;
+        options.set_clean_session(true);
+        options.set_max_packet_size(64 * 1024, MAX_OUTGOING_PACKET);
+        Ok(Self {
+            settings: settings.clone(),
+            options,
+            conn: None,
+        })
+    }
+
+    pub(super) fn batch_size(&self) -> usize {
+        self.settings.batch_size
+    }
+
+    pub(super) fn flush_interval(&self) -> Duration {
+        self.settings.flush_interval
+    }
+
+    /// Publishes `batch` once: after the broker's PUBACK the batch leaves the queue; on
+    /// a failure this waits out the backoff for `attempt`.
+    pub(super) async fn deliver(
+        &mut self,
+        batch: Batch,
+        attempt: u32,
+        ctx: &SyncContext,
+    ) -> Result<Delivery, Stopped> {
+        let payload = batch.json_array();
+        let qos = if self.settings.qos == 0 {
+            QoS::AtMostOnce
+        } else {
+            QoS::AtLeastOnce
+        };
+        let started = Instant::now();
+        let result = tokio::select! {
+            _ = ctx.stop.cancelled() => return Err(Stopped),
+            r = self.publish(&payload, qos) => r,
+        };
+        ctx.metrics.sent_bytes.inc_by(payload.len() as u64);
+        ctx.metrics
+            .sync_duration
+            .observe(started.elapsed().as_secs_f64());
+        match result {
+            Ok(()) => {
+                ctx.metrics
+                    .sync_requests
+                    .with_label_values(&["success"])
+                    .inc();
+                ctx.upstream(true);
+                ctx.accepted(batch).await.map(|()| Delivery::Done)
+            }
+            Err(reason) => {
+                self.conn = None;
+                ctx.metrics
+                    .sync_requests
+                    .with_label_values(&["retry"])
+                    .inc();
+                ctx.upstream(false);
+                let delay = backoff(attempt, INITIAL_BACKOFF, MAX_BACKOFF);
+                if attempt == 0 || attempt.is_multiple_of(10) {
+                    tracing::warn!(first = batch.first_seq, last = batch.last_seq, attempt, %reason,
+                        retry_in = ?delay, "upstream broker unavailable, will retry");
+                }
+                ctx.pause(delay).await.map(|()| Delivery::Retry)
+            }
+        }
+    }
+
+    /// One publish and the wait for its acknowledgement.
+    async fn publish(&mut self, payload: &[u8], qos: QoS) -> Result<(), String> {
+        // An idle connection stops sending keep-alives; start afresh rather than find out
+        // through an error.
+        let keep_alive = self.options.keep_alive();
+        if self
+            .conn
+            .as_ref()
+            .is_some_and(|c| c.last_used.elapsed() > keep_alive / 2)
+        {
+            self.conn = None;
+        }
+        let conn = self.conn.get_or_insert_with(|| {
+            let (client, events) = AsyncClient::new(self.options.clone(), 10);
+            Connection {
+                client,
+                events,
+                last_used: Instant::now(),
+            }
+        });
+        conn.last_used = Instant::now();
+        conn.client
+            .try_publish(self.settings.topic.as_str(), qos, false, payload.to_vec())
+            .map_err(|e| e.to_string())?;
+        let wait = async {
+            let mut pkid = None;
+            loop {
+                match conn.events.poll().await.map_err(|e| e.to_string())? {
+                    Event::Outgoing(Outgoing::Publish(id)) => {
+                        if qos == QoS::AtMostOnce {
+                            return Ok(());
+                        }
+                        pkid = Some(id);
+                    }
+                    Event::Incoming(Incoming::PubAck(ack)) if Some(ack.pkid) == pkid => {
+                        return Ok(());
+                    }
+                    Event::Incoming(Incoming::Disconnect) => {
+                        return Err("the broker disconnected".to_string());
+                    }
+                    _ => {}
+                }
+            }
+        };
+        let result = tokio::time::timeout(ACK_TIMEOUT, wait)
+            .await
+            .unwrap_or_else(|_| Err("no PUBACK in time".into()));
+        conn.last_used = Instant::now();
+        result
+    }
+}

@@ -1,0 +1,220 @@
+//! The MQTT source: a persistent session on the node's broker (`clean_session = false`,
+//! a stable client id, manual acknowledgements), so that a message is acknowledged only
+//! after its outcome is committed to the queue and anything not acknowledged is
+//! redelivered by the broker after a reconnect or a restart.
+//!
+//! One task drives the rumqttc event loop: it reconnects with jittered, capped backoff,
+//! subscribes again whenever the broker has no session for us, and forwards each message
+//! to the ingest loop through a bounded channel. Acknowledgements go back through a
+//! [`SourceHandle`]; one for a message received on an earlier connection is not sent (the
+//! broker redelivers that message on the new connection, where it is acknowledged), so a
+//! stale acknowledgement can never release a different message that reused its packet id.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use rumqttc::{
+    AsyncClient, ConnectionError, Event, EventLoop, Incoming, Outgoing, Publish, QoS, Request,
+    Subscribe, SubscribeFilter, SubscribeReasonCode,
+};
+use tokio::sync::mpsc;
+use tokio::task::JoinHandle;
+
+use super::tls::{Connect, TlsError, mqtt_options};
+use crate::config::SourceSettings;
+use crate::http::Health;
+use crate::queue::now_ms;
+use crate::sink::backoff;
+use crate::telemetry::Metrics;
+
+/// Messages waiting for the ingest loop. Above the broker's in-flight window, so the
+/// event loop (and its keep-alives) never waits on ingest in practice.
+const MESSAGE_CAPACITY: usize = 4096;
+/// Requests (acknowledgements, action publishes) waiting for the event loop.
+const REQUEST_CAPACITY: usize = 4096;
+/// Outgoing QoS 1 publishes (local actions) in flight.
+const OUTGOING_INFLIGHT: u16 = 1000;
+/// First reconnect delay.
+const INITIAL_BACKOFF: Duration = Duration::from_millis(100);
+/// Largest reconnect delay.
+const MAX_BACKOFF: Duration = Duration::from_secs(30);
+
+/// One message from the source broker.
+pub struct Message {
+    /// The MQTT publish.
+    pub publish: Publish,
+    /// When it arrived (monotonic).
+    pub received: Instant,
+    /// When it arrived (unix milliseconds).
+    pub received_ms: i64,
+    /// The connection it arrived on.
+    generation: u64,
+}
+
+/// Sends acknowledgements and local publishes on the source connection.
+#[derive(Clone)]
+pub struct SourceHandle {
+    client: AsyncClient,
+    generation: Arc<AtomicU64>,
+}
+
+impl SourceHandle {
+    /// Acknowledges `message` (QoS 1) unless its connection is gone.
+    pub async fn ack(&self, message: &Message) {
+        if message.publish.qos == QoS::AtMostOnce
+            || message.generation != self.generation.load(Ordering::Acquire)
+        {
+            return;
+        }
+        if let Err(e) = self.client.ack(&message.publish).await {
+            tracing::debug!(error = %e, "acknowledgement not sent: the source loop stopped");
+        }
+    }
+
+    /// The client, for local action publishes.
+    pub fn client(&self) -> &AsyncClient {
+        &self.client
+    }
+
+    /// Asks the event loop to disconnect cleanly after the requests already queued
+    /// (acknowledgements included).
+    pub async fn disconnect(&self) {
+        let _ = self.client.disconnect().await;
+    }
+}
+
+/// Connects to the source broker; returns the handle, the message stream, and the task
+/// driving the connection (it ends after [`SourceHandle::disconnect`]).
+pub fn start(
+    settings: &SourceSettings,
+    metrics: Arc<Metrics>,
+    health: Arc<Health>,
+) -> Result<(SourceHandle, mpsc::Receiver<Message>, JoinHandle<()>), TlsError> {
+    let mut options = mqtt_options(&Connect {
+        client_id: &settings.client_id,
+        host: &settings.host,
+        port: settings.port,
+        tls: settings.tls,
+        material: &settings.tls_material,
+        username: settings.username.as_deref(),
+        password: settings.password.as_deref(),
+        keep_alive: settings.keep_alive,
+    })?;
+    options.set_clean_session(false);
+    options.set_manual_acks(true);
+    options.set_inflight(OUTGOING_INFLIGHT);
+    // Oversized payloads must reach the parser (to be counted and acknowledged); a packet
+    // above the client's own limit breaks the connection instead.
+    let incoming = settings
+        .max_payload_bytes
+        .saturating_mul(16)
+        .max(16 * 1024 * 1024);
+    options.set_max_packet_size(incoming, 1024 * 1024);
+    let (client, events) = AsyncClient::new(options, REQUEST_CAPACITY);
+    let generation = Arc::new(AtomicU64::new(0));
+    let (tx, rx) = mpsc::channel(MESSAGE_CAPACITY);
+    let qos = if settings.qos == 0 {
+        QoS::AtMostOnce
+    } else {
+        QoS::AtLeastOnce
+    };
+    let filters: Vec<SubscribeFilter> = settings
+        .topics
+        .iter()
+        .map(|t| SubscribeFilter::new(t.clone(), qos))
+        .collect();
+    let driver = Driver {
+        events,
+        tx,
+        filters,
+        generation: generation.clone(),
+        metrics,
+        health,
+        url: settings.url.clone(),
+    };
+    let task = tokio::spawn(driver.run());
+    Ok((SourceHandle { client, generation }, rx, task))
+}
+
+struct Driver {
+    events: EventLoop,
+    tx: mpsc::Sender<Message>,
+    filters: Vec<SubscribeFilter>,
+    generation: Arc<AtomicU64>,
+    metrics: Arc<Metrics>,
+    health: Arc<Health>,
+    url: String,
+}
+
+impl Driver {
+    async fn run(mut self) {
+        let mut failures = 0u32;
+        let mut intake_open = true;
+        loop {
+            match self.events.poll().await {
+                Ok(Event::Incoming(Incoming::ConnAck(ack))) => {
+                    failures = 0;
+                    self.generation.fetch_add(1, Ordering::AcqRel);
+                    self.connected(true);
+                    tracing::info!(url = %self.url, session_present = ack.session_present, "connected to the source broker");
+                    if !ack.session_present && !self.filters.is_empty() {
+                        // Ahead of any queued request; the event loop sends it first.
+                        let subscribe = Subscribe::new_many(self.filters.clone());
+                        self.events
+                            .pending
+                            .push_front(Request::Subscribe(subscribe));
+                    }
+                }
+                Ok(Event::Incoming(Incoming::Publish(publish))) => {
+                    let message = Message {
+                        publish,
+                        received: Instant::now(),
+                        received_ms: now_ms(),
+                        generation: self.generation.load(Ordering::Acquire),
+                    };
+                    // Once intake is closed (shutting down) messages stay unacknowledged
+                    // and the broker redelivers them to the next run.
+                    if intake_open && self.tx.send(message).await.is_err() {
+                        intake_open = false;
+                    }
+                }
+                Ok(Event::Incoming(Incoming::SubAck(ack))) => {
+                    if ack
+                        .return_codes
+                        .iter()
+                        .any(|c| matches!(c, SubscribeReasonCode::Failure))
+                    {
+                        tracing::error!(codes = ?ack.return_codes, "the source broker refused a subscription");
+                    } else {
+                        tracing::info!(topics = self.filters.len(), "subscribed");
+                    }
+                }
+                Ok(Event::Outgoing(Outgoing::Disconnect)) => {
+                    self.connected(false);
+                    tracing::info!("disconnected from the source broker");
+                    return;
+                }
+                Ok(_) => {}
+                Err(ConnectionError::RequestsDone) => {
+                    self.connected(false);
+                    return;
+                }
+                Err(e) => {
+                    self.connected(false);
+                    let delay = backoff(failures, INITIAL_BACKOFF, MAX_BACKOFF);
+                    if failures == 0 || failures.is_multiple_of(20) {
+                        tracing::warn!(url = %self.url, error = %e, retry_in = ?delay, "source broker connection failed");
+                    }
+                    failures = failures.saturating_add(1);
+                    tokio::time::sleep(delay).await;
+                }
+            }
+        }
+    }
+
+    fn connected(&self, up: bool) {
+        self.metrics.mqtt_connected.set(i64::from(up));
+        self.health.set_mqtt_connected(up);
+    }
+}

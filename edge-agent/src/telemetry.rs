@@ -1,0 +1,430 @@
+//! The agent's Prometheus metrics: one explicit [`prometheus::Registry`] owned by
+//! [`Metrics`] and passed to every part of the agent (no global statics).
+//!
+//! Names are fixed because the shipped dashboard and alert rules rely on them. Every series
+//! carries the constant label `pipeline="<namespace>/<name>"`; the other labels take values
+//! from small closed sets of static strings, all pre-initialised at zero so the series
+//! exist from the first scrape (the inference labels by `inference::InferenceMetrics`,
+//! the processor and invalid-reason labels by the agent once it knows its pipeline).
+
+use prometheus::{
+    Counter, Encoder, Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, IntGaugeVec,
+    Opts, Registry, TextEncoder,
+};
+
+/// Reasons a record is dropped (`edge_agent_records_dropped_total{reason}`).
+pub const DROP_REASONS: [&str; 5] = [
+    "queue_full",
+    "max_age",
+    "dead_letter",
+    "device_evicted",
+    "disk_full",
+];
+/// Outcomes of one upstream request (`edge_agent_sync_requests_total{outcome}`).
+pub const SYNC_OUTCOMES: [&str; 3] = ["success", "retry", "rejected"];
+/// Record kinds (`edge_agent_records_enqueued_total{kind}`).
+pub const RECORD_KINDS: [&str; 4] = ["reading", "aggregate", "anomaly", "classification"];
+
+/// Buckets for latencies from 100 µs to 10 s.
+const LATENCY_BUCKETS: [f64; 16] = [
+    0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
+    5.0, 10.0,
+];
+/// Buckets for upstream requests, 5 ms to 60 s.
+const SYNC_BUCKETS: [f64; 13] = [
+    0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0,
+];
+
+/// Why the metrics could not be registered (a duplicate name: a programming error).
+#[derive(Debug, thiserror::Error)]
+#[error("registering metrics: {0}")]
+pub struct MetricsError(#[from] prometheus::Error);
+
+/// Every metric the agent exports, registered in one registry.
+pub struct Metrics {
+    registry: Registry,
+    /// MQTT messages received.
+    pub messages_received: IntCounter,
+    /// Raw payload bytes received.
+    pub received_bytes: IntCounter,
+    /// Messages skipped as malformed, by reason.
+    pub messages_invalid: IntCounterVec,
+    /// Readings a processor did not pass, by processor.
+    pub records_filtered: IntCounterVec,
+    /// Records committed to the queue, by kind.
+    pub records_enqueued: IntCounterVec,
+    /// Records dropped, by reason.
+    pub records_dropped: IntCounterVec,
+    /// Records the sink acknowledged.
+    pub records_synced: IntCounter,
+    /// Request bytes sent upstream (as on the wire, after compression).
+    pub sent_bytes: IntCounter,
+    /// Upstream requests, by outcome.
+    pub sync_requests: IntCounterVec,
+    /// Seconds the upstream was unreachable or failing.
+    pub upstream_down_seconds: Counter,
+    /// Model runs.
+    pub inferences: IntCounter,
+    /// Anomalies detected.
+    pub anomalies: IntCounter,
+    /// Local actions published.
+    pub actions_published: IntCounter,
+    /// Corrupt queue files moved aside.
+    pub queue_corruptions: IntCounter,
+    /// Failed inferences, by reason.
+    pub inference_errors: IntCounterVec,
+    /// Model loads, by outcome.
+    pub model_loads: IntCounterVec,
+    /// Records in the queue.
+    pub queue_records: IntGauge,
+    /// Payload bytes in the queue.
+    pub queue_bytes: IntGauge,
+    /// Age of the oldest record in the queue (0 when empty).
+    pub queue_oldest_age_seconds: prometheus::Gauge,
+    /// `buffer.maxBytes`.
+    pub queue_capacity_bytes: IntGauge,
+    /// 1 when the last upstream request succeeded.
+    pub upstream_up: IntGauge,
+    /// 1 while connected to the source broker.
+    pub mqtt_connected: IntGauge,
+    /// Always 1, labelled with the agent version.
+    pub build_info: IntGaugeVec,
+    /// Duration of upstream requests.
+    pub sync_duration: Histogram,
+    /// From receiving an MQTT message to its outcome being committed (its records stored,
+    /// or dropped and counted), i.e. to the moment it may be acknowledged.
+    pub ingest_to_durable: Histogram,
+    /// Duration of model runs.
+    pub inference_duration: Histogram,
+    /// From receiving a reading to publishing its local action.
+    pub action_latency: Histogram,
+}
+
+impl Metrics {
+    /// Registers every metric with the constant label `pipeline` (`namespace/name`).
+    pub fn new(pipeline: &str) -> Result<Self, MetricsError> {
+        let registry = Registry::new();
+        let opts = |name: &str, help: &str| Opts::new(name, help).const_label("pipeline", pipeline);
+        let hopts = |name: &str, help: &str, buckets: &[f64]| {
+            HistogramOpts::new(name, help)
+                .const_label("pipeline", pipeline)
+                .buckets(buckets.to_vec())
+        };
+        let r = &registry;
+        let metrics = Self {
+            messages_received: counter(
+                r,
+                opts(
+                    "edge_agent_messages_received_total",
+                    "MQTT messages received.",
+                ),
+            )?,
+            received_bytes: counter(
+                r,
+                opts(
+                    "edge_agent_received_bytes_total",
+                    "Raw MQTT payload bytes received.",
+                ),
+            )?,
+            messages_invalid: counter_vec(
+                r,
+                opts(
+                    "edge_agent_messages_invalid_total",
+                    "Malformed MQTT messages skipped, by reason.",
+                ),
+                "reason",
+            )?,
+            records_filtered: counter_vec(
+                r,
+                opts(
+                    "edge_agent_records_filtered_total",
+                    "Readings not passed by a processor, by processor.",
+                ),
+                "processor",
+            )?,
+            records_enqueued: counter_vec(
+                r,
+                opts(
+                    "edge_agent_records_enqueued_total",
+                    "Records committed to the durable queue, by kind.",
+                ),
+                "kind",
+            )?,
+            records_dropped: counter_vec(
+                r,
+                opts(
+                    "edge_agent_records_dropped_total",
+                    "Records dropped without being sent, by reason.",
+                ),
+                "reason",
+            )?,
+            records_synced: counter(
+                r,
+                opts(
+                    "edge_agent_records_synced_total",
+                    "Records acknowledged by the sink.",
+                ),
+            )?,
+            sent_bytes: counter(
+                r,
+                opts(
+                    "edge_agent_sent_bytes_total",
+                    "Request bytes sent upstream, as on the wire.",
+                ),
+            )?,
+            sync_requests: counter_vec(
+                r,
+                opts(
+                    "edge_agent_sync_requests_total",
+                    "Upstream requests, by outcome.",
+                ),
+                "outcome",
+            )?,
+            upstream_down_seconds: register(
+                r,
+                Counter::with_opts(opts(
+                    "edge_agent_upstream_down_seconds_total",
+                    "Seconds the upstream was unreachable or failing.",
+                ))?,
+            )?,
+            inferences: counter(r, opts("edge_agent_inferences_total", "Model runs."))?,
+            anomalies: counter(
+                r,
+                opts(
+                    "edge_agent_anomalies_total",
+                    "Anomalies detected by inference.",
+                ),
+            )?,
+            actions_published: counter(
+                r,
+                opts(
+                    "edge_agent_actions_published_total",
+                    "Local actions published on the source broker.",
+                ),
+            )?,
+            queue_corruptions: counter(
+                r,
+                opts(
+                    "edge_agent_queue_corruptions_total",
+                    "Corrupt queue files moved aside at start.",
+                ),
+            )?,
+            inference_errors: counter_vec(
+                r,
+                opts(
+                    "edge_agent_inference_errors_total",
+                    "Failed inferences, by reason.",
+                ),
+                "reason",
+            )?,
+            model_loads: counter_vec(
+                r,
+                opts("edge_agent_model_loads_total", "Model loads, by outcome."),
+                "outcome",
+            )?,
+            queue_records: gauge(
+                r,
+                opts("edge_agent_queue_records", "Records in the durable queue."),
+            )?,
+            queue_bytes: gauge(
+                r,
+                opts(
+                    "edge_agent_queue_bytes",
+                    "Payload bytes in the durable queue.",
+                ),
+            )?,
+            queue_oldest_age_seconds: register(
+                r,
+                prometheus::Gauge::with_opts(opts(
+                    "edge_agent_queue_oldest_age_seconds",
+                    "Age of the oldest record in the queue (0 when empty).",
+                ))?,
+            )?,
+            queue_capacity_bytes: gauge(
+                r,
+                opts(
+                    "edge_agent_queue_capacity_bytes",
+                    "Configured queue capacity (buffer.maxBytes).",
+                ),
+            )?,
+            upstream_up: gauge(
+                r,
+                opts(
+                    "edge_agent_upstream_up",
+                    "1 when the last upstream request succeeded.",
+                ),
+            )?,
+            mqtt_connected: gauge(
+                r,
+                opts(
+                    "edge_agent_mqtt_connected",
+                    "1 while connected to the source broker.",
+                ),
+            )?,
+            build_info: register(
+                r,
+                IntGaugeVec::new(
+                    opts(
+                        "edge_agent_build_info",
+                        "Always 1, labelled with the agent version.",
+                    ),
+                    &["version"],
+                )?,
+            )?,
+            sync_duration: histogram(
+                r,
+                hopts(
+                    "edge_agent_sync_duration_seconds",
+                    "Duration of upstream requests.",
+                    &SYNC_BUCKETS,
+                ),
+            )?,
+            ingest_to_durable: histogram(
+                r,
+                hopts(
+                    "edge_agent_ingest_to_durable_seconds",
+                    "From receiving an MQTT message to its records being committed.",
+                    &LATENCY_BUCKETS,
+                ),
+            )?,
+            inference_duration: histogram(
+                r,
+                hopts(
+                    "edge_agent_inference_duration_seconds",
+                    "Duration of model runs.",
+                    &LATENCY_BUCKETS,
+                ),
+            )?,
+            action_latency: histogram(
+                r,
+                hopts(
+                    "edge_agent_action_latency_seconds",
+                    "From receiving a reading to publishing its local action.",
+                    &LATENCY_BUCKETS,
+                ),
+            )?,
+            registry,
+        };
+        metrics
+            .build_info
+            .with_label_values(&[env!("CARGO_PKG_VERSION")])
+            .set(1);
+        init_labels(&metrics.records_dropped, &DROP_REASONS);
+        init_labels(&metrics.sync_requests, &SYNC_OUTCOMES);
+        init_labels(&metrics.records_enqueued, &RECORD_KINDS);
+        Ok(metrics)
+    }
+
+    /// The registry, e.g. for a test that gathers it directly.
+    pub fn registry(&self) -> &Registry {
+        &self.registry
+    }
+
+    /// The metrics in the Prometheus text exposition format.
+    pub fn render(&self) -> String {
+        let mut buf = Vec::new();
+        // Encoding into a Vec only fails on metric families that cannot exist here.
+        if let Err(e) = TextEncoder::new().encode(&self.registry.gather(), &mut buf) {
+            tracing::error!(error = %e, "encoding metrics");
+        }
+        String::from_utf8_lossy(&buf).into_owned()
+    }
+
+    /// Counts `n` dropped records with `reason` (one of [`DROP_REASONS`]).
+    pub fn dropped(&self, reason: &'static str, n: u64) {
+        self.records_dropped.with_label_values(&[reason]).inc_by(n);
+    }
+}
+
+/// Creates the series of every label value in `values` at zero.
+pub fn init_labels(vec: &IntCounterVec, values: &[&str]) {
+    for v in values {
+        vec.with_label_values(&[*v]);
+    }
+}
+
+fn register<M: prometheus::core::Collector + Clone + 'static>(
+    r: &Registry,
+    m: M,
+) -> Result<M, MetricsError> {
+    r.register(Box::new(m.clone()))?;
+    Ok(m)
+}
+
+fn counter(r: &Registry, opts: Opts) -> Result<IntCounter, MetricsError> {
+    register(r, IntCounter::with_opts(opts)?)
+}
+
+fn counter_vec(r: &Registry, opts: Opts, label: &str) -> Result<IntCounterVec, MetricsError> {
+    register(r, IntCounterVec::new(opts, &[label])?)
+}
+
+fn gauge(r: &Registry, opts: Opts) -> Result<IntGauge, MetricsError> {
+    register(r, IntGauge::with_opts(opts)?)
+}
+
+fn histogram(r: &Registry, opts: HistogramOpts) -> Result<Histogram, MetricsError> {
+    register(r, Histogram::with_opts(opts)?)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_series_exists_from_the_start_with_the_pipeline_label() {
+        let m = Metrics::new("factory/line1").unwrap();
+        let text = m.render();
+        for name in [
+            "edge_agent_messages_received_total",
+            "edge_agent_received_bytes_total",
+            "edge_agent_records_synced_total",
+            "edge_agent_sent_bytes_total",
+            "edge_agent_upstream_down_seconds_total",
+            "edge_agent_inferences_total",
+            "edge_agent_anomalies_total",
+            "edge_agent_actions_published_total",
+            "edge_agent_queue_corruptions_total",
+            "edge_agent_queue_records",
+            "edge_agent_queue_bytes",
+            "edge_agent_queue_oldest_age_seconds",
+            "edge_agent_queue_capacity_bytes",
+            "edge_agent_upstream_up",
+            "edge_agent_mqtt_connected",
+            "edge_agent_sync_duration_seconds_bucket",
+            "edge_agent_ingest_to_durable_seconds_count",
+            "edge_agent_inference_duration_seconds_sum",
+            "edge_agent_action_latency_seconds_bucket",
+        ] {
+            assert!(
+                text.contains(&format!("{name}{{")),
+                "{name} missing:\n{text}"
+            );
+        }
+        for reason in DROP_REASONS {
+            let series = format!(
+                "edge_agent_records_dropped_total{{pipeline=\"factory/line1\",reason=\"{reason}\"}} 0"
+            );
+            assert!(text.contains(&series), "{series} missing");
+        }
+        for outcome in SYNC_OUTCOMES {
+            assert!(text.contains(&format!("outcome=\"{outcome}\"")));
+        }
+        assert!(text.contains(&format!(
+            "edge_agent_build_info{{pipeline=\"factory/line1\",version=\"{}\"}} 1",
+            env!("CARGO_PKG_VERSION")
+        )));
+    }
+
+    #[test]
+    fn drops_are_counted_by_reason() {
+        let m = Metrics::new("a/b").unwrap();
+        m.dropped("queue_full", 3);
+        m.dropped("queue_full", 2);
+        assert_eq!(
+            m.records_dropped.with_label_values(&["queue_full"]).get(),
+            5
+        );
+        assert_eq!(m.records_dropped.with_label_values(&["max_age"]).get(), 0);
+    }
+}

@@ -1,0 +1,420 @@
+//! End-to-end delivery through the real agent binary, a real Mosquitto broker and a real
+//! HTTP receiver: the original significant-change scenario, an upstream outage with
+//! retries, kill -9 during a QoS 1 stream, and a clean SIGTERM.
+
+mod common;
+
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
+use std::time::Duration;
+
+use common::*;
+use edge_agent::record::format_timestamp_ms;
+use serde_json::Value;
+
+const TOPIC: &str = "sensors/+/temperature";
+const T0: i64 = 1_795_608_000_000;
+
+/// (device, timestamp, value) of a record or a published reading.
+type Key = (String, String, String);
+
+fn key(device: &str, ts_ms: i64, value: f64) -> Key {
+    (
+        device.to_string(),
+        format_timestamp_ms(ts_ms),
+        format!("{value}"),
+    )
+}
+
+fn record_key(r: &Value) -> Key {
+    let value = r["value"].as_f64().expect("value");
+    (
+        r["device"].as_str().expect("device").to_string(),
+        r["timestamp"].as_str().expect("timestamp").to_string(),
+        format!("{value}"),
+    )
+}
+
+/// Accepted records deduplicated by (node, seq); panics if one seq carried two
+/// different records.
+fn dedupe_by_seq(records: &[Value]) -> BTreeMap<(String, u64), Key> {
+    let mut by_seq = BTreeMap::new();
+    for r in records {
+        let id = (
+            r["node"].as_str().expect("node").to_string(),
+            r["seq"].as_u64().expect("seq"),
+        );
+        let k = record_key(r);
+        if let Some(previous) = by_seq.insert(id.clone(), k.clone()) {
+            assert_eq!(previous, k, "seq {id:?} was reused for a different record");
+        }
+    }
+    by_seq
+}
+
+/// A deterministic pseudo-random sequence (no external crate, same on every run).
+struct Lcg(u64);
+
+impl Lcg {
+    fn next(&mut self) -> u64 {
+        self.0 = self
+            .0
+            .wrapping_mul(6_364_136_223_846_793_005)
+            .wrapping_add(1_442_695_040_888_963_407);
+        self.0 >> 33
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_original_scenario_sends_exactly_what_significant_change_implies() {
+    let broker = Mosquitto::start();
+    let receiver = Receiver::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    prepare_session(broker.port, "agent-original", &[TOPIC]).await;
+    let yaml = Pipeline {
+        broker_port: broker.port,
+        client_id: "agent-original",
+        receiver_port: receiver.port,
+        processors: "[{significantChange: {window: 10, threshold: 2.0}}]",
+        batch_size: 200,
+        ..Pipeline::default()
+    }
+    .yaml();
+    let mut agent = Agent::start(dir.path(), &yaml);
+
+    // Values are multiples of 1/8 (exact in binary). The rule is evaluated here in exact
+    // integer eighths: |n*v - sum| > 2*n  <=>  |v - mean| > 2, and a value that would land
+    // exactly on the threshold is nudged, so float rounding cannot decide any case.
+    let devices = ["t1", "t2", "t3", "t4", "t5"];
+    let mut rng = Lcg(7);
+    let mut windows: BTreeMap<&str, VecDeque<i64>> = BTreeMap::new();
+    let mut expected = BTreeSet::new();
+    let mut publisher = Publisher::connect(broker.port, "publisher-original");
+    for i in 0..1000i64 {
+        for d in devices {
+            let window = windows.entry(d).or_default();
+            let spike = rng.next().is_multiple_of(12);
+            let mut eighths = 160 + (rng.next() % 16) as i64 - 8
+                + if spike {
+                    (rng.next() % 64) as i64 - 32
+                } else {
+                    0
+                };
+            let decide = |w: &VecDeque<i64>, v: i64| {
+                let mut w = w.clone();
+                w.push_back(v);
+                if w.len() > 10 {
+                    w.pop_front();
+                }
+                let n = w.len() as i64;
+                let sum: i64 = w.iter().sum();
+                ((n * v - sum).abs(), 2 * 8 * n)
+            };
+            while {
+                let (diff, limit) = decide(window, eighths);
+                diff == limit
+            } {
+                eighths += 1;
+            }
+            let (diff, limit) = decide(window, eighths);
+            window.push_back(eighths);
+            if window.len() > 10 {
+                window.pop_front();
+            }
+            let value = eighths as f64 / 8.0;
+            let ts = T0 + i * 1000;
+            if diff > limit {
+                expected.insert(key(d, ts, value));
+            }
+            publisher
+                .send(&format!("sensors/{d}/temperature"), reading(d, value, ts))
+                .await;
+        }
+    }
+    publisher.flush().await;
+    assert!(
+        expected.len() > 100 && expected.len() < 4000,
+        "a useful mix: {}",
+        expected.len()
+    );
+
+    agent
+        .wait_metric(
+            &series("edge_agent_messages_received_total", &[]),
+            5000.0,
+            Duration::from_secs(30),
+        )
+        .await;
+    let got = eventually(
+        Duration::from_secs(20),
+        "every expected record at the receiver",
+        async || {
+            let got: BTreeSet<Key> = dedupe_by_seq(&receiver.accepted()).into_values().collect();
+            (got.len() >= expected.len()).then_some(got)
+        },
+    )
+    .await;
+    assert_eq!(
+        got, expected,
+        "the receiver got other records than the rule implies"
+    );
+    let filtered = agent.metric(&series(
+        "edge_agent_records_filtered_total",
+        &[("processor", "significant_change")],
+    ));
+    assert_eq!(filtered as usize, 5000 - expected.len());
+    assert_eq!(
+        agent.metric(&series("edge_agent_records_synced_total", &[])) as usize,
+        expected.len()
+    );
+    for r in receiver.accepted() {
+        assert_eq!(r["pipeline"], "factory/test");
+        assert_eq!(r["node"], "edge-test");
+        assert_eq!(r["kind"], "reading");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_outage_is_retried_with_the_same_key_and_everything_arrives_in_seq_order() {
+    let broker = Mosquitto::start();
+    let mut receiver = Receiver::down();
+    let dir = tempfile::tempdir().unwrap();
+    prepare_session(broker.port, "agent-outage", &[TOPIC]).await;
+    let yaml = Pipeline {
+        broker_port: broker.port,
+        client_id: "agent-outage",
+        receiver_port: receiver.port,
+        batch_size: 25,
+        extra_sink: "      compression: gzip",
+        ..Pipeline::default()
+    }
+    .yaml();
+    let mut agent = Agent::start(dir.path(), &yaml);
+    agent.wait_ready().await;
+    let mut publisher = Publisher::connect(broker.port, "publisher-outage");
+    let mut expected = BTreeSet::new();
+    for i in 0..100 {
+        publisher
+            .send("sensors/a/temperature", reading("a", i as f64, T0 + i))
+            .await;
+        expected.insert(key("a", T0 + i, i as f64));
+    }
+    publisher.flush().await;
+    // The first half is durable and the upstream refuses connections.
+    agent
+        .wait_metric(
+            &series("edge_agent_records_enqueued_total", &[("kind", "reading")]),
+            100.0,
+            Duration::from_secs(10),
+        )
+        .await;
+    agent
+        .wait_metric(
+            &series("edge_agent_sync_requests_total", &[("outcome", "retry")]),
+            3.0,
+            Duration::from_secs(10),
+        )
+        .await;
+    assert_eq!(agent.metric(&series("edge_agent_upstream_up", &[])), 0.0);
+    assert_eq!(
+        agent.get("/readyz").map(|r| r.0),
+        Some(200),
+        "readiness never depends on the upstream"
+    );
+    assert_eq!(
+        agent.get("/livez").map(|r| r.0),
+        Some(200),
+        "liveness never depends on the upstream"
+    );
+
+    // Up again, failing at first.
+    receiver.script([
+        Reply::Status(503),
+        Reply::Status(500),
+        Reply::RetryAfter(429, 1),
+    ]);
+    receiver.resume().await;
+    for i in 100..200 {
+        publisher
+            .send("sensors/a/temperature", reading("a", i as f64, T0 + i))
+            .await;
+        expected.insert(key("a", T0 + i, i as f64));
+    }
+    publisher.flush().await;
+    let got = eventually(
+        Duration::from_secs(20),
+        "all 200 readings at the receiver",
+        async || {
+            let got: BTreeSet<Key> = dedupe_by_seq(&receiver.accepted()).into_values().collect();
+            (got.len() >= 200).then_some(got)
+        },
+    )
+    .await;
+    assert_eq!(got, expected);
+
+    let requests = receiver.requests();
+    assert!(requests.iter().all(|r| r.gzip), "compression: gzip");
+    // Accepted batches arrive in seq order, without gaps between them.
+    let seqs: Vec<u64> = requests
+        .iter()
+        .filter(|r| r.status == 200)
+        .flat_map(|r| r.seqs())
+        .collect();
+    assert!(
+        seqs.windows(2).all(|w| w[0] < w[1]),
+        "not in seq order: {seqs:?}"
+    );
+    assert_eq!(seqs.len(), 200, "each record accepted once");
+    // A key always names the same records; a failed batch is retried under its key.
+    let mut by_key: BTreeMap<&str, Vec<u64>> = BTreeMap::new();
+    for r in &requests {
+        let seqs = by_key.entry(&r.key).or_insert_with(|| r.seqs());
+        assert_eq!(*seqs, r.seqs(), "key {} carried different records", r.key);
+        assert!(
+            r.key.starts_with("factory/test/edge-test/"),
+            "key {}",
+            r.key
+        );
+    }
+    for pair in requests.windows(2) {
+        if pair[0].status != 200 {
+            assert_eq!(
+                pair[1].key, pair[0].key,
+                "a failed batch was not retried as is"
+            );
+        }
+    }
+    let after_429 = requests
+        .windows(2)
+        .find(|p| p[0].status == 429)
+        .expect("a 429 was answered");
+    assert!(
+        after_429[1].at.duration_since(after_429[0].at) >= Duration::from_millis(950),
+        "Retry-After: 1 not honoured"
+    );
+    eventually(Duration::from_secs(5), "upstream up", async || {
+        (agent.metric(&series("edge_agent_upstream_up", &[])) == 1.0).then_some(())
+    })
+    .await;
+    assert!(agent.metric(&series("edge_agent_upstream_down_seconds_total", &[])) > 0.0);
+    assert_eq!(
+        agent.metric(&series("edge_agent_records_synced_total", &[])),
+        200.0
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kill_9_during_a_qos1_stream_loses_nothing_and_never_reuses_a_seq() {
+    let broker = Mosquitto::start();
+    let receiver = Receiver::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    prepare_session(broker.port, "agent-kill", &[TOPIC]).await;
+    let yaml = Pipeline {
+        broker_port: broker.port,
+        client_id: "agent-kill",
+        receiver_port: receiver.port,
+        batch_size: 40,
+        ..Pipeline::default()
+    }
+    .yaml();
+    let mut agent = Agent::start(dir.path(), &yaml);
+    const N: i64 = 3000;
+    let port = broker.port;
+    let publishing = tokio::spawn(async move {
+        let mut publisher = Publisher::connect(port, "publisher-kill");
+        for i in 0..N {
+            let device = format!("d{}", i % 7);
+            publisher
+                .send(
+                    &format!("sensors/{device}/temperature"),
+                    reading(&device, i as f64, T0 + i),
+                )
+                .await;
+            if i % 100 == 99 {
+                publisher.flush().await;
+            }
+        }
+        publisher.flush().await;
+    });
+    let expected: BTreeSet<Key> = (0..N)
+        .map(|i| key(&format!("d{}", i % 7), T0 + i, i as f64))
+        .collect();
+    for _ in 0..4 {
+        // Let this run take in some messages, then kill it mid-stream.
+        agent
+            .wait_metric(
+                &series("edge_agent_messages_received_total", &[]),
+                150.0,
+                Duration::from_secs(20),
+            )
+            .await;
+        agent.kill();
+        agent.restart();
+    }
+    publishing.await.expect("publisher");
+    let got = eventually(
+        Duration::from_secs(30),
+        "every published reading at the receiver",
+        async || {
+            let got: BTreeSet<Key> = dedupe_by_seq(&receiver.accepted()).into_values().collect();
+            (got.len() >= expected.len()).then_some(got)
+        },
+    )
+    .await;
+    assert_eq!(got.len(), expected.len());
+    assert_eq!(
+        got, expected,
+        "deduplicated by seq, the readings are exactly those published"
+    );
+    agent.assert_running();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_stops_cleanly_and_a_restart_picks_up_where_it_left() {
+    let broker = Mosquitto::start();
+    let mut receiver = Receiver::down();
+    let dir = tempfile::tempdir().unwrap();
+    prepare_session(broker.port, "agent-term", &[TOPIC]).await;
+    let yaml = Pipeline {
+        broker_port: broker.port,
+        client_id: "agent-term",
+        receiver_port: receiver.port,
+        batch_size: 20,
+        ..Pipeline::default()
+    }
+    .yaml();
+    let mut agent = Agent::start(dir.path(), &yaml);
+    let mut publisher = Publisher::connect(broker.port, "publisher-term");
+    for i in 0..300 {
+        publisher
+            .send("sensors/a/temperature", reading("a", i as f64, T0 + i))
+            .await;
+    }
+    publisher.flush().await;
+    agent
+        .wait_metric(
+            &series("edge_agent_messages_received_total", &[]),
+            50.0,
+            Duration::from_secs(10),
+        )
+        .await;
+    let status = agent.terminate();
+    assert!(
+        status.success(),
+        "exit status {status}:\n{}",
+        agent.log_text()
+    );
+    assert!(agent.log_text().contains("stopped"));
+    receiver.resume().await;
+    agent.restart();
+    let got = eventually(
+        Duration::from_secs(20),
+        "all 300 readings after the restart",
+        async || {
+            let got: BTreeSet<Key> = dedupe_by_seq(&receiver.accepted()).into_values().collect();
+            (got.len() >= 300).then_some(got)
+        },
+    )
+    .await;
+    let expected: BTreeSet<Key> = (0..300).map(|i| key("a", T0 + i, i as f64)).collect();
+    assert_eq!(got, expected);
+}

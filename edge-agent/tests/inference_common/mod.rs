@@ -1,0 +1,164 @@
+//! Helpers shared by the inference tests: fixture paths, specs, readings and polling.
+
+#![allow(dead_code)]
+
+pub mod e2e;
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use edge_agent::inference::{Inference, InferenceMetrics, InferenceSettings, SourceSettings};
+use edge_agent::record::Reading;
+
+/// `tests/models` of the workspace.
+pub fn models_dir() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../tests/models")
+}
+
+/// A fixture file's path.
+pub fn fixture(name: &str) -> PathBuf {
+    models_dir().join(name)
+}
+
+/// A fixture file's bytes.
+pub fn fixture_bytes(name: &str) -> Vec<u8> {
+    std::fs::read(fixture(name)).unwrap_or_else(|e| panic!("reading fixture {name}: {e}"))
+}
+
+/// `spec.inference` from JSON.
+pub fn spec(json: serde_json::Value) -> edge_crds::Inference {
+    serde_json::from_value(json).expect("inference spec")
+}
+
+/// The anomaly spec the fixtures were trained for, with a model at `path`.
+pub fn anomaly_spec(path: &std::path::Path, golden_file: Option<&str>) -> edge_crds::Inference {
+    let mut s = serde_json::json!({
+        "model": {"path": path},
+        "window": 16,
+        "threshold": 0.8,
+        "normalize": {"mean": 20.0, "std": 3.5},
+        "timeout": "5s",
+    });
+    if let Some(g) = golden_file {
+        s["golden"] = serde_json::json!({"file": g, "tolerance": 1e-5});
+    }
+    spec(s)
+}
+
+/// Starts inference with fast polling and fresh metrics.
+pub fn start(
+    spec: edge_crds::Inference,
+    data_dir: &std::path::Path,
+) -> (Inference, InferenceMetrics) {
+    let metrics = InferenceMetrics::standalone().expect("metrics");
+    let mut settings = InferenceSettings::new(spec, SourceSettings::new(data_dir), 1000);
+    settings.poll_interval = Duration::from_millis(50);
+    let inference = Inference::start(settings, metrics.clone()).expect("start inference");
+    (inference, metrics)
+}
+
+/// A raw reading.
+pub fn reading(device: &str, value: f64, t: i64) -> Reading {
+    Reading {
+        device: device.to_string(),
+        topic: format!("sensors/{device}/vibration"),
+        value,
+        timestamp_ms: t,
+        received_ms: t,
+    }
+}
+
+/// A normal raw signal like the training data: 20 + 5 sin(2 pi f t / 16 + phase).
+pub fn normal_value(t: usize, freq: f64, phase: f64) -> f64 {
+    20.0 + 5.0 * (2.0 * std::f64::consts::PI * freq * t as f64 / 16.0 + phase).sin()
+}
+
+/// Polls `cond` every 10 ms until it holds or `timeout` passes.
+pub async fn eventually(timeout: Duration, mut cond: impl FnMut() -> bool) -> bool {
+    let deadline = tokio::time::Instant::now() + timeout;
+    while tokio::time::Instant::now() < deadline {
+        if cond() {
+            return true;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    cond()
+}
+
+/// A real HTTP/1.1 file server on a free loopback port that a test can stop.
+pub struct FileServer {
+    /// `http://127.0.0.1:<port>`.
+    pub base: String,
+    requests: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl FileServer {
+    /// Serves `files` (URL path -> body); anything else is a 404.
+    pub async fn start(files: Vec<(String, Vec<u8>)>) -> Self {
+        use std::sync::atomic::Ordering;
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let base = format!("http://{}", listener.local_addr().expect("addr"));
+        let requests = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let files = std::sync::Arc::new(files);
+        let counter = requests.clone();
+        let task = tokio::spawn(async move {
+            while let Ok((mut conn, _)) = listener.accept().await {
+                let files = files.clone();
+                let counter = counter.clone();
+                tokio::spawn(async move {
+                    let mut head = Vec::new();
+                    let mut buf = [0u8; 1024];
+                    while !head.windows(4).any(|w| w == b"\r\n\r\n") && head.len() < 16 * 1024 {
+                        match conn.read(&mut buf).await {
+                            Ok(0) | Err(_) => return,
+                            Ok(n) => head.extend_from_slice(&buf[..n]),
+                        }
+                    }
+                    counter.fetch_add(1, Ordering::SeqCst);
+                    let text = String::from_utf8_lossy(&head);
+                    let path = text.split_whitespace().nth(1).unwrap_or("/").to_string();
+                    let response = match files.iter().find(|(p, _)| *p == path) {
+                        Some((_, body)) => {
+                            let mut r = format!(
+                                "HTTP/1.1 200 OK\r\ncontent-length: {}\r\ncontent-type: application/octet-stream\r\nconnection: close\r\n\r\n",
+                                body.len()
+                            )
+                            .into_bytes();
+                            r.extend_from_slice(body);
+                            r
+                        }
+                        None => b"HTTP/1.1 404 Not Found\r\ncontent-length: 0\r\nconnection: close\r\n\r\n".to_vec(),
+                    };
+                    let _ = conn.write_all(&response).await;
+                    let _ = conn.shutdown().await;
+                });
+            }
+        });
+        Self {
+            base,
+            requests,
+            task,
+        }
+    }
+
+    /// Requests served so far.
+    pub fn requests(&self) -> usize {
+        self.requests.load(std::sync::atomic::Ordering::SeqCst)
+    }
+
+    /// Stops accepting connections and closes the port.
+    pub async fn stop(self) {
+        self.task.abort();
+        let _ = self.task.await;
+    }
+}
+
+/// Lowercase hex SHA-256.
+pub fn sha256_hex(bytes: &[u8]) -> String {
+    use sha2::Digest;
+    hex::encode(sha2::Sha256::digest(bytes))
+}

@@ -1,0 +1,323 @@
+//! The committed fixture models through the agent's model code: golden vectors (issue 4,
+//! test 1), image classification of the committed PNGs (test 5), refusal of broken
+//! models (test 6), and the timeout / overload paths of the inference thread.
+
+mod inference_common;
+
+use std::time::Duration;
+
+use edge_agent::inference::{
+    GoldenSet, Model, ModelFiles, OpSupport, Skip, compare, image_input, op_support, prepare,
+    read_contents,
+};
+use inference_common::*;
+use serde_json::Value;
+
+const ANOMALY_MODELS: [&str; 3] = ["anomaly_autoencoder", "anomaly_logistic", "anomaly_conv1d"];
+
+fn files(model: &str, golden: Option<&str>) -> ModelFiles {
+    let bytes = fixture_bytes(model);
+    ModelFiles {
+        sha256: String::new(),
+        model: bytes,
+        golden: golden.map(fixture_bytes),
+        labels: None,
+        origin: model.to_string(),
+    }
+}
+
+#[test]
+fn every_fixture_model_matches_its_golden_vectors_single_and_batched() {
+    let manifest: Value = serde_json::from_slice(&fixture_bytes("manifest.json")).unwrap();
+    for name in ANOMALY_MODELS.iter().chain(&["image_classifier"]) {
+        let file = format!("{name}.tflite");
+        let bytes = fixture_bytes(&file);
+        let contents = read_contents(&bytes).unwrap();
+        let ops: Vec<&str> = contents.ops.iter().map(|o| o.name.as_str()).collect();
+        let expected: Vec<&str> = manifest[&file]["tflite_ops"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|v| v.as_str().unwrap())
+            .collect();
+        assert_eq!(ops, expected, "{file}: TFLite ops");
+        assert!(
+            ops.iter().all(|o| op_support(o) == OpSupport::Verified),
+            "{file}: {ops:?}"
+        );
+        assert_eq!(contents.inputs[0].dtype, "FLOAT32");
+
+        let model = Model::load(&bytes).unwrap_or_else(|e| panic!("{file}: {e}"));
+        assert!(
+            model.batches(),
+            "{file}: a symbolic batch works for every fixture model"
+        );
+        let golden =
+            GoldenSet::from_json(&fixture_bytes(&format!("{name}.golden.json")), None).unwrap();
+        assert_eq!(golden.tolerance, 1e-5);
+        let max = golden
+            .check(model.row_len(), |x| model.run_single(x))
+            .unwrap_or_else(|e| panic!("{file}: {e}"));
+        assert!(max <= 1e-5, "{file}: max error {max}");
+
+        // All vectors in one batched call give the same outputs.
+        let flat: Vec<f32> = golden
+            .vectors
+            .iter()
+            .flat_map(|v| v.input.clone())
+            .collect();
+        let out = model.run(&flat, golden.vectors.len()).unwrap();
+        for (i, (v, got)) in golden
+            .vectors
+            .iter()
+            .zip(out.chunks(model.output_len()))
+            .enumerate()
+        {
+            compare(i, got, &v.output, 1e-5).unwrap_or_else(|e| panic!("{file} batched: {e}"));
+        }
+    }
+}
+
+#[test]
+fn committed_images_classify_as_the_reference_interpreter_says() {
+    let golden: Value = serde_json::from_slice(&fixture_bytes("images/golden.json")).unwrap();
+    let tolerance = golden["tolerance"].as_f64().unwrap();
+    assert_eq!(tolerance, 1e-3);
+    let model = Model::load(&fixture_bytes("image_classifier.tflite")).unwrap();
+    assert_eq!(model.input_shape, vec![1, 32, 32, 3]);
+    let images = golden["images"].as_array().unwrap();
+    assert_eq!(images.len(), 6);
+    for image in images {
+        let file = image["file"].as_str().unwrap();
+        let input = image_input(&fixture_bytes(file), 32, 32).unwrap();
+        let out = model.run_single(&input).unwrap();
+        let want: Vec<f32> = image["softmax"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|v| v.as_f64().unwrap() as f32)
+            .collect();
+        compare(0, &out, &want, tolerance).unwrap_or_else(|e| panic!("{file}: {e}"));
+        let top1 = out
+            .iter()
+            .enumerate()
+            .max_by(|a, b| a.1.total_cmp(b.1))
+            .map(|(i, _)| i)
+            .unwrap();
+        assert_eq!(top1 as u64, image["top1_index"].as_u64().unwrap(), "{file}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn image_payloads_become_classification_records_with_the_labels_file() {
+    let data = tempfile::tempdir().unwrap();
+    let s = spec(serde_json::json!({
+        "model": {"path": fixture("image_classifier.tflite")},
+        "task": "classification",
+        "labelsFile": "image_classifier.labels.txt",
+        "topK": 2,
+        "golden": {"file": "image_classifier.golden.json", "tolerance": 1e-5},
+        "timeout": "10s",
+    }));
+    let (mut inference, metrics) = start(s, data.path());
+    assert!(
+        inference
+            .wait_for_generation(1, Duration::from_secs(20))
+            .await,
+        "{:?}",
+        inference.status()
+    );
+    let golden: Value = serde_json::from_slice(&fixture_bytes("images/golden.json")).unwrap();
+    for image in golden["images"].as_array().unwrap() {
+        let file = image["file"].as_str().unwrap();
+        let record = inference
+            .classify(
+                "cam1",
+                "cameras/cam1/frame",
+                1_700_000_000_000,
+                &fixture_bytes(file),
+            )
+            .await
+            .unwrap_or_else(|| panic!("{file}: no record"));
+        assert_eq!(record.kind, edge_agent::record::RecordKind::Classification);
+        let labels = record.labels.unwrap();
+        assert_eq!(labels.len(), 2);
+        assert_eq!(labels[0].0, image["top1"].as_str().unwrap(), "{file}");
+        assert_eq!(record.score, Some(labels[0].1));
+        assert_eq!(record.device, "cam1");
+    }
+    // A payload that is not an image is skipped and counted; the next image still works.
+    assert!(
+        inference
+            .classify("cam1", "t", 0, b"garbage")
+            .await
+            .is_none()
+    );
+    assert_eq!(metrics.skipped("invalid_image"), 1);
+    let ok = inference
+        .classify("cam1", "t", 0, &fixture_bytes("images/circle_0.png"))
+        .await
+        .unwrap();
+    assert_eq!(ok.labels.unwrap()[0].0, "circle");
+    assert_eq!(metrics.inferences.get(), 7);
+}
+
+#[test]
+fn broken_models_are_refused_with_a_clear_message() {
+    let s = anomaly_spec(&fixture("unused.tflite"), None);
+    let err = prepare(&files("unsupported_op.tflite", None), &s)
+        .err()
+        .unwrap();
+    assert_eq!(err.outcome(), "unsupported_op");
+    assert!(err.to_string().contains("SQUARED_DIFFERENCE"), "{err}");
+
+    let err = prepare(&files("panics_loader.tflite", None), &s)
+        .err()
+        .unwrap();
+    assert_eq!(err.outcome(), "panic");
+    let msg = err.to_string();
+    assert!(
+        msg.contains("panicked") && msg.contains("FULLY_CONNECTED without a bias"),
+        "{msg}"
+    );
+
+    let mut with_golden = s.clone();
+    with_golden.golden = Some(edge_crds::Golden {
+        file: Some("anomaly_autoencoder.broken_golden.json".into()),
+        vectors: vec![],
+        tolerance: 1e-5,
+    });
+    let err = prepare(
+        &files(
+            "anomaly_autoencoder.tflite",
+            Some("anomaly_autoencoder.broken_golden.json"),
+        ),
+        &with_golden,
+    )
+    .err()
+    .unwrap();
+    assert_eq!(err.outcome(), "golden_mismatch");
+    assert!(err.to_string().contains("golden vector 0"), "{err}");
+
+    // The same model against its true golden vectors loads.
+    let ok = prepare(
+        &files(
+            "anomaly_autoencoder.tflite",
+            Some("anomaly_autoencoder.golden.json"),
+        ),
+        &with_golden,
+    )
+    .unwrap();
+    assert!(ok.golden_error.unwrap() <= 1e-5);
+
+    // A model whose input does not fit the window is refused too.
+    let mut window8 = s.clone();
+    window8.window = 8;
+    let err = prepare(&files("anomaly_autoencoder.tflite", None), &window8)
+        .err()
+        .unwrap();
+    assert_eq!(err.outcome(), "invalid_model");
+    assert!(err.to_string().contains("window of 8"), "{err}");
+
+    // Not a model at all.
+    assert!(Model::load(b"not a model").is_err());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refused_model_is_counted_and_inference_keeps_answering() {
+    for (model, outcome, text) in [
+        (
+            "unsupported_op.tflite",
+            "unsupported_op",
+            "SQUARED_DIFFERENCE",
+        ),
+        ("panics_loader.tflite", "panic", "panicked"),
+    ] {
+        let data = tempfile::tempdir().unwrap();
+        let (mut inference, metrics) = start(anomaly_spec(&fixture(model), None), data.path());
+        assert!(
+            eventually(Duration::from_secs(10), || metrics.loads(outcome) == 1).await,
+            "{model}: {:?}",
+            inference.status()
+        );
+        let status = inference.status();
+        assert_eq!(status.generation, 0);
+        assert!(status.last_error.unwrap().contains(text));
+        // Readings are still taken; inferences are skipped and counted, promptly.
+        let readings: Vec<_> = (0..20)
+            .map(|t| reading("d1", normal_value(t, 1.0, 0.0), t as i64))
+            .collect();
+        assert_eq!(inference.score(&readings).await, Err(Skip::NoModel));
+        assert_eq!(metrics.skipped("no_model"), 5);
+        assert!(inference.anomalies(&readings[..1]).await.is_empty());
+        assert_eq!(metrics.loads("success"), 0);
+    }
+}
+
+#[tokio::test(flavor = "current_thread")]
+async fn slow_inferences_are_abandoned_and_a_full_queue_is_skipped() {
+    use edge_agent::inference::{Inference, InferenceMetrics, InferenceSettings, SourceSettings};
+    let data = tempfile::tempdir().unwrap();
+    let metrics = InferenceMetrics::standalone().unwrap();
+    let mut s = anomaly_spec(&fixture("anomaly_conv1d.tflite"), None);
+    s.timeout = edge_crds::units::Duration::new("1s");
+    let mut settings = InferenceSettings::new(s, SourceSettings::new(data.path()), 100);
+    settings.queue_capacity = 1;
+    let mut inference = Inference::start(settings, metrics.clone()).unwrap();
+    assert!(
+        inference
+            .wait_for_generation(1, Duration::from_secs(20))
+            .await
+    );
+
+    const DEVICES: usize = 8;
+    let round = |t: usize| -> Vec<_> {
+        (0..DEVICES)
+            .map(|d| reading(&format!("d{d}"), normal_value(t, 1.0, d as f64), t as i64))
+            .collect()
+    };
+    for t in 0..15 {
+        assert_eq!(
+            inference.score(&round(t)).await,
+            Ok(vec![]),
+            "windows not full yet"
+        );
+    }
+    // The inference thread is busy (held): the first job waits in the queue until the
+    // timeout abandons it, the second finds the queue (capacity 1) full. The clock is
+    // paused, so the 1 s timeout passes as soon as the runtime has nothing else to do.
+    let hold = inference.hold_inference_thread().await.unwrap();
+    tokio::time::pause();
+    let started = tokio::time::Instant::now();
+    assert_eq!(inference.score(&round(15)).await, Err(Skip::Timeout));
+    assert!(started.elapsed() >= Duration::from_secs(1));
+    assert_eq!(inference.score(&round(16)).await, Err(Skip::Overloaded));
+    assert_eq!(metrics.skipped("timeout"), DEVICES as u64);
+    assert_eq!(metrics.skipped("overloaded"), DEVICES as u64);
+    tokio::time::resume();
+    drop(hold);
+    // Wait until the thread has worked through its queue: a new hold only succeeds once
+    // the abandoned job has left the queue.
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        match inference.hold_inference_thread().await {
+            Ok(_hold) => break,
+            Err(Skip::Overloaded) if std::time::Instant::now() < deadline => {
+                tokio::task::yield_now().await
+            }
+            Err(e) => panic!("{e}"),
+        }
+    }
+    // The data path goes on: the abandoned job is dropped, the next call is scored.
+    let scored = inference.score(&round(17)).await.unwrap();
+    assert_eq!(scored.len(), DEVICES);
+    assert!(
+        scored.iter().all(|s| s.score < 0.8),
+        "normal signals score low"
+    );
+    assert_eq!(
+        metrics.inferences.get(),
+        DEVICES as u64,
+        "the abandoned job never ran"
+    );
+}

@@ -1,0 +1,385 @@
+//! Ingest and the edges of the agent through the real binary: malformed payloads counted
+//! by reason, `block` holding data at the broker, a local action on a threshold, the MQTT
+//! sink, a broker that is down at start, and `edge-agent check`.
+
+mod common;
+
+use std::collections::BTreeSet;
+use std::process::Command;
+use std::time::Duration;
+
+use common::*;
+use serde_json::Value;
+
+const TOPIC: &str = "sensors/+/temperature";
+const T0: i64 = 1_795_608_000_000;
+
+fn values(records: &[Value]) -> BTreeSet<i64> {
+    records
+        .iter()
+        .filter_map(|r| r["value"].as_f64())
+        .map(|v| v as i64)
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn malformed_payloads_are_counted_by_reason_and_the_valid_ones_processed() {
+    let broker = Mosquitto::start();
+    let receiver = Receiver::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    prepare_session(broker.port, "agent-malformed", &[TOPIC]).await;
+    let yaml = Pipeline {
+        broker_port: broker.port,
+        client_id: "agent-malformed",
+        receiver_port: receiver.port,
+        extra_source: "    maxPayloadSize: 1Ki",
+        ..Pipeline::default()
+    }
+    .yaml();
+    let mut agent = Agent::start(dir.path(), &yaml);
+    let padding = "x".repeat(2000);
+    let invalid: Vec<(&str, String)> = vec![
+        ("not_json", "hello".into()),
+        ("not_json", "{broken".into()),
+        ("missing_value", r#"{"device_id":"a","timestamp":1}"#.into()),
+        ("not_numeric", r#"{"device_id":"a","value":"abc"}"#.into()),
+        ("not_numeric", r#"{"device_id":"a","value":true}"#.into()),
+        ("not_finite", r#"{"device_id":"a","value":"NaN"}"#.into()),
+        (
+            "too_large",
+            format!(r#"{{"device_id":"a","value":1,"pad":"{padding}"}}"#),
+        ),
+        (
+            "bad_timestamp",
+            r#"{"device_id":"a","value":1,"timestamp":"yesterday"}"#.into(),
+        ),
+        ("missing_device", r#"{"value":1}"#.into()),
+    ];
+    let mut publisher = Publisher::connect(broker.port, "agent-malformed-pub");
+    let mut bytes = 0;
+    let mut bad = invalid.iter();
+    for i in 0..20 {
+        let payload = reading("a", i as f64, T0 + i);
+        bytes += payload.len();
+        publisher.send("sensors/a/temperature", payload).await;
+        if i % 2 == 0
+            && let Some((_, payload)) = bad.next()
+        {
+            bytes += payload.len();
+            publisher
+                .send("sensors/a/temperature", payload.clone())
+                .await;
+        }
+    }
+    publisher.flush().await;
+    let total = 20 + invalid.len();
+    agent
+        .wait_metric(
+            &series("edge_agent_messages_received_total", &[]),
+            total as f64,
+            Duration::from_secs(10),
+        )
+        .await;
+    eventually(
+        Duration::from_secs(10),
+        "the 20 valid readings at the receiver",
+        async || (values(&receiver.accepted()) == (0..20).collect()).then_some(()),
+    )
+    .await;
+    for reason in [
+        "not_json",
+        "missing_value",
+        "not_numeric",
+        "not_finite",
+        "too_large",
+        "bad_timestamp",
+        "missing_device",
+    ] {
+        let want = invalid.iter().filter(|(r, _)| *r == reason).count() as f64;
+        let got = agent.metric(&series(
+            "edge_agent_messages_invalid_total",
+            &[("reason", reason)],
+        ));
+        assert_eq!(got, want, "invalid messages with reason {reason}");
+    }
+    assert_eq!(
+        agent.metric(&series("edge_agent_received_bytes_total", &[])),
+        bytes as f64
+    );
+    assert_eq!(
+        agent.metric(&series(
+            "edge_agent_records_enqueued_total",
+            &[("kind", "reading")]
+        )),
+        20.0
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn under_block_a_full_queue_stops_acknowledging_and_nothing_is_dropped() {
+    let broker = Mosquitto::start();
+    let mut receiver = Receiver::down();
+    let dir = tempfile::tempdir().unwrap();
+    prepare_session(broker.port, "agent-block", &[TOPIC]).await;
+    let yaml = Pipeline {
+        broker_port: broker.port,
+        client_id: "agent-block",
+        receiver_port: receiver.port,
+        buffer: "{maxBytes: 64Ki, whenFull: block, durability: os}",
+        batch_size: 20,
+        ..Pipeline::default()
+    }
+    .yaml();
+    let mut agent = Agent::start(dir.path(), &yaml);
+    let device = format!("d{}", "x".repeat(200));
+    let mut publisher = Publisher::connect(broker.port, "agent-block-pub");
+    for i in 0..400 {
+        publisher
+            .send(
+                &format!("sensors/{device}/temperature"),
+                reading(&device, i as f64, T0 + i),
+            )
+            .await;
+    }
+    publisher.flush().await;
+    agent
+        .wait_metric(
+            &series("edge_agent_messages_received_total", &[]),
+            400.0,
+            Duration::from_secs(10),
+        )
+        .await;
+    let stored = agent.metric(&series(
+        "edge_agent_records_enqueued_total",
+        &[("kind", "reading")],
+    ));
+    assert!(
+        stored > 100.0 && stored < 400.0,
+        "{stored} records stored in 64 KiB"
+    );
+    assert!(agent.metric(&series("edge_agent_queue_bytes", &[])) <= 65_536.0);
+    assert_eq!(
+        agent.metric(&series(
+            "edge_agent_records_dropped_total",
+            &[("reason", "queue_full")]
+        )),
+        0.0
+    );
+    // Killed while blocked: what was not committed was not acknowledged either, so the
+    // broker's session still holds it.
+    agent.kill();
+    receiver.resume().await;
+    agent.restart();
+    eventually(Duration::from_secs(20), "all 400 readings", async || {
+        (values(&receiver.accepted()) == (0..400).collect()).then_some(())
+    })
+    .await;
+    assert_eq!(
+        agent.metric(&series(
+            "edge_agent_records_dropped_total",
+            &[("reason", "queue_full")]
+        )),
+        0.0
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_threshold_crossing_publishes_a_local_action_on_the_source_broker() {
+    let broker = Mosquitto::start();
+    let receiver = Receiver::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    prepare_session(broker.port, "agent-action", &[TOPIC]).await;
+    let alerts = Subscriber::connect(broker.port, "alerts-watcher", "alerts/#").await;
+    let yaml = Pipeline {
+        broker_port: broker.port,
+        client_id: "agent-action",
+        receiver_port: receiver.port,
+        processors: "[{threshold: {above: 100}}]\n  actions: [{on: threshold, mqtt: {topic: 'alerts/{pipeline}/{device}', qos: 1}}]",
+        ..Pipeline::default()
+    }
+    .yaml();
+    let mut agent = Agent::start(dir.path(), &yaml);
+    let mut publisher = Publisher::connect(broker.port, "agent-action-pub");
+    publisher
+        .send("sensors/t1/temperature", reading("t1", 50.0, T0))
+        .await;
+    publisher
+        .send("sensors/t1/temperature", reading("t1", 150.5, T0 + 1))
+        .await;
+    publisher.flush().await;
+    let messages = eventually(Duration::from_secs(10), "the alert", async || {
+        let m = alerts.messages();
+        (!m.is_empty()).then_some(m)
+    })
+    .await;
+    let (topic, payload) = &messages[0];
+    assert_eq!(topic, "alerts/factory/test/t1");
+    let alert: Value = serde_json::from_slice(payload).unwrap();
+    assert_eq!(alert["trigger"], "threshold");
+    assert_eq!(alert["value"], 150.5);
+    assert_eq!(alert["device"], "t1");
+    assert_eq!(alert["node"], "edge-test");
+    assert_eq!(alert["pipeline"], "factory/test");
+    assert_eq!(alert["timestamp"], "2026-11-25T12:00:00.001Z");
+    eventually(
+        Duration::from_secs(10),
+        "the crossing reading upstream",
+        async || (values(&receiver.accepted()) == BTreeSet::from([150])).then_some(()),
+    )
+    .await;
+    assert_eq!(messages.len(), 1, "one crossing, one action");
+    assert_eq!(
+        agent.metric(&series("edge_agent_actions_published_total", &[])),
+        1.0
+    );
+    assert_eq!(
+        agent.metric(&series("edge_agent_action_latency_seconds_count", &[])),
+        1.0
+    );
+    assert_eq!(
+        agent.metric(&series(
+            "edge_agent_records_filtered_total",
+            &[("processor", "threshold")]
+        )),
+        1.0
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_mqtt_sink_publishes_json_batches_upstream() {
+    let edge = Mosquitto::start();
+    let cloud = Mosquitto::start();
+    let dir = tempfile::tempdir().unwrap();
+    prepare_session(edge.port, "agent-mqtt-sink", &[TOPIC]).await;
+    let upstream = Subscriber::connect(cloud.port, "cloud-ingest", "cloud/#").await;
+    let yaml = format!(
+        r#"apiVersion: edgepipe.dev/v1alpha1
+kind: EdgePipeline
+metadata: {{name: test, namespace: factory}}
+spec:
+  source:
+    mqtt: {{url: "mqtt://127.0.0.1:{edge}", topics: ["{TOPIC}"], clientId: agent-mqtt-sink}}
+  sink:
+    mqtt: {{url: "mqtt://127.0.0.1:{cloud}", topic: "cloud/{{pipeline}}/{{node}}", batchSize: 7, flushInterval: 100ms}}
+"#,
+        edge = edge.port,
+        cloud = cloud.port
+    );
+    let mut agent = Agent::start(dir.path(), &yaml);
+    let mut publisher = Publisher::connect(edge.port, "agent-mqtt-sink-pub");
+    for i in 0..30 {
+        publisher
+            .send("sensors/a/temperature", reading("a", i as f64, T0 + i))
+            .await;
+    }
+    publisher.flush().await;
+    let batches = eventually(Duration::from_secs(15), "30 records upstream", async || {
+        let batches: Vec<(String, Vec<Value>)> = upstream
+            .messages()
+            .into_iter()
+            .map(|(t, p)| (t, serde_json::from_slice(&p).expect("a JSON array")))
+            .collect();
+        let records: Vec<Value> = batches.iter().flat_map(|(_, b)| b.clone()).collect();
+        (values(&records).len() == 30).then_some(batches)
+    })
+    .await;
+    assert!(
+        batches
+            .iter()
+            .all(|(t, b)| t == "cloud/factory/test/edge-test" && b.len() <= 7)
+    );
+    eventually(
+        Duration::from_secs(5),
+        "the queue drained after the PUBACKs",
+        async || (agent.metric(&series("edge_agent_queue_records", &[])) == 0.0).then_some(()),
+    )
+    .await;
+    assert!(agent.metric(&series("edge_agent_records_synced_total", &[])) >= 30.0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_broker_down_at_start_keeps_the_agent_live_but_not_ready_until_it_connects() {
+    let broker_port = free_port();
+    let receiver = Receiver::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let yaml = Pipeline {
+        broker_port,
+        client_id: "agent-late-broker",
+        receiver_port: receiver.port,
+        ..Pipeline::default()
+    }
+    .yaml();
+    let mut agent = Agent::start(dir.path(), &yaml);
+    let (status, body) = eventually(Duration::from_secs(10), "the health endpoint", async || {
+        agent.get("/readyz")
+    })
+    .await;
+    assert_eq!(status, 503);
+    assert!(body.contains("source broker not connected"), "{body}");
+    assert_eq!(agent.get("/livez").map(|r| r.0), Some(200));
+    assert_eq!(agent.metric(&series("edge_agent_mqtt_connected", &[])), 0.0);
+
+    // The broker comes up without any session for the agent: it must subscribe itself.
+    let broker = Mosquitto::start_on(broker_port);
+    agent.wait_ready().await;
+    assert_eq!(agent.metric(&series("edge_agent_mqtt_connected", &[])), 1.0);
+    eventually(Duration::from_secs(10), "the subscription", async || {
+        agent.log_text().contains("subscribed").then_some(())
+    })
+    .await;
+    let mut publisher = Publisher::connect(broker.port, "agent-late-broker-pub");
+    publisher
+        .send("sensors/a/temperature", reading("a", 1.0, T0))
+        .await;
+    publisher.flush().await;
+    eventually(
+        Duration::from_secs(10),
+        "the reading upstream",
+        async || (values(&receiver.accepted()) == BTreeSet::from([1])).then_some(()),
+    )
+    .await;
+}
+
+#[test]
+fn check_prints_ok_or_every_problem() {
+    let dir = tempfile::tempdir().unwrap();
+    let good = dir.path().join("good.yaml");
+    std::fs::write(
+        &good,
+        "source: {mqtt: {url: 'mqtt://127.0.0.1:1883', topics: [a/b]}}\nsink: {http: {url: 'http://127.0.0.1:1/x'}}\n",
+    )
+    .unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_edge-agent"))
+        .args(["check", "--node-name", "n1", "--config"])
+        .arg(&good)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "ok");
+
+    let bad = dir.path().join("bad.yaml");
+    std::fs::write(
+        &bad,
+        "source: {mqtt: {url: 'mqtt://127.0.0.1:1883', topics: [a/b], qos: 2}}\n\
+         processors: [{significantChange: {window: 0, threshold: 1}}]\n\
+         sink: {http: {url: 'http://127.0.0.1:1/x'}}\n",
+    )
+    .unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_edge-agent"))
+        .args(["check", "--node-name", "n1", "--config"])
+        .arg(&bad)
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(1), "{text}");
+    assert!(text.contains("qos"), "{text}");
+    assert!(text.contains("window"), "{text}");
+    assert!(
+        text.lines().count() >= 2,
+        "every problem on its own line:\n{text}"
+    );
+}

@@ -1,0 +1,320 @@
+//! The queue's limits through the real agent: `maxBytes` with `dropNewest` and
+//! `dropOldest` (every missing record counted), `maxAge`, a batch the upstream rejects
+//! (dead-lettered, listed, sync goes on), and a corrupt queue file at start.
+
+mod common;
+
+use std::collections::BTreeSet;
+use std::process::Command;
+use std::time::Duration;
+
+use common::*;
+use serde_json::Value;
+
+const TOPIC: &str = "sensors/+/temperature";
+const T0: i64 = 1_795_608_000_000;
+
+fn values(records: &[Value]) -> BTreeSet<i64> {
+    records
+        .iter()
+        .filter_map(|r| r["value"].as_f64())
+        .map(|v| v as i64)
+        .collect()
+}
+
+/// Readings published by the cap tests; each record is about 400 bytes (a long device
+/// id), so the smallest queue (64 KiB) holds about 160 of them.
+const N: i64 = 400;
+
+fn long_device() -> String {
+    format!("d{}", "x".repeat(200))
+}
+
+/// Publishes N readings (values 0..N) into a 64 KiB queue while the upstream is down,
+/// then brings the upstream up; returns the values that arrived and the drop count.
+async fn fill_while_offline(when_full: &str, client_id: &str) -> (BTreeSet<i64>, f64) {
+    let broker = Mosquitto::start();
+    let mut receiver = Receiver::down();
+    let dir = tempfile::tempdir().unwrap();
+    prepare_session(broker.port, client_id, &[TOPIC]).await;
+    let buffer = format!("{{maxBytes: 64Ki, whenFull: {when_full}, durability: os}}");
+    let yaml = Pipeline {
+        broker_port: broker.port,
+        client_id,
+        receiver_port: receiver.port,
+        buffer: &buffer,
+        batch_size: 5,
+        ..Pipeline::default()
+    }
+    .yaml();
+    let mut agent = Agent::start(dir.path(), &yaml);
+    let mut publisher = Publisher::connect(broker.port, &format!("{client_id}-pub"));
+    let device = long_device();
+    for i in 0..N {
+        publisher
+            .send(
+                &format!("sensors/{device}/temperature"),
+                reading(&device, i as f64, T0 + i),
+            )
+            .await;
+    }
+    publisher.flush().await;
+    // Every message has an outcome (stored or dropped) once its unit completed.
+    agent
+        .wait_metric(
+            &series("edge_agent_ingest_to_durable_seconds_count", &[]),
+            N as f64,
+            Duration::from_secs(15),
+        )
+        .await;
+    let queued = agent.metric(&series("edge_agent_queue_bytes", &[]));
+    assert!(
+        queued > 60_000.0 && queued <= 65_536.0,
+        "queue bytes {queued}: not full, or above maxBytes"
+    );
+    assert_eq!(
+        agent.metric(&series("edge_agent_queue_capacity_bytes", &[])),
+        65_536.0
+    );
+    let dropped = agent.metric(&series(
+        "edge_agent_records_dropped_total",
+        &[("reason", "queue_full")],
+    ));
+    receiver.resume().await;
+    eventually(Duration::from_secs(15), "the queue drained", async || {
+        (agent.metric(&series("edge_agent_queue_records", &[])) == 0.0
+            && agent.metric(&series("edge_agent_records_synced_total", &[])) > 0.0)
+            .then_some(())
+    })
+    .await;
+    let got = values(&receiver.accepted());
+    assert_eq!(
+        agent.metric(&series(
+            "edge_agent_records_dropped_total",
+            &[("reason", "queue_full")]
+        )),
+        dropped,
+        "nothing dropped after the upstream came back"
+    );
+    (got, dropped)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn drop_newest_keeps_the_oldest_and_counts_every_record_it_refused() {
+    let (got, dropped) = fill_while_offline("dropNewest", "agent-newest").await;
+    assert!(dropped > 0.0, "64 KiB cannot hold {N} records");
+    assert_eq!(
+        got.len() as f64 + dropped,
+        N as f64,
+        "the drop counter equals the records missing"
+    );
+    let kept: BTreeSet<i64> = (0..got.len() as i64).collect();
+    assert_eq!(got, kept, "dropNewest keeps the first readings");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn drop_oldest_keeps_the_newest_and_counts_every_record_it_evicted() {
+    let (got, dropped) = fill_while_offline("dropOldest", "agent-oldest").await;
+    assert!(dropped > 0.0, "64 KiB cannot hold {N} records");
+    assert_eq!(
+        got.len() as f64 + dropped,
+        N as f64,
+        "the drop counter equals the records missing"
+    );
+    let kept: BTreeSet<i64> = (N - got.len() as i64..N).collect();
+    assert_eq!(got, kept, "dropOldest keeps the last readings");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn records_older_than_max_age_are_dropped_and_counted() {
+    let broker = Mosquitto::start();
+    let receiver = Receiver::down();
+    let dir = tempfile::tempdir().unwrap();
+    prepare_session(broker.port, "agent-age", &[TOPIC]).await;
+    let yaml = Pipeline {
+        broker_port: broker.port,
+        client_id: "agent-age",
+        receiver_port: receiver.port,
+        buffer: "{maxAge: 1s}",
+        ..Pipeline::default()
+    }
+    .yaml();
+    let mut agent = Agent::start(dir.path(), &yaml);
+    let mut publisher = Publisher::connect(broker.port, "agent-age-pub");
+    for i in 0..10 {
+        publisher
+            .send("sensors/a/temperature", reading("a", i as f64, T0 + i))
+            .await;
+    }
+    publisher.flush().await;
+    agent
+        .wait_metric(
+            &series("edge_agent_records_dropped_total", &[("reason", "max_age")]),
+            10.0,
+            Duration::from_secs(10),
+        )
+        .await;
+    assert_eq!(agent.metric(&series("edge_agent_queue_records", &[])), 0.0);
+    assert_eq!(
+        agent.metric(&series("edge_agent_queue_oldest_age_seconds", &[])),
+        0.0
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rejected_batch_is_dead_lettered_once_and_sync_continues() {
+    let broker = Mosquitto::start();
+    let receiver = Receiver::start().await;
+    receiver.rule(|records| {
+        records
+            .iter()
+            .any(|r| r["device"] == "bad")
+            .then_some(Reply::Status(400))
+    });
+    let dir = tempfile::tempdir().unwrap();
+    prepare_session(broker.port, "agent-dead", &[TOPIC]).await;
+    let yaml = Pipeline {
+        broker_port: broker.port,
+        client_id: "agent-dead",
+        receiver_port: receiver.port,
+        batch_size: 5,
+        ..Pipeline::default()
+    }
+    .yaml();
+    let mut agent = Agent::start(dir.path(), &yaml);
+    let mut publisher = Publisher::connect(broker.port, "agent-dead-pub");
+    for i in 0..20 {
+        let device = if i == 7 { "bad" } else { "a" };
+        publisher
+            .send(
+                &format!("sensors/{device}/temperature"),
+                reading(device, i as f64, T0 + i),
+            )
+            .await;
+    }
+    publisher.flush().await;
+    eventually(
+        Duration::from_secs(15),
+        "every record synced or dead-lettered",
+        async || {
+            let synced = agent.metric(&series("edge_agent_records_synced_total", &[]));
+            let dead = agent.metric(&series(
+                "edge_agent_records_dropped_total",
+                &[("reason", "dead_letter")],
+            ));
+            (synced + dead >= 20.0).then_some(())
+        },
+    )
+    .await;
+    let requests = receiver.requests();
+    let rejected: Vec<_> = requests.iter().filter(|r| r.status == 400).collect();
+    assert_eq!(rejected.len(), 1, "the rejected batch is not retried");
+    let dead = agent.metric(&series(
+        "edge_agent_records_dropped_total",
+        &[("reason", "dead_letter")],
+    ));
+    assert_eq!(dead, rejected[0].records.len() as f64);
+    assert_eq!(
+        agent.metric(&series(
+            "edge_agent_sync_requests_total",
+            &[("outcome", "rejected")]
+        )),
+        1.0
+    );
+    let mut all = values(&receiver.accepted());
+    all.extend(values(&rejected[0].records));
+    assert_eq!(
+        all,
+        (0..20).collect(),
+        "each record was either accepted or dead-lettered"
+    );
+
+    // Sync goes on after the rejection.
+    for i in 20..25 {
+        publisher
+            .send("sensors/a/temperature", reading("a", i as f64, T0 + i))
+            .await;
+    }
+    publisher.flush().await;
+    eventually(
+        Duration::from_secs(10),
+        "later records synced",
+        async || values(&receiver.accepted()).contains(&24).then_some(()),
+    )
+    .await;
+
+    let out = Command::new(env!("CARGO_BIN_EXE_edge-agent"))
+        .arg("dead-letters")
+        .arg("--data-dir")
+        .arg(&agent.data_dir)
+        .output()
+        .expect("edge-agent dead-letters");
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{text}");
+    let seqs = rejected[0].seqs();
+    let line = text
+        .lines()
+        .find(|l| l.contains(" 400 "))
+        .unwrap_or_else(|| panic!("no dead letter listed:\n{text}"));
+    assert!(
+        line.contains(&format!("{}-{}", seqs[0], seqs[seqs.len() - 1])),
+        "{line}"
+    );
+    assert!(line.contains("400 Bad Request"), "{line}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_corrupt_queue_file_is_moved_aside_and_the_agent_runs() {
+    let broker = Mosquitto::start();
+    let receiver = Receiver::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    std::fs::create_dir_all(&data).unwrap();
+    std::fs::write(
+        data.join("queue.db"),
+        b"definitely not an sqlite file ".repeat(100),
+    )
+    .unwrap();
+    std::fs::write(data.join("queue.db-wal"), b"torn wal").unwrap();
+    prepare_session(broker.port, "agent-corrupt", &[TOPIC]).await;
+    let yaml = Pipeline {
+        broker_port: broker.port,
+        client_id: "agent-corrupt",
+        receiver_port: receiver.port,
+        ..Pipeline::default()
+    }
+    .yaml();
+    let mut agent = Agent::start(dir.path(), &yaml);
+    agent.wait_ready().await;
+    assert_eq!(
+        agent.metric(&series("edge_agent_queue_corruptions_total", &[])),
+        1.0
+    );
+    let moved: Vec<String> = std::fs::read_dir(&data)
+        .unwrap()
+        .filter_map(|e| e.ok())
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .filter(|n| n.starts_with("queue.db.corrupt-"))
+        .collect();
+    assert!(
+        moved
+            .iter()
+            .any(|n| !n.ends_with("-wal") && !n.ends_with("-shm")),
+        "the corrupt file is kept aside: {moved:?}"
+    );
+    assert!(agent.log_text().contains("corrupt"), "the event is logged");
+
+    let mut publisher = Publisher::connect(broker.port, "agent-corrupt-pub");
+    for i in 0..10 {
+        publisher
+            .send("sensors/a/temperature", reading("a", i as f64, T0 + i))
+            .await;
+    }
+    publisher.flush().await;
+    eventually(
+        Duration::from_secs(10),
+        "readings synced from the fresh queue",
+        async || (values(&receiver.accepted()).len() == 10).then_some(()),
+    )
+    .await;
+}

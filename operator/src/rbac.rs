@@ -1,0 +1,93 @@
+//! The Kubernetes permissions the operator needs, exactly: the Helm chart's ClusterRole
+//! (and the leader-election Role) are tested against [`required_permissions`], and the
+//! reconcile tests check every request the operator makes against it.
+
+/// Where a permission must be granted.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Scope {
+    /// In every watched namespace (a ClusterRole, or Roles when `--namespace` is set).
+    Cluster,
+    /// Only in the operator's own namespace (`--lease-namespace`), for leader election.
+    LeaseNamespace,
+}
+
+/// One RBAC rule: verbs on a resource of an API group (`""` is the core group).
+#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct Permission {
+    /// Where the rule must be granted.
+    pub scope: Scope,
+    /// API group, `""` for the core group.
+    pub api_group: &'static str,
+    /// Resource (plural), with `/subresource` when it is one.
+    pub resource: &'static str,
+    /// Verbs, sorted.
+    pub verbs: Vec<&'static str>,
+}
+
+impl Permission {
+    /// Whether this rule allows `verb` on `api_group`/`resource`.
+    pub fn allows(&self, api_group: &str, resource: &str, verb: &str) -> bool {
+        self.api_group == api_group && self.resource == resource && self.verbs.contains(&verb)
+    }
+}
+
+fn rule(
+    scope: Scope,
+    api_group: &'static str,
+    resource: &'static str,
+    verbs: &[&'static str],
+) -> Permission {
+    let mut verbs = verbs.to_vec();
+    verbs.sort_unstable();
+    Permission {
+        scope,
+        api_group,
+        resource,
+        verbs,
+    }
+}
+
+/// Every permission the operator uses, and nothing more:
+/// - EdgePipelines: `list`/`watch` (the controller's cache; `list` also checks at start
+///   that the CRD is installed); their `/status`: `patch`.
+/// - `edgepipelines/finalizers`: `update`, required to create children whose controller
+///   ownerReference has `blockOwnerDeletion` where the OwnerReferencesPermissionEnforcement
+///   admission plugin is on; the operator itself never writes finalizers.
+/// - DaemonSets: `list`/`watch` (owned ones, by label), `get` (the running DaemonSet of an
+///   invalid pipeline), `create`/`patch` (server-side apply; the API server authorises an
+///   apply that creates the object as `create`).
+/// - ConfigMaps: `list`/`watch` (owned ones and model ConfigMaps, by label), `create`/`patch`.
+/// - Events (`events.k8s.io`): `create`, and `patch` for repeated events (a series).
+/// - Leases (`coordination.k8s.io`) in the lease namespace: `get`, `create`, `patch`.
+pub fn required_permissions() -> Vec<Permission> {
+    use Scope::*;
+    vec![
+        rule(Cluster, "edgepipe.dev", "edgepipelines", &["list", "watch"]),
+        rule(Cluster, "edgepipe.dev", "edgepipelines/status", &["patch"]),
+        rule(
+            Cluster,
+            "edgepipe.dev",
+            "edgepipelines/finalizers",
+            &["update"],
+        ),
+        rule(
+            Cluster,
+            "apps",
+            "daemonsets",
+            &["get", "list", "watch", "create", "patch"],
+        ),
+        rule(
+            Cluster,
+            "",
+            "configmaps",
+            &["list", "watch", "create", "patch"],
+        ),
+        rule(Cluster, "events.k8s.io", "events", &["create", "patch"]),
+        rule(
+            LeaseNamespace,
+            "coordination.k8s.io",
+            "leases",
+            &["get", "create", "patch"],
+        ),
+    ]
+}

@@ -1,0 +1,159 @@
+//! The agent's configuration file, `pipeline.yaml`, as the operator renders it from an
+//! EdgePipeline, and the hash that rolls the agents when it changes.
+//!
+//! The file is the pipeline itself (a full manifest the agent also accepts standalone),
+//! rewritten so the agent needs no Kubernetes knowledge:
+//! - every `secretKeyRef` becomes `env: EDGEPIPE_SECRET_<N>`, and the DaemonSet passes
+//!   that variable from the Secret (the same Secret key always gets the same variable);
+//! - a `configMap` model becomes `path: <MODEL_MOUNT_DIR>/<key>`, the file of the model
+//!   ConfigMap mounted as a directory, so golden and label files named "next to the
+//!   model" are the other keys of that ConfigMap.
+
+use edge_crds::manifest::{API_VERSION, KIND};
+use edge_crds::{EdgePipelineSpec, SecretKeyRef, Tls, ValueFrom};
+use serde::Serialize;
+use sha2::{Digest, Sha256};
+
+use super::{MODEL_MOUNT_DIR, RenderError};
+
+/// Prefix of the environment variables that carry Secret values to the agent.
+pub const SECRET_ENV_PREFIX: &str = "EDGEPIPE_SECRET_";
+
+/// The rendered configuration of one pipeline.
+#[derive(Clone, Debug, PartialEq)]
+pub struct AgentConfig {
+    /// The content of `pipeline.yaml`.
+    pub text: String,
+    /// Environment variables the agent container needs, each from a Secret key.
+    pub secrets: Vec<SecretEnv>,
+    /// The ConfigMap holding the model, when the model comes from one.
+    pub model_config_map: Option<String>,
+}
+
+/// An environment variable of the agent filled from a Secret key.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SecretEnv {
+    /// Variable name, `EDGEPIPE_SECRET_<N>`.
+    pub env: String,
+    /// The Secret key it comes from.
+    pub secret: SecretKeyRef,
+}
+
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+struct Manifest<'a> {
+    api_version: &'static str,
+    kind: &'static str,
+    metadata: Metadata<'a>,
+    spec: &'a EdgePipelineSpec,
+}
+
+#[derive(Serialize)]
+struct Metadata<'a> {
+    name: &'a str,
+    namespace: &'a str,
+}
+
+/// Renders `pipeline.yaml` for the pipeline `namespace/name`.
+pub fn agent_config(
+    namespace: &str,
+    name: &str,
+    spec: &EdgePipelineSpec,
+) -> Result<AgentConfig, RenderError> {
+    let mut spec = spec.clone();
+    let mut secrets = Secrets::default();
+    secrets.rewrite_spec(&mut spec);
+
+    let mut model_config_map = None;
+    if let Some(model) = spec.inference.as_mut().map(|i| &mut i.model)
+        && let Some(cm) = model.config_map.take()
+    {
+        model.path = Some(format!("{MODEL_MOUNT_DIR}/{}", cm.key));
+        model_config_map = Some(cm.name);
+    }
+
+    let manifest = Manifest {
+        api_version: API_VERSION,
+        kind: KIND,
+        metadata: Metadata { name, namespace },
+        spec: &spec,
+    };
+    let yaml =
+        serde_saphyr::to_string(&manifest).map_err(|e| RenderError::Serialize(e.to_string()))?;
+    let text = format!(
+        "# EdgePipeline {namespace}/{name}, rendered by edge-operator. Secret values come from\n\
+         # the {SECRET_ENV_PREFIX}* environment variables of the agent container.\n{yaml}"
+    );
+    Ok(AgentConfig {
+        text,
+        secrets: secrets.vars,
+        model_config_map,
+    })
+}
+
+/// The `edgepipe.dev/config-hash` of a configuration: SHA-256 (hex) of the rendered text
+/// and of the model reference, e.g. `configmap:factory/anomaly-model@4711` where the
+/// suffix is the model ConfigMap's resourceVersion when known.
+pub fn config_hash(text: &str, model_reference: &str) -> String {
+    let mut hasher = Sha256::new();
+    hasher.update(text.as_bytes());
+    hasher.update(b"\n--- model ---\n");
+    hasher.update(model_reference.as_bytes());
+    hex::encode(hasher.finalize())
+}
+
+/// Collects Secret references and hands out one variable per distinct Secret key.
+#[derive(Default)]
+struct Secrets {
+    vars: Vec<SecretEnv>,
+}
+
+impl Secrets {
+    fn rewrite_spec(&mut self, spec: &mut EdgePipelineSpec) {
+        let mqtt = &mut spec.source.mqtt;
+        self.rewrite_opt(&mut mqtt.password_from);
+        self.rewrite_tls(&mut mqtt.tls);
+        if let Some(http) = &mut spec.sink.http {
+            for header in &mut http.headers {
+                self.rewrite(&mut header.value_from);
+            }
+            self.rewrite_tls(&mut http.tls);
+        }
+        if let Some(mqtt) = &mut spec.sink.mqtt {
+            self.rewrite_opt(&mut mqtt.password_from);
+            self.rewrite_tls(&mut mqtt.tls);
+        }
+    }
+
+    fn rewrite_tls(&mut self, tls: &mut Option<Tls>) {
+        if let Some(tls) = tls {
+            self.rewrite_opt(&mut tls.ca);
+            self.rewrite_opt(&mut tls.cert);
+            self.rewrite_opt(&mut tls.key);
+        }
+    }
+
+    fn rewrite_opt(&mut self, value: &mut Option<ValueFrom>) {
+        if let Some(value) = value {
+            self.rewrite(value);
+        }
+    }
+
+    fn rewrite(&mut self, value: &mut ValueFrom) {
+        let Some(secret) = value.secret_key_ref.take() else {
+            return;
+        };
+        let env = match self.vars.iter().find(|v| v.secret == secret) {
+            Some(existing) => existing.env.clone(),
+            None => {
+                let env = format!("{SECRET_ENV_PREFIX}{}", self.vars.len());
+                self.vars.push(SecretEnv {
+                    env: env.clone(),
+                    secret,
+                });
+                env
+            }
+        };
+        value.env = Some(env);
+    }
+}

@@ -1,0 +1,261 @@
+//! Desired state, computed without an API server: for EdgePipeline `<name>` the
+//! ConfigMap `<name>-agent` holding `pipeline.yaml` and the DaemonSet `<name>-agent`
+//! that runs the agent on the selected nodes.
+//!
+//! Reconcile applies exactly what [`render`] returns, and `edge-operator render -f FILE`
+//! prints it, so what GitOps users see is what the operator applies.
+
+mod config;
+mod pod;
+
+use std::collections::BTreeMap;
+
+use edge_crds::manifest::ManifestError;
+use edge_crds::validate::describe;
+use edge_crds::{EdgePipeline, FieldError, parse_pipeline, validate};
+use k8s_openapi::api::apps::v1::{
+    DaemonSet, DaemonSetSpec, DaemonSetUpdateStrategy, RollingUpdateDaemonSet,
+};
+use k8s_openapi::api::core::v1::{ConfigMap, PodTemplateSpec};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta, OwnerReference};
+use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
+use kube::{Resource, ResourceExt};
+
+pub use config::{AgentConfig, SECRET_ENV_PREFIX, SecretEnv, agent_config, config_hash};
+
+/// The field manager of every write of the operator.
+pub const FIELD_MANAGER: &str = "edge-operator";
+/// Label selector matching every object the operator manages.
+pub const MANAGED_BY_SELECTOR: &str = "app.kubernetes.io/managed-by=edge-operator";
+/// Label a ConfigMap holding a model must carry so the operator watches it (it never
+/// caches every ConfigMap of the cluster) and rolls the agents when it changes.
+pub const MODEL_LABEL: &str = "edgepipe.dev/model";
+/// Label selector of model ConfigMaps.
+pub const MODEL_SELECTOR: &str = "edgepipe.dev/model=true";
+/// Pod annotation holding the hash of the configuration and the model reference.
+pub const CONFIG_HASH_ANNOTATION: &str = "edgepipe.dev/config-hash";
+/// Where the agent's ConfigMap is mounted (as a directory, never `subPath`, so updates
+/// reach the pod).
+pub const CONFIG_DIR: &str = "/etc/edgepipe";
+/// The key of the agent's ConfigMap holding the configuration.
+pub const CONFIG_KEY: &str = "pipeline.yaml";
+/// Where the agent keeps its queue inside the pod (the node's hostPath directory).
+pub const DATA_DIR: &str = "/var/lib/edgepipe";
+/// Parent of the per-pipeline queue directories on the node:
+/// `<HOST_DATA_ROOT>/<namespace>/<name>`.
+pub const HOST_DATA_ROOT: &str = "/var/lib/edgepipe";
+/// Where a model ConfigMap is mounted (as a directory). The rendered configuration points
+/// the agent at `<MODEL_MOUNT_DIR>/<key>`.
+pub const MODEL_MOUNT_DIR: &str = "/etc/edgepipe-model";
+/// User and group the agent runs as.
+pub const AGENT_UID: i64 = 65532;
+/// Longest pipeline name: the DaemonSet `<name>-agent` must stay a valid label value.
+pub const MAX_NAME_LEN: usize = 57;
+
+/// Inputs of [`render`] other than the pipeline.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RenderOptions {
+    /// Image of the agent container.
+    pub agent_image: String,
+    /// Image of the init container that hands the queue directory to the agent user
+    /// (the operator image: `edge-operator prepare-data-dir`).
+    pub init_image: String,
+    /// Version of the model ConfigMap (its resourceVersion), when known; part of the
+    /// config hash so a new model rolls the agents.
+    pub model_version: Option<String>,
+}
+
+/// The objects reconcile applies for one pipeline.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Rendered {
+    /// `<name>-agent`, holding `pipeline.yaml`.
+    pub config_map: ConfigMap,
+    /// `<name>-agent`, running the agent.
+    pub daemon_set: DaemonSet,
+}
+
+impl Rendered {
+    /// The objects as multi-document YAML, ConfigMap first.
+    pub fn to_yaml(&self) -> Result<String, RenderError> {
+        let cm = serde_saphyr::to_string(&self.config_map)
+            .map_err(|e| RenderError::Serialize(e.to_string()))?;
+        let ds = serde_saphyr::to_string(&self.daemon_set)
+            .map_err(|e| RenderError::Serialize(e.to_string()))?;
+        Ok(format!("---\n{cm}---\n{ds}"))
+    }
+}
+
+/// Why a pipeline cannot be rendered.
+#[derive(Debug, thiserror::Error)]
+pub enum RenderError {
+    /// The spec (or the name) is invalid: the operator leaves the running agents alone.
+    #[error("invalid EdgePipeline:\n{}", describe(.0))]
+    Invalid(Vec<FieldError>),
+    /// The object has no `metadata.name`.
+    #[error("EdgePipeline has no metadata.name")]
+    MissingName,
+    /// The object has no `metadata.namespace`.
+    #[error("EdgePipeline has no metadata.namespace")]
+    MissingNamespace,
+    /// Serialising an object failed.
+    #[error("cannot serialize: {0}")]
+    Serialize(String),
+}
+
+/// The EdgePipeline of a manifest file, as `edge-operator render -f FILE` reads it: a
+/// missing namespace is `default`, a bare spec is `default/standalone`.
+pub fn pipeline_from_manifest(text: &str) -> Result<EdgePipeline, ManifestError> {
+    let file = parse_pipeline(text)?;
+    let mut pipeline =
+        EdgePipeline::new(file.meta.name.as_deref().unwrap_or("standalone"), file.spec);
+    pipeline.metadata.namespace =
+        Some(file.meta.namespace.unwrap_or_else(|| "default".to_string()));
+    Ok(pipeline)
+}
+
+/// Name of the ConfigMap and the DaemonSet of pipeline `name`.
+pub fn agent_name(name: &str) -> String {
+    format!("{name}-agent")
+}
+
+/// The labels of every object of pipeline `name`.
+pub fn labels(name: &str) -> BTreeMap<String, String> {
+    BTreeMap::from([
+        (
+            "app.kubernetes.io/name".to_string(),
+            "edge-agent".to_string(),
+        ),
+        ("app.kubernetes.io/instance".to_string(), name.to_string()),
+        (
+            "app.kubernetes.io/managed-by".to_string(),
+            "edge-operator".to_string(),
+        ),
+        (
+            "app.kubernetes.io/part-of".to_string(),
+            "edgepipe".to_string(),
+        ),
+    ])
+}
+
+/// Validates the pipeline as the operator needs it: the spec, and a name short enough
+/// for the objects derived from it.
+pub fn check(pipeline: &EdgePipeline) -> Result<(), Vec<FieldError>> {
+    let mut errors = validate(&pipeline.spec).err().unwrap_or_default();
+    if pipeline.name_any().len() > MAX_NAME_LEN {
+        errors.push(FieldError {
+            path: "metadata.name".to_string(),
+            message: format!(
+                "must be at most {MAX_NAME_LEN} characters (the agent DaemonSet is <name>-agent)"
+            ),
+        });
+    }
+    if let Some(embedded) = &pipeline.spec.source.mqtt.embedded
+        && pod::listen_port(&embedded.listen).is_none()
+    {
+        errors.push(FieldError {
+            path: "spec.source.mqtt.embedded.listen".to_string(),
+            message: format!("{:?} is not host:port", embedded.listen),
+        });
+    }
+    if errors.is_empty() {
+        Ok(())
+    } else {
+        Err(errors)
+    }
+}
+
+/// Renders the ConfigMap and DaemonSet of a pipeline. The owner reference is set when
+/// the pipeline has a uid (it does in the cluster, not in a file).
+pub fn render(pipeline: &EdgePipeline, options: &RenderOptions) -> Result<Rendered, RenderError> {
+    let name = pipeline
+        .meta()
+        .name
+        .clone()
+        .ok_or(RenderError::MissingName)?;
+    let namespace = pipeline.namespace().ok_or(RenderError::MissingNamespace)?;
+    check(pipeline).map_err(RenderError::Invalid)?;
+
+    let config = agent_config(&namespace, &name, &pipeline.spec)?;
+    let model_reference = match &config.model_config_map {
+        Some(cm) => format!(
+            "configmap:{namespace}/{cm}@{}",
+            options.model_version.as_deref().unwrap_or("unknown")
+        ),
+        None => String::new(),
+    };
+    let hash = config_hash(&config.text, &model_reference);
+
+    let meta = ObjectMeta {
+        name: Some(agent_name(&name)),
+        namespace: Some(namespace.clone()),
+        labels: Some(labels(&name)),
+        owner_references: pipeline.controller_owner_ref(&()).map(|owner| {
+            vec![OwnerReference {
+                block_owner_deletion: Some(true),
+                ..owner
+            }]
+        }),
+        ..ObjectMeta::default()
+    };
+
+    let config_map = ConfigMap {
+        metadata: meta.clone(),
+        data: Some(BTreeMap::from([(
+            CONFIG_KEY.to_string(),
+            config.text.clone(),
+        )])),
+        ..ConfigMap::default()
+    };
+
+    let selector = BTreeMap::from([
+        (
+            "app.kubernetes.io/name".to_string(),
+            "edge-agent".to_string(),
+        ),
+        ("app.kubernetes.io/instance".to_string(), name.clone()),
+    ]);
+    let template = PodTemplateSpec {
+        metadata: Some(ObjectMeta {
+            labels: Some(labels(&name)),
+            annotations: Some(BTreeMap::from([
+                (CONFIG_HASH_ANNOTATION.to_string(), hash),
+                (
+                    "kubectl.kubernetes.io/default-container".to_string(),
+                    pod::AGENT_CONTAINER.to_string(),
+                ),
+            ])),
+            ..ObjectMeta::default()
+        }),
+        spec: Some(pod::pod_spec(pipeline, &namespace, &name, &config, options)),
+    };
+    let max_unavailable = pipeline
+        .spec
+        .agent
+        .max_unavailable
+        .clone()
+        .unwrap_or(IntOrString::Int(1));
+    let daemon_set = DaemonSet {
+        metadata: meta,
+        spec: Some(DaemonSetSpec {
+            selector: LabelSelector {
+                match_labels: Some(selector),
+                ..LabelSelector::default()
+            },
+            template,
+            update_strategy: Some(DaemonSetUpdateStrategy {
+                type_: Some("RollingUpdate".to_string()),
+                rolling_update: Some(RollingUpdateDaemonSet {
+                    max_surge: Some(IntOrString::Int(0)),
+                    max_unavailable: Some(max_unavailable),
+                }),
+            }),
+            revision_history_limit: Some(5),
+            ..DaemonSetSpec::default()
+        }),
+        status: None,
+    };
+    Ok(Rendered {
+        config_map,
+        daemon_set,
+    })
+}

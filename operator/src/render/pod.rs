@@ -1,0 +1,296 @@
+//! The agent pod: container, probes, environment, volumes and the hard-coded hardening.
+//!
+//! The queue lives in a hostPath directory so it survives restarts and upgrades. The
+//! kubelet creates that directory owned by root, so a tiny init container (the operator
+//! image, `edge-operator prepare-data-dir`) runs as root with only `CAP_CHOWN` (every
+//! other capability dropped, no privilege escalation, read-only root filesystem) and
+//! hands the directory to the agent user; the agent itself runs as 65532 with nothing.
+
+use std::collections::BTreeMap;
+
+use edge_crds::EdgePipeline;
+use k8s_openapi::api::core::v1::{
+    Capabilities, ConfigMapVolumeSource, Container, ContainerPort, EmptyDirVolumeSource, EnvVar,
+    EnvVarSource, HTTPGetAction, HostPathVolumeSource, ObjectFieldSelector, PodSecurityContext,
+    PodSpec, Probe, ResourceRequirements, SeccompProfile, SecretKeySelector, SecurityContext,
+    Volume, VolumeMount,
+};
+use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
+use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
+
+use super::{
+    AGENT_UID, AgentConfig, CONFIG_DIR, CONFIG_KEY, DATA_DIR, HOST_DATA_ROOT, MODEL_MOUNT_DIR,
+    RenderOptions, agent_name,
+};
+
+/// Name of the agent container.
+pub const AGENT_CONTAINER: &str = "edge-agent";
+/// Name of the init container preparing the queue directory.
+pub const INIT_CONTAINER: &str = "prepare-data-dir";
+/// Seconds the agent gets to drain (stop ingest, commit, stop sync) on SIGTERM.
+pub const TERMINATION_GRACE_SECONDS: i64 = 60;
+
+/// The port of a `host:port` listen address.
+pub fn listen_port(listen: &str) -> Option<i32> {
+    let (_, port) = listen.rsplit_once(':')?;
+    port.parse::<u16>().ok().filter(|p| *p > 0).map(i32::from)
+}
+
+pub(super) fn pod_spec(
+    pipeline: &EdgePipeline,
+    namespace: &str,
+    name: &str,
+    config: &AgentConfig,
+    options: &RenderOptions,
+) -> PodSpec {
+    let spec = &pipeline.spec;
+    let metrics_port = spec.agent.metrics_port;
+
+    let mut ports = vec![ContainerPort {
+        name: Some("metrics".to_string()),
+        container_port: metrics_port,
+        protocol: Some("TCP".to_string()),
+        ..ContainerPort::default()
+    }];
+    if let Some(port) = spec
+        .source
+        .mqtt
+        .embedded
+        .as_ref()
+        .and_then(|e| listen_port(&e.listen))
+    {
+        ports.push(ContainerPort {
+            name: Some("mqtt".to_string()),
+            container_port: port,
+            host_port: Some(port),
+            protocol: Some("TCP".to_string()),
+            ..ContainerPort::default()
+        });
+    }
+
+    let mut env = vec![
+        field_env("NODE_NAME", "spec.nodeName"),
+        field_env("HOST_IP", "status.hostIP"),
+        field_env("POD_NAMESPACE", "metadata.namespace"),
+    ];
+    if let Some(level) = &spec.agent.log_level {
+        env.push(EnvVar {
+            name: "RUST_LOG".to_string(),
+            value: Some(level.clone()),
+            value_from: None,
+        });
+    }
+    for secret in &config.secrets {
+        env.push(EnvVar {
+            name: secret.env.clone(),
+            value: None,
+            value_from: Some(EnvVarSource {
+                secret_key_ref: Some(SecretKeySelector {
+                    name: secret.secret.name.clone(),
+                    key: secret.secret.key.clone(),
+                    optional: Some(false),
+                }),
+                ..EnvVarSource::default()
+            }),
+        });
+    }
+
+    let mut volumes = vec![
+        Volume {
+            name: "config".to_string(),
+            config_map: Some(ConfigMapVolumeSource {
+                name: agent_name(name),
+                ..ConfigMapVolumeSource::default()
+            }),
+            ..Volume::default()
+        },
+        Volume {
+            name: "data".to_string(),
+            host_path: Some(HostPathVolumeSource {
+                path: format!("{HOST_DATA_ROOT}/{namespace}/{name}"),
+                type_: Some("DirectoryOrCreate".to_string()),
+            }),
+            ..Volume::default()
+        },
+        Volume {
+            name: "tmp".to_string(),
+            empty_dir: Some(EmptyDirVolumeSource {
+                size_limit: Some(Quantity("64Mi".to_string())),
+                ..EmptyDirVolumeSource::default()
+            }),
+            ..Volume::default()
+        },
+    ];
+    let mut mounts = vec![
+        mount("config", CONFIG_DIR, true),
+        mount("data", DATA_DIR, false),
+        mount("tmp", "/tmp", false),
+    ];
+    if let Some(model) = &config.model_config_map {
+        volumes.push(Volume {
+            name: "model".to_string(),
+            config_map: Some(ConfigMapVolumeSource {
+                name: model.clone(),
+                ..ConfigMapVolumeSource::default()
+            }),
+            ..Volume::default()
+        });
+        mounts.push(mount("model", MODEL_MOUNT_DIR, true));
+    }
+
+    let agent = Container {
+        name: AGENT_CONTAINER.to_string(),
+        image: Some(options.agent_image.clone()),
+        command: Some(vec!["edge-agent".to_string()]),
+        args: Some(vec![
+            "run".to_string(),
+            "--config".to_string(),
+            format!("{CONFIG_DIR}/{CONFIG_KEY}"),
+            "--data-dir".to_string(),
+            DATA_DIR.to_string(),
+            "--listen".to_string(),
+            format!("0.0.0.0:{metrics_port}"),
+        ]),
+        env: Some(env),
+        ports: Some(ports),
+        liveness_probe: Some(http_probe("/livez", 10, 6)),
+        readiness_probe: Some(http_probe("/readyz", 5, 3)),
+        resources: Some(
+            spec.agent
+                .resources
+                .clone()
+                .unwrap_or_else(default_resources),
+        ),
+        security_context: Some(agent_security_context()),
+        volume_mounts: Some(mounts),
+        ..Container::default()
+    };
+
+    let init = Container {
+        name: INIT_CONTAINER.to_string(),
+        image: Some(options.init_image.clone()),
+        command: Some(vec![
+            "edge-operator".to_string(),
+            "prepare-data-dir".to_string(),
+            "--path".to_string(),
+            DATA_DIR.to_string(),
+            "--uid".to_string(),
+            AGENT_UID.to_string(),
+            "--gid".to_string(),
+            AGENT_UID.to_string(),
+        ]),
+        resources: Some(ResourceRequirements {
+            requests: Some(quantities(&[("cpu", "5m"), ("memory", "8Mi")])),
+            limits: Some(quantities(&[("memory", "32Mi")])),
+            ..ResourceRequirements::default()
+        }),
+        security_context: Some(init_security_context()),
+        volume_mounts: Some(vec![mount("data", DATA_DIR, false)]),
+        ..Container::default()
+    };
+
+    PodSpec {
+        automount_service_account_token: Some(false),
+        enable_service_links: Some(false),
+        termination_grace_period_seconds: Some(TERMINATION_GRACE_SECONDS),
+        security_context: Some(PodSecurityContext {
+            run_as_non_root: Some(true),
+            run_as_user: Some(AGENT_UID),
+            run_as_group: Some(AGENT_UID),
+            fs_group: Some(AGENT_UID),
+            seccomp_profile: Some(SeccompProfile {
+                type_: "RuntimeDefault".to_string(),
+                localhost_profile: None,
+            }),
+            ..PodSecurityContext::default()
+        }),
+        init_containers: Some(vec![init]),
+        containers: vec![agent],
+        volumes: Some(volumes),
+        node_selector: (!spec.node_selector.is_empty()).then(|| spec.node_selector.clone()),
+        tolerations: (!spec.tolerations.is_empty()).then(|| spec.tolerations.clone()),
+        ..PodSpec::default()
+    }
+}
+
+/// Requests 20m CPU / 32Mi memory, limit 256Mi memory.
+pub fn default_resources() -> ResourceRequirements {
+    ResourceRequirements {
+        requests: Some(quantities(&[("cpu", "20m"), ("memory", "32Mi")])),
+        limits: Some(quantities(&[("memory", "256Mi")])),
+        ..ResourceRequirements::default()
+    }
+}
+
+fn agent_security_context() -> SecurityContext {
+    SecurityContext {
+        allow_privilege_escalation: Some(false),
+        read_only_root_filesystem: Some(true),
+        run_as_non_root: Some(true),
+        capabilities: Some(Capabilities {
+            drop: Some(vec!["ALL".to_string()]),
+            add: None,
+        }),
+        ..SecurityContext::default()
+    }
+}
+
+/// Root, but only to `chown` one directory: every capability but `CHOWN` is dropped.
+fn init_security_context() -> SecurityContext {
+    SecurityContext {
+        allow_privilege_escalation: Some(false),
+        read_only_root_filesystem: Some(true),
+        run_as_non_root: Some(false),
+        run_as_user: Some(0),
+        run_as_group: Some(0),
+        capabilities: Some(Capabilities {
+            drop: Some(vec!["ALL".to_string()]),
+            add: Some(vec!["CHOWN".to_string()]),
+        }),
+        ..SecurityContext::default()
+    }
+}
+
+fn http_probe(path: &str, period: i32, failures: i32) -> Probe {
+    Probe {
+        http_get: Some(HTTPGetAction {
+            path: Some(path.to_string()),
+            port: IntOrString::String("metrics".to_string()),
+            ..HTTPGetAction::default()
+        }),
+        period_seconds: Some(period),
+        timeout_seconds: Some(2),
+        failure_threshold: Some(failures),
+        ..Probe::default()
+    }
+}
+
+fn field_env(name: &str, field_path: &str) -> EnvVar {
+    EnvVar {
+        name: name.to_string(),
+        value: None,
+        value_from: Some(EnvVarSource {
+            field_ref: Some(ObjectFieldSelector {
+                field_path: field_path.to_string(),
+                api_version: None,
+            }),
+            ..EnvVarSource::default()
+        }),
+    }
+}
+
+fn mount(volume: &str, path: &str, read_only: bool) -> VolumeMount {
+    VolumeMount {
+        name: volume.to_string(),
+        mount_path: path.to_string(),
+        read_only: read_only.then_some(true),
+        ..VolumeMount::default()
+    }
+}
+
+fn quantities(pairs: &[(&str, &str)]) -> BTreeMap<String, Quantity> {
+    pairs
+        .iter()
+        .map(|(k, v)| (k.to_string(), Quantity(v.to_string())))
+        .collect()
+}

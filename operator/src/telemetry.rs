@@ -1,0 +1,163 @@
+//! The operator's Prometheus metrics, registered into an explicit registry (no globals)
+//! and exposed on `/metrics` by [`crate::server`]. Every label value is a static string.
+//!
+//! - `edge_operator_reconciliations_total{result="success|error"}`
+//! - `edge_operator_reconcile_duration_seconds` (histogram)
+//! - `edge_operator_pipelines{condition="Ready|Progressing|Degraded|Invalid"}`: pipelines
+//!   whose condition is `True`, counted from the controller's cache when scraped
+//! - `edge_operator_build_info{version}`: always 1
+
+use std::sync::RwLock;
+use std::time::Duration;
+
+use edge_crds::EdgePipeline;
+use edge_crds::status::{
+    CONDITION_DEGRADED, CONDITION_INVALID, CONDITION_PROGRESSING, CONDITION_READY,
+};
+use kube::runtime::reflector::Store;
+use prometheus::{
+    Histogram, HistogramOpts, IntCounterVec, IntGaugeVec, Opts, Registry, TextEncoder,
+};
+
+/// The conditions counted by `edge_operator_pipelines`.
+pub const CONDITIONS: [&str; 4] = [
+    CONDITION_READY,
+    CONDITION_PROGRESSING,
+    CONDITION_DEGRADED,
+    CONDITION_INVALID,
+];
+
+/// The outcome of one reconciliation, as a metric label.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ReconcileResult {
+    /// Reconcile returned `Ok`.
+    Success,
+    /// Reconcile returned an error (it is retried with backoff).
+    Error,
+}
+
+impl ReconcileResult {
+    fn label(self) -> &'static str {
+        match self {
+            Self::Success => "success",
+            Self::Error => "error",
+        }
+    }
+}
+
+/// The operator's metrics.
+pub struct Metrics {
+    registry: Registry,
+    reconciliations: IntCounterVec,
+    reconcile_duration: Histogram,
+    pipelines: IntGaugeVec,
+    pipelines_source: RwLock<Option<Store<EdgePipeline>>>,
+}
+
+impl Metrics {
+    /// Creates the metrics in a new registry.
+    pub fn new() -> Result<Self, prometheus::Error> {
+        let registry = Registry::new();
+        let reconciliations = IntCounterVec::new(
+            Opts::new(
+                "edge_operator_reconciliations_total",
+                "EdgePipeline reconciliations by result.",
+            ),
+            &["result"],
+        )?;
+        let reconcile_duration = Histogram::with_opts(
+            HistogramOpts::new(
+                "edge_operator_reconcile_duration_seconds",
+                "Time one EdgePipeline reconciliation takes, API calls included.",
+            )
+            .buckets(vec![
+                0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+            ]),
+        )?;
+        let pipelines = IntGaugeVec::new(
+            Opts::new(
+                "edge_operator_pipelines",
+                "EdgePipelines whose condition is True, by condition.",
+            ),
+            &["condition"],
+        )?;
+        let build_info = IntGaugeVec::new(
+            Opts::new(
+                "edge_operator_build_info",
+                "Build information of edge-operator; always 1.",
+            ),
+            &["version"],
+        )?;
+        registry.register(Box::new(reconciliations.clone()))?;
+        registry.register(Box::new(reconcile_duration.clone()))?;
+        registry.register(Box::new(pipelines.clone()))?;
+        registry.register(Box::new(build_info.clone()))?;
+
+        build_info
+            .with_label_values(&[env!("CARGO_PKG_VERSION")])
+            .set(1);
+        for result in [ReconcileResult::Success, ReconcileResult::Error] {
+            reconciliations.with_label_values(&[result.label()]);
+        }
+        for condition in CONDITIONS {
+            pipelines.with_label_values(&[condition]).set(0);
+        }
+        Ok(Self {
+            registry,
+            reconciliations,
+            reconcile_duration,
+            pipelines,
+            pipelines_source: RwLock::new(None),
+        })
+    }
+
+    /// Records one reconciliation.
+    pub fn reconciled(&self, result: ReconcileResult, took: Duration) {
+        self.reconciliations
+            .with_label_values(&[result.label()])
+            .inc();
+        self.reconcile_duration.observe(took.as_secs_f64());
+    }
+
+    /// The cache `edge_operator_pipelines` is counted from (the running controller's);
+    /// `None` while this replica is not the leader.
+    pub fn count_pipelines_from(&self, store: Option<Store<EdgePipeline>>) {
+        if let Ok(mut source) = self.pipelines_source.write() {
+            *source = store;
+        }
+    }
+
+    /// Sets `edge_operator_pipelines` from a set of pipelines.
+    pub fn observe_pipelines<'a>(&self, pipelines: impl IntoIterator<Item = &'a EdgePipeline>) {
+        let mut counts = [0_i64; CONDITIONS.len()];
+        for pipeline in pipelines {
+            let Some(status) = &pipeline.status else {
+                continue;
+            };
+            for (i, condition) in CONDITIONS.iter().enumerate() {
+                if status
+                    .condition(condition)
+                    .is_some_and(|c| c.status == "True")
+                {
+                    counts[i] += 1;
+                }
+            }
+        }
+        for (condition, count) in CONDITIONS.iter().zip(counts) {
+            self.pipelines.with_label_values(&[condition]).set(count);
+        }
+    }
+
+    /// The metrics in the Prometheus text format.
+    pub fn encode(&self) -> Result<String, prometheus::Error> {
+        let store = self.pipelines_source.read().ok().and_then(|s| s.clone());
+        match store {
+            Some(store) => {
+                let state = store.state();
+                self.observe_pipelines(state.iter().map(|p| p.as_ref()));
+            }
+            None => self.observe_pipelines([]),
+        }
+        TextEncoder::new().encode_to_string(&self.registry.gather())
+    }
+}

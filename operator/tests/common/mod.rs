@@ -1,0 +1,69 @@
+//! Helpers shared by the operator's integration tests: paths in the workspace, the
+//! examples, and pipelines built from YAML.
+
+#![allow(dead_code)]
+
+pub mod api;
+pub mod cluster;
+
+use std::path::{Path, PathBuf};
+
+use edge_crds::EdgePipeline;
+use edge_operator::RenderOptions;
+use edge_operator::render::pipeline_from_manifest;
+
+/// The workspace root.
+pub fn workspace() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("the operator crate is inside the workspace")
+        .to_path_buf()
+}
+
+/// The example manifests, sorted.
+pub fn examples() -> Vec<PathBuf> {
+    let dir = workspace().join("deploy/examples");
+    let mut found: Vec<PathBuf> = std::fs::read_dir(&dir)
+        .unwrap_or_else(|e| panic!("reading {}: {e}", dir.display()))
+        .map(|entry| entry.expect("directory entry").path())
+        .filter(|p| p.extension().is_some_and(|e| e == "yaml"))
+        .collect();
+    found.sort();
+    assert!(!found.is_empty(), "no examples in {}", dir.display());
+    found
+}
+
+/// The golden file of an example.
+pub fn golden_path(example: &Path) -> PathBuf {
+    let name = example.file_name().expect("example file name");
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/golden")
+        .join(name)
+}
+
+/// The render options the golden files use (the defaults of `edge-operator render`).
+pub fn default_options() -> RenderOptions {
+    RenderOptions {
+        agent_image: edge_operator::default_agent_image(),
+        init_image: edge_operator::default_init_image(),
+        model_version: None,
+    }
+}
+
+/// The pipeline `factory/line1` with this spec (YAML at the indentation of `spec:`'s
+/// children, i.e. two spaces).
+pub fn with_spec(spec: &str) -> EdgePipeline {
+    let text = format!(
+        "apiVersion: edgepipe.dev/v1alpha1\nkind: EdgePipeline\nmetadata: {{name: line1, namespace: factory}}\nspec:\n{spec}"
+    );
+    pipeline_from_manifest(&text).unwrap_or_else(|e| panic!("test pipeline: {e}\n{text}"))
+}
+
+/// The source and sink of the small test pipeline.
+pub const BASE_SPEC: &str = "  source:\n    mqtt: {url: 'mqtt://${HOST_IP}:1883', topics: ['sensors/+/temperature']}\n  sink:\n    http: {url: 'https://ingest.example.com/batch'}\n";
+
+/// A small valid pipeline `factory/line1` with `extra` appended to its spec (YAML with
+/// two-space indentation, e.g. `"  agent: {metricsPort: 9100}\n"`).
+pub fn pipeline(extra: &str) -> EdgePipeline {
+    with_spec(&format!("{BASE_SPEC}{extra}"))
+}
