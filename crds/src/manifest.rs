@@ -69,14 +69,22 @@ pub fn parse_pipeline(text: &str) -> Result<PipelineFile, ManifestError> {
     let value: serde_json::Value =
         serde_saphyr::from_str(text).map_err(|e| ManifestError::Yaml(e.to_string()))?;
     if value.get("apiVersion").is_some() || value.get("kind").is_some() {
-        let field = |k: &str| value.get(k).and_then(|v| v.as_str()).unwrap_or("").to_string();
+        let field = |k: &str| {
+            value
+                .get(k)
+                .and_then(|v| v.as_str())
+                .unwrap_or("")
+                .to_string()
+        };
         if field("apiVersion") != API_VERSION {
             return Err(ManifestError::ApiVersion {
                 found: field("apiVersion"),
             });
         }
         if field("kind") != KIND {
-            return Err(ManifestError::Kind { found: field("kind") });
+            return Err(ManifestError::Kind {
+                found: field("kind"),
+            });
         }
         let full: FullManifest = serde_path_to_error::deserialize(value)
             .map_err(|e| ManifestError::Shape(format!("{}: {}", e.path(), e.inner())))?;
@@ -130,6 +138,9 @@ sink:
     #[test]
     fn unknown_shape_names_the_field() {
         let err = parse_pipeline("source: {mqtt: {topics: 5}}\nsink: {}\n").unwrap_err();
-        assert!(err.to_string().starts_with("spec.source.mqtt.topics: "), "{err}");
+        assert!(
+            err.to_string().starts_with("spec.source.mqtt.topics: "),
+            "{err}"
+        );
     }
 }

@@ -943,7 +943,9 @@ impl Processor {
     /// The stage this processor is, or `None` unless exactly one field is set.
     pub fn kind(&self) -> Option<ProcessorKind<'_>> {
         let mut kinds = [
-            self.significant_change.as_ref().map(ProcessorKind::SignificantChange),
+            self.significant_change
+                .as_ref()
+                .map(ProcessorKind::SignificantChange),
             self.deadband.as_ref().map(ProcessorKind::Deadband),
             self.range.as_ref().map(ProcessorKind::Range),
             self.threshold.as_ref().map(ProcessorKind::Threshold),

@@ -47,7 +47,10 @@ pub fn validate(spec: &EdgePipelineSpec) -> Result<(), Vec<FieldError>> {
     for (i, p) in spec.processors.iter().enumerate() {
         v.processor(&format!("spec.processors[{i}]"), p);
         if p.aggregate.is_some() && i + 1 < spec.processors.len() {
-            v.err(format!("spec.processors[{i}].aggregate"), "must be the last processor");
+            v.err(
+                format!("spec.processors[{i}].aggregate"),
+                "must be the last processor",
+            );
         }
     }
     for (i, a) in spec.actions.iter().enumerate() {
@@ -215,7 +218,10 @@ impl Validator {
         if let Some(e) = &v.env
             && (e.is_empty() || e.contains('='))
         {
-            self.err(format!("{path}.env"), "must be an environment variable name");
+            self.err(
+                format!("{path}.env"),
+                "must be an environment variable name",
+            );
         }
     }
 
@@ -252,7 +258,11 @@ impl Validator {
             if m.url.is_none() {
                 self.err("spec.inference.model.sha256", "only used with url");
             }
-            if sha.len() != 64 || !sha.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b)) {
+            if sha.len() != 64
+                || !sha
+                    .bytes()
+                    .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+            {
                 self.err(
                     "spec.inference.model.sha256",
                     "must be 64 lowercase hex characters",
@@ -262,7 +272,10 @@ impl Validator {
         if let Some(cm) = &m.config_map
             && (cm.name.is_empty() || cm.key.is_empty())
         {
-            self.err("spec.inference.model.configMap", "name and key are required");
+            self.err(
+                "spec.inference.model.configMap",
+                "name and key are required",
+            );
         }
         if inf.window == 0 {
             self.err("spec.inference.window", "must be > 0");
@@ -379,7 +392,10 @@ impl Validator {
                 let path = format!("{path}.aggregate");
                 self.duration(&format!("{path}.window"), &a.window, true);
                 if a.functions.is_empty() {
-                    self.err(format!("{path}.functions"), "at least one function is required");
+                    self.err(
+                        format!("{path}.functions"),
+                        "at least one function is required",
+                    );
                 }
             }
         }
@@ -399,7 +415,10 @@ impl Validator {
         if !unknown.is_empty() {
             self.err(
                 format!("{path}.mqtt.topic"),
-                format!("unknown placeholder {{{}}}; use {{device}}, {{pipeline}} or {{node}}", unknown[0]),
+                format!(
+                    "unknown placeholder {{{}}}; use {{device}}, {{pipeline}} or {{node}}",
+                    unknown[0]
+                ),
             );
         }
         if a.mqtt.qos > 1 {
@@ -409,9 +428,7 @@ impl Validator {
             ActionTrigger::Anomaly | ActionTrigger::Classification if spec.inference.is_none() => {
                 self.err(format!("{path}.on"), "needs spec.inference")
             }
-            ActionTrigger::Threshold
-                if !spec.processors.iter().any(|p| p.threshold.is_some()) =>
-            {
+            ActionTrigger::Threshold if !spec.processors.iter().any(|p| p.threshold.is_some()) => {
                 self.err(format!("{path}.on"), "needs a threshold processor")
             }
             _ => {}
@@ -436,12 +453,23 @@ impl Validator {
                 }
                 self.duration("spec.sink.http.flushInterval", &h.flush_interval, true);
                 self.duration("spec.sink.http.timeout", &h.timeout, true);
-                self.duration("spec.sink.http.retry.initialBackoff", &h.retry.initial_backoff, true);
-                self.duration("spec.sink.http.retry.maxBackoff", &h.retry.max_backoff, true);
+                self.duration(
+                    "spec.sink.http.retry.initialBackoff",
+                    &h.retry.initial_backoff,
+                    true,
+                );
+                self.duration(
+                    "spec.sink.http.retry.maxBackoff",
+                    &h.retry.max_backoff,
+                    true,
+                );
                 for (i, header) in h.headers.iter().enumerate() {
                     let path = format!("spec.sink.http.headers[{i}]");
                     if header.name.is_empty()
-                        || !header.name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+                        || !header
+                            .name
+                            .bytes()
+                            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
                     {
                         self.err(format!("{path}.name"), "must be an HTTP header name");
                     }
@@ -454,7 +482,10 @@ impl Validator {
             (None, Some(m)) => {
                 self.url("spec.sink.mqtt.url", &m.url, &["mqtt", "mqtts"]);
                 if m.topic.is_empty() || m.topic.contains(['+', '#']) {
-                    self.err("spec.sink.mqtt.topic", "must be a topic name without wildcards");
+                    self.err(
+                        "spec.sink.mqtt.topic",
+                        "must be a topic name without wildcards",
+                    );
                 }
                 if m.qos > 1 {
                     self.err("spec.sink.mqtt.qos", "must be 0 or 1");

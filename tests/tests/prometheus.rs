@@ -50,7 +50,11 @@ fn http_get(port: u16, path: &str) -> Option<String> {
     use std::io::Read;
     let mut s = TcpStream::connect(("127.0.0.1", port)).ok()?;
     s.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
-    write!(s, "GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n").ok()?;
+    write!(
+        s,
+        "GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n"
+    )
+    .ok()?;
     let mut out = String::new();
     s.read_to_string(&mut out).ok()?;
     let (head, body) = out.split_once("\r\n\r\n")?;
@@ -60,7 +64,10 @@ fn http_get(port: u16, path: &str) -> Option<String> {
 /// The value of one exact series line in a /metrics text (0 when absent).
 fn metric(text: &str, series: &str) -> f64 {
     text.lines()
-        .find_map(|l| l.strip_prefix(series).and_then(|rest| rest.strip_prefix(' ')))
+        .find_map(|l| {
+            l.strip_prefix(series)
+                .and_then(|rest| rest.strip_prefix(' '))
+        })
         .and_then(|v| v.trim().parse().ok())
         .unwrap_or(0.0)
 }
@@ -79,14 +86,22 @@ fn agent_binary() -> PathBuf {
         .map(PathBuf::from)
         .unwrap_or_else(|| workspace_root().join("target"));
     let bin = target.join("debug/edge-agent");
-    assert!(bin.is_file(), "{} missing: run `cargo build -p edge-agent`", bin.display());
+    assert!(
+        bin.is_file(),
+        "{} missing: run `cargo build -p edge-agent`",
+        bin.display()
+    );
     bin
 }
 
 fn start_mosquitto(dir: &Path) -> (Proc, u16) {
     let port = free_port();
     let conf = dir.join("mosquitto.conf");
-    std::fs::write(&conf, format!("listener {port} 127.0.0.1\nallow_anonymous true\npersistence false\n")).unwrap();
+    std::fs::write(
+        &conf,
+        format!("listener {port} 127.0.0.1\nallow_anonymous true\npersistence false\n"),
+    )
+    .unwrap();
     let child = Command::new(tool("mosquitto"))
         .arg("-c")
         .arg(&conf)
@@ -101,7 +116,17 @@ fn start_mosquitto(dir: &Path) -> (Proc, u16) {
 /// Publishes one message per line with QoS 1.
 fn publish(port: u16, topic: &str, lines: &[String]) {
     let mut child = Command::new(tool("mosquitto_pub"))
-        .args(["-h", "127.0.0.1", "-p", &port.to_string(), "-q", "1", "-t", topic, "-l"])
+        .args([
+            "-h",
+            "127.0.0.1",
+            "-p",
+            &port.to_string(),
+            "-q",
+            "1",
+            "-t",
+            topic,
+            "-l",
+        ])
         .stdin(Stdio::piped())
         .spawn()
         .expect("mosquitto_pub");
@@ -156,12 +181,23 @@ fn start_operator_metrics() -> Operator {
     metrics.reconciled(ReconcileResult::Error, Duration::from_millis(5));
     let port = free_port();
     let shutdown = tokio_util::sync::CancellationToken::new();
-    let listener = rt.block_on(tokio::net::TcpListener::bind(("127.0.0.1", port))).unwrap();
+    let listener = rt
+        .block_on(tokio::net::TcpListener::bind(("127.0.0.1", port)))
+        .unwrap();
     let readiness = edge_operator::server::Readiness::default();
     readiness.set(true);
-    rt.spawn(edge_operator::server::serve(listener, metrics, readiness, shutdown.clone()));
+    rt.spawn(edge_operator::server::serve(
+        listener,
+        metrics,
+        readiness,
+        shutdown.clone(),
+    ));
     wait_port(port, "operator metrics");
-    Operator { port, shutdown, _rt: rt }
+    Operator {
+        port,
+        shutdown,
+        _rt: rt,
+    }
 }
 
 #[test]
@@ -205,29 +241,53 @@ spec:
             .arg(&config)
             .arg("--data-dir")
             .arg(dir.path().join("data"))
-            .args(["--listen", &format!("127.0.0.1:{agent_port}"), "--node-name", "edge-1"])
+            .args([
+                "--listen",
+                &format!("127.0.0.1:{agent_port}"),
+                "--node-name",
+                "edge-1",
+            ])
             .stdout(Stdio::null())
             .stderr(log)
             .spawn()
             .expect("start edge-agent"),
     );
-    poll("agent ready", Duration::from_secs(30), || http_get(agent_port, "/readyz").is_some());
+    poll("agent ready", Duration::from_secs(30), || {
+        http_get(agent_port, "/readyz").is_some()
+    });
 
     // Real traffic: valid readings with a few real changes, and invalid payloads.
     let mut lines: Vec<String> = (0..300)
         .map(|i| {
-            let value = if i % 50 == 49 { 40.0 } else { 20.0 + (i % 3) as f64 * 0.1 };
+            let value = if i % 50 == 49 {
+                40.0
+            } else {
+                20.0 + (i % 3) as f64 * 0.1
+            };
             format!(r#"{{"device_id":"t{}","value":{value}}}"#, i % 5)
         })
         .collect();
-    lines.extend(["not json".into(), r#"{"device_id":"t1"}"#.into(), r#"{"device_id":"t1","value":"hot"}"#.into()]);
+    lines.extend([
+        "not json".into(),
+        r#"{"device_id":"t1"}"#.into(),
+        r#"{"device_id":"t1","value":"hot"}"#.into(),
+    ]);
     publish(broker_port, "sensors/line1/temperature", &lines);
     let series = |s: &str| metric(&http_get(agent_port, "/metrics").unwrap_or_default(), s);
-    poll("ingest and failed sync attempts", Duration::from_secs(30), || {
-        series(r#"edge_agent_messages_received_total{pipeline="factory/monitored"}"#) >= 303.0
-            && series(r#"edge_agent_sync_requests_total{outcome="retry",pipeline="factory/monitored"}"#) > 0.0
-    });
-    assert_eq!(series(r#"edge_agent_upstream_up{pipeline="factory/monitored"}"#), 0.0);
+    poll(
+        "ingest and failed sync attempts",
+        Duration::from_secs(30),
+        || {
+            series(r#"edge_agent_messages_received_total{pipeline="factory/monitored"}"#) >= 303.0
+                && series(
+                    r#"edge_agent_sync_requests_total{outcome="retry",pipeline="factory/monitored"}"#,
+                ) > 0.0
+        },
+    );
+    assert_eq!(
+        series(r#"edge_agent_upstream_up{pipeline="factory/monitored"}"#),
+        0.0
+    );
     rt.block_on(receiver.resume());
     poll("backlog drained", Duration::from_secs(30), || {
         series(r#"edge_agent_queue_records{pipeline="factory/monitored"}"#) == 0.0
@@ -243,7 +303,10 @@ spec:
         .into_iter()
         .filter(|n| !exported(&agent_text, n) && !exported(&operator_text, n))
         .collect();
-    assert!(missing.is_empty(), "used by the dashboard or rules but not exported: {missing:?}");
+    assert!(
+        missing.is_empty(),
+        "used by the dashboard or rules but not exported: {missing:?}"
+    );
 
     // A real Prometheus scrapes both, with the shipped rules loaded.
     let prom_port = free_port();
@@ -261,7 +324,10 @@ spec:
     let _prometheus = Proc(
         Command::new(tool("prometheus"))
             .arg(format!("--config.file={}", prom_conf.display()))
-            .arg(format!("--storage.tsdb.path={}", dir.path().join("tsdb").display()))
+            .arg(format!(
+                "--storage.tsdb.path={}",
+                dir.path().join("tsdb").display()
+            ))
             .arg(format!("--web.listen-address=127.0.0.1:{prom_port}"))
             .stdout(Stdio::null())
             .stderr(std::fs::File::create(dir.path().join("prometheus.log")).unwrap())
@@ -273,14 +339,24 @@ spec:
     let query = |q: &str| {
         let encoded: String = q
             .bytes()
-            .map(|b| if b.is_ascii_alphanumeric() { (b as char).to_string() } else { format!("%{b:02X}") })
+            .map(|b| {
+                if b.is_ascii_alphanumeric() {
+                    (b as char).to_string()
+                } else {
+                    format!("%{b:02X}")
+                }
+            })
             .collect();
         http_get(prom_port, &format!("/api/v1/query?query={encoded}")).unwrap_or_default()
     };
-    poll("Prometheus has scraped both targets several times", Duration::from_secs(60), || {
-        let r = query("count(count_over_time(up[1m]) >= 4) == 2");
-        r.contains("\"result\":[{")
-    });
+    poll(
+        "Prometheus has scraped both targets several times",
+        Duration::from_secs(60),
+        || {
+            let r = query("count(count_over_time(up[1m]) >= 4) == 2");
+            r.contains("\"result\":[{")
+        },
+    );
 
     let out = Command::new("python3")
         .arg(workspace_root().join("deploy/grafana/check_dashboard.py"))
