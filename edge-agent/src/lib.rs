@@ -5,7 +5,9 @@
 //! a Kubernetes client: the pipeline comes from a file (`edge-agent run --config`).
 
 pub mod actions;
+pub mod broker;
 pub mod config;
+pub mod demo;
 pub mod http;
 pub mod inference;
 pub mod parse;

@@ -1,5 +1,6 @@
 //! The `edge-agent` command line: `run` the agent, `check` a pipeline file, list
-//! `dead-letters`, `model inspect|test` a TFLite model.
+//! `dead-letters`, `model inspect|test` a TFLite model, or try everything at once with
+//! `demo`.
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -8,6 +9,7 @@ use std::process::ExitCode;
 use anyhow::Context;
 use clap::{Parser, Subcommand};
 use edge_agent::config::AgentConfig;
+use edge_agent::demo;
 use edge_agent::queue::list_dead_letters;
 use edge_agent::record::format_timestamp_ms;
 use edge_agent::run::{RunOptions, preflight, run};
@@ -55,6 +57,25 @@ enum Command {
         #[command(subcommand)]
         command: model_cli::ModelCommand,
     },
+    /// Run the whole pipeline on this machine with simulated sensors, the embedded broker
+    /// and a local cloud that goes offline for a while; print a live view and a summary.
+    Demo {
+        /// How long the sensors publish (e.g. 60s, 5m).
+        #[arg(long, value_name = "DURATION", default_value = "60s", value_parser = parse_duration)]
+        duration: std::time::Duration,
+        /// Number of simulated sensors.
+        #[arg(long, value_name = "N", default_value_t = 5)]
+        sensors: u32,
+        /// Readings per second per sensor.
+        #[arg(long, value_name = "PER_SECOND", default_value_t = 10.0)]
+        rate: f64,
+        /// Directory of the queue and the model (default: a temporary directory).
+        #[arg(long, value_name = "DIR")]
+        data_dir: Option<PathBuf>,
+        /// Address serving the agent's /metrics (default: a free loopback port).
+        #[arg(long, value_name = "ADDR")]
+        listen: Option<SocketAddr>,
+    },
     /// List the batches the upstream rejected (kept in the queue's dead-letter table).
     DeadLetters {
         /// Directory of the durable queue.
@@ -65,8 +86,13 @@ enum Command {
 
 fn main() -> ExitCode {
     install_crypto_provider();
-    init_logging();
     let cli = Cli::parse();
+    // The demo's live view owns the terminal (and its outage is on purpose): only errors
+    // are logged unless RUST_LOG says otherwise.
+    init_logging(match cli.command {
+        Command::Demo { .. } => "error,rumqttd=off",
+        _ => "info",
+    });
     match dispatch(cli.command) {
         Ok(code) => code,
         Err(e) => {
@@ -121,6 +147,36 @@ fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
             }
         }
         Command::Model { command } => model_cli::run(command),
+        Command::Demo {
+            duration,
+            sensors,
+            rate,
+            data_dir,
+            listen,
+        } => {
+            let options = demo::DemoOptions {
+                duration,
+                sensors,
+                rate,
+                data_dir,
+                listen,
+                seed: rand::random(),
+            };
+            let runtime = tokio::runtime::Builder::new_multi_thread()
+                .enable_all()
+                .build()
+                .context("starting the async runtime")?;
+            let summary = runtime.block_on(demo::run(options))?;
+            if summary.backlog > 0 || summary.lost() > 0 {
+                eprintln!(
+                    "edge-agent demo: {} records not delivered ({} still queued)",
+                    summary.lost(),
+                    summary.backlog
+                );
+                return Ok(ExitCode::FAILURE);
+            }
+            Ok(ExitCode::SUCCESS)
+        }
         Command::DeadLetters { data_dir } => {
             print_dead_letters(&data_dir)?;
             Ok(ExitCode::SUCCESS)
@@ -176,13 +232,18 @@ async fn stop_on_signal(stop: CancellationToken) {
     stop.cancel();
 }
 
-fn init_logging() {
+fn init_logging(default: &str) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
     tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
         .init();
+}
+
+/// A duration flag: `10s`, `1m30s`, `500ms`.
+fn parse_duration(text: &str) -> Result<std::time::Duration, String> {
+    edge_crds::units::parse_duration(text).map_err(|e| e.to_string())
 }
 
 /// The machine's host name (`localhost` if it cannot be read).

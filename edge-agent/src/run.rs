@@ -22,6 +22,7 @@ use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 
 use crate::actions::Actions;
+use crate::broker::{BrokerError, BrokerSettings, EmbeddedBroker};
 use crate::config::{AgentConfig, SinkSettings};
 use crate::http::{Health, Loop};
 use crate::inference::{InferenceError, InferenceMetrics, InferenceStage};
@@ -65,6 +66,8 @@ pub enum RunError {
     Processors(#[from] ProcessError),
     #[error("source: {0}")]
     SourceTls(TlsError),
+    #[error(transparent)]
+    Broker(#[from] BrokerError),
     #[error("sink: {0}")]
     Sink(String),
     #[error("inference: {0}")]
@@ -138,6 +141,17 @@ pub async fn run(
     stop: CancellationToken,
 ) -> Result<(), RunError> {
     let metrics = Arc::new(metrics_for(&config)?);
+    run_with_metrics(config, options, metrics, stop).await
+}
+
+/// [`run`] with metrics (from [`metrics_for`]) the caller keeps reading while the agent
+/// runs, as `edge-agent demo` does for its live view.
+pub async fn run_with_metrics(
+    config: AgentConfig,
+    options: RunOptions,
+    metrics: Arc<Metrics>,
+    stop: CancellationToken,
+) -> Result<(), RunError> {
     let sink = build_sink(&config)?;
     let processors = Processors::new(&config.spec.processors, config.source.max_devices)?;
     let sink_timeout = match &config.sink {
@@ -147,6 +161,12 @@ pub async fn run(
     let health = Arc::new(Health::new(
         Duration::from_secs(60).max(sink_timeout + Duration::from_secs(30)),
     ));
+
+    // The embedded broker, when configured, listens before the source connects to it.
+    let broker = match BrokerSettings::for_source(&config.source) {
+        Some(settings) => Some(EmbeddedBroker::start(&settings)?),
+        None => None,
+    };
 
     let listener = TcpListener::bind(options.listen)
         .await
@@ -228,6 +248,7 @@ pub async fn run(
     {
         source_task.abort();
     }
+    drop(broker);
     http_stop.cancel();
     let _ = http_task.await;
     tracing::info!("stopped");

@@ -244,12 +244,15 @@ impl<'a> Resolver<'a> {
         node: &str,
     ) -> SourceSettings {
         let m = &spec.source.mqtt;
-        let embedded_listen = m.embedded.as_ref().and_then(|e| e.listen.parse().ok());
+        let embedded_listen: Option<std::net::SocketAddr> =
+            m.embedded.as_ref().and_then(|e| e.listen.parse().ok());
         let url = match (&m.url, embedded_listen) {
             (Some(url), _) => url.clone(),
-            (None, Some(listen)) => {
-                format!("mqtt://127.0.0.1:{}", std::net::SocketAddr::port(&listen))
+            // The embedded broker, over loopback when it listens on every address.
+            (None, Some(listen)) if listen.ip().is_unspecified() => {
+                format!("mqtt://127.0.0.1:{}", listen.port())
             }
+            (None, Some(listen)) => format!("mqtt://{listen}"),
             (None, None) => String::new(),
         };
         let (host, port, tls) = if url.is_empty() {

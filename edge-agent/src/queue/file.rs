@@ -12,6 +12,10 @@ use super::store::{DB_FILE, QueueError};
 
 /// Database schema version (`PRAGMA user_version`).
 const SCHEMA_VERSION: i64 = 1;
+/// Pages written to the WAL before it is checkpointed (128 KiB with 4 KiB pages).
+const WAL_AUTOCHECKPOINT_PAGES: i64 = 32;
+/// Bytes the WAL file keeps after a checkpoint.
+const WAL_SIZE_LIMIT: i64 = 1024 * 1024;
 
 /// Opens the file, sets it up and checks it; any sign of corruption is an error.
 pub(super) fn open_checked(path: &Path, durability: Durability) -> Result<Connection, QueueError> {
@@ -31,7 +35,11 @@ pub(super) fn open_checked(path: &Path, durability: Durability) -> Result<Connec
     };
     conn.pragma_update(None, "synchronous", sync)?;
     conn.pragma_update(None, "cache_size", -2000)?;
-    conn.pragma_update(None, "journal_size_limit", 64 * 1024 * 1024)?;
+    // A small WAL, checkpointed often, whose file keeps its space between checkpoints: on
+    // a full disk a delete still fits into the WAL's existing space and its checkpoint
+    // only rewrites existing pages, so the queue can always drain.
+    conn.pragma_update(None, "wal_autocheckpoint", WAL_AUTOCHECKPOINT_PAGES)?;
+    conn.pragma_update(None, "journal_size_limit", WAL_SIZE_LIMIT)?;
     let version: i64 = conn.query_row("PRAGMA user_version", [], |r| r.get(0))?;
     match version {
         0 => {

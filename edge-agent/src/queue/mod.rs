@@ -15,6 +15,7 @@
 //! dropped and counted as `disk_full` (under `block` they are retried until they fit).
 
 mod file;
+pub mod reserve;
 pub mod seq;
 pub mod store;
 #[cfg(test)]
@@ -34,6 +35,7 @@ pub use store::{
     UnitOutcome, list_dead_letters,
 };
 
+use self::reserve::Reserve;
 use crate::http::{Health, Loop};
 use crate::record::Record;
 use crate::telemetry::Metrics;
@@ -45,6 +47,9 @@ const APPEND_CAPACITY: usize = 2048;
 const COMMAND_CAPACITY: usize = 16;
 /// Most units committed in one transaction.
 const MAX_GROUP: usize = 4096;
+/// Records after which a group stops growing: keeps every transaction (and so the WAL
+/// between checkpoints) small next to the reserve space.
+const MAX_GROUP_RECORDS: usize = 512;
 /// How long a small group waits for more units before committing.
 const LINGER: Duration = Duration::from_millis(2);
 /// Failed commits retried before the records are dropped (not under `block`).
@@ -147,6 +152,22 @@ impl Queue {
         metrics: Arc<Metrics>,
         health: Arc<Health>,
     ) -> Result<(Self, WriterControl), QueueError> {
+        let max_age = config.max_age;
+        let opener_metrics = metrics.clone();
+        let opener = move || {
+            let store = open(&config, &opener_metrics)?;
+            Ok((store, Some(Reserve::new(&config.dir))))
+        };
+        Self::start_with(opener, max_age, metrics, health).await
+    }
+
+    /// Starts the writer thread on the store `open` returns (run on that thread).
+    async fn start_with(
+        open: impl FnOnce() -> Result<(Store, Option<Reserve>), QueueError> + Send + 'static,
+        max_age: Duration,
+        metrics: Arc<Metrics>,
+        health: Arc<Health>,
+    ) -> Result<(Self, WriterControl), QueueError> {
         let (appends_tx, appends_rx) = mpsc::channel(APPEND_CAPACITY);
         let (commands_tx, commands_rx) = mpsc::channel(COMMAND_CAPACITY);
         let (opened_tx, opened_rx) = oneshot::channel();
@@ -156,8 +177,8 @@ impl Queue {
         std::thread::Builder::new()
             .name("queue-writer".into())
             .spawn(move || {
-                let opened = match open(&config, &metrics) {
-                    Ok(store) => store,
+                let (opened, reserve) = match open() {
+                    Ok(opened) => opened,
                     Err(e) => {
                         let _ = opened_tx.send(Err(e));
                         return;
@@ -180,12 +201,13 @@ impl Queue {
                 };
                 let writer = Writer {
                     store: opened,
+                    reserve,
                     metrics,
                     health,
                     stats: stats_tx,
                     pending: VecDeque::new(),
                     stall: None,
-                    max_age: config.max_age,
+                    max_age,
                     last_expire: Instant::now(),
                 };
                 writer.publish_stats();
@@ -324,6 +346,8 @@ enum Stall {
 
 struct Writer {
     store: Store,
+    /// Space given back to SQLite when the disk is full.
+    reserve: Option<Reserve>,
     metrics: Arc<Metrics>,
     health: Arc<Health>,
     stats: watch::Sender<QueueStats>,
@@ -397,7 +421,7 @@ impl Writer {
                 let _ = reply.send(self.store.take_batch(limit, allow_partial));
             }
             Command::Ack { batch, reply } => {
-                let result = self.store.ack(&batch);
+                let result = self.with_space(|store| store.ack(&batch));
                 let _ = reply.send(result);
                 self.after_space_freed();
             }
@@ -407,10 +431,38 @@ impl Writer {
                 reason,
                 reply,
             } => {
-                let result = self.store.dead_letter(&batch, status, &reason, now_ms());
+                let result =
+                    self.with_space(|store| store.dead_letter(&batch, status, &reason, now_ms()));
                 let _ = reply.send(result);
                 self.after_space_freed();
             }
+        }
+    }
+
+    /// Runs a drain (a delete); if the disk was full, gives SQLite the reserve space,
+    /// checkpoints the WAL and runs it once more. Deletes are what frees space, so they
+    /// get the reserve; commits of new records do not.
+    fn with_space<T>(
+        &mut self,
+        mut op: impl FnMut(&mut Store) -> Result<T, QueueError>,
+    ) -> Result<T, QueueError> {
+        match op(&mut self.store) {
+            Err(e) if e.is_disk_full() => {
+                if let Some(reserve) = self.reserve.as_mut()
+                    && reserve.release()
+                {
+                    tracing::warn!("the disk is full: released the queue's reserve space to drain");
+                }
+                self.checkpoint();
+                op(&mut self.store)
+            }
+            other => other,
+        }
+    }
+
+    fn checkpoint(&self) {
+        if let Err(e) = self.store.checkpoint() {
+            tracing::debug!(error = %e, "checkpoint on a full disk");
         }
     }
 
@@ -423,12 +475,17 @@ impl Writer {
     }
 
     fn on_tick(&mut self) {
+        if self.stall.is_none()
+            && let Some(reserve) = self.reserve.as_mut()
+        {
+            reserve.restore();
+        }
         let every = (self.max_age / 10).clamp(Duration::from_millis(500), Duration::from_secs(60));
         if self.last_expire.elapsed() >= every {
             self.last_expire = Instant::now();
             let cutoff =
                 now_ms().saturating_sub(self.max_age.as_millis().min(i64::MAX as u128) as i64);
-            match self.store.expire(cutoff) {
+            match self.with_space(|store| store.expire(cutoff)) {
                 Ok(0) => {}
                 Ok(n) => {
                     tracing::warn!(records = n, "dropped records older than maxAge");
@@ -495,6 +552,9 @@ impl Writer {
                     _ => 1,
                 };
                 tracing::warn!(error = %e, attempts, "committing to the queue failed");
+                if e.is_disk_full() {
+                    self.checkpoint();
+                }
                 let give_up = attempts >= MAX_COMMIT_ATTEMPTS
                     && self.store.settings().when_full != WhenFull::Block;
                 if give_up {
@@ -544,22 +604,25 @@ impl Writer {
     }
 }
 
-/// Adds the units already waiting (up to [`MAX_GROUP`]) to `group`, waiting up to
-/// [`LINGER`] once for more when the group is small.
+/// Adds the units already waiting (up to [`MAX_GROUP`] units or [`MAX_GROUP_RECORDS`]
+/// records) to `group`, waiting up to [`LINGER`] once for more when the group is small.
 async fn gather(appends: &mut mpsc::Receiver<Unit>, group: &mut VecDeque<Unit>) {
     let mut lingered = false;
-    while group.len() < MAX_GROUP {
-        match appends.try_recv() {
-            Ok(unit) => group.push_back(unit),
+    let mut records: usize = group.iter().map(|u| u.records.len()).sum();
+    while group.len() < MAX_GROUP && records < MAX_GROUP_RECORDS {
+        let unit = match appends.try_recv() {
+            Ok(unit) => unit,
             Err(_) if lingered || group.len() >= 64 => return,
             Err(_) => {
                 lingered = true;
                 match tokio::time::timeout(LINGER, appends.recv()).await {
-                    Ok(Some(unit)) => group.push_back(unit),
+                    Ok(Some(unit)) => unit,
                     _ => return,
                 }
             }
-        }
+        };
+        records += unit.records.len();
+        group.push_back(unit);
     }
 }
 

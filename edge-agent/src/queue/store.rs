@@ -58,6 +58,11 @@ impl QueueError {
         }
     }
 
+    /// True when SQLite ran out of space (`SQLITE_FULL`).
+    pub fn is_disk_full(&self) -> bool {
+        matches!(self, Self::Sqlite(e) if e.sqlite_error_code() == Some(ErrorCode::DiskFull))
+    }
+
     pub(super) fn is_corruption(&self) -> bool {
         match self {
             Self::Corrupt(_) => true,
@@ -243,6 +248,25 @@ impl Store {
             },
             moved_aside,
         })
+    }
+
+    /// Caps the file at its current size plus `pages` more pages, so commits beyond it
+    /// fail as on a full disk.
+    #[cfg(test)]
+    pub(crate) fn limit_growth(&self, pages: i64) -> Result<(), QueueError> {
+        let current: i64 = self.conn.query_row("PRAGMA page_count", [], |r| r.get(0))?;
+        self.conn
+            .pragma_update(None, "max_page_count", current + pages)?;
+        Ok(())
+    }
+
+    /// Copies the WAL into the database file and truncates it. On a full disk this gives
+    /// the space of the WAL (and of deleted records) back, so deletes and later commits
+    /// can succeed again.
+    pub fn checkpoint(&self) -> Result<(), QueueError> {
+        self.conn
+            .query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |_| Ok(()))?;
+        Ok(())
     }
 
     /// The settings the store was opened with.

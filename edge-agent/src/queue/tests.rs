@@ -464,6 +464,78 @@ async fn under_block_a_message_is_acknowledged_only_once_space_frees() {
     ));
 }
 
+#[test]
+fn a_full_disk_fails_the_commit_without_changing_anything() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut s = open(
+        dir.path(),
+        settings(1 << 30, WhenFull::DropOldest, Durability::Os),
+    );
+    s.append(&[&[record("t1", 1.0)]], 1).unwrap();
+    s.limit_growth(2).unwrap();
+    let big: Vec<Record> = (0..2000).map(|i| record("t1", i as f64)).collect();
+    let before = (s.next_seq(), s.stats().unwrap());
+    let err = s.append(&[&big], 2).expect_err("the file cannot grow");
+    assert!(err.is_transient(), "{err}");
+    assert_eq!(
+        (s.next_seq(), s.stats().unwrap()),
+        before,
+        "nothing half-committed"
+    );
+    s.limit_growth(100_000).unwrap();
+    s.append(&[&big], 3).unwrap();
+    let batch = s.take_batch(5000, true).unwrap().unwrap();
+    assert_eq!(batch.records.len(), 2001);
+    assert_eq!(seqs(&batch)[1], 2, "the failed commit used no seq");
+}
+
+#[tokio::test]
+async fn the_writer_retries_a_failing_disk_then_drops_and_counts() {
+    let dir = tempfile::tempdir().unwrap();
+    let metrics = Arc::new(crate::telemetry::Metrics::new("factory/line1").unwrap());
+    let health = Arc::new(crate::http::Health::new(Duration::from_secs(30)));
+    let path = dir.path().to_path_buf();
+    let opener = move || {
+        let store = Store::open(
+            &path,
+            settings(1 << 30, WhenFull::DropOldest, Durability::Os),
+        )?
+        .store;
+        store.limit_growth(2)?;
+        Ok((store, None))
+    };
+    let (queue, control) =
+        Queue::start_with(opener, Duration::from_secs(3600), metrics.clone(), health)
+            .await
+            .unwrap();
+    let big: Vec<Record> = (0..2000).map(|i| record("t1", i as f64)).collect();
+    let started = Instant::now();
+    let done = queue.submit(big, Instant::now()).await.unwrap();
+    assert_eq!(
+        done.await.unwrap(),
+        Committed::Dropped,
+        "acknowledged as dropped, not lost silently"
+    );
+    assert!(
+        started.elapsed() >= Duration::from_millis(1400),
+        "retried with backoff first"
+    );
+    assert_eq!(
+        metrics
+            .records_dropped
+            .with_label_values(&["disk_full"])
+            .get(),
+        2000
+    );
+    // A small unit still fits: the writer keeps going.
+    let small = queue
+        .submit(vec![record("t1", 1.0)], Instant::now())
+        .await
+        .unwrap();
+    assert_eq!(small.await.unwrap(), Committed::Stored);
+    control.shutdown().await;
+}
+
 /// One step of the model test.
 #[derive(Clone, Debug)]
 enum Op {

@@ -74,6 +74,22 @@ pub fn verdict(status: StatusCode, retry_after: Option<&str>) -> Verdict {
     }
 }
 
+/// The first `limit` bytes of a response body, as text; the rest is never buffered, so
+/// a huge error body cannot exhaust memory.
+async fn body_prefix(mut resp: reqwest::Response, limit: usize) -> String {
+    let mut prefix = Vec::new();
+    while prefix.len() < limit {
+        match resp.chunk().await {
+            Ok(Some(chunk)) => {
+                let take = chunk.len().min(limit - prefix.len());
+                prefix.extend_from_slice(&chunk[..take]);
+            }
+            Ok(None) | Err(_) => break,
+        }
+    }
+    String::from_utf8_lossy(&prefix).into_owned()
+}
+
 impl HttpSink {
     /// A sink for `settings`; records carry `pipeline` and `node`, which also prefix the
     /// idempotency keys.
@@ -174,7 +190,7 @@ impl HttpSink {
                     Verdict::Accepted => String::new(),
                     _ => tokio::select! {
                         _ = ctx.stop.cancelled() => return Err(Stopped),
-                        t = resp.text() => t.unwrap_or_default(),
+                        t = body_prefix(resp, REASON_CHARS * 4) => t,
                     },
                 };
                 (v, status.as_u16(), summary(status, &text))

@@ -22,6 +22,8 @@ use crate::telemetry::Metrics;
 
 /// How often a waiting sync loop beats its heartbeat.
 const BEAT: Duration = Duration::from_secs(1);
+/// Pause before retrying a queue write that failed (a full disk).
+const QUEUE_RETRY: Duration = Duration::from_millis(500);
 
 /// The configured sink.
 pub enum Sink {
@@ -147,32 +149,52 @@ impl SyncContext {
         }
     }
 
-    /// Deletes an accepted batch and counts it as synced.
+    /// Deletes an accepted batch and counts it as synced. A failing delete (a full disk)
+    /// is retried in place: the upstream has the batch, it must leave the queue.
     pub async fn accepted(&self, batch: Batch) -> Result<(), Stopped> {
-        match self.queue.ack(batch).await {
-            Ok(n) => {
-                self.metrics.records_synced.inc_by(n);
-                Ok(())
-            }
-            Err(e) => {
-                tracing::error!(error = %e, "deleting a synced batch");
-                Err(Stopped)
+        let mut failures = 0u32;
+        loop {
+            match self.queue.ack(batch.clone()).await {
+                Ok(n) => {
+                    self.metrics.records_synced.inc_by(n);
+                    return Ok(());
+                }
+                Err(QueueError::Stopped) => return Err(Stopped),
+                Err(e) => {
+                    if failures.is_multiple_of(10) {
+                        tracing::error!(error = %e, "deleting a synced batch; will retry");
+                    }
+                    failures = failures.saturating_add(1);
+                    self.pause(QUEUE_RETRY).await?;
+                }
             }
         }
     }
 
-    /// Moves a rejected batch to the dead letters and counts its records as dropped.
+    /// Moves a rejected batch to the dead letters and counts its records as dropped,
+    /// retrying in place while the queue cannot write.
     pub async fn rejected(&self, batch: Batch, status: u16, reason: String) -> Result<(), Stopped> {
         let (first, last) = (batch.first_seq, batch.last_seq);
-        match self.queue.dead_letter(batch, status, reason.clone()).await {
-            Ok(n) => {
-                tracing::warn!(status, first, last, records = n, %reason, "upstream rejected a batch: dead-lettered");
-                self.metrics.dropped("dead_letter", n);
-                Ok(())
-            }
-            Err(e) => {
-                tracing::error!(error = %e, "dead-lettering a batch");
-                Err(Stopped)
+        let mut failures = 0u32;
+        loop {
+            match self
+                .queue
+                .dead_letter(batch.clone(), status, reason.clone())
+                .await
+            {
+                Ok(n) => {
+                    tracing::warn!(status, first, last, records = n, %reason, "upstream rejected a batch: dead-lettered");
+                    self.metrics.dropped("dead_letter", n);
+                    return Ok(());
+                }
+                Err(QueueError::Stopped) => return Err(Stopped),
+                Err(e) => {
+                    if failures.is_multiple_of(10) {
+                        tracing::error!(error = %e, "dead-lettering a batch; will retry");
+                    }
+                    failures = failures.saturating_add(1);
+                    self.pause(QUEUE_RETRY).await?;
+                }
             }
         }
     }

@@ -1,0 +1,157 @@
+//! B1 end-to-end ingest (QoS 1 publishers -> Mosquitto -> agent -> durable queue, against
+//! `mosquitto_sub -q 1` on the same broker) and B5 footprint (agent RSS and CPU at 0, 1k
+//! and 10k msg/s, against Mosquitto's own in the same run).
+
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use rumqttc::QoS;
+
+use crate::scaled;
+use crate::util::{
+    self, Agent, BenchResult, Footprint, counter, footprint, metrics, payload, quantile,
+};
+
+const TOPIC: &str = "sensors/+/temperature";
+/// Concurrent QoS 1 publishers.
+const PUBLISHERS: usize = 4;
+
+/// Waits (up to `limit`) until the agent has committed `n` records; the elapsed time.
+async fn until_enqueued(agent: &Agent, n: f64, limit: Duration) -> BenchResult<()> {
+    let end = Instant::now() + limit;
+    loop {
+        let text = metrics(agent);
+        let done = counter(&text, "edge_agent_records_enqueued_total")
+            + counter(&text, "edge_agent_records_dropped_total");
+        if done >= n {
+            return Ok(());
+        }
+        if Instant::now() > end {
+            return Err(format!(
+                "agent committed {done} of {n} records in {limit:?}"
+            ));
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+/// Publishes one message and waits until the agent has it: its subscription is in place.
+async fn warm_up(port: u16, agent: &Agent) -> BenchResult<()> {
+    let c = util::client(port, "bench-warmup", |_, _, _| {}).await;
+    c.client
+        .publish(
+            "sensors/d0/temperature",
+            QoS::AtLeastOnce,
+            false,
+            payload(0, 1.0),
+        )
+        .await
+        .map_err(|e| e.to_string())?;
+    until_enqueued(agent, 1.0, Duration::from_secs(15)).await?;
+    let _ = c.client.disconnect().await;
+    Ok(())
+}
+
+/// A URL nobody listens on: the sink is down, so the queue holds everything.
+fn down_sink() -> BenchResult<String> {
+    Ok(format!("http://127.0.0.1:{}/ingest", util::free_port()?))
+}
+
+pub async fn b1(dir: &Path) -> BenchResult<Vec<String>> {
+    let n = scaled(50_000);
+    let broker = util::broker(dir)?;
+    let port = broker.port;
+
+    let sub = util::mosquitto_sub(port, TOPIC, n)?;
+    let start = Instant::now();
+    util::publish(port, PUBLISHERS, n, None).await?;
+    let mut sub = sub;
+    let end = Instant::now() + Duration::from_secs(120);
+    while sub.0.try_wait().map_err(|e| e.to_string())?.is_none() {
+        if Instant::now() > end {
+            return Err("mosquitto_sub did not receive every message".into());
+        }
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+    let base_s = start.elapsed().as_secs_f64();
+    let base_rate = n as f64 / base_s;
+
+    let mut rows = Vec::new();
+    for durability in ["fsync", "os"] {
+        let run_dir = dir.join(durability);
+        std::fs::create_dir_all(&run_dir).map_err(|e| e.to_string())?;
+        let agent = util::agent(
+            &run_dir,
+            &util::pipeline(port, "", durability, &down_sink()?, false),
+        )?;
+        warm_up(port, &agent).await?;
+        let start = Instant::now();
+        util::publish(port, PUBLISHERS, n, None).await?;
+        until_enqueued(&agent, (n + 1) as f64, Duration::from_secs(180)).await?;
+        let secs = start.elapsed().as_secs_f64();
+        let text = metrics(&agent);
+        let h = "edge_agent_ingest_to_durable_seconds";
+        let (p50, p99) = (
+            quantile(&text, h, 0.5).unwrap_or(f64::NAN),
+            quantile(&text, h, 0.99).unwrap_or(f64::NAN),
+        );
+        let dropped = counter(&text, "edge_agent_records_dropped_total");
+        let rate = n as f64 / secs;
+        let ratio = rate / base_rate;
+        rows.push(format!(
+            "| B1 ingest, durability {durability}, {n} msgs, {PUBLISHERS} QoS 1 publishers | {rate:.0} msg/s; ingest_to_durable p50 {:.2} ms, p99 {:.2} ms; dropped {dropped} | mosquitto_sub -q 1: {base_rate:.0} msg/s | {ratio:.2} | ≥ 0.9 {} |",
+            p50 * 1e3,
+            p99 * 1e3,
+            verdict(ratio >= 0.9),
+        ));
+    }
+    Ok(rows)
+}
+
+fn verdict(met: bool) -> &'static str {
+    if met { "met" } else { "**missed**" }
+}
+
+/// RSS MiB, peak MiB and CPU % of one core between two readings `secs` apart.
+fn describe(before: Footprint, after: Footprint, secs: f64) -> (f64, f64, f64) {
+    (
+        after.rss_kib / 1024.0,
+        after.hwm_kib / 1024.0,
+        (after.cpu_s - before.cpu_s) / secs * 100.0,
+    )
+}
+
+pub async fn b5(dir: &Path) -> BenchResult<Vec<String>> {
+    let broker = util::broker(dir)?;
+    let port = broker.port;
+    let agent = util::agent(
+        dir,
+        &util::pipeline(port, "", "fsync", &down_sink()?, false),
+    )?;
+    warm_up(port, &agent).await?;
+    let secs = 5.0;
+    let mut rows = Vec::new();
+    for rate in [0.0, 1_000.0, 10_000.0] {
+        let (a0, m0) = (footprint(agent.proc.pid()), footprint(broker.proc.pid()));
+        let enq0 = counter(&metrics(&agent), "edge_agent_records_enqueued_total");
+        let start = Instant::now();
+        if rate > 0.0 {
+            util::publish(port, 2, (rate * secs) as usize, Some(rate)).await?;
+        }
+        let rest = Duration::from_secs_f64(secs).saturating_sub(start.elapsed());
+        tokio::time::sleep(rest).await;
+        let wall = start.elapsed().as_secs_f64();
+        let (a1, m1) = (footprint(agent.proc.pid()), footprint(broker.proc.pid()));
+        let enq = counter(&metrics(&agent), "edge_agent_records_enqueued_total") - enq0;
+        let (rss, hwm, cpu) = describe(a0, a1, wall);
+        let (mrss, _, mcpu) = describe(m0, m1, wall);
+        rows.push(format!(
+            "| B5 footprint at {rate:.0} msg/s (fsync; {:.0} committed/s) | agent RSS {rss:.1} MiB (peak {hwm:.1}), CPU {cpu:.1}% of a core | mosquitto RSS {mrss:.1} MiB, CPU {mcpu:.1}% | RSS {:.1}x, CPU {} | RSS ≤ 20 MB {} |",
+            enq / wall,
+            rss / mrss.max(0.001),
+            if mcpu > 0.05 { format!("{:.1}x", cpu / mcpu) } else { "—".to_string() },
+            verdict(hwm * 1.048_576 <= 20.0),
+        ));
+    }
+    Ok(rows)
+}

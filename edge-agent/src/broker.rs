@@ -1,0 +1,256 @@
+//! The embedded MQTT broker (`spec.source.mqtt.embedded`): an MQTT 3.1.1 broker (rumqttd)
+//! inside the agent, so a node needs no separate broker. Devices publish to it on the
+//! configured address; the agent's own source connects to it over loopback with its usual
+//! persistent session and manual acknowledgements, and local actions are published on it.
+//!
+//! The broker is configured in code (no config file): bounded connections, a packet limit
+//! derived from `source.maxPayloadSize`, bounded in-memory logs per topic filter, and the
+//! source's credentials when it has some (devices then need the same username and
+//! password). Its state lives in memory: messages published while the agent is down are
+//! not kept, but the agent's session survives its reconnects.
+//!
+//! The accept loop runs on the agent's runtime and stops with [`EmbeddedBroker`]; the
+//! router runs on its own thread for the rest of the process (rumqttd offers no way to
+//! stop it; it sleeps while there is no traffic).
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+
+use rumqttd::protocol::v4::V4;
+use rumqttd::{
+    ConnectionSettings, LinkType, Router, RouterConfig, SegmentConfig, Server, ServerSettings,
+};
+use tokio::task::JoinHandle;
+
+use crate::config::SourceSettings;
+
+/// Clients connected at once (devices, the agent itself, local subscribers).
+pub const MAX_CONNECTIONS: usize = 1024;
+/// Room for the topic and header of a packet on top of its payload.
+const PACKET_OVERHEAD: usize = 64 * 1024;
+/// Unacknowledged QoS 1 messages per connection.
+const MAX_INFLIGHT: usize = 1000;
+/// A client must send CONNECT within this long after opening its connection.
+const CONNECT_TIMEOUT_MS: u16 = 10_000;
+/// In-memory log of a subscribed source filter: segment size and count.
+const SOURCE_SEGMENT: (usize, usize) = (4 * 1024 * 1024, 8);
+/// In-memory log of any other topic (nobody subscribed yet, or a local alert topic).
+const OTHER_SEGMENT: (usize, usize) = (64 * 1024, 4);
+/// Messages sent to one connection per router iteration.
+const MAX_OUTGOING_PACKETS: u64 = 200;
+
+/// Why the embedded broker cannot start.
+#[derive(Debug, thiserror::Error)]
+pub enum BrokerError {
+    /// The listen address cannot be bound (in use, not local, no permission).
+    #[error("embedded broker: cannot listen on {addr}: {source}")]
+    Listen {
+        addr: SocketAddr,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+/// What the embedded broker runs with, derived from the source settings.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct BrokerSettings {
+    /// Address devices connect to.
+    pub listen: SocketAddr,
+    /// Largest packet accepted (a larger one closes the client's connection).
+    pub max_packet_bytes: usize,
+    /// Topic filters the agent subscribes to (they get the larger logs).
+    pub source_filters: Vec<String>,
+    /// Username and password every client must present, when the source has both.
+    pub credentials: Option<(String, String)>,
+}
+
+impl BrokerSettings {
+    /// The broker `source` asks for, if any.
+    pub fn for_source(source: &SourceSettings) -> Option<Self> {
+        let listen = source.embedded_listen?;
+        Some(Self {
+            listen,
+            max_packet_bytes: source.max_payload_bytes.saturating_add(PACKET_OVERHEAD),
+            source_filters: source.topics.clone(),
+            credentials: source.username.clone().zip(source.password.clone()),
+        })
+    }
+
+    /// The rumqttd router configuration.
+    pub fn router(&self) -> RouterConfig {
+        let segment = |(size, count): (usize, usize)| SegmentConfig {
+            max_segment_size: size.max(self.max_packet_bytes),
+            max_segment_count: count,
+        };
+        let source = segment(SOURCE_SEGMENT);
+        let other = segment(OTHER_SEGMENT);
+        RouterConfig {
+            max_connections: MAX_CONNECTIONS,
+            max_outgoing_packet_count: MAX_OUTGOING_PACKETS,
+            max_segment_size: other.max_segment_size,
+            max_segment_count: other.max_segment_count,
+            custom_segment: Some(
+                self.source_filters
+                    .iter()
+                    .map(|f| (f.clone(), source.clone()))
+                    .collect(),
+            ),
+            initialized_filters: None,
+            shared_subscriptions_strategy: Default::default(),
+        }
+    }
+
+    /// The rumqttd listener configuration.
+    pub fn server(&self) -> ServerSettings {
+        ServerSettings {
+            name: "embedded".to_string(),
+            listen: self.listen,
+            tls: None,
+            next_connection_delay_ms: 0,
+            connections: ConnectionSettings {
+                connection_timeout_ms: CONNECT_TIMEOUT_MS,
+                max_payload_size: self.max_packet_bytes,
+                max_inflight_count: MAX_INFLIGHT,
+                auth: self
+                    .credentials
+                    .clone()
+                    .map(|(user, password)| HashMap::from([(user, password)])),
+                external_auth: None,
+                // Without this a publish to a topic nobody subscribes to (yet) would
+                // close the publisher's connection.
+                dynamic_filters: true,
+            },
+        }
+    }
+}
+
+/// A running embedded broker; its listener stops when this is dropped.
+pub struct EmbeddedBroker {
+    addr: SocketAddr,
+    server: JoinHandle<()>,
+}
+
+impl EmbeddedBroker {
+    /// Starts the broker on the current tokio runtime. Fails at once when the address
+    /// cannot be bound.
+    pub fn start(settings: &BrokerSettings) -> Result<Self, BrokerError> {
+        let addr = settings.listen;
+        // rumqttd binds inside its accept loop and only logs a failure there: bind here
+        // first so the agent reports it and does not start.
+        let probe = std::net::TcpListener::bind(addr)
+            .map_err(|source| BrokerError::Listen { addr, source })?;
+        drop(probe);
+        let router = Router::new(0, settings.router()).spawn();
+        let mut server = Server::new(settings.server(), router, V4);
+        let task = tokio::spawn(async move {
+            if let Err(e) = server.start(LinkType::Remote).await {
+                tracing::error!(%addr, error = %e, "embedded broker stopped");
+            }
+        });
+        tracing::info!(%addr, "embedded MQTT broker listening");
+        Ok(Self { addr, server: task })
+    }
+
+    /// The address it listens on.
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+}
+
+impl Drop for EmbeddedBroker {
+    fn drop(&mut self) {
+        self.server.abort();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn source(embedded: Option<&str>) -> SourceSettings {
+        SourceSettings {
+            url: "mqtt://127.0.0.1:1883".into(),
+            host: "127.0.0.1".into(),
+            port: 1883,
+            tls: false,
+            topics: vec!["sensors/+/vibration".into()],
+            qos: 1,
+            client_id: "agent".into(),
+            username: None,
+            password: None,
+            tls_material: Default::default(),
+            keep_alive: std::time::Duration::from_secs(30),
+            max_payload_bytes: 256 * 1024,
+            max_devices: 10,
+            embedded_listen: embedded.and_then(|a| a.parse().ok()),
+        }
+    }
+
+    #[test]
+    fn no_broker_without_embedded() {
+        assert_eq!(BrokerSettings::for_source(&source(None)), None);
+    }
+
+    #[test]
+    fn limits_follow_the_source() {
+        let s = BrokerSettings::for_source(&source(Some("0.0.0.0:1883"))).expect("broker");
+        assert_eq!(s.listen, "0.0.0.0:1883".parse().expect("addr"));
+        assert_eq!(s.max_packet_bytes, 256 * 1024 + PACKET_OVERHEAD);
+        let server = s.server();
+        assert_eq!(server.connections.max_payload_size, s.max_packet_bytes);
+        assert!(server.connections.auth.is_none());
+        assert!(server.connections.dynamic_filters);
+        let router = s.router();
+        assert_eq!(router.max_connections, MAX_CONNECTIONS);
+        let custom = router.custom_segment.expect("source filter segments");
+        let seg = &custom["sensors/+/vibration"];
+        assert_eq!(
+            (seg.max_segment_size, seg.max_segment_count),
+            SOURCE_SEGMENT
+        );
+        assert_eq!(router.max_segment_size, s.max_packet_bytes);
+    }
+
+    #[test]
+    fn credentials_of_the_source_are_required_of_every_client() {
+        let mut src = source(Some("127.0.0.1:1883"));
+        src.username = Some("edge".into());
+        src.password = Some("secret".into());
+        let s = BrokerSettings::for_source(&src).expect("broker");
+        let auth = s.server().connections.auth.expect("auth");
+        assert_eq!(auth.get("edge").map(String::as_str), Some("secret"));
+    }
+
+    #[test]
+    fn the_source_reaches_the_broker_on_its_listen_address() {
+        let config = |listen: &str| {
+            let yaml = format!(
+                "source:\n  mqtt:\n    embedded: {{listen: \"{listen}\"}}\n    topics: [a/+]\n  \
+                 format: {{value: v, device: d}}\nsink:\n  http: {{url: http://127.0.0.1:9/x}}\n"
+            );
+            crate::config::AgentConfig::from_text(&yaml, "n1", &|_| None)
+                .map(|c| c.source.url)
+                .map_err(|e| e.to_string())
+        };
+        assert_eq!(
+            config("0.0.0.0:1884").as_deref(),
+            Ok("mqtt://127.0.0.1:1884")
+        );
+        assert_eq!(
+            config("127.0.0.2:1885").as_deref(),
+            Ok("mqtt://127.0.0.2:1885")
+        );
+    }
+
+    #[tokio::test]
+    async fn a_taken_address_is_an_error() {
+        let taken = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+        let addr = taken.local_addr().expect("addr");
+        let mut s = BrokerSettings::for_source(&source(Some("127.0.0.1:1"))).expect("broker");
+        s.listen = addr;
+        match EmbeddedBroker::start(&s) {
+            Err(BrokerError::Listen { addr: a, .. }) => assert_eq!(a, addr),
+            Ok(_) => panic!("started on a taken address"),
+        }
+    }
+}

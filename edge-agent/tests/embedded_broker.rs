@@ -1,0 +1,289 @@
+//! The embedded broker (`source.mqtt.embedded`) of a running `edge-agent run`, driven by
+//! the real Mosquitto command-line clients: readings published with `mosquitto_pub` reach
+//! the HTTP receiver, a local alert published by the agent reaches `mosquitto_sub`, the
+//! source's credentials are required of every client, and a taken port stops the agent
+//! with a clear error.
+
+mod common;
+
+use std::io::{BufRead, BufReader};
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+use common::*;
+use serde_json::Value;
+
+const PUB: &str = "/usr/bin/mosquitto_pub";
+const SUB: &str = "/usr/bin/mosquitto_sub";
+
+fn pipeline(broker_port: u16, receiver_port: u16, credentials: &str) -> String {
+    format!(
+        r#"apiVersion: edgepipe.dev/v1alpha1
+kind: EdgePipeline
+metadata: {{name: test, namespace: factory}}
+spec:
+  source:
+    mqtt:
+      embedded: {{listen: "127.0.0.1:{broker_port}"}}
+      topics: ["sensors/+/temperature"]
+{credentials}
+    format: {{value: value, device: device_id}}
+  processors:
+    - threshold: {{above: 100}}
+  actions:
+    - on: threshold
+      mqtt: {{topic: "alerts/{{device}}", qos: 1}}
+  sink:
+    http:
+      url: http://127.0.0.1:{receiver_port}/ingest
+      flushInterval: 100ms
+      retry: {{initialBackoff: 50ms, maxBackoff: 500ms}}
+"#
+    )
+}
+
+/// `mosquitto_pub` of one QoS 1 message; its exit status says whether the broker took it.
+fn publish(port: u16, topic: &str, payload: &str, login: Option<(&str, &str)>) -> bool {
+    let mut cmd = Command::new(PUB);
+    cmd.args(["-h", "127.0.0.1", "-p", &port.to_string(), "-q", "1"])
+        .args(["-t", topic, "-m", payload]);
+    if let Some((user, password)) = login {
+        cmd.args(["-u", user, "-P", password]);
+    }
+    cmd.stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .expect("run mosquitto_pub (apt install mosquitto-clients)")
+        .success()
+}
+
+/// Publishes a probe reading until the receiver has one: the agent is then subscribed
+/// (a message published before its subscription would have no subscriber to reach).
+async fn wait_subscribed(port: u16, receiver: &Receiver, login: Option<(&str, &str)>) {
+    let payload = r#"{"device_id":"probe","value":1000}"#;
+    eventually(
+        Duration::from_secs(15),
+        "the agent subscribed",
+        async || {
+            if receiver.accepted().iter().any(|r| r["device"] == "probe") {
+                return Some(());
+            }
+            assert!(publish(port, "sensors/probe/temperature", payload, login));
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            None
+        },
+    )
+    .await;
+}
+
+/// `mosquitto_sub -v` on `filter`, with its stdout lines sent to the returned channel.
+fn subscribe(port: u16, filter: &str) -> (Child, mpsc::Receiver<String>) {
+    let mut child = Command::new(SUB)
+        .args(["-h", "127.0.0.1", "-p", &port.to_string(), "-q", "1", "-v"])
+        .args(["-t", filter])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("run mosquitto_sub (apt install mosquitto-clients)");
+    let stdout = child.stdout.take().expect("stdout");
+    let (tx, rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+            if tx.send(line).is_err() {
+                return;
+            }
+        }
+    });
+    (child, rx)
+}
+
+/// Publishes probe readings until `mosquitto_sub` printed the alert of one: the agent and
+/// the subscriber are then both subscribed.
+async fn wait_alert_seen(port: u16, lines: &mpsc::Receiver<String>) {
+    let payload = r#"{"device_id":"probe","value":1000}"#;
+    eventually(
+        Duration::from_secs(15),
+        "a probe alert at mosquitto_sub",
+        async || {
+            assert!(publish(port, "sensors/probe/temperature", payload, None));
+            let seen = lines
+                .recv_timeout(Duration::from_millis(200))
+                .is_ok_and(|l| l.starts_with("alerts/probe "));
+            seen.then_some(())
+        },
+    )
+    .await;
+}
+
+fn start_agent(dir: &Path, broker_port: u16, receiver: &Receiver, credentials: &str) -> Agent {
+    Agent::start(dir, &pipeline(broker_port, receiver.port, credentials))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mosquitto_clients_publish_readings_and_receive_alerts_through_the_embedded_broker() {
+    let receiver = Receiver::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let mut agent = start_agent(dir.path(), port, &receiver, "");
+    agent.wait_ready().await;
+    let (mut sub, lines) = subscribe(port, "alerts/#");
+    wait_alert_seen(port, &lines).await;
+
+    for (device, value) in [("t1", 150.5), ("t2", 20.0), ("t2", 180.0), ("t1", 99.0)] {
+        let payload = format!(r#"{{"device_id":"{device}","value":{value}}}"#);
+        assert!(publish(
+            port,
+            &format!("sensors/{device}/temperature"),
+            &payload,
+            None
+        ));
+    }
+
+    let records = eventually(
+        Duration::from_secs(15),
+        "readings at the receiver",
+        async || {
+            let got: Vec<Value> = receiver
+                .accepted()
+                .into_iter()
+                .filter(|r| r["device"] != "probe")
+                .collect();
+            (got.len() >= 2).then_some(got)
+        },
+    )
+    .await;
+    let got: Vec<(String, f64)> = records
+        .iter()
+        .map(|r| {
+            let device = r["device"].as_str().unwrap_or_default().to_string();
+            (device, r["value"].as_f64().unwrap_or(f64::NAN))
+        })
+        .collect();
+    assert_eq!(got, [("t1".to_string(), 150.5), ("t2".to_string(), 180.0)]);
+    assert!(records.iter().all(|r| {
+        r["topic"]
+            .as_str()
+            .is_some_and(|t| t.starts_with("sensors/"))
+    }));
+    agent
+        .wait_metric(
+            &series("edge_agent_messages_received_total", &[]),
+            4.0,
+            Duration::from_secs(10),
+        )
+        .await;
+
+    // The alerts of both threshold crossings, published by the agent on its own broker.
+    let mut alerts: Vec<String> = Vec::new();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while alerts.len() < 2 {
+        let left = deadline.saturating_duration_since(Instant::now());
+        match lines.recv_timeout(left) {
+            Ok(line) if line.starts_with("alerts/t") => alerts.push(line),
+            Ok(_) => {}
+            Err(_) => panic!("alerts seen by mosquitto_sub: {alerts:?}"),
+        }
+    }
+    alerts.sort();
+    assert!(alerts[0].starts_with("alerts/t1 {"), "{alerts:?}");
+    assert!(alerts[0].contains("150.5"), "{alerts:?}");
+    assert!(alerts[1].starts_with("alerts/t2 {"), "{alerts:?}");
+    let _ = sub.kill();
+    let _ = sub.wait();
+
+    assert!(agent.terminate().success(), "{}", agent.log_text());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_embedded_broker_requires_the_sources_credentials() {
+    let receiver = Receiver::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let secret = dir.path().join("password");
+    std::fs::write(&secret, "s3cret").unwrap();
+    let credentials = format!(
+        "      username: edge\n      passwordFrom: {{file: {:?}}}",
+        secret.display().to_string()
+    );
+    let port = free_port();
+    let mut agent = start_agent(dir.path(), port, &receiver, &credentials);
+    agent.wait_ready().await;
+    let login = Some(("edge", "s3cret"));
+    wait_subscribed(port, &receiver, login).await;
+
+    let payload = r#"{"device_id":"t9","value":500}"#;
+    assert!(!publish(port, "sensors/t9/temperature", payload, None));
+    assert!(!publish(
+        port,
+        "sensors/t9/temperature",
+        payload,
+        Some(("edge", "wrong"))
+    ));
+    assert!(publish(port, "sensors/t9/temperature", payload, login));
+    eventually(
+        Duration::from_secs(10),
+        "the authenticated reading",
+        async || {
+            let t9 = receiver
+                .accepted()
+                .into_iter()
+                .filter(|r| r["device"] == "t9")
+                .count();
+            (t9 > 0).then_some(t9)
+        },
+    )
+    .await;
+    // Only the authenticated publish got through (the others were refused at CONNECT).
+    let t9 = receiver
+        .accepted()
+        .into_iter()
+        .filter(|r| r["device"] == "t9")
+        .count();
+    assert_eq!(t9, 1);
+    assert!(agent.terminate().success(), "{}", agent.log_text());
+}
+
+#[test]
+fn a_taken_port_stops_the_agent_with_a_clear_error() {
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = taken.local_addr().unwrap().port();
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("pipeline.yaml");
+    std::fs::write(&config, pipeline(port, free_port(), "")).unwrap();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_edge-agent"))
+        .arg("run")
+        .arg("--config")
+        .arg(&config)
+        .arg("--data-dir")
+        .arg(dir.path().join("data"))
+        .arg("--listen")
+        .arg(format!("127.0.0.1:{}", free_port()))
+        .arg("--node-name")
+        .arg("edge-test")
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn edge-agent");
+    let deadline = Instant::now() + Duration::from_secs(15);
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status;
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            panic!("the agent kept running on a taken broker port");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    let mut stderr = String::new();
+    std::io::Read::read_to_string(&mut child.stderr.take().unwrap(), &mut stderr).unwrap();
+    assert!(!status.success());
+    assert!(
+        stderr.contains(&format!(
+            "embedded broker: cannot listen on 127.0.0.1:{port}"
+        )),
+        "{stderr}"
+    );
+    drop(taken);
+}

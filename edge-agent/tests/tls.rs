@@ -1,0 +1,165 @@
+//! `mqtts://` for real: a Mosquitto TLS listener that requires a client certificate, a
+//! private CA made with the `openssl` CLI, and the agent trusting only that CA.
+
+mod common;
+
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use common::*;
+
+fn openssl(dir: &Path, args: &[&str]) {
+    let out = Command::new("openssl")
+        .args(args)
+        .current_dir(dir)
+        .stdin(Stdio::null())
+        .output()
+        .expect("openssl (apt install openssl)");
+    assert!(
+        out.status.success(),
+        "openssl {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// A CA, a server certificate for localhost and a client certificate, as PEM files.
+fn make_pki(dir: &Path) {
+    let ec = [
+        "-newkey",
+        "ec",
+        "-pkeyopt",
+        "ec_paramgen_curve:prime256v1",
+        "-nodes",
+    ];
+    let mut ca = vec!["req", "-x509"];
+    ca.extend(ec);
+    ca.extend([
+        "-keyout",
+        "ca.key",
+        "-out",
+        "ca.crt",
+        "-days",
+        "2",
+        "-subj",
+        "/CN=edgepipe-test-ca",
+    ]);
+    openssl(dir, &ca);
+    std::fs::write(
+        dir.join("server.ext"),
+        "subjectAltName=DNS:localhost,IP:127.0.0.1\n",
+    )
+    .unwrap();
+    std::fs::write(dir.join("client.ext"), "extendedKeyUsage=clientAuth\n").unwrap();
+    for (name, cn) in [("server", "localhost"), ("client", "edge-agent")] {
+        let mut req = vec!["req"];
+        req.extend(ec);
+        let key = format!("{name}.key");
+        let csr = format!("{name}.csr");
+        let subj = format!("/CN={cn}");
+        req.extend(["-keyout", &key, "-out", &csr, "-subj", &subj]);
+        openssl(dir, &req);
+        let crt = format!("{name}.crt");
+        let ext = format!("{name}.ext");
+        openssl(
+            dir,
+            &[
+                "x509",
+                "-req",
+                "-in",
+                &csr,
+                "-CA",
+                "ca.crt",
+                "-CAkey",
+                "ca.key",
+                "-CAcreateserial",
+                "-out",
+                &crt,
+                "-days",
+                "2",
+                "-extfile",
+                &ext,
+            ],
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_source_connects_over_mqtts_with_a_private_ca_and_a_client_certificate() {
+    let dir = tempfile::tempdir().unwrap();
+    let pki = dir.path();
+    make_pki(pki);
+    // Mosquitto reads its TLS files after dropping root for its own user.
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(pki, std::fs::Permissions::from_mode(0o755)).unwrap();
+    std::fs::set_permissions(
+        pki.join("server.key"),
+        std::fs::Permissions::from_mode(0o644),
+    )
+    .unwrap();
+    let (plain, tls) = (free_port(), free_port());
+    let conf = pki.join("mosquitto.conf");
+    std::fs::write(
+        &conf,
+        format!(
+            "allow_anonymous true\npersistence false\nlistener {plain} 127.0.0.1\n\
+             listener {tls} 127.0.0.1\ncafile {d}/ca.crt\ncertfile {d}/server.crt\nkeyfile {d}/server.key\n\
+             require_certificate true\n",
+            d = pki.display()
+        ),
+    )
+    .unwrap();
+    let log = std::fs::File::create(pki.join("mosquitto.log")).unwrap();
+    let mut broker = Command::new("/usr/sbin/mosquitto")
+        .arg("-c")
+        .arg(&conf)
+        .stderr(log)
+        .spawn()
+        .expect("mosquitto");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while std::net::TcpStream::connect(("127.0.0.1", tls)).is_err() {
+        assert!(
+            Instant::now() < deadline,
+            "mosquitto TLS listener did not start"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+
+    let receiver = Receiver::start().await;
+    let tls_source = format!(
+        "    mqtt:\n      url: mqtts://localhost:{tls}\n      topics: [\"sensors/+/temperature\"]\n      clientId: agent-tls\n      tls:\n        ca: {{file: {d}/ca.crt}}\n        cert: {{file: {d}/client.crt}}\n        key: {{file: {d}/client.key}}",
+        d = pki.display()
+    );
+    let yaml = format!(
+        "source:\n{tls_source}\nsink:\n  http: {{url: 'http://127.0.0.1:{}/ingest', flushInterval: 100ms}}\n",
+        receiver.port
+    );
+    let agent_dir = tempfile::tempdir().unwrap();
+    let mut agent = Agent::start(agent_dir.path(), &yaml);
+    agent.wait_ready().await;
+    eventually(Duration::from_secs(10), "the subscription", async || {
+        agent.log_text().contains("subscribed").then_some(())
+    })
+    .await;
+    let mut publisher = Publisher::connect(plain, "tls-test-pub");
+    publisher
+        .send(
+            "sensors/t1/temperature",
+            reading("t1", 21.5, 1_795_608_000_000),
+        )
+        .await;
+    publisher.flush().await;
+    let got = eventually(
+        Duration::from_secs(10),
+        "the reading upstream",
+        async || {
+            let got = receiver.accepted();
+            (!got.is_empty()).then_some(got)
+        },
+    )
+    .await;
+    assert_eq!(got[0]["value"], 21.5);
+    assert_eq!(got[0]["pipeline"], "default/standalone");
+    let _ = broker.kill();
+    let _ = broker.wait();
+}

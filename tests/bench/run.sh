@@ -1,0 +1,63 @@
+#!/usr/bin/env bash
+# Runs the Edgepipe benchmarks B1–B8 (issue 8) and writes a Markdown table to stdout and to
+# target/bench/results.md. Every row carries a baseline measured in the same run and the
+# ratio to it, so results from a noisy machine still compare.
+#
+#   tests/bench/run.sh            # all benchmarks
+#   tests/bench/run.sh b1 b7 b8   # a selection
+#   BENCH_SCALE=0.2 tests/bench/run.sh   # fewer messages (quick look)
+#
+# Needs: /usr/sbin/mosquitto and mosquitto_sub (apt mosquitto, mosquitto-clients), python3
+# (for the TFLite reference interpreter, installed here into target/bench/venv).
+set -euo pipefail
+cd "$(dirname "$0")/../.."
+out=target/bench
+mkdir -p "$out"
+
+if [[ ! -x /usr/sbin/mosquitto ]] || ! command -v mosquitto_sub >/dev/null; then
+  apt-get install -y -q mosquitto mosquitto-clients >&2
+fi
+venv="$out/venv"
+if ! "$venv/bin/python" -c 'import ai_edge_litert, numpy' 2>/dev/null; then
+  python3 -m venv "$venv" >&2
+  "$venv/bin/pip" install -q ai-edge-litert==2.3.0 numpy==2.4.6 >&2
+fi
+
+cargo build --release -p edge-agent -p edge-operator >&2
+cargo bench --no-run -p edge-agent --bench pipeline -p edge-operator --bench operator >&2
+
+agent_benches=()
+run_b8=1
+if [[ $# -gt 0 ]]; then
+  run_b8=0
+  for b in "$@"; do
+    case "$b" in
+      b8|B8) run_b8=1 ;;
+      *) agent_benches+=("$b") ;;
+    esac
+  done
+fi
+
+cpu=$(lscpu | sed -n 's/^Model name: *//p' | head -1)
+cores=$(nproc)
+mem=$(awk '/MemTotal/ {printf "%.1f GiB", $2/1048576}' /proc/meminfo)
+results="$out/results.md"
+status=0
+{
+  echo "Machine: $cpu, $cores cores, $mem RAM; $(date -u '+%Y-%m-%d %H:%M UTC'); $(rustc --version)"
+  echo
+  echo "| Benchmark | Measured | Baseline (same run) | Ratio | Goal |"
+  echo "|---|---|---|---|---|"
+} | tee "$results"
+start=$SECONDS
+if [[ $# -eq 0 || ${#agent_benches[@]} -gt 0 ]]; then
+  cargo bench -q -p edge-agent --bench pipeline -- "${agent_benches[@]}" 2>"$out/pipeline.log" \
+    | grep '^|' | tee -a "$results" || status=1
+fi
+if [[ $run_b8 -eq 1 ]]; then
+  cargo bench -q -p edge-operator --bench operator 2>"$out/operator.log" \
+    | grep '^|' | tee -a "$results" || status=1
+fi
+echo >&2
+echo "benchmarks took $((SECONDS - start)) s; table in $results" >&2
+exit $status
