@@ -380,6 +380,20 @@ impl Ingest {
         }
     }
 
+    /// Hands a message to the acknowledger. While it is full (commits stalled, e.g. on a
+    /// full disk) the ingest loop still beats: waiting for the disk is not being stuck,
+    /// and liveness must not restart an agent that is only short of space.
+    async fn ack(&self, ack: PendingAck) {
+        let send = self.acks.send(ack);
+        tokio::pin!(send);
+        loop {
+            tokio::select! {
+                _ = &mut send => return,
+                _ = tokio::time::sleep(Duration::from_secs(1)) => self.health.beat(Loop::Ingest),
+            }
+        }
+    }
+
     async fn handle(&self, pipeline: &mut Pipeline, m: Message) -> Result<(), RunError> {
         self.metrics.messages_received.inc();
         self.metrics
@@ -395,14 +409,14 @@ impl Ingest {
             {
                 Ok(records) => {
                     let done = self.submit(records, m.received).await?;
-                    let _ = self.acks.send(PendingAck::AfterCommit(done, m)).await;
+                    self.ack(PendingAck::AfterCommit(done, m)).await;
                 }
                 Err(reason) => {
                     self.metrics
                         .messages_invalid
                         .with_label_values(&[reason.as_str()])
                         .inc();
-                    let _ = self.acks.send(PendingAck::Now(m)).await;
+                    self.ack(PendingAck::Now(m)).await;
                 }
             }
             return Ok(());
@@ -417,12 +431,12 @@ impl Ingest {
                     .with_label_values(&[reason.as_str()])
                     .inc();
                 tracing::debug!(topic = %m.publish.topic, %reason, "skipping a malformed message");
-                let _ = self.acks.send(PendingAck::Now(m)).await;
+                self.ack(PendingAck::Now(m)).await;
             }
             Ok(reading) => {
                 let records = pipeline.on_reading(&reading, m.received).await;
                 let done = self.submit(records, m.received).await?;
-                let _ = self.acks.send(PendingAck::AfterCommit(done, m)).await;
+                self.ack(PendingAck::AfterCommit(done, m)).await;
             }
         }
         Ok(())

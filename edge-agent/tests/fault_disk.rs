@@ -64,7 +64,7 @@ async fn disk_full_counts_exactly(when_full: &str, client: &str) {
     agent.wait_ready().await;
     publish_through_faults(broker.port, &format!("{client}-pub"), 0..n, 0).await;
     let received = series("edge_agent_messages_received_total", &[]);
-    let deadline = Instant::now() + Duration::from_secs(60);
+    let deadline = Instant::now() + patience();
     while agent.metric(&received) < n as f64 {
         assert_live(&mut agent, "filling the disk");
         assert!(
@@ -85,7 +85,7 @@ async fn disk_full_counts_exactly(when_full: &str, client: &str) {
         agent.log_text()
     );
     receiver.resume().await;
-    let deadline = Instant::now() + Duration::from_secs(60);
+    let deadline = Instant::now() + patience();
     loop {
         assert_live(&mut agent, "draining after the disk was full");
         let (got, _) = indices_by_seq(&receiver.accepted());
@@ -155,7 +155,7 @@ async fn f3_a_full_disk_under_block_leaves_the_data_at_the_broker_until_space_fr
     // The agent stops taking readings once the disk is full, and stays live.
     let mut last = -1.0;
     let mut stable_since = Instant::now();
-    let deadline = Instant::now() + Duration::from_secs(60);
+    let deadline = Instant::now() + patience();
     loop {
         assert_live(&mut agent, "blocked on a full disk");
         let now = agent.metric(&enqueued);
@@ -177,7 +177,7 @@ async fn f3_a_full_disk_under_block_leaves_the_data_at_the_broker_until_space_fr
     // Space frees: the tmpfs grows, the upstream comes back.
     disk.resize("64m");
     receiver.resume().await;
-    let deadline = Instant::now() + Duration::from_secs(60);
+    let deadline = Instant::now() + patience();
     loop {
         assert_live(&mut agent, "recovering");
         let (got, _) = indices_by_seq(&receiver.accepted());

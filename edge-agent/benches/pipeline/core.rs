@@ -184,6 +184,7 @@ pub fn b2(dir: &Path) -> BenchResult<Vec<String>> {
     std::fs::create_dir_all(&raw_dir).map_err(|e| e.to_string())?;
     let (rw, rc) = raw_sqlite(&raw_dir, &msgs)?;
     let raw_rate = n as f64 / rc.max(rw * 0.01);
+    let raw_wall = n as f64 / rw;
     let chain = "  processors:\n    - range: {min: -40, max: 125}\n    - deadband: {absolute: 0.5, maxSilence: 5m}\n";
     let mut rows = vec![format!(
         "| B2 baselines, {n} msgs, 1 thread | parse only: {:.0} msg/s wall, {:.0}/s per CPU-second | raw SQLite insert of the same rows (os): {:.0} msg/s wall, {raw_rate:.0}/s per CPU-second | — | — |",
@@ -199,11 +200,13 @@ pub fn b2(dir: &Path) -> BenchResult<Vec<String>> {
         let d = dir.join(label.replace([' ', ',', '+'], "-"));
         std::fs::create_dir_all(&d).map_err(|e| e.to_string())?;
         let (w, c) = agent_core(&d, &msgs, procs, durability)?;
-        let per_core = n as f64 / c.max(w * 0.01);
+        // One thread does everything, so its wall-clock rate is the rate per core (I/O
+        // waits included); CPU seconds are shown too.
+        let per_core = n as f64 / w;
         rows.push(format!(
-            "| B2 core: parse+processors+commit ({label}), group {GROUP} | {:.0} msg/s wall, {per_core:.0}/s per CPU-second (thread) | raw SQLite insert: {raw_rate:.0}/s per CPU-second | {:.2} | ≥ 250k/s/core {} |",
-            n as f64 / w,
-            per_core / raw_rate,
+            "| B2 core: parse+processors+commit ({label}), group {GROUP}, 1 thread | {per_core:.0} msg/s ({:.0}/s per CPU-second of the thread) | raw SQLite insert of the same rows: {raw_wall:.0} msg/s | {:.2} | ≥ 250k/s/core {} |",
+            n as f64 / c.max(w * 0.01),
+            per_core / raw_wall,
             if per_core >= 250_000.0 { "met" } else { "**missed**" },
         ));
     }

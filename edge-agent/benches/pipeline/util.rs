@@ -360,8 +360,19 @@ pub async fn publish(port: u16, publishers: usize, n: usize, rate: Option<f64>) 
 /// Starts `mosquitto_sub -q 1 -C n` on `topic` and waits until its SUBACK arrived; the
 /// returned child exits after `n` messages.
 pub fn mosquitto_sub(port: u16, topic: &str, n: usize) -> BenchResult<Proc> {
-    let mut child = Command::new("mosquitto_sub")
-        .args(["-h", "127.0.0.1", "-p", &port.to_string(), "-q", "1", "-d"])
+    // stdbuf: mosquitto_sub block-buffers its debug lines when stdout is a pipe.
+    let mut child = Command::new("stdbuf")
+        .args([
+            "-oL",
+            "mosquitto_sub",
+            "-h",
+            "127.0.0.1",
+            "-p",
+            &port.to_string(),
+            "-q",
+            "1",
+            "-d",
+        ])
         .args(["-C", &n.to_string(), "-t", topic])
         .stdout(Stdio::piped())
         .stderr(Stdio::null())

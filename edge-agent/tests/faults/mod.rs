@@ -361,3 +361,8 @@ pub async fn publish_through_faults(
     }
     connections
 }
+
+/// How long a phase may take: the soak variants move many times more data.
+pub fn patience() -> Duration {
+    Duration::from_secs(if soak() { 300 } else { 60 })
+}

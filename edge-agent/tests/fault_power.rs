@@ -1,0 +1,191 @@
+//! F8 (issue 8): power loss. The queue lives on a FUSE layer (`faults/lazyfs.py`, in the
+//! spirit of LazyFS) that keeps written data in memory until it is fsynced. The power cut:
+//! SIGKILL the agent, then SIGKILL the layer; its backing directory then holds exactly
+//! what was fsynced. The agent restarts on that directory. With `durability: fsync`
+//! every reading the agent acknowledged to the broker must survive (the others the broker
+//! redelivers): the exact set arrives. With `durability: os` the same cut loses
+//! acknowledged readings, which shows the harness can see a broken promise. Root only
+//! (FUSE mount); the layer is unmounted by a guard even on panic.
+
+mod common;
+mod faults;
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use common::*;
+use faults::*;
+
+const TOPIC: &str = "sensors/+/temperature";
+
+/// The FUSE layer mounted over a backing directory.
+struct LazyFs {
+    backing: PathBuf,
+    mountpoint: PathBuf,
+    child: Option<Child>,
+    _dir: tempfile::TempDir,
+}
+
+impl LazyFs {
+    fn mount() -> Self {
+        require_root("F8");
+        assert!(
+            Path::new("/dev/fuse").exists(),
+            "F8 needs /dev/fuse (FUSE) on this machine"
+        );
+        let probe = Command::new("/usr/bin/python3")
+            .args(["-c", "import fusepy"])
+            .status();
+        assert!(
+            probe.is_ok_and(|s| s.success()),
+            "F8 needs /usr/bin/python3 with fusepy: tests/scripts/install-deps.d/faults.sh \
+             installs python3-fusepy and fuse3"
+        );
+        let dir = tempfile::tempdir().expect("tempdir");
+        let backing = dir.path().join("backing");
+        let mountpoint = dir.path().join("mnt");
+        std::fs::create_dir_all(&backing).expect("backing dir");
+        std::fs::create_dir_all(&mountpoint).expect("mountpoint");
+        let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/faults/lazyfs.py");
+        let log = std::fs::File::create(dir.path().join("lazyfs.log")).expect("log");
+        let child = Command::new("/usr/bin/python3")
+            .arg(&script)
+            .arg(&backing)
+            .arg(&mountpoint)
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("start lazyfs.py");
+        let fs = Self {
+            backing,
+            mountpoint,
+            child: Some(child),
+            _dir: dir,
+        };
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while !fs.mounted() {
+            assert!(Instant::now() < deadline, "lazyfs did not mount");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        fs
+    }
+
+    fn mounted(&self) -> bool {
+        let needle = format!(" {} fuse", self.mountpoint.display());
+        std::fs::read_to_string("/proc/mounts").is_ok_and(|m| m.contains(&needle))
+    }
+
+    /// The power cut: what was not fsynced is gone.
+    fn cut(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+            let _ = Command::new("umount")
+                .arg("-l")
+                .arg(&self.mountpoint)
+                .stderr(Stdio::null())
+                .status();
+        }
+    }
+}
+
+impl Drop for LazyFs {
+    fn drop(&mut self) {
+        self.cut();
+    }
+}
+
+/// Streams `n` readings into an agent whose queue is on the layer, cuts the power while
+/// it ingests, restarts it on what survived, and returns the indices that arrive once
+/// everything that can arrive has.
+async fn power_cut(durability: &str, client: &str, n: u64) -> std::collections::BTreeSet<u64> {
+    let mut fs = LazyFs::mount();
+    let broker = Mosquitto::start();
+    let mut receiver = Receiver::down();
+    let dir = tempfile::tempdir().expect("tempdir");
+    prepare_session(broker.port, client, &[TOPIC]).await;
+    let buffer = format!("{{durability: {durability}}}");
+    let yaml = Pipeline {
+        broker_port: broker.port,
+        client_id: client,
+        receiver_port: receiver.port,
+        batch_size: 200,
+        buffer: &buffer,
+        ..Pipeline::default()
+    }
+    .yaml();
+    let mut agent = Agent::start(dir.path(), &yaml);
+    agent.kill();
+    agent.data_dir = fs.mountpoint.join("data");
+    agent.restart();
+    agent.wait_ready().await;
+    let port = broker.port;
+    let publishing = tokio::spawn(publish_through_faults(port, "publisher-f8", 0..n, 20));
+    // Cut while readings are being committed and acknowledged.
+    let enqueued = series("edge_agent_records_enqueued_total", &[("kind", "reading")]);
+    agent
+        .wait_metric(&enqueued, (n / 2) as f64, Duration::from_secs(30))
+        .await;
+    agent.kill();
+    fs.cut();
+    let stored_before_cut = n / 2;
+    tokio::time::timeout(Duration::from_secs(60), publishing)
+        .await
+        .expect("publisher finished")
+        .expect("publisher");
+    // Power back: the agent starts on what the disk kept.
+    agent.data_dir = fs.backing.join("data");
+    agent.restart();
+    receiver.resume().await;
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let mut last = (0, Instant::now());
+    loop {
+        let (got, _) = indices_by_seq(&receiver.accepted());
+        let queued = agent.metric(&series("edge_agent_queue_records", &[]));
+        if got.len() as u64 >= n {
+            return got;
+        }
+        // Settled: nothing queued and nothing new for 2 s: what is missing is lost.
+        if got.len() != last.0 {
+            last = (got.len(), Instant::now());
+        } else if queued == 0.0 && last.1.elapsed() > Duration::from_secs(2) {
+            eprintln!(
+                "f8 {durability}: settled with {} of {n} ({stored_before_cut}+ stored before the cut)",
+                got.len()
+            );
+            return got;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "f8 {durability}: {}\n{}",
+            difference(&got, n),
+            agent.log_text()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn f8_with_fsync_durability_a_power_cut_loses_no_acknowledged_reading() {
+    let n = if soak() { 10_000 } else { 2_000 };
+    let got = power_cut("fsync", "agent-f8-fsync", n).await;
+    assert_eq!(
+        got,
+        (0..n).collect(),
+        "every reading survives the power cut: {}",
+        difference(&got, n)
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn f8_with_os_durability_the_same_power_cut_loses_acknowledged_readings() {
+    let n = 2_000;
+    let got = power_cut("os", "agent-f8-os", n).await;
+    assert!(
+        (got.len() as u64) < n,
+        "durability os acknowledges before fsync, so the cut must lose readings \
+         (if not, the harness does not simulate power loss): {}",
+        difference(&got, n)
+    );
+}
