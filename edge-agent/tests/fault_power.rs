@@ -180,12 +180,20 @@ async fn f8_with_fsync_durability_a_power_cut_loses_no_acknowledged_reading() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn f8_with_os_durability_the_same_power_cut_loses_acknowledged_readings() {
+    // Under `os` a cut loses what SQLite had not yet synced at a checkpoint; when the
+    // cut happens to land right after one, nothing is lost. A few cuts must catch it,
+    // or the harness does not simulate power loss.
     let n = 2_000;
-    let got = power_cut("os", "agent-f8-os", n).await;
-    assert!(
-        (got.len() as u64) < n,
-        "durability os acknowledges before fsync, so the cut must lose readings \
-         (if not, the harness does not simulate power loss): {}",
-        difference(&got, n)
+    let mut outcomes = Vec::new();
+    for attempt in 0..5 {
+        let got = power_cut("os", &format!("agent-f8-os-{attempt}"), n).await;
+        if (got.len() as u64) < n {
+            return;
+        }
+        outcomes.push(difference(&got, n));
+    }
+    panic!(
+        "durability os acknowledges before fsync, so some cut must lose readings \
+         (if none does, the harness does not simulate power loss): {outcomes:?}"
     );
 }
