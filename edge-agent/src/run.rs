@@ -365,30 +365,31 @@ impl Ingest {
         Ok(())
     }
 
-    /// Submits a unit to the queue; while the queue cannot take it (a full queue under
-    /// `block`), the ingest loop still beats: waiting is not being stuck.
+    /// Submits a unit to the queue, waiting while the queue cannot take it (a full queue
+    /// under `block`).
     async fn submit(
         &self,
         records: Vec<Record>,
         received: Instant,
     ) -> Result<oneshot::Receiver<Committed>, QueueError> {
-        loop {
-            tokio::select! {
-                permit = self.queue.reserve() => return Ok(permit?.submit(records, received)),
-                _ = tokio::time::sleep(Duration::from_secs(1)) => self.health.beat(Loop::Ingest),
-            }
-        }
+        let permit = self.beating(self.queue.reserve()).await?;
+        Ok(permit.submit(records, received))
     }
 
-    /// Hands a message to the acknowledger. While it is full (commits stalled, e.g. on a
-    /// full disk) the ingest loop still beats: waiting for the disk is not being stuck,
-    /// and liveness must not restart an agent that is only short of space.
+    /// Hands a message to the acknowledger, waiting while it is full (commits stalled,
+    /// e.g. on a full disk).
     async fn ack(&self, ack: PendingAck) {
-        let send = self.acks.send(ack);
-        tokio::pin!(send);
+        let _ = self.beating(self.acks.send(ack)).await;
+    }
+
+    /// Awaits `work`, beating the ingest heartbeat meanwhile: waiting for the queue or the
+    /// disk is not being stuck, and liveness must not restart an agent that is only short
+    /// of space or of upstream.
+    async fn beating<T>(&self, work: impl std::future::Future<Output = T>) -> T {
+        tokio::pin!(work);
         loop {
             tokio::select! {
-                _ = &mut send => return,
+                done = &mut work => return done,
                 _ = tokio::time::sleep(Duration::from_secs(1)) => self.health.beat(Loop::Ingest),
             }
         }
