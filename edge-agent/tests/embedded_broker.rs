@@ -44,19 +44,33 @@ spec:
     )
 }
 
-/// `mosquitto_pub` of one QoS 1 message; its exit status says whether the broker took it.
-fn publish(port: u16, topic: &str, payload: &str, login: Option<(&str, &str)>) -> bool {
+/// `mosquitto_pub` of one QoS 1 message: `Ok` when the broker took it, else what the
+/// client printed.
+fn publish(
+    port: u16,
+    topic: &str,
+    payload: &str,
+    login: Option<(&str, &str)>,
+) -> Result<(), String> {
     let mut cmd = Command::new(PUB);
     cmd.args(["-h", "127.0.0.1", "-p", &port.to_string(), "-q", "1"])
         .args(["-t", topic, "-m", payload]);
     if let Some((user, password)) = login {
         cmd.args(["-u", user, "-P", password]);
     }
-    cmd.stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .status()
-        .expect("run mosquitto_pub (apt install mosquitto-clients)")
-        .success()
+    let out = cmd
+        .stdin(Stdio::null())
+        .output()
+        .expect("run mosquitto_pub (apt install mosquitto-clients)");
+    if out.status.success() {
+        Ok(())
+    } else {
+        Err(format!(
+            "mosquitto_pub {}: {}",
+            out.status,
+            String::from_utf8_lossy(&out.stderr).trim()
+        ))
+    }
 }
 
 /// Publishes a probe reading until the receiver has one: the agent is then subscribed
@@ -70,7 +84,7 @@ async fn wait_subscribed(port: u16, receiver: &Receiver, login: Option<(&str, &s
             if receiver.accepted().iter().any(|r| r["device"] == "probe") {
                 return Some(());
             }
-            assert!(publish(port, "sensors/probe/temperature", payload, login));
+            publish(port, "sensors/probe/temperature", payload, login).unwrap();
             tokio::time::sleep(Duration::from_millis(100)).await;
             None
         },
@@ -107,7 +121,7 @@ async fn wait_alert_seen(port: u16, lines: &mpsc::Receiver<String>) {
         Duration::from_secs(15),
         "a probe alert at mosquitto_sub",
         async || {
-            assert!(publish(port, "sensors/probe/temperature", payload, None));
+            publish(port, "sensors/probe/temperature", payload, None).unwrap();
             let seen = lines
                 .recv_timeout(Duration::from_millis(200))
                 .is_ok_and(|l| l.starts_with("alerts/probe "));
@@ -133,12 +147,13 @@ async fn mosquitto_clients_publish_readings_and_receive_alerts_through_the_embed
 
     for (device, value) in [("t1", 150.5), ("t2", 20.0), ("t2", 180.0), ("t1", 99.0)] {
         let payload = format!(r#"{{"device_id":"{device}","value":{value}}}"#);
-        assert!(publish(
+        publish(
             port,
             &format!("sensors/{device}/temperature"),
             &payload,
-            None
-        ));
+            None,
+        )
+        .unwrap_or_else(|e| panic!("{e}\nagent log:\n{}", agent.log_text()));
     }
 
     let records = eventually(
@@ -213,14 +228,17 @@ async fn the_embedded_broker_requires_the_sources_credentials() {
     wait_subscribed(port, &receiver, login).await;
 
     let payload = r#"{"device_id":"t9","value":500}"#;
-    assert!(!publish(port, "sensors/t9/temperature", payload, None));
-    assert!(!publish(
-        port,
-        "sensors/t9/temperature",
-        payload,
-        Some(("edge", "wrong"))
-    ));
-    assert!(publish(port, "sensors/t9/temperature", payload, login));
+    assert!(publish(port, "sensors/t9/temperature", payload, None).is_err());
+    assert!(
+        publish(
+            port,
+            "sensors/t9/temperature",
+            payload,
+            Some(("edge", "wrong"))
+        )
+        .is_err()
+    );
+    publish(port, "sensors/t9/temperature", payload, login).unwrap();
     eventually(
         Duration::from_secs(10),
         "the authenticated reading",
@@ -241,6 +259,63 @@ async fn the_embedded_broker_requires_the_sources_credentials() {
         .filter(|r| r["device"] == "t9")
         .count();
     assert_eq!(t9, 1);
+    assert!(agent.terminate().success(), "{}", agent.log_text());
+}
+
+/// Clients that connect, publish once and disconnect (shell scripts, battery sensors),
+/// several at a time: none may be cut off by another one leaving. (rumqttd 0.20.0 let a
+/// closing link disconnect the next connection that reused its id; vendor/README.md.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn short_lived_publishers_are_never_cut_off() {
+    const THREADS: usize = 4;
+    const EACH: usize = 40;
+    let receiver = Receiver::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let mut agent = start_agent(dir.path(), port, &receiver, "");
+    agent.wait_ready().await;
+    wait_subscribed(port, &receiver, None).await;
+
+    let failures: Vec<String> = std::thread::scope(|s| {
+        let workers: Vec<_> = (0..THREADS)
+            .map(|t| {
+                s.spawn(move || {
+                    (0..EACH)
+                        .filter_map(|i| {
+                            let payload = format!(r#"{{"device_id":"s{t}","value":{}}}"#, 1000 + i);
+                            publish(port, &format!("sensors/s{t}/temperature"), &payload, None)
+                                .err()
+                        })
+                        .collect::<Vec<_>>()
+                })
+            })
+            .collect();
+        workers
+            .into_iter()
+            .flat_map(|w| w.join().expect("publisher thread"))
+            .collect()
+    });
+    assert!(
+        failures.is_empty(),
+        "{} of {} publishes failed, first: {}",
+        failures.len(),
+        THREADS * EACH,
+        failures[0]
+    );
+    let want = THREADS * EACH;
+    eventually(
+        Duration::from_secs(20),
+        "every reading at the receiver",
+        async || {
+            let got = receiver
+                .accepted()
+                .into_iter()
+                .filter(|r| r["device"].as_str().is_some_and(|d| d.starts_with('s')))
+                .count();
+            (got >= want).then_some(())
+        },
+    )
+    .await;
     assert!(agent.terminate().success(), "{}", agent.log_text());
 }
 

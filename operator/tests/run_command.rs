@@ -111,9 +111,11 @@ fn kubeconfig(dir: &std::path::Path, server: &str) -> std::path::PathBuf {
     path
 }
 
+#[path = "../../edge-agent/tests/common/ports.rs"]
+mod ports;
+
 fn free_port() -> SocketAddr {
-    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
-    listener.local_addr().expect("address")
+    SocketAddr::from(([127, 0, 0, 1], ports::free_port()))
 }
 
 async fn status_of(addr: SocketAddr, path: &str) -> Option<u16> {

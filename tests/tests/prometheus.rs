@@ -15,13 +15,9 @@ use std::time::{Duration, Instant};
 
 use edge_tests::{tool, workspace_root};
 
-/// A port nothing listens on right now (also used by the shared receiver module).
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("a free port")
-}
+#[path = "../../edge-agent/tests/common/ports.rs"]
+mod ports;
+use ports::free_port;
 
 /// The agent tests' HTTP ingest receiver, shared rather than copied.
 #[allow(dead_code)]

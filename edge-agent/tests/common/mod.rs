@@ -5,6 +5,7 @@
 
 #![allow(dead_code, unused_imports)]
 
+pub mod ports;
 pub mod receiver;
 
 use std::collections::BTreeMap;
@@ -16,6 +17,7 @@ use std::time::{Duration, Instant};
 
 use rumqttc::{AsyncClient, Event, Incoming, MqttOptions, Outgoing, QoS};
 
+pub use ports::free_port;
 pub use receiver::{Receiver, Reply};
 
 /// Polls `check` until it returns `Some`, or panics with `what` after `timeout`.
@@ -35,14 +37,6 @@ pub async fn eventually<T>(
         );
         tokio::time::sleep(Duration::from_millis(25)).await;
     }
-}
-
-/// A port nothing listens on right now.
-pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("a free port")
 }
 
 /// A Mosquitto broker started for one test; killed on drop.

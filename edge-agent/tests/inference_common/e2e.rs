@@ -3,7 +3,6 @@
 //! `edge-agent` binary itself, with its `/metrics` read over HTTP.
 
 use std::io::Write;
-use std::net::TcpListener as StdListener;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
@@ -15,13 +14,9 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use super::eventually;
 
-/// A free loopback port (bound and released).
-pub fn free_port() -> u16 {
-    StdListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("free port")
-}
+#[path = "../common/ports.rs"]
+mod ports;
+pub use ports::free_port;
 
 /// A Mosquitto broker the test owns; killed on drop.
 pub struct Mosquitto {
