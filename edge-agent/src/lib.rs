@@ -11,6 +11,7 @@ pub mod demo;
 pub mod http;
 pub mod inference;
 pub mod parse;
+pub mod pipeline;
 pub mod process;
 pub mod queue;
 pub mod record;

@@ -2,10 +2,12 @@
 //! the local actions and the metrics endpoint together, and shuts them down in the order
 //! that loses nothing.
 //!
-//! Ingest: each MQTT message is counted, parsed and turned into records by
-//! [`Pipeline::on_reading`]; the records (possibly none) go to the queue as one unit, and
-//! the message is acknowledged by a separate task, in arrival order, once its unit is
-//! committed. Malformed messages are counted by reason and acknowledged in turn.
+//! Ingest: the loop takes the next MQTT message together with every one already waiting
+//! behind it (up to [`MAX_BATCH`]; it never waits for more). Each is counted and parsed,
+//! the batch's readings are turned into records by [`Pipeline::on_readings`] (one model
+//! call for the batch), each reading's records (possibly none) go to the queue as one
+//! unit, and each message is acknowledged by a separate task, in arrival order, once its
+//! unit is committed. Malformed messages are counted by reason and acknowledged in turn.
 //!
 //! Shutdown (SIGTERM/SIGINT): stop intake (messages not yet processed stay unacknowledged
 //! at the broker), stop sync (a batch in flight stays queued and is resent with the same
@@ -21,15 +23,15 @@ use tokio::net::TcpListener;
 use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 
-use crate::actions::Actions;
 use crate::broker::{BrokerError, BrokerSettings, EmbeddedBroker};
 use crate::config::{AgentConfig, SinkSettings};
 use crate::http::{Health, Loop};
-use crate::inference::{InferenceError, InferenceMetrics, InferenceStage};
-use crate::parse::{InvalidReason, PayloadParser};
+use crate::inference::{InferenceError, InferenceMetrics};
+use crate::parse::InvalidReason;
+use crate::pipeline::Pipeline;
 use crate::process::{ProcessError, Processors};
 use crate::queue::{Committed, Queue, QueueConfig, QueueError, StoreSettings, now_ms};
-use crate::record::{Reading, Record};
+use crate::record::Record;
 use crate::sink::{self, Sink, SyncContext};
 use crate::source::mqtt::{self as source, Message, SourceHandle};
 use crate::source::tls::TlsError;
@@ -37,6 +39,8 @@ use crate::telemetry::{Metrics, MetricsError, init_labels};
 
 /// Acknowledgements waiting for their commit, in arrival order.
 const ACK_CAPACITY: usize = 8192;
+/// Most messages the ingest loop takes in one turn: those already waiting, never more.
+const MAX_BATCH: usize = 64;
 /// How long shutdown waits for the broker to take the last acknowledgements.
 const DISCONNECT_TIMEOUT: Duration = Duration::from_secs(3);
 
@@ -212,20 +216,13 @@ pub async fn run_with_metrics(
     let (ack_tx, ack_rx) = mpsc::channel(ACK_CAPACITY);
     let acker = tokio::spawn(acknowledge_in_order(ack_rx, source.clone()));
 
-    let inference = InferenceStage::start(&config, &options.data_dir, inference_metrics(&metrics))?;
-    let mut pipeline = Pipeline {
-        inference,
-        parser: PayloadParser::new(&config.spec.source.format, config.source.max_payload_bytes),
+    let mut pipeline = Pipeline::new(
+        &config,
         processors,
-        actions: Actions::new(
-            &config.spec.actions,
-            &config.pipeline,
-            &config.node,
-            source.client().clone(),
-            metrics.clone(),
-        ),
-        metrics: metrics.clone(),
-    };
+        &options.data_dir,
+        source.client().clone(),
+        metrics.clone(),
+    )?;
     tracing::info!(pipeline = %config.pipeline, node = %config.node, "agent running");
     let ingest = Ingest {
         queue,
@@ -253,44 +250,6 @@ pub async fn run_with_metrics(
     let _ = http_task.await;
     tracing::info!("stopped");
     result
-}
-
-/// Turns readings into records: the processors, the actions they trigger, and their
-/// metrics.
-pub struct Pipeline {
-    inference: Option<InferenceStage>,
-    parser: PayloadParser,
-    processors: Processors,
-    actions: Actions,
-    metrics: Arc<Metrics>,
-}
-
-impl Pipeline {
-    /// The one place a reading becomes records. Inference, when configured, runs here on
-    /// every raw reading before the processors (its anomaly records always travel and fire
-    /// `on: anomaly` actions); the processors decide which routine readings travel.
-    pub async fn on_reading(&mut self, reading: &Reading, received: Instant) -> Vec<Record> {
-        let mut records = match &mut self.inference {
-            Some(inference) => inference.on_reading(reading, received, &self.actions).await,
-            None => Vec::new(),
-        };
-        let outcome = self.processors.apply(reading);
-        if let Some(processor) = outcome.filtered_by {
-            self.metrics
-                .records_filtered
-                .with_label_values(&[processor])
-                .inc();
-        }
-        if outcome.evicted_devices > 0 {
-            self.metrics
-                .dropped("device_evicted", outcome.evicted_devices);
-        }
-        if outcome.threshold_crossed {
-            self.actions.on_threshold(reading, received);
-        }
-        records.extend(outcome.records);
-        records
-    }
 }
 
 /// One acknowledgement to send once its turn comes.
@@ -341,7 +300,10 @@ impl Ingest {
                 biased;
                 _ = stop.cancelled() => break,
                 message = messages.recv() => match message {
-                    Some(m) => self.handle(pipeline, m).await?,
+                    Some(m) => {
+                        let batch = take_waiting(m, &mut messages, MAX_BATCH);
+                        self.handle(pipeline, batch).await?;
+                    }
                     None => break,
                 },
                 _ = sleep_until(window_closes), if window_closes.is_some() => {
@@ -395,58 +357,117 @@ impl Ingest {
         }
     }
 
-    async fn handle(&self, pipeline: &mut Pipeline, m: Message) -> Result<(), RunError> {
-        self.metrics.messages_received.inc();
-        self.metrics
-            .received_bytes
-            .inc_by(m.publish.payload.len() as u64);
+    async fn handle(&self, pipeline: &mut Pipeline, batch: Vec<Message>) -> Result<(), RunError> {
+        for m in &batch {
+            self.metrics.messages_received.inc();
+            self.metrics
+                .received_bytes
+                .inc_by(m.publish.payload.len() as u64);
+        }
         // Image payloads (classification) are not readings: the inference step turns
         // them into records directly.
-        if let Some(stage) = pipeline.inference.as_mut().filter(|s| s.takes_images()) {
-            let (topic, payload) = (&m.publish.topic, &m.publish.payload);
-            match stage
-                .on_image(topic, payload, m.received_ms, m.received, &pipeline.actions)
-                .await
-            {
-                Ok(records) => {
-                    let done = self.submit(records, m.received).await?;
-                    self.ack(PendingAck::AfterCommit(done, m)).await;
-                }
+        if pipeline
+            .inference
+            .as_ref()
+            .is_some_and(|s| s.takes_images())
+        {
+            for m in batch {
+                self.handle_image(pipeline, m).await?;
+            }
+            return Ok(());
+        }
+        let parsed: Vec<_> = batch
+            .iter()
+            .map(|m| {
+                pipeline
+                    .parser
+                    .parse(&m.publish.topic, &m.publish.payload, m.received_ms)
+            })
+            .collect();
+        let (readings, received): (Vec<_>, Vec<_>) = parsed
+            .iter()
+            .zip(&batch)
+            .filter_map(|(p, m)| Some((p.as_ref().ok()?.clone(), m.received)))
+            .unzip();
+        let mut units = pipeline.on_readings(&readings, &received).await.into_iter();
+        for (m, parsed) in batch.into_iter().zip(parsed) {
+            match parsed {
                 Err(reason) => {
                     self.metrics
                         .messages_invalid
                         .with_label_values(&[reason.as_str()])
                         .inc();
+                    tracing::debug!(topic = %m.publish.topic, %reason, "skipping a malformed message");
                     self.ack(PendingAck::Now(m)).await;
                 }
+                Ok(_) => {
+                    let records = units.next().unwrap_or_default();
+                    let done = self.submit(records, m.received).await?;
+                    self.ack(PendingAck::AfterCommit(done, m)).await;
+                }
             }
-            return Ok(());
         }
-        match pipeline
-            .parser
-            .parse(&m.publish.topic, &m.publish.payload, m.received_ms)
+        Ok(())
+    }
+
+    async fn handle_image(&self, pipeline: &mut Pipeline, m: Message) -> Result<(), RunError> {
+        let Some(stage) = pipeline.inference.as_mut() else {
+            return Ok(());
+        };
+        let (topic, payload) = (&m.publish.topic, &m.publish.payload);
+        match stage
+            .on_image(topic, payload, m.received_ms, m.received, &pipeline.actions)
+            .await
         {
+            Ok(records) => {
+                let done = self.submit(records, m.received).await?;
+                self.ack(PendingAck::AfterCommit(done, m)).await;
+            }
             Err(reason) => {
                 self.metrics
                     .messages_invalid
                     .with_label_values(&[reason.as_str()])
                     .inc();
-                tracing::debug!(topic = %m.publish.topic, %reason, "skipping a malformed message");
                 self.ack(PendingAck::Now(m)).await;
-            }
-            Ok(reading) => {
-                let records = pipeline.on_reading(&reading, m.received).await;
-                let done = self.submit(records, m.received).await?;
-                self.ack(PendingAck::AfterCommit(done, m)).await;
             }
         }
         Ok(())
     }
 }
 
+/// `first` and whatever is already waiting behind it in `rx`, at most `max` in all, in
+/// arrival order. Never waits.
+fn take_waiting<T>(first: T, rx: &mut mpsc::Receiver<T>, max: usize) -> Vec<T> {
+    let mut batch = vec![first];
+    while batch.len() < max {
+        match rx.try_recv() {
+            Ok(next) => batch.push(next),
+            Err(_) => break,
+        }
+    }
+    batch
+}
+
 async fn sleep_until(at: Option<tokio::time::Instant>) {
     match at {
         Some(at) => tokio::time::sleep_until(at).await,
         None => std::future::pending().await,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn a_batch_is_what_already_waits_never_more_than_the_cap() {
+        let (tx, mut rx) = mpsc::channel(16);
+        for i in 1..=5 {
+            tx.send(i).await.expect("send");
+        }
+        assert_eq!(take_waiting(0, &mut rx, 3), [0, 1, 2]);
+        assert_eq!(take_waiting(9, &mut rx, 64), [9, 3, 4, 5]);
+        // Nothing waits: a batch of one, at once.
+        assert_eq!(take_waiting(7, &mut rx, 64), [7]);
     }
 }

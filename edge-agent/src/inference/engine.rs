@@ -233,18 +233,19 @@ impl Inference {
         }
     }
 
-    /// Anomaly records for `readings`: one per window whose score is above the
-    /// threshold. Skipped inferences yield none (and are counted).
-    pub async fn anomalies(&mut self, readings: &[Reading]) -> Vec<Record> {
+    /// Anomaly records for `readings`, each with the index of the reading it scores: one
+    /// per window whose score is above the threshold, all windows scored in one model
+    /// call. Skipped inferences yield none (and are counted).
+    pub async fn anomalies(&mut self, readings: &[Reading]) -> Vec<(usize, Record)> {
         let Ok(scored) = self.score(readings).await else {
             return Vec::new();
         };
-        let records: Vec<Record> = scored
+        let records: Vec<(usize, Record)> = scored
             .into_iter()
             .filter(|s| f64::from(s.score) > self.threshold)
             .filter_map(|s| {
                 let r = readings.get(s.index)?;
-                Some(Record {
+                let record = Record {
                     kind: RecordKind::Anomaly,
                     device: r.device.clone(),
                     topic: r.topic.clone(),
@@ -253,7 +254,8 @@ impl Inference {
                     score: Some(f64::from(s.score)),
                     stats: Some(s.stats.to_map()),
                     labels: None,
-                })
+                };
+                Some((s.index, record))
             })
             .collect();
         self.metrics.anomalies.inc_by(records.len() as u64);

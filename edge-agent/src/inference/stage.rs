@@ -1,5 +1,5 @@
-//! Inference as a step of the agent's data path: what the pipeline calls for every raw
-//! reading (before the processors) and for every image payload, turning model results
+//! Inference as a step of the agent's data path: what the pipeline calls for every batch
+//! of raw readings (before the processors) and for every image payload, turning model results
 //! into anomaly and classification records and firing the matching local actions at
 //! once, before anything is queued.
 
@@ -89,20 +89,22 @@ impl InferenceStage {
         self.images.is_some()
     }
 
-    /// Scores `reading`'s window; an anomaly fires the `on: anomaly` actions now and is
-    /// returned as a record to queue (whatever the processors do with the reading).
-    pub async fn on_reading(
+    /// Scores the windows of a batch of readings (in arrival order, `received[i]` the
+    /// arrival of `readings[i]`) in one model call. Each anomaly fires the `on: anomaly`
+    /// actions now and comes back among the records of its reading, to queue whatever the
+    /// processors do with that reading.
+    pub async fn on_readings(
         &mut self,
-        reading: &Reading,
-        received: Instant,
+        readings: &[Reading],
+        received: &[Instant],
         actions: &Actions,
-    ) -> Vec<Record> {
-        let records = self
-            .inference
-            .anomalies(std::slice::from_ref(reading))
-            .await;
-        for record in &records {
-            actions.on_anomaly(reading, record.score.unwrap_or_default(), received);
+    ) -> Vec<Vec<Record>> {
+        let mut records = vec![Vec::new(); readings.len()];
+        for (index, record) in self.inference.anomalies(readings).await {
+            if let (Some(reading), Some(at)) = (readings.get(index), received.get(index)) {
+                actions.on_anomaly(reading, record.score.unwrap_or_default(), *at);
+                records[index].push(record);
+            }
         }
         records
     }
