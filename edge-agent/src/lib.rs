@@ -15,6 +15,7 @@ pub mod pipeline;
 pub mod process;
 pub mod queue;
 pub mod record;
+pub mod reload;
 pub mod run;
 pub mod sink;
 pub mod source;

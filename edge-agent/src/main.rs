@@ -112,10 +112,11 @@ fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
             node_name,
         } => {
             let node = node_name.unwrap_or_else(hostname);
-            let config = match AgentConfig::load(&config, &node) {
+            let path = config;
+            let config = match AgentConfig::load(&path, &node) {
                 Ok(c) => c,
                 Err(e) => {
-                    eprintln!("{}: invalid pipeline:\n{e}", config.display());
+                    eprintln!("{}: invalid pipeline:\n{e}", path.display());
                     return Ok(ExitCode::FAILURE);
                 }
             };
@@ -126,7 +127,12 @@ fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
             runtime.block_on(async {
                 let stop = CancellationToken::new();
                 tokio::spawn(stop_on_signal(stop.clone()));
-                run(config, RunOptions { data_dir, listen }, stop).await
+                let options = RunOptions {
+                    data_dir,
+                    listen,
+                    config_path: Some(path),
+                };
+                run(config, options, stop).await
             })?;
             Ok(ExitCode::SUCCESS)
         }

@@ -51,6 +51,8 @@ pub struct RunOptions {
     pub data_dir: PathBuf,
     /// Address of `/metrics`, `/livez` and `/readyz`.
     pub listen: SocketAddr,
+    /// The pipeline file, watched for a new model reference (see [`crate::reload`]).
+    pub config_path: Option<PathBuf>,
 }
 
 /// Why the agent could not start or had to stop.
@@ -223,6 +225,15 @@ pub async fn run_with_metrics(
         source.client().clone(),
         metrics.clone(),
     )?;
+    let watcher = options.config_path.clone().map(|path| {
+        let model = pipeline.inference().map(|s| s.inference().control());
+        tokio::spawn(crate::reload::watch(
+            path,
+            config.clone(),
+            model,
+            stop.clone(),
+        ))
+    });
     tracing::info!(pipeline = %config.pipeline, node = %config.node, "agent running");
     let ingest = Ingest {
         queue,
@@ -233,6 +244,9 @@ pub async fn run_with_metrics(
     let result = ingest.run(&mut pipeline, messages, &stop).await;
 
     tracing::info!("shutting down");
+    if let Some(watcher) = watcher {
+        watcher.abort();
+    }
     sync_stop.cancel();
     let _ = sync_task.await;
     writer.shutdown().await;

@@ -123,3 +123,86 @@ async fn url_models_are_verified_cached_and_used_offline() {
     );
     assert_eq!(none.score(&windows("d3")).await, Err(Skip::NoModel));
 }
+
+/// The running agent's pipeline file gets a new `url` + `sha256` (what `kubectl apply`
+/// of a new model version does to the mounted ConfigMap): the new model is downloaded,
+/// verified and swapped in without a restart; a wrong checksum is refused and counted
+/// and the running model stays; a change beyond the model reference is left for a
+/// restart and said so in the log.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_new_url_and_sha256_swap_the_model_of_a_running_agent() {
+    use inference_common::e2e::{Agent, free_port, pipeline};
+
+    let (a, b) = (
+        fixture_bytes("anomaly_autoencoder.tflite"),
+        fixture_bytes("anomaly_logistic.tflite"),
+    );
+    let (sha_a, sha_b) = (sha256_hex(&a), sha256_hex(&b));
+    let server = FileServer::start(vec![
+        ("/models/a.tflite".to_string(), a),
+        (
+            "/models/a.golden.json".to_string(),
+            fixture_bytes("anomaly_autoencoder.golden.json"),
+        ),
+        ("/models/b.tflite".to_string(), b),
+        (
+            "/models/b.golden.json".to_string(),
+            fixture_bytes("anomaly_logistic.golden.json"),
+        ),
+    ])
+    .await;
+    // Nothing listens on the broker or the sink: the model path does not need them.
+    let (broker, sink) = (
+        free_port(),
+        format!("http://127.0.0.1:{}/ingest", free_port()),
+    );
+    let manifest = |name: &str, sha: &str, threshold: f64| {
+        let inference = format!(
+            "    model: {{url: \"{}/models/{name}.tflite\", sha256: \"{sha}\"}}\n    window: 16\n    threshold: {threshold}\n    normalize: {{mean: 20.0, std: 3.5}}\n    golden: {{file: {name}.golden.json}}\n    timeout: 5s\n",
+            server.base
+        );
+        pipeline(broker, &sink, &inference, "[]", "json")
+    };
+    let loads = "edge_agent_model_loads_total";
+    let agent = Agent::start(&manifest("a", &sha_a, 0.8)).await;
+    let ok = agent
+        .wait_metric(loads, &["outcome=\"success\""], |v| v >= 1.0)
+        .await;
+    assert_eq!(ok, 1.0, "{}", agent.log());
+
+    agent.rewrite_config(&manifest("b", &sha_b, 0.8));
+    let ok = agent
+        .wait_metric(loads, &["outcome=\"success\""], |v| v >= 2.0)
+        .await;
+    assert_eq!(ok, 2.0, "{}", agent.log());
+    let cached = agent
+        .data_dir
+        .path()
+        .join("models")
+        .join(format!("{sha_b}.tflite"));
+    assert!(
+        cached.exists(),
+        "the new model is cached under its checksum"
+    );
+    assert!(
+        agent.log().contains("model source changed"),
+        "{}",
+        agent.log()
+    );
+
+    let wrong = "0".repeat(64);
+    agent.rewrite_config(&manifest("a", &wrong, 0.8));
+    let refused = agent
+        .wait_metric(loads, &["outcome=\"checksum_mismatch\""], |v| v >= 1.0)
+        .await;
+    assert!(refused >= 1.0, "{}", agent.log());
+    assert_eq!(agent.metric(loads, &["outcome=\"success\""]).await, 2.0);
+
+    agent.rewrite_config(&manifest("b", &sha_b, 0.5));
+    assert!(
+        agent.wait_log("restart the agent to apply it").await,
+        "{}",
+        agent.log()
+    );
+    assert_eq!(agent.metric(loads, &["outcome=\"success\""]).await, 2.0);
+}

@@ -229,6 +229,7 @@ pub async fn run(options: DemoOptions) -> Result<Summary, DemoError> {
         RunOptions {
             data_dir: data_dir.clone(),
             listen,
+            config_path: None,
         },
         metrics.clone(),
         stop.clone(),

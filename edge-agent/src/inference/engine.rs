@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 use edge_crds::{Inference as InferenceSpec, InferenceTask};
 use tokio::sync::oneshot;
 
-use super::loader::Loader;
+use super::loader::{Control, Loader};
 use super::source::{ModelLocation, SourceError, SourceSettings};
 use super::window::{Normalizer, WindowStats, Windows};
 use super::worker::{self, ImageScores, Msg};
@@ -92,8 +92,33 @@ pub struct Inference {
     status: Arc<Mutex<ModelStatus>>,
     metrics: InferenceMetrics,
     evicted: u64,
-    /// Dropping it stops the loader thread.
-    _stop: mpsc::Sender<()>,
+    /// The loader thread's controls; dropping the last one stops it.
+    control: ModelControl,
+}
+
+/// Changes where a running [`Inference`] takes its model from. Cloneable, so a task that
+/// watches the pipeline file can hold one while the data path owns the engine.
+#[derive(Clone, Debug)]
+pub struct ModelControl {
+    tx: mpsc::Sender<Control>,
+    source: SourceSettings,
+}
+
+impl ModelControl {
+    /// Takes the model from `spec`'s model source (and its golden and labels files) from
+    /// now on: fetched, verified and swapped in like any model update; the running model
+    /// keeps answering until then, and stays if the new one is refused (logged and
+    /// counted). `false` when the loader has stopped.
+    pub fn change_source(&self, spec: &InferenceSpec) -> Result<bool, InferenceError> {
+        let location = ModelLocation::new(
+            &spec.model,
+            spec.golden.as_ref().and_then(|g| g.file.as_deref()),
+            spec.labels_file.as_deref(),
+            self.source.clone(),
+        )?;
+        let msg = Control::Source(Box::new(location), Box::new(spec.clone()));
+        Ok(self.tx.send(msg).is_ok())
+    }
 }
 
 impl Inference {
@@ -113,11 +138,11 @@ impl Inference {
             &spec.model,
             spec.golden.as_ref().and_then(|g| g.file.as_deref()),
             spec.labels_file.as_deref(),
-            settings.source,
+            settings.source.clone(),
         )?;
         let status = Arc::new(Mutex::new(ModelStatus::default()));
         let (tx, rx) = mpsc::sync_channel(settings.queue_capacity.max(1));
-        let (stop, stop_rx) = mpsc::channel();
+        let (control, control_rx) = mpsc::channel();
         {
             let (status, metrics, max_batch) =
                 (status.clone(), metrics.clone(), settings.max_batch);
@@ -136,7 +161,7 @@ impl Inference {
         };
         thread::Builder::new()
             .name("model-loader".into())
-            .spawn(move || loader.run(stop_rx))
+            .spawn(move || loader.run(control_rx))
             .map_err(|e| InferenceError::Spawn("model loader", e))?;
         Ok(Self {
             task: spec.task,
@@ -152,8 +177,16 @@ impl Inference {
             status,
             metrics,
             evicted: 0,
-            _stop: stop,
+            control: ModelControl {
+                tx: control,
+                source: settings.source,
+            },
         })
+    }
+
+    /// A handle that changes the model source while this engine runs.
+    pub fn control(&self) -> ModelControl {
+        self.control.clone()
     }
 
     /// What the model computes.

@@ -4,8 +4,10 @@
 //! jobs. It then watches the source: a file-based model is re-checked every poll
 //! (size, mtime and inode first, content hash before a reload), so a ConfigMap update
 //! that re-projects the mounted directory, or a new file at `path`, swaps the model
-//! without a restart. A model that fails leaves the running one in place; the failure is
-//! logged and counted once per version, not once per poll.
+//! without a restart. A new model reference (another `url` + `sha256`, path or ConfigMap in
+//! the pipeline) arrives as a [`Control::Source`] and is fetched and swapped in the same
+//! way. A model that fails leaves the running one in place; the failure is logged and
+//! counted once per version, not once per poll.
 
 use std::sync::mpsc::{Receiver, RecvTimeoutError, SyncSender};
 use std::sync::{Arc, Mutex};
@@ -157,6 +159,13 @@ fn golden_set(files: &ModelFiles, spec: &InferenceSpec) -> Result<Option<GoldenS
     }))
 }
 
+/// What the agent tells the loader thread while it runs (dropping the sender stops it).
+pub enum Control {
+    /// Take the model from this source from now on, checked against this spec's golden
+    /// vectors and labels.
+    Source(Box<ModelLocation>, Box<InferenceSpec>),
+}
+
 /// State the loader thread runs with.
 pub struct Loader {
     /// The model source.
@@ -174,8 +183,8 @@ pub struct Loader {
 }
 
 impl Loader {
-    /// Runs until `stop` is dropped or the inference thread is gone.
-    pub fn run(self, stop: Receiver<()>) {
+    /// Runs until `control`'s sender is dropped or the inference thread is gone.
+    pub fn run(mut self, control: Receiver<Control>) {
         // Downloads run on a small runtime of this thread's own, so loading never borrows
         // (or blocks) the data path's runtime.
         let rt = match tokio::runtime::Builder::new_current_thread()
@@ -194,12 +203,15 @@ impl Loader {
         let mut last_stamp = None;
         let mut loaded: Option<String> = None;
         let mut refused: Option<String> = None;
+        // Whether the current source's files were fetched once (a URL is fetched until
+        // then; a file source is re-checked every poll anyway).
+        let mut fetched_once = false;
         let mut retry = self.poll;
         loop {
             let stamp = self.location.stamp();
             let due = match &stamp {
                 Some(_) => stamp != last_stamp,
-                None => loaded.is_none(),
+                None => !fetched_once,
             };
             if due {
                 last_stamp = stamp;
@@ -212,6 +224,7 @@ impl Loader {
                     Ok(Ok(_)) if self.location.stamp() != last_stamp => last_stamp = None,
                     Ok(Ok(files)) => {
                         retry = self.poll;
+                        fetched_once = true;
                         let version = files.version();
                         if loaded.as_ref() != Some(&version) && refused.as_ref() != Some(&version) {
                             match self.load(&files) {
@@ -233,9 +246,19 @@ impl Loader {
             } else {
                 retry
             };
-            match stop.recv_timeout(wait) {
+            match control.recv_timeout(wait) {
                 Err(RecvTimeoutError::Timeout) => {}
-                _ => return,
+                Ok(Control::Source(location, spec)) => {
+                    tracing::info!(
+                        from = %self.location.describe(),
+                        to = %location.describe(),
+                        "model source changed; loading the new model beside the running one"
+                    );
+                    self.location = *location;
+                    self.spec = *spec;
+                    (last_stamp, refused, fetched_once, retry) = (None, None, false, self.poll);
+                }
+                Err(RecvTimeoutError::Disconnected) => return,
             }
         }
     }

@@ -23,9 +23,11 @@ mod worker;
 use prometheus::{Histogram, IntCounter, IntCounterVec};
 
 pub use classify::{image_input, image_size, parse_labels, top_k};
-pub use engine::{Inference, InferenceError, InferenceHold, InferenceSettings, Scored};
+pub use engine::{
+    Inference, InferenceError, InferenceHold, InferenceSettings, ModelControl, Scored,
+};
 pub use golden::{GoldenError, GoldenSet, compare};
-pub use loader::{PrepareError, Prepared, prepare};
+pub use loader::{Control, PrepareError, Prepared, prepare};
 pub use model::{LoadError, Model, RunError};
 pub use ops::{ModelContents, OpInfo, OpSupport, TensorInfo, op_support, read_contents};
 pub use source::{CONFIG_MAP_MOUNT_DIR, ModelFiles, ModelLocation, SourceError, SourceSettings};

@@ -229,7 +229,7 @@ pub struct Agent {
     child: Child,
     /// The agent's data directory.
     pub data_dir: tempfile::TempDir,
-    _config: tempfile::NamedTempFile,
+    config: tempfile::NamedTempFile,
 }
 
 impl Agent {
@@ -261,7 +261,7 @@ impl Agent {
             metrics_url: format!("http://127.0.0.1:{port}"),
             child,
             data_dir,
-            _config: config,
+            config,
         };
         let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
         while agent.metrics().await.is_none() {
@@ -273,6 +273,27 @@ impl Agent {
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
         agent
+    }
+
+    /// Replaces the pipeline file the way a ConfigMap update does: a new file renamed
+    /// over the old one.
+    pub fn rewrite_config(&self, pipeline: &str) {
+        let path = self.config.path();
+        let tmp = path.with_extension("new");
+        std::fs::write(&tmp, pipeline).expect("write the new pipeline");
+        std::fs::rename(&tmp, path).expect("replace the pipeline file");
+    }
+
+    /// Polls the log until it contains `text` (or 30 s pass).
+    pub async fn wait_log(&self, text: &str) -> bool {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+        while !self.log().contains(text) {
+            if tokio::time::Instant::now() >= deadline {
+                return false;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        true
     }
 
     /// What the agent logged so far.
