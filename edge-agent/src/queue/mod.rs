@@ -13,6 +13,10 @@
 //! (expired records are deleted and counted as `max_age`). A failing disk never crashes
 //! the agent: commits are retried with backoff, and after a few failures the records are
 //! dropped and counted as `disk_full` (under `block` they are retried until they fit).
+//! Once a disk has proved full that way, each later group gets one attempt: stored if it
+//! fits, else dropped at once, so ingest keeps its pace (and the broker its memory) while
+//! the sink cannot drain. That lasts until the queue frees space (a batch delivered,
+//! dead-lettered or expired) or for [`DISK_FULL_HOLD`], whichever comes first.
 
 mod file;
 pub mod reserve;
@@ -58,6 +62,9 @@ const MAX_COMMIT_ATTEMPTS: u32 = 5;
 const MAX_RETRY_DELAY: Duration = Duration::from_secs(5);
 /// How often the writer wakes up when idle (heartbeat, gauges, retries).
 const TICK: Duration = Duration::from_secs(1);
+/// How long a full disk, once proved, costs each group one commit attempt instead of
+/// the retries with backoff (unless the queue frees space sooner).
+pub const DISK_FULL_HOLD: Duration = Duration::from_secs(30);
 
 /// How the queue is set up.
 #[derive(Clone, Debug)]
@@ -207,6 +214,7 @@ impl Queue {
                     stats: stats_tx,
                     pending: VecDeque::new(),
                     stall: None,
+                    disk_full: None,
                     max_age,
                     last_expire: Instant::now(),
                 };
@@ -354,6 +362,9 @@ struct Writer {
     /// Units received but not committed yet, in order.
     pending: VecDeque<Unit>,
     stall: Option<Stall>,
+    /// Since when the disk has proved full (commits given up): one attempt per group
+    /// until the queue frees space or [`DISK_FULL_HOLD`] passes.
+    disk_full: Option<Instant>,
     max_age: Duration,
     last_expire: Instant,
 }
@@ -467,6 +478,7 @@ impl Writer {
     }
 
     fn after_space_freed(&mut self) {
+        self.disk_full = None;
         if matches!(self.stall, Some(Stall::Full)) {
             self.commit_pending();
         } else {
@@ -490,6 +502,7 @@ impl Writer {
                 Ok(n) => {
                     tracing::warn!(records = n, "dropped records older than maxAge");
                     self.metrics.dropped("max_age", n);
+                    self.disk_full = None;
                 }
                 Err(e) => tracing::warn!(error = %e, "expiring old records"),
             }
@@ -551,20 +564,32 @@ impl Writer {
                     Some(Stall::Failing { attempts, .. }) => attempts + 1,
                     _ => 1,
                 };
-                tracing::warn!(error = %e, attempts, "committing to the queue failed");
-                if e.is_disk_full() {
-                    self.checkpoint();
+                // Still full after giving up before: drop at once, quietly (counted).
+                let still_full = e.is_disk_full()
+                    && self
+                        .disk_full
+                        .is_some_and(|since| since.elapsed() < DISK_FULL_HOLD);
+                if !still_full {
+                    tracing::warn!(error = %e, attempts, "committing to the queue failed");
+                    if e.is_disk_full() {
+                        self.checkpoint();
+                    }
                 }
-                let give_up = attempts >= MAX_COMMIT_ATTEMPTS
+                let give_up = (still_full || attempts >= MAX_COMMIT_ATTEMPTS)
                     && self.store.settings().when_full != WhenFull::Block;
                 if give_up {
                     let n: usize = self.pending.iter().map(|u| u.records.len()).sum();
-                    tracing::error!(records = n, error = %e, "dropping records the queue cannot store");
+                    if !still_full {
+                        tracing::error!(records = n, error = %e, "dropping records the queue cannot store; while the disk stays full, new records are dropped at once (counted as disk_full)");
+                    }
                     self.metrics.dropped("disk_full", n as u64);
                     for unit in self.pending.drain(..) {
                         let _ = unit.done.send(Committed::Dropped);
                     }
                     self.stall = None;
+                    if !still_full {
+                        self.disk_full = e.is_disk_full().then(Instant::now);
+                    }
                 } else {
                     let delay = (Duration::from_millis(100) * 2u32.saturating_pow(attempts - 1))
                         .min(MAX_RETRY_DELAY);

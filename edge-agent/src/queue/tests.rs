@@ -490,7 +490,7 @@ fn a_full_disk_fails_the_commit_without_changing_anything() {
 }
 
 #[tokio::test]
-async fn the_writer_retries_a_failing_disk_then_drops_and_counts() {
+async fn the_writer_retries_a_failing_disk_then_drops_and_counts_at_once_while_full() {
     let dir = tempfile::tempdir().unwrap();
     let metrics = Arc::new(crate::telemetry::Metrics::new("factory/line1").unwrap());
     let health = Arc::new(crate::http::Health::new(Duration::from_secs(30)));
@@ -526,6 +526,23 @@ async fn the_writer_retries_a_failing_disk_then_drops_and_counts() {
             .with_label_values(&["disk_full"])
             .get(),
         2000
+    );
+    // The disk proved full: the next unit that does not fit gets one attempt, no backoff.
+    let again: Vec<Record> = (0..2000).map(|i| record("t2", i as f64)).collect();
+    let started = Instant::now();
+    let done = queue.submit(again, Instant::now()).await.unwrap();
+    assert_eq!(done.await.unwrap(), Committed::Dropped);
+    assert!(
+        started.elapsed() < Duration::from_millis(1400),
+        "dropped without the backoff: {:?}",
+        started.elapsed()
+    );
+    assert_eq!(
+        metrics
+            .records_dropped
+            .with_label_values(&["disk_full"])
+            .get(),
+        4000
     );
     // A small unit still fits: the writer keeps going.
     let small = queue
