@@ -96,6 +96,16 @@ pub struct Inference {
     control: ModelControl,
 }
 
+/// Where `spec` takes its model (and golden and labels files) from.
+fn location_of(spec: &InferenceSpec, source: SourceSettings) -> Result<ModelLocation, SourceError> {
+    ModelLocation::new(
+        &spec.model,
+        spec.golden.as_ref().and_then(|g| g.file.as_deref()),
+        spec.labels_file.as_deref(),
+        source,
+    )
+}
+
 /// Changes where a running [`Inference`] takes its model from. Cloneable, so a task that
 /// watches the pipeline file can hold one while the data path owns the engine.
 #[derive(Clone, Debug)]
@@ -110,12 +120,7 @@ impl ModelControl {
     /// keeps answering until then, and stays if the new one is refused (logged and
     /// counted). `false` when the loader has stopped.
     pub fn change_source(&self, spec: &InferenceSpec) -> Result<bool, InferenceError> {
-        let location = ModelLocation::new(
-            &spec.model,
-            spec.golden.as_ref().and_then(|g| g.file.as_deref()),
-            spec.labels_file.as_deref(),
-            self.source.clone(),
-        )?;
+        let location = location_of(spec, self.source.clone())?;
         let msg = Control::Source(Box::new(location), Box::new(spec.clone()));
         Ok(self.tx.send(msg).is_ok())
     }
@@ -134,12 +139,7 @@ impl Inference {
             .timeout
             .to_std()
             .map_err(|e| InferenceError::Timeout(e.to_string()))?;
-        let location = ModelLocation::new(
-            &spec.model,
-            spec.golden.as_ref().and_then(|g| g.file.as_deref()),
-            spec.labels_file.as_deref(),
-            settings.source.clone(),
-        )?;
+        let location = location_of(&spec, settings.source.clone())?;
         let status = Arc::new(Mutex::new(ModelStatus::default()));
         let (tx, rx) = mpsc::sync_channel(settings.queue_capacity.max(1));
         let (control, control_rx) = mpsc::channel();
