@@ -37,8 +37,6 @@ use crate::source::mqtt::{self as source, Message, SourceHandle};
 use crate::source::tls::TlsError;
 use crate::telemetry::{Metrics, MetricsError, init_labels};
 
-/// Acknowledgements waiting for their commit, in arrival order.
-const ACK_CAPACITY: usize = 8192;
 /// Most messages the ingest loop takes in one turn: those already waiting, never more.
 const MAX_BATCH: usize = 64;
 /// How long shutdown waits for the broker to take the last acknowledgements.
@@ -215,7 +213,8 @@ pub async fn run_with_metrics(
     let (source, messages, source_task) =
         source::start(&config.source, metrics.clone(), health.clone())
             .map_err(RunError::SourceTls)?;
-    let (ack_tx, ack_rx) = mpsc::channel(ACK_CAPACITY);
+    // Unbounded on purpose; see `Ingest::ack`.
+    let (ack_tx, ack_rx) = mpsc::unbounded_channel();
     let acker = tokio::spawn(acknowledge_in_order(ack_rx, source.clone()));
 
     let mut pipeline = Pipeline::new(
@@ -276,7 +275,10 @@ enum PendingAck {
 
 /// Sends acknowledgements in arrival order, each once its unit is committed. A unit that
 /// was never committed (the agent stopped first) is not acknowledged.
-async fn acknowledge_in_order(mut pending: mpsc::Receiver<PendingAck>, source: SourceHandle) {
+async fn acknowledge_in_order(
+    mut pending: mpsc::UnboundedReceiver<PendingAck>,
+    source: SourceHandle,
+) {
     while let Some(p) = pending.recv().await {
         match p {
             PendingAck::Now(m) => source.ack(&m).await,
@@ -291,7 +293,7 @@ async fn acknowledge_in_order(mut pending: mpsc::Receiver<PendingAck>, source: S
 
 struct Ingest {
     queue: Queue,
-    acks: mpsc::Sender<PendingAck>,
+    acks: mpsc::UnboundedSender<PendingAck>,
     health: Arc<Health>,
     metrics: Arc<Metrics>,
 }
@@ -352,10 +354,15 @@ impl Ingest {
         Ok(permit.submit(records, received))
     }
 
-    /// Hands a message to the acknowledger, waiting while it is full (commits stalled,
-    /// e.g. on a full disk).
-    async fn ack(&self, ack: PendingAck) {
-        let _ = self.beating(self.acks.send(ack)).await;
+    /// Hands a message to the acknowledger, never waiting. A bounded channel here closed a
+    /// cycle: the source task blocks handing a message to a busy ingest loop, so it stops
+    /// polling the MQTT event loop, so acknowledgements stop leaving, so the acknowledger
+    /// blocks, so this channel fills, so the ingest loop blocks here and never takes the
+    /// message the source task holds. Its length is still bounded: an entry is a message
+    /// the broker has delivered and not had acknowledged, at most the broker's in-flight
+    /// window, and the queue's own capacity holds ingest back when commits stall.
+    fn ack(&self, ack: PendingAck) {
+        let _ = self.acks.send(ack);
     }
 
     /// Awaits `work`, beating the ingest heartbeat meanwhile: waiting for the queue or the
@@ -412,12 +419,12 @@ impl Ingest {
                         .with_label_values(&[reason.as_str()])
                         .inc();
                     tracing::debug!(topic = %m.publish.topic, %reason, "skipping a malformed message");
-                    self.ack(PendingAck::Now(m)).await;
+                    self.ack(PendingAck::Now(m));
                 }
                 Ok(_) => {
                     let records = units.next().unwrap_or_default();
                     let done = self.submit(records, m.received).await?;
-                    self.ack(PendingAck::AfterCommit(done, m)).await;
+                    self.ack(PendingAck::AfterCommit(done, m));
                 }
             }
         }
@@ -435,14 +442,14 @@ impl Ingest {
         {
             Ok(records) => {
                 let done = self.submit(records, m.received).await?;
-                self.ack(PendingAck::AfterCommit(done, m)).await;
+                self.ack(PendingAck::AfterCommit(done, m));
             }
             Err(reason) => {
                 self.metrics
                     .messages_invalid
                     .with_label_values(&[reason.as_str()])
                     .inc();
-                self.ack(PendingAck::Now(m)).await;
+                self.ack(PendingAck::Now(m));
             }
         }
         Ok(())
