@@ -6,11 +6,11 @@ use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use rumqttc::{AsyncClient, Event, MqttOptions, Packet, QoS};
+use rumqttc::{AsyncClient, Event, MqttOptions, Outgoing, Packet, QoS};
 
 /// A harness failure: a message for the table.
 pub type BenchResult<T> = Result<T, String>;
@@ -265,15 +265,50 @@ pub fn footprint(pid: u32) -> Footprint {
 }
 
 /// An MQTT client with its event loop driven on a task; `acked` counts PUBACKs and
-/// `received` gets every incoming publish (topic, payload, time).
+/// incoming publishes go to the `on_publish` callback given to [`client`].
+///
+/// The event-loop task ends once the client's DISCONNECT is on the wire, or when the
+/// `Client` is dropped: a task left running would reconnect under the same client id and
+/// take the session over from a later client of that id.
 pub struct Client {
     /// The client.
     pub client: AsyncClient,
     /// PUBACKs received.
     pub acked: Arc<AtomicU64>,
+    /// The first connection error after the initial CONNACK, if any.
+    lost: Arc<Mutex<Option<String>>>,
+    /// Set when the client is being closed: the task stops instead of reconnecting.
+    closing: Arc<AtomicBool>,
+    task: Option<tokio::task::JoinHandle<()>>,
 }
 
-/// Connects a client; incoming publishes go to `on_publish`.
+impl Client {
+    /// The first connection error seen while connected. Reconnecting to a clean session,
+    /// rumqttc drops the unacknowledged publishes, so their PUBACKs never come.
+    pub fn lost(&self) -> Option<String> {
+        self.lost.lock().ok().and_then(|l| l.clone())
+    }
+
+    /// Sends DISCONNECT and waits (up to 5 s) until the event loop has written it.
+    pub async fn close(mut self) {
+        self.closing.store(true, Ordering::Relaxed);
+        if self.client.disconnect().await.is_ok()
+            && let Some(task) = self.task.take()
+        {
+            let _ = tokio::time::timeout(Duration::from_secs(5), task).await;
+        }
+    }
+}
+
+impl Drop for Client {
+    fn drop(&mut self) {
+        self.closing.store(true, Ordering::Relaxed);
+        let _ = self.client.try_disconnect();
+    }
+}
+
+/// Connects a client (clean session, 200 publishes in flight); incoming publishes go to
+/// `on_publish`.
 pub async fn client(
     port: u16,
     id: &str,
@@ -285,8 +320,11 @@ pub async fn client(
     options.set_keep_alive(Duration::from_secs(30));
     let (client, mut events) = AsyncClient::new(options, 10_000);
     let acked = Arc::new(AtomicU64::new(0));
-    let counted = acked.clone();
-    tokio::spawn(async move {
+    let lost = Arc::new(Mutex::new(None));
+    let closing = Arc::new(AtomicBool::new(false));
+    let (counted, lost_w, stop) = (acked.clone(), lost.clone(), closing.clone());
+    let task = tokio::spawn(async move {
+        let mut connected = false;
         loop {
             match events.poll().await {
                 Ok(Event::Incoming(Packet::PubAck(_))) => {
@@ -295,12 +333,38 @@ pub async fn client(
                 Ok(Event::Incoming(Packet::Publish(p))) => {
                     on_publish(&p.topic, &p.payload, Instant::now());
                 }
+                Ok(Event::Incoming(Packet::ConnAck(_))) => connected = true,
+                Ok(Event::Outgoing(Outgoing::Disconnect)) => return,
                 Ok(_) => {}
-                Err(_) => tokio::time::sleep(Duration::from_millis(50)).await,
+                Err(e) => {
+                    if stop.load(Ordering::Relaxed) {
+                        return;
+                    }
+                    if connected && let Ok(mut l) = lost_w.lock() {
+                        l.get_or_insert_with(|| e.to_string());
+                    }
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
             }
         }
     });
-    Client { client, acked }
+    Client {
+        client,
+        acked,
+        lost,
+        closing,
+        task: Some(task),
+    }
+}
+
+/// A client id unique within this process and run: `<prefix>-<pid>-<n>`.
+pub fn client_id(prefix: &str) -> String {
+    static NEXT: AtomicU64 = AtomicU64::new(0);
+    format!(
+        "{prefix}-{}-{}",
+        std::process::id(),
+        NEXT.fetch_add(1, Ordering::Relaxed)
+    )
 }
 
 /// One sensor payload as the benches publish it.
@@ -309,16 +373,13 @@ pub fn payload(device: usize, value: f64) -> Vec<u8> {
 }
 
 /// Publishes `n` QoS 1 messages over `publishers` clients at up to `rate` msg/s in total
-/// (`None` = as fast as the broker takes them); returns when every PUBACK is in.
+/// (`None` = as fast as the broker takes them); returns when every PUBACK is in. Fails
+/// as soon as a publisher loses its connection (its unacknowledged publishes are gone
+/// with the clean session) or when PUBACKs stop coming for 60 s.
 pub async fn publish(port: u16, publishers: usize, n: usize, rate: Option<f64>) -> BenchResult<()> {
     let mut tasks = Vec::new();
     for p in 0..publishers {
-        let c = client(
-            port,
-            &format!("bench-pub-{p}-{}", std::process::id()),
-            |_, _, _| {},
-        )
-        .await;
+        let c = client(port, &client_id("bench-pub"), |_, _, _| {}).await;
         let share = n / publishers + usize::from(p < n % publishers);
         let per_client_rate = rate.map(|r| r / publishers as f64);
         tasks.push(tokio::spawn(async move {
@@ -331,23 +392,35 @@ pub async fn publish(port: u16, publishers: usize, n: usize, rate: Option<f64>) 
                 let device = (p * 7919 + i) % 100;
                 let topic = format!("sensors/d{device}/temperature");
                 let value = 20.0 + (i % 50) as f64 * 0.1;
-                if c.client
+                if let Err(e) = c
+                    .client
                     .publish(topic, QoS::AtLeastOnce, false, payload(device, value))
                     .await
-                    .is_err()
                 {
-                    return Err("publish failed".to_string());
+                    return Err(format!("publisher {p}: publish {i}: {e}"));
                 }
             }
-            let acked = c.acked.clone();
-            let end = Instant::now() + Duration::from_secs(60);
-            while acked.load(Ordering::Relaxed) < share as u64 {
-                if Instant::now() > end {
-                    return Err("PUBACKs missing".to_string());
+            let mut seen = (0, Instant::now());
+            loop {
+                let acked = c.acked.load(Ordering::Relaxed);
+                if acked >= share as u64 {
+                    break;
+                }
+                if let Some(e) = c.lost() {
+                    return Err(format!(
+                        "publisher {p}: connection lost after {acked} of {share} PUBACKs: {e}"
+                    ));
+                }
+                if acked != seen.0 {
+                    seen = (acked, Instant::now());
+                } else if seen.1.elapsed() > Duration::from_secs(60) {
+                    return Err(format!(
+                        "publisher {p}: {acked} of {share} PUBACKs, none for 60 s"
+                    ));
                 }
                 tokio::time::sleep(Duration::from_millis(2)).await;
             }
-            let _ = c.client.disconnect().await;
+            c.close().await;
             Ok(())
         }));
     }
