@@ -92,7 +92,11 @@ async fn run_one(name: &str, dir: &Path) -> util::BenchResult<Vec<String>> {
         "b3" => drain::b3(dir).await,
         "b4" => tokio::task::block_in_place(core::b4),
         "b5" => ingest::b5(dir).await,
-        "b6" => tokio::task::block_in_place(infer::b6),
+        "b6" => {
+            let mut rows = tokio::task::block_in_place(infer::b6)?;
+            rows.extend(infer::b6_live(dir).await?);
+            Ok(rows)
+        }
         "b7" => action::b7(dir).await,
         other => Err(format!("unknown benchmark {other}")),
     }
