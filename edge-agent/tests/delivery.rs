@@ -256,6 +256,14 @@ async fn an_outage_is_retried_with_the_same_key_and_everything_arrives_in_seq_or
 
     let requests = receiver.requests();
     assert!(requests.iter().all(|r| r.gzip), "compression: gzip");
+    // Bytes on the wire: every request the upstream received, none of the refused
+    // connections of the outage.
+    let received: usize = requests.iter().map(|r| r.bytes).sum();
+    assert_eq!(
+        agent.metric(&series("edge_agent_sent_bytes_total", &[])),
+        received as f64,
+        "edge_agent_sent_bytes_total counts what reached the upstream"
+    );
     // Accepted batches arrive in seq order, without gaps between them.
     let seqs: Vec<u64> = requests
         .iter()

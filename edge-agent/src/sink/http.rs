@@ -176,7 +176,11 @@ impl HttpSink {
             _ = ctx.stop.cancelled() => return Err(Stopped),
             r = request.send() => r,
         };
-        ctx.metrics.sent_bytes.inc_by(body.len() as u64);
+        // On the wire unless the connection was never made (an outage must not look like
+        // traffic in the bandwidth panels).
+        if response.as_ref().map_or_else(|e| !e.is_connect(), |_| true) {
+            ctx.metrics.sent_bytes.inc_by(body.len() as u64);
+        }
         let outcome = match response {
             Ok(resp) => {
                 let status = resp.status();

@@ -86,7 +86,11 @@ impl MqttSink {
             _ = ctx.stop.cancelled() => return Err(Stopped),
             r = self.publish(&payload, qos) => r,
         };
-        ctx.metrics.sent_bytes.inc_by(payload.len() as u64);
+        // On the wire once the client wrote the publish (an outage must not look like
+        // traffic in the bandwidth panels).
+        if result.as_ref().map_or_else(|(_, sent)| *sent, |()| true) {
+            ctx.metrics.sent_bytes.inc_by(payload.len() as u64);
+        }
         ctx.metrics
             .sync_duration
             .observe(started.elapsed().as_secs_f64());
@@ -99,7 +103,7 @@ impl MqttSink {
                 ctx.upstream(true);
                 ctx.accepted(batch).await.map(|()| Delivery::Done)
             }
-            Err(reason) => {
+            Err((reason, _)) => {
                 self.conn = None;
                 ctx.metrics
                     .sync_requests
@@ -117,7 +121,8 @@ impl MqttSink {
     }
 
     /// One publish and the wait for its acknowledgement.
-    async fn publish(&mut self, payload: &[u8], qos: QoS) -> Result<(), String> {
+    /// Publishes one batch; `Err` says why and whether the publish reached the wire.
+    async fn publish(&mut self, payload: &[u8], qos: QoS) -> Result<(), (String, bool)> {
         // An idle connection stops sending keep-alives; start afresh rather than find out
         // through an error.
         let keep_alive = self.options.keep_alive();
@@ -139,11 +144,12 @@ impl MqttSink {
         conn.last_used = Instant::now();
         conn.client
             .try_publish(self.settings.topic.as_str(), qos, false, payload.to_vec())
-            .map_err(|e| e.to_string())?;
+            .map_err(|e| (e.to_string(), false))?;
+        let mut pkid = None;
         let wait = async {
-            let mut pkid = None;
             loop {
-                match conn.events.poll().await.map_err(|e| e.to_string())? {
+                let event = conn.events.poll().await;
+                match event.map_err(|e| (e.to_string(), pkid.is_some()))? {
                     Event::Outgoing(Outgoing::Publish(id)) => {
                         if qos == QoS::AtMostOnce {
                             return Ok(());
@@ -154,15 +160,14 @@ impl MqttSink {
                         return Ok(());
                     }
                     Event::Incoming(Incoming::Disconnect) => {
-                        return Err("the broker disconnected".to_string());
+                        return Err(("the broker disconnected".to_string(), pkid.is_some()));
                     }
                     _ => {}
                 }
             }
         };
-        let result = tokio::time::timeout(ACK_TIMEOUT, wait)
-            .await
-            .unwrap_or_else(|_| Err("no PUBACK in time".into()));
+        let result = tokio::time::timeout(ACK_TIMEOUT, wait).await;
+        let result = result.unwrap_or_else(|_| Err(("no PUBACK in time".into(), pkid.is_some())));
         conn.last_used = Instant::now();
         result
     }

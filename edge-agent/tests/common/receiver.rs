@@ -36,6 +36,8 @@ pub struct Request {
     pub key: String,
     /// Whether the body was gzip-encoded.
     pub gzip: bool,
+    /// Bytes of the body as received (compressed, when gzip).
+    pub bytes: usize,
     /// The records of the JSON array.
     pub records: Vec<Value>,
     /// The status answered.
@@ -174,6 +176,7 @@ async fn handle(req: HttpRequest<Incoming>, state: &Mutex<State>) -> Response<Fu
         Ok(b) => b.to_bytes().to_vec(),
         Err(_) => return response(400, None),
     };
+    let bytes = body.len();
     let json = if gzip {
         let mut out = Vec::new();
         if flate2::read::GzDecoder::new(&body[..])
@@ -201,6 +204,7 @@ async fn handle(req: HttpRequest<Incoming>, state: &Mutex<State>) -> Response<Fu
     state.requests.push(Request {
         key,
         gzip,
+        bytes,
         records,
         status,
         at: Instant::now(),
