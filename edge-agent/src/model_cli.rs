@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use clap::Subcommand;
-use edge_agent::inference::{GoldenSet, Model, op_support, read_contents};
+use edge_agent::inference::{GoldenSet, Model, read_contents};
 use sha2::{Digest, Sha256};
 
 /// Rows in the batched latency measurement.
@@ -95,17 +95,23 @@ fn inspect(file: &Path, out: &mut dyn Write) -> anyhow::Result<ExitCode> {
     }
     writeln!(
         out,
-        "ops ({} in operator order; supported by tract-tflite 0.23.9?):",
-        contents.ops.len()
+        "ops ({} in operator order; supported by {}?):",
+        contents.ops.len(),
+        contents.format.engine()
     )?;
     for op in &contents.ops {
-        let support = op_support(&op.name);
+        let support = contents.support(&op.name);
         let note = if op.missing_bias {
             "  <- no bias input: tract-tflite's loader panics on this"
         } else {
             ""
         };
-        writeln!(out, "  {:<28} {}{note}", op.name, support.describe())?;
+        writeln!(
+            out,
+            "  {:<28} {}{note}",
+            op.name,
+            support.describe(contents.format)
+        )?;
     }
     match Model::load(&bytes) {
         Ok(model) => {

@@ -71,8 +71,25 @@ fn inspect_lists_ops_io_and_the_load_result() {
 
     let (code, out) = model(&["inspect", &path("image_classifier.labels.txt")]);
     assert_eq!(code, 1, "{out}");
+    assert!(out.contains("REFUSED: not a readable model"), "{out}");
+
+    // ONNX, with a dynamic batch dimension.
+    let (code, out) = model(&["inspect", &path("anomaly_dense.onnx")]);
+    assert_eq!(code, 0, "{out}");
+    assert!(out.contains("supported by tract-onnx 0.23.9?"), "{out}");
     assert!(
-        out.contains("REFUSED: not a readable TFLite model"),
+        out.contains("window") && out.contains("FLOAT") && out.contains("[-1, 16]"),
+        "{out}"
+    );
+    for op in ["Gemm", "Relu", "Tanh", "Sub", "Mul", "ReduceSum", "Sigmoid"] {
+        assert!(
+            out.lines().any(|l| l.trim_start().starts_with(op)
+                && l.contains("yes (verified against onnxruntime)")),
+            "{op}:\n{out}"
+        );
+    }
+    assert!(
+        out.contains("load:    ok: input [1, 16] -> output [1, 1], symbolic batch"),
         "{out}"
     );
 }
@@ -112,4 +129,13 @@ fn test_runs_golden_vectors_and_fails_on_divergence() {
     ]);
     assert_eq!(code, 1, "{out}");
     assert!(out.contains("REFUSED (panic)"), "{out}");
+
+    let (code, out) = model(&[
+        "test",
+        &path("anomaly_dense.onnx"),
+        "--golden",
+        &path("anomaly_dense.golden.json"),
+    ]);
+    assert_eq!(code, 0, "{out}");
+    assert!(out.contains("10 vectors") && out.contains("PASS"), "{out}");
 }

@@ -7,8 +7,8 @@ mod inference_common;
 use std::time::Duration;
 
 use edge_agent::inference::{
-    GoldenSet, Model, ModelFiles, OpSupport, Skip, compare, image_input, op_support, prepare,
-    read_contents,
+    GoldenSet, Model, ModelFiles, ModelFormat, OpSupport, Skip, compare, image_input, op_support,
+    prepare, read_contents,
 };
 use inference_common::*;
 use serde_json::Value;
@@ -75,6 +75,112 @@ fn every_fixture_model_matches_its_golden_vectors_single_and_batched() {
         {
             compare(i, got, &v.output, 1e-5).unwrap_or_else(|e| panic!("{file} batched: {e}"));
         }
+    }
+}
+
+/// The ONNX fixture (dynamic batch `N`, as PyTorch exports it) against onnxruntime's
+/// outputs, one window at a time and all in one batched call.
+#[test]
+fn the_onnx_fixture_matches_onnxruntime_single_and_batched() {
+    let bytes = fixture_bytes("anomaly_dense.onnx");
+    let contents = read_contents(&bytes).unwrap();
+    assert_eq!(contents.format, ModelFormat::Onnx);
+    let ops: Vec<&str> = contents.ops.iter().map(|o| o.name.as_str()).collect();
+    assert_eq!(
+        ops,
+        [
+            "Gemm",
+            "Relu",
+            "Gemm",
+            "Tanh",
+            "Sub",
+            "Mul",
+            "ReduceSum",
+            "Mul",
+            "Mul",
+            "Sub",
+            "Sigmoid"
+        ]
+    );
+    assert!(
+        ops.iter()
+            .all(|o| contents.support(o) == OpSupport::Verified)
+    );
+    assert_eq!(contents.inputs.len(), 1, "weights are not inputs");
+    assert_eq!(contents.inputs[0].shape, [-1, 16]);
+
+    let model = Model::load(&bytes).unwrap();
+    assert_eq!(
+        (model.input_shape.clone(), model.output_shape.clone()),
+        (vec![1, 16], vec![1, 1])
+    );
+    assert!(model.batches());
+    let golden = GoldenSet::from_json(&fixture_bytes("anomaly_dense.golden.json"), None).unwrap();
+    let max = golden
+        .check(model.row_len(), |x| model.run_single(x))
+        .unwrap();
+    assert!(max <= 1e-5, "max error {max}");
+    let flat: Vec<f32> = golden
+        .vectors
+        .iter()
+        .flat_map(|v| v.input.clone())
+        .collect();
+    let out = model.run(&flat, golden.vectors.len()).unwrap();
+    for (i, (v, got)) in golden.vectors.iter().zip(out.chunks(1)).enumerate() {
+        compare(i, got, &v.output, 1e-5).unwrap();
+    }
+    // The fixture separates its spiked windows (every third) from the others.
+    for (i, v) in golden.vectors.iter().enumerate() {
+        assert_eq!(v.output[0] > 0.8, i % 3 == 2, "vector {i}: {}", v.output[0]);
+    }
+}
+
+/// An ONNX model runs in the agent's inference like a TFLite one: loaded from `path`,
+/// checked against its golden file, scoring windows.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn inference_runs_an_onnx_model_from_its_path() {
+    let data = tempfile::tempdir().unwrap();
+    let (mut inference, metrics) = start(
+        anomaly_spec(
+            &fixture("anomaly_dense.onnx"),
+            Some("anomaly_dense.golden.json"),
+        ),
+        data.path(),
+    );
+    assert!(
+        inference
+            .wait_for_generation(1, Duration::from_secs(20))
+            .await,
+        "{:?}",
+        inference.status()
+    );
+    assert_eq!(metrics.loads("success"), 1);
+    let golden = GoldenSet::from_json(&fixture_bytes("anomaly_dense.golden.json"), None).unwrap();
+    // The normalisation of `anomaly_spec` is (x - 20) / 3.5: feed raw values that give the
+    // golden inputs, one device per vector.
+    let readings: Vec<_> = golden
+        .vectors
+        .iter()
+        .enumerate()
+        .flat_map(|(d, v)| {
+            v.input
+                .iter()
+                .enumerate()
+                .map(move |(t, x)| reading(&format!("d{d}"), f64::from(*x) * 3.5 + 20.0, t as i64))
+        })
+        .collect();
+    let scored = inference.score(&readings).await.unwrap();
+    assert_eq!(
+        scored.len(),
+        golden.vectors.len(),
+        "one full window per device"
+    );
+    for (s, v) in scored.iter().zip(&golden.vectors) {
+        assert!(
+            (f64::from(s.score) - f64::from(v.output[0])).abs() < 1e-4,
+            "{s:?} vs {:?}",
+            v.output
+        );
     }
 }
 

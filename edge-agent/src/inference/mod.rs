@@ -14,6 +14,7 @@ mod engine;
 mod golden;
 mod loader;
 mod model;
+mod onnx;
 mod ops;
 mod source;
 mod stage;
@@ -29,7 +30,10 @@ pub use engine::{
 pub use golden::{GoldenError, GoldenSet, compare};
 pub use loader::{Control, PrepareError, Prepared, prepare};
 pub use model::{LoadError, Model, RunError};
-pub use ops::{ModelContents, OpInfo, OpSupport, TensorInfo, op_support, read_contents};
+pub use onnx::{onnx_op_support, read_onnx_contents};
+pub use ops::{
+    ModelContents, ModelFormat, OpInfo, OpSupport, TensorInfo, op_support, read_contents,
+};
 pub use source::{CONFIG_MAP_MOUNT_DIR, ModelFiles, ModelLocation, SourceError, SourceSettings};
 pub use stage::InferenceStage;
 pub use window::{Normalizer, Window, WindowStats, Windows};

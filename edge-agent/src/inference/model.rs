@@ -1,15 +1,15 @@
-//! A TFLite model loaded with tract-tflite, made safe to use: the flatbuffer's ops are
-//! checked against what tract runs correctly, loading runs under `catch_unwind` (some
-//! malformed or unusual models make tract's loader panic), the graph is optimised once,
-//! a batch variant with a symbolic batch dimension is built when the model allows it,
-//! and both plans are warmed up before the model is handed out.
+//! A model loaded with tract (TFLite through tract-tflite, ONNX through tract-onnx), made
+//! safe to use: the file's ops are checked against what tract runs correctly, loading
+//! runs under `catch_unwind` (some malformed or unusual models make tract's loader panic),
+//! the graph is optimised once, a batch variant with a symbolic batch dimension is built
+//! when the model allows it, and both plans are warmed up before the model is handed out.
 
 use std::panic::{AssertUnwindSafe, catch_unwind};
 
 use tract_tflite::internal::tract_core::ops::source::TypedSource;
 use tract_tflite::prelude::*;
 
-use super::ops::{FormatError, ModelContents, read_contents};
+use super::ops::{FormatError, ModelContents, ModelFormat, read_contents};
 
 /// A plan ready to run (optimised tract graph).
 type Plan = Arc<TypedRunnableModel>;
@@ -18,22 +18,24 @@ type Plan = Arc<TypedRunnableModel>;
 /// `edge_agent_model_loads_total`.
 #[derive(Debug, thiserror::Error)]
 pub enum LoadError {
-    /// The bytes are not a TFLite flatbuffer.
+    /// The bytes are neither a TFLite flatbuffer nor an ONNX model.
     #[error(transparent)]
     Format(#[from] FormatError),
-    /// The model contains ops tract-tflite cannot run, or runs wrongly.
-    #[error("the model uses ops tract-tflite 0.23.9 cannot run correctly: {}", .0.join("; "))]
+    /// The model contains ops tract cannot run, or runs wrongly.
+    #[error("the model uses ops tract cannot run correctly: {}", .0.join("; "))]
     UnsupportedOps(Vec<String>),
     /// tract's loader panicked.
-    #[error("tract-tflite panicked while loading the model: {message}{hint}")]
+    #[error("{engine} panicked while loading the model: {message}{hint}")]
     Panic {
+        /// The engine (`tract-tflite` or `tract-onnx`).
+        engine: &'static str,
         /// The panic message.
         message: String,
-        /// A likely cause found in the flatbuffer, if any.
+        /// A likely cause found in the file, if any.
         hint: &'static str,
     },
     /// tract's loader returned an error.
-    #[error("tract-tflite could not load the model: {0}")]
+    #[error("tract could not load the model: {0}")]
     Load(String),
     /// The model loads but its inputs or outputs do not fit the agent.
     #[error("{0}")]
@@ -94,25 +96,37 @@ impl std::fmt::Debug for Model {
 }
 
 impl Model {
-    /// Loads a model from the bytes of a `.tflite` file. Never panics: a panic inside
-    /// tract becomes [`LoadError::Panic`].
+    /// Loads a model from the bytes of a `.tflite` or `.onnx` file (told apart by their
+    /// content). Never panics: a panic inside tract becomes [`LoadError::Panic`].
     pub fn load(bytes: &[u8]) -> Result<Self, LoadError> {
         let contents = read_contents(bytes)?;
         let blocking = contents.blocking_ops();
         if !blocking.is_empty() {
             return Err(LoadError::UnsupportedOps(blocking));
         }
+        let engine = contents.format.crate_name();
         let hint = if contents.ops.iter().any(|o| o.missing_bias) {
             " (likely cause: a FULLY_CONNECTED without a bias; train the Dense layer with use_bias=True)"
         } else {
             ""
         };
-        let typed = guarded(|| tract_tflite::tflite().model_for_read(&mut &bytes[..]))
-            .map_err(|message| LoadError::Panic { message, hint })?
-            .map_err(|e| LoadError::Load(format!("{e:#}")))?;
+        let typed = guarded(|| match contents.format {
+            ModelFormat::Tflite => tract_tflite::tflite().model_for_read(&mut &bytes[..]),
+            ModelFormat::Onnx => typed_onnx(bytes),
+        })
+        .map_err(|message| LoadError::Panic {
+            engine,
+            message,
+            hint,
+        })?
+        .map_err(|e| LoadError::Load(format!("{e:#}")))?;
         let (input_shape, output_shape) = io_shapes(&typed)?;
         let single = guarded(|| optimise(typed.clone()))
-            .map_err(|message| LoadError::Panic { message, hint: "" })?
+            .map_err(|message| LoadError::Panic {
+                engine,
+                message,
+                hint: "",
+            })?
             .map_err(|e| LoadError::Load(format!("{e:#}")))?;
         // A batch variant exists only when the declared batch is 1; if tract cannot
         // re-type the graph with a symbolic batch the model simply runs one row at a time.
@@ -253,15 +267,42 @@ fn guarded<T>(f: impl FnOnce() -> T) -> Result<T, String> {
     })
 }
 
+/// An ONNX model as a typed graph; a dynamic batch dimension (`batch_size`, `N`...) is
+/// fixed to 1 so the graph has concrete shapes (the batch plan re-types it later).
+fn typed_onnx(bytes: &[u8]) -> TractResult<TypedModel> {
+    use tract_onnx::prelude::InferenceModelExt;
+    let typed = tract_onnx::onnx()
+        .model_for_read(&mut &bytes[..])?
+        .into_typed()?;
+    let dynamic = typed
+        .input_fact(0)?
+        .shape
+        .iter()
+        .next()
+        .is_some_and(|d| d.to_i64().is_err());
+    if dynamic {
+        with_batch(typed, 1.to_dim())
+    } else {
+        Ok(typed)
+    }
+}
+
 fn optimise(model: TypedModel) -> TractResult<Plan> {
     model.into_optimized()?.into_runnable()
 }
 
-fn with_symbolic_batch(mut model: TypedModel) -> TractResult<TypedModel> {
-    let fact = model.input_fact(0)?.clone();
+fn with_symbolic_batch(model: TypedModel) -> TractResult<TypedModel> {
     let n = model.symbols.sym("N");
+    with_batch(model, n.to_dim())
+}
+
+/// `model` with its input's first dimension set to `batch`.
+fn with_batch(mut model: TypedModel, batch: TDim) -> TractResult<TypedModel> {
+    let fact = model.input_fact(0)?.clone();
     let mut dims: Vec<TDim> = fact.shape.iter().cloned().collect();
-    dims[0] = n.to_dim();
+    if let Some(first) = dims.first_mut() {
+        *first = batch;
+    }
     let batched = f32::fact(dims);
     let source = model.input_outlets()?[0].node;
     model.node_mut(source).op = Box::new(TypedSource::new(batched.clone()));

@@ -1,6 +1,6 @@
-//! What a `.tflite` file contains, read straight from its flatbuffer (no tract graph):
-//! the TFLite builtin ops in operator order, the input and output tensors, and whether
-//! tract-tflite 0.23.9 runs each op correctly.
+//! What a model file contains, read straight from the file (no tract graph): the ops in
+//! operator order, the input and output tensors, and whether tract runs each op
+//! correctly. TFLite flatbuffers are read here; ONNX files in [`super::onnx`].
 //!
 //! The support table comes from tract-tflite's operator registry and from measurements
 //! against the LiteRT reference interpreter (see the README's inference section): an op
@@ -103,13 +103,15 @@ impl OpSupport {
         matches!(self, Self::Verified | Self::Registered)
     }
 
-    /// Short text for `edge-agent model inspect`.
-    pub fn describe(self) -> &'static str {
-        match self {
-            Self::Verified => "yes (verified against LiteRT)",
-            Self::Registered => "yes (not verified here)",
-            Self::KnownWrong(_) => "NO (loads, but results are wrong)",
-            Self::Unsupported => "NO (tract-tflite cannot load it)",
+    /// Short text for `edge-agent model inspect`, for an op of a `format` model.
+    pub fn describe(self, format: ModelFormat) -> &'static str {
+        match (self, format) {
+            (Self::Verified, ModelFormat::Tflite) => "yes (verified against LiteRT)",
+            (Self::Verified, ModelFormat::Onnx) => "yes (verified against onnxruntime)",
+            (Self::Registered, _) => "yes (not verified here)",
+            (Self::KnownWrong(_), _) => "NO (loads, but results are wrong)",
+            (Self::Unsupported, ModelFormat::Tflite) => "NO (tract-tflite cannot load it)",
+            (Self::Unsupported, ModelFormat::Onnx) => "NO (tract-onnx cannot load it)",
         }
     }
 }
@@ -149,9 +151,48 @@ pub struct TensorInfo {
     pub quantized: bool,
 }
 
-/// What the flatbuffer of a `.tflite` file declares.
+/// The model file formats the agent runs.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ModelFormat {
+    /// A TFLite flatbuffer (file identifier `TFL3`), run by tract-tflite.
+    Tflite,
+    /// An ONNX protobuf, run by tract-onnx.
+    Onnx,
+}
+
+impl ModelFormat {
+    /// The format of a model file's bytes: TFLite when they carry the flatbuffer's
+    /// `TFL3` identifier, ONNX otherwise.
+    pub fn of(bytes: &[u8]) -> Self {
+        if bytes.get(4..8) == Some(b"TFL3") {
+            Self::Tflite
+        } else {
+            Self::Onnx
+        }
+    }
+
+    /// The engine that runs it, with its version, for messages.
+    pub fn engine(self) -> &'static str {
+        match self {
+            Self::Tflite => "tract-tflite 0.23.9",
+            Self::Onnx => "tract-onnx 0.23.9",
+        }
+    }
+
+    /// The engine's crate name.
+    pub fn crate_name(self) -> &'static str {
+        match self {
+            Self::Tflite => "tract-tflite",
+            Self::Onnx => "tract-onnx",
+        }
+    }
+}
+
+/// What a model file declares.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ModelContents {
+    /// The file format.
+    pub format: ModelFormat,
     /// Ops of the main subgraph in operator order.
     pub ops: Vec<OpInfo>,
     /// Inputs of the main subgraph.
@@ -161,13 +202,22 @@ pub struct ModelContents {
 }
 
 impl ModelContents {
+    /// How well tract runs the op `name` of this model's format.
+    pub fn support(&self, name: &str) -> OpSupport {
+        match self.format {
+            ModelFormat::Tflite => op_support(name),
+            ModelFormat::Onnx => super::onnx::onnx_op_support(name),
+        }
+    }
+
     /// The distinct ops that keep the model from running, each with the reason, in the
     /// order they first appear.
     pub fn blocking_ops(&self) -> Vec<String> {
+        let engine = self.format.engine();
         let mut out: Vec<String> = Vec::new();
         for op in &self.ops {
-            let entry = match op_support(&op.name) {
-                OpSupport::Unsupported => format!("{} (not supported by tract-tflite)", op.name),
+            let entry = match self.support(&op.name) {
+                OpSupport::Unsupported => format!("{} (not supported by {engine})", op.name),
                 OpSupport::KnownWrong(why) => format!("{} ({why})", op.name),
                 _ => continue,
             };
@@ -179,20 +229,29 @@ impl ModelContents {
     }
 }
 
-/// Why a file is not a readable TFLite flatbuffer.
+/// Why a file is not a readable model.
 #[derive(Debug, thiserror::Error)]
-#[error("not a readable TFLite model: {0}")]
+#[error("{0}")]
 pub struct FormatError(pub String);
 
-/// Reads the ops and tensors declared in a `.tflite` file's bytes.
+/// Reads the ops and tensors declared in a model file's bytes (TFLite or ONNX).
 pub fn read_contents(bytes: &[u8]) -> Result<ModelContents, FormatError> {
+    match ModelFormat::of(bytes) {
+        ModelFormat::Tflite => read_tflite_contents(bytes),
+        ModelFormat::Onnx => super::onnx::read_onnx_contents(bytes),
+    }
+}
+
+fn read_tflite_contents(bytes: &[u8]) -> Result<ModelContents, FormatError> {
+    let not_tflite = |e: String| FormatError(format!("not a readable TFLite model: {e}"));
     let proto = tract_tflite::tflite()
         .proto_model_for_read(&mut &bytes[..])
-        .map_err(|e| FormatError(format!("{e:#}")))?;
+        .map_err(|e| not_tflite(format!("{e:#}")))?;
     // The flatbuffer accessors index without checks; a corrupt index must not take the
     // caller down.
     catch_unwind(AssertUnwindSafe(|| contents_of(&proto)))
-        .map_err(|_| FormatError("inconsistent flatbuffer (an index is out of range)".into()))?
+        .map_err(|_| not_tflite("inconsistent flatbuffer (an index is out of range)".into()))?
+        .map_err(|e| not_tflite(e.0))
 }
 
 fn contents_of(proto: &TfliteProtoModel) -> Result<ModelContents, FormatError> {
@@ -262,6 +321,7 @@ fn contents_of(proto: &TfliteProtoModel) -> Result<ModelContents, FormatError> {
         .map(tensor)
         .collect::<Result<_, _>>()?;
     Ok(ModelContents {
+        format: ModelFormat::Tflite,
         ops,
         inputs,
         outputs,
