@@ -23,8 +23,12 @@ if ! "$venv/bin/python" -c 'import ai_edge_litert, numpy' 2>/dev/null; then
   "$venv/bin/pip" install -q ai-edge-litert==2.3.0 numpy==2.4.6 >&2
 fi
 
-cargo build --release -p edge-agent -p edge-operator >&2
-cargo bench --no-run -p edge-agent --bench pipeline -p edge-operator --bench operator >&2
+# One package per command, exactly as the benchmarks run below (building both in one
+# command unifies their dependencies' features differently, so the runs would rebuild and
+# re-link the agent with LTO once more). The bench build also writes the agent binary the
+# harness runs, target/release/edge-agent.
+cargo bench --no-run -p edge-agent --bench pipeline >&2
+cargo bench --no-run -p edge-operator --bench operator >&2
 
 agent_benches=()
 run_b8=1

@@ -174,6 +174,24 @@ pub fn counter(text: &str, name: &str) -> f64 {
 /// Quantile `q` of histogram `name`, interpolated linearly inside the bucket like
 /// PromQL's `histogram_quantile`.
 pub fn quantile(text: &str, name: &str, q: f64) -> Option<f64> {
+    quantile_of(&buckets(text, name), q)
+}
+
+/// Quantile `q` of what histogram `name` observed between two scrapes.
+pub fn quantile_since(before: &str, after: &str, name: &str, q: f64) -> Option<f64> {
+    let old = buckets(before, name);
+    let delta: Vec<(f64, f64)> = buckets(after, name)
+        .into_iter()
+        .map(|(le, count)| {
+            let was = old.iter().find(|(l, _)| *l == le).map_or(0.0, |(_, c)| *c);
+            (le, count - was)
+        })
+        .collect();
+    quantile_of(&delta, q)
+}
+
+/// The cumulative buckets `(le, count)` of histogram `name`, by `le`.
+fn buckets(text: &str, name: &str) -> Vec<(f64, f64)> {
     let prefix = format!("{name}_bucket{{");
     let mut buckets: Vec<(f64, f64)> = text
         .lines()
@@ -190,13 +208,17 @@ pub fn quantile(text: &str, name: &str, q: f64) -> Option<f64> {
         })
         .collect();
     buckets.sort_by(|a, b| a.0.total_cmp(&b.0));
+    buckets
+}
+
+fn quantile_of(buckets: &[(f64, f64)], q: f64) -> Option<f64> {
     let total = buckets.last()?.1;
     if total <= 0.0 {
         return None;
     }
     let rank = q * total;
     let mut prev = (0.0, 0.0);
-    for &(le, count) in &buckets {
+    for &(le, count) in buckets {
         if count >= rank {
             if le.is_infinite() {
                 return Some(prev.0);
