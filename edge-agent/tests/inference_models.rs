@@ -52,29 +52,32 @@ fn every_fixture_model_matches_its_golden_vectors_single_and_batched() {
             model.batches(),
             "{file}: a symbolic batch works for every fixture model"
         );
-        let golden =
-            GoldenSet::from_json(&fixture_bytes(&format!("{name}.golden.json")), None).unwrap();
-        assert_eq!(golden.tolerance, 1e-5);
-        let max = golden
-            .check(model.row_len(), |x| model.run_single(x))
-            .unwrap_or_else(|e| panic!("{file}: {e}"));
-        assert!(max <= 1e-5, "{file}: max error {max}");
+        matches_golden_single_and_batched(&model, &format!("{name}.golden.json"), &file);
+    }
+}
 
-        // All vectors in one batched call give the same outputs.
-        let flat: Vec<f32> = golden
-            .vectors
-            .iter()
-            .flat_map(|v| v.input.clone())
-            .collect();
-        let out = model.run(&flat, golden.vectors.len()).unwrap();
-        for (i, (v, got)) in golden
-            .vectors
-            .iter()
-            .zip(out.chunks(model.output_len()))
-            .enumerate()
-        {
-            compare(i, got, &v.output, 1e-5).unwrap_or_else(|e| panic!("{file} batched: {e}"));
-        }
+/// `model` gives the outputs of its golden file within 1e-5, one vector at a time and all
+/// of them in one batched call.
+fn matches_golden_single_and_batched(model: &Model, golden_file: &str, what: &str) {
+    let golden = GoldenSet::from_json(&fixture_bytes(golden_file), None).unwrap();
+    assert_eq!(golden.tolerance, 1e-5);
+    let max = golden
+        .check(model.row_len(), |x| model.run_single(x))
+        .unwrap_or_else(|e| panic!("{what}: {e}"));
+    assert!(max <= 1e-5, "{what}: max error {max}");
+    let flat: Vec<f32> = golden
+        .vectors
+        .iter()
+        .flat_map(|v| v.input.clone())
+        .collect();
+    let out = model.run(&flat, golden.vectors.len()).unwrap();
+    for (i, (v, got)) in golden
+        .vectors
+        .iter()
+        .zip(out.chunks(model.output_len()))
+        .enumerate()
+    {
+        compare(i, got, &v.output, 1e-5).unwrap_or_else(|e| panic!("{what} batched: {e}"));
     }
 }
 
@@ -115,20 +118,8 @@ fn the_onnx_fixture_matches_onnxruntime_single_and_batched() {
         (vec![1, 16], vec![1, 1])
     );
     assert!(model.batches());
+    matches_golden_single_and_batched(&model, "anomaly_dense.golden.json", "anomaly_dense.onnx");
     let golden = GoldenSet::from_json(&fixture_bytes("anomaly_dense.golden.json"), None).unwrap();
-    let max = golden
-        .check(model.row_len(), |x| model.run_single(x))
-        .unwrap();
-    assert!(max <= 1e-5, "max error {max}");
-    let flat: Vec<f32> = golden
-        .vectors
-        .iter()
-        .flat_map(|v| v.input.clone())
-        .collect();
-    let out = model.run(&flat, golden.vectors.len()).unwrap();
-    for (i, (v, got)) in golden.vectors.iter().zip(out.chunks(1)).enumerate() {
-        compare(i, got, &v.output, 1e-5).unwrap();
-    }
     // The fixture separates its spiked windows (every third) from the others.
     for (i, v) in golden.vectors.iter().enumerate() {
         assert_eq!(v.output[0] > 0.8, i % 3 == 2, "vector {i}: {}", v.output[0]);
