@@ -429,7 +429,10 @@ impl Writer {
                 allow_partial,
                 reply,
             } => {
-                let _ = reply.send(self.store.take_batch(limit, allow_partial));
+                // Taking a batch records its range on disk; on a full disk it needs the
+                // reserve like a delete does, or the queue could never drain.
+                let result = self.with_space(|store| store.take_batch(limit, allow_partial));
+                let _ = reply.send(result);
             }
             Command::Ack { batch, reply } => {
                 let result = self.with_space(|store| store.ack(&batch));
@@ -450,9 +453,9 @@ impl Writer {
         }
     }
 
-    /// Runs a drain (a delete); if the disk was full, gives SQLite the reserve space,
-    /// checkpoints the WAL and runs it once more. Deletes are what frees space, so they
-    /// get the reserve; commits of new records do not.
+    /// Runs a drain step (taking a batch, a delete); if the disk was full, gives SQLite the
+    /// reserve space, checkpoints the WAL and runs it once more. Draining is what frees
+    /// space, so it gets the reserve; commits of new records do not.
     fn with_space<T>(
         &mut self,
         mut op: impl FnMut(&mut Store) -> Result<T, QueueError>,
