@@ -1,10 +1,17 @@
 //! Loading a pipeline from a file: a full `EdgePipeline` manifest (as applied to the
 //! cluster) or its bare `spec`, so the same file runs on k3s, on a laptop or on a
 //! Raspberry Pi without Kubernetes.
+//!
+//! The file is read as kubectl and Helm read it (YAML 1.1 scalars, JSON numbers), so a
+//! manifest means the same thing to the agent as to the API server: unquoted `y`, `n`,
+//! `yes`, `no`, `on` and `off` are booleans, `010` is octal, and `1e3` or `1.0` is an
+//! integer.
 
 use serde::{Deserialize, Serialize};
+use serde_json::Value;
 
 use crate::spec::EdgePipelineSpec;
+use crate::validate::{FieldError, describe};
 
 /// The API group and version of EdgePipeline.
 pub const API_VERSION: &str = "edgepipe.dev/v1alpha1";
@@ -54,6 +61,9 @@ pub enum ManifestError {
     ApiVersion { found: String },
     #[error("kind {found:?} is not {KIND}")]
     Kind { found: String },
+    /// Keys v1alpha1 renamed (see [`crate::renamed`]), one error per key.
+    #[error("{}", describe(.0))]
+    Renamed(Vec<FieldError>),
 }
 
 #[derive(Deserialize)]
@@ -66,9 +76,9 @@ struct FullManifest {
 
 /// Parses a full EdgePipeline manifest or a bare spec from YAML (or JSON) text.
 pub fn parse_pipeline(text: &str) -> Result<PipelineFile, ManifestError> {
-    let value: serde_json::Value =
-        serde_saphyr::from_str(text).map_err(|e| ManifestError::Yaml(e.to_string()))?;
-    if value.get("apiVersion").is_some() || value.get("kind").is_some() {
+    let value = read_as_kubectl_sends(text)?;
+    let full = value.get("apiVersion").is_some() || value.get("kind").is_some();
+    if full {
         let field = |k: &str| {
             value
                 .get(k)
@@ -86,20 +96,72 @@ pub fn parse_pipeline(text: &str) -> Result<PipelineFile, ManifestError> {
                 found: field("kind"),
             });
         }
+    }
+    let renamed = crate::renamed::check(if full {
+        value.get("spec").unwrap_or(&Value::Null)
+    } else {
+        &value
+    });
+    if !renamed.is_empty() {
+        return Err(ManifestError::Renamed(renamed));
+    }
+    if full {
         let full: FullManifest = serde_path_to_error::deserialize(value)
-            .map_err(|e| ManifestError::Shape(format!("{}: {}", e.path(), e.inner())))?;
+            .map_err(|e| shape_error(e.path().to_string(), e.inner()))?;
         Ok(PipelineFile {
             meta: full.metadata,
             spec: full.spec,
         })
     } else {
         let spec: EdgePipelineSpec = serde_path_to_error::deserialize(value)
-            .map_err(|e| ManifestError::Shape(format!("spec.{}: {}", e.path(), e.inner())))?;
+            .map_err(|e| shape_error(format!("spec.{}", e.path()), e.inner()))?;
         Ok(PipelineFile {
             meta: PipelineMeta::default(),
             spec,
         })
     }
+}
+
+/// Parses YAML into the JSON kubectl would send for it: YAML 1.1 booleans (the YAML
+/// parser's default) and octal integers, and integral numbers as integers (Go writes the
+/// float 1000 as `1000`, which an integer field accepts).
+fn read_as_kubectl_sends(text: &str) -> Result<Value, ManifestError> {
+    let mut options = serde_saphyr::Options::default();
+    options.legacy_octal_numbers = true;
+    let mut value: Value = serde_saphyr::from_str_with_options(text, options)
+        .map_err(|e| ManifestError::Yaml(e.to_string()))?;
+    integral_floats_to_integers(&mut value);
+    Ok(value)
+}
+
+/// Replaces every number with a float value equal to an integer by that integer.
+fn integral_floats_to_integers(value: &mut Value) {
+    /// Integers a float represents exactly.
+    const EXACT: f64 = 9_007_199_254_740_992.0;
+    match value {
+        Value::Number(n) if n.is_f64() => {
+            if let Some(f) = n.as_f64()
+                && f.fract() == 0.0
+                && f.abs() <= EXACT
+            {
+                *value = Value::from(f as i64);
+            }
+        }
+        Value::Array(items) => items.iter_mut().for_each(integral_floats_to_integers),
+        Value::Object(map) => map.values_mut().for_each(integral_floats_to_integers),
+        _ => {}
+    }
+}
+
+/// A type error at `path`, with a hint when a YAML 1.1 boolean stands where text belongs.
+fn shape_error(path: String, inner: &serde_json::Error) -> ManifestError {
+    let mut message = format!("{path}: {inner}");
+    if message.contains("invalid type: boolean") {
+        message.push_str(
+            " (kubectl and Helm read YAML 1.1, where unquoted y, n, yes, no, on, off, true and false are booleans: quote the value)",
+        );
+    }
+    ManifestError::Shape(message)
 }
 
 #[cfg(test)]
@@ -133,6 +195,59 @@ sink:
         assert!(err.to_string().contains("apiVersion"), "{err}");
         let err = parse_pipeline("apiVersion: edgepipe.dev/v1alpha1\nkind: Pod\nspec:\n  source: {mqtt: {topics: [a], url: 'mqtt://x'}}\n  sink: {http: {url: 'http://x'}}\n").unwrap_err();
         assert!(err.to_string().contains("kind"), "{err}");
+    }
+
+    /// The old action key, as written (`on`) and as kubectl sends it (`"true"`), in a full
+    /// manifest and in a bare spec: rejected naming the field, before the typed parse.
+    #[test]
+    fn the_renamed_action_key_is_named() {
+        let actions = [
+            "  actions: [{on: anomaly, mqtt: {topic: alerts}}]\n",
+            "  actions:\n    - \"true\": anomaly\n      mqtt: {topic: alerts}\n",
+        ];
+        for action in actions {
+            let spec = format!("{SPEC}{}", action.trim_start());
+            let bare = parse_pipeline(&spec).unwrap_err().to_string();
+            assert_eq!(
+                bare,
+                format!("spec.actions[0].on: {}", crate::renamed::ON_RENAMED)
+            );
+            let indented: String = spec.lines().map(|l| format!("  {l}\n")).collect();
+            let full = format!(
+                "apiVersion: edgepipe.dev/v1alpha1\nkind: EdgePipeline\nmetadata: {{name: p}}\nspec:\n{indented}"
+            );
+            assert_eq!(parse_pipeline(&full).unwrap_err().to_string(), bare);
+        }
+        let renamed = format!("{SPEC}actions: [{{trigger: anomaly, mqtt: {{topic: alerts}}}}]\n");
+        let file = parse_pipeline(&renamed).unwrap();
+        assert_eq!(file.spec.actions[0].trigger, crate::ActionTrigger::Anomaly);
+    }
+
+    /// What sigs.k8s.io/yaml (kubectl, Helm) sends for these scalars, as JSON.
+    #[test]
+    fn scalars_are_read_as_kubectl_sends_them() {
+        let yaml = "a: [yes, no, on, off, y, n, Yes, OFF, 010, 09, 1e3, 1.0, 0.5, 1:30, 2026-01-01, 1_000, 0x1F, \"on\"]";
+        let kubectl = r#"{"a":[true,false,true,false,true,false,true,false,8,9,1000,1,0.5,"1:30","2026-01-01",1000,31,"on"]}"#;
+        let ours = read_as_kubectl_sends(yaml).unwrap();
+        assert_eq!(ours.to_string(), kubectl);
+    }
+
+    #[test]
+    fn integral_numbers_fit_integer_fields_and_booleans_in_text_get_a_hint() {
+        let spec = SPEC
+            .replace("batch\"}", "batch\", batchSize: 1e3}")
+            .replace("\"sensors/#\"]", "\"sensors/#\"], qos: 1.0");
+        let file = parse_pipeline(&spec).unwrap();
+        assert_eq!(file.spec.sink.http.as_ref().unwrap().batch_size, 1000);
+        assert_eq!(file.spec.source.mqtt.qos, 1);
+
+        let spec = SPEC.replace("\"sensors/#\"]", "on]");
+        let err = parse_pipeline(&spec).unwrap_err().to_string();
+        assert!(
+            err.starts_with("spec.source.mqtt.topics[0]: invalid type: boolean `true`")
+                && err.contains("YAML 1.1"),
+            "{err}"
+        );
     }
 
     #[test]

@@ -27,7 +27,7 @@ use crate::units::{Duration, Size};
         kind = "EdgePipeline",
         plural = "edgepipelines",
         singular = "edgepipeline",
-        shortname = "ep",
+        shortname = "epl",
         category = "edgepipe",
         namespaced,
         doc = "An edge data pipeline: MQTT readings on the selected nodes are filtered, checked for anomalies, buffered durably and synced upstream.",
@@ -631,10 +631,16 @@ impl AggregateFunction {
 /// A local action, published immediately on the source broker.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
+#[schemars(transform = crate::renamed::action_schema)]
 pub struct Action {
-    /// What triggers the action: `anomaly` (inference score above threshold) or
-    /// `threshold` (a reading crossing a threshold processor's bound).
-    pub on: ActionTrigger,
+    /// Required. What triggers the action: `anomaly` (inference score above threshold),
+    /// `threshold` (a reading passing a threshold processor) or `classification` (an
+    /// image classified by inference). Formerly `on`, a key kubectl and Helm (YAML 1.1)
+    /// read as `true`.
+    // Manifests with `on` are refused by the CRD and by `parse_pipeline` (crate::renamed);
+    // the alias only lets the operator read an object stored with `on` before the rename.
+    #[serde(alias = "on")]
+    pub trigger: ActionTrigger,
     /// Publish a JSON message to the local broker.
     pub mqtt: MqttAction,
 }

@@ -424,12 +424,12 @@ impl Validator {
         if a.mqtt.qos > 1 {
             self.err(format!("{path}.mqtt.qos"), "must be 0 or 1");
         }
-        match a.on {
+        match a.trigger {
             ActionTrigger::Anomaly | ActionTrigger::Classification if spec.inference.is_none() => {
-                self.err(format!("{path}.on"), "needs spec.inference")
+                self.err(format!("{path}.trigger"), "needs spec.inference")
             }
             ActionTrigger::Threshold if !spec.processors.iter().any(|p| p.threshold.is_some()) => {
-                self.err(format!("{path}.on"), "needs a threshold processor")
+                self.err(format!("{path}.trigger"), "needs a threshold processor")
             }
             _ => {}
         }

@@ -67,7 +67,7 @@ impl Actions {
 
     /// True when some action fires on `trigger`.
     pub fn wants(&self, trigger: ActionTrigger) -> bool {
-        self.actions.iter().any(|a| a.on == trigger)
+        self.actions.iter().any(|a| a.trigger == trigger)
     }
 
     /// A reading passed a threshold processor.
@@ -99,7 +99,7 @@ impl Actions {
         label: Option<&str>,
         received: Instant,
     ) {
-        for action in self.actions.iter().filter(|a| a.on == trigger) {
+        for action in self.actions.iter().filter(|a| a.trigger == trigger) {
             let message = ActionMessage {
                 pipeline: &self.pipeline,
                 node: &self.node,

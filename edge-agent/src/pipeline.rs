@@ -63,10 +63,10 @@ impl Pipeline {
     /// The one place readings become records: `records[i]` is the unit of `readings[i]`
     /// (`received[i]` its arrival). Inference, when configured, scores the whole batch
     /// first, in one model call, on every raw reading (its anomaly records always travel
-    /// and fire `on: anomaly` actions at once); then the processors, reading by reading in
-    /// arrival order, decide which routine readings travel. Per device, both see the
-    /// readings in the order they arrived, so a batch yields exactly the records the same
-    /// readings would one at a time (model scores equal to float rounding).
+    /// and fire `trigger: anomaly` actions at once); then the processors, reading by
+    /// reading in arrival order, decide which routine readings travel. Per device, both
+    /// see the readings in the order they arrived, so a batch yields exactly the records
+    /// the same readings would one at a time (model scores equal to float rounding).
     pub async fn on_readings(
         &mut self,
         readings: &[Reading],

@@ -68,8 +68,8 @@ pub struct Outcome {
     /// Metric name of the stage that dropped the reading
     /// ([`ProcessorKind::metric_name`]); `None` if it passed or an aggregate absorbed it.
     pub filtered_by: Option<&'static str>,
-    /// The reading passed a `threshold` stage (drives `on: threshold` actions), whether
-    /// or not a later stage dropped it.
+    /// The reading passed a `threshold` stage (drives `trigger: threshold` actions),
+    /// whether or not a later stage dropped it.
     pub threshold_crossed: bool,
     /// Devices whose state was evicted to make room for this reading's device.
     pub evicted_devices: u64,

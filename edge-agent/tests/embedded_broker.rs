@@ -33,7 +33,7 @@ spec:
   processors:
     - threshold: {{above: 100}}
   actions:
-    - on: threshold
+    - trigger: threshold
       mqtt: {{topic: "alerts/{{device}}", qos: 1}}
   sink:
     http:

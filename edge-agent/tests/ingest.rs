@@ -194,7 +194,7 @@ async fn a_threshold_crossing_publishes_a_local_action_on_the_source_broker() {
         broker_port: broker.port,
         client_id: "agent-action",
         receiver_port: receiver.port,
-        processors: "[{threshold: {above: 100}}]\n  actions: [{on: threshold, mqtt: {topic: 'alerts/{pipeline}/{device}', qos: 1}}]",
+        processors: "[{threshold: {above: 100}}]\n  actions: [{trigger: threshold, mqtt: {topic: 'alerts/{pipeline}/{device}', qos: 1}}]",
         ..Pipeline::default()
     }
     .yaml();

@@ -89,6 +89,47 @@ fn every_broken_manifest_is_rejected_by_both_layers_naming_the_field() {
     }
 }
 
+/// The old action key `on`, as written and as kubectl sends it (`"true"`): both layers
+/// name `spec.actions[0].on` with the same message, which says what the key became.
+#[test]
+fn the_renamed_action_key_gets_the_same_message_from_both_layers() {
+    for key in ["on", "\"true\""] {
+        let text = format!(
+            r#"
+apiVersion: edgepipe.dev/v1alpha1
+kind: EdgePipeline
+metadata: {{name: old, namespace: test}}
+spec:
+  source:
+    mqtt: {{url: "mqtt://127.0.0.1:1883", topics: ["sensors/#"]}}
+  inference:
+    model: {{path: /models/a.tflite}}
+  actions:
+    - {key}: anomaly
+      mqtt: {{topic: "alerts/{{device}}"}}
+  sink:
+    http: {{url: "https://ingest.example.com/batch"}}
+"#
+        );
+        let expected = Problem {
+            path: "spec.actions[0].on".into(),
+            message: edge_crds::renamed::ON_RENAMED.into(),
+        };
+        assert_eq!(rust_layer(&text), vec![expected.clone()], "{key}");
+        let schema = schema_layer(&text);
+        assert_eq!(schema.len(), 1, "{key}: {schema:#?}");
+        assert_eq!(schema[0].path, expected.path, "{key}");
+        assert!(
+            schema[0].message.starts_with(&expected.message),
+            "{key}: {}",
+            schema[0].message
+        );
+        let renamed = text.replace(&format!("- {key}:"), "- trigger:");
+        assert_eq!(rust_layer(&renamed), vec![], "{key}");
+        assert_eq!(schema_layer(&renamed), vec![], "{key}");
+    }
+}
+
 #[test]
 fn all_problems_are_reported_at_once() {
     let text = r#"

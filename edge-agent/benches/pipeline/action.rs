@@ -64,7 +64,7 @@ fn latencies(sent: &[Option<Instant>], got: &[Option<Instant>]) -> Vec<f64> {
 pub async fn b7(dir: &Path) -> BenchResult<Vec<String>> {
     let broker = util::broker(dir)?;
     let port = broker.port;
-    let extra = "  processors:\n    - threshold: {above: 100}\n  actions:\n    - on: threshold\n      mqtt: {topic: \"alerts/{device}\"}\n";
+    let extra = "  processors:\n    - threshold: {above: 100}\n  actions:\n    - trigger: threshold\n      mqtt: {topic: \"alerts/{device}\"}\n";
     let sink = format!("http://127.0.0.1:{}/ingest", util::free_port()?);
     let agent = util::agent(dir, &util::pipeline(port, extra, "fsync", &sink, false))?;
 

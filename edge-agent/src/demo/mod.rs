@@ -142,7 +142,7 @@ spec:
     - range: {{min: -50, max: 50}}
     - deadband: {{absolute: 2.0, maxSilence: 5m}}
   actions:
-    - on: anomaly
+    - trigger: anomaly
       mqtt: {{topic: "alerts/{{device}}", qos: 1}}
   buffer:
     maxBytes: 64Mi

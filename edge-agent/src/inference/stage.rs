@@ -90,9 +90,9 @@ impl InferenceStage {
     }
 
     /// Scores the windows of a batch of readings (in arrival order, `received[i]` the
-    /// arrival of `readings[i]`) in one model call. Each anomaly fires the `on: anomaly`
-    /// actions now and comes back among the records of its reading, to queue whatever the
-    /// processors do with that reading.
+    /// arrival of `readings[i]`) in one model call. Each anomaly fires the
+    /// `trigger: anomaly` actions now and comes back among the records of its reading, to
+    /// queue whatever the processors do with that reading.
     pub async fn on_readings(
         &mut self,
         readings: &[Reading],
@@ -110,8 +110,8 @@ impl InferenceStage {
     }
 
     /// Classifies an image payload: a classification record, after firing the
-    /// `on: classification` actions. An undecodable image or a skipped inference yields
-    /// no record (counted in the inference metrics).
+    /// `trigger: classification` actions. An undecodable image or a skipped inference
+    /// yields no record (counted in the inference metrics).
     pub async fn on_image(
         &mut self,
         topic: &str,
