@@ -31,8 +31,8 @@ fail() { printf '\nFAIL: %s\n' "$*" >&2; diagnostics; exit 1; }
 
 diagnostics() {
     set +e
-    echo "--- EdgePipelines"; kubectl get ep -A -o wide
-    echo "--- status"; kubectl -n "$NS" get ep "$PIPELINE" -o jsonpath='{.status}'; echo
+    echo "--- EdgePipelines"; kubectl get epl -A -o wide
+    echo "--- status"; kubectl -n "$NS" get epl "$PIPELINE" -o jsonpath='{.status}'; echo
     echo "--- DaemonSets and pods"; kubectl -n "$NS" get ds,pods -o wide
     echo "--- events"; kubectl -n "$NS" get events --sort-by=.lastTimestamp | tail -30
     echo "--- operator logs"; kubectl -n edgepipe-system logs deploy/edge-operator --tail=80
@@ -81,7 +81,7 @@ kubectl create namespace "$NS" --dry-run=client -o yaml | kubectl apply -f -
 kubectl -n "$NS" create secret generic ingest-token --from-literal=authorization='Bearer e2e' \
     --dry-run=client -o yaml | kubectl apply -f -
 kubectl apply -f "$EXAMPLE"
-kubectl -n "$NS" wait --for=condition=Ready "ep/$PIPELINE" --timeout "$TIMEOUT" || fail "pipeline not Ready"
+kubectl -n "$NS" wait --for=condition=Ready "epl/$PIPELINE" --timeout "$TIMEOUT" || fail "pipeline not Ready"
 
 log "checking the DaemonSet and its pods"
 desired="$(kubectl -n "$NS" get ds "$AGENT" -o jsonpath='{.status.desiredNumberScheduled}')"
@@ -93,7 +93,7 @@ owner="$(kubectl -n "$NS" get ds "$AGENT" -o jsonpath='{.metadata.ownerReference
 [ "$owner" = "EdgePipeline/$PIPELINE" ] || fail "DaemonSet owner is $owner"
 uid="$(kubectl -n "$NS" get pods -l app.kubernetes.io/instance="$PIPELINE" -o jsonpath='{.items[0].spec.securityContext.runAsUser}')"
 [ "$uid" = "65532" ] || fail "agent pod runs as $uid"
-status_nodes="$(kubectl -n "$NS" get ep "$PIPELINE" -o jsonpath='{.status.readyNodes}/{.status.desiredNodes}')"
+status_nodes="$(kubectl -n "$NS" get epl "$PIPELINE" -o jsonpath='{.status.readyNodes}/{.status.desiredNodes}')"
 [ "$status_nodes" = "1/1" ] || fail "status reports $status_nodes nodes"
 kubectl -n "$NS" get events --field-selector involvedObject.name="$PIPELINE" -o jsonpath='{.items[*].reason}' \
     | grep -q Created || fail "no Created Event"
@@ -116,14 +116,14 @@ echo "agent received $received message(s)"
 log "an invalid spec sets Invalid and leaves the running agents alone"
 generation="$(kubectl -n "$NS" get ds "$AGENT" -o jsonpath='{.metadata.generation}')"
 kubectl -n "$NS" patch ep "$PIPELINE" --type merge -p '{"spec":{"source":{"mqtt":{"topics":["sensors/#/bad"]}}}}'
-kubectl -n "$NS" wait --for=condition=Invalid "ep/$PIPELINE" --timeout "$TIMEOUT" || fail "Invalid not set"
-kubectl -n "$NS" get ep "$PIPELINE" -o jsonpath='{.status.conditions[?(@.type=="Invalid")].message}' \
+kubectl -n "$NS" wait --for=condition=Invalid "epl/$PIPELINE" --timeout "$TIMEOUT" || fail "Invalid not set"
+kubectl -n "$NS" get epl "$PIPELINE" -o jsonpath='{.status.conditions[?(@.type=="Invalid")].message}' \
     | grep -q 'spec.source.mqtt.topics\[0\]' || fail "Invalid message does not name the field"
 [ "$(kubectl -n "$NS" get ds "$AGENT" -o jsonpath='{.metadata.generation}')" = "$generation" ] \
     || fail "the DaemonSet was changed for an invalid spec"
 kubectl apply -f "$EXAMPLE"
-kubectl -n "$NS" wait --for=condition=Invalid=false "ep/$PIPELINE" --timeout "$TIMEOUT" || fail "Invalid not cleared"
-kubectl -n "$NS" wait --for=condition=Ready "ep/$PIPELINE" --timeout "$TIMEOUT" || fail "not Ready again"
+kubectl -n "$NS" wait --for=condition=Invalid=false "epl/$PIPELINE" --timeout "$TIMEOUT" || fail "Invalid not cleared"
+kubectl -n "$NS" wait --for=condition=Ready "epl/$PIPELINE" --timeout "$TIMEOUT" || fail "not Ready again"
 
 log "deleting the pipeline garbage-collects its DaemonSet and ConfigMap"
 kubectl -n "$NS" delete ep "$PIPELINE" --wait

@@ -111,11 +111,8 @@ fn kubeconfig(dir: &std::path::Path, server: &str) -> std::path::PathBuf {
     path
 }
 
-#[path = "../../edge-agent/tests/common/ports.rs"]
-mod ports;
-
 fn free_port() -> SocketAddr {
-    SocketAddr::from(([127, 0, 0, 1], ports::free_port()))
+    SocketAddr::from(([127, 0, 0, 1], edge_testkit::free_port()))
 }
 
 async fn status_of(addr: SocketAddr, path: &str) -> Option<u16> {

@@ -92,6 +92,26 @@ fn cluster_role_grants_exactly_what_the_operator_uses() {
 }
 
 #[test]
+fn watch_namespace_binds_the_role_in_that_namespace_only() {
+    let render = helm::render(&[], &["watchNamespace=factory"]).expect("renders");
+    assert!(
+        render.all("ClusterRoleBinding").is_empty(),
+        "watchNamespace still binds the ClusterRole cluster-wide"
+    );
+    let binding = render
+        .all("RoleBinding")
+        .into_iter()
+        .find(|b| b.value["roleRef"]["kind"] == "ClusterRole")
+        .map(|b| &b.value)
+        .expect("a RoleBinding of the ClusterRole");
+    assert_eq!(binding["metadata"]["namespace"], "factory");
+    assert_eq!(
+        binding["roleRef"]["name"],
+        render.one("ClusterRole")["metadata"]["name"]
+    );
+}
+
+#[test]
 fn leases_are_granted_only_in_the_release_namespace() {
     let render = default_render();
     let role = render.one("Role");

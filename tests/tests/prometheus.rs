@@ -15,15 +15,7 @@ use std::time::{Duration, Instant};
 
 use edge_tests::{tool, workspace_root};
 
-#[path = "../../edge-agent/tests/common/ports.rs"]
-mod ports;
-use ports::free_port;
-
-/// The agent tests' HTTP ingest receiver, shared rather than copied.
-#[allow(dead_code)]
-#[path = "../../edge-agent/tests/common/receiver.rs"]
-mod receiver;
-use receiver::Receiver;
+use edge_testkit::{Receiver, free_port};
 
 /// A child process killed on drop.
 struct Proc(Child);
@@ -74,20 +66,6 @@ fn poll(what: &str, timeout: Duration, mut ok: impl FnMut() -> bool) {
         assert!(Instant::now() < deadline, "timed out waiting for {what}");
         std::thread::sleep(Duration::from_millis(100));
     }
-}
-
-/// The agent binary of this workspace (built by `cargo test --workspace`).
-fn agent_binary() -> PathBuf {
-    let target = std::env::var_os("CARGO_TARGET_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| workspace_root().join("target"));
-    let bin = target.join("debug/edge-agent");
-    assert!(
-        bin.is_file(),
-        "{} missing: run `cargo build -p edge-agent`",
-        bin.display()
-    );
-    bin
 }
 
 fn start_mosquitto(dir: &Path) -> (Proc, u16) {
@@ -232,7 +210,7 @@ spec:
     .unwrap();
     let log = std::fs::File::create(dir.path().join("agent.log")).unwrap();
     let _agent = Proc(
-        Command::new(agent_binary())
+        Command::new(edge_testkit::workspace_bin("edge-agent"))
             .args(["run", "--config"])
             .arg(&config)
             .arg("--data-dir")

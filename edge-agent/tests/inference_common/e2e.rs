@@ -14,9 +14,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use super::eventually;
 
-#[path = "../common/ports.rs"]
-mod ports;
-pub use ports::free_port;
+pub use edge_testkit::free_port;
 
 /// A Mosquitto broker the test owns; killed on drop.
 pub struct Mosquitto {
@@ -372,9 +370,9 @@ spec:
 {inference}
   processors: {processors}
   actions:
-    - on: anomaly
+    - trigger: anomaly
       mqtt: {{topic: "alerts/{{device}}", qos: 1}}
-    - on: classification
+    - trigger: classification
       mqtt: {{topic: "labels/{{device}}", qos: 1}}
   buffer: {{durability: os}}
   sink:

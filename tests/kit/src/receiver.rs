@@ -83,7 +83,7 @@ impl Receiver {
     /// A receiver that is not listening yet (connections are refused) on a free port.
     pub fn down() -> Self {
         Self {
-            port: super::free_port(),
+            port: crate::free_port(),
             state: Arc::default(),
             server: None,
         }

@@ -1,0 +1,646 @@
+//! A real Kubernetes control plane on loopback, for tests and benchmarks.
+//!
+//! [`Cluster::start`] runs etcd, kube-apiserver (client-certificate and service-account
+//! token authentication, the Node and RBAC authorizers, the default admission plugins, an
+//! audit log of every request made by a service account), kube-controller-manager (every
+//! default controller, each with its own service-account credentials: DaemonSet, garbage
+//! collector, namespace, service-account token, node lifecycle...), kube-scheduler and
+//! kwok, which plays the kubelet of simulated nodes: it keeps their status and leases
+//! fresh and runs the pods bound to them. The binaries are the ones
+//! `tests/scripts/install-deps.d/kubernetes.sh` builds from Go modules.
+//!
+//! Every cluster gets fresh certificates (openssl), free ports and a directory under
+//! `target/cluster/`, which keeps the components' logs after the run; a failing test
+//! prints where they are ([`Cluster::guard`]). Components stop when the cluster is
+//! dropped, or when the test process exits, whichever comes first (see [`Process`]).
+
+use std::io::Write;
+use std::net::TcpStream;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+use std::sync::Mutex;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use serde_json::{Value, json};
+
+use crate::process::Process;
+use crate::{free_port, poll, target_dir, tool};
+
+/// How long the control plane may take to come up on a loaded 2-core machine.
+const START_TIMEOUT: Duration = Duration::from_secs(120);
+/// Annotation kwok selects the nodes it simulates by.
+const KWOK_ANNOTATION: &str = "kwok.x-k8s.io/node";
+
+/// A simulated node: its name, labels and taints.
+#[derive(Clone, Debug, Default)]
+pub struct Node {
+    pub name: String,
+    pub labels: Vec<(String, String)>,
+    /// `(key, value, effect)`.
+    pub taints: Vec<(String, String, String)>,
+}
+
+impl Node {
+    /// A node with no labels beyond the standard ones.
+    pub fn new(name: &str) -> Node {
+        Node {
+            name: name.to_string(),
+            ..Node::default()
+        }
+    }
+
+    /// Adds a label.
+    pub fn label(mut self, key: &str, value: &str) -> Node {
+        self.labels.push((key.to_string(), value.to_string()));
+        self
+    }
+
+    /// Adds a taint.
+    pub fn taint(mut self, key: &str, value: &str, effect: &str) -> Node {
+        self.taints
+            .push((key.to_string(), value.to_string(), effect.to_string()));
+        self
+    }
+
+    /// The Node object kwok simulates.
+    fn manifest(&self) -> Value {
+        let mut labels = serde_json::Map::new();
+        labels.insert("kubernetes.io/hostname".into(), json!(self.name));
+        labels.insert("kubernetes.io/os".into(), json!("linux"));
+        labels.insert("kubernetes.io/arch".into(), json!("amd64"));
+        labels.insert("type".into(), json!("kwok"));
+        for (k, v) in &self.labels {
+            labels.insert(k.clone(), json!(v));
+        }
+        let taints: Vec<Value> = self
+            .taints
+            .iter()
+            .map(|(key, value, effect)| json!({"key": key, "value": value, "effect": effect}))
+            .collect();
+        let resources = json!({"cpu": "4", "memory": "8Gi", "pods": "110"});
+        json!({
+            "apiVersion": "v1",
+            "kind": "Node",
+            "metadata": {
+                "name": self.name,
+                "labels": labels,
+                "annotations": {KWOK_ANNOTATION: "fake", "node.alpha.kubernetes.io/ttl": "0"},
+            },
+            "spec": {"taints": taints},
+            "status": {"allocatable": resources, "capacity": resources},
+        })
+    }
+}
+
+/// A running control plane. Dropping it stops every component.
+pub struct Cluster {
+    dir: PathBuf,
+    server: String,
+    kubeconfig: PathBuf,
+    /// Started components, in start order (stopped in reverse).
+    components: Mutex<Vec<Process>>,
+}
+
+impl Cluster {
+    /// Starts a control plane with `nodes`, each Ready before this returns. `name` names
+    /// the directory under `target/cluster/` (logs, certificates, kubeconfigs).
+    pub fn start(name: &str, nodes: &[Node]) -> Cluster {
+        let started = Instant::now();
+        let stamp = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map(|d| d.as_millis())
+            .unwrap_or_default();
+        let dir = target_dir()
+            .join("cluster")
+            .join(format!("{name}-{}-{stamp}", std::process::id()));
+        std::fs::create_dir_all(dir.join("logs")).expect("cluster directory");
+        let pki = Pki::create(&dir.join("pki"));
+
+        let api_port = free_port();
+        let server = format!("https://127.0.0.1:{api_port}");
+        let kubeconfig = write_kubeconfig(&dir, "admin", &server, &pki);
+        let cluster = Cluster {
+            dir: dir.clone(),
+            server: server.clone(),
+            kubeconfig,
+            components: Mutex::new(Vec::new()),
+        };
+
+        let etcd_port = free_port();
+        let peer_port = free_port();
+        let mut etcd = Command::new(tool("etcd"));
+        etcd.args(["--name", "default", "--data-dir"])
+            .arg(dir.join("etcd"))
+            .arg(format!("--listen-client-urls=http://127.0.0.1:{etcd_port}"))
+            .arg(format!("--advertise-client-urls=http://127.0.0.1:{etcd_port}"))
+            .arg(format!("--listen-peer-urls=http://127.0.0.1:{peer_port}"))
+            .arg(format!(
+                "--initial-advertise-peer-urls=http://127.0.0.1:{peer_port}"
+            ))
+            .arg(format!("--initial-cluster=default=http://127.0.0.1:{peer_port}"))
+            // Test data: durability across power cuts buys nothing and costs seconds.
+            .arg("--unsafe-no-fsync")
+            .arg("--log-level=warn");
+        cluster.spawn("etcd", &etcd);
+        cluster.wait_port(etcd_port, "etcd");
+
+        let policy = dir.join("audit-policy.yaml");
+        std::fs::write(&policy, AUDIT_POLICY).expect("audit policy");
+        let mut apiserver = Command::new(tool("kube-apiserver"));
+        apiserver
+            .arg(format!("--etcd-servers=http://127.0.0.1:{etcd_port}"))
+            .arg("--bind-address=127.0.0.1")
+            .arg("--advertise-address=127.0.0.1")
+            .arg(format!("--secure-port={api_port}"))
+            .arg(format!("--tls-cert-file={}", pki.path("apiserver.crt")))
+            .arg(format!("--tls-private-key-file={}", pki.path("apiserver.key")))
+            .arg(format!("--client-ca-file={}", pki.path("ca.crt")))
+            // Only so the components' delegated authentication finds a bundle; no client
+            // certificate carries the allowed name.
+            .arg(format!("--requestheader-client-ca-file={}", pki.path("ca.crt")))
+            .arg("--requestheader-allowed-names=front-proxy-client")
+            .arg("--service-account-issuer=https://kubernetes.default.svc.cluster.local")
+            .arg(format!("--service-account-key-file={}", pki.path("sa.pub")))
+            .arg(format!(
+                "--service-account-signing-key-file={}",
+                pki.path("sa.key")
+            ))
+            .arg("--service-cluster-ip-range=10.96.0.0/16")
+            .arg("--authorization-mode=Node,RBAC")
+            .arg("--allow-privileged=true")
+            .arg(format!("--audit-policy-file={}", policy.display()))
+            .arg(format!(
+                "--audit-log-path={}",
+                dir.join("logs/audit.log").display()
+            ))
+            .arg("--audit-log-format=json")
+            .arg("--profiling=false")
+            .arg("--v=1");
+        cluster.spawn("kube-apiserver", &apiserver);
+        poll(START_TIMEOUT, "kube-apiserver /readyz", || {
+            cluster
+                .kubectl(&["get", "--raw=/readyz"])
+                .status
+                .success()
+                .then_some(())
+        });
+
+        let kcm = write_kubeconfig(&dir, "kube-controller-manager", &server, &pki);
+        let mut controllers = Command::new(tool("kube-controller-manager"));
+        controllers
+            .arg(format!("--kubeconfig={}", kcm.display()))
+            .arg(format!("--authentication-kubeconfig={}", kcm.display()))
+            .arg(format!("--authorization-kubeconfig={}", kcm.display()))
+            .arg("--bind-address=127.0.0.1")
+            .arg(format!("--secure-port={}", free_port()))
+            .arg("--leader-elect=false")
+            .arg("--use-service-account-credentials=true")
+            .arg(format!(
+                "--service-account-private-key-file={}",
+                pki.path("sa.key")
+            ))
+            .arg(format!("--root-ca-file={}", pki.path("ca.crt")))
+            .arg(format!("--cluster-signing-cert-file={}", pki.path("ca.crt")))
+            .arg(format!("--cluster-signing-key-file={}", pki.path("ca.key")))
+            // A fleet of simulated nodes: room for many DaemonSets at once.
+            .arg("--kube-api-qps=200")
+            .arg("--kube-api-burst=400")
+            .arg("--concurrent-daemonset-syncs=8")
+            .arg("--node-monitor-grace-period=20s")
+            .arg("--v=1");
+        cluster.spawn("kube-controller-manager", &controllers);
+
+        let scheduler_config =
+            write_kubeconfig(&dir, "kube-scheduler", &server, &pki);
+        let mut scheduler = Command::new(tool("kube-scheduler"));
+        scheduler
+            .arg(format!("--kubeconfig={}", scheduler_config.display()))
+            .arg(format!(
+                "--authentication-kubeconfig={}",
+                scheduler_config.display()
+            ))
+            .arg(format!(
+                "--authorization-kubeconfig={}",
+                scheduler_config.display()
+            ))
+            .arg("--bind-address=127.0.0.1")
+            .arg(format!("--secure-port={}", free_port()))
+            .arg("--leader-elect=false")
+            .arg("--v=1");
+        cluster.spawn("kube-scheduler", &scheduler);
+
+        let mut kwok = Command::new(tool("kwok"));
+        kwok.arg(format!("--kubeconfig={}", cluster.kubeconfig.display()))
+            .arg(format!("--config={}", tool("stages.yaml").display()))
+            .arg("--manage-all-nodes=false")
+            .arg(format!(
+                "--manage-nodes-with-annotation-selector={KWOK_ANNOTATION}=fake"
+            ))
+            .arg("--cidr=10.244.0.1/16")
+            .arg("--node-ip=127.0.0.1")
+            .arg(format!("--server-address=127.0.0.1:{}", free_port()));
+        cluster.spawn("kwok", &kwok);
+
+        // The default ServiceAccount of `default` exists once the token controllers run.
+        poll(START_TIMEOUT, "the controller-manager", || {
+            cluster
+                .kubectl(&["get", "serviceaccount", "default", "-n", "default"])
+                .status
+                .success()
+                .then_some(())
+        });
+        for node in nodes {
+            cluster.add_node(node);
+        }
+        eprintln!(
+            "cluster {name}: {} nodes up in {:.1} s at {server}; logs in {}",
+            nodes.len(),
+            started.elapsed().as_secs_f64(),
+            dir.join("logs").display()
+        );
+        cluster
+    }
+
+    /// The API server URL.
+    pub fn server(&self) -> &str {
+        &self.server
+    }
+
+    /// The admin kubeconfig (`system:masters`).
+    pub fn kubeconfig(&self) -> &Path {
+        &self.kubeconfig
+    }
+
+    /// The cluster's directory (certificates, kubeconfigs, `logs/`).
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// The CA certificate the API server's serving certificate chains to.
+    pub fn ca_file(&self) -> PathBuf {
+        self.dir.join("pki/ca.crt")
+    }
+
+    /// Runs `kubectl ARGS` as the admin.
+    pub fn kubectl(&self, args: &[&str]) -> Output {
+        self.kubectl_as(&self.kubeconfig, args, None)
+    }
+
+    /// Runs `kubectl ARGS` as the admin, with `stdin` as its standard input.
+    pub fn kubectl_stdin(&self, args: &[&str], stdin: &str) -> Output {
+        self.kubectl_as(&self.kubeconfig, args, Some(stdin))
+    }
+
+    /// Runs `kubectl ARGS` with another kubeconfig.
+    pub fn kubectl_as(&self, kubeconfig: &Path, args: &[&str], stdin: Option<&str>) -> Output {
+        let mut child = Command::new(tool("kubectl"))
+            .args(args)
+            .env("KUBECONFIG", kubeconfig)
+            .env("KUBECACHEDIR", self.dir.join("kubectl-cache"))
+            .stdin(if stdin.is_some() {
+                Stdio::piped()
+            } else {
+                Stdio::null()
+            })
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("kubectl starts");
+        if let (Some(text), Some(mut pipe)) = (stdin, child.stdin.take()) {
+            pipe.write_all(text.as_bytes()).expect("kubectl stdin");
+        }
+        child.wait_with_output().expect("kubectl runs")
+    }
+
+    /// Runs `kubectl ARGS` as the admin and returns its stdout; panics with its stderr
+    /// when it fails.
+    pub fn kubectl_ok(&self, args: &[&str]) -> String {
+        let out = self.kubectl(args);
+        assert!(
+            out.status.success(),
+            "kubectl {} failed: {}",
+            args.join(" "),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    /// `kubectl get ARGS -o json`, parsed.
+    pub fn get_json(&self, args: &[&str]) -> Value {
+        let mut all = vec!["get"];
+        all.extend_from_slice(args);
+        all.extend_from_slice(&["-o", "json"]);
+        serde_json::from_str(&self.kubectl_ok(&all)).expect("kubectl prints JSON")
+    }
+
+    /// Applies YAML with `kubectl apply -f -` as the admin; panics when it fails.
+    pub fn apply(&self, yaml: &str) -> String {
+        let out = self.kubectl_stdin(&["apply", "-f", "-"], yaml);
+        assert!(
+            out.status.success(),
+            "kubectl apply failed: {}\n{yaml}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    /// Creates a namespace (if missing).
+    pub fn namespace(&self, name: &str) {
+        self.apply(&format!(
+            "apiVersion: v1\nkind: Namespace\nmetadata: {{name: {name}}}\n"
+        ));
+    }
+
+    /// Adds a simulated node and waits until it is Ready.
+    pub fn add_node(&self, node: &Node) {
+        self.apply(&node.manifest().to_string());
+        self.wait_node_ready(&node.name, true);
+    }
+
+    /// Takes a node offline (`ready = false`: kwok stops heartbeating for it and its Ready
+    /// condition turns Unknown, as for a node without power) or brings it back.
+    pub fn set_node_ready(&self, name: &str, ready: bool) {
+        if ready {
+            self.kubectl_ok(&[
+                "annotate",
+                "node",
+                name,
+                &format!("{KWOK_ANNOTATION}=fake"),
+                "--overwrite",
+            ]);
+        } else {
+            self.kubectl_ok(&["annotate", "node", name, &format!("{KWOK_ANNOTATION}-")]);
+            let patch = json!({"status": {"conditions": [{
+                "type": "Ready", "status": "Unknown", "reason": "NodeStatusUnknown",
+                "message": "Kubelet stopped posting node status.",
+                "lastHeartbeatTime": now_rfc3339(), "lastTransitionTime": now_rfc3339(),
+            }]}});
+            self.kubectl_ok(&[
+                "patch",
+                "node",
+                name,
+                "--subresource=status",
+                "--type=strategic",
+                "-p",
+                &patch.to_string(),
+            ]);
+        }
+        self.wait_node_ready(name, ready);
+    }
+
+    fn wait_node_ready(&self, name: &str, ready: bool) {
+        poll(
+            START_TIMEOUT,
+            &format!("node {name} Ready={ready}"),
+            || {
+                let node = self.get_json(&["node", name]);
+                let status = node["status"]["conditions"]
+                    .as_array()?
+                    .iter()
+                    .find(|c| c["type"] == "Ready")?["status"]
+                    .as_str()?
+                    .to_string();
+                ((status == "True") == ready).then_some(())
+            },
+        );
+    }
+
+    /// A kubeconfig that authenticates as the ServiceAccount `namespace/name` with a
+    /// token from the TokenRequest API (valid for `hours`), as a pod of that
+    /// ServiceAccount would.
+    pub fn service_account_kubeconfig(&self, namespace: &str, name: &str, hours: u32) -> PathBuf {
+        let token = self.kubectl_ok(&[
+            "create",
+            "token",
+            name,
+            "-n",
+            namespace,
+            &format!("--duration={hours}h"),
+        ]);
+        let token = token.trim();
+        assert!(!token.is_empty(), "TokenRequest for {namespace}/{name} gave no token");
+        let path = self.dir.join(format!("sa-{namespace}-{name}.kubeconfig"));
+        std::fs::write(
+            &path,
+            kubeconfig_text(&self.server, &self.ca_file(), &format!("token: {token}")),
+        )
+        .expect("write kubeconfig");
+        path
+    }
+
+    /// The audit log so far: one JSON event per request made by a ServiceAccount (the
+    /// operator, the controllers), at the ResponseComplete stage.
+    pub fn audit_events(&self) -> Vec<Value> {
+        std::fs::read_to_string(self.dir.join("logs/audit.log"))
+            .unwrap_or_default()
+            .lines()
+            .filter_map(|l| serde_json::from_str(l).ok())
+            .collect()
+    }
+
+    /// A path for a log of the test's own (an operator, an agent) beside the components'.
+    pub fn log_path(&self, name: &str) -> PathBuf {
+        self.dir.join("logs").join(format!("{name}.log"))
+    }
+
+    /// A guard that, when dropped during a panic, prints where the logs are and the tail
+    /// of each component's log. Hold one in every test that uses the cluster.
+    pub fn guard(&self) -> Guard<'_> {
+        Guard { cluster: self }
+    }
+
+    fn spawn(&self, name: &str, command: &Command) {
+        let process = Process::spawn(name, command, &self.log_path(name));
+        self.components
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .push(process);
+    }
+
+    fn wait_port(&self, port: u16, what: &str) {
+        poll(START_TIMEOUT, what, || {
+            TcpStream::connect(("127.0.0.1", port)).ok().map(|_| ())
+        });
+    }
+
+    /// Prints where the logs are, with the last lines of each component's log.
+    pub fn print_logs(&self) {
+        eprintln!("cluster logs: {}", self.dir.join("logs").display());
+        let components = self.components.lock().unwrap_or_else(|e| e.into_inner());
+        for process in components.iter() {
+            eprintln!(
+                "--- {} ({}), last lines:\n{}",
+                process.name(),
+                process.log().display(),
+                process.log_tail(15)
+            );
+        }
+    }
+}
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            self.print_logs();
+        }
+        let mut components = self.components.lock().unwrap_or_else(|e| e.into_inner());
+        while let Some(mut process) = components.pop() {
+            process.stop();
+        }
+    }
+}
+
+/// See [`Cluster::guard`].
+pub struct Guard<'a> {
+    cluster: &'a Cluster,
+}
+
+impl Drop for Guard<'_> {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            self.cluster.print_logs();
+        }
+    }
+}
+
+/// Audit every request of a ServiceAccount (the operator under test runs as one) with
+/// its metadata; nothing else, so the log stays small.
+const AUDIT_POLICY: &str = "apiVersion: audit.k8s.io/v1
+kind: Policy
+omitStages: [RequestReceived]
+rules:
+  - level: Metadata
+    userGroups: [\"system:serviceaccounts\"]
+  - level: None
+";
+
+/// Certificates and keys of one cluster, made with the openssl CLI.
+struct Pki {
+    dir: PathBuf,
+}
+
+impl Pki {
+    fn create(dir: &Path) -> Pki {
+        std::fs::create_dir_all(dir).expect("pki directory");
+        let pki = Pki {
+            dir: dir.to_path_buf(),
+        };
+        pki.openssl(&[
+            "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1",
+            "-nodes", "-days", "7", "-subj", "/CN=edgepipe-test-ca", "-keyout", "ca.key",
+            "-out", "ca.crt",
+        ]);
+        pki.leaf(
+            "apiserver",
+            "/CN=kube-apiserver",
+            &[
+                "subjectAltName=IP:127.0.0.1,IP:10.96.0.1,DNS:localhost,DNS:kubernetes,\
+                 DNS:kubernetes.default,DNS:kubernetes.default.svc,\
+                 DNS:kubernetes.default.svc.cluster.local",
+                "extendedKeyUsage=serverAuth",
+            ],
+        );
+        pki.leaf("admin", "/O=system:masters/CN=edgepipe-test-admin", &[]);
+        pki.leaf(
+            "kube-controller-manager",
+            "/CN=system:kube-controller-manager",
+            &[],
+        );
+        pki.leaf("kube-scheduler", "/CN=system:kube-scheduler", &[]);
+        pki.openssl(&["genrsa", "-out", "sa.key", "2048"]);
+        pki.openssl(&["rsa", "-in", "sa.key", "-pubout", "-out", "sa.pub"]);
+        pki
+    }
+
+    /// A key and a certificate signed by the CA; client certificates by default.
+    fn leaf(&self, name: &str, subject: &str, extensions: &[&str]) {
+        let key = format!("{name}.key");
+        let crt = format!("{name}.crt");
+        let mut args = vec![
+            "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1",
+            "-nodes", "-days", "7", "-subj", subject, "-CA", "ca.crt", "-CAkey", "ca.key",
+            "-keyout", &key, "-out", &crt,
+        ];
+        let client = ["extendedKeyUsage=clientAuth"];
+        let extensions = if extensions.is_empty() {
+            &client[..]
+        } else {
+            extensions
+        };
+        // Without these, openssl's default `v3_ca` section marks the leaf a CA, which
+        // Go accepts and rustls (the operator's client) rightly refuses.
+        args.extend_from_slice(&[
+            "-addext",
+            "basicConstraints=critical,CA:FALSE",
+            "-addext",
+            "keyUsage=critical,digitalSignature,keyEncipherment",
+        ]);
+        for ext in extensions {
+            args.extend_from_slice(&["-addext", ext]);
+        }
+        self.openssl(&args);
+    }
+
+    fn openssl(&self, args: &[&str]) {
+        let out = Command::new(tool("openssl"))
+            .args(args)
+            .current_dir(&self.dir)
+            .output()
+            .expect("openssl runs");
+        assert!(
+            out.status.success(),
+            "openssl {} failed: {}",
+            args.join(" "),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+
+    fn path(&self, file: &str) -> String {
+        self.dir.join(file).display().to_string()
+    }
+}
+
+/// A kubeconfig `<dir>/<name>.kubeconfig` authenticating with the client certificate
+/// `pki/<name>.crt`.
+fn write_kubeconfig(dir: &Path, name: &str, server: &str, pki: &Pki) -> PathBuf {
+    let user = format!(
+        "client-certificate: {}\n      client-key: {}",
+        pki.path(&format!("{name}.crt")),
+        pki.path(&format!("{name}.key"))
+    );
+    let path = dir.join(format!("{name}.kubeconfig"));
+    std::fs::write(&path, kubeconfig_text(server, &pki.dir.join("ca.crt"), &user))
+        .expect("write kubeconfig");
+    path
+}
+
+fn kubeconfig_text(server: &str, ca: &Path, user: &str) -> String {
+    format!(
+        "apiVersion: v1
+kind: Config
+clusters:
+  - name: test
+    cluster:
+      server: {server}
+      certificate-authority: {ca}
+users:
+  - name: test
+    user:
+      {user}
+contexts:
+  - name: test
+    context: {{cluster: test, user: test}}
+current-context: test
+",
+        ca = ca.display()
+    )
+}
+
+/// Now, as RFC 3339 in UTC (what the API's `Time` fields take).
+fn now_rfc3339() -> String {
+    let out = Command::new("date")
+        .args(["-u", "+%Y-%m-%dT%H:%M:%SZ"])
+        .output()
+        .expect("date runs");
+    String::from_utf8_lossy(&out.stdout).trim().to_string()
+}

@@ -1,0 +1,78 @@
+//! The shared test kit of Edgepipe: every test, benchmark and the demo take their real
+//! components from here, so there is one of each.
+//!
+//! - [`mqtt`]: a real Mosquitto broker on a free port, a QoS 1 publisher that waits for
+//!   PUBACKs, a subscriber, persistent-session preparation;
+//! - [`agent`]: the `edge-agent` binary with its own config, data directory and log, and
+//!   its `/metrics`, `/livez` and `/readyz`;
+//! - [`receiver`]: a real HTTP ingest endpoint that records requests and can fail or stop;
+//! - [`operator`]: the `edge-operator` binary as the chart runs it, as its ServiceAccount;
+//! - [`cluster`]: a real Kubernetes control plane (etcd, kube-apiserver,
+//!   kube-controller-manager, kube-scheduler) with kwok's simulated nodes, and kubectl;
+//! - [`ports`], [`poll`]: race-free loopback ports and polling with deadlines;
+//! - [`process`]: background processes that never outlive the test.
+
+pub mod agent;
+pub mod cluster;
+pub mod mqtt;
+pub mod operator;
+pub mod poll;
+pub mod ports;
+pub mod process;
+pub mod receiver;
+
+use std::path::{Path, PathBuf};
+
+pub use agent::{Agent, http_get, parse_metrics};
+pub use mqtt::{Mosquitto, Publisher, Received, Subscriber, prepare_session};
+pub use poll::{eventually, poll};
+pub use ports::free_port;
+pub use receiver::{Receiver, Reply, Request};
+
+/// The workspace root (the directory holding the top-level Cargo.toml).
+pub fn workspace_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .ancestors()
+        .nth(2)
+        .expect("the kit lives in tests/kit of the workspace")
+        .to_path_buf()
+}
+
+/// The cargo target directory (`CARGO_TARGET_DIR`, else `<workspace>/target`).
+pub fn target_dir() -> PathBuf {
+    std::env::var_os("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| workspace_root().join("target"))
+}
+
+/// A binary of this workspace built by cargo (`target/debug/NAME`); panics with the
+/// command that builds it when it is missing, so a test never runs a stale path silently.
+pub fn workspace_bin(name: &str) -> PathBuf {
+    let bin = target_dir().join("debug").join(name);
+    assert!(
+        bin.is_file(),
+        "{} missing: run `cargo build -p {name}` (tests/run.sh does)",
+        bin.display()
+    );
+    bin
+}
+
+/// Path of a tool the test suite installs (`tests/scripts/install-deps.sh`): looked up in
+/// the Python venv, then `tests/.tools/bin`, then `/usr/sbin` and `PATH`.
+/// Panics with the install hint when it is missing, so a test never skips silently.
+pub fn tool(name: &str) -> PathBuf {
+    let root = workspace_root();
+    let mut candidates = vec![
+        root.join(".venv/bin").join(name),
+        root.join("tests/.tools/bin").join(name),
+        Path::new("/usr/sbin").join(name),
+        Path::new("/usr/bin").join(name),
+    ];
+    if let Some(path) = std::env::var_os("PATH") {
+        candidates.extend(std::env::split_paths(&path).map(|d| d.join(name)));
+    }
+    candidates
+        .into_iter()
+        .find(|p| p.is_file())
+        .unwrap_or_else(|| panic!("{name} is not installed: run tests/scripts/install-deps.sh"))
+}

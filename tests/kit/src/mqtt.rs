@@ -1,0 +1,229 @@
+//! MQTT for tests: a real Mosquitto broker on a free loopback port (killed on drop), a
+//! QoS 1 publisher whose `flush` waits for every PUBACK, a subscriber that collects what
+//! arrives, and the preparation of a persistent session before an agent first connects.
+
+use std::net::TcpStream;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use rumqttc::{AsyncClient, Event, Incoming, MqttOptions, Outgoing, QoS};
+
+use crate::{free_port, tool};
+
+/// A Mosquitto broker started for one test; killed on drop.
+pub struct Mosquitto {
+    pub port: u16,
+    child: Child,
+    _dir: tempfile::TempDir,
+}
+
+impl Mosquitto {
+    /// Starts `/usr/sbin/mosquitto` on a free loopback port, with room for large
+    /// persistent-session backlogs.
+    pub fn start() -> Self {
+        Self::launch(None)
+    }
+
+    /// Starts the broker on `port` (which must be free).
+    pub fn start_on(port: u16) -> Self {
+        Self::launch(Some(port))
+    }
+
+    fn launch(fixed: Option<u16>) -> Self {
+        let dir = tempfile::tempdir().expect("tempdir");
+        for _ in 0..5 {
+            let port = fixed.unwrap_or_else(free_port);
+            let conf = dir.path().join("mosquitto.conf");
+            std::fs::write(
+                &conf,
+                format!(
+                    "listener {port} 127.0.0.1\nallow_anonymous true\npersistence false\n\
+                     max_inflight_messages 1000\nmax_queued_messages 0\nmax_keepalive 60\n"
+                ),
+            )
+            .expect("write mosquitto.conf");
+            let log = std::fs::File::create(dir.path().join("mosquitto.log")).expect("log file");
+            let mut child = Command::new(tool("mosquitto"))
+                .arg("-c")
+                .arg(&conf)
+                .stdout(Stdio::null())
+                .stderr(log)
+                .spawn()
+                .expect("spawn mosquitto (tests/scripts/install-deps.sh installs it)");
+            let deadline = Instant::now() + Duration::from_secs(10);
+            while Instant::now() < deadline {
+                if TcpStream::connect(("127.0.0.1", port)).is_ok() {
+                    return Self {
+                        port,
+                        child,
+                        _dir: dir,
+                    };
+                }
+                if let Ok(Some(_)) = child.try_wait() {
+                    break; // port taken meanwhile: try another
+                }
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+        panic!("mosquitto did not start");
+    }
+}
+
+impl Drop for Mosquitto {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Opens the persistent session of `client_id` with `topics` subscribed (QoS 1), so the
+/// broker keeps every matching message for the agent from now on, whether it is up or
+/// not.
+pub async fn prepare_session(port: u16, client_id: &str, topics: &[&str]) {
+    let mut options = MqttOptions::new(client_id, "127.0.0.1", port);
+    options.set_clean_session(false);
+    let (client, mut events) = AsyncClient::new(options, 10);
+    for t in topics {
+        client
+            .subscribe(*t, QoS::AtLeastOnce)
+            .await
+            .expect("subscribe request");
+    }
+    let mut acked = 0;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while acked < topics.len() {
+        match tokio::time::timeout_at(deadline, events.poll()).await {
+            Ok(Ok(Event::Incoming(Incoming::SubAck(_)))) => acked += 1,
+            Ok(Ok(_)) => {}
+            Ok(Err(e)) => panic!("preparing the session: {e}"),
+            Err(_) => panic!("no SUBACK"),
+        }
+    }
+    client.disconnect().await.expect("disconnect request");
+    loop {
+        match events.poll().await {
+            Ok(Event::Outgoing(Outgoing::Disconnect)) | Err(_) => break,
+            Ok(_) => {}
+        }
+    }
+}
+
+/// A QoS 1 publisher whose `publish` returns once the broker acknowledged the message.
+pub struct Publisher {
+    client: AsyncClient,
+    acks: tokio::sync::mpsc::UnboundedReceiver<()>,
+    task: tokio::task::JoinHandle<()>,
+    outstanding: usize,
+}
+
+impl Publisher {
+    pub fn connect(port: u16, client_id: &str) -> Self {
+        let mut options = MqttOptions::new(client_id, "127.0.0.1", port);
+        options.set_max_packet_size(1 << 20, 1 << 20);
+        options.set_inflight(200);
+        let (client, mut events) = AsyncClient::new(options, 100);
+        let (tx, acks) = tokio::sync::mpsc::unbounded_channel();
+        let task = tokio::spawn(async move {
+            loop {
+                match events.poll().await {
+                    Ok(Event::Incoming(Incoming::PubAck(_))) => {
+                        if tx.send(()).is_err() {
+                            return;
+                        }
+                    }
+                    Ok(_) => {}
+                    Err(e) => panic!("test publisher: {e}"),
+                }
+            }
+        });
+        Self {
+            client,
+            acks,
+            task,
+            outstanding: 0,
+        }
+    }
+
+    /// Queues a QoS 1 publish.
+    pub async fn send(&mut self, topic: &str, payload: impl Into<Vec<u8>>) {
+        self.client
+            .publish(topic, QoS::AtLeastOnce, false, payload.into())
+            .await
+            .expect("publish request");
+        self.outstanding += 1;
+    }
+
+    /// Waits until the broker acknowledged everything sent so far.
+    pub async fn flush(&mut self) {
+        while self.outstanding > 0 {
+            tokio::time::timeout(Duration::from_secs(20), self.acks.recv())
+                .await
+                .expect("PUBACK in time")
+                .expect("publisher alive");
+            self.outstanding -= 1;
+        }
+    }
+}
+
+impl Drop for Publisher {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+/// (topic, payload) of a received message.
+pub type Received = (String, Vec<u8>);
+
+/// A subscriber collecting every message on a topic filter.
+pub struct Subscriber {
+    messages: std::sync::Arc<std::sync::Mutex<Vec<Received>>>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Subscriber {
+    /// Subscribes (QoS 1) and returns once the broker confirmed the subscription.
+    pub async fn connect(port: u16, client_id: &str, filter: &str) -> Self {
+        let mut options = MqttOptions::new(client_id, "127.0.0.1", port);
+        options.set_max_packet_size(16 << 20, 1 << 20);
+        let (client, mut events) = AsyncClient::new(options, 10);
+        client
+            .subscribe(filter, QoS::AtLeastOnce)
+            .await
+            .expect("subscribe request");
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        loop {
+            match tokio::time::timeout_at(deadline, events.poll()).await {
+                Ok(Ok(Event::Incoming(Incoming::SubAck(_)))) => break,
+                Ok(Ok(_)) => {}
+                Ok(Err(e)) => panic!("subscriber: {e}"),
+                Err(_) => panic!("no SUBACK"),
+            }
+        }
+        let messages = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let sink = messages.clone();
+        let task = tokio::spawn(async move {
+            let _client = client;
+            while let Ok(event) = events.poll().await {
+                if let Event::Incoming(Incoming::Publish(p)) = event {
+                    sink.lock()
+                        .unwrap()
+                        .push((p.topic.clone(), p.payload.to_vec()));
+                }
+            }
+        });
+        Self { messages, task }
+    }
+
+    /// Every message so far.
+    pub fn messages(&self) -> Vec<Received> {
+        self.messages.lock().unwrap().clone()
+    }
+}
+
+impl Drop for Subscriber {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}

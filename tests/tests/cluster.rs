@@ -1,0 +1,754 @@
+//! The operator, the CRD and the chart against a real control plane (etcd,
+//! kube-apiserver with RBAC and admission, kube-controller-manager, kube-scheduler) with
+//! kwok's simulated nodes: the chart installed with the real Helm CLI, every manifest
+//! applied with the real kubectl, the operator running on the host as the chart's
+//! ServiceAccount (cluster-wide here; the namespaced mode and leader election are in
+//! `cluster_scoped.rs`), and an agent run with the ConfigMap the operator wrote.
+//!
+//! One cluster serves every test of this file; each test works in namespaces of its own
+//! and ends by checking that the operator was never refused a request (RBAC exactly as
+//! the chart grants it).
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::{Duration, Instant};
+
+use edge_crds::EdgePipeline;
+use edge_testkit::cluster::{Cluster, Node};
+use edge_testkit::operator::Operator;
+use edge_testkit::{Agent, Mosquitto, Publisher, Receiver, eventually, poll};
+use edge_tests::api::{rust_layer, schema_layer};
+use edge_tests::helm::{self, CHART, NAMESPACE, RELEASE};
+use edge_tests::workspace_root;
+use futures::StreamExt;
+use k8s_openapi::api::core::v1::Pod;
+use kube::runtime::watcher;
+use kube::{Api, Client};
+use serde_json::Value;
+
+/// The operator Deployment the chart creates for release `edgepipe`.
+const DEPLOYMENT: &str = "edgepipe-edge-operator";
+const WAIT: Duration = Duration::from_secs(120);
+
+struct Fleet {
+    cluster: Cluster,
+    operator: Operator,
+}
+
+/// The shared cluster: six edge nodes labelled `edgepipe.dev/edge=true` (edge-3 also
+/// tainted `edgepipe.dev/edge=true:NoSchedule`), one server node without the label, the
+/// chart installed, and the operator running as the chart's ServiceAccount.
+fn fleet() -> &'static Fleet {
+    static FLEET: OnceLock<Fleet> = OnceLock::new();
+    FLEET.get_or_init(|| {
+        let mut nodes: Vec<Node> = (1..=6)
+            .map(|i| Node::new(&format!("edge-{i}")).label("edgepipe.dev/edge", "true"))
+            .collect();
+        nodes[2] = nodes[2]
+            .clone()
+            .taint("edgepipe.dev/edge", "true", "NoSchedule");
+        nodes.push(Node::new("server-1"));
+        let cluster = Cluster::start("operator", &nodes);
+        {
+            let _guard = cluster.guard();
+            let install = helm_run(
+                &cluster,
+                &[
+                    "install", RELEASE, CHART, "--namespace", NAMESPACE,
+                    "--create-namespace", "--wait", "--timeout", "120s",
+                ],
+            );
+            assert!(install.success, "helm install: {}", install.stderr);
+        }
+        let operator = Operator::from_deployment(&cluster, NAMESPACE, DEPLOYMENT, "operator-0");
+        poll(WAIT, "the operator's /readyz", || operator.ready().then_some(()));
+        Fleet { cluster, operator }
+    })
+}
+
+fn helm_run(cluster: &Cluster, args: &[&str]) -> helm::HelmRun {
+    let kubeconfig = cluster.kubeconfig().display().to_string();
+    let mut all = args.to_vec();
+    all.extend_from_slice(&["--kubeconfig", &kubeconfig]);
+    helm::helm(&all)
+}
+
+/// Every request the operator made went through: RBAC grants all it needs. Checked at
+/// the end of every test, over everything the operator did so far.
+fn assert_never_forbidden(fleet: &Fleet) {
+    let events = fleet.cluster.audit_events();
+    let mine: Vec<&Value> = events
+        .iter()
+        .filter(|e| e["user"]["username"] == fleet.operator.user.as_str())
+        .collect();
+    assert!(
+        !mine.is_empty(),
+        "the audit log holds no request of {}",
+        fleet.operator.user
+    );
+    let refused: Vec<String> = mine
+        .iter()
+        .filter(|e| e["responseStatus"]["code"] == 403)
+        .map(|e| format!("{} {}", e["verb"], e["requestURI"]))
+        .collect();
+    assert!(
+        refused.is_empty(),
+        "RBAC refused the operator (the chart must grant these): {refused:#?}"
+    );
+}
+
+fn read(path: &Path) -> String {
+    std::fs::read_to_string(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+}
+
+fn yaml_files(dir: &str) -> Vec<PathBuf> {
+    let mut files: Vec<PathBuf> = std::fs::read_dir(workspace_root().join(dir))
+        .unwrap_or_else(|e| panic!("{dir}: {e}"))
+        .map(|e| e.expect("directory entry").path())
+        .filter(|p| p.extension().is_some_and(|x| x == "yaml"))
+        .collect();
+    files.sort();
+    files
+}
+
+/// The object kubectl sends for a manifest file (YAML 1.1, as kubectl reads it).
+fn as_kubectl_sends(cluster: &Cluster, file: &Path) -> Value {
+    let file = file.display().to_string();
+    let out = cluster.kubectl_ok(&["create", "--dry-run=client", "-o", "json", "-f", &file]);
+    serde_json::from_str(&out).expect("kubectl prints JSON")
+}
+
+fn condition(pipeline: &Value, type_: &str) -> Option<(String, String, String)> {
+    let c = pipeline["status"]["conditions"]
+        .as_array()?
+        .iter()
+        .find(|c| c["type"] == type_)?;
+    Some((
+        c["status"].as_str()?.to_string(),
+        c["reason"].as_str().unwrap_or_default().to_string(),
+        c["message"].as_str().unwrap_or_default().to_string(),
+    ))
+}
+
+/// The nodes a pipeline's agents belong on: those matching its nodeSelector whose
+/// NoSchedule/NoExecute taints its tolerations tolerate.
+fn selected_nodes(cluster: &Cluster, pipeline: &Value) -> BTreeSet<String> {
+    let selector = pipeline["spec"]["nodeSelector"]
+        .as_object()
+        .cloned()
+        .unwrap_or_default();
+    let tolerations = pipeline["spec"]["tolerations"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default();
+    let tolerated = |taint: &Value| {
+        tolerations.iter().any(|t| {
+            let key_ok = t["key"].is_null() || t["key"] == taint["key"];
+            let effect_ok = t["effect"].is_null() || t["effect"] == taint["effect"];
+            let value_ok = t["operator"] == "Exists" || t["value"] == taint["value"];
+            key_ok && effect_ok && value_ok
+        })
+    };
+    cluster.get_json(&["nodes"])["items"]
+        .as_array()
+        .expect("node list")
+        .iter()
+        .filter(|n| {
+            selector
+                .iter()
+                .all(|(k, v)| &n["metadata"]["labels"][k.as_str()] == v)
+        })
+        .filter(|n| {
+            n["spec"]["taints"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .filter(|t| t["effect"] != "PreferNoSchedule")
+                .all(tolerated)
+        })
+        .filter_map(|n| n["metadata"]["name"].as_str().map(str::to_string))
+        .collect()
+}
+
+/// Nodes running a live (not terminating) agent pod of pipeline `name`.
+fn agent_nodes(cluster: &Cluster, namespace: &str, name: &str) -> Vec<String> {
+    let pods = cluster.get_json(&[
+        "pods",
+        "-n",
+        namespace,
+        "-l",
+        &format!("app.kubernetes.io/instance={name}"),
+    ]);
+    let mut nodes: Vec<String> = pods["items"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter(|p| p["metadata"]["deletionTimestamp"].is_null())
+        .filter_map(|p| p["spec"]["nodeName"].as_str().map(str::to_string))
+        .collect();
+    nodes.sort();
+    nodes
+}
+
+fn wait_ready(cluster: &Cluster, namespace: &str, name: &str) {
+    let out = cluster.kubectl(&[
+        "wait",
+        "--for=condition=Ready",
+        &format!("epl/{name}"),
+        "-n",
+        namespace,
+        "--timeout=120s",
+    ]);
+    assert!(
+        out.status.success(),
+        "kubectl wait --for=condition=Ready epl/{name}: {}\nstatus: {}",
+        String::from_utf8_lossy(&out.stderr),
+        cluster.get_json(&["epl", name, "-n", namespace])["status"]
+    );
+}
+
+/// Test 3 (with the checks of deploy/e2e/run.sh that need no container runtime): every
+/// example applied unchanged with kubectl becomes Ready, its agents run on exactly the
+/// nodes it selects, as the hardened pods the operator renders.
+#[test]
+fn every_example_applies_with_kubectl_and_runs_on_the_nodes_it_selects() {
+    let fleet = fleet();
+    let cluster = &fleet.cluster;
+    let _guard = cluster.guard();
+    let examples = yaml_files("deploy/examples");
+    assert!(examples.len() >= 3);
+    for path in &examples {
+        let sent = as_kubectl_sends(cluster, path);
+        let namespace = sent["metadata"]["namespace"]
+            .as_str()
+            .expect("examples name their namespace");
+        let name = sent["metadata"]["name"].as_str().expect("name");
+        cluster.namespace(namespace);
+        let file = path.display().to_string();
+        let out = cluster.kubectl(&["apply", "-f", &file]);
+        assert!(
+            out.status.success(),
+            "kubectl apply -f {file}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        wait_ready(cluster, namespace, name);
+
+        let agent = format!("{name}-agent");
+        let config_map = cluster.get_json(&["configmap", &agent, "-n", namespace]);
+        assert!(config_map["data"]["pipeline.yaml"].is_string());
+        let daemon_set = cluster.get_json(&["daemonset", &agent, "-n", namespace]);
+        let owner = &daemon_set["metadata"]["ownerReferences"][0];
+        assert_eq!(
+            (owner["kind"].as_str(), owner["name"].as_str()),
+            (Some("EdgePipeline"), Some(name)),
+            "{file}: the DaemonSet is owned by its pipeline"
+        );
+
+        let expected = selected_nodes(cluster, &sent);
+        assert!(!expected.is_empty(), "{file} selects no test node");
+        let placed = poll(WAIT, &format!("{file}: agents on {expected:?}"), || {
+            let nodes = agent_nodes(cluster, namespace, name);
+            (nodes.iter().cloned().collect::<BTreeSet<_>>() == expected
+                && nodes.len() == expected.len())
+            .then_some(nodes)
+        });
+        let pods = cluster.get_json(&[
+            "pods",
+            "-n",
+            namespace,
+            "-l",
+            &format!("app.kubernetes.io/instance={name}"),
+        ]);
+        for pod in pods["items"].as_array().into_iter().flatten() {
+            assert_eq!(pod["spec"]["securityContext"]["runAsUser"], 65532);
+            assert_eq!(pod["spec"]["securityContext"]["runAsNonRoot"], true);
+        }
+
+        let status = &cluster.get_json(&["epl", name, "-n", namespace])["status"];
+        assert_eq!(status["desiredNodes"], placed.len());
+        assert_eq!(status["readyNodes"], placed.len());
+        let events = cluster.kubectl_ok(&[
+            "get",
+            "events",
+            "-n",
+            namespace,
+            "--field-selector",
+            &format!("involvedObject.name={name}"),
+            "-o",
+            "jsonpath={.items[*].reason}",
+        ]);
+        assert!(events.contains("Created"), "{file}: no Created Event: {events}");
+
+        // Printer columns: every one filled in.
+        let table = cluster.kubectl_ok(&["get", "epl", name, "-n", namespace, "-o", "wide"]);
+        let mut lines = table.lines();
+        let header: Vec<&str> = lines.next().expect("header").split_whitespace().collect();
+        let row: Vec<&str> = lines.next().expect("row").split_whitespace().collect();
+        assert_eq!(header.len(), row.len(), "{table}");
+        let columns: BTreeMap<&str, &str> = header.into_iter().zip(row).collect();
+        assert!(!table.contains("<none>"), "{table}");
+        assert_eq!(columns["READY"], "True", "{table}");
+        assert_eq!(columns["NODES"], placed.len().to_string(), "{table}");
+        assert_eq!(columns["DESIRED"], placed.len().to_string(), "{table}");
+    }
+
+    let explain = cluster.kubectl_ok(&["explain", "edgepipeline.spec.sink"]);
+    let doc = edge_tests::api::crd_schema()["properties"]["spec"]["properties"]["sink"]
+        ["description"]
+        .as_str()
+        .expect("spec.sink is documented")
+        .to_string();
+    let first_words: String = doc.split_whitespace().take(4).collect::<Vec<_>>().join(" ");
+    assert!(
+        explain.split_whitespace().collect::<Vec<_>>().join(" ").contains(&first_words),
+        "kubectl explain does not show the field's documentation ({first_words}):\n{explain}"
+    );
+    assert!(explain.contains("http") && explain.contains("mqtt"), "{explain}");
+    assert_never_forbidden(fleet);
+}
+
+/// Test 4: the real API server rejects every broken manifest at admission naming the
+/// field, and agrees with both Rust-side layers on every manifest we ship or test.
+#[test]
+fn admission_rejects_broken_manifests_and_agrees_with_our_validation() {
+    let fleet = fleet();
+    let cluster = &fleet.cluster;
+    let _guard = cluster.guard();
+    let broken = yaml_files("tests/manifests/broken");
+    let mut all = yaml_files("deploy/examples");
+    all.extend(broken.iter().cloned());
+    all.push(workspace_root().join("deploy/docker/pipeline.yaml"));
+    let mut disagreements = Vec::new();
+    for path in &all {
+        let text = read(path);
+        let sent = as_kubectl_sends(cluster, path);
+        if let Some(namespace) = sent["metadata"]["namespace"].as_str() {
+            cluster.namespace(namespace);
+        }
+        let file = path.display().to_string();
+        let out = cluster.kubectl(&["apply", "--dry-run=server", "-f", &file]);
+        let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+        let api_accepts = out.status.success();
+        let rust = rust_layer(&text);
+        let schema = schema_layer(&text);
+        if api_accepts != rust.is_empty() || api_accepts != schema.is_empty() {
+            disagreements.push(format!(
+                "{file}: API server {} ({stderr}), validate() {rust:?}, CRD schema/CEL {schema:?}",
+                if api_accepts { "accepts" } else { "rejects" }
+            ));
+        }
+        if broken.contains(path) {
+            let expected = text
+                .lines()
+                .find_map(|l| l.strip_prefix("# expect: "))
+                .unwrap_or_else(|| panic!("{file}: no '# expect:' line"))
+                .trim()
+                .to_string();
+            assert!(!api_accepts, "{file}: the API server accepted it");
+            // The field itself, or the object holding it (CEL rules sit on the object
+            // whose fields they relate), but never just `spec`.
+            let named = ancestors(&expected)
+                .into_iter()
+                .any(|p| stderr.contains(&format!("{p}:")) || stderr.contains(&format!("{p} ")));
+            assert!(named, "{file}: the API server's error does not name {expected}: {stderr}");
+        }
+    }
+    assert!(
+        disagreements.is_empty(),
+        "the real API server and our validation disagree:\n{}",
+        disagreements.join("\n")
+    );
+    assert_never_forbidden(fleet);
+}
+
+/// `spec.a[0].b` -> [`spec.a[0].b`, `spec.a[0]`, `spec.a`] (never `spec` alone).
+fn ancestors(path: &str) -> Vec<String> {
+    let mut out = vec![path.to_string()];
+    let mut rest = path.to_string();
+    while let Some(cut) = rest.rfind(['.', '[']) {
+        rest.truncate(cut);
+        if rest == "spec" {
+            break;
+        }
+        out.push(rest.clone());
+    }
+    out
+}
+
+/// A pipeline on every edge node (tolerating edge-3's taint) with a given batch size.
+fn rollout_pipeline(namespace: &str, name: &str, batch: u32, max_unavailable: u32) -> String {
+    format!(
+        r#"apiVersion: edgepipe.dev/v1alpha1
+kind: EdgePipeline
+metadata: {{name: {name}, namespace: {namespace}}}
+spec:
+  source:
+    mqtt: {{url: "mqtt://${{HOST_IP}}:1883", topics: ["sensors/#"]}}
+  sink:
+    http: {{url: "https://ingest.example.com/batch", batchSize: {batch}}}
+  nodeSelector: {{edgepipe.dev/edge: "true"}}
+  tolerations:
+    - {{key: edgepipe.dev/edge, operator: Exists, effect: NoSchedule}}
+  agent: {{maxUnavailable: {max_unavailable}}}
+"#
+    )
+}
+
+async fn admin_client(cluster: &Cluster) -> Client {
+    let kubeconfig =
+        kube::config::Kubeconfig::read_from(cluster.kubeconfig()).expect("admin kubeconfig");
+    let config = kube::Config::from_custom_kubeconfig(kubeconfig, &Default::default())
+        .await
+        .expect("kube config");
+    Client::try_from(config).expect("kube client")
+}
+
+/// Test 5: a spec change rolls the DaemonSet with never more than `maxUnavailable` agents
+/// down at once (every pod event observed through a watch), the status goes Progressing
+/// and then Ready, and once done the operator stays quiet.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_spec_change_rolls_out_within_max_unavailable_and_then_stays_quiet() {
+    let fleet = fleet();
+    let cluster = &fleet.cluster;
+    let _guard = cluster.guard();
+    let (namespace, name, max_unavailable) = ("rollout", "line2", 2);
+    cluster.namespace(namespace);
+    cluster.apply(&rollout_pipeline(namespace, name, 100, max_unavailable));
+    wait_ready(cluster, namespace, name);
+    let nodes = selected_nodes(
+        cluster,
+        &cluster.get_json(&["epl", name, "-n", namespace]),
+    );
+    assert_eq!(nodes.len(), 6);
+
+    let client = admin_client(cluster).await;
+    // Watch every agent pod and track, after each event, how many selected nodes have no
+    // ready, non-terminating agent.
+    let pods: Api<Pod> = Api::namespaced(client.clone(), namespace);
+    let worst = Arc::new(Mutex::new(0usize));
+    let synced = Arc::new(AtomicBool::new(false));
+    let watch = {
+        let worst = worst.clone();
+        let synced = synced.clone();
+        let nodes = nodes.clone();
+        let selector = format!("app.kubernetes.io/instance={name}");
+        tokio::spawn(async move {
+            let mut live: BTreeMap<String, Pod> = BTreeMap::new();
+            // Counting starts once the initial list is complete (InitDone): while it
+            // streams in, the pods not yet listed are not down.
+            let mut listed = false;
+            let stream = watcher(pods, watcher::Config::default().labels(&selector));
+            futures::pin_mut!(stream);
+            while let Some(event) = stream.next().await {
+                match event {
+                    Ok(watcher::Event::Init) => {
+                        live.clear();
+                        listed = false;
+                    }
+                    Ok(watcher::Event::InitApply(pod)) => {
+                        live.insert(pod.metadata.name.clone().unwrap_or_default(), pod);
+                        continue;
+                    }
+                    Ok(watcher::Event::InitDone) => {
+                        listed = true;
+                        synced.store(true, Ordering::SeqCst);
+                    }
+                    Ok(watcher::Event::Apply(pod)) => {
+                        live.insert(pod.metadata.name.clone().unwrap_or_default(), pod);
+                    }
+                    Ok(watcher::Event::Delete(pod)) => {
+                        live.remove(&pod.metadata.name.clone().unwrap_or_default());
+                    }
+                    Err(_) => continue,
+                }
+                if !listed {
+                    continue;
+                }
+                let available: BTreeSet<String> = live
+                    .values()
+                    .filter(|p| p.metadata.deletion_timestamp.is_none())
+                    .filter(|p| {
+                        p.status
+                            .as_ref()
+                            .and_then(|s| s.conditions.as_ref())
+                            .is_some_and(|c| {
+                                c.iter().any(|c| c.type_ == "Ready" && c.status == "True")
+                            })
+                    })
+                    .filter_map(|p| p.spec.as_ref()?.node_name.clone())
+                    .collect();
+                let down = nodes.iter().filter(|n| !available.contains(*n)).count();
+                let mut worst = worst.lock().expect("lock");
+                *worst = (*worst).max(down);
+            }
+        })
+    };
+    eventually(WAIT, "the pod watch to list the agents", async || {
+        synced.load(Ordering::SeqCst).then_some(())
+    })
+    .await;
+
+    let pipelines: Api<EdgePipeline> = Api::namespaced(client.clone(), namespace);
+    let seen_progressing = Arc::new(Mutex::new(false));
+    let status_watch = {
+        let seen = seen_progressing.clone();
+        let field = format!("metadata.name={name}");
+        tokio::spawn(async move {
+            let stream = watcher(pipelines, watcher::Config::default().fields(&field));
+            futures::pin_mut!(stream);
+            while let Some(Ok(event)) = stream.next().await {
+                if let watcher::Event::Apply(p) = event {
+                    let rolling = p.status.iter().flat_map(|s| &s.conditions).any(|c| {
+                        c.type_ == "Progressing" && c.status == "True" && c.reason == "RollingOut"
+                    });
+                    if rolling {
+                        *seen.lock().expect("lock") = true;
+                    }
+                }
+            }
+        })
+    };
+    let before = cluster.get_json(&["daemonset", &format!("{name}-agent"), "-n", namespace]);
+    let generation = before["metadata"]["generation"].as_i64().expect("generation");
+    cluster.apply(&rollout_pipeline(namespace, name, 200, max_unavailable));
+    let started = Instant::now();
+    eventually(WAIT, "the rollout to complete", async || {
+        let ds = cluster.get_json(&["daemonset", &format!("{name}-agent"), "-n", namespace]);
+        let s = &ds["status"];
+        let done = ds["metadata"]["generation"].as_i64() > Some(generation)
+            && s["observedGeneration"] == ds["metadata"]["generation"]
+            && s["updatedNumberScheduled"] == 6
+            && s["numberReady"] == 6;
+        done.then_some(())
+    })
+    .await;
+    let rollout = started.elapsed();
+    wait_ready(cluster, namespace, name);
+    watch.abort();
+    status_watch.abort();
+    let worst = *worst.lock().expect("lock");
+    eprintln!("rollout of 6 agents took {rollout:?}; at most {worst} down at once");
+    assert!(worst >= 1, "the watch saw no agent replaced: nothing was observed");
+    assert!(
+        worst <= max_unavailable as usize,
+        "{worst} agents were down at once, maxUnavailable is {max_unavailable}"
+    );
+    assert!(
+        *seen_progressing.lock().expect("lock"),
+        "the status never reported Progressing/RollingOut"
+    );
+    let progressing = condition(&cluster.get_json(&["epl", name, "-n", namespace]), "Progressing");
+    assert_eq!(
+        progressing.map(|c| (c.0, c.1)),
+        Some(("False".to_string(), "RolloutComplete".to_string()))
+    );
+
+    // At rest: a reconcile (forced by an annotation) changes nothing.
+    let snapshot = |c: &Cluster| {
+        let ep = c.get_json(&["epl", name, "-n", namespace]);
+        let ds = c.get_json(&["daemonset", &format!("{name}-agent"), "-n", namespace]);
+        let cm = c.get_json(&["configmap", &format!("{name}-agent"), "-n", namespace]);
+        (
+            ep["status"].clone(),
+            ds["metadata"]["resourceVersion"].clone(),
+            cm["metadata"]["resourceVersion"].clone(),
+        )
+    };
+    let quiet = snapshot(cluster);
+    let reconciles = fleet.operator.metric_sum("edge_operator_reconciliations_total");
+    cluster.kubectl_ok(&["annotate", "epl", name, "-n", namespace, "touched=1", "--overwrite"]);
+    eventually(WAIT, "a reconcile of the touched pipeline", async || {
+        (fleet.operator.metric_sum("edge_operator_reconciliations_total") > reconciles)
+            .then_some(())
+    })
+    .await;
+    assert_eq!(snapshot(cluster), quiet, "a reconcile at rest changed something");
+    assert_never_forbidden(fleet);
+}
+
+/// Test 6: a spec only the operator's validation rejects gets the Invalid condition
+/// naming the field and a Warning Event, and the running DaemonSet is left untouched.
+#[test]
+fn an_invalid_spec_is_reported_and_the_running_agents_are_left_alone() {
+    let fleet = fleet();
+    let cluster = &fleet.cluster;
+    let _guard = cluster.guard();
+    let (namespace, name) = ("invalid", "line3");
+    cluster.namespace(namespace);
+    cluster.apply(&rollout_pipeline(namespace, name, 100, 1));
+    wait_ready(cluster, namespace, name);
+    let agent = format!("{name}-agent");
+    let generation = cluster.get_json(&["daemonset", &agent, "-n", namespace])["metadata"]
+        ["generation"]
+        .clone();
+
+    // `#` in the middle of a topic filter: the CRD accepts any string, the operator's
+    // validation does not.
+    let out = cluster.kubectl(&[
+        "patch",
+        "epl",
+        name,
+        "-n",
+        namespace,
+        "--type=merge",
+        "-p",
+        r#"{"spec":{"source":{"mqtt":{"topics":["sensors/#/bad"]}}}}"#,
+    ]);
+    assert!(
+        out.status.success(),
+        "the API server must accept what only the operator rejects: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let message = poll(WAIT, "the Invalid condition", || {
+        let ep = cluster.get_json(&["epl", name, "-n", namespace]);
+        match condition(&ep, "Invalid") {
+            Some((status, _, message)) if status == "True" => Some(message),
+            _ => None,
+        }
+    });
+    assert!(
+        message.contains("spec.source.mqtt.topics[0]"),
+        "the Invalid condition does not name the field: {message}"
+    );
+    poll(WAIT, "a Warning Event Invalid", || {
+        let events = cluster.get_json(&[
+            "events",
+            "-n",
+            namespace,
+            "--field-selector",
+            &format!("involvedObject.name={name},type=Warning"),
+        ]);
+        events["items"]
+            .as_array()?
+            .iter()
+            .any(|e| e["reason"] == "Invalid")
+            .then_some(())
+    });
+    let ds = cluster.get_json(&["daemonset", &agent, "-n", namespace]);
+    assert_eq!(
+        ds["metadata"]["generation"], generation,
+        "the DaemonSet was changed for an invalid spec"
+    );
+
+    cluster.apply(&rollout_pipeline(namespace, name, 100, 1));
+    poll(WAIT, "Invalid to clear", || {
+        let ep = cluster.get_json(&["epl", name, "-n", namespace]);
+        (condition(&ep, "Invalid")?.0 == "False").then_some(())
+    });
+    wait_ready(cluster, namespace, name);
+    assert_never_forbidden(fleet);
+}
+
+/// Test 7: deleting a pipeline removes its ConfigMap, DaemonSet and pods through the real
+/// garbage collector (owner references), with no finalizer of ours.
+#[test]
+fn deleting_a_pipeline_garbage_collects_its_agents() {
+    let fleet = fleet();
+    let cluster = &fleet.cluster;
+    let _guard = cluster.guard();
+    let (namespace, name) = ("deletion", "line4");
+    cluster.namespace(namespace);
+    cluster.apply(&rollout_pipeline(namespace, name, 100, 1));
+    wait_ready(cluster, namespace, name);
+    cluster.kubectl_ok(&["delete", "epl", name, "-n", namespace, "--wait=true"]);
+    let agent = format!("{name}-agent");
+    let out = cluster.kubectl(&[
+        "wait",
+        "--for=delete",
+        &format!("daemonset/{agent}"),
+        &format!("configmap/{agent}"),
+        "-n",
+        namespace,
+        "--timeout=120s",
+    ]);
+    assert!(
+        out.status.success() || String::from_utf8_lossy(&out.stderr).contains("NotFound"),
+        "the garbage collector did not delete the agent: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    poll(WAIT, "the agent pods to go", || {
+        agent_nodes(cluster, namespace, name).is_empty().then_some(())
+    });
+    assert_never_forbidden(fleet);
+}
+
+/// Test 9: from the cluster to the data path. The ConfigMap the operator wrote, run by
+/// the agent with the environment the pod gets (HOST_IP from the pod's status, NODE_NAME
+/// from its node), carries a reading from a local Mosquitto to an HTTP receiver.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_operators_configmap_runs_an_agent_that_delivers_a_reading() {
+    let fleet = fleet();
+    let cluster = &fleet.cluster;
+    let _guard = cluster.guard();
+    let broker = Mosquitto::start();
+    let receiver = Receiver::start().await;
+    let (namespace, name) = ("datapath", "line5");
+    cluster.namespace(namespace);
+    cluster.apply(&format!(
+        r#"apiVersion: edgepipe.dev/v1alpha1
+kind: EdgePipeline
+metadata: {{name: {name}, namespace: {namespace}}}
+spec:
+  source:
+    mqtt:
+      url: "mqtt://${{HOST_IP}}:{port}"
+      topics: ["sensors/+/temperature"]
+      qos: 1
+    format: {{value: value, device: device_id}}
+  sink:
+    http: {{url: "http://127.0.0.1:{receiver}/ingest", batchSize: 1, flushInterval: 100ms}}
+  nodeSelector: {{edgepipe.dev/edge: "true"}}
+"#,
+        port = broker.port,
+        receiver = receiver.port,
+    ));
+    wait_ready(cluster, namespace, name);
+    let agent = format!("{name}-agent");
+    let config = cluster.get_json(&["configmap", &agent, "-n", namespace])["data"]
+        ["pipeline.yaml"]
+        .as_str()
+        .expect("the agent ConfigMap holds pipeline.yaml")
+        .to_string();
+    let pods = cluster.get_json(&[
+        "pods",
+        "-n",
+        namespace,
+        "-l",
+        &format!("app.kubernetes.io/instance={name}"),
+    ]);
+    let pod = &pods["items"][0];
+    let node = pod["spec"]["nodeName"].as_str().expect("scheduled").to_string();
+    let host_ip = pod["status"]["hostIP"].as_str().expect("hostIP").to_string();
+    // The environment as the kubelet would resolve the pod's fieldRefs.
+    let mut env = Vec::new();
+    for var in pod["spec"]["containers"][0]["env"].as_array().into_iter().flatten() {
+        let field = var["valueFrom"]["fieldRef"]["fieldPath"].as_str();
+        let value = match field {
+            Some("spec.nodeName") => node.clone(),
+            Some("status.hostIP") => host_ip.clone(),
+            Some("metadata.namespace") => namespace.to_string(),
+            _ => var["value"].as_str().unwrap_or_default().to_string(),
+        };
+        env.push((var["name"].as_str().expect("env name").to_string(), value));
+    }
+    let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut agent = Agent::start_with_env(dir.path(), &config, &env);
+    agent.wait_ready().await;
+    let mut publisher = Publisher::connect(broker.port, "cluster-test-sensor");
+    publisher
+        .send("sensors/t1/temperature", r#"{"device_id":"t1","value":21.5}"#)
+        .await;
+    publisher.flush().await;
+    let record = eventually(Duration::from_secs(30), "the reading at the receiver", async || {
+        receiver.accepted().into_iter().next()
+    })
+    .await;
+    assert_eq!(record["device"], "t1");
+    assert_eq!(record["value"], 21.5);
+    assert_eq!(record["node"], node.as_str());
+    assert_eq!(record["pipeline"], format!("{namespace}/{name}"));
+    assert_never_forbidden(fleet);
+}
