@@ -56,14 +56,23 @@ fn fleet() -> &'static Fleet {
             let install = helm_run(
                 &cluster,
                 &[
-                    "install", RELEASE, CHART, "--namespace", NAMESPACE,
-                    "--create-namespace", "--wait", "--timeout", "120s",
+                    "install",
+                    RELEASE,
+                    CHART,
+                    "--namespace",
+                    NAMESPACE,
+                    "--create-namespace",
+                    "--wait",
+                    "--timeout",
+                    "120s",
                 ],
             );
             assert!(install.success, "helm install: {}", install.stderr);
         }
         let operator = Operator::from_deployment(&cluster, NAMESPACE, DEPLOYMENT, "operator-0");
-        poll(WAIT, "the operator's /readyz", || operator.ready().then_some(()));
+        poll(WAIT, "the operator's /readyz", || {
+            operator.ready().then_some(())
+        });
         Fleet { cluster, operator }
     })
 }
@@ -279,7 +288,10 @@ fn every_example_applies_with_kubectl_and_runs_on_the_nodes_it_selects() {
             "-o",
             "jsonpath={.items[*].reason}",
         ]);
-        assert!(events.contains("Created"), "{file}: no Created Event: {events}");
+        assert!(
+            events.contains("Created"),
+            "{file}: no Created Event: {events}"
+        );
 
         // Printer columns: every one filled in.
         let table = cluster.kubectl_ok(&["get", "epl", name, "-n", namespace, "-o", "wide"]);
@@ -295,17 +307,24 @@ fn every_example_applies_with_kubectl_and_runs_on_the_nodes_it_selects() {
     }
 
     let explain = cluster.kubectl_ok(&["explain", "edgepipeline.spec.sink"]);
-    let doc = edge_tests::api::crd_schema()["properties"]["spec"]["properties"]["sink"]
-        ["description"]
-        .as_str()
-        .expect("spec.sink is documented")
-        .to_string();
+    let doc =
+        edge_tests::api::crd_schema()["properties"]["spec"]["properties"]["sink"]["description"]
+            .as_str()
+            .expect("spec.sink is documented")
+            .to_string();
     let first_words: String = doc.split_whitespace().take(4).collect::<Vec<_>>().join(" ");
     assert!(
-        explain.split_whitespace().collect::<Vec<_>>().join(" ").contains(&first_words),
+        explain
+            .split_whitespace()
+            .collect::<Vec<_>>()
+            .join(" ")
+            .contains(&first_words),
         "kubectl explain does not show the field's documentation ({first_words}):\n{explain}"
     );
-    assert!(explain.contains("http") && explain.contains("mqtt"), "{explain}");
+    assert!(
+        explain.contains("http") && explain.contains("mqtt"),
+        "{explain}"
+    );
     assert_never_forbidden(fleet);
 }
 
@@ -352,7 +371,10 @@ fn admission_rejects_broken_manifests_and_agrees_with_our_validation() {
             let named = ancestors(&expected)
                 .into_iter()
                 .any(|p| stderr.contains(&format!("{p}:")) || stderr.contains(&format!("{p} ")));
-            assert!(named, "{file}: the API server's error does not name {expected}: {stderr}");
+            assert!(
+                named,
+                "{file}: the API server's error does not name {expected}: {stderr}"
+            );
         }
     }
     assert!(
@@ -417,10 +439,7 @@ async fn a_spec_change_rolls_out_within_max_unavailable_and_then_stays_quiet() {
     cluster.namespace(namespace);
     cluster.apply(&rollout_pipeline(namespace, name, 100, max_unavailable));
     wait_ready(cluster, namespace, name);
-    let nodes = selected_nodes(
-        cluster,
-        &cluster.get_json(&["epl", name, "-n", namespace]),
-    );
+    let nodes = selected_nodes(cluster, &cluster.get_json(&["epl", name, "-n", namespace]));
     assert_eq!(nodes.len(), 6);
 
     let client = admin_client(cluster).await;
@@ -511,7 +530,9 @@ async fn a_spec_change_rolls_out_within_max_unavailable_and_then_stays_quiet() {
         })
     };
     let before = cluster.get_json(&["daemonset", &format!("{name}-agent"), "-n", namespace]);
-    let generation = before["metadata"]["generation"].as_i64().expect("generation");
+    let generation = before["metadata"]["generation"]
+        .as_i64()
+        .expect("generation");
     cluster.apply(&rollout_pipeline(namespace, name, 200, max_unavailable));
     let started = Instant::now();
     eventually(WAIT, "the rollout to complete", async || {
@@ -530,7 +551,10 @@ async fn a_spec_change_rolls_out_within_max_unavailable_and_then_stays_quiet() {
     status_watch.abort();
     let worst = *worst.lock().expect("lock");
     eprintln!("rollout of 6 agents took {rollout:?}; at most {worst} down at once");
-    assert!(worst >= 1, "the watch saw no agent replaced: nothing was observed");
+    assert!(
+        worst >= 1,
+        "the watch saw no agent replaced: nothing was observed"
+    );
     assert!(
         worst <= max_unavailable as usize,
         "{worst} agents were down at once, maxUnavailable is {max_unavailable}"
@@ -539,7 +563,10 @@ async fn a_spec_change_rolls_out_within_max_unavailable_and_then_stays_quiet() {
         *seen_progressing.lock().expect("lock"),
         "the status never reported Progressing/RollingOut"
     );
-    let progressing = condition(&cluster.get_json(&["epl", name, "-n", namespace]), "Progressing");
+    let progressing = condition(
+        &cluster.get_json(&["epl", name, "-n", namespace]),
+        "Progressing",
+    );
     assert_eq!(
         progressing.map(|c| (c.0, c.1)),
         Some(("False".to_string(), "RolloutComplete".to_string()))
@@ -557,14 +584,31 @@ async fn a_spec_change_rolls_out_within_max_unavailable_and_then_stays_quiet() {
         )
     };
     let quiet = snapshot(cluster);
-    let reconciles = fleet.operator.metric_sum("edge_operator_reconciliations_total");
-    cluster.kubectl_ok(&["annotate", "epl", name, "-n", namespace, "touched=1", "--overwrite"]);
+    let reconciles = fleet
+        .operator
+        .metric_sum("edge_operator_reconciliations_total");
+    cluster.kubectl_ok(&[
+        "annotate",
+        "epl",
+        name,
+        "-n",
+        namespace,
+        "touched=1",
+        "--overwrite",
+    ]);
     eventually(WAIT, "a reconcile of the touched pipeline", async || {
-        (fleet.operator.metric_sum("edge_operator_reconciliations_total") > reconciles)
+        (fleet
+            .operator
+            .metric_sum("edge_operator_reconciliations_total")
+            > reconciles)
             .then_some(())
     })
     .await;
-    assert_eq!(snapshot(cluster), quiet, "a reconcile at rest changed something");
+    assert_eq!(
+        snapshot(cluster),
+        quiet,
+        "a reconcile at rest changed something"
+    );
     assert_never_forbidden(fleet);
 }
 
@@ -580,9 +624,8 @@ fn an_invalid_spec_is_reported_and_the_running_agents_are_left_alone() {
     cluster.apply(&rollout_pipeline(namespace, name, 100, 1));
     wait_ready(cluster, namespace, name);
     let agent = format!("{name}-agent");
-    let generation = cluster.get_json(&["daemonset", &agent, "-n", namespace])["metadata"]
-        ["generation"]
-        .clone();
+    let generation =
+        cluster.get_json(&["daemonset", &agent, "-n", namespace])["metadata"]["generation"].clone();
 
     // `#` in the middle of a topic filter: the CRD accepts any string, the operator's
     // validation does not.
@@ -669,7 +712,9 @@ fn deleting_a_pipeline_garbage_collects_its_agents() {
         String::from_utf8_lossy(&out.stderr)
     );
     poll(WAIT, "the agent pods to go", || {
-        agent_nodes(cluster, namespace, name).is_empty().then_some(())
+        agent_nodes(cluster, namespace, name)
+            .is_empty()
+            .then_some(())
     });
     assert_never_forbidden(fleet);
 }
@@ -706,8 +751,7 @@ spec:
     ));
     wait_ready(cluster, namespace, name);
     let agent = format!("{name}-agent");
-    let config = cluster.get_json(&["configmap", &agent, "-n", namespace])["data"]
-        ["pipeline.yaml"]
+    let config = cluster.get_json(&["configmap", &agent, "-n", namespace])["data"]["pipeline.yaml"]
         .as_str()
         .expect("the agent ConfigMap holds pipeline.yaml")
         .to_string();
@@ -719,11 +763,21 @@ spec:
         &format!("app.kubernetes.io/instance={name}"),
     ]);
     let pod = &pods["items"][0];
-    let node = pod["spec"]["nodeName"].as_str().expect("scheduled").to_string();
-    let host_ip = pod["status"]["hostIP"].as_str().expect("hostIP").to_string();
+    let node = pod["spec"]["nodeName"]
+        .as_str()
+        .expect("scheduled")
+        .to_string();
+    let host_ip = pod["status"]["hostIP"]
+        .as_str()
+        .expect("hostIP")
+        .to_string();
     // The environment as the kubelet would resolve the pod's fieldRefs.
     let mut env = Vec::new();
-    for var in pod["spec"]["containers"][0]["env"].as_array().into_iter().flatten() {
+    for var in pod["spec"]["containers"][0]["env"]
+        .as_array()
+        .into_iter()
+        .flatten()
+    {
         let field = var["valueFrom"]["fieldRef"]["fieldPath"].as_str();
         let value = match field {
             Some("spec.nodeName") => node.clone(),
@@ -739,12 +793,17 @@ spec:
     agent.wait_ready().await;
     let mut publisher = Publisher::connect(broker.port, "cluster-test-sensor");
     publisher
-        .send("sensors/t1/temperature", r#"{"device_id":"t1","value":21.5}"#)
+        .send(
+            "sensors/t1/temperature",
+            r#"{"device_id":"t1","value":21.5}"#,
+        )
         .await;
     publisher.flush().await;
-    let record = eventually(Duration::from_secs(30), "the reading at the receiver", async || {
-        receiver.accepted().into_iter().next()
-    })
+    let record = eventually(
+        Duration::from_secs(30),
+        "the reading at the receiver",
+        async || receiver.accepted().into_iter().next(),
+    )
     .await;
     assert_eq!(record["device"], "t1");
     assert_eq!(record["value"], 21.5);

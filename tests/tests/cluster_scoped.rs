@@ -58,7 +58,15 @@ fn reconciles(operator: &Operator) -> f64 {
 }
 
 fn config_hash(cluster: &Cluster, namespace: &str) -> Option<String> {
-    let out = cluster.kubectl(&["get", "daemonset", "line1-agent", "-n", namespace, "-o", "json"]);
+    let out = cluster.kubectl(&[
+        "get",
+        "daemonset",
+        "line1-agent",
+        "-n",
+        namespace,
+        "-o",
+        "json",
+    ]);
     let ds: Value = serde_json::from_slice(&out.stdout).ok()?;
     ds["spec"]["template"]["metadata"]["annotations"]["edgepipe.dev/config-hash"]
         .as_str()
@@ -92,9 +100,19 @@ fn namespaced_operator_with_leader_election_through_the_chart_life_cycle() {
     helm_run(
         &cluster,
         &[
-            "install", RELEASE, CHART, "--namespace", NAMESPACE, "--create-namespace",
-            "--set", "watchNamespace=team-a", "--set", "replicaCount=2", "--wait",
-            "--timeout", "120s",
+            "install",
+            RELEASE,
+            CHART,
+            "--namespace",
+            NAMESPACE,
+            "--create-namespace",
+            "--set",
+            "watchNamespace=team-a",
+            "--set",
+            "replicaCount=2",
+            "--wait",
+            "--timeout",
+            "120s",
         ],
     );
     cluster.kubectl_ok(&[
@@ -105,7 +123,13 @@ fn namespaced_operator_with_leader_election_through_the_chart_life_cycle() {
     ]);
     cluster.kubectl_ok(&["get", "clusterrole", DEPLOYMENT]);
     cluster.kubectl_ok(&["get", "rolebinding", DEPLOYMENT, "-n", "team-a"]);
-    cluster.kubectl_ok(&["get", "role", &format!("{DEPLOYMENT}-leader-election"), "-n", NAMESPACE]);
+    cluster.kubectl_ok(&[
+        "get",
+        "role",
+        &format!("{DEPLOYMENT}-leader-election"),
+        "-n",
+        NAMESPACE,
+    ]);
     assert!(
         !cluster
             .kubectl(&["get", "clusterrolebinding", DEPLOYMENT])
@@ -127,7 +151,12 @@ fn namespaced_operator_with_leader_election_through_the_chart_life_cycle() {
     cluster.apply(&pipeline("team-a", 100));
     cluster.apply(&pipeline("team-b", 100));
     let ready = cluster.kubectl(&[
-        "wait", "--for=condition=Ready", "epl/line1", "-n", "team-a", "--timeout=120s",
+        "wait",
+        "--for=condition=Ready",
+        "epl/line1",
+        "-n",
+        "team-a",
+        "--timeout=120s",
     ]);
     assert!(
         ready.status.success(),
@@ -136,7 +165,11 @@ fn namespaced_operator_with_leader_election_through_the_chart_life_cycle() {
         a.log_tail(20),
         b.log_tail(20)
     );
-    let (leading, standing_by) = if leader == a.identity { (&a, &b) } else { (&b, &a) };
+    let (leading, standing_by) = if leader == a.identity {
+        (&a, &b)
+    } else {
+        (&b, &a)
+    };
     assert!(reconciles(leading) > 0.0, "the leader reconciled nothing");
     assert_eq!(
         reconciles(standing_by),
@@ -173,7 +206,10 @@ fn namespaced_operator_with_leader_election_through_the_chart_life_cycle() {
     });
     let user = survivor.user.clone();
     let refused = forbidden(&cluster, &user);
-    assert!(refused.is_empty(), "RBAC refused the operator: {refused:#?}");
+    assert!(
+        refused.is_empty(),
+        "RBAC refused the operator: {refused:#?}"
+    );
     assert!(
         cluster
             .audit_events()
@@ -186,8 +222,17 @@ fn namespaced_operator_with_leader_election_through_the_chart_life_cycle() {
     helm_run(
         &cluster,
         &[
-            "upgrade", RELEASE, CHART, "--namespace", NAMESPACE, "--reuse-values", "--set",
-            "logLevel=debug", "--wait", "--timeout", "120s",
+            "upgrade",
+            RELEASE,
+            CHART,
+            "--namespace",
+            NAMESPACE,
+            "--reuse-values",
+            "--set",
+            "logLevel=debug",
+            "--wait",
+            "--timeout",
+            "120s",
         ],
     );
     let deployment = cluster.get_json(&["deployment", DEPLOYMENT, "-n", NAMESPACE]);
@@ -201,7 +246,10 @@ fn namespaced_operator_with_leader_election_through_the_chart_life_cycle() {
     );
 
     // helm uninstall keeps the CRD, and with it every pipeline.
-    helm_run(&cluster, &["uninstall", RELEASE, "--namespace", NAMESPACE, "--wait"]);
+    helm_run(
+        &cluster,
+        &["uninstall", RELEASE, "--namespace", NAMESPACE, "--wait"],
+    );
     assert!(
         !cluster
             .kubectl(&["get", "deployment", DEPLOYMENT, "-n", NAMESPACE])

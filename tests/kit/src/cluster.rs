@@ -132,12 +132,16 @@ impl Cluster {
         etcd.args(["--name", "default", "--data-dir"])
             .arg(dir.join("etcd"))
             .arg(format!("--listen-client-urls=http://127.0.0.1:{etcd_port}"))
-            .arg(format!("--advertise-client-urls=http://127.0.0.1:{etcd_port}"))
+            .arg(format!(
+                "--advertise-client-urls=http://127.0.0.1:{etcd_port}"
+            ))
             .arg(format!("--listen-peer-urls=http://127.0.0.1:{peer_port}"))
             .arg(format!(
                 "--initial-advertise-peer-urls=http://127.0.0.1:{peer_port}"
             ))
-            .arg(format!("--initial-cluster=default=http://127.0.0.1:{peer_port}"))
+            .arg(format!(
+                "--initial-cluster=default=http://127.0.0.1:{peer_port}"
+            ))
             // Test data: durability across power cuts buys nothing and costs seconds.
             .arg("--unsafe-no-fsync")
             .arg("--log-level=warn");
@@ -153,11 +157,17 @@ impl Cluster {
             .arg("--advertise-address=127.0.0.1")
             .arg(format!("--secure-port={api_port}"))
             .arg(format!("--tls-cert-file={}", pki.path("apiserver.crt")))
-            .arg(format!("--tls-private-key-file={}", pki.path("apiserver.key")))
+            .arg(format!(
+                "--tls-private-key-file={}",
+                pki.path("apiserver.key")
+            ))
             .arg(format!("--client-ca-file={}", pki.path("ca.crt")))
             // Only so the components' delegated authentication finds a bundle; no client
             // certificate carries the allowed name.
-            .arg(format!("--requestheader-client-ca-file={}", pki.path("ca.crt")))
+            .arg(format!(
+                "--requestheader-client-ca-file={}",
+                pki.path("ca.crt")
+            ))
             .arg("--requestheader-allowed-names=front-proxy-client")
             .arg("--service-account-issuer=https://kubernetes.default.svc.cluster.local")
             .arg(format!("--service-account-key-file={}", pki.path("sa.pub")))
@@ -200,7 +210,10 @@ impl Cluster {
                 pki.path("sa.key")
             ))
             .arg(format!("--root-ca-file={}", pki.path("ca.crt")))
-            .arg(format!("--cluster-signing-cert-file={}", pki.path("ca.crt")))
+            .arg(format!(
+                "--cluster-signing-cert-file={}",
+                pki.path("ca.crt")
+            ))
             .arg(format!("--cluster-signing-key-file={}", pki.path("ca.key")))
             // A fleet of simulated nodes: room for many DaemonSets at once.
             .arg("--kube-api-qps=200")
@@ -210,8 +223,7 @@ impl Cluster {
             .arg("--v=1");
         cluster.spawn("kube-controller-manager", &controllers);
 
-        let scheduler_config =
-            write_kubeconfig(&dir, "kube-scheduler", &server, &pki);
+        let scheduler_config = write_kubeconfig(&dir, "kube-scheduler", &server, &pki);
         let mut scheduler = Command::new(tool("kube-scheduler"));
         scheduler
             .arg(format!("--kubeconfig={}", scheduler_config.display()))
@@ -389,20 +401,16 @@ impl Cluster {
     }
 
     fn wait_node_ready(&self, name: &str, ready: bool) {
-        poll(
-            START_TIMEOUT,
-            &format!("node {name} Ready={ready}"),
-            || {
-                let node = self.get_json(&["node", name]);
-                let status = node["status"]["conditions"]
-                    .as_array()?
-                    .iter()
-                    .find(|c| c["type"] == "Ready")?["status"]
-                    .as_str()?
-                    .to_string();
-                ((status == "True") == ready).then_some(())
-            },
-        );
+        poll(START_TIMEOUT, &format!("node {name} Ready={ready}"), || {
+            let node = self.get_json(&["node", name]);
+            let status = node["status"]["conditions"]
+                .as_array()?
+                .iter()
+                .find(|c| c["type"] == "Ready")?["status"]
+                .as_str()?
+                .to_string();
+            ((status == "True") == ready).then_some(())
+        });
     }
 
     /// A kubeconfig that authenticates as the ServiceAccount `namespace/name` with a
@@ -418,7 +426,10 @@ impl Cluster {
             &format!("--duration={hours}h"),
         ]);
         let token = token.trim();
-        assert!(!token.is_empty(), "TokenRequest for {namespace}/{name} gave no token");
+        assert!(
+            !token.is_empty(),
+            "TokenRequest for {namespace}/{name} gave no token"
+        );
         let path = self.dir.join(format!("sa-{namespace}-{name}.kubeconfig"));
         std::fs::write(
             &path,
@@ -526,9 +537,21 @@ impl Pki {
             dir: dir.to_path_buf(),
         };
         pki.openssl(&[
-            "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1",
-            "-nodes", "-days", "7", "-subj", "/CN=edgepipe-test-ca", "-keyout", "ca.key",
-            "-out", "ca.crt",
+            "req",
+            "-x509",
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:prime256v1",
+            "-nodes",
+            "-days",
+            "7",
+            "-subj",
+            "/CN=edgepipe-test-ca",
+            "-keyout",
+            "ca.key",
+            "-out",
+            "ca.crt",
         ]);
         pki.leaf(
             "apiserver",
@@ -557,9 +580,25 @@ impl Pki {
         let key = format!("{name}.key");
         let crt = format!("{name}.crt");
         let mut args = vec![
-            "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1",
-            "-nodes", "-days", "7", "-subj", subject, "-CA", "ca.crt", "-CAkey", "ca.key",
-            "-keyout", &key, "-out", &crt,
+            "req",
+            "-x509",
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:prime256v1",
+            "-nodes",
+            "-days",
+            "7",
+            "-subj",
+            subject,
+            "-CA",
+            "ca.crt",
+            "-CAkey",
+            "ca.key",
+            "-keyout",
+            &key,
+            "-out",
+            &crt,
         ];
         let client = ["extendedKeyUsage=clientAuth"];
         let extensions = if extensions.is_empty() {
@@ -609,8 +648,11 @@ fn write_kubeconfig(dir: &Path, name: &str, server: &str, pki: &Pki) -> PathBuf 
         pki.path(&format!("{name}.key"))
     );
     let path = dir.join(format!("{name}.kubeconfig"));
-    std::fs::write(&path, kubeconfig_text(server, &pki.dir.join("ca.crt"), &user))
-        .expect("write kubeconfig");
+    std::fs::write(
+        &path,
+        kubeconfig_text(server, &pki.dir.join("ca.crt"), &user),
+    )
+    .expect("write kubeconfig");
     path
 }
 

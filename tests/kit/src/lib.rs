@@ -45,10 +45,14 @@ pub fn target_dir() -> PathBuf {
         .unwrap_or_else(|| workspace_root().join("target"))
 }
 
-/// A binary of this workspace built by cargo (`target/debug/NAME`); panics with the
+/// A binary of this workspace built by cargo (`target/debug/NAME`, or in
+/// `EDGEPIPE_BIN_DIR` when set: benchmarks point it at `target/release`); panics with the
 /// command that builds it when it is missing, so a test never runs a stale path silently.
 pub fn workspace_bin(name: &str) -> PathBuf {
-    let bin = target_dir().join("debug").join(name);
+    let dir = std::env::var_os("EDGEPIPE_BIN_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| target_dir().join("debug"));
+    let bin = dir.join(name);
     assert!(
         bin.is_file(),
         "{} missing: run `cargo build -p {name}` (tests/run.sh does)",

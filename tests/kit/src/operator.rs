@@ -100,6 +100,11 @@ impl Operator {
             .sum()
     }
 
+    /// The operator's process id, while it runs.
+    pub fn pid(&self) -> Option<u32> {
+        self.process.pid()
+    }
+
     /// kill -9: no chance to release the Lease.
     pub fn kill(&mut self) {
         self.process.signal("KILL");

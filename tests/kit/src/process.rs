@@ -83,6 +83,17 @@ impl Process {
         &self.log
     }
 
+    /// The process id of the process itself (not its watchdog), while it runs.
+    pub fn pid(&self) -> Option<u32> {
+        let watchdog = self.child.id();
+        std::fs::read_to_string(format!("/proc/{watchdog}/task/{watchdog}/children"))
+            .ok()?
+            .split_whitespace()
+            .next()?
+            .parse()
+            .ok()
+    }
+
     /// Whether the process (its watchdog) is still running.
     pub fn running(&mut self) -> bool {
         matches!(self.child.try_wait(), Ok(None))

@@ -1,0 +1,198 @@
+//! B9: a fleet against a real API server. 1,000 EdgePipelines (`B9_PIPELINES`) applied at
+//! once with kubectl to a real control plane with 50 simulated nodes (`B9_NODES`) in 10
+//! sites, each pipeline selecting one site; the operator runs as the chart's
+//! ServiceAccount. Reports the time until every pipeline is Ready, the operator's peak
+//! RSS and CPU, and the API writes per pipeline per minute at rest (from the API server's
+//! own `apiserver_request_total`, over `B9_REST_SECONDS`), each next to a baseline from
+//! the same run: the operator idle with no pipeline, and the cluster's writes at rest
+//! before any pipeline existed. Goals: all Ready in under 60 s, RSS at most 64 MB, zero
+//! writes at rest.
+//!
+//! `cargo bench -p edge-tests --bench fleet` (tests/bench/run.sh b9 runs it too).
+
+use std::time::{Duration, Instant};
+
+use edge_testkit::cluster::{Cluster, Node};
+use edge_testkit::operator::Operator;
+use edge_testkit::poll;
+use edge_tests::helm::{self, CHART, NAMESPACE, RELEASE};
+
+const SITES: usize = 10;
+/// Resources whose writes count: what the operator writes and what its writes cause.
+const RESOURCES: [&str; 5] = [
+    "edgepipelines",
+    "configmaps",
+    "daemonsets",
+    "events",
+    "pods",
+];
+const WRITE_VERBS: [&str; 5] = ["POST", "PUT", "PATCH", "APPLY", "DELETE"];
+
+fn setting(name: &str, default: u64) -> u64 {
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}
+
+/// Writes to [`RESOURCES`] the API server has served so far.
+fn writes(cluster: &Cluster) -> f64 {
+    let text = cluster.kubectl_ok(&["get", "--raw", "/metrics"]);
+    text.lines()
+        .filter(|l| l.starts_with("apiserver_request_total{"))
+        .filter(|l| {
+            WRITE_VERBS
+                .iter()
+                .any(|v| l.contains(&format!("verb=\"{v}\"")))
+                && RESOURCES
+                    .iter()
+                    .any(|r| l.contains(&format!("resource=\"{r}\"")))
+        })
+        .filter_map(|l| l.rsplit_once(' ')?.1.parse::<f64>().ok())
+        .sum()
+}
+
+/// (RSS bytes, CPU seconds) of a process.
+fn usage(pid: u32) -> (u64, f64) {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    let rss_kb: u64 = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.split_whitespace().next()?.parse().ok())
+        .unwrap_or(0);
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    let fields: Vec<&str> = stat
+        .rsplit_once(')')
+        .map(|(_, rest)| rest.split_whitespace().collect())
+        .unwrap_or_default();
+    // utime and stime are fields 14 and 15 of stat, 12 and 13 after the command name.
+    let ticks: f64 = fields
+        .get(11..13)
+        .map(|t| t.iter().filter_map(|v| v.parse::<f64>().ok()).sum())
+        .unwrap_or(0.0);
+    (rss_kb * 1024, ticks / 100.0)
+}
+
+fn pipelines_yaml(count: usize) -> String {
+    (0..count)
+        .map(|i| {
+            format!(
+                r#"---
+apiVersion: edgepipe.dev/v1alpha1
+kind: EdgePipeline
+metadata: {{name: line-{i}, namespace: fleet}}
+spec:
+  source:
+    mqtt: {{url: "mqtt://${{HOST_IP}}:1883", topics: ["sensors/{i}/#"]}}
+  processors:
+    - deadband: {{absolute: 0.5, maxSilence: 5m}}
+  sink:
+    http: {{url: "https://ingest.example.com/batch"}}
+  nodeSelector: {{edgepipe.dev/site: "site-{site}"}}
+"#,
+                site = i % SITES
+            )
+        })
+        .collect()
+}
+
+fn main() {
+    let count = setting("B9_PIPELINES", 1000) as usize;
+    let node_count = setting("B9_NODES", 50) as usize;
+    let rest = Duration::from_secs(setting("B9_REST_SECONDS", 120));
+    let nodes: Vec<Node> = (0..node_count)
+        .map(|i| {
+            Node::new(&format!("edge-{i}"))
+                .label("edgepipe.dev/edge", "true")
+                .label("edgepipe.dev/site", &format!("site-{}", i % SITES))
+        })
+        .collect();
+    let cluster = Cluster::start("b9", &nodes);
+    let _guard = cluster.guard();
+    let kubeconfig = cluster.kubeconfig().display().to_string();
+    let install = helm::helm(&[
+        "install",
+        RELEASE,
+        CHART,
+        "--namespace",
+        NAMESPACE,
+        "--create-namespace",
+        "--kubeconfig",
+        &kubeconfig,
+    ]);
+    assert!(install.success, "helm install: {}", install.stderr);
+    let operator = Operator::from_deployment(&cluster, NAMESPACE, "edgepipe-edge-operator", "b9");
+    poll(Duration::from_secs(60), "the operator ready", || {
+        operator.ready().then_some(())
+    });
+    let pid = operator.pid().expect("the operator runs");
+    cluster.namespace("fleet");
+
+    // Baselines: the idle operator, and the cluster's own writes with no pipeline.
+    let w0 = writes(&cluster);
+    let idle_started = Instant::now();
+    std::thread::sleep(rest);
+    let baseline_writes = (writes(&cluster) - w0) / idle_started.elapsed().as_secs_f64() * 60.0;
+    let (idle_rss, idle_cpu) = usage(pid);
+
+    let started = Instant::now();
+    let applied = cluster.kubectl_stdin(&["apply", "-f", "-"], &pipelines_yaml(count));
+    assert!(
+        applied.status.success(),
+        "kubectl apply: {}",
+        String::from_utf8_lossy(&applied.stderr)
+    );
+    let applied_in = started.elapsed();
+    let mut peak_rss = idle_rss;
+    let ready_in = poll(Duration::from_secs(1800), "every pipeline Ready", || {
+        peak_rss = peak_rss.max(usage(pid).0);
+        let list = cluster.get_json(&["epl", "-n", "fleet"]);
+        let ready = list["items"]
+            .as_array()?
+            .iter()
+            .filter(|p| {
+                p["status"]["conditions"].as_array().is_some_and(|c| {
+                    c.iter()
+                        .any(|c| c["type"] == "Ready" && c["status"] == "True")
+                })
+            })
+            .count();
+        (ready == count).then(|| started.elapsed())
+    });
+    let (_, busy_cpu) = usage(pid);
+
+    let w1 = writes(&cluster);
+    let rest_started = Instant::now();
+    while rest_started.elapsed() < rest {
+        peak_rss = peak_rss.max(usage(pid).0);
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    let at_rest = (writes(&cluster) - w1) / rest_started.elapsed().as_secs_f64() * 60.0;
+    let (end_rss, _) = usage(pid);
+    peak_rss = peak_rss.max(end_rss);
+    let mib = |b: u64| b as f64 / 1048576.0;
+
+    println!(
+        "| B9 {count} pipelines on {node_count} kwok nodes: time to all Ready | {:.1} s (kubectl apply {:.1} s) | — | — | < 60 s |",
+        ready_in.as_secs_f64(),
+        applied_in.as_secs_f64()
+    );
+    println!(
+        "| B9 operator peak RSS | {:.1} MiB | idle, no pipeline: {:.1} MiB | {:.2}x | ≤ 64 MB |",
+        mib(peak_rss),
+        mib(idle_rss),
+        mib(peak_rss) / mib(idle_rss).max(0.1)
+    );
+    println!(
+        "| B9 operator CPU to reconcile all | {:.1} s | idle: {:.1} s | — | — |",
+        busy_cpu - idle_cpu,
+        idle_cpu
+    );
+    println!(
+        "| B9 API writes at rest, per pipeline per minute ({}s window) | {:.4} ({:.1}/min in all) | cluster before any pipeline: {:.1}/min | — | 0 |",
+        rest.as_secs(),
+        at_rest / count as f64,
+        at_rest,
+        baseline_writes
+    );
+}
