@@ -6,6 +6,12 @@
 //! on `/status` when it changed. Events are published only on transitions. Failures are
 //! retried with a per-object capped exponential backoff; success requeues every 5 minutes.
 //!
+//! At rest the operator writes nothing: it remembers what it last applied for each
+//! pipeline (a digest of the rendered objects and the resourceVersions the API server
+//! answered), and while its caches show both objects unchanged since then, a reconcile
+//! only reads the DaemonSet for the status. Any change by anyone (a new spec, a model,
+//! an edit of the DaemonSet, its status moving) makes the next reconcile apply again.
+//!
 //! Watches: EdgePipelines; DaemonSets and ConfigMaps labelled
 //! `app.kubernetes.io/managed-by=edge-operator` (metadata only); model ConfigMaps labelled
 //! `edgepipe.dev/model=true` (metadata only), mapped to the pipelines that use them so a
@@ -105,7 +111,18 @@ pub struct Context {
     recorder: Recorder,
     metrics: Arc<Metrics>,
     models: Store<PartialObjectMeta<ConfigMap>>,
+    daemon_sets: Store<PartialObjectMeta<DaemonSet>>,
+    config_maps: Store<PartialObjectMeta<ConfigMap>>,
+    applied: Mutex<HashMap<ObjectRef<EdgePipeline>, Applied>>,
     failures: Mutex<HashMap<ObjectRef<EdgePipeline>, u32>>,
+}
+
+/// What reconcile last applied for a pipeline, and the versions the API server gave back.
+#[derive(Clone, Debug, PartialEq, Eq)]
+struct Applied {
+    digest: String,
+    config_map_version: Option<String>,
+    daemon_set_version: Option<String>,
 }
 
 impl Context {
@@ -123,7 +140,62 @@ impl Context {
             render,
             metrics,
             models,
+            daemon_sets: reflector::store().0,
+            config_maps: reflector::store().0,
+            applied: Mutex::new(HashMap::new()),
             failures: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// Gives the context the caches (metadata only) of the DaemonSets and ConfigMaps it
+    /// manages, so a reconcile at rest can tell that nothing changed since its last apply.
+    /// Without them every reconcile applies.
+    pub fn with_owned(
+        mut self,
+        daemon_sets: Store<PartialObjectMeta<DaemonSet>>,
+        config_maps: Store<PartialObjectMeta<ConfigMap>>,
+    ) -> Self {
+        self.daemon_sets = daemon_sets;
+        self.config_maps = config_maps;
+        self
+    }
+
+    /// Whether `digest` is what was last applied for `key` and the caches show both
+    /// objects exactly as the API server returned them then.
+    fn unchanged(
+        &self,
+        key: &ObjectRef<EdgePipeline>,
+        namespace: &str,
+        child: &str,
+        digest: &str,
+    ) -> bool {
+        let Ok(applied) = self.applied.lock() else {
+            return false;
+        };
+        let Some(last) = applied.get(key) else {
+            return false;
+        };
+        let cached_ds = self
+            .daemon_sets
+            .get(&ObjectRef::new(child).within(namespace))
+            .and_then(|ds| ds.metadata.resource_version.clone());
+        let cached_cm = self
+            .config_maps
+            .get(&ObjectRef::new(child).within(namespace))
+            .and_then(|cm| cm.metadata.resource_version.clone());
+        last.digest == digest
+            && cached_ds.is_some()
+            && cached_ds == last.daemon_set_version
+            && cached_cm.is_some()
+            && cached_cm == last.config_map_version
+    }
+
+    fn remember(&self, key: ObjectRef<EdgePipeline>, applied: Applied) {
+        if let Ok(mut map) = self.applied.lock() {
+            if map.len() >= MAX_TRACKED_FAILURES && !map.contains_key(&key) {
+                map.clear();
+            }
+            map.insert(key, applied);
         }
     }
 
@@ -212,11 +284,25 @@ async fn apply(pipeline: &EdgePipeline, ctx: &Context) -> Result<Action, Error> 
     let daemon_sets: Api<DaemonSet> = Api::namespaced(ctx.client.clone(), &namespace);
     let ssa = PatchParams::apply(FIELD_MANAGER).force();
 
-    let (errors, daemon_set): (Option<Vec<FieldError>>, Option<DaemonSet>) =
-        match render(pipeline, &options) {
-            Ok(rendered) => {
+    let key = ObjectRef::from_obj(pipeline);
+    let (errors, daemon_set): (Option<Vec<FieldError>>, Option<DaemonSet>) = match render(
+        pipeline, &options,
+    ) {
+        Ok(rendered) => {
+            let digest = rendered.digest().map_err(Error::Render)?;
+            if ctx.unchanged(&key, &namespace, &child, &digest) {
+                let current =
+                    daemon_sets
+                        .get_opt(&child)
+                        .await
+                        .map_err(|source| Error::ReadDaemonSet {
+                            name: child.clone(),
+                            source,
+                        })?;
+                (None, current)
+            } else {
                 let config_maps: Api<ConfigMap> = Api::namespaced(ctx.client.clone(), &namespace);
-                config_maps
+                let config_map = config_maps
                     .patch(&child, &ssa, &Patch::Apply(&rendered.config_map))
                     .await
                     .map_err(|source| Error::ApplyConfigMap {
@@ -231,21 +317,30 @@ async fn apply(pipeline: &EdgePipeline, ctx: &Context) -> Result<Action, Error> 
                         source,
                     })?;
                 tracing::debug!(pipeline = %name, %namespace, "applied ConfigMap and DaemonSet");
+                ctx.remember(
+                    key.clone(),
+                    Applied {
+                        digest,
+                        config_map_version: config_map.metadata.resource_version,
+                        daemon_set_version: applied.metadata.resource_version.clone(),
+                    },
+                );
                 (None, Some(applied))
             }
-            Err(RenderError::Invalid(errors)) => {
-                let running =
-                    daemon_sets
-                        .get_opt(&child)
-                        .await
-                        .map_err(|source| Error::ReadDaemonSet {
-                            name: child.clone(),
-                            source,
-                        })?;
-                (Some(errors), running)
-            }
-            Err(other) => return Err(Error::Render(other)),
-        };
+        }
+        Err(RenderError::Invalid(errors)) => {
+            let running =
+                daemon_sets
+                    .get_opt(&child)
+                    .await
+                    .map_err(|source| Error::ReadDaemonSet {
+                        name: child.clone(),
+                        source,
+                    })?;
+            (Some(errors), running)
+        }
+        Err(other) => return Err(Error::Render(other)),
+    };
 
     let validation = match &errors {
         Some(errors) => Err(errors.as_slice()),
@@ -448,13 +543,12 @@ pub async fn run(
         controller: FIELD_MANAGER.to_string(),
         instance: settings.instance.clone(),
     };
-    let ctx = Arc::new(Context::new(
-        client,
-        settings.render,
-        reporter,
-        metrics.clone(),
-        models,
-    ));
+    let (owned_daemon_sets, daemon_sets_writer) = reflector::store();
+    let (owned_config_maps, config_maps_writer) = reflector::store();
+    let ctx = Arc::new(
+        Context::new(client, settings.render, reporter, metrics.clone(), models)
+            .with_owned(owned_daemon_sets, owned_config_maps),
+    );
 
     let mapper_cache = cache.clone();
     tracing::info!(namespace = ns.unwrap_or("<all>"), "controller starting");
@@ -462,11 +556,13 @@ pub async fn run(
         .owns_stream(
             watcher(daemon_sets, managed.clone())
                 .default_backoff()
+                .reflect(daemon_sets_writer)
                 .touched_objects(),
         )
         .owns_stream(
             watcher(config_maps, managed)
                 .default_backoff()
+                .reflect(config_maps_writer)
                 .touched_objects(),
         )
         .watches_stream(model_events, move |cm| {

@@ -84,6 +84,23 @@ fn helm_run(cluster: &Cluster, args: &[&str]) -> helm::HelmRun {
     helm::helm(&all)
 }
 
+/// The operator's write requests so far (audit IDs with verb and URI).
+fn operator_writes(fleet: &Fleet) -> Vec<String> {
+    fleet
+        .cluster
+        .audit_events()
+        .iter()
+        .filter(|e| e["user"]["username"] == fleet.operator.user.as_str())
+        .filter(|e| {
+            matches!(
+                e["verb"].as_str(),
+                Some("create" | "update" | "patch" | "delete")
+            )
+        })
+        .map(|e| format!("{} {} {}", e["auditID"], e["verb"], e["requestURI"]))
+        .collect()
+}
+
 /// Every request the operator made went through: RBAC grants all it needs. Checked at
 /// the end of every test, over everything the operator did so far.
 fn assert_never_forbidden(fleet: &Fleet) {
@@ -382,6 +399,16 @@ fn admission_rejects_broken_manifests_and_agrees_with_our_validation() {
         "the real API server and our validation disagree:\n{}",
         disagreements.join("\n")
     );
+    // The other Kubernetes manifest we ship: the node broker of deploy/e2e.
+    let broker = workspace_root().join("deploy/e2e/mosquitto.yaml");
+    let broker = broker.display().to_string();
+    cluster.namespace("edge-broker");
+    let out = cluster.kubectl(&["apply", "--dry-run=server", "-f", &broker]);
+    assert!(
+        out.status.success(),
+        "{broker}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     assert_never_forbidden(fleet);
 }
 
@@ -584,6 +611,7 @@ async fn a_spec_change_rolls_out_within_max_unavailable_and_then_stays_quiet() {
         )
     };
     let quiet = snapshot(cluster);
+    let writes_before = operator_writes(fleet);
     let reconciles = fleet
         .operator
         .metric_sum("edge_operator_reconciliations_total");
@@ -608,6 +636,14 @@ async fn a_spec_change_rolls_out_within_max_unavailable_and_then_stays_quiet() {
         snapshot(cluster),
         quiet,
         "a reconcile at rest changed something"
+    );
+    let written: Vec<String> = operator_writes(fleet)
+        .into_iter()
+        .filter(|w| !writes_before.contains(w) && w.contains(&format!("/namespaces/{namespace}/")))
+        .collect();
+    assert!(
+        written.is_empty(),
+        "a reconcile at rest wrote to the API server: {written:#?}"
     );
     assert_never_forbidden(fleet);
 }

@@ -83,6 +83,19 @@ impl Rendered {
             .map_err(|e| RenderError::Serialize(e.to_string()))?;
         Ok(format!("---\n{cm}---\n{ds}"))
     }
+
+    /// A digest of both objects: equal digests, identical objects to apply.
+    pub fn digest(&self) -> Result<String, RenderError> {
+        use sha2::{Digest, Sha256};
+        let mut hasher = Sha256::new();
+        for object in [
+            serde_json::to_vec(&self.config_map),
+            serde_json::to_vec(&self.daemon_set),
+        ] {
+            hasher.update(object.map_err(|e| RenderError::Serialize(e.to_string()))?);
+        }
+        Ok(hex::encode(hasher.finalize()))
+    }
 }
 
 /// Why a pipeline cannot be rendered.
