@@ -86,7 +86,7 @@ pub enum Error {
         /// API error.
         source: kube::Error,
     },
-    /// Reading the DaemonSet of an invalid pipeline failed.
+    /// Reading the DaemonSet (for the status) failed.
     #[error("reading DaemonSet {name} failed: {source}")]
     ReadDaemonSet {
         /// DaemonSet name.
@@ -291,15 +291,7 @@ async fn apply(pipeline: &EdgePipeline, ctx: &Context) -> Result<Action, Error> 
         Ok(rendered) => {
             let digest = rendered.digest().map_err(Error::Render)?;
             if ctx.unchanged(&key, &namespace, &child, &digest) {
-                let current =
-                    daemon_sets
-                        .get_opt(&child)
-                        .await
-                        .map_err(|source| Error::ReadDaemonSet {
-                            name: child.clone(),
-                            source,
-                        })?;
-                (None, current)
+                (None, read_daemon_set(&daemon_sets, &child).await?)
             } else {
                 let config_maps: Api<ConfigMap> = Api::namespaced(ctx.client.clone(), &namespace);
                 let config_map = config_maps
@@ -329,15 +321,7 @@ async fn apply(pipeline: &EdgePipeline, ctx: &Context) -> Result<Action, Error> 
             }
         }
         Err(RenderError::Invalid(errors)) => {
-            let running =
-                daemon_sets
-                    .get_opt(&child)
-                    .await
-                    .map_err(|source| Error::ReadDaemonSet {
-                        name: child.clone(),
-                        source,
-                    })?;
-            (Some(errors), running)
+            (Some(errors), read_daemon_set(&daemon_sets, &child).await?)
         }
         Err(other) => return Err(Error::Render(other)),
     };
@@ -364,6 +348,16 @@ async fn apply(pipeline: &EdgePipeline, ctx: &Context) -> Result<Action, Error> 
         }
     }
     Ok(Action::requeue(REQUEUE))
+}
+
+/// The DaemonSet `name`, if it exists.
+async fn read_daemon_set(api: &Api<DaemonSet>, name: &str) -> Result<Option<DaemonSet>, Error> {
+    api.get_opt(name)
+        .await
+        .map_err(|source| Error::ReadDaemonSet {
+            name: name.to_string(),
+            source,
+        })
 }
 
 /// The Event published for a status transition.

@@ -24,13 +24,6 @@ if ! "$venv/bin/python" -c 'import ai_edge_litert, numpy' 2>/dev/null; then
   "$venv/bin/pip" install -q ai-edge-litert==2.3.0 numpy==2.4.6 >&2
 fi
 
-# One package per command, exactly as the benchmarks run below (building both in one
-# command unifies their dependencies' features differently, so the runs would rebuild and
-# re-link the agent with LTO once more). The bench build also writes the agent binary the
-# harness runs, target/release/edge-agent.
-cargo bench --no-run -p edge-agent --bench pipeline >&2
-cargo bench --no-run -p edge-operator --bench operator >&2
-
 agent_benches=()
 run_b8=1
 run_b9=1
@@ -58,6 +51,16 @@ status=0
   echo "|---|---|---|---|---|"
 } | tee "$results"
 start=$SECONDS
+# One package per command, exactly as the benchmarks run below (building both in one
+# command unifies their dependencies' features differently, so the runs would rebuild and
+# re-link the agent with LTO once more). The bench build also writes the agent binary the
+# harness runs, target/release/edge-agent. Only what the selection runs is built.
+if [[ $# -eq 0 || ${#agent_benches[@]} -gt 0 ]]; then
+  cargo bench --no-run -p edge-agent --bench pipeline >&2
+fi
+if [[ $run_b8 -eq 1 ]]; then
+  cargo bench --no-run -p edge-operator --bench operator >&2
+fi
 if [[ $# -eq 0 || ${#agent_benches[@]} -gt 0 ]]; then
   cargo bench -q -p edge-agent --bench pipeline -- "${agent_benches[@]}" 2>"$out/pipeline.log" \
     | grep '^|' | tee -a "$results" || status=1

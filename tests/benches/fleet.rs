@@ -3,7 +3,8 @@
 //! sites, each pipeline selecting one site; the operator runs as the chart's
 //! ServiceAccount. Reports the time until every pipeline is Ready, the operator's peak
 //! RSS and CPU, and the API writes per pipeline per minute at rest (from the API server's
-//! own `apiserver_request_total`, over `B9_REST_SECONDS`), each next to a baseline from
+//! own `apiserver_request_total`, over `B9_REST_SECONDS`, default 360: longer than the
+//! operator's 5-minute periodic reconcile), each next to a baseline from
 //! the same run: the operator idle with no pipeline, and the cluster's writes at rest
 //! before any pipeline existed. Goals: all Ready in under 60 s, RSS at most 64 MB, zero
 //! writes at rest.
@@ -15,9 +16,11 @@ use std::time::{Duration, Instant};
 use edge_testkit::cluster::{Cluster, Node};
 use edge_testkit::operator::Operator;
 use edge_testkit::poll;
-use edge_tests::helm::{self, CHART, NAMESPACE, RELEASE};
+use edge_tests::helm::{self, NAMESPACE};
 
 const SITES: usize = 10;
+/// kubectl processes applying the pipelines at once.
+const APPLIERS: usize = 4;
 /// Resources whose writes count: what the operator writes and what its writes cause.
 const RESOURCES: [&str; 5] = [
     "edgepipelines",
@@ -73,11 +76,9 @@ fn usage(pid: u32) -> (u64, f64) {
     (rss_kb * 1024, ticks / 100.0)
 }
 
-fn pipelines_yaml(count: usize) -> String {
-    (0..count)
-        .map(|i| {
-            format!(
-                r#"---
+fn pipeline_yaml(i: usize) -> String {
+    format!(
+        r#"---
 apiVersion: edgepipe.dev/v1alpha1
 kind: EdgePipeline
 metadata: {{name: line-{i}, namespace: fleet}}
@@ -90,16 +91,14 @@ spec:
     http: {{url: "https://ingest.example.com/batch"}}
   nodeSelector: {{edgepipe.dev/site: "site-{site}"}}
 "#,
-                site = i % SITES
-            )
-        })
-        .collect()
+        site = i % SITES
+    )
 }
 
 fn main() {
     let count = setting("B9_PIPELINES", 1000) as usize;
     let node_count = setting("B9_NODES", 50) as usize;
-    let rest = Duration::from_secs(setting("B9_REST_SECONDS", 120));
+    let rest = Duration::from_secs(setting("B9_REST_SECONDS", 360));
     let nodes: Vec<Node> = (0..node_count)
         .map(|i| {
             Node::new(&format!("edge-{i}"))
@@ -109,17 +108,7 @@ fn main() {
         .collect();
     let cluster = Cluster::start("b9", &nodes);
     let _guard = cluster.guard();
-    let kubeconfig = cluster.kubeconfig().display().to_string();
-    let install = helm::helm(&[
-        "install",
-        RELEASE,
-        CHART,
-        "--namespace",
-        NAMESPACE,
-        "--create-namespace",
-        "--kubeconfig",
-        &kubeconfig,
-    ]);
+    let install = helm::install_on(cluster.kubeconfig(), &[], &[]);
     assert!(install.success, "helm install: {}", install.stderr);
     let operator = Operator::from_deployment(&cluster, NAMESPACE, "edgepipe-edge-operator", "b9");
     poll(Duration::from_secs(60), "the operator ready", || {
@@ -131,17 +120,34 @@ fn main() {
     // Baselines: the idle operator, and the cluster's own writes with no pipeline.
     let w0 = writes(&cluster);
     let idle_started = Instant::now();
-    std::thread::sleep(rest);
+    std::thread::sleep(rest.min(Duration::from_secs(60)));
     let baseline_writes = (writes(&cluster) - w0) / idle_started.elapsed().as_secs_f64() * 60.0;
     let (idle_rss, idle_cpu) = usage(pid);
 
+    // Applied as a GitOps tool would: a few clients at once (one kubectl applies its
+    // objects one after the other).
     let started = Instant::now();
-    let applied = cluster.kubectl_stdin(&["apply", "-f", "-"], &pipelines_yaml(count));
-    assert!(
-        applied.status.success(),
-        "kubectl apply: {}",
-        String::from_utf8_lossy(&applied.stderr)
-    );
+    let chunks: Vec<String> = (0..APPLIERS)
+        .map(|c| {
+            (0..count)
+                .filter(|i| i % APPLIERS == c)
+                .map(pipeline_yaml)
+                .collect()
+        })
+        .collect();
+    std::thread::scope(|scope| {
+        for chunk in &chunks {
+            let cluster = &cluster;
+            scope.spawn(move || {
+                let applied = cluster.kubectl_stdin(&["apply", "-f", "-"], chunk);
+                assert!(
+                    applied.status.success(),
+                    "kubectl apply: {}",
+                    String::from_utf8_lossy(&applied.stderr)
+                );
+            });
+        }
+    });
     let applied_in = started.elapsed();
     let mut peak_rss = idle_rss;
     let ready_in = poll(Duration::from_secs(1800), "every pipeline Ready", || {
@@ -173,7 +179,7 @@ fn main() {
     let mib = |b: u64| b as f64 / 1048576.0;
 
     println!(
-        "| B9 {count} pipelines on {node_count} kwok nodes: time to all Ready | {:.1} s (kubectl apply {:.1} s) | — | — | < 60 s |",
+        "| B9 {count} pipelines on {node_count} kwok nodes: time to all Ready | {:.1} s from the first apply ({APPLIERS} kubectl clients took {:.1} s to send them) | — | — | < 60 s |",
         ready_in.as_secs_f64(),
         applied_in.as_secs_f64()
     );

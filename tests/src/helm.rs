@@ -45,6 +45,32 @@ pub fn helm(args: &[&str]) -> HelmRun {
     }
 }
 
+/// Runs `helm ARGS --kubeconfig KUBECONFIG`: Helm against a real API server.
+pub fn helm_on(kubeconfig: &std::path::Path, args: &[&str]) -> HelmRun {
+    let kubeconfig = kubeconfig.display().to_string();
+    let mut all = args.to_vec();
+    all.extend_from_slice(&["--kubeconfig", &kubeconfig]);
+    helm(&all)
+}
+
+/// `helm install` of the chart as release `RELEASE` in `NAMESPACE` (created) against a
+/// real API server, with `--set` values and `extra` arguments.
+pub fn install_on(kubeconfig: &std::path::Path, sets: &[&str], extra: &[&str]) -> HelmRun {
+    let mut args = vec![
+        "install",
+        RELEASE,
+        CHART,
+        "--namespace",
+        NAMESPACE,
+        "--create-namespace",
+    ];
+    for set in sets {
+        args.extend(["--set", set]);
+    }
+    args.extend_from_slice(extra);
+    helm_on(kubeconfig, &args)
+}
+
 /// One object of a rendered chart.
 pub struct Object {
     /// The template it came from (`edge-operator/templates/...`).

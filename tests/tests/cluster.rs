@@ -20,7 +20,7 @@ use edge_testkit::cluster::{Cluster, Node};
 use edge_testkit::operator::Operator;
 use edge_testkit::{Agent, Mosquitto, Publisher, Receiver, eventually, poll};
 use edge_tests::api::{rust_layer, schema_layer};
-use edge_tests::helm::{self, CHART, NAMESPACE, RELEASE};
+use edge_tests::helm::{self, NAMESPACE};
 use edge_tests::workspace_root;
 use futures::StreamExt;
 use k8s_openapi::api::core::v1::Pod;
@@ -53,20 +53,8 @@ fn fleet() -> &'static Fleet {
         let cluster = Cluster::start("operator", &nodes);
         {
             let _guard = cluster.guard();
-            let install = helm_run(
-                &cluster,
-                &[
-                    "install",
-                    RELEASE,
-                    CHART,
-                    "--namespace",
-                    NAMESPACE,
-                    "--create-namespace",
-                    "--wait",
-                    "--timeout",
-                    "120s",
-                ],
-            );
+            let install =
+                helm::install_on(cluster.kubeconfig(), &[], &["--wait", "--timeout", "120s"]);
             assert!(install.success, "helm install: {}", install.stderr);
         }
         let operator = Operator::from_deployment(&cluster, NAMESPACE, DEPLOYMENT, "operator-0");
@@ -75,13 +63,6 @@ fn fleet() -> &'static Fleet {
         });
         Fleet { cluster, operator }
     })
-}
-
-fn helm_run(cluster: &Cluster, args: &[&str]) -> helm::HelmRun {
-    let kubeconfig = cluster.kubeconfig().display().to_string();
-    let mut all = args.to_vec();
-    all.extend_from_slice(&["--kubeconfig", &kubeconfig]);
-    helm::helm(&all)
 }
 
 /// The operator's write requests so far (audit IDs with verb and URI).
@@ -445,6 +426,13 @@ spec:
     )
 }
 
+/// Creates `namespace` and applies [`rollout_pipeline`] there, then waits for Ready.
+fn apply_ready(cluster: &Cluster, namespace: &str, name: &str, batch: u32, max_unavailable: u32) {
+    cluster.namespace(namespace);
+    cluster.apply(&rollout_pipeline(namespace, name, batch, max_unavailable));
+    wait_ready(cluster, namespace, name);
+}
+
 async fn admin_client(cluster: &Cluster) -> Client {
     let kubeconfig =
         kube::config::Kubeconfig::read_from(cluster.kubeconfig()).expect("admin kubeconfig");
@@ -463,9 +451,7 @@ async fn a_spec_change_rolls_out_within_max_unavailable_and_then_stays_quiet() {
     let cluster = &fleet.cluster;
     let _guard = cluster.guard();
     let (namespace, name, max_unavailable) = ("rollout", "line2", 2);
-    cluster.namespace(namespace);
-    cluster.apply(&rollout_pipeline(namespace, name, 100, max_unavailable));
-    wait_ready(cluster, namespace, name);
+    apply_ready(cluster, namespace, name, 100, max_unavailable);
     let nodes = selected_nodes(cluster, &cluster.get_json(&["epl", name, "-n", namespace]));
     assert_eq!(nodes.len(), 6);
 
@@ -656,9 +642,7 @@ fn an_invalid_spec_is_reported_and_the_running_agents_are_left_alone() {
     let cluster = &fleet.cluster;
     let _guard = cluster.guard();
     let (namespace, name) = ("invalid", "line3");
-    cluster.namespace(namespace);
-    cluster.apply(&rollout_pipeline(namespace, name, 100, 1));
-    wait_ready(cluster, namespace, name);
+    apply_ready(cluster, namespace, name, 100, 1);
     let agent = format!("{name}-agent");
     let generation =
         cluster.get_json(&["daemonset", &agent, "-n", namespace])["metadata"]["generation"].clone();
@@ -728,9 +712,7 @@ fn deleting_a_pipeline_garbage_collects_its_agents() {
     let cluster = &fleet.cluster;
     let _guard = cluster.guard();
     let (namespace, name) = ("deletion", "line4");
-    cluster.namespace(namespace);
-    cluster.apply(&rollout_pipeline(namespace, name, 100, 1));
-    wait_ready(cluster, namespace, name);
+    apply_ready(cluster, namespace, name, 100, 1);
     cluster.kubectl_ok(&["delete", "epl", name, "-n", namespace, "--wait=true"]);
     let agent = format!("{name}-agent");
     let out = cluster.kubectl(&[

@@ -21,10 +21,7 @@ const WAIT: Duration = Duration::from_secs(120);
 const LEASE_DURATION: Duration = Duration::from_secs(15);
 
 fn helm_run(cluster: &Cluster, args: &[&str]) -> helm::HelmRun {
-    let kubeconfig = cluster.kubeconfig().display().to_string();
-    let mut all = args.to_vec();
-    all.extend_from_slice(&["--kubeconfig", &kubeconfig]);
-    let run = helm::helm(&all);
+    let run = helm::helm_on(cluster.kubeconfig(), args);
     assert!(run.success, "helm {}: {}", args.join(" "), run.stderr);
     run
 }
@@ -97,24 +94,12 @@ fn namespaced_operator_with_leader_election_through_the_chart_life_cycle() {
     cluster.namespace("team-b");
 
     // Test 1: helm install, with the operator limited to team-a and two replicas.
-    helm_run(
-        &cluster,
-        &[
-            "install",
-            RELEASE,
-            CHART,
-            "--namespace",
-            NAMESPACE,
-            "--create-namespace",
-            "--set",
-            "watchNamespace=team-a",
-            "--set",
-            "replicaCount=2",
-            "--wait",
-            "--timeout",
-            "120s",
-        ],
+    let install = helm::install_on(
+        cluster.kubeconfig(),
+        &["watchNamespace=team-a", "replicaCount=2"],
+        &["--wait", "--timeout", "120s"],
     );
+    assert!(install.success, "helm install: {}", install.stderr);
     cluster.kubectl_ok(&[
         "wait",
         "--for=condition=Established",

@@ -219,7 +219,10 @@ impl Cluster {
             .arg("--kube-api-qps=200")
             .arg("--kube-api-burst=400")
             .arg("--concurrent-daemonset-syncs=8")
-            .arg("--node-monitor-grace-period=20s")
+            // A loaded 2-core machine may renew 50 simulated nodes' leases late; a short
+            // grace period would flap them NotReady and mark their pods unready for good
+            // (kwok readies a pod once). `set_node_ready` does not wait for it.
+            .arg("--node-monitor-grace-period=2m")
             .arg("--v=1");
         cluster.spawn("kube-controller-manager", &controllers);
 
@@ -241,9 +244,12 @@ impl Cluster {
             .arg("--v=1");
         cluster.spawn("kube-scheduler", &scheduler);
 
+        let ready_again = dir.join("kwok-ready-again.yaml");
+        std::fs::write(&ready_again, READY_AGAIN_STAGE).expect("kwok stage");
         let mut kwok = Command::new(tool("kwok"));
         kwok.arg(format!("--kubeconfig={}", cluster.kubeconfig.display()))
             .arg(format!("--config={}", tool("stages.yaml").display()))
+            .arg(format!("--config={}", ready_again.display()))
             .arg("--manage-all-nodes=false")
             .arg(format!(
                 "--manage-nodes-with-annotation-selector={KWOK_ANNOTATION}=fake"
@@ -514,6 +520,34 @@ impl Drop for Guard<'_> {
     }
 }
 
+/// What a kubelet does and kwok's own Stages do not: when a node comes back after the
+/// node lifecycle controller marked its running pods unready, they report ready again.
+const READY_AGAIN_STAGE: &str = r#"apiVersion: kwok.x-k8s.io/v1alpha1
+kind: Stage
+metadata:
+  name: pod-ready-again
+spec:
+  resourceRef:
+    apiGroup: v1
+    kind: Pod
+  selector:
+    matchExpressions:
+    - key: '.metadata.deletionTimestamp'
+      operator: 'DoesNotExist'
+    - key: '.status.phase'
+      operator: 'In'
+      values: ['Running']
+    - key: '.status.conditions.[] | select( .type == "Ready" ) | .status'
+      operator: 'In'
+      values: ['False']
+  next:
+    statusTemplate: |
+      conditions:
+      - lastTransitionTime: {{ Now | Quote }}
+        status: "True"
+        type: Ready
+"#;
+
 /// Audit every request of a ServiceAccount (the operator under test runs as one) with
 /// its metadata; nothing else, so the log stays small.
 const AUDIT_POLICY: &str = "apiVersion: audit.k8s.io/v1
@@ -536,24 +570,8 @@ impl Pki {
         let pki = Pki {
             dir: dir.to_path_buf(),
         };
-        pki.openssl(&[
-            "req",
-            "-x509",
-            "-newkey",
-            "ec",
-            "-pkeyopt",
-            "ec_paramgen_curve:prime256v1",
-            "-nodes",
-            "-days",
-            "7",
-            "-subj",
-            "/CN=edgepipe-test-ca",
-            "-keyout",
-            "ca.key",
-            "-out",
-            "ca.crt",
-        ]);
-        pki.leaf(
+        pki.cert("ca", "/CN=edgepipe-test-ca", &[]);
+        pki.cert(
             "apiserver",
             "/CN=kube-apiserver",
             &[
@@ -563,20 +581,22 @@ impl Pki {
                 "extendedKeyUsage=serverAuth",
             ],
         );
-        pki.leaf("admin", "/O=system:masters/CN=edgepipe-test-admin", &[]);
-        pki.leaf(
+        let client = ["extendedKeyUsage=clientAuth"];
+        pki.cert("admin", "/O=system:masters/CN=edgepipe-test-admin", &client);
+        pki.cert(
             "kube-controller-manager",
             "/CN=system:kube-controller-manager",
-            &[],
+            &client,
         );
-        pki.leaf("kube-scheduler", "/CN=system:kube-scheduler", &[]);
+        pki.cert("kube-scheduler", "/CN=system:kube-scheduler", &client);
         pki.openssl(&["genrsa", "-out", "sa.key", "2048"]);
         pki.openssl(&["rsa", "-in", "sa.key", "-pubout", "-out", "sa.pub"]);
         pki
     }
 
-    /// A key and a certificate signed by the CA; client certificates by default.
-    fn leaf(&self, name: &str, subject: &str, extensions: &[&str]) {
+    /// `<name>.key` and `<name>.crt`: the CA itself (`name == "ca"`, self-signed), or a
+    /// leaf signed by it with `extensions`.
+    fn cert(&self, name: &str, subject: &str, extensions: &[&str]) {
         let key = format!("{name}.key");
         let crt = format!("{name}.crt");
         let mut args = vec![
@@ -591,29 +611,25 @@ impl Pki {
             "7",
             "-subj",
             subject,
-            "-CA",
-            "ca.crt",
-            "-CAkey",
-            "ca.key",
             "-keyout",
             &key,
             "-out",
             &crt,
         ];
-        let client = ["extendedKeyUsage=clientAuth"];
-        let extensions = if extensions.is_empty() {
-            &client[..]
-        } else {
-            extensions
-        };
-        // Without these, openssl's default `v3_ca` section marks the leaf a CA, which
-        // Go accepts and rustls (the operator's client) rightly refuses.
-        args.extend_from_slice(&[
-            "-addext",
-            "basicConstraints=critical,CA:FALSE",
-            "-addext",
-            "keyUsage=critical,digitalSignature,keyEncipherment",
-        ]);
+        if name != "ca" {
+            // Without the constraints, openssl's default `v3_ca` section marks the leaf a
+            // CA, which Go accepts and rustls (the operator's client) rightly refuses.
+            args.extend_from_slice(&[
+                "-CA",
+                "ca.crt",
+                "-CAkey",
+                "ca.key",
+                "-addext",
+                "basicConstraints=critical,CA:FALSE",
+                "-addext",
+                "keyUsage=critical,digitalSignature,keyEncipherment",
+            ]);
+        }
         for ext in extensions {
             args.extend_from_slice(&["-addext", ext]);
         }
