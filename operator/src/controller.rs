@@ -7,10 +7,12 @@
 //! retried with a per-object capped exponential backoff; success requeues every 5 minutes.
 //!
 //! At rest the operator writes nothing: it remembers what it last applied for each
-//! pipeline (a digest of the rendered objects and the resourceVersions the API server
-//! answered), and while its caches show both objects unchanged since then, a reconcile
-//! only reads the DaemonSet for the status. Any change by anyone (a new spec, a model,
-//! an edit of the DaemonSet, its status moving) makes the next reconcile apply again.
+//! pipeline (a digest of the rendered objects, the ConfigMap's resourceVersion and the
+//! DaemonSet's generation the API server answered), and while its caches show both
+//! objects unchanged since then, a reconcile only reads the DaemonSet for the status. A
+//! new spec or model, an edit of the ConfigMap or of the DaemonSet's spec by anyone, or
+//! either leaving the cache makes the next reconcile apply again; the DaemonSet's status
+//! moving during a rollout does not.
 //!
 //! Watches: EdgePipelines; DaemonSets and ConfigMaps labelled
 //! `app.kubernetes.io/managed-by=edge-operator` (metadata only); model ConfigMaps labelled
@@ -122,7 +124,9 @@ pub struct Context {
 struct Applied {
     digest: String,
     config_map_version: Option<String>,
-    daemon_set_version: Option<String>,
+    /// The DaemonSet's generation, not its resourceVersion: status updates during a
+    /// rollout change the latter and are no reason to apply again.
+    daemon_set_generation: Option<i64>,
 }
 
 impl Context {
@@ -178,14 +182,14 @@ impl Context {
         let cached_ds = self
             .daemon_sets
             .get(&ObjectRef::new(child).within(namespace))
-            .and_then(|ds| ds.metadata.resource_version.clone());
+            .and_then(|ds| ds.metadata.generation);
         let cached_cm = self
             .config_maps
             .get(&ObjectRef::new(child).within(namespace))
             .and_then(|cm| cm.metadata.resource_version.clone());
         last.digest == digest
             && cached_ds.is_some()
-            && cached_ds == last.daemon_set_version
+            && cached_ds == last.daemon_set_generation
             && cached_cm.is_some()
             && cached_cm == last.config_map_version
     }
@@ -314,7 +318,7 @@ async fn apply(pipeline: &EdgePipeline, ctx: &Context) -> Result<Action, Error> 
                     Applied {
                         digest,
                         config_map_version: config_map.metadata.resource_version,
-                        daemon_set_version: applied.metadata.resource_version.clone(),
+                        daemon_set_generation: applied.metadata.generation,
                     },
                 );
                 (None, Some(applied))
