@@ -58,6 +58,10 @@ pub const BACKOFF_MAX: Duration = Duration::from_secs(5 * 60);
 const CONCURRENCY: u16 = 4;
 /// Upper bound on the objects whose failure count is remembered.
 const MAX_TRACKED_FAILURES: usize = 4096;
+/// Upper bound on the pipelines whose last apply is remembered (a few hundred bytes each;
+/// entries of deleted pipelines are only dropped when the bound clears the map, which
+/// costs one no-op apply per pipeline).
+const MAX_REMEMBERED_APPLIES: usize = 16_384;
 /// Model ConfigMap changes buffered between their watch and the controller.
 const MODEL_EVENTS: usize = 64;
 /// Longest Event note the API accepts.
@@ -196,7 +200,7 @@ impl Context {
 
     fn remember(&self, key: ObjectRef<EdgePipeline>, applied: Applied) {
         if let Ok(mut map) = self.applied.lock() {
-            if map.len() >= MAX_TRACKED_FAILURES && !map.contains_key(&key) {
+            if map.len() >= MAX_REMEMBERED_APPLIES && !map.contains_key(&key) {
                 map.clear();
             }
             map.insert(key, applied);
