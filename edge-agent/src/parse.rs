@@ -19,6 +19,8 @@ use crate::record::Reading;
 const SECONDS_LIMIT: f64 = 1e11;
 /// 9999-12-31T23:59:59.999Z, the largest timestamp RFC 3339 can write.
 const MAX_TIMESTAMP_MS: f64 = 253_402_300_799_999.0;
+/// Longest device id, in bytes of UTF-8.
+pub const MAX_DEVICE_ID_BYTES: usize = 128;
 
 /// Why a message is not a reading. The names are the `reason` label of the invalid
 /// messages counter.
@@ -45,11 +47,16 @@ pub enum InvalidReason {
     /// No device id in the payload or the topic.
     #[error("no device id in the payload or the topic")]
     MissingDevice,
+    /// The device id breaks the device id rule (see [`check_device_id`]).
+    #[error(
+        "device id is longer than 128 bytes or holds a control character, whitespace, '/', '+' or '#'"
+    )]
+    BadDevice,
 }
 
 impl InvalidReason {
     /// Every reason, e.g. to initialise metric label values.
-    pub const ALL: [InvalidReason; 7] = [
+    pub const ALL: [InvalidReason; 8] = [
         Self::NotJson,
         Self::MissingValue,
         Self::NotNumeric,
@@ -57,6 +64,7 @@ impl InvalidReason {
         Self::TooLarge,
         Self::BadTimestamp,
         Self::MissingDevice,
+        Self::BadDevice,
     ];
 
     /// Static name used as a metric label.
@@ -69,6 +77,7 @@ impl InvalidReason {
             Self::TooLarge => "too_large",
             Self::BadTimestamp => "bad_timestamp",
             Self::MissingDevice => "missing_device",
+            Self::BadDevice => "bad_device",
         }
     }
 }
@@ -240,23 +249,45 @@ fn number(v: &Value) -> Result<f64, InvalidReason> {
     }
 }
 
-/// Segment `i` of `topic`, if present and not empty.
-fn topic_segment(topic: &str, i: usize) -> Result<String, InvalidReason> {
-    topic
-        .split('/')
-        .nth(i)
-        .filter(|s| !s.is_empty())
-        .map(str::to_string)
-        .ok_or(InvalidReason::MissingDevice)
+/// The device id rule: 1 to [`MAX_DEVICE_ID_BYTES`] bytes, and no control character, no
+/// whitespace, no invisible formatting character (zero-width, bidirectional overrides) and
+/// none of the MQTT topic separator and wildcards (`/`, `+`, `#`). So a
+/// device id rendered into a topic template stays one topic level of a valid topic name,
+/// and it is at most a few cache lines of per-device state.
+pub fn check_device_id(id: &str) -> Result<(), InvalidReason> {
+    if id.is_empty() {
+        return Err(InvalidReason::MissingDevice);
+    }
+    let bad = |c: char| {
+        c.is_control()
+            || c.is_whitespace()
+            || matches!(c, '/' | '+' | '#' | '\u{200b}'..='\u{200f}' | '\u{202a}'..='\u{202e}' | '\u{2060}'..='\u{206f}' | '\u{feff}')
+    };
+    if id.len() > MAX_DEVICE_ID_BYTES || id.chars().any(bad) {
+        return Err(InvalidReason::BadDevice);
+    }
+    Ok(())
 }
 
-/// A device id from a JSON string (not empty) or number.
+/// Segment `i` of `topic`, if present, not empty and a valid device id.
+pub fn topic_segment(topic: &str, i: usize) -> Result<String, InvalidReason> {
+    let segment = topic
+        .split('/')
+        .nth(i)
+        .ok_or(InvalidReason::MissingDevice)?;
+    check_device_id(segment)?;
+    Ok(segment.to_string())
+}
+
+/// A device id from a JSON string or number, checked by [`check_device_id`].
 fn device_id(v: Option<&Value>) -> Result<String, InvalidReason> {
-    match v {
-        Some(Value::String(s)) if !s.is_empty() => Ok(s.clone()),
-        Some(Value::Number(n)) => Ok(n.to_string()),
-        _ => Err(InvalidReason::MissingDevice),
-    }
+    let id = match v {
+        Some(Value::String(s)) => s.clone(),
+        Some(Value::Number(n)) => n.to_string(),
+        _ => return Err(InvalidReason::MissingDevice),
+    };
+    check_device_id(&id)?;
+    Ok(id)
 }
 
 /// A present timestamp: unix seconds or milliseconds (number or numeric string), or an

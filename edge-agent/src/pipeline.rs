@@ -12,8 +12,6 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::Instant;
 
-use rumqttc::AsyncClient;
-
 use crate::actions::Actions;
 use crate::config::AgentConfig;
 use crate::inference::{InferenceError, InferenceStage};
@@ -35,13 +33,13 @@ pub struct Pipeline {
 
 impl Pipeline {
     /// The pipeline of `config` with its `processors` (built first, so a bad processor
-    /// stops the agent before it connects anywhere); local actions are published with
-    /// `client` (the source connection), URL models are cached under `data_dir`.
+    /// stops the agent before it connects anywhere) and its `actions` (see
+    /// [`Actions::connect`]); URL models are cached under `data_dir`.
     pub fn new(
         config: &AgentConfig,
         processors: Processors,
         data_dir: &Path,
-        client: AsyncClient,
+        actions: Actions,
         metrics: Arc<Metrics>,
     ) -> Result<Self, InferenceError> {
         let inference = InferenceStage::start(config, data_dir, inference_metrics(&metrics))?;
@@ -49,13 +47,7 @@ impl Pipeline {
             inference,
             parser: PayloadParser::new(&config.spec.source.format, config.source.max_payload_bytes),
             processors,
-            actions: Actions::new(
-                &config.spec.actions,
-                &config.pipeline,
-                &config.node,
-                client,
-                metrics.clone(),
-            ),
+            actions,
             metrics,
         })
     }

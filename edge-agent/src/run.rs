@@ -23,6 +23,7 @@ use tokio::net::TcpListener;
 use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 
+use crate::actions::Actions;
 use crate::broker::{BrokerError, BrokerSettings, EmbeddedBroker};
 use crate::config::{AgentConfig, SinkSettings};
 use crate::http::{Health, Loop};
@@ -217,11 +218,19 @@ pub async fn run_with_metrics(
     let (ack_tx, ack_rx) = mpsc::unbounded_channel();
     let acker = tokio::spawn(acknowledge_in_order(ack_rx, source.clone()));
 
+    let (actions, actions_task) = Actions::connect(
+        &config.spec.actions,
+        &config.pipeline,
+        &config.node,
+        &config.source,
+        metrics.clone(),
+    )
+    .map_err(RunError::SourceTls)?;
     let mut pipeline = Pipeline::new(
         &config,
         processors,
         &options.data_dir,
-        source.client().clone(),
+        actions,
         metrics.clone(),
     )?;
     let watcher = options.config_path.clone().map(|path| {
@@ -251,12 +260,12 @@ pub async fn run_with_metrics(
     writer.shutdown().await;
     let _ = acker.await;
     source.disconnect().await;
-    let mut source_task = source_task;
-    if tokio::time::timeout(DISCONNECT_TIMEOUT, &mut source_task)
-        .await
-        .is_err()
-    {
-        source_task.abort();
+    pipeline.actions.disconnect().await;
+    let deadline = tokio::time::Instant::now() + DISCONNECT_TIMEOUT;
+    for mut task in std::iter::once(source_task).chain(actions_task) {
+        if tokio::time::timeout_at(deadline, &mut task).await.is_err() {
+            task.abort();
+        }
     }
     drop(broker);
     http_stop.cancel();

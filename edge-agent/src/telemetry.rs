@@ -12,6 +12,9 @@ use prometheus::{
     Opts, Registry, TextEncoder,
 };
 
+/// Reasons a local action is not published (`edge_agent_actions_failed_total{reason}`).
+pub const ACTION_FAILURES: [&str; 2] = ["bad_topic", "backlog"];
+
 /// Reasons a record is dropped (`edge_agent_records_dropped_total{reason}`).
 pub const DROP_REASONS: [&str; 5] = [
     "queue_full",
@@ -69,6 +72,8 @@ pub struct Metrics {
     pub anomalies: IntCounter,
     /// Local actions published.
     pub actions_published: IntCounter,
+    /// Local actions not published, by reason (one of [`ACTION_FAILURES`]).
+    pub actions_failed: IntCounterVec,
     /// Corrupt queue files moved aside.
     pub queue_corruptions: IntCounter,
     /// Failed inferences, by reason.
@@ -202,6 +207,14 @@ impl Metrics {
                     "Local actions published on the source broker.",
                 ),
             )?,
+            actions_failed: counter_vec(
+                r,
+                opts(
+                    "edge_agent_actions_failed_total",
+                    "Local actions not published: bad_topic (the rendered topic is not a valid topic name), backlog (too many publishes waiting for the broker).",
+                ),
+                "reason",
+            )?,
             queue_corruptions: counter(
                 r,
                 opts(
@@ -310,6 +323,7 @@ impl Metrics {
             .with_label_values(&[env!("CARGO_PKG_VERSION")])
             .set(1);
         init_labels(&metrics.records_dropped, &DROP_REASONS);
+        init_labels(&metrics.actions_failed, &ACTION_FAILURES);
         init_labels(&metrics.sync_requests, &SYNC_OUTCOMES);
         init_labels(&metrics.records_enqueued, &RECORD_KINDS);
         Ok(metrics)
@@ -384,6 +398,7 @@ mod tests {
             "edge_agent_inferences_total",
             "edge_agent_anomalies_total",
             "edge_agent_actions_published_total",
+            "edge_agent_actions_failed_total",
             "edge_agent_queue_corruptions_total",
             "edge_agent_queue_records",
             "edge_agent_queue_bytes",

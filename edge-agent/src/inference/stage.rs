@@ -36,14 +36,16 @@ impl ImageMessages {
         }
     }
 
-    fn device(&self, topic: &str) -> Option<String> {
+    /// The device of an image on `topic`: the configured topic segment, or else the whole
+    /// topic with `/` written as `_`; either must pass the device id rule.
+    fn device(&self, topic: &str) -> Result<String, InvalidReason> {
         match self.device_segment {
-            Some(i) => topic
-                .split('/')
-                .nth(i)
-                .filter(|s| !s.is_empty())
-                .map(str::to_string),
-            None => Some(topic.to_string()),
+            Some(i) => crate::parse::topic_segment(topic, i),
+            None => {
+                let id = topic.replace('/', "_");
+                crate::parse::check_device_id(&id)?;
+                Ok(id)
+            }
         }
     }
 }
@@ -126,7 +128,7 @@ impl InferenceStage {
         if payload.len() > images.max_bytes {
             return Err(InvalidReason::TooLarge);
         }
-        let device = images.device(topic).ok_or(InvalidReason::MissingDevice)?;
+        let device = images.device(topic)?;
         let Some(record) = self
             .inference
             .classify(&device, topic, received_ms, payload)
@@ -159,12 +161,15 @@ mod tests {
             ..PayloadFormat::default()
         };
         let m = ImageMessages::new(&format, 10);
-        assert_eq!(m.device("cameras/cam7/frame").as_deref(), Some("cam7"));
-        assert_eq!(m.device("cameras"), None);
-        format.device = "device_id".into();
+        assert_eq!(m.device("cameras/cam7/frame"), Ok("cam7".to_string()));
+        assert_eq!(m.device("cameras"), Err(InvalidReason::MissingDevice));
         assert_eq!(
-            ImageMessages::new(&format, 10).device("cams/x").as_deref(),
-            Some("cams/x")
+            m.device("cameras/\u{7}/frame"),
+            Err(InvalidReason::BadDevice)
         );
+        format.device = "device_id".into();
+        let m = ImageMessages::new(&format, 10);
+        assert_eq!(m.device("cams/x"), Ok("cams_x".to_string()));
+        assert_eq!(m.device(&"c/".repeat(100)), Err(InvalidReason::BadDevice));
     }
 }

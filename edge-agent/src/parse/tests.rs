@@ -35,7 +35,8 @@ fn reason_names_are_the_metric_labels() {
             "not_finite",
             "too_large",
             "bad_timestamp",
-            "missing_device"
+            "missing_device",
+            "bad_device"
         ]
     );
 }
@@ -291,6 +292,45 @@ fn size_limit_is_checked_before_parsing_and_is_inclusive() {
 }
 
 #[test]
+fn device_ids_follow_the_rule_wherever_they_come_from() {
+    let long = "d".repeat(MAX_DEVICE_ID_BYTES);
+    let too_long = "d".repeat(MAX_DEVICE_ID_BYTES + 1);
+    let cases: [(&str, Result<(), InvalidReason>); 14] = [
+        ("press-1", Ok(())),
+        ("Kühlraum_3.a:b@c", Ok(())),
+        (long.as_str(), Ok(())),
+        ("", Err(InvalidReason::MissingDevice)),
+        (too_long.as_str(), Err(InvalidReason::BadDevice)),
+        ("a/b", Err(InvalidReason::BadDevice)),
+        ("a+", Err(InvalidReason::BadDevice)),
+        ("#", Err(InvalidReason::BadDevice)),
+        ("a b", Err(InvalidReason::BadDevice)),
+        ("a\u{0}", Err(InvalidReason::BadDevice)),
+        ("a\u{1b}[2J", Err(InvalidReason::BadDevice)),
+        ("a\u{85}", Err(InvalidReason::BadDevice)),
+        ("a\u{202e}b", Err(InvalidReason::BadDevice)),
+        ("\u{feff}a", Err(InvalidReason::BadDevice)),
+    ];
+    for (id, want) in cases {
+        assert_eq!(check_device_id(id), want, "{id:?}");
+        let payload = serde_json::json!({"device_id": id, "value": 1}).to_string();
+        let parsed = json_parser()
+            .parse("t", payload.as_bytes(), NOW)
+            .map(|_| ());
+        assert_eq!(parsed, want, "payload device {id:?}");
+    }
+    // A topic segment is held to the same rule (the broker allows control characters).
+    assert_eq!(
+        topic_parser().parse("s/a\u{7}b/t", b"1", NOW),
+        Err(InvalidReason::BadDevice)
+    );
+    assert_eq!(
+        topic_parser().parse("s//t", b"1", NOW),
+        Err(InvalidReason::MissingDevice)
+    );
+}
+
+#[test]
 fn seconds_and_milliseconds_are_told_apart() {
     assert_eq!(unix_ms(99_999_999_999.0), Ok(99_999_999_999_000));
     assert_eq!(unix_ms(100_000_000_000.0), Ok(100_000_000_000));
@@ -354,7 +394,7 @@ proptest! {
         for parser in [json_parser(), topic_parser()] {
             if let Ok(r) = parser.parse(&topic, &payload, received_ms) {
                 prop_assert!(r.value.is_finite());
-                prop_assert!(!r.device.is_empty());
+                prop_assert!(check_device_id(&r.device).is_ok());
             }
         }
     }
@@ -376,6 +416,24 @@ proptest! {
         }
     }
 
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(5_000))]
+
+    /// Whatever a sender puts in a device id, an accepted one renders into one level of a
+    /// valid topic name under the template's prefix.
+    #[test]
+    fn accepted_device_ids_stay_one_topic_level(id in "\\PC{0,8}|.{0,200}|[\\x00-\\x7f]{0,140}") {
+        let payload = serde_json::json!({"device_id": id, "value": 1}).to_string();
+        let parser = PayloadParser::new(&format("value", "device_id", None), 1 << 20);
+        if let Ok(r) = parser.parse("t", payload.as_bytes(), NOW) {
+            let topic = crate::actions::render_topic("alerts/{device}/state", &r.device, "ns/p", "n");
+            prop_assert!(crate::actions::check_topic(&topic).is_ok(), "{topic:?}");
+            prop_assert_eq!(topic.split('/').count(), 3);
+            prop_assert!(r.device.len() <= MAX_DEVICE_ID_BYTES);
+        }
+    }
 }
 
 proptest! {

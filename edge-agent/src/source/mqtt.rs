@@ -31,10 +31,8 @@ use crate::telemetry::Metrics;
 /// Messages waiting for the ingest loop. Above the broker's in-flight window, so the
 /// event loop (and its keep-alives) never waits on ingest in practice.
 const MESSAGE_CAPACITY: usize = 4096;
-/// Requests (acknowledgements, action publishes) waiting for the event loop.
+/// Requests (acknowledgements) waiting for the event loop.
 const REQUEST_CAPACITY: usize = 4096;
-/// Outgoing QoS 1 publishes (local actions) in flight.
-const OUTGOING_INFLIGHT: u16 = 1000;
 /// First reconnect delay.
 const INITIAL_BACKOFF: Duration = Duration::from_millis(100);
 /// Largest reconnect delay.
@@ -52,7 +50,7 @@ pub struct Message {
     generation: u64,
 }
 
-/// Sends acknowledgements and local publishes on the source connection.
+/// Sends acknowledgements on the source connection.
 #[derive(Clone)]
 pub struct SourceHandle {
     client: AsyncClient,
@@ -70,11 +68,6 @@ impl SourceHandle {
         if let Err(e) = self.client.ack(&message.publish).await {
             tracing::debug!(error = %e, "acknowledgement not sent: the source loop stopped");
         }
-    }
-
-    /// The client, for local action publishes.
-    pub fn client(&self) -> &AsyncClient {
-        &self.client
     }
 
     /// Asks the event loop to disconnect cleanly after the requests already queued
@@ -103,7 +96,6 @@ pub fn start(
     })?;
     options.set_clean_session(false);
     options.set_manual_acks(true);
-    options.set_inflight(OUTGOING_INFLIGHT);
     // Oversized payloads must reach the parser (to be counted and acknowledged); a packet
     // above the client's own limit breaks the connection instead.
     let incoming = settings
