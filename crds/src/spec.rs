@@ -99,14 +99,16 @@ pub struct Source {
     #[serde(default)]
     pub format: PayloadFormat,
 
-    /// Messages larger than this are counted as invalid (`too_large`) and skipped.
+    /// Messages larger than this are counted as invalid (`too_large`), acknowledged and
+    /// skipped, whatever their size. At most `16Mi`.
     #[serde(default = "default_max_payload_size")]
     pub max_payload_size: Size,
 
     /// Upper bound on the number of devices whose processor and inference state is kept.
-    /// When exceeded, the least recently seen device's state is evicted and counted.
+    /// When exceeded, the least recently seen device's state is evicted and counted. At
+    /// most 100000; a device id is at most 128 bytes, so this bounds that state in bytes.
     #[serde(default = "default_max_devices")]
-    #[schemars(range(min = 1))]
+    #[schemars(range(min = 1, max = 100000))]
     pub max_devices: u32,
 }
 

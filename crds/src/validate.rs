@@ -11,6 +11,11 @@ use std::fmt;
 use crate::spec::*;
 use crate::units::{parse_duration, parse_size};
 
+/// Largest `spec.source.maxPayloadSize`: 16 MiB.
+pub const MAX_PAYLOAD_SIZE: u64 = 16 * 1024 * 1024;
+/// Largest `spec.source.maxDevices`.
+pub const MAX_DEVICES: u32 = 100_000;
+
 /// One problem with a spec, with the path of the field it concerns.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct FieldError {
@@ -156,11 +161,18 @@ impl Validator {
         }
         match parse_size(&s.max_payload_size.0) {
             Ok(0) => self.err("spec.source.maxPayloadSize", "must be > 0"),
+            Ok(n) if n > MAX_PAYLOAD_SIZE => self.err(
+                "spec.source.maxPayloadSize",
+                "must be at most 16Mi (the agent holds a message in memory while it is handled)",
+            ),
             Ok(_) => {}
             Err(e) => self.err("spec.source.maxPayloadSize", e.to_string()),
         }
-        if s.max_devices == 0 {
-            self.err("spec.source.maxDevices", "must be > 0");
+        if s.max_devices == 0 || s.max_devices > MAX_DEVICES {
+            self.err(
+                "spec.source.maxDevices",
+                "must be between 1 and 100000 (per-device state is kept in memory)",
+            );
         }
     }
 

@@ -8,9 +8,12 @@
 
 use image::imageops::FilterType;
 
-/// Upper bound on decoded image dimensions, so a tiny compressed payload cannot make
-/// the decoder allocate gigabytes.
+/// Upper bound on decoded image dimensions.
 const MAX_DIMENSION: u32 = 8192;
+/// Upper bound on what decoding one image may allocate, so a small compressed payload (a
+/// 250 KB PNG can declare 8000x8000 RGBA pixels) cannot take the agent over its memory
+/// limit: 48 MiB holds a 4K frame in RGBA, eight times a 1080p frame in RGB.
+const MAX_DECODE_BYTES: u64 = 48 * 1024 * 1024;
 
 /// Why an image payload cannot be classified.
 #[derive(Debug, thiserror::Error)]
@@ -45,11 +48,19 @@ pub fn image_input(payload: &[u8], height: u32, width: u32) -> Result<Vec<f32>, 
     let mut limits = image::Limits::default();
     limits.max_image_width = Some(MAX_DIMENSION);
     limits.max_image_height = Some(MAX_DIMENSION);
+    limits.max_alloc = Some(MAX_DECODE_BYTES);
     reader.limits(limits);
-    let rgb = reader
+    let decoded = reader
         .decode()
-        .map_err(|e| ImageError::Decode(e.to_string()))?
-        .to_rgb8();
+        .map_err(|e| ImageError::Decode(e.to_string()))?;
+    // The RGB copy (when the image is not RGB8 already) is held to the same bound.
+    let (w, h) = (u64::from(decoded.width()), u64::from(decoded.height()));
+    if !matches!(decoded, image::DynamicImage::ImageRgb8(_)) && w * h * 3 > MAX_DECODE_BYTES {
+        return Err(ImageError::Decode(format!(
+            "a {w}x{h} image is over the {MAX_DECODE_BYTES}-byte decoding limit"
+        )));
+    }
+    let rgb = decoded.into_rgb8();
     let resized = if rgb.dimensions() == (width, height) {
         rgb
     } else {
@@ -106,6 +117,18 @@ mod tests {
     #[test]
     fn labels_file_lines() {
         assert_eq!(parse_labels("x\n y \n\n"), vec!["x", "y"]);
+    }
+
+    #[test]
+    fn a_decompression_bomb_is_refused_within_the_allocation_limit() {
+        // 249 KB on the wire, 8000x8000 RGBA (256 MB) once decoded.
+        let bomb = std::fs::read(
+            std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+                .join("../tests/models/hostile/png-bomb.png"),
+        )
+        .expect("tests/models/hostile/png-bomb.png (make_png_bomb.py writes it)");
+        let err = image_input(&bomb, 96, 96).expect_err("the bomb decodes");
+        assert!(err.to_string().contains("limit"), "{err}");
     }
 
     #[test]

@@ -16,14 +16,16 @@ use std::time::{Duration, Instant};
 
 use rumqttc::{
     AsyncClient, ConnectionError, Event, EventLoop, Incoming, Outgoing, Publish, QoS, Request,
-    Subscribe, SubscribeFilter, SubscribeReasonCode,
+    StateError, Subscribe, SubscribeFilter, SubscribeReasonCode, mqttbytes,
 };
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 
-use super::tls::{Connect, TlsError, mqtt_options};
+use super::oversized;
+use super::tls::{Connect, TlsError, client_config, mqtt_options};
 use crate::config::SourceSettings;
 use crate::http::Health;
+use crate::parse::InvalidReason;
 use crate::queue::now_ms;
 use crate::sink::backoff;
 use crate::telemetry::Metrics;
@@ -33,6 +35,9 @@ use crate::telemetry::Metrics;
 const MESSAGE_CAPACITY: usize = 4096;
 /// Requests (acknowledgements) waiting for the event loop.
 const REQUEST_CAPACITY: usize = 4096;
+/// Room for the fixed header, the topic (at most 64 KiB) and the packet id on top of the
+/// payload limit.
+const PACKET_OVERHEAD: usize = 64 * 1024 + 8;
 /// First reconnect delay.
 const INITIAL_BACKOFF: Duration = Duration::from_millis(100);
 /// Largest reconnect delay.
@@ -96,13 +101,21 @@ pub fn start(
     })?;
     options.set_clean_session(false);
     options.set_manual_acks(true);
-    // Oversized payloads must reach the parser (to be counted and acknowledged); a packet
-    // above the client's own limit breaks the connection instead.
-    let incoming = settings
-        .max_payload_bytes
-        .saturating_mul(16)
-        .max(16 * 1024 * 1024);
+    // A payload up to the limit plus the largest topic reaches the parser; a larger packet
+    // breaks the connection and is cleared by `oversized::clear`.
+    let incoming = settings.max_payload_bytes.saturating_add(PACKET_OVERHEAD);
     options.set_max_packet_size(incoming, 1024 * 1024);
+    let clear = oversized::Target {
+        host: settings.host.clone(),
+        port: settings.port,
+        tls: match settings.tls {
+            true => Some(Arc::new(client_config(&settings.tls_material)?)),
+            false => None,
+        },
+        client_id: settings.client_id.clone(),
+        credentials: settings.username.clone().zip(settings.password.clone()),
+        keep_alive: settings.keep_alive,
+    };
     let (client, events) = AsyncClient::new(options, REQUEST_CAPACITY);
     let generation = Arc::new(AtomicU64::new(0));
     let (tx, rx) = mpsc::channel(MESSAGE_CAPACITY);
@@ -124,6 +137,8 @@ pub fn start(
         metrics,
         health,
         url: settings.url.clone(),
+        clear,
+        incoming,
     };
     let task = tokio::spawn(driver.run());
     Ok((SourceHandle { client, generation }, rx, task))
@@ -137,6 +152,10 @@ struct Driver {
     metrics: Arc<Metrics>,
     health: Arc<Health>,
     url: String,
+    /// The session, for clearing a message too large to receive.
+    clear: oversized::Target,
+    /// Largest packet the client reads.
+    incoming: usize,
 }
 
 impl Driver {
@@ -192,7 +211,36 @@ impl Driver {
                     self.connected(false);
                     return;
                 }
+                Err(ConnectionError::MqttState(StateError::Deserialization(
+                    mqttbytes::Error::PayloadSizeLimitExceeded(size),
+                ))) => {
+                    // Still connected as far as readiness goes: the session is resumed at
+                    // once, after the message that cannot be received is cleared.
+                    self.generation.fetch_add(1, Ordering::AcqRel);
+                    match oversized::clear(&self.clear, self.incoming).await {
+                        Ok(n) => {
+                            tracing::warn!(
+                                size,
+                                limit = self.incoming,
+                                cleared = n,
+                                "acknowledged and skipped messages larger than the packet limit"
+                            );
+                            self.metrics.messages_received.inc_by(n);
+                            self.metrics
+                                .messages_invalid
+                                .with_label_values(&[InvalidReason::TooLarge.as_str()])
+                                .inc_by(n);
+                        }
+                        Err(e) => {
+                            tracing::warn!(size, error = %e, "a message larger than the packet limit could not be cleared");
+                            failures = failures.saturating_add(1);
+                            tokio::time::sleep(backoff(failures, INITIAL_BACKOFF, MAX_BACKOFF))
+                                .await;
+                        }
+                    }
+                }
                 Err(e) => {
+                    self.generation.fetch_add(1, Ordering::AcqRel);
                     self.connected(false);
                     let delay = backoff(failures, INITIAL_BACKOFF, MAX_BACKOFF);
                     if failures == 0 || failures.is_multiple_of(20) {

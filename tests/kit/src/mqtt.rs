@@ -121,7 +121,8 @@ pub struct Publisher {
 impl Publisher {
     pub fn connect(port: u16, client_id: &str) -> Self {
         let mut options = MqttOptions::new(client_id, "127.0.0.1", port);
-        options.set_max_packet_size(1 << 20, 1 << 20);
+        // Room for the oversized messages of the hostile-input tests.
+        options.set_max_packet_size(1 << 20, 32 << 20);
         options.set_inflight(200);
         let (client, mut events) = AsyncClient::new(options, 100);
         let (tx, acks) = tokio::sync::mpsc::unbounded_channel();
