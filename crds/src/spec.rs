@@ -125,7 +125,8 @@ fn default_max_devices() -> u32 {
 #[schemars(extend("x-kubernetes-validations" = [
     {"rule": "has(self.url) || has(self.embedded)", "message": "set url, or embedded to run a broker inside the agent"},
     {"rule": "self.qos == 0 || self.qos == 1", "message": "qos must be 0 or 1"},
-    {"rule": "size(self.topics) > 0", "message": "at least one topic is required"}
+    {"rule": "size(self.topics) > 0", "message": "at least one topic is required"},
+    {"rule": "!has(self.embedded) || self.embedded.listen.startsWith('127.') || self.embedded.listen.startsWith('[::1]:') || (has(self.embedded.users) && size(self.embedded.users) > 0) || (has(self.username) && has(self.passwordFrom))", "fieldPath": ".embedded.users", "reason": "FieldValueRequired", "message": "embedded.users is required when embedded.listen is not a loopback address"}
 ]))]
 pub struct MqttSource {
     /// Broker URL, `mqtt://host:1883` or `mqtts://host:8883`. `${VAR}` is expanded from
@@ -182,13 +183,47 @@ fn default_keep_alive() -> Duration {
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct EmbeddedBroker {
-    /// Address the embedded broker listens on.
+    /// Address the embedded broker listens on. The default, `127.0.0.1:1883`, takes
+    /// clients of this host only (in a pod: of the pod only). Any other address, such as
+    /// `0.0.0.0:1883` for devices on the plant network, requires `users`.
     #[serde(default = "default_embedded_listen")]
     pub listen: String,
+
+    /// Who may connect, and what each may publish and subscribe to. With users set,
+    /// anonymous clients are refused; a client breaking its rules is disconnected. The
+    /// agent connects with credentials of its own, and no other client may use its
+    /// client ids.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 1000))]
+    pub users: Vec<EmbeddedUser>,
 }
 
 fn default_embedded_listen() -> String {
-    "0.0.0.0:1883".to_string()
+    "127.0.0.1:1883".to_string()
+}
+
+/// A client of the embedded broker: its credentials and its topics.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct EmbeddedUser {
+    /// Username.
+    #[schemars(length(min = 1, max = 128))]
+    pub username: String,
+
+    /// Where the password comes from (a Secret, an environment variable or a file).
+    pub password_from: ValueFrom,
+
+    /// Topic filters this user may publish to, e.g. `sensors/{username}/#`, where
+    /// `{username}` stands for the username. Empty: no publishing.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 64))]
+    pub publish: Vec<String>,
+
+    /// Topic filters this user may subscribe to (a subscription must lie within one of
+    /// them), e.g. `alerts/{username}`. Empty: no subscribing.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 64))]
+    pub subscribe: Vec<String>,
 }
 
 /// Where a secret value (password, token, PEM) comes from. Exactly one field is set.

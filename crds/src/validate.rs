@@ -107,6 +107,42 @@ impl Validator {
         }
     }
 
+    fn embedded(&mut self, e: &EmbeddedBroker, shared_login: bool) {
+        match e.listen.parse::<std::net::SocketAddr>() {
+            Err(_) => self.err(
+                "spec.source.mqtt.embedded.listen",
+                format!("{:?} is not an address like 127.0.0.1:1883", e.listen),
+            ),
+            Ok(addr) if !addr.ip().is_loopback() && e.users.is_empty() && !shared_login => {
+                self.err(
+                    "spec.source.mqtt.embedded.users",
+                    format!(
+                        "required when listen ({}) is not a loopback address: without them anyone on the network could publish, subscribe to # or take the agent's client id",
+                        e.listen
+                    ),
+                )
+            }
+            Ok(_) => {}
+        }
+        let mut seen = std::collections::BTreeSet::new();
+        for (i, u) in e.users.iter().enumerate() {
+            let path = format!("spec.source.mqtt.embedded.users[{i}]");
+            if u.username.is_empty() {
+                self.err(format!("{path}.username"), "must not be empty");
+            } else if !seen.insert(u.username.as_str()) {
+                self.err(format!("{path}.username"), "duplicate username");
+            }
+            self.value_from(&format!("{path}.passwordFrom"), &u.password_from);
+            for (field, filters) in [("publish", &u.publish), ("subscribe", &u.subscribe)] {
+                for (j, f) in filters.iter().enumerate() {
+                    if let Err(msg) = check_topic_filter(&f.replace("{username}", "u")) {
+                        self.err(format!("{path}.{field}[{j}]"), msg);
+                    }
+                }
+            }
+        }
+    }
+
     fn source(&mut self, s: &Source) {
         let m = &s.mqtt;
         match (&m.url, &m.embedded) {
@@ -117,13 +153,8 @@ impl Validator {
             (Some(url), _) => self.url("spec.source.mqtt.url", url, &["mqtt", "mqtts"]),
             (None, Some(_)) => {}
         }
-        if let Some(e) = &m.embedded
-            && e.listen.parse::<std::net::SocketAddr>().is_err()
-        {
-            self.err(
-                "spec.source.mqtt.embedded.listen",
-                format!("{:?} is not an address like 0.0.0.0:1883", e.listen),
-            );
+        if let Some(e) = &m.embedded {
+            self.embedded(e, m.username.is_some() && m.password_from.is_some());
         }
         if m.topics.is_empty() {
             self.err("spec.source.mqtt.topics", "at least one topic is required");

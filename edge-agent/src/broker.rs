@@ -5,24 +5,32 @@
 //!
 //! The broker is configured in code (no config file): bounded connections, a packet limit
 //! derived from `source.maxPayloadSize`, bounded in-memory logs per topic filter, and the
-//! source's credentials when it has some (devices then need the same username and
-//! password). Its state lives in memory: messages published while the agent is down are
-//! not kept, but the agent's session survives its reconnects.
+//! access rules of [`access`]: it listens on loopback by default, and on any other address
+//! only with logins (`embedded.users`, each with the topics it may publish and subscribe
+//! to). Its state lives in memory: messages published while the agent is down are not
+//! kept, but the agent's session survives its reconnects.
 //!
 //! The accept loop runs on the agent's runtime and stops with [`EmbeddedBroker`]; the
 //! router runs on its own thread for the rest of the process (rumqttd offers no way to
 //! stop it; it sleeps while there is no traffic).
 
-use std::collections::HashMap;
-use std::net::SocketAddr;
+pub mod access;
 
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use rand::Rng;
 use rumqttd::protocol::v4::V4;
 use rumqttd::{
     ConnectionSettings, LinkType, Router, RouterConfig, SegmentConfig, Server, ServerSettings,
 };
 use tokio::task::JoinHandle;
 
+pub use self::access::Access;
 use crate::config::SourceSettings;
+
+/// Username of the agent's own login when the source has none.
+const AGENT_USERNAME: &str = "edge-agent";
 
 /// Clients connected at once (devices, the agent itself, local subscribers).
 pub const MAX_CONNECTIONS: usize = 1024;
@@ -60,20 +68,42 @@ pub struct BrokerSettings {
     pub max_packet_bytes: usize,
     /// Topic filters the agent subscribes to (they get the larger logs).
     pub source_filters: Vec<String>,
-    /// Username and password every client must present, when the source has both.
-    pub credentials: Option<(String, String)>,
+    /// Who may connect and do what.
+    pub access: Access,
 }
 
 impl BrokerSettings {
-    /// The broker `source` asks for, if any.
+    /// The broker `source` asks for, if any. The agent's login is the source's
+    /// credentials when it has both, else a random one ([`BrokerSettings::agent_login`]
+    /// says which, for the source and actions connections).
     pub fn for_source(source: &SourceSettings) -> Option<Self> {
         let listen = source.embedded_listen?;
+        let shared = source.username.clone().zip(source.password.clone());
+        let agent = shared.clone().unwrap_or_else(|| {
+            let secret: [u8; 32] = rand::rng().random();
+            (AGENT_USERNAME.to_string(), hex::encode(secret))
+        });
         Some(Self {
             listen,
             max_packet_bytes: source.max_payload_bytes.saturating_add(PACKET_OVERHEAD),
             source_filters: source.topics.clone(),
-            credentials: source.username.clone().zip(source.password.clone()),
+            access: Access {
+                agent,
+                agent_client_ids: vec![
+                    source.client_id.clone(),
+                    crate::actions::client_id(&source.client_id),
+                ],
+                users: source.embedded_users.clone(),
+                anonymous: listen.ip().is_loopback()
+                    && source.embedded_users.is_empty()
+                    && shared.is_none(),
+            },
         })
+    }
+
+    /// The username and password the agent's own connections log in with.
+    pub fn agent_login(&self) -> (String, String) {
+        self.access.agent.clone()
     }
 
     /// The rumqttd router configuration.
@@ -111,16 +141,36 @@ impl BrokerSettings {
                 connection_timeout_ms: CONNECT_TIMEOUT_MS,
                 max_payload_size: self.max_packet_bytes,
                 max_inflight_count: MAX_INFLIGHT,
-                auth: self
-                    .credentials
-                    .clone()
-                    .map(|(user, password)| HashMap::from([(user, password)])),
-                external_auth: None,
+                auth: None,
+                external_auth: Some(self.authenticator()),
+                acl: Some({
+                    let access = Arc::new(self.access.clone());
+                    Arc::new(move |user: &str, action, topic: &str| {
+                        let allowed = access.allows(user, action, topic);
+                        if !allowed {
+                            tracing::warn!(user, ?action, topic = %topic.escape_debug(), "embedded broker: not authorized, disconnecting the client");
+                        }
+                        allowed
+                    })
+                }),
                 // Without this a publish to a topic nobody subscribes to (yet) would
                 // close the publisher's connection.
                 dynamic_filters: true,
             },
         }
+    }
+}
+
+impl BrokerSettings {
+    fn authenticator(&self) -> rumqttd::AuthHandler {
+        let access = Arc::new(self.access.clone());
+        Arc::new(move |client_id: String, user: String, password: String| {
+            let allowed = access.authenticate(&client_id, &user, &password);
+            if !allowed {
+                tracing::warn!(client_id = %client_id.escape_debug(), user = %user.escape_debug(), "embedded broker: connection refused");
+            }
+            Box::pin(std::future::ready(allowed))
+        })
     }
 }
 
@@ -183,6 +233,7 @@ mod tests {
             max_payload_bytes: 256 * 1024,
             max_devices: 10,
             embedded_listen: embedded.and_then(|a| a.parse().ok()),
+            embedded_users: Vec::new(),
         }
     }
 
@@ -212,13 +263,31 @@ mod tests {
     }
 
     #[test]
-    fn credentials_of_the_source_are_required_of_every_client() {
+    fn the_agent_logs_in_with_the_source_credentials_or_a_random_login() {
         let mut src = source(Some("127.0.0.1:1883"));
+        let own = BrokerSettings::for_source(&src).expect("broker");
+        let (user, password) = own.agent_login();
+        assert_eq!(user, AGENT_USERNAME);
+        assert_eq!(password.len(), 64);
+        assert_ne!(
+            BrokerSettings::for_source(&src)
+                .expect("broker")
+                .agent_login(),
+            (user, password),
+            "a new login every start"
+        );
+        assert!(own.access.anonymous, "loopback without logins is open");
+        assert_eq!(own.access.agent_client_ids, ["agent", "agent-actions"]);
         src.username = Some("edge".into());
         src.password = Some("secret".into());
-        let s = BrokerSettings::for_source(&src).expect("broker");
-        let auth = s.server().connections.auth.expect("auth");
-        assert_eq!(auth.get("edge").map(String::as_str), Some("secret"));
+        let shared = BrokerSettings::for_source(&src).expect("broker");
+        assert_eq!(shared.agent_login(), ("edge".into(), "secret".into()));
+        assert!(
+            !shared.access.anonymous,
+            "a login is required of every client"
+        );
+        let wide = BrokerSettings::for_source(&source(Some("0.0.0.0:1883"))).expect("broker");
+        assert!(!wide.access.anonymous, "beyond loopback, never anonymous");
     }
 
     #[test]
@@ -233,7 +302,7 @@ mod tests {
                 .map_err(|e| e.to_string())
         };
         assert_eq!(
-            config("0.0.0.0:1884").as_deref(),
+            config("127.0.0.1:1884").as_deref(),
             Ok("mqtt://127.0.0.1:1884")
         );
         assert_eq!(

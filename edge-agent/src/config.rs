@@ -79,6 +79,21 @@ pub struct SourceSettings {
     pub max_devices: usize,
     /// Address the embedded broker listens on, when the agent runs one.
     pub embedded_listen: Option<SocketAddr>,
+    /// The embedded broker's users, passwords resolved.
+    pub embedded_users: Vec<EmbeddedUser>,
+}
+
+/// A client of the embedded broker.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct EmbeddedUser {
+    /// Username.
+    pub username: String,
+    /// Password, resolved.
+    pub password: String,
+    /// Topic filters it may publish to, `{username}` replaced.
+    pub publish: Vec<String>,
+    /// Topic filters it may subscribe within, `{username}` replaced.
+    pub subscribe: Vec<String>,
 }
 
 /// The durable queue.

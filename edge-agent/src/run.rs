@@ -167,9 +167,16 @@ pub async fn run_with_metrics(
         Duration::from_secs(60).max(sink_timeout + Duration::from_secs(30)),
     ));
 
-    // The embedded broker, when configured, listens before the source connects to it.
+    // The embedded broker, when configured, listens before the source connects to it;
+    // the agent's connections log in to it with the agent's own login.
+    let mut config = config;
     let broker = match BrokerSettings::for_source(&config.source) {
-        Some(settings) => Some(EmbeddedBroker::start(&settings)?),
+        Some(settings) => {
+            let (user, password) = settings.agent_login();
+            config.source.username = Some(user);
+            config.source.password = Some(password);
+            Some(EmbeddedBroker::start(&settings)?)
+        }
         None => None,
     };
 

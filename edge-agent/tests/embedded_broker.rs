@@ -1,8 +1,9 @@
 //! The embedded broker (`source.mqtt.embedded`) of a running `edge-agent run`, driven by
 //! the real Mosquitto command-line clients: readings published with `mosquitto_pub` reach
 //! the HTTP receiver, a local alert published by the agent reaches `mosquitto_sub`, the
-//! source's credentials are required of every client, and a taken port stops the agent
-//! with a clear error.
+//! source's credentials are required of every client, beyond loopback only configured
+//! users connect and only within their topics, and a taken port stops the agent with a
+//! clear error.
 
 mod common;
 
@@ -361,4 +362,130 @@ fn a_taken_port_stops_the_agent_with_a_clear_error() {
         "{stderr}"
     );
     drop(taken);
+}
+
+/// `mosquitto_sub` on `filter` for at most `seconds`, logged in as `login`: its exit
+/// status and every line it printed.
+fn subscribe_for(port: u16, filter: &str, login: Option<(&str, &str)>, seconds: u32) -> Child {
+    let mut cmd = Command::new(SUB);
+    cmd.args(["-h", "127.0.0.1", "-p", &port.to_string(), "-q", "1", "-v"])
+        .args(["-t", filter, "-W", &seconds.to_string()]);
+    if let Some((user, password)) = login {
+        cmd.args(["-u", user, "-P", password]);
+    }
+    cmd.stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("run mosquitto_sub (apt install mosquitto-clients)")
+}
+
+/// An embedded broker on every address: anonymous clients are refused, a device may only
+/// publish and subscribe within its own topics, and nobody may take the agent's client id.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn beyond_loopback_only_users_connect_and_only_within_their_topics() {
+    let receiver = Receiver::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let secret = dir.path().join("press-1");
+    std::fs::write(&secret, "pw-press-1\n").unwrap();
+    let port = free_port();
+    let yaml = pipeline(port, receiver.port, "").replace(
+        &format!(r#"embedded: {{listen: "127.0.0.1:{port}"}}"#),
+        &format!(
+            r#"embedded:
+        listen: "0.0.0.0:{port}"
+        users:
+          - username: press-1
+            passwordFrom: {{file: {:?}}}
+            publish: ["sensors/{{username}}/#"]
+            subscribe: ["alerts/{{username}}"]"#,
+            secret.display().to_string()
+        ),
+    );
+    assert!(yaml.contains("0.0.0.0"), "{yaml}");
+    let mut agent = Agent::start(dir.path(), &yaml);
+    agent.wait_ready().await;
+    let login = Some(("press-1", "pw-press-1"));
+
+    // Anonymous clients and wrong passwords are refused at CONNECT.
+    let reading = r#"{"device_id":"press-1","value":150}"#;
+    let refused = publish(port, "sensors/press-1/temperature", reading, None).unwrap_err();
+    assert!(refused.contains("not authori"), "{refused}");
+    assert!(
+        publish(
+            port,
+            "sensors/press-1/temperature",
+            reading,
+            Some(("press-1", "wrong"))
+        )
+        .is_err()
+    );
+    let anonymous = subscribe_for(port, "#", None, 3)
+        .wait_with_output()
+        .unwrap();
+    assert!(!anonymous.status.success(), "anonymous subscribe to #");
+    assert!(anonymous.stdout.is_empty());
+
+    // Another device's topic and a topic outside the pipeline are refused.
+    let spoofed = r#"{"device_id":"press-2","value":999}"#;
+    assert!(publish(port, "sensors/press-2/temperature", spoofed, login).is_err());
+    assert!(publish(port, "plc/valve1/cmd", "open", login).is_err());
+    // Nobody else may take the agent's session (client id factory-test-edge-test).
+    let mut takeover = Command::new(PUB);
+    takeover
+        .args(["-h", "127.0.0.1", "-p", &port.to_string(), "-q", "1"])
+        .args([
+            "-i",
+            "factory-test-edge-test",
+            "-u",
+            "press-1",
+            "-P",
+            "pw-press-1",
+        ])
+        .args(["-t", "sensors/press-1/temperature", "-m", reading]);
+    assert!(!takeover.output().unwrap().status.success());
+
+    // The device's own topics work, end to end (the alert is within its subscription).
+    let everything = subscribe_for(port, "#", login, 6);
+    let own = subscribe_for(port, "alerts/press-1", login, 6);
+    eventually(
+        Duration::from_secs(15),
+        "the device's reading",
+        async || {
+            if receiver.accepted().iter().any(|r| r["device"] == "press-1") {
+                return Some(());
+            }
+            publish(port, "sensors/press-1/temperature", reading, login).unwrap();
+            tokio::time::sleep(Duration::from_millis(200)).await;
+            None
+        },
+    )
+    .await;
+    let own = own.wait_with_output().unwrap();
+    let own = String::from_utf8_lossy(&own.stdout);
+    assert!(
+        own.lines().any(|l| l.starts_with("alerts/press-1 {")),
+        "{own:?}"
+    );
+    let all = everything.wait_with_output().unwrap();
+    assert!(
+        all.stdout.is_empty(),
+        "a subscription to # was served: {}",
+        String::from_utf8_lossy(&all.stdout)
+    );
+    let devices: Vec<Value> = receiver
+        .accepted()
+        .into_iter()
+        .map(|r| r["device"].clone())
+        .collect();
+    assert!(devices.iter().all(|d| d == "press-1"), "{devices:?}");
+    assert_eq!(
+        agent
+            .log_text()
+            .matches("connected to the source broker")
+            .count(),
+        1,
+        "the agent kept its session:\n{}",
+        agent.log_text()
+    );
+    assert!(agent.terminate().success(), "{}", agent.log_text());
 }

@@ -423,16 +423,35 @@ fn a_config_map_model_is_mounted_and_the_config_points_at_it() {
 }
 
 #[test]
-fn an_embedded_broker_is_exposed_with_a_host_port() {
+fn an_embedded_broker_is_exposed_with_a_host_port_only_beyond_loopback() {
     let r = rendered(&with_spec(
-        "  source:\n    mqtt: {topics: [a], embedded: {listen: '0.0.0.0:1884'}}\n  sink:\n    http: {url: 'https://x/b'}\n",
+        "  source:\n    mqtt: {topics: [a], embedded: {listen: '0.0.0.0:1884', users: [{username: press-1, passwordFrom: {secretKeyRef: {name: devices, key: press-1}}, publish: ['a']}]}}\n  sink:\n    http: {url: 'https://x/b'}\n",
     ));
-    let port = ds_json(&r)
+    let ds = ds_json(&r);
+    let port = ds
         .pointer("/spec/template/spec/containers/0/ports/1")
         .cloned();
     assert_eq!(
         port,
         Some(json!({"name": "mqtt", "containerPort": 1884, "hostPort": 1884, "protocol": "TCP"}))
+    );
+    // The device's password reaches the agent by reference, never in the ConfigMap.
+    let env = ds
+        .pointer("/spec/template/spec/containers/0/env")
+        .cloned()
+        .unwrap_or_default();
+    assert!(
+        env.to_string()
+            .contains(r#"{"key":"press-1","name":"devices","optional":false}"#),
+        "{env}"
+    );
+    let local = rendered(&with_spec(
+        "  source:\n    mqtt: {topics: [a], embedded: {}}\n  sink:\n    http: {url: 'https://x/b'}\n",
+    ));
+    assert_eq!(
+        ds_json(&local).pointer("/spec/template/spec/containers/0/ports/1"),
+        None,
+        "a loopback broker serves the pod only"
     );
 }
 

@@ -9,7 +9,8 @@ use edge_crds::units::Duration as SpecDuration;
 use edge_crds::{Buffer, Compression, EdgePipelineSpec, FieldError, Sink, Tls, ValueFrom};
 
 use super::{
-    BufferSettings, HttpSettings, MqttSinkSettings, SinkSettings, SourceSettings, TlsMaterial,
+    BufferSettings, EmbeddedUser, HttpSettings, MqttSinkSettings, SinkSettings, SourceSettings,
+    TlsMaterial,
 };
 
 /// Longest MQTT client id the agent derives.
@@ -293,6 +294,27 @@ impl<'a> Resolver<'a> {
                 .map_or(0, |b| usize::try_from(b).unwrap_or(usize::MAX)),
             max_devices: usize::try_from(spec.source.max_devices).unwrap_or(usize::MAX),
             embedded_listen,
+            embedded_users: m
+                .embedded
+                .iter()
+                .flat_map(|e| e.users.iter().enumerate())
+                .filter_map(|(i, u)| {
+                    let path = format!("spec.source.mqtt.embedded.users[{i}].passwordFrom");
+                    let password = self.secret_text(&path, &u.password_from)?;
+                    let own = |filters: &[String]| {
+                        filters
+                            .iter()
+                            .map(|f| f.replace("{username}", &u.username))
+                            .collect()
+                    };
+                    Some(EmbeddedUser {
+                        username: u.username.clone(),
+                        password,
+                        publish: own(&u.publish),
+                        subscribe: own(&u.subscribe),
+                    })
+                })
+                .collect(),
         }
     }
 

@@ -145,17 +145,39 @@ spec:
 #[test]
 fn the_embedded_broker_is_the_default_source() {
     let text = with(
-        r#"{embedded: {listen: "0.0.0.0:11883"}, topics: [a]}"#,
+        r#"{embedded: {listen: "0.0.0.0:11883", users: [{username: "press-1", passwordFrom: {env: PW}, publish: ["sensors/{username}/#"], subscribe: ["alerts/{username}"]}]}, topics: [a]}"#,
         HTTP_OK,
         "",
     );
-    let c = load(&text, &[]).unwrap();
+    let c = load(&text, &[("PW", "pw1")]).unwrap();
     assert_eq!(c.source.url, "mqtt://127.0.0.1:11883");
     assert_eq!(
         (c.source.host.as_str(), c.source.port),
         ("127.0.0.1", 11883)
     );
     assert_eq!(c.source.embedded_listen, "0.0.0.0:11883".parse().ok());
+    assert_eq!(
+        c.source.embedded_users,
+        [crate::config::EmbeddedUser {
+            username: "press-1".into(),
+            password: "pw1".into(),
+            publish: vec!["sensors/press-1/#".into()],
+            subscribe: vec!["alerts/press-1".into()],
+        }]
+    );
+    // The default listens on loopback; anything wider needs users.
+    let c = load(&with("{embedded: {}, topics: [a]}", HTTP_OK, ""), &[]).unwrap();
+    assert_eq!(c.source.embedded_listen, "127.0.0.1:1883".parse().ok());
+    let open = with(
+        r#"{embedded: {listen: "0.0.0.0:1883"}, topics: [a]}"#,
+        HTTP_OK,
+        "",
+    );
+    let err = load(&open, &[]).unwrap_err().to_string();
+    assert!(
+        err.contains("spec.source.mqtt.embedded.users: required when listen (0.0.0.0:1883) is not a loopback address"),
+        "{err}"
+    );
 }
 
 #[test]

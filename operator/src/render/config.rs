@@ -113,6 +113,9 @@ impl Secrets {
         let mqtt = &mut spec.source.mqtt;
         self.rewrite_opt(&mut mqtt.password_from);
         self.rewrite_tls(&mut mqtt.tls);
+        for user in mqtt.embedded.iter_mut().flat_map(|e| e.users.iter_mut()) {
+            self.rewrite(&mut user.password_from);
+        }
         if let Some(http) = &mut spec.sink.http {
             for header in &mut http.headers {
                 self.rewrite(&mut header.value_from);

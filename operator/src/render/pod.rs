@@ -36,6 +36,13 @@ pub fn listen_port(listen: &str) -> Option<i32> {
     port.parse::<u16>().ok().filter(|p| *p > 0).map(i32::from)
 }
 
+/// Whether `listen` (`host:port`) is a loopback address.
+pub fn is_loopback(listen: &str) -> bool {
+    listen
+        .parse::<std::net::SocketAddr>()
+        .is_ok_and(|a| a.ip().is_loopback())
+}
+
 pub(super) fn pod_spec(
     pipeline: &EdgePipeline,
     namespace: &str,
@@ -52,11 +59,13 @@ pub(super) fn pod_spec(
         protocol: Some("TCP".to_string()),
         ..ContainerPort::default()
     }];
+    // On loopback the broker serves the pod only: nothing to expose on the node.
     if let Some(port) = spec
         .source
         .mqtt
         .embedded
         .as_ref()
+        .filter(|e| !is_loopback(&e.listen))
         .and_then(|e| listen_port(&e.listen))
     {
         ports.push(ContainerPort {

@@ -51,6 +51,18 @@ pub type AuthHandler = Arc<
         + Sync,
 >;
 
+/// What a client asks to do with a topic (checked by [`ConnectionSettings::acl`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum AclAction {
+    /// Publish to a topic name (a PUBLISH, or the will of its CONNECT).
+    Publish,
+    /// Subscribe to a topic filter.
+    Subscribe,
+}
+
+/// Decides whether `username` (empty without a login) may do `action` on a topic.
+pub type Acl = Arc<dyn Fn(&str, AclAction, &str) -> bool + Send + Sync>;
+
 #[derive(Debug, Default, Serialize, Deserialize, Clone)]
 pub struct Config {
     pub id: usize,
@@ -150,6 +162,9 @@ pub struct ConnectionSettings {
     pub auth: Option<HashMap<String, String>>,
     #[serde(skip)]
     pub external_auth: Option<AuthHandler>,
+    /// Checked for every publish, will and subscription; a refusal closes the connection.
+    #[serde(skip)]
+    pub acl: Option<Acl>,
     #[serde(default)]
     pub dynamic_filters: bool,
 }
@@ -176,6 +191,7 @@ impl fmt::Debug for ConnectionSettings {
             .field("max_inflight_count", &self.max_inflight_count)
             .field("auth", &self.auth)
             .field("external_auth", &self.external_auth.is_some())
+            .field("acl", &self.acl.is_some())
             .field("dynamic_filters", &self.dynamic_filters)
             .finish()
     }

@@ -4,7 +4,7 @@ use crate::link::network::Network;
 use crate::local::LinkBuilder;
 use crate::protocol::{ConnAck, Connect, ConnectReturnCode, Login, Packet, Protocol};
 use crate::router::{Event, Notification};
-use crate::{ConnectionId, ConnectionSettings};
+use crate::{Acl, AclAction, ConnectionId, ConnectionSettings};
 
 use flume::{RecvError, SendError, Sender, TrySendError};
 use std::cmp::min;
@@ -43,6 +43,8 @@ pub enum Error {
     ConnectionAck(String),
     #[error("Authentication error")]
     InvalidAuth,
+    #[error("Not authorized to {0:?} {1:?}")]
+    NotAuthorized(AclAction, String),
     #[error("Channel try send error")]
     TrySend(#[from] TrySendError<(ConnectionId, Event)>),
     #[error("Link error = {0}")]
@@ -51,6 +53,8 @@ pub enum Error {
 
 /// Orchestrates between Router and Network.
 pub struct RemoteLink<P> {
+    /// The ACL and the login it applies to.
+    acl: Option<(Acl, String)>,
     connect: Connect,
     pub(crate) connection_id: ConnectionId,
     network: Network<P>,
@@ -68,10 +72,20 @@ impl<P: Protocol> RemoteLink<P> {
         connect_packet: Packet,
         dynamic_filters: bool,
         assigned_client_id: Option<String>,
+        acl: Option<Acl>,
     ) -> Result<RemoteLink<P>, Error> {
-        let Packet::Connect(connect, props, lastwill, lastwill_props, _) = connect_packet else {
+        let Packet::Connect(connect, props, lastwill, lastwill_props, login) = connect_packet
+        else {
             return Err(Error::NotConnectPacket(connect_packet));
         };
+        let username = login.map(|l| l.username).unwrap_or_default();
+        let acl = acl.map(|acl| (acl, username));
+        if let (Some((acl, user)), Some(will)) = (&acl, &lastwill) {
+            let topic = String::from_utf8_lossy(&will.topic).into_owned();
+            if !acl(user, AclAction::Publish, &topic) {
+                return Err(Error::NotAuthorized(AclAction::Publish, topic));
+            }
+        }
 
         // Register this connection with the router. Router replys with ack which if ok will
         // start the link. Router can sometimes reject the connection (ex max connection limit)
@@ -115,6 +129,7 @@ impl<P: Protocol> RemoteLink<P> {
         }
 
         Ok(RemoteLink {
+            acl,
             connect,
             connection_id: id,
             network,
@@ -123,6 +138,33 @@ impl<P: Protocol> RemoteLink<P> {
             notifications: VecDeque::with_capacity(100),
             will_delay_interval,
         })
+    }
+
+    /// The first publish or subscription in `packets` the ACL refuses.
+    fn denied<'a>(&self, packets: impl Iterator<Item = &'a Packet>) -> Option<Error> {
+        let (acl, user) = self.acl.as_ref()?;
+        for packet in packets {
+            match packet {
+                Packet::Publish(publish, _) => {
+                    let topic = String::from_utf8_lossy(&publish.topic);
+                    if !acl(user, AclAction::Publish, &topic) {
+                        return Some(Error::NotAuthorized(AclAction::Publish, topic.into_owned()));
+                    }
+                }
+                Packet::Subscribe(subscribe, _) => {
+                    for filter in &subscribe.filters {
+                        if !acl(user, AclAction::Subscribe, &filter.path) {
+                            return Some(Error::NotAuthorized(
+                                AclAction::Subscribe,
+                                filter.path.clone(),
+                            ));
+                        }
+                    }
+                }
+                _ => {}
+            }
+        }
+        None
     }
 
     pub async fn start(&mut self) -> Result<(), Error> {
@@ -136,8 +178,14 @@ impl<P: Protocol> RemoteLink<P> {
                     let packet = o?;
                     let len = {
                         let mut buffer = self.link_tx.buffer();
+                        let before = buffer.len();
                         buffer.push_back(packet);
                         self.network.readv(&mut buffer)?;
+                        if let Some(denied) = self.denied(buffer.range(before..)) {
+                            // Nothing of this read reaches the router.
+                            buffer.truncate(before);
+                            return Err(denied);
+                        }
                         buffer.len()
                     };
 
@@ -195,7 +243,15 @@ where
 
     Span::current().record("client_id", &connect.client_id);
 
-    handle_auth(config.clone(), login.as_ref(), &connect.client_id).await?;
+    if let Err(e) = handle_auth(config.clone(), login.as_ref(), &connect.client_id).await {
+        // Answer before closing, so the client learns why.
+        let ack = ConnAck {
+            session_present: false,
+            code: ConnectReturnCode::NotAuthorized,
+        };
+        network.write(Packet::ConnAck(ack, None)).await?;
+        return Err(e);
+    }
 
     // When keep_alive feature is disabled client can live forever, which is not good in
     // distributed broker context so currenlty we don't allow it.
@@ -228,6 +284,14 @@ async fn handle_auth(
     client_id: &str,
 ) -> Result<(), Error> {
     if config.auth.is_none() && config.external_auth.is_none() {
+        return Ok(());
+    }
+
+    // An external handler decides on anonymous clients too (empty username and password).
+    if let (Some(auth), None) = (&config.external_auth, login) {
+        if !auth(client_id.to_owned(), String::new(), String::new()).await {
+            return Err(Error::InvalidAuth);
+        }
         return Ok(());
     }
 
@@ -282,6 +346,7 @@ mod tests {
             max_inflight_count: 0,
             auth: None,
             external_auth: None,
+            acl: None,
             dynamic_filters: false,
         }
     }
