@@ -196,6 +196,25 @@ pub struct EmbeddedBroker {
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[schemars(length(max = 1000))]
     pub users: Vec<EmbeddedUser>,
+
+    /// Serve MQTT over TLS (`mqtts://` for devices) with this certificate; with
+    /// `clientCa`, devices must also present a certificate it signed. The agent itself
+    /// connects over loopback inside the process.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tls: Option<EmbeddedTls>,
+}
+
+/// The embedded broker's TLS server identity, and the CA of client certificates.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct EmbeddedTls {
+    /// PEM server certificate chain.
+    pub cert: ValueFrom,
+    /// PEM private key of the server certificate.
+    pub key: ValueFrom,
+    /// PEM CA bundle: when set, every client must present a certificate it signed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub client_ca: Option<ValueFrom>,
 }
 
 fn default_embedded_listen() -> String {

@@ -124,6 +124,14 @@ impl Validator {
             }
             Ok(_) => {}
         }
+        if let Some(tls) = &e.tls {
+            let path = "spec.source.mqtt.embedded.tls";
+            self.value_from(&format!("{path}.cert"), &tls.cert);
+            self.value_from(&format!("{path}.key"), &tls.key);
+            if let Some(ca) = &tls.client_ca {
+                self.value_from(&format!("{path}.clientCa"), ca);
+            }
+        }
         let mut seen = std::collections::BTreeSet::new();
         for (i, u) in e.users.iter().enumerate() {
             let path = format!("spec.source.mqtt.embedded.users[{i}]");

@@ -234,6 +234,7 @@ mod tests {
             max_devices: 10,
             embedded_listen: embedded.and_then(|a| a.parse().ok()),
             embedded_users: Vec::new(),
+            embedded_tls: None,
         }
     }
 

@@ -81,6 +81,8 @@ pub struct SourceSettings {
     pub embedded_listen: Option<SocketAddr>,
     /// The embedded broker's users, passwords resolved.
     pub embedded_users: Vec<EmbeddedUser>,
+    /// The embedded broker's TLS server identity (`cert`, `key`) and client CA (`ca`).
+    pub embedded_tls: Option<TlsMaterial>,
 }
 
 /// A client of the embedded broker.

@@ -315,6 +315,17 @@ impl<'a> Resolver<'a> {
                     })
                 })
                 .collect(),
+            embedded_tls: m.embedded.as_ref().and_then(|e| e.tls.as_ref()).map(|t| {
+                let path = "spec.source.mqtt.embedded.tls";
+                TlsMaterial {
+                    cert: self.secret(&format!("{path}.cert"), &t.cert),
+                    key: self.secret(&format!("{path}.key"), &t.key),
+                    ca: t
+                        .client_ca
+                        .as_ref()
+                        .and_then(|c| self.secret(&format!("{path}.clientCa"), c)),
+                }
+            }),
         }
     }
 

@@ -113,8 +113,15 @@ impl Secrets {
         let mqtt = &mut spec.source.mqtt;
         self.rewrite_opt(&mut mqtt.password_from);
         self.rewrite_tls(&mut mqtt.tls);
-        for user in mqtt.embedded.iter_mut().flat_map(|e| e.users.iter_mut()) {
-            self.rewrite(&mut user.password_from);
+        if let Some(embedded) = &mut mqtt.embedded {
+            for user in &mut embedded.users {
+                self.rewrite(&mut user.password_from);
+            }
+            if let Some(tls) = &mut embedded.tls {
+                self.rewrite(&mut tls.cert);
+                self.rewrite(&mut tls.key);
+                self.rewrite_opt(&mut tls.client_ca);
+            }
         }
         if let Some(http) = &mut spec.sink.http {
             for header in &mut http.headers {
