@@ -302,6 +302,7 @@ fn monitors_select_the_operator_and_every_agent() {
         agent_image: edge_operator::default_agent_image(),
         init_image: edge_operator::default_init_image(),
         model_version: None,
+        avoid_control_plane: true,
     };
     let agents = edge_operator::render(&pipeline, &options).expect("the operator renders it");
     let daemon_set = serde_json::to_value(&agents.daemon_set).expect("DaemonSet serializes");
