@@ -161,7 +161,7 @@ pub fn compute(
                 (
                     false,
                     reason::NO_NODES,
-                    "no node matches the pipeline's nodeSelector and tolerations".to_string(),
+                    "no node matches the pipeline's nodeSelector and tolerations (control-plane nodes only count when the tenant policy allows them)".to_string(),
                 )
             } else if r.ready < r.desired {
                 (false, reason::AGENTS_NOT_READY, counts.clone())

@@ -172,12 +172,14 @@ impl Context {
 
     /// Gives the context the tenant policy and the cache (metadata only) of the Secrets
     /// labelled `edgepipe.dev/allow-pipelines=true`. Without them the default policy
-    /// applies and no Secret has opted in.
+    /// applies and no Secret has opted in. The policy also decides whether the rendered
+    /// agents keep off control-plane nodes.
     pub fn with_policy(
         mut self,
         policy: TenantPolicy,
         secrets: Store<PartialObjectMeta<Secret>>,
     ) -> Self {
+        self.render.avoid_control_plane = !policy.control_plane;
         self.policy = policy;
         self.secrets = secrets;
         self
