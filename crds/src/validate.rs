@@ -64,6 +64,7 @@ pub fn validate(spec: &EdgePipelineSpec) -> Result<(), Vec<FieldError>> {
     v.buffer(&spec.buffer);
     v.sink(&spec.sink);
     v.agent(&spec.agent);
+    v.errors.extend(crate::names::check_spec(spec));
     if v.errors.is_empty() {
         Ok(())
     } else {

@@ -80,6 +80,7 @@ log "applying $EXAMPLE"
 kubectl create namespace "$NS" --dry-run=client -o yaml | kubectl apply -f -
 kubectl -n "$NS" create secret generic ingest-token --from-literal=authorization='Bearer e2e' \
     --dry-run=client -o yaml | kubectl apply -f -
+kubectl -n "$NS" label secret ingest-token edgepipe.dev/allow-pipelines=true --overwrite
 kubectl apply -f "$EXAMPLE"
 kubectl -n "$NS" wait --for=condition=Ready "epl/$PIPELINE" --timeout "$TIMEOUT" || fail "pipeline not Ready"
 

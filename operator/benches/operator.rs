@@ -40,6 +40,7 @@ fn main() {
         agent_image: edge_operator::default_agent_image(),
         init_image: edge_operator::default_init_image(),
         model_version: None,
+        avoid_control_plane: true,
     };
     let now = Time(Timestamp::now());
     let rss_before = rss_kib("VmRSS");

@@ -1,7 +1,8 @@
 //! edge-operator: turns EdgePipelines into agent DaemonSets.
 //!
 //! Pure parts, tested without an API server: [`render`] (EdgePipeline -> ConfigMap +
-//! DaemonSet) and [`status`] (pipeline + DaemonSet -> status and Event-worthy
+//! DaemonSet), [`policy`] (the cluster admin's tenant policy and the check of a pipeline
+//! against it) and [`status`] (pipeline + DaemonSet -> status and Event-worthy
 //! transitions). Thin I/O around them: [`controller`] (watches, reconcile, error policy),
 //! [`leader`] (Lease-based leader election), [`server`] (`/metrics`, `/livez`,
 //! `/readyz`) and [`telemetry`] (the metrics). [`rbac`] lists the permissions all this
@@ -10,12 +11,14 @@
 pub mod controller;
 pub mod datadir;
 pub mod leader;
+pub mod policy;
 pub mod rbac;
 pub mod render;
 pub mod server;
 pub mod status;
 pub mod telemetry;
 
+pub use policy::TenantPolicy;
 pub use rbac::{Permission, required_permissions};
 pub use render::{MODEL_MOUNT_DIR, RenderOptions, Rendered, render};
 

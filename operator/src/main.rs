@@ -10,6 +10,7 @@ use anyhow::Context as _;
 use clap::{Parser, Subcommand};
 use edge_operator::controller::{self, Settings};
 use edge_operator::leader::{self, LeaseSettings};
+use edge_operator::policy::{self, TenantPolicy};
 use edge_operator::server::{self, Readiness};
 use edge_operator::telemetry::Metrics;
 use edge_operator::{RenderOptions, datadir, render};
@@ -46,12 +47,30 @@ struct ImageArgs {
 }
 
 impl ImageArgs {
-    fn options(&self) -> RenderOptions {
+    fn options(&self, policy: &TenantPolicy) -> RenderOptions {
         RenderOptions {
             agent_image: self.agent_image.clone(),
             init_image: self.init_image.clone(),
             model_version: None,
+            avoid_control_plane: !policy.control_plane,
         }
+    }
+}
+
+#[derive(clap::Args)]
+struct PolicyArgs {
+    /// The tenant policy (YAML): what EdgePipelines may ask for. Default: the built-in
+    /// policy, the same as the Helm chart's defaults.
+    #[arg(long, value_name = "FILE")]
+    policy_file: Option<PathBuf>,
+}
+
+impl PolicyArgs {
+    fn load(&self) -> anyhow::Result<TenantPolicy> {
+        Ok(match &self.policy_file {
+            Some(path) => TenantPolicy::load(path)?,
+            None => TenantPolicy::default(),
+        })
     }
 }
 
@@ -59,6 +78,8 @@ impl ImageArgs {
 struct RunArgs {
     #[command(flatten)]
     images: ImageArgs,
+    #[command(flatten)]
+    policy: PolicyArgs,
     /// Watch EdgePipelines in this namespace only (default: all namespaces).
     #[arg(long, value_name = "NS")]
     namespace: Option<String>,
@@ -86,6 +107,8 @@ struct RenderArgs {
     file: PathBuf,
     #[command(flatten)]
     images: ImageArgs,
+    #[command(flatten)]
+    policy: PolicyArgs,
 }
 
 #[derive(clap::Args)]
@@ -134,8 +157,18 @@ fn render_file(args: &RenderArgs) -> anyhow::Result<String> {
         .with_context(|| format!("reading {}", args.file.display()))?;
     let pipeline = render::pipeline_from_manifest(&text)
         .with_context(|| format!("reading {}", args.file.display()))?;
-    let rendered = render::render(&pipeline, &args.images.options())
+    let policy = args.policy.load()?;
+    let rendered = render::render(&pipeline, &args.images.options(&policy))
         .with_context(|| args.file.display().to_string())?;
+    // Secrets cannot be checked from a file: whether one opted in is known in the cluster.
+    let violations = policy::check_spec(&policy, &pipeline.spec);
+    if !violations.is_empty() {
+        anyhow::bail!(
+            "{}: outside the tenant policy:\n{}",
+            args.file.display(),
+            edge_crds::validate::describe(&violations)
+        );
+    }
     Ok(rendered.to_yaml()?)
 }
 
@@ -149,6 +182,8 @@ fn init_logging() {
 }
 
 async fn run(args: RunArgs) -> anyhow::Result<()> {
+    let policy = args.policy.load()?;
+    tracing::info!(policy = %serde_json::to_string(&policy).unwrap_or_default(), "tenant policy");
     let shutdown = CancellationToken::new();
     tokio::spawn(stop_on_signal(shutdown.clone()));
 
@@ -174,8 +209,9 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
         .unwrap_or_else(|| format!("edge-operator-{}", std::process::id()));
     let settings = Settings {
         namespace: args.namespace,
-        render: args.images.options(),
+        render: args.images.options(&policy),
         instance: Some(identity.clone()),
+        policy,
     };
 
     let result = if args.leader_elect {

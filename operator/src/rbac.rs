@@ -55,8 +55,15 @@ fn rule(
 ///   admission plugin is on; the operator itself never writes finalizers.
 /// - DaemonSets: `list`/`watch` (owned ones, by label), `get` (the running DaemonSet of an
 ///   invalid pipeline), `create`/`patch` (server-side apply; the API server authorises an
-///   apply that creates the object as `create`).
-/// - ConfigMaps: `list`/`watch` (owned ones and model ConfigMaps, by label), `create`/`patch`.
+///   apply that creates the object as `create`), `delete` (the agents of a pipeline
+///   outside the tenant policy).
+/// - ConfigMaps: `list`/`watch` (owned ones and model ConfigMaps, by label),
+///   `create`/`patch`, `delete` (as DaemonSets).
+/// - Secrets: `list`/`watch`, only ever asked for as metadata (`PartialObjectMetadata`)
+///   and only for those labelled `edgepipe.dev/allow-pipelines=true`, to know which
+///   Secrets opted in. The operator never reads a Secret's data; RBAC cannot express
+///   "metadata only", and the operator can already create pods that mount any Secret
+///   of a watched namespace, so this grants it nothing it could not reach before.
 /// - Events (`events.k8s.io`): `create`, and `patch` for repeated events (a series).
 /// - Leases (`coordination.k8s.io`) in the lease namespace: `get`, `create`, `patch`.
 pub fn required_permissions() -> Vec<Permission> {
@@ -74,14 +81,15 @@ pub fn required_permissions() -> Vec<Permission> {
             Cluster,
             "apps",
             "daemonsets",
-            &["get", "list", "watch", "create", "patch"],
+            &["get", "list", "watch", "create", "patch", "delete"],
         ),
         rule(
             Cluster,
             "",
             "configmaps",
-            &["list", "watch", "create", "patch"],
+            &["list", "watch", "create", "patch", "delete"],
         ),
+        rule(Cluster, "", "secrets", &["list", "watch"]),
         rule(Cluster, "events.k8s.io", "events", &["create", "patch"]),
         rule(
             LeaseNamespace,

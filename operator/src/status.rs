@@ -1,5 +1,6 @@
 //! The EdgePipeline status, computed without an API server from the pipeline, the
-//! validation result and the agent DaemonSet, and the transitions worth an Event.
+//! validation result (or the tenant policy's verdict) and the agent DaemonSet, and the
+//! transitions worth an Event.
 //!
 //! Identical inputs give an identical status: `lastTransitionTime` moves only when a
 //! condition's status changes, so a periodic reconcile of an unchanged pipeline writes
@@ -32,6 +33,9 @@ pub mod reason {
     pub const AS_EXPECTED: &str = "AsExpected";
     /// Invalid: the spec passed validation.
     pub const VALID: &str = "Valid";
+    /// Every condition when the pipeline asks for more than the cluster's tenant policy
+    /// allows (its agents are removed).
+    pub const FORBIDDEN_BY_POLICY: &str = "ForbiddenByPolicy";
 }
 
 /// Longest condition message the API accepts.
@@ -157,7 +161,7 @@ pub fn compute(
                 (
                     false,
                     reason::NO_NODES,
-                    "no node matches the pipeline's nodeSelector and tolerations".to_string(),
+                    "no node matches the pipeline's nodeSelector and tolerations (control-plane nodes only count when the tenant policy allows them)".to_string(),
                 )
             } else if r.ready < r.desired {
                 (false, reason::AGENTS_NOT_READY, counts.clone())
@@ -220,6 +224,57 @@ pub fn compute(
         }
     };
 
+    finish(pipeline, conditions, rollout)
+}
+
+/// The status of a pipeline outside the cluster's tenant policy: `Invalid` with reason
+/// `ForbiddenByPolicy` listing `errors` (policy violations, and spec errors if any), and
+/// no agents (the operator removes them).
+pub fn compute_forbidden(
+    pipeline: &EdgePipeline,
+    errors: &[FieldError],
+    now: &Time,
+) -> EdgePipelineStatus {
+    let generation = pipeline.metadata.generation;
+    let c = |type_: &str, status: bool, message: String| Condition {
+        type_: type_.to_string(),
+        status: if status { "True" } else { "False" }.to_string(),
+        reason: reason::FORBIDDEN_BY_POLICY.to_string(),
+        message: truncate(message, MAX_MESSAGE),
+        observed_generation: generation,
+        last_transition_time: now.clone(),
+    };
+    let conditions = vec![
+        c(
+            CONDITION_READY,
+            false,
+            "the pipeline asks for more than the cluster's tenant policy allows; it runs no agents"
+                .to_string(),
+        ),
+        c(
+            CONDITION_PROGRESSING,
+            false,
+            "nothing is rolled out until the pipeline fits the cluster's tenant policy".to_string(),
+        ),
+        c(
+            CONDITION_DEGRADED,
+            true,
+            "the operator removed the agents of a pipeline outside the cluster's tenant policy"
+                .to_string(),
+        ),
+        c(CONDITION_INVALID, true, describe(errors)),
+    ];
+    finish(pipeline, conditions, Rollout::default())
+}
+
+/// Keeps each condition's `lastTransitionTime` while its status stays, and fills in the
+/// counts.
+fn finish(
+    pipeline: &EdgePipeline,
+    conditions: Vec<Condition>,
+    rollout: Rollout,
+) -> EdgePipelineStatus {
+    let generation = pipeline.metadata.generation;
     let previous = pipeline.status.as_ref();
     let conditions = conditions
         .into_iter()
@@ -262,6 +317,11 @@ pub enum Transition {
         /// The validation errors, one per line.
         message: String,
     },
+    /// The pipeline came outside the cluster's tenant policy; its agents are removed.
+    Forbidden {
+        /// The violations, one per line.
+        message: String,
+    },
 }
 
 /// The transitions from `previous` to `new`, in the order they should be published.
@@ -280,12 +340,21 @@ pub fn transitions(
     if never_applied && is(CONDITION_INVALID).is_none() {
         out.push(Transition::Created);
     }
-    if let Some(c) = is(CONDITION_INVALID)
-        && !was(CONDITION_INVALID)
-    {
-        out.push(Transition::Invalid {
-            message: c.message.clone(),
-        });
+    let was_forbidden = previous
+        .and_then(|p| p.condition(CONDITION_INVALID))
+        .is_some_and(|c| c.status == "True" && c.reason == reason::FORBIDDEN_BY_POLICY);
+    if let Some(c) = is(CONDITION_INVALID) {
+        if c.reason == reason::FORBIDDEN_BY_POLICY {
+            if !was_forbidden {
+                out.push(Transition::Forbidden {
+                    message: c.message.clone(),
+                });
+            }
+        } else if !was(CONDITION_INVALID) {
+            out.push(Transition::Invalid {
+                message: c.message.clone(),
+            });
+        }
     }
     if let Some(c) = is(CONDITION_DEGRADED)
         && !was(CONDITION_DEGRADED)

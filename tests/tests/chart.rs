@@ -85,9 +85,11 @@ fn lint_strict_with_every_feature_on() {
 #[test]
 fn default_values_render_the_operator_and_nothing_optional() {
     let kinds = default_render().kinds();
+    // The ConfigMap is the tenant policy the operator enforces (never optional).
     let expected = BTreeSet::from([
         "ClusterRole",
         "ClusterRoleBinding",
+        "ConfigMap",
         "CustomResourceDefinition",
         "Deployment",
         "Role",
@@ -173,6 +175,24 @@ fn values_schema_rejects_wrong_types_enums_and_unknown_keys() {
         ("podLabels.team=1", "/podLabels/team"),
         ("serviceMonitor.enabled=true", "serviceMonitor"),
         ("rbac.create=false,rbac.clusterWide=true", "clusterWide"),
+        ("tenantPolicy.maxLogLevel=loud", "/tenantPolicy/maxLogLevel"),
+        (
+            "tenantPolicy.hostPorts[0]=70000",
+            "/tenantPolicy/hostPorts/0",
+        ),
+        (
+            "tenantPolicy.resources.limits.memory=lots",
+            "/tenantPolicy/resources/limits/memory",
+        ),
+        (
+            "tenantPolicy.tolerations[0].effects[0]=Never",
+            "/tenantPolicy/tolerations/0/effects/0",
+        ),
+        ("tenantPolicy.controlPlan=true", "controlPlan"),
+        (
+            "metrics.podMonitor.namespaces[0]=Not_A_Namespace",
+            "/metrics/podMonitor/namespaces/0",
+        ),
     ];
     for (set, path) in cases {
         match helm::render(&[], &[set]) {
@@ -191,6 +211,10 @@ fn values_schema_rejects_wrong_types_enums_and_unknown_keys() {
         "metrics.port=9100",
         "metrics.service.type=NodePort",
         "networkPolicy.apiServer.cidrs[0]=192.0.2.1/32",
+        "tenantPolicy.hostPorts[0]=1883",
+        "tenantPolicy.hostPorts[1]=8000-8099",
+        "tenantPolicy.resources.limits.memory=1Gi",
+        "tenantPolicy.maxLogLevel=info",
     ];
     helm::render(&[], &good).unwrap_or_else(|e| panic!("valid values rejected: {e}"));
 }

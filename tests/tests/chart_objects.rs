@@ -210,6 +210,7 @@ fn operator_and_agent_images_follow_the_app_version() {
             &format!("--agent-image=ghcr.io/edgepipe/edge-agent:{version}"),
             &format!("--init-image=ghcr.io/edgepipe/edge-operator:{version}"),
             "--listen=0.0.0.0:8080",
+            "--policy-file=/etc/edge-operator/policy.yaml",
         ]
     );
     // The chart's defaults are the operator's own defaults.
@@ -232,6 +233,7 @@ fn operator_and_agent_images_follow_the_app_version() {
              0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef",
             "--init-image=ghcr.io/edgepipe/edge-operator:0.1.0-test",
             "--listen=0.0.0.0:9090",
+            "--policy-file=/etc/edge-operator/policy.yaml",
             "--namespace=factory",
             "--leader-elect",
             &format!("--lease-name={RELEASE}-edge-operator"),
@@ -284,7 +286,11 @@ fn monitors_select_the_operator_and_every_agent() {
         monitor["metadata"]["labels"]["release"],
         "kube-prometheus-stack"
     );
-    assert_eq!(monitor["spec"]["namespaceSelector"], json!({"any": true}));
+    // values-all.yaml watches one namespace: only its agents are scraped.
+    assert_eq!(
+        monitor["spec"]["namespaceSelector"],
+        json!({"matchNames": ["factory"]})
+    );
     assert_eq!(
         monitor["spec"]["selector"]["matchLabels"]["app.kubernetes.io/name"],
         "edge-agent"
@@ -302,6 +308,7 @@ fn monitors_select_the_operator_and_every_agent() {
         agent_image: edge_operator::default_agent_image(),
         init_image: edge_operator::default_init_image(),
         model_version: None,
+        avoid_control_plane: true,
     };
     let agents = edge_operator::render(&pipeline, &options).expect("the operator renders it");
     let daemon_set = serde_json::to_value(&agents.daemon_set).expect("DaemonSet serializes");
@@ -369,7 +376,13 @@ fn prometheus_rule_is_the_shipped_rules_file() {
 
 #[test]
 fn dashboard_config_map_is_for_the_grafana_sidecar() {
-    let cm = all_render().one("ConfigMap");
+    let render = all_render();
+    let cm = &render
+        .all("ConfigMap")
+        .into_iter()
+        .find(|o| o.name().ends_with("-dashboard"))
+        .expect("the dashboard ConfigMap")
+        .value;
     assert_eq!(cm["metadata"]["labels"]["grafana_dashboard"], "1");
     assert_eq!(cm["metadata"]["namespace"], "monitoring");
     assert_eq!(cm["metadata"]["annotations"]["grafana_folder"], "Edgepipe");

@@ -179,6 +179,22 @@ fn selected_nodes(cluster: &Cluster, pipeline: &Value) -> BTreeSet<String> {
         .collect()
 }
 
+/// Creates the Secrets a pipeline references, labelled so pipelines may use them (as
+/// the README tells a user to).
+fn opt_in_secrets(cluster: &Cluster, namespace: &str, pipeline: &Value) {
+    let spec: edge_crds::EdgePipelineSpec =
+        serde_json::from_value(pipeline["spec"].clone()).expect("an EdgePipeline spec");
+    let names: BTreeSet<String> = edge_operator::policy::secret_references(&spec)
+        .into_iter()
+        .map(|r| r.name)
+        .collect();
+    for name in names {
+        cluster.apply(&format!(
+            "apiVersion: v1\nkind: Secret\nmetadata:\n  name: {name}\n  namespace: {namespace}\n  labels: {{edgepipe.dev/allow-pipelines: \"true\"}}\nstringData: {{value: test}}\n"
+        ));
+    }
+}
+
 /// Nodes running a live (not terminating) agent pod of pipeline `name`.
 fn agent_nodes(cluster: &Cluster, namespace: &str, name: &str) -> Vec<String> {
     let pods = cluster.get_json(&[
@@ -233,6 +249,7 @@ fn every_example_applies_with_kubectl_and_runs_on_the_nodes_it_selects() {
             .expect("examples name their namespace");
         let name = sent["metadata"]["name"].as_str().expect("name");
         cluster.namespace(namespace);
+        opt_in_secrets(cluster, namespace, &sent);
         let file = path.display().to_string();
         let out = cluster.kubectl(&["apply", "-f", &file]);
         assert!(

@@ -75,6 +75,7 @@ fn dockerfile_builds_both_images_as_non_root_distroless() {
         agent_image: edge_operator::default_agent_image(),
         init_image: edge_operator::default_init_image(),
         model_version: None,
+        avoid_control_plane: true,
     };
     let agents = edge_operator::render(&pipeline, &options).expect("the operator renders it");
     let pod =

@@ -10,7 +10,8 @@
 //!   model" are the other keys of that ConfigMap.
 
 use edge_crds::manifest::{API_VERSION, KIND};
-use edge_crds::{EdgePipelineSpec, SecretKeyRef, Tls, ValueFrom};
+use edge_crds::names::check_config_map_key;
+use edge_crds::{EdgePipelineSpec, FieldError, SecretKeyRef, Tls, ValueFrom};
 use serde::Serialize;
 use sha2::{Digest, Sha256};
 
@@ -68,6 +69,13 @@ pub fn agent_config(
     if let Some(model) = spec.inference.as_mut().map(|i| &mut i.model)
         && let Some(cm) = model.config_map.take()
     {
+        // The key becomes a file name in the mounted directory: one segment, no `..`.
+        check_config_map_key(&cm.key).map_err(|message| {
+            RenderError::Invalid(vec![FieldError {
+                path: "spec.inference.model.configMap.key".to_string(),
+                message,
+            }])
+        })?;
         model.path = Some(format!("{MODEL_MOUNT_DIR}/{}", cm.key));
         model_config_map = Some(cm.name);
     }

@@ -21,7 +21,10 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta, 
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use kube::{Resource, ResourceExt};
 
+use crate::datadir::{DataDirError, host_data_dir};
+
 pub use config::{AgentConfig, SECRET_ENV_PREFIX, SecretEnv, agent_config, config_hash};
+pub use pod::{CONTROL_PLANE_LABELS, default_resources, is_loopback, listen_port};
 
 /// The field manager of every write of the operator.
 pub const FIELD_MANAGER: &str = "edge-operator";
@@ -41,9 +44,7 @@ pub const CONFIG_DIR: &str = "/etc/edgepipe";
 pub const CONFIG_KEY: &str = "pipeline.yaml";
 /// Where the agent keeps its queue inside the pod (the node's hostPath directory).
 pub const DATA_DIR: &str = "/var/lib/edgepipe";
-/// Parent of the per-pipeline queue directories on the node:
-/// `<HOST_DATA_ROOT>/<namespace>/<name>`.
-pub const HOST_DATA_ROOT: &str = "/var/lib/edgepipe";
+pub use crate::datadir::HOST_DATA_ROOT;
 /// Where a model ConfigMap is mounted (as a directory). The rendered configuration points
 /// the agent at `<MODEL_MOUNT_DIR>/<key>`.
 pub const MODEL_MOUNT_DIR: &str = "/etc/edgepipe-model";
@@ -63,6 +64,10 @@ pub struct RenderOptions {
     /// Version of the model ConfigMap (its resourceVersion), when known; part of the
     /// config hash so a new model rolls the agents.
     pub model_version: Option<String>,
+    /// Keep the agents off control-plane nodes with a required node affinity (the
+    /// tenant policy's default: control-plane nodes of k3s are not tainted, so a
+    /// pipeline without a node selector would otherwise run there too).
+    pub avoid_control_plane: bool,
 }
 
 /// The objects reconcile applies for one pipeline.
@@ -150,10 +155,22 @@ pub fn labels(name: &str) -> BTreeMap<String, String> {
     ])
 }
 
-/// Validates the pipeline as the operator needs it: the spec, and a name short enough
-/// for the objects derived from it.
+/// Validates the pipeline as the operator needs it: the spec, and a name and namespace
+/// that are Kubernetes names (they become the node's queue directory) short enough for
+/// the objects derived from them.
 pub fn check(pipeline: &EdgePipeline) -> Result<(), Vec<FieldError>> {
     let mut errors = validate(&pipeline.spec).err().unwrap_or_default();
+    let namespace = pipeline.namespace().unwrap_or_default();
+    if let Err(error) = host_data_dir(&namespace, &pipeline.name_any()) {
+        let (path, message) = match error {
+            DataDirError::Namespace(message) => ("metadata.namespace", message),
+            DataDirError::Name(message) => ("metadata.name", message),
+        };
+        errors.push(FieldError {
+            path: path.to_string(),
+            message,
+        });
+    }
     if pipeline.name_any().len() > MAX_NAME_LEN {
         errors.push(FieldError {
             path: "metadata.name".to_string(),
@@ -187,6 +204,12 @@ pub fn render(pipeline: &EdgePipeline, options: &RenderOptions) -> Result<Render
         .ok_or(RenderError::MissingName)?;
     let namespace = pipeline.namespace().ok_or(RenderError::MissingNamespace)?;
     check(pipeline).map_err(RenderError::Invalid)?;
+    let data_dir = host_data_dir(&namespace, &name).map_err(|error| {
+        RenderError::Invalid(vec![FieldError {
+            path: "metadata".to_string(),
+            message: error.to_string(),
+        }])
+    })?;
 
     let config = agent_config(&namespace, &name, &pipeline.spec)?;
     let model_reference = match &config.model_config_map {
@@ -239,7 +262,7 @@ pub fn render(pipeline: &EdgePipeline, options: &RenderOptions) -> Result<Render
             ])),
             ..ObjectMeta::default()
         }),
-        spec: Some(pod::pod_spec(pipeline, &namespace, &name, &config, options)),
+        spec: Some(pod::pod_spec(pipeline, &data_dir, &name, &config, options)),
     };
     let max_unavailable = pipeline
         .spec

@@ -10,17 +10,18 @@ use std::collections::BTreeMap;
 
 use edge_crds::EdgePipeline;
 use k8s_openapi::api::core::v1::{
-    Capabilities, ConfigMapVolumeSource, Container, ContainerPort, EmptyDirVolumeSource, EnvVar,
-    EnvVarSource, HTTPGetAction, HostPathVolumeSource, ObjectFieldSelector, PodSecurityContext,
-    PodSpec, Probe, ResourceRequirements, SeccompProfile, SecretKeySelector, SecurityContext,
-    Volume, VolumeMount,
+    Affinity, Capabilities, ConfigMapVolumeSource, Container, ContainerPort, EmptyDirVolumeSource,
+    EnvVar, EnvVarSource, HTTPGetAction, HostPathVolumeSource, NodeAffinity, NodeSelector,
+    NodeSelectorRequirement, NodeSelectorTerm, ObjectFieldSelector, PodSecurityContext, PodSpec,
+    Probe, ResourceRequirements, SeccompProfile, SecretKeySelector, SecurityContext, Volume,
+    VolumeMount,
 };
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 
 use super::{
-    AGENT_UID, AgentConfig, CONFIG_DIR, CONFIG_KEY, DATA_DIR, HOST_DATA_ROOT, MODEL_MOUNT_DIR,
-    RenderOptions, agent_name,
+    AGENT_UID, AgentConfig, CONFIG_DIR, CONFIG_KEY, DATA_DIR, MODEL_MOUNT_DIR, RenderOptions,
+    agent_name,
 };
 
 /// Name of the agent container.
@@ -43,9 +44,19 @@ pub fn is_loopback(listen: &str) -> bool {
         .is_ok_and(|a| a.ip().is_loopback())
 }
 
+/// Node labels of control-plane nodes (kubeadm, k3s and RKE2 set one or more of them).
+/// With `avoid_control_plane` a node carrying any of them never runs an agent.
+pub const CONTROL_PLANE_LABELS: [&str; 3] = [
+    "node-role.kubernetes.io/control-plane",
+    "node-role.kubernetes.io/master",
+    "node-role.kubernetes.io/etcd",
+];
+
+/// `host_data_dir` is the node's queue directory, from
+/// [`crate::datadir::host_data_dir`] (built from validated names only).
 pub(super) fn pod_spec(
     pipeline: &EdgePipeline,
-    namespace: &str,
+    host_data_dir: &str,
     name: &str,
     config: &AgentConfig,
     options: &RenderOptions,
@@ -116,7 +127,7 @@ pub(super) fn pod_spec(
         Volume {
             name: "data".to_string(),
             host_path: Some(HostPathVolumeSource {
-                path: format!("{HOST_DATA_ROOT}/{namespace}/{name}"),
+                path: host_data_dir.to_string(),
                 type_: Some("DirectoryOrCreate".to_string()),
             }),
             ..Volume::default()
@@ -218,7 +229,33 @@ pub(super) fn pod_spec(
         volumes: Some(volumes),
         node_selector: (!spec.node_selector.is_empty()).then(|| spec.node_selector.clone()),
         tolerations: (!spec.tolerations.is_empty()).then(|| spec.tolerations.clone()),
+        affinity: options.avoid_control_plane.then(not_on_control_plane),
         ..PodSpec::default()
+    }
+}
+
+/// A required node affinity: only nodes without any [`CONTROL_PLANE_LABELS`].
+fn not_on_control_plane() -> Affinity {
+    Affinity {
+        node_affinity: Some(NodeAffinity {
+            required_during_scheduling_ignored_during_execution: Some(NodeSelector {
+                node_selector_terms: vec![NodeSelectorTerm {
+                    match_expressions: Some(
+                        CONTROL_PLANE_LABELS
+                            .iter()
+                            .map(|key| NodeSelectorRequirement {
+                                key: key.to_string(),
+                                operator: "DoesNotExist".to_string(),
+                                values: None,
+                            })
+                            .collect(),
+                    ),
+                    match_fields: None,
+                }],
+            }),
+            ..NodeAffinity::default()
+        }),
+        ..Affinity::default()
     }
 }
 

@@ -90,7 +90,10 @@ pub struct Harness {
     pub metrics: Arc<Metrics>,
 }
 
-pub fn harness(models: Store<PartialObjectMeta<ConfigMap>>) -> (Harness, ApiServer) {
+pub fn harness(
+    models: Store<PartialObjectMeta<ConfigMap>>,
+    configure: impl FnOnce(Context) -> Context,
+) -> (Harness, ApiServer) {
     let (mock, handle) = tower_test::mock::pair::<Request<Body>, Response<Body>>();
     let client = Client::new(mock, "default");
     let metrics = Arc::new(Metrics::new().expect("metrics"));
@@ -98,13 +101,13 @@ pub fn harness(models: Store<PartialObjectMeta<ConfigMap>>) -> (Harness, ApiServ
         controller: "edge-operator".to_string(),
         instance: Some("edge-operator-0".to_string()),
     };
-    let ctx = Arc::new(Context::new(
+    let ctx = Arc::new(configure(Context::new(
         client,
         default_options(),
         reporter,
         metrics.clone(),
         models,
-    ));
+    )));
     (Harness { ctx, metrics }, ApiServer::new(handle))
 }
 
@@ -127,7 +130,23 @@ where
     T: FnOnce(Arc<Context>, Arc<Metrics>) -> TF,
     TF: Future<Output = ()>,
 {
-    let (harness, server) = harness(models);
+    run_with(models, |ctx| ctx, script, test).await
+}
+
+/// [`run`] with a Context `configure`d for the test (a policy, opted-in Secrets, caches).
+pub async fn run_with<S, SF, T, TF>(
+    models: Store<PartialObjectMeta<ConfigMap>>,
+    configure: impl FnOnce(Context) -> Context,
+    script: S,
+    test: T,
+) -> Vec<Seen>
+where
+    S: FnOnce(ApiServer) -> SF,
+    SF: Future<Output = ApiServer> + Send + 'static,
+    T: FnOnce(Arc<Context>, Arc<Metrics>) -> TF,
+    TF: Future<Output = ()>,
+{
+    let (harness, server) = harness(models, configure);
     let script = script(server);
     let server = tokio::spawn(async move { script.await.finish().await });
     let Harness { ctx, metrics } = harness;

@@ -47,6 +47,7 @@ pub fn default_options() -> RenderOptions {
         agent_image: edge_operator::default_agent_image(),
         init_image: edge_operator::default_init_image(),
         model_version: None,
+        avoid_control_plane: true,
     }
 }
 

@@ -1,10 +1,11 @@
 //! The `edge-operator` binary run on the host against a test [`Cluster`], exactly as the
 //! Helm chart configures it: the arguments and environment of the chart's Deployment as
-//! the API server holds it, and the identity of the chart's ServiceAccount (a token from
-//! the TokenRequest API), so RBAC is exactly what the chart grants.
+//! the API server holds it, the files of the ConfigMaps it mounts (such as the tenant
+//! policy), and the identity of the chart's ServiceAccount (a token from the
+//! TokenRequest API), so RBAC is exactly what the chart grants.
 
 use std::collections::BTreeMap;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
 
@@ -42,14 +43,27 @@ impl Operator {
             .expect("the chart's Deployment names a ServiceAccount");
         let kubeconfig = cluster.service_account_kubeconfig(namespace, account, 24);
         let port = free_port();
+        let files = cluster.dir().join(format!("operator-{identity}-files"));
+        let mounts = config_map_mounts(cluster, namespace, pod, container, &files);
         let args: Vec<String> = strings(&container["args"])
             .into_iter()
             .map(|a| {
                 if a.starts_with("--listen=") {
-                    format!("--listen=127.0.0.1:{port}")
-                } else {
-                    a
+                    return format!("--listen=127.0.0.1:{port}");
                 }
+                // A file of a mounted ConfigMap: the copy on the host.
+                for (mount_path, host_dir) in &mounts {
+                    let prefix = format!("={mount_path}/");
+                    if let Some(at) = a.find(&prefix) {
+                        return format!(
+                            "{}={}/{}",
+                            &a[..at],
+                            host_dir.display(),
+                            &a[at + prefix.len()..]
+                        );
+                    }
+                }
+                a
             })
             .collect();
         let mut command = Command::new(workspace_bin("edge-operator"));
@@ -120,6 +134,42 @@ impl Operator {
     pub fn log_tail(&self, lines: usize) -> String {
         self.process.log_tail(lines)
     }
+}
+
+/// Writes the data of every ConfigMap the container mounts (as the cluster holds it) into
+/// a directory under `files`, one per volume; returns each mount path with its copy.
+fn config_map_mounts(
+    cluster: &Cluster,
+    namespace: &str,
+    pod: &Value,
+    container: &Value,
+    files: &Path,
+) -> Vec<(String, PathBuf)> {
+    let mut out = vec![];
+    for mount in container["volumeMounts"].as_array().into_iter().flatten() {
+        let (Some(name), Some(mount_path)) = (mount["name"].as_str(), mount["mountPath"].as_str())
+        else {
+            continue;
+        };
+        let Some(config_map) = pod["volumes"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .find(|v| v["name"] == name)
+            .and_then(|v| v["configMap"]["name"].as_str())
+        else {
+            continue;
+        };
+        let object = cluster.get_json(&["configmap", config_map, "-n", namespace]);
+        let dir = files.join(name);
+        std::fs::create_dir_all(&dir).expect("directory for a mounted ConfigMap");
+        for (key, value) in object["data"].as_object().into_iter().flatten() {
+            std::fs::write(dir.join(key), value.as_str().unwrap_or_default())
+                .expect("write a mounted ConfigMap's file");
+        }
+        out.push((mount_path.trim_end_matches('/').to_string(), dir));
+    }
+    out
 }
 
 fn strings(value: &Value) -> Vec<String> {

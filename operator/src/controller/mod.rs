@@ -1,10 +1,18 @@
-//! The EdgePipeline controller: watches, one idempotent `reconcile`, and the error policy.
+//! The EdgePipeline controller: one idempotent `reconcile`, and the error policy; what
+//! it watches is in [`watch`].
 //!
-//! Reconcile validates the pipeline; an invalid one gets the `Invalid` condition and an
-//! Event, and its running DaemonSet is left untouched. A valid one gets its ConfigMap and
-//! DaemonSet server-side applied (field manager `edge-operator`), then its status patched
-//! on `/status` when it changed. Events are published only on transitions. Failures are
-//! retried with a per-object capped exponential backoff; success requeues every 5 minutes.
+//! Reconcile first checks the pipeline against the cluster's tenant policy
+//! ([`crate::policy`]), Secrets included. A pipeline outside it gets the `Invalid`
+//! condition (reason `ForbiddenByPolicy`) naming each field, a Warning Event, and no
+//! agents: its DaemonSet and ConfigMap, if it has them, are deleted (only when this
+//! pipeline controls them), so tightening the policy or withdrawing a Secret's opt-in
+//! also stops agents that were started before. Then reconcile validates the spec; an
+//! invalid one gets the `Invalid` condition and an Event, and its running DaemonSet is
+//! left untouched (a typo does not stop a working pipeline). A valid one gets its
+//! ConfigMap and DaemonSet server-side applied (field manager `edge-operator`), then its
+//! status patched on `/status` when it changed. Events are published only on
+//! transitions. Failures are retried with a per-object capped exponential backoff;
+//! success requeues every 5 minutes.
 //!
 //! At rest the operator writes nothing: it remembers what it last applied for each
 //! pipeline (a digest of the rendered objects, the ConfigMap's resourceVersion and the
@@ -13,38 +21,33 @@
 //! new spec or model, an edit of the ConfigMap or of the DaemonSet's spec by anyone, or
 //! either leaving the cache makes the next reconcile apply again; the DaemonSet's status
 //! moving during a rollout does not.
-//!
-//! Watches: EdgePipelines; DaemonSets and ConfigMaps labelled
-//! `app.kubernetes.io/managed-by=edge-operator` (metadata only); model ConfigMaps labelled
-//! `edgepipe.dev/model=true` (metadata only), mapped to the pipelines that use them so a
-//! new model rolls their agents. No other ConfigMap is ever cached.
+
+mod watch;
+
+pub use watch::{Settings, pipelines_using_model, pipelines_using_secret, run};
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use edge_crds::manifest::{API_VERSION, KIND};
-use edge_crds::{EdgePipeline, FieldError};
-use futures::StreamExt;
+use edge_crds::{EdgePipeline, EdgePipelineStatus, FieldError};
 use k8s_openapi::api::apps::v1::DaemonSet;
-use k8s_openapi::api::core::v1::ConfigMap;
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+use k8s_openapi::api::core::v1::{ConfigMap, Secret};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, Time};
 use k8s_openapi::jiff::Timestamp;
-use kube::api::{ListParams, Patch, PatchParams};
+use kube::api::{DeleteParams, Patch, PatchParams, Preconditions, PropagationPolicy};
 use kube::core::PartialObjectMeta;
-use kube::runtime::controller::{Action, Config as ControllerConfig, Controller};
+use kube::runtime::controller::Action;
 use kube::runtime::events::{Event, EventType, Recorder, Reporter};
 use kube::runtime::reflector::{self, ObjectRef, Store};
-use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Api, Client, Resource, ResourceExt};
 use serde_json::json;
-use tokio_util::sync::CancellationToken;
 
+use crate::policy::{self, SECRET_OPT_IN_LABEL, TenantPolicy};
 use crate::render::{
-    FIELD_MANAGER, MANAGED_BY_SELECTOR, MODEL_SELECTOR, RenderError, RenderOptions, agent_name,
-    render,
+    FIELD_MANAGER, MODEL_SELECTOR, RenderError, RenderOptions, agent_name, check, render,
 };
-use crate::server::Readiness;
 use crate::status::{self, Transition};
 use crate::telemetry::{Metrics, ReconcileResult};
 
@@ -62,8 +65,6 @@ const MAX_TRACKED_FAILURES: usize = 4096;
 /// entries of deleted pipelines are only dropped when the bound clears the map, which
 /// costs one no-op apply per pipeline).
 const MAX_REMEMBERED_APPLIES: usize = 16_384;
-/// Model ConfigMap changes buffered between their watch and the controller.
-const MODEL_EVENTS: usize = 64;
 /// Longest Event note the API accepts.
 const MAX_NOTE: usize = 1024;
 
@@ -100,6 +101,16 @@ pub enum Error {
         /// API error.
         source: kube::Error,
     },
+    /// Deleting the agents of a pipeline outside the tenant policy failed.
+    #[error("removing {kind} {name} failed: {source}")]
+    Remove {
+        /// `DaemonSet` or `ConfigMap`.
+        kind: &'static str,
+        /// Its name.
+        name: String,
+        /// API error.
+        source: kube::Error,
+    },
     /// Patching `/status` failed.
     #[error("patching the status failed: {0}")]
     PatchStatus(#[source] kube::Error),
@@ -121,6 +132,8 @@ pub struct Context {
     config_maps: Store<PartialObjectMeta<ConfigMap>>,
     applied: Mutex<HashMap<ObjectRef<EdgePipeline>, Applied>>,
     failures: Mutex<HashMap<ObjectRef<EdgePipeline>, u32>>,
+    policy: TenantPolicy,
+    secrets: Store<PartialObjectMeta<Secret>>,
 }
 
 /// What reconcile last applied for a pipeline, and the versions the API server gave back.
@@ -152,7 +165,38 @@ impl Context {
             config_maps: reflector::store().0,
             applied: Mutex::new(HashMap::new()),
             failures: Mutex::new(HashMap::new()),
+            policy: TenantPolicy::default(),
+            secrets: reflector::store().0,
         }
+    }
+
+    /// Gives the context the tenant policy and the cache (metadata only) of the Secrets
+    /// labelled `edgepipe.dev/allow-pipelines=true`. Without them the default policy
+    /// applies and no Secret has opted in. The policy also decides whether the rendered
+    /// agents keep off control-plane nodes.
+    pub fn with_policy(
+        mut self,
+        policy: TenantPolicy,
+        secrets: Store<PartialObjectMeta<Secret>>,
+    ) -> Self {
+        self.render.avoid_control_plane = !policy.control_plane;
+        self.policy = policy;
+        self.secrets = secrets;
+        self
+    }
+
+    /// Whether the Secret `namespace/name` opted in to being used by pipelines.
+    fn secret_opted_in(&self, namespace: &str, name: &str) -> bool {
+        self.secrets
+            .get(&ObjectRef::new(name).within(namespace))
+            .is_some_and(|secret| {
+                secret
+                    .metadata
+                    .labels
+                    .as_ref()
+                    .and_then(|labels| labels.get(SECRET_OPT_IN_LABEL))
+                    .is_some_and(|value| value == "true")
+            })
     }
 
     /// Gives the context the caches (metadata only) of the DaemonSets and ConfigMaps it
@@ -196,6 +240,12 @@ impl Context {
             && cached_ds == last.daemon_set_generation
             && cached_cm.is_some()
             && cached_cm == last.config_map_version
+    }
+
+    fn forget(&self, key: &ObjectRef<EdgePipeline>) {
+        if let Ok(mut map) = self.applied.lock() {
+            map.remove(key);
+        }
     }
 
     fn remember(&self, key: ObjectRef<EdgePipeline>, applied: Applied) {
@@ -293,52 +343,19 @@ async fn apply(pipeline: &EdgePipeline, ctx: &Context) -> Result<Action, Error> 
     let ssa = PatchParams::apply(FIELD_MANAGER).force();
 
     let key = ObjectRef::from_obj(pipeline);
-    let (errors, daemon_set): (Option<Vec<FieldError>>, Option<DaemonSet>) = match render(
-        pipeline, &options,
-    ) {
-        Ok(rendered) => {
-            let digest = rendered.digest().map_err(Error::Render)?;
-            if ctx.unchanged(&key, &namespace, &child, &digest) {
-                (None, read_daemon_set(&daemon_sets, &child).await?)
-            } else {
-                let config_maps: Api<ConfigMap> = Api::namespaced(ctx.client.clone(), &namespace);
-                let config_map = config_maps
-                    .patch(&child, &ssa, &Patch::Apply(&rendered.config_map))
-                    .await
-                    .map_err(|source| Error::ApplyConfigMap {
-                        name: child.clone(),
-                        source,
-                    })?;
-                let applied = daemon_sets
-                    .patch(&child, &ssa, &Patch::Apply(&rendered.daemon_set))
-                    .await
-                    .map_err(|source| Error::ApplyDaemonSet {
-                        name: child.clone(),
-                        source,
-                    })?;
-                tracing::debug!(pipeline = %name, %namespace, "applied ConfigMap and DaemonSet");
-                ctx.remember(
-                    key.clone(),
-                    Applied {
-                        digest,
-                        config_map_version: config_map.metadata.resource_version,
-                        daemon_set_generation: applied.metadata.generation,
-                    },
-                );
-                (None, Some(applied))
-            }
-        }
-        Err(RenderError::Invalid(errors)) => {
-            (Some(errors), read_daemon_set(&daemon_sets, &child).await?)
-        }
-        Err(other) => return Err(Error::Render(other)),
+    let violations = policy::check(&ctx.policy, &pipeline.spec, &|secret| {
+        ctx.secret_opted_in(&namespace, secret)
+    });
+    let status = if violations.is_empty() {
+        status_after_apply(pipeline, ctx, &options, &key, &child, &daemon_sets).await?
+    } else {
+        let mut errors = check(pipeline).err().unwrap_or_default();
+        errors.extend(violations);
+        ctx.forget(&key);
+        remove_agents(pipeline, ctx, &namespace, &child, &daemon_sets).await?;
+        status::compute_forbidden(pipeline, &errors, &now())
     };
 
-    let validation = match &errors {
-        Some(errors) => Err(errors.as_slice()),
-        None => Ok(()),
-    };
-    let status = status::compute(pipeline, validation, daemon_set.as_ref(), &now());
     if pipeline.status.as_ref() != Some(&status) {
         let pipelines: Api<EdgePipeline> = Api::namespaced(ctx.client.clone(), &namespace);
         let patch = json!({ "apiVersion": API_VERSION, "kind": KIND, "status": status });
@@ -356,6 +373,151 @@ async fn apply(pipeline: &EdgePipeline, ctx: &Context) -> Result<Action, Error> 
         }
     }
     Ok(Action::requeue(REQUEUE))
+}
+
+/// For a pipeline within the policy: applies its objects when they changed (or reads the
+/// DaemonSet when they did not), or, for an invalid spec, reads the running DaemonSet
+/// and leaves it alone; returns the status to write.
+async fn status_after_apply(
+    pipeline: &EdgePipeline,
+    ctx: &Context,
+    options: &RenderOptions,
+    key: &ObjectRef<EdgePipeline>,
+    child: &str,
+    daemon_sets: &Api<DaemonSet>,
+) -> Result<EdgePipelineStatus, Error> {
+    let namespace = pipeline.namespace().ok_or(Error::MissingNamespace)?;
+    let name = pipeline.name_any();
+    let ssa = PatchParams::apply(FIELD_MANAGER).force();
+    let (errors, daemon_set): (Option<Vec<FieldError>>, Option<DaemonSet>) = match render(
+        pipeline, options,
+    ) {
+        Ok(rendered) => {
+            let digest = rendered.digest().map_err(Error::Render)?;
+            if ctx.unchanged(key, &namespace, child, &digest) {
+                (None, read_daemon_set(daemon_sets, child).await?)
+            } else {
+                let config_maps: Api<ConfigMap> = Api::namespaced(ctx.client.clone(), &namespace);
+                let config_map = config_maps
+                    .patch(child, &ssa, &Patch::Apply(&rendered.config_map))
+                    .await
+                    .map_err(|source| Error::ApplyConfigMap {
+                        name: child.to_string(),
+                        source,
+                    })?;
+                let applied = daemon_sets
+                    .patch(child, &ssa, &Patch::Apply(&rendered.daemon_set))
+                    .await
+                    .map_err(|source| Error::ApplyDaemonSet {
+                        name: child.to_string(),
+                        source,
+                    })?;
+                tracing::debug!(pipeline = %name, %namespace, "applied ConfigMap and DaemonSet");
+                ctx.remember(
+                    key.clone(),
+                    Applied {
+                        digest,
+                        config_map_version: config_map.metadata.resource_version,
+                        daemon_set_generation: applied.metadata.generation,
+                    },
+                );
+                (None, Some(applied))
+            }
+        }
+        Err(RenderError::Invalid(errors)) => {
+            (Some(errors), read_daemon_set(daemon_sets, child).await?)
+        }
+        Err(other) => return Err(Error::Render(other)),
+    };
+
+    let validation = match &errors {
+        Some(errors) => Err(errors.as_slice()),
+        None => Ok(()),
+    };
+    Ok(status::compute(
+        pipeline,
+        validation,
+        daemon_set.as_ref(),
+        &now(),
+    ))
+}
+
+/// Whether `meta` is of an object this pipeline controls (its controller owner reference
+/// has the pipeline's uid).
+fn controlled_by(meta: &ObjectMeta, pipeline: &EdgePipeline) -> bool {
+    let Some(uid) = pipeline.metadata.uid.as_deref() else {
+        return false;
+    };
+    meta.owner_references
+        .iter()
+        .flatten()
+        .any(|owner| owner.controller == Some(true) && owner.uid == uid)
+}
+
+/// Deletes the DaemonSet and ConfigMap of a pipeline outside the tenant policy, each
+/// only when this pipeline controls it, with its uid as a precondition (so an object
+/// recreated meanwhile by someone else is never deleted). The ConfigMap is found in the
+/// cache of managed ConfigMaps: one that is not there yet is removed by the reconcile
+/// its arrival triggers.
+async fn remove_agents(
+    pipeline: &EdgePipeline,
+    ctx: &Context,
+    namespace: &str,
+    child: &str,
+    daemon_sets: &Api<DaemonSet>,
+) -> Result<(), Error> {
+    let delete = |uid: Option<String>| DeleteParams {
+        preconditions: Some(Preconditions {
+            uid,
+            resource_version: None,
+        }),
+        propagation_policy: Some(PropagationPolicy::Background),
+        ..DeleteParams::default()
+    };
+    // Gone already, or replaced by another object: nothing of this pipeline's to delete.
+    let gone = |error: &kube::Error| matches!(error, kube::Error::Api(status) if status.code == 404 || status.code == 409);
+    if let Some(ds) = read_daemon_set(daemon_sets, child).await?
+        && controlled_by(&ds.metadata, pipeline)
+    {
+        match daemon_sets
+            .delete(child, &delete(ds.metadata.uid.clone()))
+            .await
+        {
+            Ok(_) => {
+                tracing::info!(pipeline = %pipeline.name_any(), %namespace, "removed the agent DaemonSet of a pipeline outside the tenant policy")
+            }
+            Err(error) if gone(&error) => {}
+            Err(source) => {
+                return Err(Error::Remove {
+                    kind: "DaemonSet",
+                    name: child.to_string(),
+                    source,
+                });
+            }
+        }
+    }
+    if let Some(cm) = ctx
+        .config_maps
+        .get(&ObjectRef::new(child).within(namespace))
+        && controlled_by(&cm.metadata, pipeline)
+    {
+        let config_maps: Api<ConfigMap> = Api::namespaced(ctx.client.clone(), namespace);
+        match config_maps
+            .delete(child, &delete(cm.metadata.uid.clone()))
+            .await
+        {
+            Ok(_) => {}
+            Err(error) if gone(&error) => {}
+            Err(source) => {
+                return Err(Error::Remove {
+                    kind: "ConfigMap",
+                    name: child.to_string(),
+                    source,
+                });
+            }
+        }
+    }
+    Ok(())
 }
 
 /// The DaemonSet `name`, if it exists.
@@ -392,6 +554,12 @@ pub fn event_for(transition: &Transition, child: &str) -> Event {
             "Validate",
             format!("the running agents are left untouched:\n{message}"),
         ),
+        Transition::Forbidden { message } => (
+            EventType::Warning,
+            status::reason::FORBIDDEN_BY_POLICY,
+            "Validate",
+            format!("outside the cluster's tenant policy; its agents are removed:\n{message}"),
+        ),
     };
     let mut note = note;
     if note.len() > MAX_NOTE {
@@ -414,172 +582,4 @@ pub fn event_for(transition: &Transition, child: &str) -> Event {
 fn now() -> Time {
     let now = Timestamp::now();
     Time(Timestamp::from_second(now.as_second()).unwrap_or(now))
-}
-
-/// The pipelines (in the cache) whose model is the ConfigMap `cm`.
-pub fn pipelines_using_model(
-    pipelines: &Store<EdgePipeline>,
-    cm: &PartialObjectMeta<ConfigMap>,
-) -> Vec<ObjectRef<EdgePipeline>> {
-    let (Some(namespace), Some(name)) = (
-        cm.metadata.namespace.as_deref(),
-        cm.metadata.name.as_deref(),
-    ) else {
-        return vec![];
-    };
-    pipelines
-        .state()
-        .iter()
-        .filter(|p| p.metadata.namespace.as_deref() == Some(namespace))
-        .filter(|p| {
-            p.spec
-                .inference
-                .as_ref()
-                .and_then(|i| i.model.config_map.as_ref())
-                .is_some_and(|m| m.name == name)
-        })
-        .map(|p| ObjectRef::from_obj(p.as_ref()))
-        .collect()
-}
-
-/// What the controller is configured with.
-#[derive(Clone, Debug)]
-pub struct Settings {
-    /// Watch only this namespace (all namespaces when `None`).
-    pub namespace: Option<String>,
-    /// Images and defaults of the rendered objects.
-    pub render: RenderOptions,
-    /// This replica's name in Events (the pod name).
-    pub instance: Option<String>,
-}
-
-fn scoped<K>(client: &Client, namespace: Option<&str>) -> Api<K>
-where
-    K: Resource<Scope = k8s_openapi::NamespaceResourceScope>,
-    K::DynamicType: Default,
-{
-    match namespace {
-        Some(ns) => Api::namespaced(client.clone(), ns),
-        None => Api::all(client.clone()),
-    }
-}
-
-/// Runs the controller until `stop` is cancelled, letting running reconciles finish.
-/// `readiness` turns true once the EdgePipeline cache is synced.
-pub async fn run(
-    client: Client,
-    settings: Settings,
-    metrics: Arc<Metrics>,
-    readiness: Readiness,
-    stop: CancellationToken,
-) -> Result<(), Error> {
-    let ns = settings.namespace.as_deref();
-    let pipelines: Api<EdgePipeline> = scoped(&client, ns);
-    pipelines
-        .list(&ListParams::default().limit(1))
-        .await
-        .map_err(Error::CrdNotQueryable)?;
-    let daemon_sets: Api<PartialObjectMeta<DaemonSet>> = scoped(&client, ns);
-    let config_maps: Api<PartialObjectMeta<ConfigMap>> = scoped(&client, ns);
-    let config_maps_for_models = config_maps.clone();
-    let managed = watcher::Config::default().labels(MANAGED_BY_SELECTOR);
-
-    // Model ConfigMaps are cached (metadata only) before the first reconcile, so a
-    // restarted operator computes the same config hashes and rolls nothing.
-    let (models, models_writer) = reflector::store();
-    let (model_tx, model_rx) = tokio::sync::mpsc::channel(MODEL_EVENTS);
-    let model_watch = tokio::spawn(async move {
-        let events = reflector::reflector(
-            models_writer,
-            watcher(
-                config_maps_for_models,
-                watcher::Config::default().labels(MODEL_SELECTOR),
-            ),
-        )
-        .default_backoff()
-        .touched_objects();
-        futures::pin_mut!(events);
-        while let Some(event) = events.next().await {
-            match event {
-                Ok(cm) => {
-                    if model_tx.send(cm).await.is_err() {
-                        break;
-                    }
-                }
-                Err(error) => tracing::warn!(%error, "watching model ConfigMaps failed"),
-            }
-        }
-    });
-    tokio::select! {
-        _ = stop.cancelled() => {
-            model_watch.abort();
-            return Ok(());
-        }
-        synced = models.wait_until_ready() => {
-            if synced.is_err() {
-                model_watch.abort();
-                return Ok(());
-            }
-        }
-    }
-    let model_events = futures::stream::unfold(model_rx, |mut rx| async move {
-        rx.recv().await.map(|cm| (Ok::<_, watcher::Error>(cm), rx))
-    });
-
-    // The EdgePipeline cache; readiness turns true when its first full list is in.
-    let (cache, writer) = reflector::store();
-    let pipeline_events = watcher(pipelines, watcher::Config::default().any_semantic())
-        .default_backoff()
-        .reflect(writer)
-        .inspect(move |event| {
-            if matches!(event, Ok(watcher::Event::InitDone)) && !readiness.get() {
-                tracing::info!("EdgePipeline cache synced");
-                readiness.set(true);
-            }
-        })
-        .applied_objects();
-    let controller = Controller::for_stream(pipeline_events, cache.clone())
-        .with_config(ControllerConfig::default().concurrency(CONCURRENCY));
-    metrics.count_pipelines_from(Some(cache.clone()));
-    let reporter = Reporter {
-        controller: FIELD_MANAGER.to_string(),
-        instance: settings.instance.clone(),
-    };
-    let (owned_daemon_sets, daemon_sets_writer) = reflector::store();
-    let (owned_config_maps, config_maps_writer) = reflector::store();
-    let ctx = Arc::new(
-        Context::new(client, settings.render, reporter, metrics.clone(), models)
-            .with_owned(owned_daemon_sets, owned_config_maps),
-    );
-
-    let mapper_cache = cache.clone();
-    tracing::info!(namespace = ns.unwrap_or("<all>"), "controller starting");
-    controller
-        .owns_stream(
-            watcher(daemon_sets, managed.clone())
-                .default_backoff()
-                .reflect(daemon_sets_writer)
-                .touched_objects(),
-        )
-        .owns_stream(
-            watcher(config_maps, managed)
-                .default_backoff()
-                .reflect(config_maps_writer)
-                .touched_objects(),
-        )
-        .watches_stream(model_events, move |cm| {
-            pipelines_using_model(&mapper_cache, &cm)
-        })
-        .graceful_shutdown_on(async move { stop.cancelled().await })
-        .run(reconcile, error_policy, ctx)
-        .for_each(|result| async move {
-            if let Err(error) = result {
-                tracing::debug!(%error, "controller event");
-            }
-        })
-        .await;
-    model_watch.abort();
-    metrics.count_pipelines_from(None);
-    tracing::info!("controller stopped");
-    Ok(())
 }

@@ -1,0 +1,265 @@
+//! What the controller watches and how a change reaches a reconcile: EdgePipelines; the
+//! DaemonSets and ConfigMaps it manages (metadata only); model ConfigMaps labelled
+//! `edgepipe.dev/model=true` and Secrets labelled `edgepipe.dev/allow-pipelines=true`
+//! (metadata only: the operator never receives a Secret's data), each mapped to the
+//! pipelines that use it.
+
+use std::fmt::Debug;
+use std::sync::Arc;
+
+use edge_crds::EdgePipeline;
+use futures::StreamExt;
+use k8s_openapi::api::apps::v1::DaemonSet;
+use k8s_openapi::api::core::v1::{ConfigMap, Secret};
+use kube::api::ListParams;
+use kube::core::PartialObjectMeta;
+use kube::runtime::controller::{Config as ControllerConfig, Controller};
+use kube::runtime::events::Reporter;
+use kube::runtime::reflector::{self, ObjectRef, Store};
+use kube::runtime::{WatchStreamExt, watcher};
+use kube::{Api, Client, Resource};
+use serde::de::DeserializeOwned;
+use tokio::sync::mpsc;
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+
+use super::{CONCURRENCY, Context, Error, error_policy, reconcile};
+use crate::policy::{SECRET_OPT_IN_SELECTOR, TenantPolicy, secret_references};
+use crate::render::{FIELD_MANAGER, MANAGED_BY_SELECTOR, MODEL_SELECTOR, RenderOptions};
+use crate::server::Readiness;
+use crate::telemetry::Metrics;
+
+/// Changes of a labelled object buffered between its watch and the controller.
+const WATCH_EVENTS: usize = 64;
+
+/// What the controller is configured with.
+#[derive(Clone, Debug)]
+pub struct Settings {
+    /// Watch only this namespace (all namespaces when `None`).
+    pub namespace: Option<String>,
+    /// Images and defaults of the rendered objects.
+    pub render: RenderOptions,
+    /// This replica's name in Events (the pod name).
+    pub instance: Option<String>,
+    /// What pipelines may ask for.
+    pub policy: TenantPolicy,
+}
+
+/// The pipelines (in the cache) whose model is the ConfigMap `cm`.
+pub fn pipelines_using_model(
+    pipelines: &Store<EdgePipeline>,
+    cm: &PartialObjectMeta<ConfigMap>,
+) -> Vec<ObjectRef<EdgePipeline>> {
+    let (Some(namespace), Some(name)) = (
+        cm.metadata.namespace.as_deref(),
+        cm.metadata.name.as_deref(),
+    ) else {
+        return vec![];
+    };
+    pipelines
+        .state()
+        .iter()
+        .filter(|p| p.metadata.namespace.as_deref() == Some(namespace))
+        .filter(|p| {
+            p.spec
+                .inference
+                .as_ref()
+                .and_then(|i| i.model.config_map.as_ref())
+                .is_some_and(|m| m.name == name)
+        })
+        .map(|p| ObjectRef::from_obj(p.as_ref()))
+        .collect()
+}
+
+/// The pipelines (in the cache) that reference the Secret `secret` anywhere in their
+/// spec: when it gains or loses the opt-in label they are checked again.
+pub fn pipelines_using_secret(
+    pipelines: &Store<EdgePipeline>,
+    secret: &PartialObjectMeta<Secret>,
+) -> Vec<ObjectRef<EdgePipeline>> {
+    let (Some(namespace), Some(name)) = (
+        secret.metadata.namespace.as_deref(),
+        secret.metadata.name.as_deref(),
+    ) else {
+        return vec![];
+    };
+    pipelines
+        .state()
+        .iter()
+        .filter(|p| p.metadata.namespace.as_deref() == Some(namespace))
+        .filter(|p| secret_references(&p.spec).iter().any(|r| r.name == name))
+        .map(|p| ObjectRef::from_obj(p.as_ref()))
+        .collect()
+}
+
+fn scoped<K>(client: &Client, namespace: Option<&str>) -> Api<K>
+where
+    K: Resource<Scope = k8s_openapi::NamespaceResourceScope>,
+    K::DynamicType: Default,
+{
+    match namespace {
+        Some(ns) => Api::namespaced(client.clone(), ns),
+        None => Api::all(client.clone()),
+    }
+}
+
+/// A cache of the metadata of the objects matching `selector`, and the objects that
+/// change, in a bounded channel for the controller. The task ends when the receiver is
+/// dropped.
+fn labelled<K>(
+    api: Api<PartialObjectMeta<K>>,
+    selector: &str,
+    what: &'static str,
+) -> (
+    Store<PartialObjectMeta<K>>,
+    mpsc::Receiver<PartialObjectMeta<K>>,
+    JoinHandle<()>,
+)
+where
+    K: Resource + Clone + DeserializeOwned + Debug + Send + Sync + 'static,
+    K::DynamicType: Default + Eq + std::hash::Hash + Clone + Send + Sync,
+{
+    let (store, writer) = reflector::store();
+    let (tx, rx) = mpsc::channel(WATCH_EVENTS);
+    let config = watcher::Config::default().labels(selector);
+    let task = tokio::spawn(async move {
+        let events = reflector::reflector(writer, watcher(api, config))
+            .default_backoff()
+            .touched_objects();
+        futures::pin_mut!(events);
+        while let Some(event) = events.next().await {
+            match event {
+                Ok(object) => {
+                    if tx.send(object).await.is_err() {
+                        break;
+                    }
+                }
+                Err(error) => tracing::warn!(%error, "watching {what} failed"),
+            }
+        }
+    });
+    (store, rx, task)
+}
+
+fn into_stream<T: Send + 'static>(
+    rx: mpsc::Receiver<T>,
+) -> impl futures::Stream<Item = Result<T, watcher::Error>> + Send + 'static {
+    futures::stream::unfold(rx, |mut rx| async move {
+        rx.recv().await.map(|object| (Ok(object), rx))
+    })
+}
+
+/// Runs the controller until `stop` is cancelled, letting running reconciles finish.
+/// `readiness` turns true once the EdgePipeline cache is synced.
+pub async fn run(
+    client: Client,
+    settings: Settings,
+    metrics: Arc<Metrics>,
+    readiness: Readiness,
+    stop: CancellationToken,
+) -> Result<(), Error> {
+    let ns = settings.namespace.as_deref();
+    let pipelines: Api<EdgePipeline> = scoped(&client, ns);
+    pipelines
+        .list(&ListParams::default().limit(1))
+        .await
+        .map_err(Error::CrdNotQueryable)?;
+    let daemon_sets: Api<PartialObjectMeta<DaemonSet>> = scoped(&client, ns);
+    let config_maps: Api<PartialObjectMeta<ConfigMap>> = scoped(&client, ns);
+    let managed = watcher::Config::default().labels(MANAGED_BY_SELECTOR);
+
+    // Model ConfigMaps and opted-in Secrets are cached (metadata only) before the first
+    // reconcile: a restarted operator computes the same config hashes, and never takes a
+    // Secret it has not seen yet for one without the opt-in label.
+    let (models, model_rx, model_watch) =
+        labelled(config_maps.clone(), MODEL_SELECTOR, "model ConfigMaps");
+    let (secrets, secret_rx, secret_watch) = labelled(
+        scoped::<PartialObjectMeta<Secret>>(&client, ns),
+        SECRET_OPT_IN_SELECTOR,
+        "opted-in Secrets",
+    );
+    let abort = || {
+        model_watch.abort();
+        secret_watch.abort();
+    };
+    let synced = async {
+        (
+            models.wait_until_ready().await,
+            secrets.wait_until_ready().await,
+        )
+    };
+    tokio::select! {
+        _ = stop.cancelled() => {
+            abort();
+            return Ok(());
+        }
+        synced = synced => {
+            if synced.0.is_err() || synced.1.is_err() {
+                abort();
+                return Ok(());
+            }
+        }
+    }
+
+    // The EdgePipeline cache; readiness turns true when its first full list is in.
+    let (cache, writer) = reflector::store();
+    let pipeline_events = watcher(pipelines, watcher::Config::default().any_semantic())
+        .default_backoff()
+        .reflect(writer)
+        .inspect(move |event| {
+            if matches!(event, Ok(watcher::Event::InitDone)) && !readiness.get() {
+                tracing::info!("EdgePipeline cache synced");
+                readiness.set(true);
+            }
+        })
+        .applied_objects();
+    let controller = Controller::for_stream(pipeline_events, cache.clone())
+        .with_config(ControllerConfig::default().concurrency(CONCURRENCY));
+    metrics.count_pipelines_from(Some(cache.clone()));
+    let reporter = Reporter {
+        controller: FIELD_MANAGER.to_string(),
+        instance: settings.instance.clone(),
+    };
+    let (owned_daemon_sets, daemon_sets_writer) = reflector::store();
+    let (owned_config_maps, config_maps_writer) = reflector::store();
+    let ctx = Arc::new(
+        Context::new(client, settings.render, reporter, metrics.clone(), models)
+            .with_owned(owned_daemon_sets, owned_config_maps)
+            .with_policy(settings.policy, secrets),
+    );
+
+    let model_cache = cache.clone();
+    let secret_cache = cache.clone();
+    tracing::info!(namespace = ns.unwrap_or("<all>"), "controller starting");
+    controller
+        .owns_stream(
+            watcher(daemon_sets, managed.clone())
+                .default_backoff()
+                .reflect(daemon_sets_writer)
+                .touched_objects(),
+        )
+        .owns_stream(
+            watcher(config_maps, managed)
+                .default_backoff()
+                .reflect(config_maps_writer)
+                .touched_objects(),
+        )
+        .watches_stream(into_stream(model_rx), move |cm| {
+            pipelines_using_model(&model_cache, &cm)
+        })
+        .watches_stream(into_stream(secret_rx), move |secret| {
+            pipelines_using_secret(&secret_cache, &secret)
+        })
+        .graceful_shutdown_on(async move { stop.cancelled().await })
+        .run(reconcile, error_policy, ctx)
+        .for_each(|result| async move {
+            if let Err(error) = result {
+                tracing::debug!(%error, "controller event");
+            }
+        })
+        .await;
+    abort();
+    metrics.count_pipelines_from(None);
+    tracing::info!("controller stopped");
+    Ok(())
+}
