@@ -110,13 +110,13 @@ fn render_command(manifest: &str, policy: Option<&str>) -> std::process::Output 
 
 #[test]
 fn the_render_command_applies_the_tenant_policy() {
-    let manifest = "apiVersion: edgepipe.dev/v1alpha1\nkind: EdgePipeline\nmetadata: {name: line1, namespace: factory}\nspec:\n  source:\n    mqtt: {embedded: {listen: '0.0.0.0:1883'}, topics: ['s/#']}\n  sink:\n    http: {url: 'https://ingest.example.com/batch'}\n  tolerations:\n    - {key: node-role.kubernetes.io/control-plane, operator: Exists}\n";
+    let manifest = "apiVersion: edgepipe.dev/v1alpha1\nkind: EdgePipeline\nmetadata: {name: line1, namespace: factory}\nspec:\n  source:\n    mqtt: {embedded: {listen: '0.0.0.0:1883', users: [{username: d1, passwordFrom: {env: PW}, publish: ['s/d1']}]}, topics: ['s/#']}\n  sink:\n    http: {url: 'https://ingest.example.com/batch'}\n  tolerations:\n    - {key: node-role.kubernetes.io/control-plane, operator: Exists}\n";
     let refused = render_command(manifest, None);
     assert!(!refused.status.success());
     let stderr = String::from_utf8_lossy(&refused.stderr);
     assert!(
         stderr.contains("spec.tolerations[0]: toleration of node-role.kubernetes.io/control-plane is not allowed by the cluster policy")
-            && stderr.contains("spec.source.mqtt.embedded: the embedded MQTT broker is not allowed"),
+            && stderr.contains("spec.source.mqtt.embedded.listen: an embedded MQTT broker exposed on the node is not allowed"),
         "{stderr}"
     );
 
