@@ -15,6 +15,7 @@
 //! stop it; it sleeps while there is no traffic).
 
 pub mod access;
+pub mod tls;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -27,7 +28,7 @@ use rumqttd::{
 use tokio::task::JoinHandle;
 
 pub use self::access::Access;
-use crate::config::SourceSettings;
+use crate::config::{SourceSettings, TlsMaterial};
 
 /// Username of the agent's own login when the source has none.
 const AGENT_USERNAME: &str = "edge-agent";
@@ -50,6 +51,9 @@ const MAX_OUTGOING_PACKETS: u64 = 200;
 /// Why the embedded broker cannot start.
 #[derive(Debug, thiserror::Error)]
 pub enum BrokerError {
+    /// The TLS certificate, key or client CA is unusable.
+    #[error("embedded broker: {0}")]
+    Tls(#[from] tls::ServerTlsError),
     /// The listen address cannot be bound (in use, not local, no permission).
     #[error("embedded broker: cannot listen on {addr}: {source}")]
     Listen {
@@ -70,6 +74,8 @@ pub struct BrokerSettings {
     pub source_filters: Vec<String>,
     /// Who may connect and do what.
     pub access: Access,
+    /// TLS server identity and client CA, when devices connect over TLS.
+    pub tls: Option<TlsMaterial>,
 }
 
 impl BrokerSettings {
@@ -98,6 +104,7 @@ impl BrokerSettings {
                     && source.embedded_users.is_empty()
                     && shared.is_none(),
             },
+            tls: source.embedded_tls.clone(),
         })
     }
 
@@ -130,11 +137,12 @@ impl BrokerSettings {
         }
     }
 
-    /// The rumqttd listener configuration.
-    pub fn server(&self) -> ServerSettings {
+    /// The rumqttd listener configuration, on `listen` (the configured address, or the
+    /// loopback port behind the TLS relay).
+    pub fn server(&self, listen: SocketAddr) -> ServerSettings {
         ServerSettings {
             name: "embedded".to_string(),
-            listen: self.listen,
+            listen,
             tls: None,
             next_connection_delay_ms: 0,
             connections: ConnectionSettings {
@@ -174,42 +182,76 @@ impl BrokerSettings {
     }
 }
 
-/// A running embedded broker; its listener stops when this is dropped.
+/// A running embedded broker; its listeners stop when this is dropped.
 pub struct EmbeddedBroker {
     addr: SocketAddr,
-    server: JoinHandle<()>,
+    /// Where the agent's own connections reach the broker.
+    local: SocketAddr,
+    tasks: Vec<JoinHandle<()>>,
 }
 
 impl EmbeddedBroker {
     /// Starts the broker on the current tokio runtime. Fails at once when the address
-    /// cannot be bound.
+    /// cannot be bound or the TLS material is unusable.
     pub fn start(settings: &BrokerSettings) -> Result<Self, BrokerError> {
         let addr = settings.listen;
-        // rumqttd binds inside its accept loop and only logs a failure there: bind here
-        // first so the agent reports it and does not start.
-        let probe = std::net::TcpListener::bind(addr)
-            .map_err(|source| BrokerError::Listen { addr, source })?;
-        drop(probe);
+        let bind = |addr: SocketAddr| {
+            std::net::TcpListener::bind(addr).map_err(|source| BrokerError::Listen { addr, source })
+        };
+        let mut tasks = Vec::new();
+        let local = match &settings.tls {
+            None => {
+                // rumqttd binds inside its accept loop and only logs a failure there:
+                // bind here first so the agent reports it and does not start.
+                drop(bind(addr)?);
+                match addr.ip().is_unspecified() {
+                    true => SocketAddr::new([127, 0, 0, 1].into(), addr.port()),
+                    false => addr,
+                }
+            }
+            Some(material) => {
+                let config = Arc::new(tls::server_config(material)?);
+                let public = bind(addr)?;
+                public
+                    .set_nonblocking(true)
+                    .map_err(|source| BrokerError::Listen { addr, source })?;
+                let public = tokio::net::TcpListener::from_std(public)
+                    .map_err(|source| BrokerError::Listen { addr, source })?;
+                let loopback = SocketAddr::new([127, 0, 0, 1].into(), 0);
+                let backend = bind(loopback)?
+                    .local_addr()
+                    .map_err(|source| BrokerError::Listen { addr, source })?;
+                tasks.push(tokio::spawn(tls::serve(public, config, backend)));
+                backend
+            }
+        };
         let router = Router::new(0, settings.router()).spawn();
-        let mut server = Server::new(settings.server(), router, V4);
-        let task = tokio::spawn(async move {
+        let mut server = Server::new(settings.server(local), router, V4);
+        tasks.push(tokio::spawn(async move {
             if let Err(e) = server.start(LinkType::Remote).await {
                 tracing::error!(%addr, error = %e, "embedded broker stopped");
             }
-        });
-        tracing::info!(%addr, "embedded MQTT broker listening");
-        Ok(Self { addr, server: task })
+        }));
+        tracing::info!(%addr, tls = settings.tls.is_some(), "embedded MQTT broker listening");
+        Ok(Self { addr, local, tasks })
     }
 
     /// The address it listens on.
     pub fn addr(&self) -> SocketAddr {
         self.addr
     }
+
+    /// Where the agent's own connections reach it (plain MQTT over loopback).
+    pub fn local_addr(&self) -> SocketAddr {
+        self.local
+    }
 }
 
 impl Drop for EmbeddedBroker {
     fn drop(&mut self) {
-        self.server.abort();
+        for task in &self.tasks {
+            task.abort();
+        }
     }
 }
 
@@ -248,7 +290,7 @@ mod tests {
         let s = BrokerSettings::for_source(&source(Some("0.0.0.0:1883"))).expect("broker");
         assert_eq!(s.listen, "0.0.0.0:1883".parse().expect("addr"));
         assert_eq!(s.max_packet_bytes, 256 * 1024 + PACKET_OVERHEAD);
-        let server = s.server();
+        let server = s.server(s.listen);
         assert_eq!(server.connections.max_payload_size, s.max_packet_bytes);
         assert!(server.connections.auth.is_none());
         assert!(server.connections.dynamic_filters);
@@ -320,6 +362,7 @@ mod tests {
         s.listen = addr;
         match EmbeddedBroker::start(&s) {
             Err(BrokerError::Listen { addr: a, .. }) => assert_eq!(a, addr),
+            Err(e) => panic!("{e}"),
             Ok(_) => panic!("started on a taken address"),
         }
     }

@@ -172,10 +172,19 @@ pub async fn run_with_metrics(
     let mut config = config;
     let broker = match BrokerSettings::for_source(&config.source) {
         Some(settings) => {
+            let broker = EmbeddedBroker::start(&settings)?;
             let (user, password) = settings.agent_login();
-            config.source.username = Some(user);
-            config.source.password = Some(password);
-            Some(EmbeddedBroker::start(&settings)?)
+            let source = &mut config.source;
+            source.username = Some(user);
+            source.password = Some(password);
+            if settings.tls.is_some() {
+                // Behind the TLS relay: the agent connects to the broker itself.
+                let local = broker.local_addr();
+                (source.host, source.port, source.tls) =
+                    (local.ip().to_string(), local.port(), false);
+                source.url = format!("mqtt://{local}");
+            }
+            Some(broker)
         }
         None => None,
     };

@@ -14,6 +14,7 @@ use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 use common::*;
+use edge_testkit::pki::Pki;
 use serde_json::Value;
 
 const PUB: &str = "/usr/bin/mosquitto_pub";
@@ -485,6 +486,95 @@ async fn beyond_loopback_only_users_connect_and_only_within_their_topics() {
             .count(),
         1,
         "the agent kept its session:\n{}",
+        agent.log_text()
+    );
+    assert!(agent.terminate().success(), "{}", agent.log_text());
+}
+
+/// `mosquitto_pub` of one QoS 1 message over TLS to `localhost`, with `extra` arguments
+/// (`--cafile`, `--cert`, `--key`): `Ok` when the broker took it.
+fn publish_tls(port: u16, topic: &str, payload: &str, extra: &[&str]) -> Result<(), String> {
+    let out = Command::new(PUB)
+        .args(["-h", "localhost", "-p", &port.to_string(), "-q", "1"])
+        .args(["-t", topic, "-m", payload])
+        .args(extra)
+        .stdin(Stdio::null())
+        .output()
+        .expect("run mosquitto_pub");
+    match out.status.success() {
+        true => Ok(()),
+        false => Err(String::from_utf8_lossy(&out.stderr).trim().to_string()),
+    }
+}
+
+/// `embedded.tls` with a client CA: devices connect over TLS with a certificate of that
+/// CA; plain MQTT and TLS without a client certificate are refused; the agent itself keeps
+/// reaching its broker inside the process.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn devices_reach_the_embedded_broker_over_tls_with_a_client_certificate() {
+    let receiver = Receiver::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let pki = Pki::new(&dir.path().join("pki"));
+    pki.cert(
+        "server",
+        "/CN=localhost",
+        &[
+            "subjectAltName=DNS:localhost,IP:127.0.0.1",
+            "extendedKeyUsage=serverAuth",
+        ],
+    );
+    pki.cert("device", "/CN=press-1", &["extendedKeyUsage=clientAuth"]);
+    let port = free_port();
+    let yaml = pipeline(port, receiver.port, "").replace(
+        &format!(r#"embedded: {{listen: "127.0.0.1:{port}"}}"#),
+        &format!(
+            r#"embedded:
+        listen: "127.0.0.1:{port}"
+        tls:
+          cert: {{file: {:?}}}
+          key: {{file: {:?}}}
+          clientCa: {{file: {:?}}}"#,
+            pki.path("server.crt"),
+            pki.path("server.key"),
+            pki.path("ca.crt"),
+        ),
+    );
+    assert!(yaml.contains("clientCa"), "{yaml}");
+    let mut agent = Agent::start(dir.path(), &yaml);
+    agent.wait_ready().await;
+
+    let topic = "sensors/press-1/temperature";
+    let reading = r#"{"device_id":"press-1","value":150}"#;
+    assert!(
+        publish(port, topic, reading, None).is_err(),
+        "plain MQTT on the TLS port"
+    );
+    let ca = pki.path("ca.crt");
+    let refused = publish_tls(port, topic, reading, &["--cafile", &ca]);
+    assert!(refused.is_err(), "TLS without a client certificate");
+    let (cert, key) = (pki.path("device.crt"), pki.path("device.key"));
+    let device = ["--cafile", ca.as_str(), "--cert", &cert, "--key", &key];
+    eventually(
+        Duration::from_secs(15),
+        "the device's reading",
+        async || {
+            if receiver.accepted().iter().any(|r| r["device"] == "press-1") {
+                return Some(());
+            }
+            publish_tls(port, topic, reading, &device)
+                .unwrap_or_else(|e| panic!("{e}\nagent log:\n{}", agent.log_text()));
+            tokio::time::sleep(Duration::from_millis(200)).await;
+            None
+        },
+    )
+    .await;
+    assert_eq!(
+        agent
+            .log_text()
+            .matches("connected to the source broker")
+            .count(),
+        1,
+        "{}",
         agent.log_text()
     );
     assert!(agent.terminate().success(), "{}", agent.log_text());

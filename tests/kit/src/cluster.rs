@@ -23,6 +23,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use serde_json::{Value, json};
 
+use crate::pki::Pki;
 use crate::process::Process;
 use crate::{free_port, poll, target_dir, tool};
 
@@ -114,7 +115,7 @@ impl Cluster {
             .join("cluster")
             .join(format!("{name}-{}-{stamp}", std::process::id()));
         std::fs::create_dir_all(dir.join("logs")).expect("cluster directory");
-        let pki = Pki::create(&dir.join("pki"));
+        let pki = cluster_pki(&dir.join("pki"));
 
         let api_port = free_port();
         let server = format!("https://127.0.0.1:{api_port}");
@@ -559,100 +560,30 @@ rules:
   - level: None
 ";
 
-/// Certificates and keys of one cluster, made with the openssl CLI.
-struct Pki {
-    dir: PathBuf,
-}
-
-impl Pki {
-    fn create(dir: &Path) -> Pki {
-        std::fs::create_dir_all(dir).expect("pki directory");
-        let pki = Pki {
-            dir: dir.to_path_buf(),
-        };
-        pki.cert("ca", "/CN=edgepipe-test-ca", &[]);
-        pki.cert(
-            "apiserver",
-            "/CN=kube-apiserver",
-            &[
-                "subjectAltName=IP:127.0.0.1,IP:10.96.0.1,DNS:localhost,DNS:kubernetes,\
-                 DNS:kubernetes.default,DNS:kubernetes.default.svc,\
-                 DNS:kubernetes.default.svc.cluster.local",
-                "extendedKeyUsage=serverAuth",
-            ],
-        );
-        let client = ["extendedKeyUsage=clientAuth"];
-        pki.cert("admin", "/O=system:masters/CN=edgepipe-test-admin", &client);
-        pki.cert(
-            "kube-controller-manager",
-            "/CN=system:kube-controller-manager",
-            &client,
-        );
-        pki.cert("kube-scheduler", "/CN=system:kube-scheduler", &client);
-        pki.openssl(&["genrsa", "-out", "sa.key", "2048"]);
-        pki.openssl(&["rsa", "-in", "sa.key", "-pubout", "-out", "sa.pub"]);
-        pki
-    }
-
-    /// `<name>.key` and `<name>.crt`: the CA itself (`name == "ca"`, self-signed), or a
-    /// leaf signed by it with `extensions`.
-    fn cert(&self, name: &str, subject: &str, extensions: &[&str]) {
-        let key = format!("{name}.key");
-        let crt = format!("{name}.crt");
-        let mut args = vec![
-            "req",
-            "-x509",
-            "-newkey",
-            "ec",
-            "-pkeyopt",
-            "ec_paramgen_curve:prime256v1",
-            "-nodes",
-            "-days",
-            "7",
-            "-subj",
-            subject,
-            "-keyout",
-            &key,
-            "-out",
-            &crt,
-        ];
-        if name != "ca" {
-            // Without the constraints, openssl's default `v3_ca` section marks the leaf a
-            // CA, which Go accepts and rustls (the operator's client) rightly refuses.
-            args.extend_from_slice(&[
-                "-CA",
-                "ca.crt",
-                "-CAkey",
-                "ca.key",
-                "-addext",
-                "basicConstraints=critical,CA:FALSE",
-                "-addext",
-                "keyUsage=critical,digitalSignature,keyEncipherment",
-            ]);
-        }
-        for ext in extensions {
-            args.extend_from_slice(&["-addext", ext]);
-        }
-        self.openssl(&args);
-    }
-
-    fn openssl(&self, args: &[&str]) {
-        let out = Command::new(tool("openssl"))
-            .args(args)
-            .current_dir(&self.dir)
-            .output()
-            .expect("openssl runs");
-        assert!(
-            out.status.success(),
-            "openssl {} failed: {}",
-            args.join(" "),
-            String::from_utf8_lossy(&out.stderr)
-        );
-    }
-
-    fn path(&self, file: &str) -> String {
-        self.dir.join(file).display().to_string()
-    }
+/// The certificates and keys of one cluster.
+fn cluster_pki(dir: &Path) -> Pki {
+    let pki = Pki::new(dir);
+    pki.cert(
+        "apiserver",
+        "/CN=kube-apiserver",
+        &[
+            "subjectAltName=IP:127.0.0.1,IP:10.96.0.1,DNS:localhost,DNS:kubernetes,\
+             DNS:kubernetes.default,DNS:kubernetes.default.svc,\
+             DNS:kubernetes.default.svc.cluster.local",
+            "extendedKeyUsage=serverAuth",
+        ],
+    );
+    let client = ["extendedKeyUsage=clientAuth"];
+    pki.cert("admin", "/O=system:masters/CN=edgepipe-test-admin", &client);
+    pki.cert(
+        "kube-controller-manager",
+        "/CN=system:kube-controller-manager",
+        &client,
+    );
+    pki.cert("kube-scheduler", "/CN=system:kube-scheduler", &client);
+    pki.openssl(&["genrsa", "-out", "sa.key", "2048"]);
+    pki.openssl(&["rsa", "-in", "sa.key", "-pubout", "-out", "sa.pub"]);
+    pki
 }
 
 /// A kubeconfig `<dir>/<name>.kubeconfig` authenticating with the client certificate
@@ -666,7 +597,7 @@ fn write_kubeconfig(dir: &Path, name: &str, server: &str, pki: &Pki) -> PathBuf 
     let path = dir.join(format!("{name}.kubeconfig"));
     std::fs::write(
         &path,
-        kubeconfig_text(server, &pki.dir.join("ca.crt"), &user),
+        kubeconfig_text(server, Path::new(&pki.path("ca.crt")), &user),
     )
     .expect("write kubeconfig");
     path

@@ -9,6 +9,7 @@
 //! - [`operator`]: the `edge-operator` binary as the chart runs it, as its ServiceAccount;
 //! - [`cluster`]: a real Kubernetes control plane (etcd, kube-apiserver,
 //!   kube-controller-manager, kube-scheduler) with kwok's simulated nodes, and kubectl;
+//! - [`pki`]: a private CA and certificates made with openssl;
 //! - [`ports`], [`poll`]: race-free loopback ports and polling with deadlines;
 //! - [`process`]: background processes that never outlive the test.
 
@@ -16,6 +17,7 @@ pub mod agent;
 pub mod cluster;
 pub mod mqtt;
 pub mod operator;
+pub mod pki;
 pub mod poll;
 pub mod ports;
 pub mod process;

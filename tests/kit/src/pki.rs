@@ -1,0 +1,86 @@
+//! A private PKI for tests, made with the `openssl` CLI: a CA and leaf certificates signed
+//! by it (EC P-256, `CA:FALSE`), as PEM files in one directory.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use crate::tool;
+
+/// A CA (`ca.crt`, `ca.key`) and the leaves made with [`Pki::cert`].
+pub struct Pki {
+    dir: PathBuf,
+}
+
+impl Pki {
+    /// A new CA (`/CN=edgepipe-test-ca`) in `dir`.
+    pub fn new(dir: &Path) -> Pki {
+        std::fs::create_dir_all(dir).expect("pki directory");
+        let pki = Pki {
+            dir: dir.to_path_buf(),
+        };
+        pki.cert("ca", "/CN=edgepipe-test-ca", &[]);
+        pki
+    }
+
+    /// `<name>.key` and `<name>.crt`: the CA itself (`name == "ca"`, self-signed), or a
+    /// leaf signed by it with `extensions`.
+    pub fn cert(&self, name: &str, subject: &str, extensions: &[&str]) {
+        let key = format!("{name}.key");
+        let crt = format!("{name}.crt");
+        let mut args = vec![
+            "req",
+            "-x509",
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:prime256v1",
+            "-nodes",
+            "-days",
+            "7",
+            "-subj",
+            subject,
+            "-keyout",
+            &key,
+            "-out",
+            &crt,
+        ];
+        if name != "ca" {
+            // Without the constraints, openssl's default `v3_ca` section marks the leaf a
+            // CA, which Go accepts and rustls (the operator's client) rightly refuses.
+            args.extend_from_slice(&[
+                "-CA",
+                "ca.crt",
+                "-CAkey",
+                "ca.key",
+                "-addext",
+                "basicConstraints=critical,CA:FALSE",
+                "-addext",
+                "keyUsage=critical,digitalSignature,keyEncipherment",
+            ]);
+        }
+        for ext in extensions {
+            args.extend_from_slice(&["-addext", ext]);
+        }
+        self.openssl(&args);
+    }
+
+    /// Runs `openssl` in the PKI directory; panics with its output when it fails.
+    pub fn openssl(&self, args: &[&str]) {
+        let out = Command::new(tool("openssl"))
+            .args(args)
+            .current_dir(&self.dir)
+            .output()
+            .expect("openssl runs");
+        assert!(
+            out.status.success(),
+            "openssl {} failed: {}",
+            args.join(" "),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+
+    /// The path of `file` in the PKI directory, as a string.
+    pub fn path(&self, file: &str) -> String {
+        self.dir.join(file).display().to_string()
+    }
+}
