@@ -131,7 +131,7 @@ async fn under_block_a_full_queue_stops_acknowledging_and_nothing_is_dropped() {
     }
     .yaml();
     let mut agent = Agent::start(dir.path(), &yaml);
-    let device = format!("d{}", "x".repeat(200));
+    let device = format!("d{}", "x".repeat(120));
     let mut publisher = Publisher::connect(broker.port, "agent-block-pub");
     for i in 0..400 {
         publisher

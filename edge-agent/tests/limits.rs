@@ -22,12 +22,12 @@ fn values(records: &[Value]) -> BTreeSet<i64> {
         .collect()
 }
 
-/// Readings published by the cap tests; each record is about 400 bytes (a long device
-/// id), so the smallest queue (64 KiB) holds about 160 of them.
+/// Readings published by the cap tests; each record is about 300 bytes (a device id of
+/// 121 bytes, near the 128-byte limit), so the smallest queue (64 KiB) holds about 220.
 const N: i64 = 400;
 
 fn long_device() -> String {
-    format!("d{}", "x".repeat(200))
+    format!("d{}", "x".repeat(120))
 }
 
 /// Publishes N readings (values 0..N) into a 64 KiB queue while the upstream is down,
