@@ -284,4 +284,21 @@ mod tests {
         // A truncated stream is an error, not a hang or a panic.
         assert!(read_body(&mut &body[..4], 0x32, len, 8).await.is_err());
     }
+
+    proptest::proptest! {
+        /// Whatever bytes a broker (or anyone in between) sends, reading packets ends in
+        /// a result, never a panic, and never keeps more than the topic.
+        #[test]
+        fn arbitrary_streams_never_panic(bytes in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..512), limit in 0usize..64) {
+            let runtime = tokio::runtime::Builder::new_current_thread().build().unwrap();
+            runtime.block_on(async {
+                let mut stream = &bytes[..];
+                while let Ok((kind, len)) = read_header(&mut stream).await {
+                    if read_body(&mut stream, kind, len, limit).await.is_err() {
+                        break;
+                    }
+                }
+            });
+        }
+    }
 }
