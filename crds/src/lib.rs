@@ -6,6 +6,7 @@
 //! linked: the edge agent uses the crate that way.
 
 pub mod manifest;
+pub mod redact;
 pub mod renamed;
 pub mod spec;
 pub mod status;
