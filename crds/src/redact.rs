@@ -75,7 +75,10 @@ mod tests {
                 "https://models.example:8443/m.tflite",
             ),
             ("https://token@host", "https://host"),
-            ("http://u:p@127.0.0.1:9/steal?k=v", "http://127.0.0.1:9/steal"),
+            (
+                "http://u:p@127.0.0.1:9/steal?k=v",
+                "http://127.0.0.1:9/steal",
+            ),
             ("mqtt://127.0.0.1:1883", "mqtt://127.0.0.1:1883"),
             ("mqtts://a:b@[::1]:8883", "mqtts://[::1]:8883"),
             ("http://[::1]:80/x", "http://[::1]:80/x"),

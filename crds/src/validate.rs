@@ -488,12 +488,7 @@ impl Validator {
                 if let Some(tls) = &h.tls {
                     self.tls("spec.sink.http.tls", tls);
                 }
-                self.tls_scheme(
-                    "spec.sink.http.tls",
-                    h.tls.as_ref(),
-                    Some(&h.url),
-                    "https",
-                );
+                self.tls_scheme("spec.sink.http.tls", h.tls.as_ref(), Some(&h.url), "https");
             }
             (None, Some(m)) => {
                 self.url("spec.sink.mqtt.url", &m.url, &["mqtt", "mqtts"]);

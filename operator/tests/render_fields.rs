@@ -373,12 +373,20 @@ fn model_download_headers_come_from_secrets() {
     let r = rendered(&p);
     assert_eq!(
         env_value(&r, "EDGEPIPE_SECRET_0"),
-        Some(json!({"name": "EDGEPIPE_SECRET_0", "valueFrom": {"secretKeyRef": {"name": "models", "key": "token", "optional": false}}}))
+        Some(
+            json!({"name": "EDGEPIPE_SECRET_0", "valueFrom": {"secretKeyRef": {"name": "models", "key": "token", "optional": false}}})
+        )
     );
     let text = &r.config_map.data.as_ref().expect("data")["pipeline.yaml"];
     assert!(!text.contains("secretKeyRef"), "{text}");
     let config = parse_pipeline(text).expect("the agent can read the rendered config");
-    let headers = &config.spec.inference.as_ref().expect("inference").model.headers;
+    let headers = &config
+        .spec
+        .inference
+        .as_ref()
+        .expect("inference")
+        .model
+        .headers;
     assert_eq!(headers[0].name, "Authorization");
     assert_eq!(
         headers[0].value_from.env.as_deref(),

@@ -23,20 +23,21 @@ fn a_tls_block_on_a_plaintext_url_is_an_error_naming_the_field() {
     let errors = problems(&source);
     assert_eq!(errors.len(), 1, "{errors:?}");
     assert_eq!(errors[0].path, "spec.source.mqtt.tls");
-    assert!(errors[0].message.contains("mqtts://"), "{}", errors[0].message);
+    assert!(
+        errors[0].message.contains("mqtts://"),
+        "{}",
+        errors[0].message
+    );
     assert!(!errors[0].message.contains("pw"), "{}", errors[0].message);
 
-    let embedded = format!(
-        "source:\n  mqtt: {{topics: [a], embedded: {{}}, tls: {tls}}}\n{SINK}"
-    );
+    let embedded = format!("source:\n  mqtt: {{topics: [a], embedded: {{}}, tls: {tls}}}\n{SINK}");
     assert_eq!(paths(&embedded), ["spec.source.mqtt.tls"]);
 
     let http = format!("{SOURCE}sink:\n  http: {{url: \"http://ingest/b\", tls: {tls}}}\n");
     assert_eq!(paths(&http), ["spec.sink.http.tls"]);
 
-    let mqtt = format!(
-        "{SOURCE}sink:\n  mqtt: {{url: \"mqtt://up:1883\", topic: t, tls: {tls}}}\n"
-    );
+    let mqtt =
+        format!("{SOURCE}sink:\n  mqtt: {{url: \"mqtt://up:1883\", topic: t, tls: {tls}}}\n");
     assert_eq!(paths(&mqtt), ["spec.sink.mqtt.tls"]);
 
     for ok in [
@@ -57,7 +58,10 @@ fn golden_and_labels_files_are_files_next_to_the_model_never_urls() {
              golden: {{file: \"{golden}\"}}\n  labelsFile: \"{labels}\"\n"
         )
     };
-    assert_eq!(paths(&spec("a.golden.json", "sub/labels.txt")), Vec::<String>::new());
+    assert_eq!(
+        paths(&spec("a.golden.json", "sub/labels.txt")),
+        Vec::<String>::new()
+    );
     for bad in [
         "https://evil.example/g.json",
         "//evil.example/g.json",
