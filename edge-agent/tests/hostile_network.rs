@@ -6,7 +6,6 @@
 //! cached that should not be, no secret reaches the log, and the sink keeps delivering.
 
 mod common;
-#[allow(dead_code)]
 mod inference_common;
 
 use std::collections::BTreeSet;

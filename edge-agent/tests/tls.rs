@@ -86,9 +86,19 @@ fn make_pki(dir: &Path) {
     }
 }
 
+/// The broker process, killed when the test ends, passing or not.
+struct Broker(std::process::Child);
+
+impl Drop for Broker {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
 /// Mosquitto with a plain listener and a TLS listener (certificate from the private CA of
 /// `pki`); returns the process and the (plain, tls) ports once TLS accepts connections.
-async fn tls_broker(pki: &Path, require_certificate: bool) -> (std::process::Child, u16, u16) {
+async fn tls_broker(pki: &Path, require_certificate: bool) -> (Broker, u16, u16) {
     // Mosquitto reads its TLS files after dropping root for its own user.
     use std::os::unix::fs::PermissionsExt;
     std::fs::set_permissions(pki, std::fs::Permissions::from_mode(0o755)).unwrap();
@@ -110,12 +120,15 @@ async fn tls_broker(pki: &Path, require_certificate: bool) -> (std::process::Chi
     )
     .unwrap();
     let log = std::fs::File::create(pki.join("mosquitto.log")).unwrap();
-    let broker = Command::new("/usr/sbin/mosquitto")
-        .arg("-c")
-        .arg(&conf)
-        .stderr(log)
-        .spawn()
-        .expect("mosquitto");
+    let broker = Broker(
+        Command::new("/usr/sbin/mosquitto")
+            .arg("-c")
+            .arg(&conf)
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("mosquitto"),
+    );
     let deadline = Instant::now() + Duration::from_secs(10);
     while std::net::TcpStream::connect(("127.0.0.1", tls)).is_err() {
         assert!(
@@ -132,7 +145,7 @@ async fn the_source_connects_over_mqtts_with_a_private_ca_and_a_client_certifica
     let dir = tempfile::tempdir().unwrap();
     let pki = dir.path();
     make_pki(pki);
-    let (mut broker, plain, tls) = tls_broker(pki, true).await;
+    let (_broker, plain, tls) = tls_broker(pki, true).await;
 
     let receiver = Receiver::start().await;
     let tls_source = format!(
@@ -169,8 +182,6 @@ async fn the_source_connects_over_mqtts_with_a_private_ca_and_a_client_certifica
     .await;
     assert_eq!(got[0]["value"], 21.5);
     assert_eq!(got[0]["pipeline"], "default/standalone");
-    let _ = broker.kill();
-    let _ = broker.wait();
 }
 
 /// The certificate problem, as rustls names it, for a server whose CA the agent does not
@@ -182,7 +193,7 @@ async fn an_untrusted_certificate_is_logged_with_its_cause_everywhere() {
     let dir = tempfile::tempdir().unwrap();
     let pki = dir.path();
     make_pki(pki);
-    let (mut broker, plain, tls) = tls_broker(pki, false).await;
+    let (_broker, plain, tls) = tls_broker(pki, false).await;
 
     // Source over mqtts, HTTPS sink and HTTPS model download, all to the TLS listener:
     // each handshake fails on the certificate, and each log line says so.
@@ -226,8 +237,9 @@ async fn an_untrusted_certificate_is_logged_with_its_cause_everywhere() {
     .await;
     assert!(!agent.log_text().contains("s3cret"), "{}", agent.log_text());
 
-    // The HTTPS sink only tries with something to send: a reading through another agent
-    // would need a broker it trusts, so this one reads the plain listener instead.
+    // The sinks connect only with something to send, and no reading gets past the failing
+    // source above: two more agents read the plain listener, one with an HTTPS sink and
+    // one with an mqtts:// sink, both to the TLS listener.
     let yaml = format!(
         "source:\n  mqtt: {{url: \"mqtt://127.0.0.1:{plain}\", topics: [\"sensors/+/temperature\"], clientId: agent-untrusted}}\n\
          sink:\n  http: {{url: \"https://localhost:{tls}/ingest\", flushInterval: 100ms, timeout: 2s}}\n"
@@ -268,6 +280,4 @@ async fn an_untrusted_certificate_is_logged_with_its_cause_everywhere() {
         })
         .await;
     }
-    let _ = broker.kill();
-    let _ = broker.wait();
 }

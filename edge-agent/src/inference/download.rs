@@ -180,7 +180,10 @@ mod tests {
     fn redirects_are_followed_within_the_origin_only_and_not_forever() {
         let start = url("https://models.example/m.tflite?sig=abc");
         assert_eq!(
-            follow_redirect(&[start.clone()], &url("https://models.example/v2/m.tflite")),
+            follow_redirect(
+                std::slice::from_ref(&start),
+                &url("https://models.example/v2/m.tflite")
+            ),
             Ok(())
         );
         for elsewhere in [
@@ -189,7 +192,8 @@ mod tests {
             "https://models.example:8443/m.tflite",
             "https://u:p@other.example/x?token=t",
         ] {
-            let refused = follow_redirect(&[start.clone()], &url(elsewhere)).unwrap_err();
+            let refused =
+                follow_redirect(std::slice::from_ref(&start), &url(elsewhere)).unwrap_err();
             let text = refused.to_string();
             assert!(text.starts_with("redirect to "), "{text}");
             assert!(
