@@ -97,7 +97,7 @@ impl<'a> Resolver<'a> {
             out.push_str(&rest[..start]);
             let after = &rest[start + 2..];
             let Some(end) = after.find('}') else {
-                self.err(path, format!("unterminated ${{ in {text:?}"));
+                self.err(path, format!("unterminated ${{ in {:?}", redact::url(text)));
                 return None;
             };
             let name = &after[..end];
