@@ -7,6 +7,7 @@
 
 pub mod manifest;
 pub mod names;
+pub mod redact;
 pub mod renamed;
 pub mod spec;
 pub mod status;

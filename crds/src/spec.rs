@@ -126,7 +126,8 @@ fn default_max_devices() -> u32 {
     {"rule": "has(self.url) || has(self.embedded)", "message": "set url, or embedded to run a broker inside the agent"},
     {"rule": "self.qos == 0 || self.qos == 1", "message": "qos must be 0 or 1"},
     {"rule": "size(self.topics) > 0", "message": "at least one topic is required"},
-    {"rule": "!has(self.embedded) || self.embedded.listen.startsWith('127.') || self.embedded.listen.startsWith('[::1]:') || (has(self.embedded.users) && size(self.embedded.users) > 0) || (has(self.username) && has(self.passwordFrom))", "fieldPath": ".embedded.users", "reason": "FieldValueRequired", "message": "embedded.users is required when embedded.listen is not a loopback address"}
+    {"rule": "!has(self.embedded) || self.embedded.listen.startsWith('127.') || self.embedded.listen.startsWith('[::1]:') || (has(self.embedded.users) && size(self.embedded.users) > 0) || (has(self.username) && has(self.passwordFrom))", "fieldPath": ".embedded.users", "reason": "FieldValueRequired", "message": "embedded.users is required when embedded.listen is not a loopback address"},
+    {"rule": "!has(self.tls) || (has(self.url) && self.url.startsWith('mqtts://'))", "message": "tls is only used with an mqtts:// url", "fieldPath": ".tls"}
 ]))]
 pub struct MqttSource {
     /// Broker URL, `mqtt://host:1883` or `mqtts://host:8883`. `${VAR}` is expanded from
@@ -158,7 +159,7 @@ pub struct MqttSource {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub password_from: Option<ValueFrom>,
 
-    /// TLS settings for `mqtts://` URLs.
+    /// TLS settings for `mqtts://` URLs (an error with `mqtt://`, which would ignore them).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tls: Option<Tls>,
 
@@ -351,7 +352,8 @@ pub enum PayloadEncoding {
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 #[schemars(extend("x-kubernetes-validations" = [
     {"rule": "self.window > 0", "message": "window must be > 0"},
-    {"rule": "self.topK > 0", "message": "topK must be > 0"}
+    {"rule": "self.topK > 0", "message": "topK must be > 0"},
+    {"rule": "!has(self.labelsFile) || (!self.labelsFile.contains(':') && !self.labelsFile.contains('\\\\') && !self.labelsFile.startsWith('//'))", "message": "labelsFile is a file next to the model, not a URL", "fieldPath": ".labelsFile"}
 ]))]
 pub struct Inference {
     /// Where the model file comes from.
@@ -387,7 +389,8 @@ pub struct Inference {
     pub labels: Vec<String>,
 
     /// Classification task: a labels file (one label per line) next to the model, by file
-    /// name (for `configMap` models, a key of the same ConfigMap).
+    /// name (for `configMap` models, a key of the same ConfigMap; for `url` models, a path
+    /// relative to the model's URL on the same server, never a URL of its own).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub labels_file: Option<String>,
 
@@ -431,7 +434,8 @@ pub enum InferenceTask {
 #[schemars(extend("x-kubernetes-validations" = [
     {"rule": "[has(self.path), has(self.configMap), has(self.url)].filter(x, x).size() == 1", "message": "exactly one of path, configMap or url must be set"},
     {"rule": "!has(self.url) || has(self.sha256)", "message": "url requires sha256"},
-    {"rule": "!has(self.sha256) || has(self.url)", "message": "sha256 is only used with url"}
+    {"rule": "!has(self.sha256) || has(self.url)", "message": "sha256 is only used with url"},
+    {"rule": "!has(self.headers) || has(self.url)", "message": "headers are only used with url", "fieldPath": ".headers"}
 ]))]
 pub struct ModelSource {
     /// A model file on the node or in the agent image.
@@ -452,6 +456,13 @@ pub struct ModelSource {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(regex(pattern = r"^[0-9a-f]{64}$"))]
     pub sha256: Option<String>,
+
+    /// Request headers for downloading `url` and the golden and labels files beside it,
+    /// e.g. an `Authorization` token from a Secret. They are sent to the model's origin
+    /// only: redirects are followed within that origin and nowhere else.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 32))]
+    pub headers: Vec<Header>,
 }
 
 /// One key of a ConfigMap in the pipeline's namespace.
@@ -492,11 +503,14 @@ pub struct Normalize {
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 #[schemars(extend("x-kubernetes-validations" = [
-    {"rule": "has(self.file) || size(self.vectors) > 0", "message": "set file or vectors"}
+    {"rule": "has(self.file) || size(self.vectors) > 0", "message": "set file or vectors"},
+    {"rule": "!has(self.file) || (!self.file.contains(':') && !self.file.contains('\\\\') && !self.file.startsWith('//'))", "message": "file is a file next to the model, not a URL", "fieldPath": ".file"}
 ]))]
 pub struct Golden {
     /// A golden JSON file next to the model, by file name (for `configMap` models, a key
-    /// of the same ConfigMap): `{"vectors": [{"input": [...], "output": [...]}]}`.
+    /// of the same ConfigMap; for `url` models, a path relative to the model's URL on the
+    /// same server, never a URL of its own):
+    /// `{"vectors": [{"input": [...], "output": [...]}]}`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub file: Option<String>,
 
@@ -818,7 +832,8 @@ pub struct Sink {
 #[schemars(extend("x-kubernetes-validations" = [
     {"rule": "self.batchSize > 0", "message": "batchSize must be > 0"},
     {"rule": "duration(self.flushInterval) > duration('0s')", "message": "flushInterval must be > 0"},
-    {"rule": "duration(self.timeout) > duration('0s')", "message": "timeout must be > 0"}
+    {"rule": "duration(self.timeout) > duration('0s')", "message": "timeout must be > 0"},
+    {"rule": "!has(self.tls) || self.url.startsWith('https://')", "message": "tls is only used with an https:// url", "fieldPath": ".tls"}
 ]))]
 pub struct HttpSink {
     /// Endpoint URL (`https://` recommended); `${VAR}` is expanded from the environment.
@@ -840,7 +855,8 @@ pub struct HttpSink {
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[schemars(length(max = 32))]
     pub headers: Vec<Header>,
-    /// TLS settings (custom CA, client certificate).
+    /// TLS settings (custom CA, client certificate) for an `https://` URL (an error with
+    /// `http://`, which would ignore them).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tls: Option<Tls>,
     /// Retry backoff bounds.
@@ -913,7 +929,8 @@ fn default_max_backoff() -> Duration {
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 #[schemars(extend("x-kubernetes-validations" = [
     {"rule": "self.qos == 0 || self.qos == 1", "message": "qos must be 0 or 1"},
-    {"rule": "self.batchSize > 0", "message": "batchSize must be > 0"}
+    {"rule": "self.batchSize > 0", "message": "batchSize must be > 0"},
+    {"rule": "!has(self.tls) || self.url.startsWith('mqtts://')", "message": "tls is only used with an mqtts:// url", "fieldPath": ".tls"}
 ]))]
 pub struct MqttSink {
     /// Broker URL, `mqtt://` or `mqtts://`; `${VAR}` is expanded from the environment.
@@ -939,7 +956,7 @@ pub struct MqttSink {
     /// Where the MQTT password comes from; never inline.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub password_from: Option<ValueFrom>,
-    /// TLS settings for `mqtts://`.
+    /// TLS settings for `mqtts://` (an error with `mqtt://`, which would ignore them).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tls: Option<Tls>,
 }

@@ -6,8 +6,12 @@
 //! complete check used by `edge-agent check`, by the agent at start and by the operator
 //! before it touches a DaemonSet. It is a superset of the CEL rules.
 
+mod transport;
+
 use std::fmt;
 
+pub use self::transport::file_next_to_model;
+use crate::redact;
 use crate::spec::*;
 use crate::units::{parse_duration, parse_size};
 
@@ -193,6 +197,12 @@ impl Validator {
         if let Some(tls) = &m.tls {
             self.tls("spec.source.mqtt.tls", tls);
         }
+        self.tls_scheme(
+            "spec.source.mqtt.tls",
+            m.tls.as_ref(),
+            m.url.as_deref(),
+            "mqtts",
+        );
         self.duration("spec.source.mqtt.keepAlive", &m.keep_alive, true);
         self.path_expr("spec.source.format.value", &s.format.value, false);
         self.path_expr("spec.source.format.device", &s.format.device, true);
@@ -239,7 +249,8 @@ impl Validator {
             _ => self.err(
                 path,
                 format!(
-                    "{url:?} must start with {}",
+                    "{:?} must start with {}",
+                    redact::url(url),
                     schemes
                         .iter()
                         .map(|s| format!("{s}://"))
@@ -328,6 +339,16 @@ impl Validator {
                 "spec.inference.model.configMap",
                 "name and key are required",
             );
+        }
+        if !m.headers.is_empty() && m.url.is_none() {
+            self.err("spec.inference.model.headers", "only used with url");
+        }
+        self.headers("spec.inference.model.headers", &m.headers);
+        if let Some(file) = inf.golden.as_ref().and_then(|g| g.file.as_deref()) {
+            self.file_next_to_model("spec.inference.golden.file", file);
+        }
+        if let Some(file) = &inf.labels_file {
+            self.file_next_to_model("spec.inference.labelsFile", file);
         }
         if inf.window == 0 {
             self.err("spec.inference.window", "must be > 0");
@@ -515,21 +536,11 @@ impl Validator {
                     &h.retry.max_backoff,
                     true,
                 );
-                for (i, header) in h.headers.iter().enumerate() {
-                    let path = format!("spec.sink.http.headers[{i}]");
-                    if header.name.is_empty()
-                        || !header
-                            .name
-                            .bytes()
-                            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
-                    {
-                        self.err(format!("{path}.name"), "must be an HTTP header name");
-                    }
-                    self.value_from(&format!("{path}.valueFrom"), &header.value_from);
-                }
+                self.headers("spec.sink.http.headers", &h.headers);
                 if let Some(tls) = &h.tls {
                     self.tls("spec.sink.http.tls", tls);
                 }
+                self.tls_scheme("spec.sink.http.tls", h.tls.as_ref(), Some(&h.url), "https");
             }
             (None, Some(m)) => {
                 self.url("spec.sink.mqtt.url", &m.url, &["mqtt", "mqtts"]);
@@ -552,6 +563,7 @@ impl Validator {
                 if let Some(tls) = &m.tls {
                     self.tls("spec.sink.mqtt.tls", tls);
                 }
+                self.tls_scheme("spec.sink.mqtt.tls", m.tls.as_ref(), Some(&m.url), "mqtts");
             }
             _ => self.err("spec.sink", "exactly one of http or mqtt must be set"),
         }
@@ -589,3 +601,6 @@ pub fn check_topic_filter(filter: &str) -> Result<(), String> {
     }
     Ok(())
 }
+
+#[cfg(test)]
+mod tests;

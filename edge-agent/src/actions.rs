@@ -264,7 +264,7 @@ async fn drive(mut events: EventLoop, url: String) {
             Err(e) => {
                 let delay = backoff(failures, BACKOFF.0, BACKOFF.1);
                 if failures == 0 || failures.is_multiple_of(20) {
-                    tracing::warn!(url = %url, error = %e, retry_in = ?delay, "actions connection failed");
+                    tracing::warn!(url = %url, error = %crate::diagnostics::chain(&e), retry_in = ?delay, "actions connection failed");
                 }
                 failures = failures.saturating_add(1);
                 tokio::time::sleep(delay).await;

@@ -8,6 +8,7 @@
 //! Every problem, from validation or from resolution, is reported at once, one per line,
 //! each with the path of the field it concerns.
 
+mod cleartext;
 mod resolve;
 
 use std::net::SocketAddr;
@@ -191,6 +192,8 @@ pub struct AgentConfig {
     pub buffer: BufferSettings,
     /// The sink.
     pub sink: SinkSettings,
+    /// Request headers of model downloads (name, resolved value).
+    pub model_headers: Vec<(String, String)>,
 }
 
 impl AgentConfig {
@@ -238,6 +241,7 @@ impl AgentConfig {
         let source = r.source(&spec, &namespace, &name, node);
         let buffer = r.buffer(&spec.buffer);
         let sink = r.sink(&spec.sink, &namespace, &name, &pipeline, node);
+        let model_headers = r.model_headers(&spec);
         let errors = r.finish();
         if !errors.is_empty() {
             return Err(ConfigError::Invalid(errors));
@@ -251,6 +255,7 @@ impl AgentConfig {
             source,
             buffer,
             sink,
+            model_headers,
         })
     }
 }

@@ -8,6 +8,7 @@ pub mod actions;
 pub mod broker;
 pub mod config;
 pub mod demo;
+pub mod diagnostics;
 pub mod http;
 pub mod inference;
 pub mod parse;

@@ -18,6 +18,9 @@ use tokio_util::sync::CancellationToken;
 
 mod model_cli;
 
+/// Where `run` serves its endpoint by default: this machine only.
+const DEFAULT_LISTEN: &str = "127.0.0.1:9464";
+
 /// The Edgepipe edge agent: MQTT in, filter, infer, durable queue, sync.
 #[derive(Parser)]
 #[command(name = "edge-agent", version, about)]
@@ -36,8 +39,9 @@ enum Command {
         /// Directory of the durable queue.
         #[arg(long, value_name = "DIR", default_value = "/var/lib/edgepipe")]
         data_dir: PathBuf,
-        /// Address serving /metrics, /livez and /readyz.
-        #[arg(long, value_name = "ADDR", default_value = "0.0.0.0:9464")]
+        /// Address serving /metrics, /livez and /readyz (loopback unless told otherwise; in
+        /// a pod the operator passes 0.0.0.0:<metricsPort> so Prometheus can scrape it).
+        #[arg(long, value_name = "ADDR", default_value = DEFAULT_LISTEN)]
         listen: SocketAddr,
         /// Node name written into every record (default: $NODE_NAME, then the hostname).
         #[arg(long, value_name = "NAME", env = "NODE_NAME")]
@@ -261,4 +265,26 @@ fn hostname() -> String {
         .find(|s| !s.is_empty())
         .or_else(|| std::env::var("HOSTNAME").ok().filter(|s| !s.is_empty()))
         .unwrap_or_else(|| "localhost".to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_endpoint_is_on_loopback_unless_told_otherwise() {
+        let listen = |args: &[&str]| {
+            let mut argv = vec!["edge-agent", "run", "--config", "p.yaml"];
+            argv.extend_from_slice(args);
+            match Cli::try_parse_from(argv).map(|c| c.command) {
+                Ok(Command::Run { listen, .. }) => listen,
+                _ => panic!("run parses"),
+            }
+        };
+        assert_eq!(listen(&[]), "127.0.0.1:9464".parse().unwrap());
+        assert_eq!(
+            listen(&["--listen", "0.0.0.0:9100"]),
+            "0.0.0.0:9100".parse().unwrap()
+        );
+    }
 }

@@ -158,6 +158,9 @@ pub async fn run_with_metrics(
     stop: CancellationToken,
 ) -> Result<(), RunError> {
     let sink = build_sink(&config)?;
+    for warning in config.cleartext_credentials() {
+        tracing::warn!("{warning}");
+    }
     let processors = Processors::new(&config.spec.processors, config.source.max_devices)?;
     let sink_timeout = match &config.sink {
         SinkSettings::Http(h) => h.timeout,

@@ -76,6 +76,8 @@ pub struct Metrics {
     pub actions_failed: IntCounterVec,
     /// Corrupt queue files moved aside.
     pub queue_corruptions: IntCounter,
+    /// Connections to the agent's endpoint closed at once: the connection cap was reached.
+    pub http_connections_rejected: IntCounter,
     /// Failed inferences, by reason.
     pub inference_errors: IntCounterVec,
     /// Model loads, by outcome.
@@ -220,6 +222,13 @@ impl Metrics {
                 opts(
                     "edge_agent_queue_corruptions_total",
                     "Corrupt queue files moved aside at start.",
+                ),
+            )?,
+            http_connections_rejected: counter(
+                r,
+                opts(
+                    "edge_agent_http_connections_rejected_total",
+                    "Connections to /metrics, /livez and /readyz closed at once because the connection cap was reached.",
                 ),
             )?,
             inference_errors: counter_vec(
@@ -400,6 +409,7 @@ mod tests {
             "edge_agent_actions_published_total",
             "edge_agent_actions_failed_total",
             "edge_agent_queue_corruptions_total",
+            "edge_agent_http_connections_rejected_total",
             "edge_agent_queue_records",
             "edge_agent_queue_bytes",
             "edge_agent_queue_oldest_age_seconds",

@@ -1,5 +1,7 @@
 //! `mqtts://` for real: a Mosquitto TLS listener that requires a client certificate, a
-//! private CA made with the `openssl` CLI, and the agent trusting only that CA.
+//! private CA made with the `openssl` CLI, and the agent trusting only that CA; and the
+//! same listener met by an agent that does not trust that CA, whose log must say why
+//! every connection fails (source, sinks, model download), not just that it did.
 
 mod common;
 
@@ -84,11 +86,19 @@ fn make_pki(dir: &Path) {
     }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn the_source_connects_over_mqtts_with_a_private_ca_and_a_client_certificate() {
-    let dir = tempfile::tempdir().unwrap();
-    let pki = dir.path();
-    make_pki(pki);
+/// The broker process, killed when the test ends, passing or not.
+struct Broker(std::process::Child);
+
+impl Drop for Broker {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// Mosquitto with a plain listener and a TLS listener (certificate from the private CA of
+/// `pki`); returns the process and the (plain, tls) ports once TLS accepts connections.
+async fn tls_broker(pki: &Path, require_certificate: bool) -> (Broker, u16, u16) {
     // Mosquitto reads its TLS files after dropping root for its own user.
     use std::os::unix::fs::PermissionsExt;
     std::fs::set_permissions(pki, std::fs::Permissions::from_mode(0o755)).unwrap();
@@ -104,18 +114,21 @@ async fn the_source_connects_over_mqtts_with_a_private_ca_and_a_client_certifica
         format!(
             "allow_anonymous true\npersistence false\nlistener {plain} 127.0.0.1\n\
              listener {tls} 127.0.0.1\ncafile {d}/ca.crt\ncertfile {d}/server.crt\nkeyfile {d}/server.key\n\
-             require_certificate true\n",
+             require_certificate {require_certificate}\n",
             d = pki.display()
         ),
     )
     .unwrap();
     let log = std::fs::File::create(pki.join("mosquitto.log")).unwrap();
-    let mut broker = Command::new("/usr/sbin/mosquitto")
-        .arg("-c")
-        .arg(&conf)
-        .stderr(log)
-        .spawn()
-        .expect("mosquitto");
+    let broker = Broker(
+        Command::new("/usr/sbin/mosquitto")
+            .arg("-c")
+            .arg(&conf)
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("mosquitto"),
+    );
     let deadline = Instant::now() + Duration::from_secs(10);
     while std::net::TcpStream::connect(("127.0.0.1", tls)).is_err() {
         assert!(
@@ -124,6 +137,15 @@ async fn the_source_connects_over_mqtts_with_a_private_ca_and_a_client_certifica
         );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
+    (broker, plain, tls)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_source_connects_over_mqtts_with_a_private_ca_and_a_client_certificate() {
+    let dir = tempfile::tempdir().unwrap();
+    let pki = dir.path();
+    make_pki(pki);
+    let (_broker, plain, tls) = tls_broker(pki, true).await;
 
     let receiver = Receiver::start().await;
     let tls_source = format!(
@@ -160,6 +182,102 @@ async fn the_source_connects_over_mqtts_with_a_private_ca_and_a_client_certifica
     .await;
     assert_eq!(got[0]["value"], 21.5);
     assert_eq!(got[0]["pipeline"], "default/standalone");
-    let _ = broker.kill();
-    let _ = broker.wait();
+}
+
+/// The certificate problem, as rustls names it, for a server whose CA the agent does not
+/// trust (it trusts the system roots only).
+const CAUSE: &str = "invalid peer certificate: UnknownIssuer";
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_untrusted_certificate_is_logged_with_its_cause_everywhere() {
+    let dir = tempfile::tempdir().unwrap();
+    let pki = dir.path();
+    make_pki(pki);
+    let (_broker, plain, tls) = tls_broker(pki, false).await;
+
+    // Source over mqtts, HTTPS sink and HTTPS model download, all to the TLS listener:
+    // each handshake fails on the certificate, and each log line says so.
+    let yaml = format!(
+        "source:\n  mqtt: {{url: \"mqtts://localhost:{tls}\", topics: [\"sensors/+/temperature\"]}}\n\
+         inference:\n  model: {{url: \"https://localhost:{tls}/m.tflite?sig=s3cret\", sha256: \"{}\"}}\n\
+         sink:\n  http: {{url: \"https://localhost:{tls}/ingest\", flushInterval: 100ms, timeout: 2s}}\n",
+        "ab".repeat(32)
+    );
+    let agent_dir = tempfile::tempdir().unwrap();
+    let agent = Agent::start(agent_dir.path(), &yaml);
+    let lines = |agent: &Agent, what: &str| -> Vec<String> {
+        agent
+            .log_text()
+            .lines()
+            .filter(|l| l.contains(what))
+            .map(str::to_owned)
+            .collect()
+    };
+    eventually(
+        Duration::from_secs(20),
+        "the source's failure with its cause",
+        async || {
+            lines(&agent, "source broker connection failed")
+                .iter()
+                .any(|l| l.contains(CAUSE))
+                .then_some(())
+        },
+    )
+    .await;
+    eventually(
+        Duration::from_secs(20),
+        "the model download's failure with its cause",
+        async || {
+            lines(&agent, "model refused")
+                .iter()
+                .any(|l| l.contains(CAUSE))
+                .then_some(())
+        },
+    )
+    .await;
+    assert!(!agent.log_text().contains("s3cret"), "{}", agent.log_text());
+
+    // The sinks connect only with something to send, and no reading gets past the failing
+    // source above: two more agents read the plain listener, one with an HTTPS sink and
+    // one with an mqtts:// sink, both to the TLS listener.
+    let yaml = format!(
+        "source:\n  mqtt: {{url: \"mqtt://127.0.0.1:{plain}\", topics: [\"sensors/+/temperature\"], clientId: agent-untrusted}}\n\
+         sink:\n  http: {{url: \"https://localhost:{tls}/ingest\", flushInterval: 100ms, timeout: 2s}}\n"
+    );
+    let http_dir = tempfile::tempdir().unwrap();
+    let mut http_agent = Agent::start(http_dir.path(), &yaml);
+    http_agent.wait_ready().await;
+    let yaml = format!(
+        "source:\n  mqtt: {{url: \"mqtt://127.0.0.1:{plain}\", topics: [\"sensors/+/temperature\"], clientId: agent-untrusted-mqtt}}\n\
+         sink:\n  mqtt: {{url: \"mqtts://localhost:{tls}\", topic: up, flushInterval: 100ms}}\n"
+    );
+    let mqtt_dir = tempfile::tempdir().unwrap();
+    let mut mqtt_agent = Agent::start(mqtt_dir.path(), &yaml);
+    mqtt_agent.wait_ready().await;
+    eventually(Duration::from_secs(10), "both subscriptions", async || {
+        (http_agent.log_text().contains("subscribed")
+            && mqtt_agent.log_text().contains("subscribed"))
+        .then_some(())
+    })
+    .await;
+    let mut publisher = Publisher::connect(plain, "tls-untrusted-pub");
+    publisher
+        .send(
+            "sensors/t1/temperature",
+            reading("t1", 21.5, 1_795_608_000_000),
+        )
+        .await;
+    publisher.flush().await;
+    for (agent, what) in [
+        (&http_agent, "upstream unavailable"),
+        (&mqtt_agent, "upstream broker unavailable"),
+    ] {
+        eventually(Duration::from_secs(20), what, async || {
+            lines(agent, what)
+                .iter()
+                .any(|l| l.contains(CAUSE))
+                .then_some(())
+        })
+        .await;
+    }
 }

@@ -361,6 +361,40 @@ fn secret_references_become_environment_variables() {
     );
 }
 
+/// A model download authenticates like the HTTP sink: header values from Secrets reach the
+/// agent as environment variables, never in the ConfigMap.
+#[test]
+fn model_download_headers_come_from_secrets() {
+    let p = pipeline(&format!(
+        "  inference:\n    model:\n      url: https://models.example/a.tflite\n      sha256: \"{}\"\n      \
+         headers: [{{name: Authorization, valueFrom: {{secretKeyRef: {{name: models, key: token}}}}}}]\n",
+        "ab".repeat(32)
+    ));
+    let r = rendered(&p);
+    assert_eq!(
+        env_value(&r, "EDGEPIPE_SECRET_0"),
+        Some(
+            json!({"name": "EDGEPIPE_SECRET_0", "valueFrom": {"secretKeyRef": {"name": "models", "key": "token", "optional": false}}})
+        )
+    );
+    let text = &r.config_map.data.as_ref().expect("data")["pipeline.yaml"];
+    assert!(!text.contains("secretKeyRef"), "{text}");
+    let config = parse_pipeline(text).expect("the agent can read the rendered config");
+    let headers = &config
+        .spec
+        .inference
+        .as_ref()
+        .expect("inference")
+        .model
+        .headers;
+    assert_eq!(headers[0].name, "Authorization");
+    assert_eq!(
+        headers[0].value_from.env.as_deref(),
+        Some("EDGEPIPE_SECRET_0")
+    );
+    assert!(validate(&config.spec).is_ok());
+}
+
 #[test]
 fn the_config_map_holds_the_pipeline_the_agent_runs() {
     let p = pipeline("  processors: [{significantChange: {window: 10, threshold: 2.0}}]\n");

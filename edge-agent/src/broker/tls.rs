@@ -111,7 +111,7 @@ async fn relay(acceptor: TlsAcceptor, tcp: TcpStream, peer: SocketAddr, backend:
     let mut tls = match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
         Ok(Ok(tls)) => tls,
         Ok(Err(e)) => {
-            tracing::info!(%peer, error = %e, "embedded broker: TLS handshake failed");
+            tracing::info!(%peer, error = %crate::diagnostics::chain(&e), "embedded broker: TLS handshake failed");
             return;
         }
         Err(_) => {

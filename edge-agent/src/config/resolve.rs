@@ -5,8 +5,9 @@
 use std::collections::HashSet;
 use std::time::Duration;
 
+use edge_crds::redact;
 use edge_crds::units::Duration as SpecDuration;
-use edge_crds::{Buffer, Compression, EdgePipelineSpec, FieldError, Sink, Tls, ValueFrom};
+use edge_crds::{Buffer, Compression, EdgePipelineSpec, FieldError, Header, Sink, Tls, ValueFrom};
 
 use super::{
     BufferSettings, EmbeddedUser, HttpSettings, MqttSinkSettings, SinkSettings, SourceSettings,
@@ -97,7 +98,7 @@ impl<'a> Resolver<'a> {
             out.push_str(&rest[..start]);
             let after = &rest[start + 2..];
             let Some(end) = after.find('}') else {
-                self.err(path, format!("unterminated ${{ in {text:?}"));
+                self.err(path, format!("unterminated ${{ in {:?}", redact::url(text)));
                 return None;
             };
             let name = &after[..end];
@@ -207,7 +208,10 @@ impl<'a> Resolver<'a> {
         if authority.contains(['/', '?', '#']) {
             self.err(
                 path,
-                format!("{url:?} must be mqtt[s]://host[:port] without a path"),
+                format!(
+                    "{:?} must be mqtt[s]://host[:port] without a path",
+                    redact::url(url)
+                ),
             );
             return fallback;
         }
@@ -223,7 +227,7 @@ impl<'a> Resolver<'a> {
             },
         };
         if host.is_empty() || host.contains(['[', ']']) {
-            self.err(path, format!("{url:?} has no valid host"));
+            self.err(path, format!("{:?} has no valid host", redact::url(url)));
             return fallback;
         }
         let port = match port {
@@ -231,7 +235,7 @@ impl<'a> Resolver<'a> {
             Some(p) => p.parse::<u16>().ok().filter(|p| *p != 0),
         };
         let Some(port) = port else {
-            self.err(path, format!("{url:?} has an invalid port"));
+            self.err(path, format!("{:?} has an invalid port", redact::url(url)));
             return fallback;
         };
         (host.to_string(), port, tls)
@@ -387,23 +391,7 @@ impl<'a> Resolver<'a> {
                 max_backoff: Duration::ZERO,
             });
         };
-        let mut headers = Vec::with_capacity(h.headers.len());
-        for (i, header) in h.headers.iter().enumerate() {
-            let path = format!("spec.sink.http.headers[{i}].valueFrom");
-            if let Some(value) = self.secret_text(&path, &header.value_from) {
-                if value
-                    .bytes()
-                    .all(|b| b == b'\t' || (b' '..=b'~').contains(&b) || b >= 0x80)
-                {
-                    headers.push((header.name.clone(), value));
-                } else {
-                    self.err(
-                        path,
-                        "the value is not a valid HTTP header value (control characters)",
-                    );
-                }
-            }
-        }
+        let headers = self.headers("spec.sink.http.headers", &h.headers);
         let (initial_backoff, max_backoff) = (
             duration(&h.retry.initial_backoff),
             duration(&h.retry.max_backoff),
@@ -428,6 +416,38 @@ impl<'a> Resolver<'a> {
             initial_backoff,
             max_backoff,
         })
+    }
+}
+
+impl Resolver<'_> {
+    /// Request headers with their values resolved; `path` is e.g. `spec.sink.http.headers`.
+    fn headers(&mut self, path: &str, headers: &[Header]) -> Vec<(String, String)> {
+        let mut resolved = Vec::with_capacity(headers.len());
+        for (i, header) in headers.iter().enumerate() {
+            let path = format!("{path}[{i}].valueFrom");
+            if let Some(value) = self.secret_text(&path, &header.value_from) {
+                if value
+                    .bytes()
+                    .all(|b| b == b'\t' || (b' '..=b'~').contains(&b) || b >= 0x80)
+                {
+                    resolved.push((header.name.clone(), value));
+                } else {
+                    self.err(
+                        path,
+                        "the value is not a valid HTTP header value (control characters)",
+                    );
+                }
+            }
+        }
+        resolved
+    }
+
+    /// The request headers of model downloads (`spec.inference.model.headers`), resolved.
+    pub(super) fn model_headers(&mut self, spec: &EdgePipelineSpec) -> Vec<(String, String)> {
+        match &spec.inference {
+            Some(i) => self.headers("spec.inference.model.headers", &i.model.headers),
+            None => Vec::new(),
+        }
     }
 }
 

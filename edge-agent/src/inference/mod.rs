@@ -10,6 +10,7 @@
 //! and counted, the readings keep flowing.
 
 mod classify;
+mod download;
 mod engine;
 mod golden;
 mod loader;
@@ -24,6 +25,7 @@ mod worker;
 use prometheus::{Histogram, IntCounter, IntCounterVec};
 
 pub use classify::{image_input, image_size, parse_labels, top_k};
+pub use download::{MAX_REDIRECTS, RedirectRefused, file_url, follow_redirect};
 pub use engine::{
     Inference, InferenceError, InferenceHold, InferenceSettings, ModelControl, Scored,
 };

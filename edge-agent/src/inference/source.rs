@@ -2,7 +2,8 @@
 //! the ConfigMap the operator mounts, or a `url` checked against its `sha256`.
 //!
 //! Golden and labels files named in the spec are read "next to the model": in the
-//! model's directory, from the same ConfigMap, or relative to the model URL.
+//! model's directory, from the same ConfigMap, or relative to the model URL on the model's
+//! origin (see [`super::download`]: same-origin redirects only, only a 200 is a file).
 //!
 //! URL models are cached content-addressed in `<data-dir>/models/<sha256>.tflite`
 //! (written to a temporary file, verified, fsynced, renamed). A verified cached copy is
@@ -15,9 +16,11 @@ use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use edge_crds::ModelSource;
+use edge_crds::{ModelSource, redact};
 use reqwest::Url;
 use sha2::{Digest, Sha256};
+
+use super::download::{Downloader, file_url};
 
 /// Where the operator mounts the ConfigMap named in `model.configMap` (the operator's
 /// `MODEL_MOUNT_DIR`); the model is the file named after its key. The operator also
@@ -36,6 +39,8 @@ pub struct SourceSettings {
     pub config_map_dir: PathBuf,
     /// Timeout of one download (model, golden or labels file).
     pub download_timeout: Duration,
+    /// Request headers of downloads (name, value), e.g. an `Authorization` token.
+    pub headers: Vec<(String, String)>,
 }
 
 impl SourceSettings {
@@ -45,6 +50,7 @@ impl SourceSettings {
             data_dir: data_dir.into(),
             config_map_dir: PathBuf::from(CONFIG_MAP_MOUNT_DIR),
             download_timeout: Duration::from_secs(120),
+            headers: Vec::new(),
         }
     }
 }
@@ -146,7 +152,7 @@ pub struct ModelLocation {
     golden: Option<String>,
     labels: Option<String>,
     settings: SourceSettings,
-    client: Option<reqwest::Client>,
+    downloader: Option<Downloader>,
 }
 
 impl ModelLocation {
@@ -168,8 +174,8 @@ impl ModelLocation {
                 dir: settings.config_map_dir.clone(),
             },
             (None, None, Some(url)) => {
-                let url =
-                    Url::parse(url).map_err(|e| SourceError::Spec(format!("url {url:?}: {e}")))?;
+                let url = Url::parse(url)
+                    .map_err(|e| SourceError::Spec(format!("url {:?}: {e}", redact::url(url))))?;
                 let sha256 = spec
                     .sha256
                     .clone()
@@ -184,17 +190,11 @@ impl ModelLocation {
                 ));
             }
         };
-        let client = match place {
-            Place::Url { .. } => {
-                // The agent's TLS stack is rustls with ring; make sure a provider is in
-                // place before reqwest builds its TLS config (a no-op when main did it).
-                let _ = rustls::crypto::ring::default_provider().install_default();
-                let client = reqwest::Client::builder()
-                    .timeout(settings.download_timeout)
-                    .build()
-                    .map_err(|e| SourceError::Spec(format!("HTTP client: {e}")))?;
-                Some(client)
-            }
+        let downloader = match place {
+            Place::Url { .. } => Some(Downloader::new(
+                settings.download_timeout,
+                &settings.headers,
+            )?),
             Place::Files { .. } => None,
         };
         Ok(Self {
@@ -202,7 +202,7 @@ impl ModelLocation {
             golden: golden.map(str::to_string),
             labels: labels.map(str::to_string),
             settings,
-            client,
+            downloader,
         })
     }
 
@@ -229,11 +229,11 @@ impl ModelLocation {
         Some(stamp)
     }
 
-    /// Where the model is, for messages.
+    /// Where the model is, for messages (a URL without user info or query string).
     pub fn describe(&self) -> String {
         match &self.place {
             Place::Files { model, .. } => model.display().to_string(),
-            Place::Url { url, .. } => url.to_string(),
+            Place::Url { url, .. } => redact::url(url.as_str()),
         }
     }
 
@@ -294,10 +294,7 @@ impl ModelLocation {
             if let Ok(bytes) = fs::read(&path) {
                 return Ok(Some(bytes));
             }
-            let aux_url = url
-                .join(name)
-                .map_err(|e| SourceError::Spec(format!("{name:?} relative to {url}: {e}")))?;
-            let bytes = self.download(rt, &aux_url)?;
+            let bytes = self.download(rt, &file_url(url, name)?)?;
             write_atomically(&path, &bytes)?;
             Ok(Some(bytes))
         };
@@ -306,7 +303,7 @@ impl ModelLocation {
             sha256: sha256.to_string(),
             golden: aux(&self.golden)?,
             labels: aux(&self.labels)?,
-            origin: url.to_string(),
+            origin: redact::url(url.as_str()),
         })
     }
 
@@ -321,47 +318,25 @@ impl ModelLocation {
         let actual = hex::encode(Sha256::digest(&bytes));
         if actual != sha256 {
             return Err(SourceError::ChecksumMismatch {
-                origin: url.to_string(),
+                origin: redact::url(url.as_str()),
                 expected: sha256.to_string(),
                 actual,
             });
         }
         write_atomically(cached, &bytes)?;
+        let url = redact::url(url.as_str());
         tracing::info!(%url, file = %cached.display(), "model downloaded and verified");
         Ok(bytes)
     }
 
     fn download(&self, rt: &tokio::runtime::Runtime, url: &Url) -> Result<Vec<u8>, SourceError> {
-        let err = |message: String| SourceError::Download {
-            url: url.to_string(),
-            message,
-        };
-        let client = self
-            .client
-            .as_ref()
-            .ok_or_else(|| err("no HTTP client".into()))?;
-        rt.block_on(async {
-            let mut response = client
-                .get(url.clone())
-                .send()
-                .await
-                .and_then(reqwest::Response::error_for_status)
-                .map_err(|e| err(format!("{e}")))?;
-            if response
-                .content_length()
-                .is_some_and(|n| n > MAX_MODEL_BYTES)
-            {
-                return Err(SourceError::TooLarge(url.to_string()));
-            }
-            let mut body = Vec::new();
-            while let Some(chunk) = response.chunk().await.map_err(|e| err(format!("{e}")))? {
-                if (body.len() + chunk.len()) as u64 > MAX_MODEL_BYTES {
-                    return Err(SourceError::TooLarge(url.to_string()));
-                }
-                body.extend_from_slice(&chunk);
-            }
-            Ok(body)
-        })
+        match &self.downloader {
+            Some(downloader) => downloader.get(rt, url),
+            None => Err(SourceError::Download {
+                url: redact::url(url.as_str()),
+                message: "no HTTP client".into(),
+            }),
+        }
     }
 }
 
@@ -410,6 +385,7 @@ mod tests {
             config_map: None,
             url: url.map(str::to_string),
             sha256: sha.map(str::to_string),
+            headers: Vec::new(),
         }
     }
 

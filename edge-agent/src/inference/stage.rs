@@ -72,11 +72,9 @@ impl InferenceStage {
             .then(|| {
                 ImageMessages::new(&config.spec.source.format, config.source.max_payload_bytes)
             });
-        let settings = InferenceSettings::new(
-            spec.clone(),
-            SourceSettings::new(data_dir),
-            config.source.max_devices,
-        );
+        let mut source = SourceSettings::new(data_dir);
+        source.headers = config.model_headers.clone();
+        let settings = InferenceSettings::new(spec.clone(), source, config.source.max_devices);
         let inference = Inference::start(settings, metrics)?;
         Ok(Some(Self { inference, images }))
     }

@@ -4,6 +4,10 @@
 //! 2xx deletes the batch; 5xx, 408, 429 (honouring `Retry-After`), timeouts and connection
 //! errors retry the same batch with capped exponential backoff and jitter; any other 4xx
 //! moves the batch to the dead-letter table and sync continues with the next one.
+//!
+//! Redirects are never followed: the batch and its headers (an API key, a token) go to the
+//! configured URL and nowhere else. A 3xx is a failed attempt like a 5xx (the batch stays
+//! queued and is retried with backoff), logged with where it pointed.
 
 use std::io::Write;
 use std::time::Duration;
@@ -12,12 +16,13 @@ use flate2::Compression;
 use flate2::write::GzEncoder;
 use reqwest::StatusCode;
 use reqwest::header::{
-    CONTENT_ENCODING, CONTENT_TYPE, HeaderMap, HeaderName, HeaderValue, RETRY_AFTER,
+    CONTENT_ENCODING, CONTENT_TYPE, HeaderMap, HeaderName, HeaderValue, LOCATION, RETRY_AFTER,
 };
 use tokio::time::Instant;
 
 use super::{Delivery, Stopped, SyncContext, backoff};
 use crate::config::HttpSettings;
+use crate::diagnostics;
 use crate::queue::Batch;
 
 /// Longest `Retry-After` honoured.
@@ -60,6 +65,11 @@ pub fn verdict(status: StatusCode, retry_after: Option<&str>) -> Verdict {
     if status.is_success() {
         return Verdict::Accepted;
     }
+    if status.is_redirection() {
+        // Never followed (see the module doc), never a rejection: the same batch is sent
+        // to the same URL again after the backoff.
+        return Verdict::Retry(None);
+    }
     let retryable = status.is_server_error()
         || status == StatusCode::TOO_MANY_REQUESTS
         || status == StatusCode::REQUEST_TIMEOUT
@@ -95,6 +105,7 @@ impl HttpSink {
     /// idempotency keys.
     pub fn new(settings: &HttpSettings, pipeline: &str, node: &str) -> Result<Self, HttpSinkError> {
         let mut builder = reqwest::Client::builder()
+            .redirect(reqwest::redirect::Policy::none())
             .timeout(settings.timeout)
             .connect_timeout(settings.timeout.min(Duration::from_secs(10)))
             .pool_idle_timeout(Duration::from_secs(30));
@@ -184,22 +195,29 @@ impl HttpSink {
         let outcome = match response {
             Ok(resp) => {
                 let status = resp.status();
-                let retry_after = resp
-                    .headers()
-                    .get(RETRY_AFTER)
-                    .and_then(|v| v.to_str().ok())
-                    .map(str::to_owned);
-                let v = verdict(status, retry_after.as_deref());
-                let text = match v {
-                    Verdict::Accepted => String::new(),
-                    _ => tokio::select! {
-                        _ = ctx.stop.cancelled() => return Err(Stopped),
-                        t = body_prefix(resp, REASON_CHARS * 4) => t,
-                    },
+                let header = |name| {
+                    resp.headers()
+                        .get(name)
+                        .and_then(|v: &HeaderValue| v.to_str().ok())
+                        .map(str::to_owned)
                 };
-                (v, status.as_u16(), summary(status, &text))
+                let retry_after = header(RETRY_AFTER);
+                let location = header(LOCATION);
+                let v = verdict(status, retry_after.as_deref());
+                let reason = match v {
+                    Verdict::Accepted => String::new(),
+                    _ if status.is_redirection() => redirect_reason(status, location.as_deref()),
+                    _ => {
+                        let text = tokio::select! {
+                            _ = ctx.stop.cancelled() => return Err(Stopped),
+                            t = body_prefix(resp, REASON_CHARS * 4) => t,
+                        };
+                        summary(status, &text)
+                    }
+                };
+                (v, status.as_u16(), reason)
             }
-            Err(e) => (Verdict::Retry(None), 0, describe(&e)),
+            Err(e) => (Verdict::Retry(None), 0, describe(e)),
         };
         ctx.metrics
             .sync_duration
@@ -238,7 +256,8 @@ impl HttpSink {
                     )
                 });
                 if attempt == 0 || attempt.is_multiple_of(10) {
-                    tracing::warn!(%key, attempt, %reason, retry_in = ?delay, "upstream unavailable, will retry");
+                    let url = diagnostics::url(&self.settings.url);
+                    tracing::warn!(%url, %key, attempt, %reason, retry_in = ?delay, "upstream unavailable, will retry");
                 }
                 ctx.pause(delay).await.map(|()| Delivery::Retry)
             }
@@ -276,21 +295,28 @@ fn summary(status: StatusCode, body: &str) -> String {
     }
 }
 
-fn describe(e: &reqwest::Error) -> String {
-    if e.is_timeout() {
-        "timeout".into()
-    } else if e.is_connect() {
-        "connection failed".into()
-    } else {
-        let mut s = e.to_string();
-        let mut source = std::error::Error::source(e);
-        while let Some(inner) = source {
-            s.push_str(": ");
-            s.push_str(&inner.to_string());
-            source = inner.source();
-        }
-        s
+/// Why a 3xx is not a delivery: the status and where it pointed (redacted).
+fn redirect_reason(status: StatusCode, location: Option<&str>) -> String {
+    match location {
+        Some(to) => format!(
+            "{status} to {}: redirects are never followed",
+            diagnostics::url(to)
+        ),
+        None => format!("{status} without a location: redirects are never followed"),
     }
+}
+
+/// A failed request with every cause behind it (a TLS verification failure names the
+/// certificate problem), its URL redacted.
+fn describe(e: reqwest::Error) -> String {
+    let kind = if e.is_timeout() {
+        "timeout"
+    } else if e.is_connect() {
+        "connection failed"
+    } else {
+        "request failed"
+    };
+    format!("{kind}: {}", diagnostics::chain(&e.without_url()))
 }
 
 #[cfg(test)]
@@ -335,6 +361,24 @@ mod tests {
             Verdict::Rejected
         );
         assert_eq!(verdict(StatusCode::NOT_FOUND, None), Verdict::Rejected);
+    }
+
+    #[test]
+    fn a_redirect_is_a_failed_attempt_never_a_delivery_or_a_rejection() {
+        for status in [301, 302, 303, 307, 308, 300, 304] {
+            let status = StatusCode::from_u16(status).unwrap();
+            assert_eq!(verdict(status, None), Verdict::Retry(None), "{status}");
+            assert_eq!(verdict(status, Some("5")), Verdict::Retry(None), "{status}");
+        }
+        let reason = redirect_reason(
+            StatusCode::TEMPORARY_REDIRECT,
+            Some("https://u:pw@elsewhere.example:8443/steal?token=abc"),
+        );
+        assert_eq!(
+            reason,
+            "307 Temporary Redirect to https://elsewhere.example:8443/steal: redirects are never followed"
+        );
+        assert!(redirect_reason(StatusCode::FOUND, None).contains("without a location"));
     }
 
     #[test]

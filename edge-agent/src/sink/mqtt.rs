@@ -12,6 +12,7 @@ use tokio::time::Instant;
 
 use super::{Delivery, Stopped, SyncContext, backoff};
 use crate::config::MqttSinkSettings;
+use crate::diagnostics;
 use crate::queue::Batch;
 use crate::source::tls::{Connect, TlsError, mqtt_options};
 
@@ -112,7 +113,8 @@ impl MqttSink {
                 ctx.upstream(false);
                 let delay = backoff(attempt, INITIAL_BACKOFF, MAX_BACKOFF);
                 if attempt == 0 || attempt.is_multiple_of(10) {
-                    tracing::warn!(first = batch.first_seq, last = batch.last_seq, attempt, %reason,
+                    let url = diagnostics::url(&self.settings.url);
+                    tracing::warn!(%url, first = batch.first_seq, last = batch.last_seq, attempt, %reason,
                         retry_in = ?delay, "upstream broker unavailable, will retry");
                 }
                 ctx.pause(delay).await.map(|()| Delivery::Retry)
@@ -144,12 +146,12 @@ impl MqttSink {
         conn.last_used = Instant::now();
         conn.client
             .try_publish(self.settings.topic.as_str(), qos, false, payload.to_vec())
-            .map_err(|e| (e.to_string(), false))?;
+            .map_err(|e| (diagnostics::chain(&e), false))?;
         let mut pkid = None;
         let wait = async {
             loop {
                 let event = conn.events.poll().await;
-                match event.map_err(|e| (e.to_string(), pkid.is_some()))? {
+                match event.map_err(|e| (diagnostics::chain(&e), pkid.is_some()))? {
                     Event::Outgoing(Outgoing::Publish(id)) => {
                         if qos == QoS::AtMostOnce {
                             return Ok(());

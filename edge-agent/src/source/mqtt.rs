@@ -168,7 +168,7 @@ impl Driver {
                     failures = 0;
                     self.generation.fetch_add(1, Ordering::AcqRel);
                     self.connected(true);
-                    tracing::info!(url = %self.url, session_present = ack.session_present, "connected to the source broker");
+                    tracing::info!(url = %crate::diagnostics::url(&self.url), session_present = ack.session_present, "connected to the source broker");
                     if !ack.session_present && !self.filters.is_empty() {
                         // Ahead of any queued request; the event loop sends it first.
                         let subscribe = Subscribe::new_many(self.filters.clone());
@@ -232,7 +232,7 @@ impl Driver {
                                 .inc_by(n);
                         }
                         Err(e) => {
-                            tracing::warn!(size, error = %e, "a message larger than the packet limit could not be cleared");
+                            tracing::warn!(size, error = %crate::diagnostics::chain(&e), "a message larger than the packet limit could not be cleared");
                             failures = failures.saturating_add(1);
                             tokio::time::sleep(backoff(failures, INITIAL_BACKOFF, MAX_BACKOFF))
                                 .await;
@@ -244,7 +244,7 @@ impl Driver {
                     self.connected(false);
                     let delay = backoff(failures, INITIAL_BACKOFF, MAX_BACKOFF);
                     if failures == 0 || failures.is_multiple_of(20) {
-                        tracing::warn!(url = %self.url, error = %e, retry_in = ?delay, "source broker connection failed");
+                        tracing::warn!(url = %crate::diagnostics::url(&self.url), error = %crate::diagnostics::chain(&e), retry_in = ?delay, "source broker connection failed");
                     }
                     failures = failures.saturating_add(1);
                     tokio::time::sleep(delay).await;

@@ -85,30 +85,62 @@ pub async fn eventually(timeout: Duration, mut cond: impl FnMut() -> bool) -> bo
     cond()
 }
 
+/// How a [`FileServer`] answers a path.
+#[derive(Clone, Debug)]
+pub enum Route {
+    /// 200 with this body.
+    File(Vec<u8>),
+    /// 200 with this body when the request carries `header: value` (the name in any
+    /// case), else 401.
+    Guarded {
+        header: String,
+        value: String,
+        body: Vec<u8>,
+    },
+    /// This status (a 3xx) with `Location: <url>`.
+    Redirect(u16, String),
+    /// This status with this body.
+    Status(u16, Vec<u8>),
+}
+
 /// A real HTTP/1.1 file server on a free loopback port that a test can stop.
 pub struct FileServer {
     /// `http://127.0.0.1:<port>`.
     pub base: String,
-    requests: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+    /// The port on 127.0.0.1.
+    pub port: u16,
+    heads: std::sync::Arc<std::sync::Mutex<Vec<String>>>,
     task: tokio::task::JoinHandle<()>,
 }
 
 impl FileServer {
     /// Serves `files` (URL path -> body); anything else is a 404.
     pub async fn start(files: Vec<(String, Vec<u8>)>) -> Self {
-        use std::sync::atomic::Ordering;
+        Self::routes(
+            files
+                .into_iter()
+                .map(|(p, b)| (p, Route::File(b)))
+                .collect(),
+        )
+        .await
+    }
+
+    /// Answers each path as its route says (the query string is not part of the path);
+    /// anything else is a 404.
+    pub async fn routes(routes: Vec<(String, Route)>) -> Self {
         use tokio::io::{AsyncReadExt, AsyncWriteExt};
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
             .await
             .expect("bind");
-        let base = format!("http://{}", listener.local_addr().expect("addr"));
-        let requests = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
-        let files = std::sync::Arc::new(files);
-        let counter = requests.clone();
+        let port = listener.local_addr().expect("addr").port();
+        let base = format!("http://127.0.0.1:{port}");
+        let heads = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let routes = std::sync::Arc::new(routes);
+        let log = heads.clone();
         let task = tokio::spawn(async move {
             while let Ok((mut conn, _)) = listener.accept().await {
-                let files = files.clone();
-                let counter = counter.clone();
+                let routes = routes.clone();
+                let log = log.clone();
                 tokio::spawn(async move {
                     let mut head = Vec::new();
                     let mut buf = [0u8; 1024];
@@ -118,21 +150,42 @@ impl FileServer {
                             Ok(n) => head.extend_from_slice(&buf[..n]),
                         }
                     }
-                    counter.fetch_add(1, Ordering::SeqCst);
-                    let text = String::from_utf8_lossy(&head);
-                    let path = text.split_whitespace().nth(1).unwrap_or("/").to_string();
-                    let response = match files.iter().find(|(p, _)| *p == path) {
-                        Some((_, body)) => {
-                            let mut r = format!(
-                                "HTTP/1.1 200 OK\r\ncontent-length: {}\r\ncontent-type: application/octet-stream\r\nconnection: close\r\n\r\n",
-                                body.len()
-                            )
-                            .into_bytes();
-                            r.extend_from_slice(body);
-                            r
-                        }
-                        None => b"HTTP/1.1 404 Not Found\r\ncontent-length: 0\r\nconnection: close\r\n\r\n".to_vec(),
+                    let text = String::from_utf8_lossy(&head).into_owned();
+                    log.lock().unwrap().push(text.clone());
+                    let target = text.split_whitespace().nth(1).unwrap_or("/");
+                    let path = target.split('?').next().unwrap_or("/");
+                    let has = |name: &str, value: &str| {
+                        text.lines().any(|l| {
+                            l.split_once(':').is_some_and(|(n, v)| {
+                                n.trim().eq_ignore_ascii_case(name) && v.trim() == value
+                            })
+                        })
                     };
+                    let (status, extra, body) = match routes.iter().find(|(p, _)| p == path) {
+                        Some((_, Route::File(body))) => (200, String::new(), body.clone()),
+                        Some((
+                            _,
+                            Route::Guarded {
+                                header,
+                                value,
+                                body,
+                            },
+                        )) if has(header, value) => (200, String::new(), body.clone()),
+                        Some((_, Route::Guarded { .. })) => (401, String::new(), Vec::new()),
+                        Some((_, Route::Redirect(status, to))) => {
+                            (*status, format!("location: {to}\r\n"), Vec::new())
+                        }
+                        Some((_, Route::Status(status, body))) => {
+                            (*status, String::new(), body.clone())
+                        }
+                        None => (404, String::new(), Vec::new()),
+                    };
+                    let mut response = format!(
+                        "HTTP/1.1 {status} X\r\ncontent-length: {}\r\ncontent-type: application/octet-stream\r\n{extra}connection: close\r\n\r\n",
+                        body.len()
+                    )
+                    .into_bytes();
+                    response.extend_from_slice(&body);
                     let _ = conn.write_all(&response).await;
                     let _ = conn.shutdown().await;
                 });
@@ -140,14 +193,20 @@ impl FileServer {
         });
         Self {
             base,
-            requests,
+            port,
+            heads,
             task,
         }
     }
 
     /// Requests served so far.
     pub fn requests(&self) -> usize {
-        self.requests.load(std::sync::atomic::Ordering::SeqCst)
+        self.heads.lock().unwrap().len()
+    }
+
+    /// The request line and headers of every request so far.
+    pub fn heads(&self) -> Vec<String> {
+        self.heads.lock().unwrap().clone()
     }
 
     /// Stops accepting connections and closes the port.

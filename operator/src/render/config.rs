@@ -3,8 +3,9 @@
 //!
 //! The file is the pipeline itself (a full manifest the agent also accepts standalone),
 //! rewritten so the agent needs no Kubernetes knowledge:
-//! - every `secretKeyRef` becomes `env: EDGEPIPE_SECRET_<N>`, and the DaemonSet passes
-//!   that variable from the Secret (the same Secret key always gets the same variable);
+//! - every `secretKeyRef` (passwords, TLS material, sink and model download headers)
+//!   becomes `env: EDGEPIPE_SECRET_<N>`, and the DaemonSet passes that variable from the
+//!   Secret (the same Secret key always gets the same variable);
 //! - a `configMap` model becomes `path: <MODEL_MOUNT_DIR>/<key>`, the file of the model
 //!   ConfigMap mounted as a directory, so golden and label files named "next to the
 //!   model" are the other keys of that ConfigMap.
@@ -140,6 +141,11 @@ impl Secrets {
         if let Some(mqtt) = &mut spec.sink.mqtt {
             self.rewrite_opt(&mut mqtt.password_from);
             self.rewrite_tls(&mut mqtt.tls);
+        }
+        if let Some(inference) = &mut spec.inference {
+            for header in &mut inference.model.headers {
+                self.rewrite(&mut header.value_from);
+            }
         }
     }
 

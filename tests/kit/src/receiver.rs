@@ -1,7 +1,7 @@
 //! A real HTTP ingest endpoint for the tests: records every request (its
 //! `Idempotency-Key`, its records, the status it got), answers as scripted (2xx, 5xx,
-//! 429 with `Retry-After`, 400 for some bodies), and can stop listening and come back on
-//! the same port.
+//! 429 with `Retry-After`, 400 for some bodies, a redirect elsewhere), and can stop
+//! listening and come back on the same port.
 
 use std::collections::VecDeque;
 use std::convert::Infallible;
@@ -27,6 +27,8 @@ pub enum Reply {
     Status(u16),
     /// This status with `Retry-After: <seconds>`.
     RetryAfter(u16, u64),
+    /// This status (a 3xx) with `Location: <url>`.
+    Redirect(u16, String),
 }
 
 /// One request as received.
@@ -196,10 +198,11 @@ async fn handle(req: HttpRequest<Incoming>, state: &Mutex<State>) -> Response<Fu
         .pop_front()
         .or_else(|| state.rule.as_ref().and_then(|rule| rule(&records)))
         .unwrap_or(Reply::Ok);
-    let (status, retry_after) = match reply {
-        Reply::Ok => (200, None),
-        Reply::Status(s) => (s, None),
-        Reply::RetryAfter(s, secs) => (s, Some(secs)),
+    let (status, retry_after, location) = match reply {
+        Reply::Ok => (200, None, None),
+        Reply::Status(s) => (s, None, None),
+        Reply::RetryAfter(s, secs) => (s, Some(secs), None),
+        Reply::Redirect(s, to) => (s, None, Some(to)),
     };
     state.requests.push(Request {
         key,
@@ -209,7 +212,11 @@ async fn handle(req: HttpRequest<Incoming>, state: &Mutex<State>) -> Response<Fu
         status,
         at: Instant::now(),
     });
-    response(status, retry_after)
+    let mut r = response(status, retry_after);
+    if let Some(to) = location.and_then(|to| hyper::header::HeaderValue::try_from(to).ok()) {
+        r.headers_mut().insert(hyper::header::LOCATION, to);
+    }
+    r
 }
 
 fn response(status: u16, retry_after: Option<u64>) -> Response<Full<Bytes>> {
