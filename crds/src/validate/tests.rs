@@ -59,7 +59,7 @@ fn golden_and_labels_files_are_files_next_to_the_model_never_urls() {
         )
     };
     assert_eq!(
-        paths(&spec("a.golden.json", "sub/labels.txt")),
+        paths(&spec("a.golden.json", "labels.txt")),
         Vec::<String>::new()
     );
     for bad in [
