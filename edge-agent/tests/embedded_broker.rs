@@ -54,13 +54,25 @@ fn publish(
     payload: &str,
     login: Option<(&str, &str)>,
 ) -> Result<(), String> {
-    let mut cmd = Command::new(PUB);
-    cmd.args(["-h", "127.0.0.1", "-p", &port.to_string(), "-q", "1"])
-        .args(["-t", topic, "-m", payload]);
-    if let Some((user, password)) = login {
-        cmd.args(["-u", user, "-P", password]);
-    }
-    let out = cmd
+    let login = login.map_or_else(Vec::new, |(user, password)| {
+        vec!["-u", user, "-P", password]
+    });
+    mosquitto_pub("127.0.0.1", port, topic, payload, &login)
+}
+
+/// `mosquitto_pub -h host` of one QoS 1 message with `extra` arguments (a login, TLS
+/// files): `Ok` when the broker took it, else the client's exit status and message.
+fn mosquitto_pub(
+    host: &str,
+    port: u16,
+    topic: &str,
+    payload: &str,
+    extra: &[&str],
+) -> Result<(), String> {
+    let out = Command::new(PUB)
+        .args(["-h", host, "-p", &port.to_string(), "-q", "1"])
+        .args(["-t", topic, "-m", payload])
+        .args(extra)
         .stdin(Stdio::null())
         .output()
         .expect("run mosquitto_pub (apt install mosquitto-clients)");
@@ -96,9 +108,22 @@ async fn wait_subscribed(port: u16, receiver: &Receiver, login: Option<(&str, &s
 
 /// `mosquitto_sub -v` on `filter`, with its stdout lines sent to the returned channel.
 fn subscribe(port: u16, filter: &str) -> (Child, mpsc::Receiver<String>) {
-    let mut child = Command::new(SUB)
-        .args(["-h", "127.0.0.1", "-p", &port.to_string(), "-q", "1", "-v"])
-        .args(["-t", filter])
+    subscribe_as(port, filter, None)
+}
+
+/// [`subscribe`] logged in as `login`.
+fn subscribe_as(
+    port: u16,
+    filter: &str,
+    login: Option<(&str, &str)>,
+) -> (Child, mpsc::Receiver<String>) {
+    let mut cmd = Command::new(SUB);
+    cmd.args(["-h", "127.0.0.1", "-p", &port.to_string(), "-q", "1", "-v"])
+        .args(["-t", filter]);
+    if let Some((user, password)) = login {
+        cmd.args(["-u", user, "-P", password]);
+    }
+    let mut child = cmd
         .stdout(Stdio::piped())
         .stderr(Stdio::null())
         .spawn()
@@ -446,32 +471,38 @@ async fn beyond_loopback_only_users_connect_and_only_within_their_topics() {
     assert!(!takeover.output().unwrap().status.success());
 
     // The device's own topics work, end to end (the alert is within its subscription).
-    let everything = subscribe_for(port, "#", login, 6);
-    let own = subscribe_for(port, "alerts/press-1", login, 6);
+    let (mut everything, everything_lines) = subscribe_as(port, "#", login);
+    let (mut own, own_lines) = subscribe_as(port, "alerts/press-1", login);
+    // Until the device's own subscriber sees an alert of its reading (both subscribers
+    // are then subscribed, or refused).
+    eventually(Duration::from_secs(15), "the device's alert", async || {
+        publish(port, "sensors/press-1/temperature", reading, login).unwrap();
+        own_lines
+            .recv_timeout(Duration::from_millis(300))
+            .is_ok_and(|l| l.starts_with("alerts/press-1 {"))
+            .then_some(())
+    })
+    .await;
     eventually(
         Duration::from_secs(15),
         "the device's reading",
         async || {
-            if receiver.accepted().iter().any(|r| r["device"] == "press-1") {
-                return Some(());
-            }
-            publish(port, "sensors/press-1/temperature", reading, login).unwrap();
-            tokio::time::sleep(Duration::from_millis(200)).await;
-            None
+            receiver
+                .accepted()
+                .iter()
+                .any(|r| r["device"] == "press-1")
+                .then_some(())
         },
     )
     .await;
-    let own = own.wait_with_output().unwrap();
-    let own = String::from_utf8_lossy(&own.stdout);
+    for child in [&mut everything, &mut own] {
+        let _ = child.kill();
+        let _ = child.wait();
+    }
+    let served: Vec<String> = everything_lines.try_iter().collect();
     assert!(
-        own.lines().any(|l| l.starts_with("alerts/press-1 {")),
-        "{own:?}"
-    );
-    let all = everything.wait_with_output().unwrap();
-    assert!(
-        all.stdout.is_empty(),
-        "a subscription to # was served: {}",
-        String::from_utf8_lossy(&all.stdout)
+        served.is_empty(),
+        "a subscription to # was served: {served:?}"
     );
     let devices: Vec<Value> = receiver
         .accepted()
@@ -489,22 +520,6 @@ async fn beyond_loopback_only_users_connect_and_only_within_their_topics() {
         agent.log_text()
     );
     assert!(agent.terminate().success(), "{}", agent.log_text());
-}
-
-/// `mosquitto_pub` of one QoS 1 message over TLS to `localhost`, with `extra` arguments
-/// (`--cafile`, `--cert`, `--key`): `Ok` when the broker took it.
-fn publish_tls(port: u16, topic: &str, payload: &str, extra: &[&str]) -> Result<(), String> {
-    let out = Command::new(PUB)
-        .args(["-h", "localhost", "-p", &port.to_string(), "-q", "1"])
-        .args(["-t", topic, "-m", payload])
-        .args(extra)
-        .stdin(Stdio::null())
-        .output()
-        .expect("run mosquitto_pub");
-    match out.status.success() {
-        true => Ok(()),
-        false => Err(String::from_utf8_lossy(&out.stderr).trim().to_string()),
-    }
 }
 
 /// `embedded.tls` with a client CA: devices connect over TLS with a certificate of that
@@ -550,7 +565,7 @@ async fn devices_reach_the_embedded_broker_over_tls_with_a_client_certificate() 
         "plain MQTT on the TLS port"
     );
     let ca = pki.path("ca.crt");
-    let refused = publish_tls(port, topic, reading, &["--cafile", &ca]);
+    let refused = mosquitto_pub("localhost", port, topic, reading, &["--cafile", &ca]);
     assert!(refused.is_err(), "TLS without a client certificate");
     let (cert, key) = (pki.path("device.crt"), pki.path("device.key"));
     let device = ["--cafile", ca.as_str(), "--cert", &cert, "--key", &key];
@@ -561,7 +576,7 @@ async fn devices_reach_the_embedded_broker_over_tls_with_a_client_certificate() 
             if receiver.accepted().iter().any(|r| r["device"] == "press-1") {
                 return Some(());
             }
-            publish_tls(port, topic, reading, &device)
+            mosquitto_pub("localhost", port, topic, reading, &device)
                 .unwrap_or_else(|e| panic!("{e}\nagent log:\n{}", agent.log_text()));
             tokio::time::sleep(Duration::from_millis(200)).await;
             None

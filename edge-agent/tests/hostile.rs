@@ -15,20 +15,11 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 
 use common::*;
-use serde_json::Value;
 
 const TOPIC: &str = "sensors/+/temperature";
 const T0: i64 = 1_795_608_000_000;
 /// The agent pod's memory limit in the chart.
 const POD_LIMIT_BYTES: u64 = 256 * 1024 * 1024;
-
-fn values(records: &[Value]) -> BTreeSet<i64> {
-    records
-        .iter()
-        .filter_map(|r| r["value"].as_f64())
-        .map(|v| v as i64)
-        .collect()
-}
 
 fn json_reading(device: &str, value: f64, timestamp_ms: i64) -> String {
     serde_json::json!({"device_id": device, "value": value, "timestamp": timestamp_ms}).to_string()

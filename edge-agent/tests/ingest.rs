@@ -14,14 +14,6 @@ use serde_json::Value;
 const TOPIC: &str = "sensors/+/temperature";
 const T0: i64 = 1_795_608_000_000;
 
-fn values(records: &[Value]) -> BTreeSet<i64> {
-    records
-        .iter()
-        .filter_map(|r| r["value"].as_f64())
-        .map(|v| v as i64)
-        .collect()
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn malformed_payloads_are_counted_by_reason_and_the_valid_ones_processed() {
     let broker = Mosquitto::start();

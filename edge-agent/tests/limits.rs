@@ -9,18 +9,9 @@ use std::process::Command;
 use std::time::Duration;
 
 use common::*;
-use serde_json::Value;
 
 const TOPIC: &str = "sensors/+/temperature";
 const T0: i64 = 1_795_608_000_000;
-
-fn values(records: &[Value]) -> BTreeSet<i64> {
-    records
-        .iter()
-        .filter_map(|r| r["value"].as_f64())
-        .map(|v| v as i64)
-        .collect()
-}
 
 /// Readings published by the cap tests; each record is about 300 bytes (a device id of
 /// 121 bytes, near the 128-byte limit), so the smallest queue (64 KiB) holds about 220.

@@ -7,6 +7,15 @@
 pub use edge_testkit::receiver;
 pub use edge_testkit::*;
 
+/// The values of `records`, as integers (the tests publish whole numbers).
+pub fn values(records: &[serde_json::Value]) -> std::collections::BTreeSet<i64> {
+    records
+        .iter()
+        .filter_map(|r| r["value"].as_f64())
+        .map(|v| v as i64)
+        .collect()
+}
+
 /// A JSON reading payload.
 pub fn reading(device: &str, value: f64, timestamp_ms: i64) -> String {
     format!(r#"{{"device_id":"{device}","value":{value},"timestamp":{timestamp_ms}}}"#)
