@@ -862,7 +862,22 @@ pub struct HttpSink {
     /// Retry backoff bounds.
     #[serde(default)]
     pub retry: Retry,
+    /// Response statuses that reject a batch's content: the batch moves to the dead
+    /// letters and sync goes on. Every other 4xx (401, 403 and 404 included: an expired
+    /// token or a moved endpoint) pauses delivery and retries the same batch with backoff,
+    /// so a credential problem never empties the queue into dead letters. 4xx codes only,
+    /// never 401, 403, 407, 408 or 429.
+    #[serde(default = "default_dead_letter_on")]
+    #[schemars(length(max = 32))]
+    pub dead_letter_on: Vec<u16>,
 }
+
+fn default_dead_letter_on() -> Vec<u16> {
+    vec![400, 413, 415, 422]
+}
+
+/// Statuses that are never a content rejection (credentials, timeouts, rate limits).
+pub const NEVER_DEAD_LETTER: [u16; 5] = [401, 403, 407, 408, 429];
 
 fn default_batch_size() -> u32 {
     500

@@ -542,6 +542,14 @@ impl Validator {
                     true,
                 );
                 self.headers("spec.sink.http.headers", &h.headers);
+                for (i, code) in h.dead_letter_on.iter().enumerate() {
+                    if !(400..500).contains(code) || NEVER_DEAD_LETTER.contains(code) {
+                        self.err(
+                            format!("spec.sink.http.deadLetterOn[{i}]"),
+                            format!("{code} is not a content rejection: use a 4xx other than 401, 403, 407, 408 and 429"),
+                        );
+                    }
+                }
                 if let Some(tls) = &h.tls {
                     self.tls("spec.sink.http.tls", tls);
                 }

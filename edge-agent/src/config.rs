@@ -142,6 +142,8 @@ pub struct HttpSettings {
     pub initial_backoff: Duration,
     /// Largest retry delay.
     pub max_backoff: Duration,
+    /// Statuses that dead-letter a batch (`deadLetterOn`).
+    pub dead_letter_on: Vec<u16>,
 }
 
 /// An upstream MQTT broker.

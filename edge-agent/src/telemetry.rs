@@ -72,6 +72,8 @@ pub struct Metrics {
     pub anomalies: IntCounter,
     /// Local actions published.
     pub actions_published: IntCounter,
+    /// Requests the upstream refused for their credentials (401, 403, 407).
+    pub upstream_auth_failures: IntCounter,
     /// Local actions not published, by reason (one of [`ACTION_FAILURES`]).
     pub actions_failed: IntCounterVec,
     /// Corrupt queue files moved aside.
@@ -207,6 +209,13 @@ impl Metrics {
                 opts(
                     "edge_agent_actions_published_total",
                     "Local actions published on the source broker.",
+                ),
+            )?,
+            upstream_auth_failures: counter(
+                r,
+                opts(
+                    "edge_agent_upstream_auth_failures_total",
+                    "Requests the upstream refused for their credentials (401, 403, 407); delivery pauses and retries.",
                 ),
             )?,
             actions_failed: counter_vec(
@@ -408,6 +417,7 @@ mod tests {
             "edge_agent_anomalies_total",
             "edge_agent_actions_published_total",
             "edge_agent_actions_failed_total",
+            "edge_agent_upstream_auth_failures_total",
             "edge_agent_queue_corruptions_total",
             "edge_agent_http_connections_rejected_total",
             "edge_agent_queue_records",

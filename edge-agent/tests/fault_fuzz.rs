@@ -132,12 +132,12 @@ proptest! {
         let Ok(code) = reqwest::StatusCode::from_u16(status) else {
             return Ok(());
         };
-        let v = verdict(code, header.as_deref());
+        let dead_letter_on = [400, 413, 415, 422];
+        let v = verdict(code, header.as_deref(), &dead_letter_on);
         match v {
             Verdict::Accepted => prop_assert!(code.is_success()),
-            Verdict::Rejected => prop_assert!(
-                code.is_client_error() && status != 408 && status != 429
-            ),
+            Verdict::Rejected => prop_assert!(dead_letter_on.contains(&status)),
+            Verdict::Unauthorized => prop_assert!(matches!(status, 401 | 403 | 407)),
             Verdict::Retry(after) => {
                 prop_assert!(!code.is_success());
                 if let Some(after) = after {

@@ -1,6 +1,7 @@
 //! The queue's limits through the real agent: `maxBytes` with `dropNewest` and
 //! `dropOldest` (every missing record counted), `maxAge`, a batch the upstream rejects
-//! (dead-lettered, listed, sync goes on), and a corrupt queue file at start.
+//! (dead-lettered, listed, sync goes on), refused credentials (paused, nothing
+//! dead-lettered), and a corrupt queue file at start.
 
 mod common;
 
@@ -252,6 +253,76 @@ async fn a_rejected_batch_is_dead_lettered_once_and_sync_continues() {
         "{line}"
     );
     assert!(line.contains("400 Bad Request"), "{line}");
+}
+
+/// An expired token mid-backlog: the upstream answers 401 (then 403) to every batch until
+/// it is "fixed". Nothing is dead-lettered, delivery pauses with upstream down, and once
+/// the credentials work again every record arrives exactly once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn refused_credentials_pause_delivery_and_dead_letter_nothing() {
+    let broker = Mosquitto::start();
+    let receiver = Receiver::start().await;
+    let refused = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let fixed = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let (count, ok) = (refused.clone(), fixed.clone());
+    receiver.rule(move |_| {
+        if ok.load(std::sync::atomic::Ordering::SeqCst) {
+            return None;
+        }
+        let n = count.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        Some(Reply::Status(if n % 2 == 0 { 401 } else { 403 }))
+    });
+    let dir = tempfile::tempdir().unwrap();
+    prepare_session(broker.port, "agent-token", &[TOPIC]).await;
+    let yaml = Pipeline {
+        broker_port: broker.port,
+        client_id: "agent-token",
+        receiver_port: receiver.port,
+        batch_size: 10,
+        ..Pipeline::default()
+    }
+    .yaml();
+    let mut agent = Agent::start(dir.path(), &yaml);
+    let mut publisher = Publisher::connect(broker.port, "agent-token-pub");
+    for i in 0..200 {
+        publisher
+            .send("sensors/a/temperature", reading("a", i as f64, T0 + i))
+            .await;
+    }
+    publisher.flush().await;
+    let failures = series("edge_agent_upstream_auth_failures_total", &[]);
+    agent
+        .wait_metric(&failures, 4.0, Duration::from_secs(15))
+        .await;
+    assert_eq!(agent.metric(&series("edge_agent_upstream_up", &[])), 0.0);
+    assert_eq!(
+        agent.metric(&series(
+            "edge_agent_records_dropped_total",
+            &[("reason", "dead_letter")]
+        )),
+        0.0
+    );
+    fixed.store(true, std::sync::atomic::Ordering::SeqCst);
+    eventually(Duration::from_secs(20), "the whole backlog", async || {
+        (values(&receiver.accepted()) == (0..200).collect()).then_some(())
+    })
+    .await;
+    assert_eq!(receiver.accepted().len(), 200, "each record once");
+    assert_eq!(
+        agent.metric(&series(
+            "edge_agent_records_dropped_total",
+            &[("reason", "dead_letter")]
+        )),
+        0.0
+    );
+    assert_eq!(agent.metric(&series("edge_agent_upstream_up", &[])), 1.0);
+    assert!(
+        agent
+            .log_text()
+            .contains("the upstream refused the credentials"),
+        "{}",
+        agent.log_text()
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

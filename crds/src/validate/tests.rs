@@ -101,3 +101,19 @@ fn model_headers_need_a_url_and_valid_names() {
     );
     assert_eq!(paths(&on_a_path), ["spec.inference.model.headers"]);
 }
+
+#[test]
+fn only_content_rejections_may_dead_letter() {
+    let spec = |codes: &str| {
+        format!(
+            "{SOURCE}sink:\n  http: {{url: \"https://ingest.example/b\", deadLetterOn: {codes}}}\n"
+        )
+    };
+    assert_eq!(paths(&spec("[400, 409, 413, 422]")), Vec::<String>::new());
+    assert_eq!(
+        paths(&spec("[400, 401, 403, 407, 408, 429, 500, 302]")),
+        [1, 2, 3, 4, 5, 6, 7]
+            .map(|i| format!("spec.sink.http.deadLetterOn[{i}]"))
+            .to_vec()
+    );
+}

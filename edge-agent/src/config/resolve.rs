@@ -389,6 +389,7 @@ impl<'a> Resolver<'a> {
                 tls_material: TlsMaterial::default(),
                 initial_backoff: Duration::ZERO,
                 max_backoff: Duration::ZERO,
+                dead_letter_on: Vec::new(),
             });
         };
         let headers = self.headers("spec.sink.http.headers", &h.headers);
@@ -415,6 +416,7 @@ impl<'a> Resolver<'a> {
             tls_material: self.tls("spec.sink.http.tls", h.tls.as_ref()),
             initial_backoff,
             max_backoff,
+            dead_letter_on: h.dead_letter_on.clone(),
         })
     }
 }

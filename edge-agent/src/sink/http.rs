@@ -1,9 +1,13 @@
 //! The HTTP sink: POSTs each batch as a JSON array (gzip when configured) with an
 //! `Idempotency-Key` that is the same on every retry of the batch.
 //!
-//! 2xx deletes the batch; 5xx, 408, 429 (honouring `Retry-After`), timeouts and connection
-//! errors retry the same batch with capped exponential backoff and jitter; any other 4xx
-//! moves the batch to the dead-letter table and sync continues with the next one.
+//! 2xx deletes the batch. A status of `deadLetterOn` (default 400, 413, 415, 422: the
+//! content is refused) moves the batch to the dead-letter table and sync continues with the
+//! next one. Everything else retries the same batch with capped exponential backoff and
+//! jitter: 5xx, 408, 429 (honouring `Retry-After`), timeouts, connection errors, a missing
+//! endpoint (404), and 401, 403 and 407, which are also counted as authentication failures
+//! (`edge_agent_upstream_auth_failures_total`): an expired token pauses delivery until it is
+//! fixed instead of emptying the queue into dead letters.
 //!
 //! Redirects are never followed: the batch and its headers (an API key, a token) go to the
 //! configured URL and nowhere else. A 3xx is a failed attempt like a 5xx (the batch stays
@@ -56,32 +60,36 @@ pub enum Verdict {
     Accepted,
     /// Try the same batch again, after at least this long if the server said so.
     Retry(Option<Duration>),
-    /// A 4xx that a retry would not change.
+    /// The credentials were refused (401, 403, 407): try again with backoff, counted.
+    Unauthorized,
+    /// The content was refused (a status of `deadLetterOn`): a retry would not change it.
     Rejected,
 }
 
-/// Classifies a response status (and its `Retry-After` header value, if any).
-pub fn verdict(status: StatusCode, retry_after: Option<&str>) -> Verdict {
+/// Classifies a response status (and its `Retry-After` header value, if any), with
+/// `dead_letter_on` the statuses that reject a batch's content.
+pub fn verdict(status: StatusCode, retry_after: Option<&str>, dead_letter_on: &[u16]) -> Verdict {
     if status.is_success() {
         return Verdict::Accepted;
     }
-    if status.is_redirection() {
-        // Never followed (see the module doc), never a rejection: the same batch is sent
-        // to the same URL again after the backoff.
-        return Verdict::Retry(None);
+    if matches!(
+        status,
+        StatusCode::UNAUTHORIZED
+            | StatusCode::FORBIDDEN
+            | StatusCode::PROXY_AUTHENTICATION_REQUIRED
+    ) {
+        return Verdict::Unauthorized;
     }
-    let retryable = status.is_server_error()
-        || status == StatusCode::TOO_MANY_REQUESTS
-        || status == StatusCode::REQUEST_TIMEOUT
-        || !status.is_client_error();
-    if retryable {
-        let after = retry_after
-            .and_then(|v| v.trim().parse::<u64>().ok())
-            .map(|s| Duration::from_secs(s).min(MAX_RETRY_AFTER));
-        Verdict::Retry(after)
-    } else {
-        Verdict::Rejected
+    if status.is_client_error() && dead_letter_on.contains(&status.as_u16()) {
+        return Verdict::Rejected;
     }
+    // Redirects are never followed (see the module doc): the same batch goes to the same
+    // URL again after the backoff, like any other failed attempt.
+    let after = retry_after
+        .filter(|_| !status.is_redirection())
+        .and_then(|v| v.trim().parse::<u64>().ok())
+        .map(|s| Duration::from_secs(s).min(MAX_RETRY_AFTER));
+    Verdict::Retry(after)
 }
 
 /// The first `limit` bytes of a response body, as text; the rest is never buffered, so
@@ -203,7 +211,11 @@ impl HttpSink {
                 };
                 let retry_after = header(RETRY_AFTER);
                 let location = header(LOCATION);
-                let v = verdict(status, retry_after.as_deref());
+                let v = verdict(
+                    status,
+                    retry_after.as_deref(),
+                    &self.settings.dead_letter_on,
+                );
                 let reason = match v {
                     Verdict::Accepted => String::new(),
                     _ if status.is_redirection() => redirect_reason(status, location.as_deref()),
@@ -242,12 +254,22 @@ impl HttpSink {
                     .await
                     .map(|()| Delivery::Done)
             }
-            (Verdict::Retry(after), _, reason) => {
+            (verdict @ (Verdict::Retry(_) | Verdict::Unauthorized), status, reason) => {
                 ctx.metrics
                     .sync_requests
                     .with_label_values(&["retry"])
                     .inc();
                 ctx.upstream(false);
+                let after = match verdict {
+                    Verdict::Retry(after) => after,
+                    _ => {
+                        ctx.metrics.upstream_auth_failures.inc();
+                        if attempt == 0 || attempt.is_multiple_of(10) {
+                            tracing::error!(status, %reason, "the upstream refused the credentials: delivery paused, nothing is dead-lettered; fix the token or certificate");
+                        }
+                        None
+                    }
+                };
                 let delay = after.unwrap_or_else(|| {
                     backoff(
                         attempt,
@@ -323,24 +345,29 @@ fn describe(e: reqwest::Error) -> String {
 mod tests {
     use super::*;
 
+    /// The verdict with the default `deadLetterOn`.
+    fn v(status: StatusCode, retry_after: Option<&str>) -> Verdict {
+        verdict(status, retry_after, &[400, 413, 415, 422])
+    }
+
     #[test]
     fn statuses_are_classified_as_the_delivery_contract_says() {
-        assert_eq!(verdict(StatusCode::OK, None), Verdict::Accepted);
-        assert_eq!(verdict(StatusCode::ACCEPTED, None), Verdict::Accepted);
+        assert_eq!(v(StatusCode::OK, None), Verdict::Accepted);
+        assert_eq!(v(StatusCode::ACCEPTED, None), Verdict::Accepted);
         assert_eq!(
-            verdict(StatusCode::INTERNAL_SERVER_ERROR, None),
+            v(StatusCode::INTERNAL_SERVER_ERROR, None),
             Verdict::Retry(None)
         );
         assert_eq!(
-            verdict(StatusCode::SERVICE_UNAVAILABLE, Some("7")),
+            v(StatusCode::SERVICE_UNAVAILABLE, Some("7")),
             Verdict::Retry(Some(Duration::from_secs(7)))
         );
         assert_eq!(
-            verdict(StatusCode::TOO_MANY_REQUESTS, Some(" 2 ")),
+            v(StatusCode::TOO_MANY_REQUESTS, Some(" 2 ")),
             Verdict::Retry(Some(Duration::from_secs(2)))
         );
         assert_eq!(
-            verdict(
+            v(
                 StatusCode::TOO_MANY_REQUESTS,
                 Some("Wed, 21 Oct 2015 07:28:00 GMT")
             ),
@@ -348,27 +375,39 @@ mod tests {
             "an HTTP date falls back to the backoff"
         );
         assert_eq!(
-            verdict(StatusCode::TOO_MANY_REQUESTS, Some("999999")),
+            v(StatusCode::TOO_MANY_REQUESTS, Some("999999")),
             Verdict::Retry(Some(MAX_RETRY_AFTER))
         );
+        assert_eq!(v(StatusCode::REQUEST_TIMEOUT, None), Verdict::Retry(None));
+        assert_eq!(v(StatusCode::BAD_REQUEST, None), Verdict::Rejected);
+        assert_eq!(v(StatusCode::UNPROCESSABLE_ENTITY, None), Verdict::Rejected);
+        assert_eq!(v(StatusCode::NOT_FOUND, None), Verdict::Retry(None));
+        for status in [401, 403, 407] {
+            let status = StatusCode::from_u16(status).unwrap();
+            assert_eq!(v(status, None), Verdict::Unauthorized, "{status}");
+        }
+        assert_eq!(v(StatusCode::CONFLICT, None), Verdict::Retry(None));
+        // The list is the user's; credentials stay out of it whatever it says.
         assert_eq!(
-            verdict(StatusCode::REQUEST_TIMEOUT, None),
-            Verdict::Retry(None)
-        );
-        assert_eq!(verdict(StatusCode::BAD_REQUEST, None), Verdict::Rejected);
-        assert_eq!(
-            verdict(StatusCode::UNPROCESSABLE_ENTITY, None),
+            verdict(StatusCode::CONFLICT, None, &[409]),
             Verdict::Rejected
         );
-        assert_eq!(verdict(StatusCode::NOT_FOUND, None), Verdict::Rejected);
+        assert_eq!(
+            verdict(StatusCode::BAD_REQUEST, None, &[]),
+            Verdict::Retry(None)
+        );
+        assert_eq!(
+            verdict(StatusCode::UNAUTHORIZED, None, &[401]),
+            Verdict::Unauthorized
+        );
     }
 
     #[test]
     fn a_redirect_is_a_failed_attempt_never_a_delivery_or_a_rejection() {
         for status in [301, 302, 303, 307, 308, 300, 304] {
             let status = StatusCode::from_u16(status).unwrap();
-            assert_eq!(verdict(status, None), Verdict::Retry(None), "{status}");
-            assert_eq!(verdict(status, Some("5")), Verdict::Retry(None), "{status}");
+            assert_eq!(v(status, None), Verdict::Retry(None), "{status}");
+            assert_eq!(v(status, Some("5")), Verdict::Retry(None), "{status}");
         }
         let reason = redirect_reason(
             StatusCode::TEMPORARY_REDIRECT,
