@@ -5,6 +5,8 @@
 //! [`crd()`] (the generated CustomResourceDefinition). Without it, no Kubernetes client is
 //! linked: the edge agent uses the crate that way.
 
+#[cfg(feature = "logging")]
+pub mod logging;
 pub mod manifest;
 pub mod names;
 pub mod redact;

@@ -1001,6 +1001,43 @@ pub struct AgentSettings {
     /// Log filter of the agent, e.g. `info` or `edge_agent=debug`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub log_level: Option<String>,
+    /// Log lines as `text` (the default) or `json` (one object per line with `timestamp`,
+    /// `level`, `target`, `message` and the event's fields, for Loki or Fluent Bit).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub log_format: Option<LogFormat>,
+}
+
+/// How log lines are written.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    /// Human-readable lines (colors only on a terminal).
+    #[default]
+    Text,
+    /// One JSON object per line.
+    Json,
+}
+
+impl LogFormat {
+    /// `text` or `json`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Text => "text",
+            Self::Json => "json",
+        }
+    }
+}
+
+impl std::str::FromStr for LogFormat {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s.trim().to_ascii_lowercase().as_str() {
+            "text" => Ok(Self::Text),
+            "json" => Ok(Self::Json),
+            other => Err(format!("log format {other:?}: use text or json")),
+        }
+    }
 }
 
 impl Default for AgentSettings {
@@ -1010,6 +1047,7 @@ impl Default for AgentSettings {
             metrics_port: default_metrics_port(),
             max_unavailable: None,
             log_level: None,
+            log_format: None,
         }
     }
 }

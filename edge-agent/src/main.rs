@@ -25,6 +25,9 @@ const DEFAULT_LISTEN: &str = "127.0.0.1:9464";
 #[derive(Parser)]
 #[command(name = "edge-agent", version, about)]
 struct Cli {
+    /// Log lines as `text` or `json` (default: `EDGEPIPE_LOG_FORMAT`, else text).
+    #[arg(long, global = true, value_name = "FORMAT")]
+    log_format: Option<edge_crds::logging::LogFormat>,
     #[command(subcommand)]
     command: Command,
 }
@@ -93,10 +96,11 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     // The demo's live view owns the terminal (and its outage is on purpose): only errors
     // are logged unless RUST_LOG says otherwise.
-    init_logging(match cli.command {
+    let default_filter = match cli.command {
         Command::Demo { .. } => "error,rumqttd=off",
         _ => "info",
-    });
+    };
+    edge_crds::logging::init(default_filter, cli.log_format);
     match dispatch(cli.command) {
         Ok(code) => code,
         Err(e) => {
@@ -240,15 +244,6 @@ async fn stop_on_signal(stop: CancellationToken) {
     let _ = tokio::signal::ctrl_c().await;
     tracing::info!("stop signal received");
     stop.cancel();
-}
-
-fn init_logging(default: &str) {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
-    tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .init();
 }
 
 /// A duration flag: `10s`, `1m30s`, `500ms`.

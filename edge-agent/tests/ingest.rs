@@ -383,3 +383,53 @@ fn check_prints_ok_or_every_problem() {
         "every problem on its own line:\n{text}"
     );
 }
+
+/// Log lines people can ship: JSON objects with stable fields when asked, and text without
+/// escape sequences when stderr is not a terminal.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn logs_are_json_lines_when_asked_and_never_colored_in_a_file() {
+    let broker = Mosquitto::start();
+    let receiver = Receiver::start().await;
+    let yaml = |client_id| {
+        Pipeline {
+            broker_port: broker.port,
+            client_id,
+            receiver_port: receiver.port,
+            ..Pipeline::default()
+        }
+        .yaml()
+    };
+    let json_dir = tempfile::tempdir().unwrap();
+    let mut json_agent = Agent::start_with_env(
+        json_dir.path(),
+        &yaml("agent-json-logs"),
+        &[("EDGEPIPE_LOG_FORMAT", "json")],
+    );
+    json_agent.wait_ready().await;
+    let text_dir = tempfile::tempdir().unwrap();
+    let mut text_agent = Agent::start(text_dir.path(), &yaml("agent-text-logs"));
+    text_agent.wait_ready().await;
+
+    let log = json_agent.log_text();
+    let lines: Vec<&str> = log.lines().filter(|l| !l.trim().is_empty()).collect();
+    assert!(lines.len() >= 3, "{log}");
+    for line in &lines {
+        let event: Value =
+            serde_json::from_str(line).unwrap_or_else(|e| panic!("not a JSON line ({e}): {line}"));
+        for field in ["timestamp", "level", "target", "message"] {
+            assert!(event[field].is_string(), "{field} missing: {line}");
+        }
+    }
+    assert!(
+        lines
+            .iter()
+            .any(|l| l.contains(r#""message":"agent running""#)),
+        "{log}"
+    );
+    let text = text_agent.log_text();
+    assert!(text.contains("agent running"), "{text}");
+    assert!(
+        !text.contains('\u{1b}'),
+        "escape sequences in a log file:\n{text}"
+    );
+}

@@ -20,6 +20,9 @@ use tokio_util::sync::CancellationToken;
 #[derive(Parser)]
 #[command(name = "edge-operator", version, about)]
 struct Cli {
+    /// Log lines as `text` or `json` (default: `EDGEPIPE_LOG_FORMAT`, else text).
+    #[arg(long, global = true, value_name = "FORMAT")]
+    log_format: Option<edge_crds::logging::LogFormat>,
     #[command(subcommand)]
     command: Command,
 }
@@ -127,7 +130,8 @@ struct PrepareArgs {
 fn main() -> anyhow::Result<()> {
     // kube's client uses rustls with ring; install it before anything can build a client.
     let _ = rustls::crypto::ring::default_provider().install_default();
-    match Cli::parse().command {
+    let cli = Cli::parse();
+    match cli.command {
         Command::Crd => print!("{}", edge_crds::crd_yaml()),
         Command::Render(args) => print!("{}", render_file(&args)?),
         Command::PrepareDataDir(args) => {
@@ -141,7 +145,7 @@ fn main() -> anyhow::Result<()> {
             println!("{} {what} {}:{}", args.path.display(), args.uid, args.gid);
         }
         Command::Run(args) => {
-            init_logging();
+            edge_crds::logging::init("info", cli.log_format);
             tokio::runtime::Builder::new_multi_thread()
                 .enable_all()
                 .build()
@@ -170,15 +174,6 @@ fn render_file(args: &RenderArgs) -> anyhow::Result<String> {
         );
     }
     Ok(rendered.to_yaml()?)
-}
-
-fn init_logging() {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .init();
 }
 
 async fn run(args: RunArgs) -> anyhow::Result<()> {

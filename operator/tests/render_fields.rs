@@ -580,3 +580,24 @@ fn max_unavailable_is_the_spec_value_and_surge_is_never_used() {
     assert_eq!(rolling.max_surge, Some(IntOrString::Int(0)));
     assert_eq!(rolling.max_unavailable, Some(IntOrString::Int(2)));
 }
+
+#[test]
+fn the_agent_logs_in_the_pipelines_format() {
+    let env = |spec: &str| {
+        ds_json(&rendered(&with_spec(spec)))
+            .pointer("/spec/template/spec/containers/0/env")
+            .cloned()
+            .unwrap_or_default()
+            .as_array()
+            .cloned()
+            .unwrap_or_default()
+            .into_iter()
+            .find(|e| e["name"] == "EDGEPIPE_LOG_FORMAT")
+    };
+    let base = "  source:\n    mqtt: {url: 'mqtt://b:1883', topics: [a]}\n  sink:\n    http: {url: 'https://x/b'}\n";
+    assert_eq!(env(base), None, "the agent's default (text)");
+    assert_eq!(
+        env(&format!("{base}  agent: {{logFormat: json}}\n")),
+        Some(json!({"name": "EDGEPIPE_LOG_FORMAT", "value": "json"}))
+    );
+}

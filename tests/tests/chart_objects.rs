@@ -428,3 +428,22 @@ fn network_policy_allows_metrics_in_and_only_dns_and_the_api_server_out() {
         ])
     );
 }
+
+#[test]
+fn the_operator_logs_as_the_chart_says() {
+    let env = |render: &Rendered| {
+        render.one("Deployment")["spec"]["template"]["spec"]["containers"][0]["env"]
+            .as_array()
+            .expect("env")
+            .iter()
+            .find(|e| e["name"] == "EDGEPIPE_LOG_FORMAT")
+            .map(|e| e["value"].clone())
+    };
+    assert_eq!(env(&default_render()), Some(json!("text")));
+    let json_logs = helm::render(&[], &["logFormat=json"]).expect("render");
+    assert_eq!(env(&json_logs), Some(json!("json")));
+    assert!(
+        helm::render(&[], &["logFormat=xml"]).is_err(),
+        "the values schema refuses other formats"
+    );
+}

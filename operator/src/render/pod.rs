@@ -100,6 +100,13 @@ pub(super) fn pod_spec(
             value_from: None,
         });
     }
+    if let Some(format) = spec.agent.log_format {
+        env.push(EnvVar {
+            name: edge_crds::logging::FORMAT_ENV.to_string(),
+            value: Some(format.as_str().to_string()),
+            value_from: None,
+        });
+    }
     for secret in &config.secrets {
         env.push(EnvVar {
             name: secret.env.clone(),
