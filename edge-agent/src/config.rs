@@ -215,6 +215,35 @@ impl AgentConfig {
         node: &str,
         env: &dyn Fn(&str) -> Option<String>,
     ) -> Result<Self, ConfigError> {
+        let (config, mut errors, needs) = Self::resolve(text, node, env)?;
+        errors.extend(needs);
+        if !errors.is_empty() {
+            return Err(ConfigError::Invalid(errors));
+        }
+        Ok(config)
+    }
+
+    /// What `edge-agent check` reports: the problems of the pipeline (an error), else the
+    /// config when this environment can run it, and what a run here would still need (an
+    /// unset variable, an unreadable file, a Secret the operator resolves in a cluster).
+    pub fn check_text(
+        text: &str,
+        node: &str,
+        env: &dyn Fn(&str) -> Option<String>,
+    ) -> Result<(Option<Self>, Vec<FieldError>), ConfigError> {
+        let (config, errors, needs) = Self::resolve(text, node, env)?;
+        if !errors.is_empty() {
+            return Err(ConfigError::Invalid(errors));
+        }
+        Ok((needs.is_empty().then_some(config), needs))
+    }
+
+    /// The config, the pipeline's problems and the environment's needs.
+    fn resolve(
+        text: &str,
+        node: &str,
+        env: &dyn Fn(&str) -> Option<String>,
+    ) -> Result<(Self, Vec<FieldError>, Vec<FieldError>), ConfigError> {
         let file = parse_pipeline(text)?;
         let namespace = file
             .meta
@@ -244,11 +273,8 @@ impl AgentConfig {
         let buffer = r.buffer(&spec.buffer);
         let sink = r.sink(&spec.sink, &namespace, &name, &pipeline, node);
         let model_headers = r.model_headers(&spec);
-        let errors = r.finish();
-        if !errors.is_empty() {
-            return Err(ConfigError::Invalid(errors));
-        }
-        Ok(Self {
+        let (errors, needs) = r.finish();
+        let config = Self {
             pipeline,
             name,
             namespace,
@@ -258,7 +284,8 @@ impl AgentConfig {
             buffer,
             sink,
             model_headers,
-        })
+        };
+        Ok((config, errors, needs))
     }
 }
 

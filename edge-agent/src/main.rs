@@ -146,19 +146,33 @@ fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
         }
         Command::Check { config, node_name } => {
             let node = node_name.unwrap_or_else(hostname);
-            let problems = match AgentConfig::load(&config, &node) {
-                Ok(c) => preflight(&c),
-                Err(e) => e.to_string().lines().map(str::to_owned).collect(),
+            let env = |name: &str| std::env::var(name).ok();
+            let checked = std::fs::read_to_string(&config)
+                .map_err(|e| format!("cannot read {}: {e}", config.display()))
+                .and_then(|text| {
+                    AgentConfig::check_text(&text, &node, &env).map_err(|e| e.to_string())
+                });
+            let (problems, needs) = match checked {
+                Ok((Some(c), needs)) => (preflight(&c), needs),
+                Ok((None, needs)) => (Vec::new(), needs),
+                Err(e) => (e.lines().map(str::to_owned).collect(), Vec::new()),
             };
-            if problems.is_empty() {
-                println!("ok");
-                Ok(ExitCode::SUCCESS)
-            } else {
+            if !problems.is_empty() {
                 for p in problems {
                     println!("{p}");
                 }
-                Ok(ExitCode::FAILURE)
+                return Ok(ExitCode::FAILURE);
             }
+            println!("ok");
+            for need in &needs {
+                println!("note: {need}");
+            }
+            if !needs.is_empty() {
+                println!(
+                    "note: a run on this machine needs the above (in a cluster the operator provides them); TLS material and the sink were not checked"
+                );
+            }
+            Ok(ExitCode::SUCCESS)
         }
         Command::Model { command } => model_cli::run(command),
         Command::Demo {

@@ -384,6 +384,60 @@ fn check_prints_ok_or_every_problem() {
     );
 }
 
+/// One manifest, checked in both worlds: every shipped example (cluster manifests with
+/// `${HOST_IP}` and `secretKeyRef`) passes `check` with notes of what a standalone run
+/// would still need; every broken manifest fails.
+#[test]
+fn check_passes_every_example_with_notes_and_fails_every_broken_manifest() {
+    let root = workspace_root();
+    let check = |path: &std::path::Path| {
+        let out = Command::new(env!("CARGO_BIN_EXE_edge-agent"))
+            .args(["check", "--node-name", "n1", "--config"])
+            .arg(path)
+            .env_remove("HOST_IP")
+            .output()
+            .unwrap();
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+        )
+    };
+    let yaml_files = |dir: &str| {
+        let mut files: Vec<_> = std::fs::read_dir(root.join(dir))
+            .unwrap()
+            .filter_map(|e| e.ok().map(|e| e.path()))
+            .filter(|p| p.extension().is_some_and(|x| x == "yaml"))
+            .collect();
+        files.sort();
+        files
+    };
+    let examples = yaml_files("deploy/examples");
+    assert!(examples.len() >= 3);
+    let mut noted = 0;
+    for example in &examples {
+        let (code, text) = check(example);
+        assert_eq!(code, Some(0), "{}:\n{text}", example.display());
+        assert!(text.starts_with("ok"), "{}:\n{text}", example.display());
+        noted += usize::from(text.contains("note: "));
+    }
+    assert!(
+        noted > 0,
+        "the cluster examples need HOST_IP or Secrets standalone"
+    );
+    let broken = yaml_files("tests/manifests/broken");
+    assert!(!broken.is_empty());
+    for manifest in &broken {
+        let (code, text) = check(manifest);
+        assert_eq!(
+            code,
+            Some(1),
+            "{} passed check:\n{text}",
+            manifest.display()
+        );
+        assert!(!text.starts_with("ok"), "{text}");
+    }
+}
+
 /// Log lines people can ship: JSON objects with stable fields when asked, and text without
 /// escape sequences when stderr is not a terminal.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -23,6 +23,9 @@ const KEEP_ALIVE_RANGE: std::ops::RangeInclusive<Duration> =
 pub(super) struct Resolver<'a> {
     env: &'a dyn Fn(&str) -> Option<String>,
     errors: Vec<FieldError>,
+    /// What this environment lacks (an unset variable, an unreadable file, a Secret that
+    /// only the operator resolves): fatal to a run, a note to `check`.
+    needs: Vec<FieldError>,
     /// Fields whose `${VAR}` expansion failed: validation errors about them would only
     /// repeat the problem, and they are not resolved further.
     unexpanded: HashSet<&'static str>,
@@ -33,6 +36,7 @@ impl<'a> Resolver<'a> {
         Self {
             env,
             errors: Vec::new(),
+            needs: Vec::new(),
             unexpanded: HashSet::new(),
         }
     }
@@ -44,9 +48,16 @@ impl<'a> Resolver<'a> {
         });
     }
 
-    /// Every problem found, in the order found.
-    pub(super) fn finish(self) -> Vec<FieldError> {
-        self.errors
+    fn need(&mut self, path: impl Into<String>, message: impl Into<String>) {
+        self.needs.push(FieldError {
+            path: path.into(),
+            message: message.into(),
+        });
+    }
+
+    /// The problems of the pipeline, and what this environment lacks, in the order found.
+    pub(super) fn finish(self) -> (Vec<FieldError>, Vec<FieldError>) {
+        (self.errors, self.needs)
     }
 
     /// Adds the validation errors, except those about fields that failed expansion.
@@ -111,7 +122,7 @@ impl<'a> Resolver<'a> {
             } else if let Some(value) = (self.env)(name) {
                 out.push_str(&value);
             } else {
-                self.err(path, format!("environment variable {name} is not set"));
+                self.need(path, format!("environment variable {name} is not set"));
                 ok = false;
             }
             rest = &after[end + 1..];
@@ -126,7 +137,7 @@ impl<'a> Resolver<'a> {
     fn secret(&mut self, path: &str, v: &ValueFrom) -> Option<Vec<u8>> {
         match (&v.secret_key_ref, &v.env, &v.file) {
             (Some(_), None, None) => {
-                self.err(
+                self.need(
                     format!("{path}.secretKeyRef"),
                     "secretKeyRef is resolved by the operator; standalone use env or file",
                 );
@@ -135,7 +146,7 @@ impl<'a> Resolver<'a> {
             (None, Some(name), None) => {
                 let value = (self.env)(name);
                 if value.is_none() {
-                    self.err(
+                    self.need(
                         format!("{path}.env"),
                         format!("environment variable {name} is not set"),
                     );
@@ -150,7 +161,7 @@ impl<'a> Resolver<'a> {
                     Some(bytes)
                 }
                 Err(e) => {
-                    self.err(format!("{path}.file"), format!("cannot read {file}: {e}"));
+                    self.need(format!("{path}.file"), format!("cannot read {file}: {e}"));
                     None
                 }
             },
