@@ -51,7 +51,7 @@ fn outside_the_policy() -> Vec<(&'static str, String, Vec<&'static str>)> {
             "mqtt-port",
             pipeline(
                 "mqtt-port",
-                "  source:\n    mqtt: {embedded: {listen: '0.0.0.0:1883'}, topics: ['sensors/#']}\n",
+                "  source:\n    mqtt: {embedded: {listen: '0.0.0.0:1883', users: [{username: press-1, passwordFrom: {env: PRESS_1_PASSWORD}, publish: ['sensors/press-1/#']}]}, topics: ['sensors/#']}\n",
                 "",
             ),
             vec![
@@ -86,7 +86,7 @@ fn outside_the_policy() -> Vec<(&'static str, String, Vec<&'static str>)> {
 fn compliant() -> String {
     pipeline(
         "compliant",
-        "  source:\n    mqtt: {embedded: {listen: '0.0.0.0:8883'}, topics: ['sensors/#']}\n",
+        "  source:\n    mqtt: {embedded: {listen: '0.0.0.0:8883', users: [{username: press-1, passwordFrom: {env: PRESS_1_PASSWORD}, publish: ['sensors/press-1/#']}]}, topics: ['sensors/#']}\n",
         "  tolerations:\n    - {key: edgepipe.dev/edge, operator: Exists, effect: NoSchedule}\n  agent:\n    resources: {requests: {cpu: 50m, memory: 64Mi}, limits: {memory: 256Mi}}\n",
     )
 }
