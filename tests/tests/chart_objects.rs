@@ -439,7 +439,7 @@ fn the_operator_logs_as_the_chart_says() {
             .find(|e| e["name"] == "EDGEPIPE_LOG_FORMAT")
             .map(|e| e["value"].clone())
     };
-    assert_eq!(env(&default_render()), Some(json!("text")));
+    assert_eq!(env(default_render()), Some(json!("text")));
     let json_logs = helm::render(&[], &["logFormat=json"]).expect("render");
     assert_eq!(env(&json_logs), Some(json!("json")));
     assert!(
