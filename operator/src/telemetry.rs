@@ -12,7 +12,8 @@ use std::time::Duration;
 
 use edge_crds::EdgePipeline;
 use edge_crds::status::{
-    CONDITION_DEGRADED, CONDITION_INVALID, CONDITION_PROGRESSING, CONDITION_READY,
+    CONDITION_CONFLICT, CONDITION_DEGRADED, CONDITION_INVALID, CONDITION_PROGRESSING,
+    CONDITION_READY,
 };
 use kube::runtime::reflector::Store;
 use prometheus::{
@@ -20,11 +21,12 @@ use prometheus::{
 };
 
 /// The conditions counted by `edge_operator_pipelines`.
-pub const CONDITIONS: [&str; 4] = [
+pub const CONDITIONS: [&str; 5] = [
     CONDITION_READY,
     CONDITION_PROGRESSING,
     CONDITION_DEGRADED,
     CONDITION_INVALID,
+    CONDITION_CONFLICT,
 ];
 
 /// The outcome of one reconciliation, as a metric label.

@@ -11,13 +11,13 @@ use std::time::Duration;
 use common::api::{Seen, internal_error, not_found, respond};
 use common::cluster::{
     CM_PATH, DS_PATH, STATUS_PATH, UID, cluster_pipeline, condition, config_hash, daemon_set,
-    no_models, pipeline_with_status, reconciled, run,
+    expect_no_children, no_models, pipeline_with_status, reconciled, run,
 };
 use common::default_options;
 use edge_crds::{EdgePipeline, EdgePipelineStatus};
 use edge_operator::controller::{Error, REQUEUE, error_policy, pipelines_using_model};
 use edge_operator::render::render;
-use edge_operator::status::compute;
+use edge_operator::status::{Blocked, compute, compute_blocked};
 use http::{Method, StatusCode};
 use k8s_openapi::api::apps::v1::DaemonSet;
 use k8s_openapi::api::core::v1::ConfigMap;
@@ -37,6 +37,7 @@ async fn a_new_pipeline_gets_its_config_map_daemon_set_status_and_a_created_even
     run(
         no_models(),
         move |mut api| async move {
+            expect_no_children(&mut api).await;
             let cm = api.expect_apply(CM_PATH, None).await;
             assert_eq!(
                 cm.body,
@@ -132,6 +133,7 @@ async fn an_updated_spec_is_applied_with_a_new_config_hash_and_reports_the_rollo
     run(
         no_models(),
         move |mut api| async move {
+            expect_no_children(&mut api).await;
             let cm = api.expect_apply(CM_PATH, None).await;
             let text = cm.body["data"]["pipeline.yaml"].as_str().expect("config");
             assert!(text.contains("deadband"), "{text}");
@@ -326,6 +328,7 @@ async fn an_unchanged_pipeline_applies_its_objects_and_writes_no_status() {
     run(
         no_models(),
         move |mut api| async move {
+            expect_no_children(&mut api).await;
             api.expect_apply(CM_PATH, None).await;
             api.expect_apply(DS_PATH, Some(live)).await;
             api
@@ -338,7 +341,7 @@ async fn an_unchanged_pipeline_applies_its_objects_and_writes_no_status() {
 }
 
 #[tokio::test]
-async fn failures_back_off_exponentially_up_to_a_cap_and_success_resets() {
+async fn failed_applies_set_degraded_and_back_off_exponentially_up_to_a_cap() {
     let p = cluster_pipeline(1, "", None);
     let p_ok = {
         let rendered =
@@ -355,14 +358,49 @@ async fn failures_back_off_exponentially_up_to_a_cap_and_success_resets() {
         cluster_pipeline(1, "", Some(status))
     };
     let failing = p.clone();
+    let p_failing = p.clone();
+    // The pipeline as the first failure leaves it.
+    let failed_once = cluster_pipeline(
+        1,
+        "",
+        Some(compute_blocked(
+            &p,
+            &Blocked::ApplyFailed {
+                message: "etcd is having a bad day".to_string(),
+            },
+            &Time(Timestamp::from_second(1_800_000_000).expect("time")),
+        )),
+    );
     run(
         no_models(),
         |mut api| async move {
-            for _ in 0..2 {
+            for attempt in 0..2 {
+                expect_no_children(&mut api).await;
                 api.expect_apply(CM_PATH, None).await;
                 let (_, send) = api.expect(Method::PATCH, DS_PATH).await;
                 respond(send, StatusCode::INTERNAL_SERVER_ERROR, internal_error());
+                if attempt == 1 {
+                    // Still failing the same way: no status write, no Event.
+                    continue;
+                }
+                // The failure is in the status, with the API server's message.
+                let (seen, send) = api.expect(Method::PATCH, STATUS_PATH).await;
+                let status = &seen.body["status"];
+                let degraded = condition(status, "Degraded");
+                assert_eq!(degraded["status"], "True");
+                assert_eq!(degraded["reason"], "ApplyFailed");
+                assert_eq!(degraded["message"], internal_error()["message"], "{status}");
+                assert_eq!(condition(status, "Ready")["reason"], "ApplyFailed");
+                respond(
+                    send,
+                    StatusCode::OK,
+                    pipeline_with_status(&p_failing, status),
+                );
+                let event = api.expect_event("factory").await;
+                assert_eq!(event.body["reason"], "ApplyFailed");
+                assert_eq!(event.body["type"], "Warning");
             }
+            expect_no_children(&mut api).await;
             api.expect_apply(CM_PATH, None).await;
             let (seen, send) = api.expect(Method::PATCH, DS_PATH).await;
             respond(send, StatusCode::OK, daemon_set(&seen.body, 1, 1, 0, 0, 0));
@@ -370,8 +408,13 @@ async fn failures_back_off_exponentially_up_to_a_cap_and_success_resets() {
         },
         |ctx, metrics| async move {
             let shared = Arc::new(failing);
-            for expected in [5, 10] {
-                let error = reconciled((*shared).clone(), &ctx)
+            for (attempt, expected) in [5, 10].into_iter().enumerate() {
+                let pipeline = if attempt == 0 {
+                    (*shared).clone()
+                } else {
+                    failed_once.clone()
+                };
+                let error = reconciled(pipeline, &ctx)
                     .await
                     .expect_err("the API server fails");
                 assert!(matches!(error, Error::ApplyDaemonSet { .. }), "{error}");
@@ -457,6 +500,7 @@ async fn the_model_config_map_version_is_part_of_the_config_hash() {
     run(
         model_store("4711"),
         move |mut api| async move {
+            expect_no_children(&mut api).await;
             api.expect_apply(CM_PATH, None).await;
             let (seen, send) = api.expect(Method::PATCH, DS_PATH).await;
             assert_eq!(config_hash(&seen.body), expected);

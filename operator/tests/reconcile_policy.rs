@@ -10,8 +10,8 @@ use std::collections::BTreeMap;
 
 use common::api::{Seen, not_found, respond};
 use common::cluster::{
-    CM_PATH, DS_PATH, STATUS_PATH, UID, cluster_pipeline, condition, daemon_set, no_models,
-    pipeline_with_status, reconciled, run_with,
+    CM_PATH, DS_PATH, STATUS_PATH, UID, cluster_pipeline, condition, daemon_set,
+    expect_no_children, no_models, pipeline_with_status, reconciled, run_with,
 };
 use common::default_options;
 use edge_crds::EdgePipeline;
@@ -253,6 +253,7 @@ async fn a_secret_is_used_only_once_it_opted_in() {
         no_models(),
         |ctx| ctx.with_policy(TenantPolicy::default(), secrets("ingest-token", "true")),
         move |mut api| async move {
+            expect_no_children(&mut api).await;
             api.expect_apply(CM_PATH, None).await;
             let ds = api.expect_apply(DS_PATH, None).await;
             assert!(ds.body.to_string().contains("ingest-token"), "{}", ds.body);
