@@ -14,8 +14,10 @@ use common::cluster::{
     expect_no_children, no_models, pipeline_with_status, reconciled, run,
 };
 use common::default_options;
-use edge_crds::{EdgePipeline, EdgePipelineStatus};
-use edge_operator::controller::{Error, REQUEUE, error_policy, pipelines_using_model};
+use edge_crds::EdgePipelineStatus;
+use edge_operator::controller::{
+    Error, REQUEUE, StoredPipeline, error_policy, pipelines_using_model,
+};
 use edge_operator::render::render;
 use edge_operator::status::{Blocked, compute, compute_blocked};
 use http::{Method, StatusCode};
@@ -524,7 +526,7 @@ async fn the_model_config_map_version_is_part_of_the_config_hash() {
 
 #[test]
 fn a_model_config_map_change_maps_to_the_pipelines_using_it() {
-    let (pipelines, mut writer) = reflector::store::<EdgePipeline>();
+    let (pipelines, mut writer) = reflector::store::<StoredPipeline>();
     let mut uses = cluster_pipeline(1, MODEL, None);
     uses.metadata.name = Some("uses".to_string());
     let mut other_ns = uses.clone();
@@ -532,7 +534,7 @@ fn a_model_config_map_change_maps_to_the_pipelines_using_it() {
     let mut no_model = cluster_pipeline(1, "", None);
     no_model.metadata.name = Some("plain".to_string());
     for p in [uses, other_ns, no_model] {
-        writer.apply_watcher_event(&watcher::Event::Apply(p));
+        writer.apply_watcher_event(&watcher::Event::Apply(StoredPipeline::from_pipeline(&p)));
     }
     let cm = model_store("1")
         .state()
@@ -542,6 +544,6 @@ fn a_model_config_map_change_maps_to_the_pipelines_using_it() {
     let refs = pipelines_using_model(&pipelines, &cm);
     assert_eq!(
         refs,
-        vec![ObjectRef::<EdgePipeline>::new("uses").within("factory")]
+        vec![ObjectRef::<StoredPipeline>::new("uses").within("factory")]
     );
 }

@@ -15,7 +15,7 @@ use common::cluster::{
 };
 use common::default_options;
 use edge_crds::EdgePipeline;
-use edge_operator::controller::pipelines_using_secret;
+use edge_operator::controller::{StoredPipeline, pipelines_using_secret};
 use edge_operator::policy::{self, SECRET_OPT_IN_LABEL, TenantPolicy};
 use edge_operator::render::render;
 use edge_operator::status::{Transition, compute_forbidden, transitions};
@@ -335,7 +335,7 @@ fn a_forbidden_event_is_published_once_even_after_an_invalid_spec() {
 
 #[test]
 fn an_opt_in_change_maps_to_the_pipelines_using_the_secret() {
-    let (pipelines, mut writer) = reflector::store::<EdgePipeline>();
+    let (pipelines, mut writer) = reflector::store::<StoredPipeline>();
     let spec = format!(
         "  source:\n    mqtt: {{url: 'mqtt://${{HOST_IP}}:1883', topics: ['sensors/#']}}\n{SECRET_HEADER}"
     );
@@ -346,7 +346,7 @@ fn an_opt_in_change_maps_to_the_pipelines_using_the_secret() {
     let mut plain = pipeline_with(common::BASE_SPEC);
     plain.metadata.name = Some("plain".to_string());
     for p in [uses, other_ns, plain] {
-        writer.apply_watcher_event(&watcher::Event::Apply(p));
+        writer.apply_watcher_event(&watcher::Event::Apply(StoredPipeline::from_pipeline(&p)));
     }
     let secret = secrets("ingest-token", "true")
         .state()
@@ -355,6 +355,6 @@ fn an_opt_in_change_maps_to_the_pipelines_using_the_secret() {
         .expect("Secret");
     assert_eq!(
         pipelines_using_secret(&pipelines, &secret),
-        vec![ObjectRef::<EdgePipeline>::new("uses").within("factory")]
+        vec![ObjectRef::<StoredPipeline>::new("uses").within("factory")]
     );
 }

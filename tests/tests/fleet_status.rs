@@ -9,7 +9,8 @@
 //!   the pipeline gets `Conflict` naming it, the ConfigMap stays as it was, the pipeline
 //!   beside it runs; deleting the foreign ConfigMap lets the operator create its own;
 //! - one pipeline stored with a field this operator does not know (a newer CRD) is
-//!   `Invalid` naming the field while the others are reconciled.
+//!   `Invalid` naming the field while the others are reconciled, also when the operator
+//!   starts with it in the first list page (the strict types would fail the whole list).
 
 use std::time::Duration;
 
@@ -39,6 +40,13 @@ spec:
 
 /// A cluster with two edge nodes, the chart installed and the operator running.
 fn start(name: &str) -> (Cluster, Operator) {
+    let cluster = installed(name);
+    let operator = run_operator(&cluster);
+    (cluster, operator)
+}
+
+/// A cluster with two edge nodes and the chart installed.
+fn installed(name: &str) -> Cluster {
     let cluster = Cluster::start(
         name,
         &[
@@ -48,11 +56,16 @@ fn start(name: &str) -> (Cluster, Operator) {
     );
     let install = helm::install_on(cluster.kubeconfig(), &[], &["--wait", "--timeout", "120s"]);
     assert!(install.success, "helm install: {}", install.stderr);
-    let operator = Operator::from_deployment(&cluster, NAMESPACE, DEPLOYMENT, "operator-0");
+    cluster
+}
+
+/// The operator of the chart, run as its ServiceAccount, once ready.
+fn run_operator(cluster: &Cluster) -> Operator {
+    let operator = Operator::from_deployment(cluster, NAMESPACE, DEPLOYMENT, "operator-0");
     poll(WAIT, "the operator's /readyz", || {
         operator.ready().then_some(())
     });
-    (cluster, operator)
+    operator
 }
 
 /// `(status, reason, message)` of the condition `type_`, if present.
@@ -289,4 +302,68 @@ fn a_foreign_config_map_of_the_agent_name_is_a_conflict_and_stays_untouched() {
         own["metadata"]["ownerReferences"][0]["kind"],
         "EdgePipeline"
     );
+}
+
+/// The generated CRD with one more spec field, as a newer release would ship it.
+fn crd_with_a_newer_field() -> String {
+    let mut crd = serde_json::to_value(edge_crds::crd()).expect("the CRD serializes");
+    let spec = crd
+        .pointer_mut("/spec/versions/0/schema/openAPIV3Schema/properties/spec/properties")
+        .and_then(serde_json::Value::as_object_mut)
+        .expect("the CRD has spec properties");
+    spec.insert(
+        "priority".to_string(),
+        serde_json::json!({"type": "integer", "description": "A field of a newer release."}),
+    );
+    crd.to_string()
+}
+
+#[test]
+fn a_pipeline_with_a_field_this_operator_does_not_know_is_invalid_and_the_others_run() {
+    let cluster = installed("unknown-field");
+    let _guard = cluster.guard();
+    cluster.namespace("factory");
+    let out = cluster.kubectl_stdin(
+        &["apply", "--server-side", "--force-conflicts", "-f", "-"],
+        &crd_with_a_newer_field(),
+    );
+    assert!(
+        out.status.success(),
+        "applying the newer CRD: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // The API server keeps the field only once it serves the newer schema.
+    let newer = pipeline("factory", "newer", 100)
+        .replace("  nodeSelector:", "  priority: 3\n  nodeSelector:");
+    poll(WAIT, "the API server to keep spec.priority", || {
+        cluster.apply(&newer);
+        let stored = cluster.get_json(&["epl", "newer", "-n", "factory"]);
+        (stored["spec"]["priority"] == 3).then_some(())
+    });
+    cluster.apply(&pipeline("factory", "plain", 100));
+
+    // The operator starts (as after `helm upgrade`) and lists pipelines, this one first.
+    let _operator = run_operator(&cluster);
+
+    // The pipeline the operator understands is reconciled...
+    wait_ready(&cluster, "factory", "plain");
+    assert!(exists(&cluster, "factory", "daemonset", "plain-agent"));
+
+    // ... and the other one says which field it does not know, and runs nothing.
+    let message = wait_true(&cluster, "factory", "newer", "Invalid", "InvalidSpec");
+    assert!(
+        message.contains("spec.priority: unknown field `priority`"),
+        "the Invalid condition does not name the field: {message}"
+    );
+    poll(WAIT, "an Invalid Warning Event", || {
+        warnings(&cluster, "factory", "newer")
+            .iter()
+            .any(|(reason, note)| reason == "Invalid" && note.contains("spec.priority"))
+            .then_some(())
+    });
+    assert!(!exists(&cluster, "factory", "daemonset", "newer-agent"));
+
+    // Without the field it decodes again and runs.
+    cluster.apply(&pipeline("factory", "newer", 100));
+    wait_ready(&cluster, "factory", "newer");
 }

@@ -26,11 +26,13 @@
 
 mod children;
 mod report;
+mod stored;
 mod watch;
 
 pub use children::{Holder, conflict_message, holder};
 pub use report::event_for;
 use report::write_status;
+pub use stored::StoredPipeline;
 pub use watch::{Settings, pipelines_using_model, pipelines_using_secret, run};
 
 use std::collections::HashMap;
@@ -336,12 +338,97 @@ pub async fn reconcile(pipeline: Arc<EdgePipeline>, ctx: Arc<Context>) -> Result
     result
 }
 
+/// Reconciles one pipeline as the API server stores it: decoded with the strict API
+/// types, it is reconciled by [`reconcile`]; one that does not decode (a field this
+/// operator does not know) gets the `Invalid` condition naming the field and an Event,
+/// and its running agents are left untouched.
+pub async fn reconcile_stored(
+    stored: Arc<StoredPipeline>,
+    ctx: Arc<Context>,
+) -> Result<Action, Error> {
+    let error = match stored.decode() {
+        Ok(pipeline) => return reconcile(Arc::new(pipeline), ctx).await,
+        Err(error) => error,
+    };
+    let started = Instant::now();
+    let result = report_undecodable(&stored, &error, &ctx).await;
+    let outcome = match &result {
+        Ok(_) => {
+            ctx.succeeded(&key_of(&stored));
+            ReconcileResult::Success
+        }
+        Err(_) => ReconcileResult::Error,
+    };
+    ctx.metrics.reconciled(outcome, started.elapsed());
+    result
+}
+
+/// Writes the status of a pipeline that does not decode: `Invalid` naming the field, the
+/// counts of its running DaemonSet (if this pipeline controls one), which is not touched.
+async fn report_undecodable(
+    stored: &StoredPipeline,
+    error: &FieldError,
+    ctx: &Context,
+) -> Result<Action, Error> {
+    let namespace = stored.namespace().ok_or(Error::MissingNamespace)?;
+    let name = stored.name_any();
+    let child = agent_name(&name);
+    tracing::warn!(pipeline = %name, %namespace, %error, "the stored pipeline does not decode");
+    let daemon_sets: Api<DaemonSet> = Api::namespaced(ctx.client.clone(), &namespace);
+    let daemon_set = read_daemon_set(&daemon_sets, &child)
+        .await?
+        .filter(|ds| holder(Some(&ds.metadata), stored.metadata.uid.as_deref()) == Holder::This);
+    let previous = stored.status();
+    let status = status::compute_from(
+        stored.metadata.generation,
+        previous.as_ref(),
+        Err(std::slice::from_ref(error)),
+        daemon_set.as_ref(),
+        &now(),
+    );
+    let reference = stored.object_ref(&());
+    write_status(
+        ctx,
+        &namespace,
+        &name,
+        previous.as_ref(),
+        &status,
+        &reference,
+        &child,
+    )
+    .await?;
+    Ok(Action::requeue(REQUEUE))
+}
+
+/// The key a stored pipeline's failures are counted under.
+fn key_of(stored: &StoredPipeline) -> ObjectRef<EdgePipeline> {
+    let key = ObjectRef::new(&stored.name_any());
+    match stored.namespace() {
+        Some(namespace) => key.within(&namespace),
+        None => key,
+    }
+}
+
 /// Retries a failed reconcile after a per-object capped exponential backoff.
 pub fn error_policy(pipeline: Arc<EdgePipeline>, error: &Error, ctx: Arc<Context>) -> Action {
-    let attempt = ctx.failed(ObjectRef::from_obj(pipeline.as_ref()));
+    retry(ObjectRef::from_obj(pipeline.as_ref()), error, &ctx)
+}
+
+/// [`error_policy`] for the controller, which watches pipelines as stored.
+pub fn error_policy_stored(
+    stored: Arc<StoredPipeline>,
+    error: &Error,
+    ctx: Arc<Context>,
+) -> Action {
+    retry(key_of(&stored), error, &ctx)
+}
+
+fn retry(key: ObjectRef<EdgePipeline>, error: &Error, ctx: &Context) -> Action {
+    let (name, namespace) = (key.name.clone(), key.namespace.clone());
+    let attempt = ctx.failed(key);
     let delay = backoff_delay(attempt);
     tracing::warn!(
-        pipeline = %pipeline.name_any(), namespace = ?pipeline.namespace(), %error,
+        pipeline = %name, namespace = ?namespace, %error,
         retry_in_s = delay.as_secs(), "reconcile failed"
     );
     Action::requeue(delay)

@@ -2,12 +2,12 @@
 //! DaemonSets and ConfigMaps it manages (metadata only); model ConfigMaps labelled
 //! `edgepipe.dev/model=true` and Secrets labelled `edgepipe.dev/allow-pipelines=true`
 //! (metadata only: the operator never receives a Secret's data), each mapped to the
-//! pipelines that use it.
+//! pipelines that use it. EdgePipelines are watched as stored ([`StoredPipeline`]) so
+//! that one the strict types reject never breaks the watch of the others.
 
 use std::fmt::Debug;
 use std::sync::Arc;
 
-use edge_crds::EdgePipeline;
 use futures::StreamExt;
 use k8s_openapi::api::apps::v1::DaemonSet;
 use k8s_openapi::api::core::v1::{ConfigMap, Secret};
@@ -19,11 +19,12 @@ use kube::runtime::reflector::{self, ObjectRef, Store};
 use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Api, Client, Resource};
 use serde::de::DeserializeOwned;
+use serde_json::Value;
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
-use super::{CONCURRENCY, Context, Error, error_policy, reconcile};
+use super::{CONCURRENCY, Context, Error, StoredPipeline, error_policy_stored, reconcile_stored};
 use crate::policy::{SECRET_OPT_IN_SELECTOR, TenantPolicy, secret_references};
 use crate::render::{FIELD_MANAGER, MANAGED_BY_SELECTOR, MODEL_SELECTOR, RenderOptions};
 use crate::server::Readiness;
@@ -47,9 +48,9 @@ pub struct Settings {
 
 /// The pipelines (in the cache) whose model is the ConfigMap `cm`.
 pub fn pipelines_using_model(
-    pipelines: &Store<EdgePipeline>,
+    pipelines: &Store<StoredPipeline>,
     cm: &PartialObjectMeta<ConfigMap>,
-) -> Vec<ObjectRef<EdgePipeline>> {
+) -> Vec<ObjectRef<StoredPipeline>> {
     let (Some(namespace), Some(name)) = (
         cm.metadata.namespace.as_deref(),
         cm.metadata.name.as_deref(),
@@ -62,21 +63,21 @@ pub fn pipelines_using_model(
         .filter(|p| p.metadata.namespace.as_deref() == Some(namespace))
         .filter(|p| {
             p.spec
-                .inference
-                .as_ref()
-                .and_then(|i| i.model.config_map.as_ref())
-                .is_some_and(|m| m.name == name)
+                .pointer("/inference/model/configMap/name")
+                .and_then(Value::as_str)
+                == Some(name)
         })
         .map(|p| ObjectRef::from_obj(p.as_ref()))
         .collect()
 }
 
 /// The pipelines (in the cache) that reference the Secret `secret` anywhere in their
-/// spec: when it gains or loses the opt-in label they are checked again.
+/// spec: when it gains or loses the opt-in label they are checked again. A pipeline that
+/// does not decode is skipped (it runs nothing new until it does).
 pub fn pipelines_using_secret(
-    pipelines: &Store<EdgePipeline>,
+    pipelines: &Store<StoredPipeline>,
     secret: &PartialObjectMeta<Secret>,
-) -> Vec<ObjectRef<EdgePipeline>> {
+) -> Vec<ObjectRef<StoredPipeline>> {
     let (Some(namespace), Some(name)) = (
         secret.metadata.namespace.as_deref(),
         secret.metadata.name.as_deref(),
@@ -87,7 +88,10 @@ pub fn pipelines_using_secret(
         .state()
         .iter()
         .filter(|p| p.metadata.namespace.as_deref() == Some(namespace))
-        .filter(|p| secret_references(&p.spec).iter().any(|r| r.name == name))
+        .filter(|p| {
+            p.decode()
+                .is_ok_and(|p| secret_references(&p.spec).iter().any(|r| r.name == name))
+        })
         .map(|p| ObjectRef::from_obj(p.as_ref()))
         .collect()
 }
@@ -159,7 +163,7 @@ pub async fn run(
     stop: CancellationToken,
 ) -> Result<(), Error> {
     let ns = settings.namespace.as_deref();
-    let pipelines: Api<EdgePipeline> = scoped(&client, ns);
+    let pipelines: Api<StoredPipeline> = scoped(&client, ns);
     pipelines
         .list(&ListParams::default().limit(1))
         .await
@@ -251,7 +255,7 @@ pub async fn run(
             pipelines_using_secret(&secret_cache, &secret)
         })
         .graceful_shutdown_on(async move { stop.cancelled().await })
-        .run(reconcile, error_policy, ctx)
+        .run(reconcile_stored, error_policy_stored, ctx)
         .for_each(|result| async move {
             if let Err(error) = result {
                 tracing::debug!(%error, "controller event");
