@@ -16,7 +16,7 @@ use common::cluster::{
 use common::default_options;
 use edge_crds::EdgePipelineStatus;
 use edge_operator::controller::{
-    Error, REQUEUE, StoredPipeline, error_policy, pipelines_using_model,
+    Error, REQUEUE, StoredPipeline, content_digest, error_policy, pipelines_using_model, summarize,
 };
 use edge_operator::render::render;
 use edge_operator::status::{Blocked, compute, compute_blocked};
@@ -454,19 +454,24 @@ fn the_backoff_is_capped() {
     assert_eq!(backoff_delay(u32::MAX), BACKOFF_MAX);
 }
 
-fn model_store(resource_version: &str) -> Store<PartialObjectMeta<ConfigMap>> {
-    let (store, mut writer) = reflector::store();
-    let cm = PartialObjectMeta::<ConfigMap> {
-        types: None,
+/// The model ConfigMap with `content`, as the API server returns it.
+fn model(content: &str) -> ConfigMap {
+    ConfigMap {
         metadata: ObjectMeta {
             name: Some("anomaly-model".to_string()),
             namespace: Some("factory".to_string()),
-            resource_version: Some(resource_version.to_string()),
+            resource_version: Some("4711".to_string()),
             ..ObjectMeta::default()
         },
-        _phantom: Default::default(),
-    };
-    writer.apply_watcher_event(&watcher::Event::Apply(cm));
+        data: Some([("model.tflite".to_string(), content.to_string())].into()),
+        ..ConfigMap::default()
+    }
+}
+
+/// The cache of model ConfigMaps, holding the model with `content`.
+fn model_store(content: &str) -> Store<PartialObjectMeta<ConfigMap>> {
+    let (store, mut writer) = reflector::store();
+    writer.apply_watcher_event(&watcher::Event::Apply(summarize(model(content))));
     store
 }
 
@@ -477,7 +482,7 @@ const MODEL: &str =
 async fn the_model_config_map_version_is_part_of_the_config_hash() {
     let p = cluster_pipeline(1, MODEL, None);
     let mut options = default_options();
-    options.model_version = Some("4711".to_string());
+    options.model_version = Some(content_digest(&model("weights v1")));
     let expected = config_hash(
         &serde_json::to_value(render(&p, &options).expect("renders").daemon_set).expect("json"),
     );
@@ -500,7 +505,7 @@ async fn the_model_config_map_version_is_part_of_the_config_hash() {
         cluster_pipeline(1, MODEL, Some(status))
     };
     run(
-        model_store("4711"),
+        model_store("weights v1"),
         move |mut api| async move {
             expect_no_children(&mut api).await;
             api.expect_apply(CM_PATH, None).await;
@@ -536,7 +541,7 @@ fn a_model_config_map_change_maps_to_the_pipelines_using_it() {
     for p in [uses, other_ns, no_model] {
         writer.apply_watcher_event(&watcher::Event::Apply(StoredPipeline::from_pipeline(&p)));
     }
-    let cm = model_store("1")
+    let cm = model_store("weights v1")
         .state()
         .first()
         .map(|c| (**c).clone())

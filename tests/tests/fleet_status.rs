@@ -10,7 +10,9 @@
 //!   beside it runs; deleting the foreign ConfigMap lets the operator create its own;
 //! - one pipeline stored with a field this operator does not know (a newer CRD) is
 //!   `Invalid` naming the field while the others are reconciled, also when the operator
-//!   starts with it in the first list page (the strict types would fail the whole list).
+//!   starts with it in the first list page (the strict types would fail the whole list);
+//! - a model ConfigMap rolls the agents when its content changes, not when a label is
+//!   added to it.
 
 use std::time::Duration;
 
@@ -366,4 +368,68 @@ fn a_pipeline_with_a_field_this_operator_does_not_know_is_invalid_and_the_others
     // Without the field it decodes again and runs.
     cluster.apply(&pipeline("factory", "newer", 100));
     wait_ready(&cluster, "factory", "newer");
+}
+
+/// `(generation, config hash of the pod template)` of the DaemonSet `name`.
+fn rollout(cluster: &Cluster, namespace: &str, name: &str) -> (i64, String) {
+    let ds = cluster.get_json(&["daemonset", name, "-n", namespace]);
+    (
+        ds["metadata"]["generation"].as_i64().unwrap_or_default(),
+        ds["spec"]["template"]["metadata"]["annotations"]["edgepipe.dev/config-hash"]
+            .as_str()
+            .unwrap_or_default()
+            .to_string(),
+    )
+}
+
+#[test]
+fn a_model_config_map_rolls_the_agents_when_its_content_changes_not_its_labels() {
+    let (cluster, operator) = start("model-content");
+    let _guard = cluster.guard();
+    cluster.namespace("models");
+    cluster.apply(
+        "apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: anomaly-model\n  namespace: models\n  labels: {edgepipe.dev/model: \"true\"}\ndata: {model.tflite: weights-v1}\n",
+    );
+    let scored = pipeline("models", "scored", 100).replace(
+        "  sink:",
+        "  inference:\n    model: {configMap: {name: anomaly-model, key: model.tflite}}\n    window: 16\n    threshold: 0.8\n  sink:",
+    );
+    cluster.apply(&scored);
+    wait_ready(&cluster, "models", "scored");
+    let before = rollout(&cluster, "models", "scored-agent");
+
+    // A label (as a GitOps tool adds): the operator sees it, and leaves the fleet alone.
+    let reconciles = operator.metric_sum("edge_operator_reconciliations_total");
+    cluster.kubectl_ok(&[
+        "label",
+        "configmap",
+        "anomaly-model",
+        "-n",
+        "models",
+        "app.kubernetes.io/part-of=factory",
+    ]);
+    poll(WAIT, "a reconcile after the label", || {
+        (operator.metric_sum("edge_operator_reconciliations_total") > reconciles).then_some(())
+    });
+    assert_eq!(
+        rollout(&cluster, "models", "scored-agent"),
+        before,
+        "a label on the model rolled the agents"
+    );
+
+    // New weights: the config hash changes and the agents roll.
+    cluster.kubectl_ok(&[
+        "patch",
+        "configmap",
+        "anomaly-model",
+        "-n",
+        "models",
+        "--type=merge",
+        "-p",
+        r#"{"data":{"model.tflite":"weights-v2"}}"#,
+    ]);
+    poll(WAIT, "a new config hash after new weights", || {
+        let now = rollout(&cluster, "models", "scored-agent");
+        (now.0 > before.0 && now.1 != before.1).then_some(())
+    });
 }

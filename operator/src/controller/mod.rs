@@ -25,11 +25,13 @@
 //! moving during a rollout does not.
 
 mod children;
+mod models;
 mod report;
 mod stored;
 mod watch;
 
 pub use children::{Holder, conflict_message, holder};
+pub use models::{MODEL_DIGEST, content_digest, summarize};
 pub use report::event_for;
 use report::write_status;
 pub use stored::StoredPipeline;
@@ -275,7 +277,8 @@ impl Context {
         }
     }
 
-    /// The resourceVersion of the model ConfigMap of `pipeline`, if it is in the cache.
+    /// The version of the model ConfigMap of `pipeline` (the digest of its content), if it
+    /// is in the cache.
     fn model_version(&self, namespace: &str, pipeline: &EdgePipeline) -> Option<String> {
         let cm = pipeline
             .spec
@@ -292,7 +295,7 @@ impl Context {
                 "model ConfigMap not found among ConfigMaps labelled {MODEL_SELECTOR}; label it so model updates roll the agents"
             );
         }
-        found?.metadata.resource_version.clone()
+        models::digest_of(found?.as_ref())
     }
 
     fn failed(&self, key: ObjectRef<EdgePipeline>) -> u32 {
