@@ -354,7 +354,7 @@ pub async fn reconcile_stored(
         Err(error) => error,
     };
     let started = Instant::now();
-    let result = report_undecodable(&stored, &error, &ctx).await;
+    let result = report::undecodable(&stored, &error, &ctx).await;
     let outcome = match &result {
         Ok(_) => {
             ctx.succeeded(&key_of(&stored));
@@ -364,43 +364,6 @@ pub async fn reconcile_stored(
     };
     ctx.metrics.reconciled(outcome, started.elapsed());
     result
-}
-
-/// Writes the status of a pipeline that does not decode: `Invalid` naming the field, the
-/// counts of its running DaemonSet (if this pipeline controls one), which is not touched.
-async fn report_undecodable(
-    stored: &StoredPipeline,
-    error: &FieldError,
-    ctx: &Context,
-) -> Result<Action, Error> {
-    let namespace = stored.namespace().ok_or(Error::MissingNamespace)?;
-    let name = stored.name_any();
-    let child = agent_name(&name);
-    tracing::warn!(pipeline = %name, %namespace, %error, "the stored pipeline does not decode");
-    let daemon_sets: Api<DaemonSet> = Api::namespaced(ctx.client.clone(), &namespace);
-    let daemon_set = read_daemon_set(&daemon_sets, &child)
-        .await?
-        .filter(|ds| holder(Some(&ds.metadata), stored.metadata.uid.as_deref()) == Holder::This);
-    let previous = stored.status();
-    let status = status::compute_from(
-        stored.metadata.generation,
-        previous.as_ref(),
-        Err(std::slice::from_ref(error)),
-        daemon_set.as_ref(),
-        &now(),
-    );
-    let reference = stored.object_ref(&());
-    write_status(
-        ctx,
-        &namespace,
-        &name,
-        previous.as_ref(),
-        &status,
-        &reference,
-        &child,
-    )
-    .await?;
-    Ok(Action::requeue(REQUEUE))
 }
 
 /// The key a stored pipeline's failures are counted under.

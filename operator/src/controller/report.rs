@@ -1,22 +1,62 @@
 //! How a reconcile reports what it found: the status, server-side applied on `/status`
 //! (field manager `edge-operator`) only when it changed, and an Event for each transition
-//! worth one (see [`crate::status::transitions`]).
+//! worth one (see [`crate::status::transitions`]); and the report of a pipeline that does
+//! not decode, which is all its reconcile does.
 
-use edge_crds::EdgePipelineStatus;
 use edge_crds::manifest::{API_VERSION, KIND};
+use edge_crds::{EdgePipelineStatus, FieldError};
+use k8s_openapi::api::apps::v1::DaemonSet;
 use k8s_openapi::api::core::v1::ObjectReference;
-use kube::Api;
 use kube::api::{Patch, PatchParams};
 use kube::core::{ApiResource, DynamicObject};
+use kube::runtime::controller::Action;
 use kube::runtime::events::{Event, EventType};
+use kube::{Api, Resource, ResourceExt};
 use serde_json::json;
 
-use super::{Context, Error};
-use crate::render::FIELD_MANAGER;
+use super::{Context, Error, Holder, REQUEUE, StoredPipeline, holder, now, read_daemon_set};
+use crate::render::{FIELD_MANAGER, agent_name};
 use crate::status::{self, Transition};
 
 /// Longest Event note the API accepts.
 const MAX_NOTE: usize = 1024;
+
+/// Writes the status of a pipeline that does not decode: `Invalid` naming the field, the
+/// counts of its running DaemonSet (if this pipeline controls one), which is not touched.
+pub(super) async fn undecodable(
+    stored: &StoredPipeline,
+    error: &FieldError,
+    ctx: &Context,
+) -> Result<Action, Error> {
+    let namespace = stored.namespace().ok_or(Error::MissingNamespace)?;
+    let name = stored.name_any();
+    let child = agent_name(&name);
+    tracing::warn!(pipeline = %name, %namespace, %error, "the stored pipeline does not decode");
+    let daemon_sets: Api<DaemonSet> = Api::namespaced(ctx.client.clone(), &namespace);
+    let daemon_set = read_daemon_set(&daemon_sets, &child)
+        .await?
+        .filter(|ds| holder(Some(&ds.metadata), stored.metadata.uid.as_deref()) == Holder::This);
+    let previous = stored.status();
+    let status = status::compute_from(
+        stored.metadata.generation,
+        previous.as_ref(),
+        Err(std::slice::from_ref(error)),
+        daemon_set.as_ref(),
+        &now(),
+    );
+    let reference = stored.object_ref(&());
+    write_status(
+        ctx,
+        &namespace,
+        &name,
+        previous.as_ref(),
+        &status,
+        &reference,
+        &child,
+    )
+    .await?;
+    Ok(Action::requeue(REQUEUE))
+}
 
 /// Patches `/status` when `status` differs from `previous`, and publishes the Events of
 /// the transitions between them.
