@@ -13,6 +13,9 @@ pub const CONDITION_PROGRESSING: &str = "Progressing";
 pub const CONDITION_DEGRADED: &str = "Degraded";
 /// Condition type: the spec failed validation; the last good agents keep running.
 pub const CONDITION_INVALID: &str = "Invalid";
+/// Condition type: an object with the agent's name exists that this pipeline does not
+/// control; the operator leaves it untouched. Present only while True.
+pub const CONDITION_CONFLICT: &str = "Conflict";
 
 /// Observed state of an EdgePipeline.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
@@ -30,7 +33,8 @@ pub struct EdgePipelineStatus {
     /// Number of nodes running the agent for the current configuration.
     #[serde(default)]
     pub updated_nodes: i32,
-    /// Conditions: `Ready`, `Progressing`, `Degraded` and `Invalid`.
+    /// Conditions: `Ready`, `Progressing`, `Degraded` and `Invalid`; `Conflict` while an
+    /// object with the agent's name belongs to someone else.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub conditions: Vec<Condition>,
 }

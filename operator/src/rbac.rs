@@ -87,7 +87,7 @@ pub fn required_permissions() -> Vec<Permission> {
             Cluster,
             "",
             "configmaps",
-            &["list", "watch", "create", "patch", "delete"],
+            &["get", "list", "watch", "create", "patch", "delete"],
         ),
         rule(Cluster, "", "secrets", &["list", "watch"]),
         rule(Cluster, "events.k8s.io", "events", &["create", "patch"]),

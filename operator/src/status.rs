@@ -1,13 +1,14 @@
 //! The EdgePipeline status, computed without an API server from the pipeline, the
-//! validation result (or the tenant policy's verdict) and the agent DaemonSet, and the
-//! transitions worth an Event.
+//! validation result (or the tenant policy's verdict, or what stopped the apply) and the
+//! agent DaemonSet, and the transitions worth an Event.
 //!
 //! Identical inputs give an identical status: `lastTransitionTime` moves only when a
 //! condition's status changes, so a periodic reconcile of an unchanged pipeline writes
 //! nothing.
 
 use edge_crds::status::{
-    CONDITION_DEGRADED, CONDITION_INVALID, CONDITION_PROGRESSING, CONDITION_READY,
+    CONDITION_CONFLICT, CONDITION_DEGRADED, CONDITION_INVALID, CONDITION_PROGRESSING,
+    CONDITION_READY,
 };
 use edge_crds::validate::describe;
 use edge_crds::{EdgePipeline, EdgePipelineStatus, FieldError};
@@ -36,6 +37,29 @@ pub mod reason {
     /// Every condition when the pipeline asks for more than the cluster's tenant policy
     /// allows (its agents are removed).
     pub const FORBIDDEN_BY_POLICY: &str = "ForbiddenByPolicy";
+    /// Ready/Progressing/Degraded: the API server refused to apply the ConfigMap or the
+    /// DaemonSet (an admission policy or webhook, a quota...); its message is in Degraded.
+    pub const APPLY_FAILED: &str = "ApplyFailed";
+    /// Ready/Progressing/Degraded: an object with the agent's name is not this
+    /// pipeline's (see the Conflict condition).
+    pub const CONFLICT: &str = "Conflict";
+    /// Conflict: the object exists and has no controller, or another controller.
+    pub const NOT_CONTROLLED: &str = "NotControlled";
+}
+
+/// Why the operator did not apply the objects of a valid pipeline.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Blocked {
+    /// The API server refused an apply.
+    ApplyFailed {
+        /// The API server's message.
+        message: String,
+    },
+    /// An object with the agent's name exists that this pipeline does not control.
+    Conflict {
+        /// Which object, and who controls it.
+        message: String,
+    },
 }
 
 /// Longest condition message the API accepts.
@@ -111,7 +135,24 @@ pub fn compute(
     daemon_set: Option<&DaemonSet>,
     now: &Time,
 ) -> EdgePipelineStatus {
-    let generation = pipeline.metadata.generation;
+    compute_from(
+        pipeline.metadata.generation,
+        pipeline.status.as_ref(),
+        validation,
+        daemon_set,
+        now,
+    )
+}
+
+/// [`compute`] for a pipeline known only by its generation and previous status (one this
+/// operator cannot decode).
+pub fn compute_from(
+    generation: Option<i64>,
+    previous: Option<&EdgePipelineStatus>,
+    validation: Result<(), &[FieldError]>,
+    daemon_set: Option<&DaemonSet>,
+    now: &Time,
+) -> EdgePipelineStatus {
     let rollout = Rollout::of(daemon_set);
     let c = |type_: &str, status: bool, reason: &str, message: String| Condition {
         type_: type_.to_string(),
@@ -224,7 +265,71 @@ pub fn compute(
         }
     };
 
-    finish(pipeline, conditions, rollout)
+    finish(generation, previous, conditions, rollout)
+}
+
+/// The status of a valid pipeline whose objects the operator did not apply: Ready and
+/// Progressing False and Degraded True with reason `ApplyFailed` (the API server's message
+/// in Degraded) or `Conflict` (then a `Conflict` condition names the object). The agents
+/// already running are left as they are; the counts are the ones last observed.
+pub fn compute_blocked(
+    pipeline: &EdgePipeline,
+    blocked: &Blocked,
+    now: &Time,
+) -> EdgePipelineStatus {
+    let generation = pipeline.metadata.generation;
+    let previous = pipeline.status.as_ref();
+    let c = |type_: &str, status: bool, reason: &str, message: String| Condition {
+        type_: type_.to_string(),
+        status: if status { "True" } else { "False" }.to_string(),
+        reason: reason.to_string(),
+        message: truncate(message, MAX_MESSAGE),
+        observed_generation: generation,
+        last_transition_time: now.clone(),
+    };
+    let (why, degraded, conflict) = match blocked {
+        Blocked::ApplyFailed { message } => (reason::APPLY_FAILED, message.clone(), None),
+        Blocked::Conflict { message } => (
+            reason::CONFLICT,
+            format!("the operator applies nothing while the conflict lasts: {message}"),
+            Some(c(
+                CONDITION_CONFLICT,
+                true,
+                reason::NOT_CONTROLLED,
+                message.clone(),
+            )),
+        ),
+    };
+    let mut conditions = vec![
+        c(
+            CONDITION_READY,
+            false,
+            why,
+            "the current spec is not applied; agents already running keep the last applied one"
+                .to_string(),
+        ),
+        c(
+            CONDITION_PROGRESSING,
+            false,
+            why,
+            "nothing is rolled out until the operator can apply the pipeline".to_string(),
+        ),
+        c(CONDITION_DEGRADED, true, why, degraded),
+        c(
+            CONDITION_INVALID,
+            false,
+            reason::VALID,
+            "the spec is valid".to_string(),
+        ),
+    ];
+    conditions.extend(conflict);
+    let rollout = previous.map_or_else(Rollout::default, |p| Rollout {
+        desired: p.desired_nodes,
+        ready: p.ready_nodes,
+        updated: p.updated_nodes,
+        ..Rollout::default()
+    });
+    finish(generation, previous, conditions, rollout)
 }
 
 /// The status of a pipeline outside the cluster's tenant policy: `Invalid` with reason
@@ -264,18 +369,22 @@ pub fn compute_forbidden(
         ),
         c(CONDITION_INVALID, true, describe(errors)),
     ];
-    finish(pipeline, conditions, Rollout::default())
+    finish(
+        pipeline.metadata.generation,
+        pipeline.status.as_ref(),
+        conditions,
+        Rollout::default(),
+    )
 }
 
 /// Keeps each condition's `lastTransitionTime` while its status stays, and fills in the
 /// counts.
 fn finish(
-    pipeline: &EdgePipeline,
+    generation: Option<i64>,
+    previous: Option<&EdgePipelineStatus>,
     conditions: Vec<Condition>,
     rollout: Rollout,
 ) -> EdgePipelineStatus {
-    let generation = pipeline.metadata.generation;
-    let previous = pipeline.status.as_ref();
     let conditions = conditions
         .into_iter()
         .map(|mut condition| {
@@ -322,6 +431,16 @@ pub enum Transition {
         /// The violations, one per line.
         message: String,
     },
+    /// The API server started refusing to apply the pipeline's objects.
+    ApplyFailed {
+        /// The API server's message.
+        message: String,
+    },
+    /// An object with the agent's name turned out not to be this pipeline's.
+    Conflict {
+        /// The Conflict condition's message.
+        message: String,
+    },
 }
 
 /// The transitions from `previous` to `new`, in the order they should be published.
@@ -337,7 +456,9 @@ pub fn transitions(
     let is = |type_: &str| new.condition(type_).filter(|c| c.status == "True");
     let mut out = vec![];
     let never_applied = previous.is_none_or(|p| p.conditions.is_empty());
-    if never_applied && is(CONDITION_INVALID).is_none() {
+    let blocked = is(CONDITION_DEGRADED)
+        .is_some_and(|c| c.reason == reason::APPLY_FAILED || c.reason == reason::CONFLICT);
+    if never_applied && is(CONDITION_INVALID).is_none() && !blocked {
         out.push(Transition::Created);
     }
     let was_forbidden = previous
@@ -356,13 +477,32 @@ pub fn transitions(
             });
         }
     }
-    if let Some(c) = is(CONDITION_DEGRADED)
-        && !was(CONDITION_DEGRADED)
-        && is(CONDITION_INVALID).is_none()
+    if let Some(c) = is(CONDITION_CONFLICT)
+        && !was(CONDITION_CONFLICT)
     {
-        out.push(Transition::Degraded {
+        out.push(Transition::Conflict {
             message: c.message.clone(),
         });
+    }
+    let was_degraded_for = |why: &str| {
+        previous
+            .and_then(|p| p.condition(CONDITION_DEGRADED))
+            .is_some_and(|c| c.status == "True" && c.reason == why)
+    };
+    if let Some(c) = is(CONDITION_DEGRADED)
+        && is(CONDITION_INVALID).is_none()
+    {
+        if c.reason == reason::APPLY_FAILED {
+            if !was_degraded_for(reason::APPLY_FAILED) {
+                out.push(Transition::ApplyFailed {
+                    message: c.message.clone(),
+                });
+            }
+        } else if c.reason != reason::CONFLICT && !was(CONDITION_DEGRADED) {
+            out.push(Transition::Degraded {
+                message: c.message.clone(),
+            });
+        }
     }
     if let Some(c) = is(CONDITION_READY)
         && !was(CONDITION_READY)

@@ -10,21 +10,25 @@
 use std::sync::RwLock;
 use std::time::Duration;
 
-use edge_crds::EdgePipeline;
+use edge_crds::EdgePipelineStatus;
 use edge_crds::status::{
-    CONDITION_DEGRADED, CONDITION_INVALID, CONDITION_PROGRESSING, CONDITION_READY,
+    CONDITION_CONFLICT, CONDITION_DEGRADED, CONDITION_INVALID, CONDITION_PROGRESSING,
+    CONDITION_READY,
 };
 use kube::runtime::reflector::Store;
+
+use crate::controller::StoredPipeline;
 use prometheus::{
     Histogram, HistogramOpts, IntCounterVec, IntGaugeVec, Opts, Registry, TextEncoder,
 };
 
 /// The conditions counted by `edge_operator_pipelines`.
-pub const CONDITIONS: [&str; 4] = [
+pub const CONDITIONS: [&str; 5] = [
     CONDITION_READY,
     CONDITION_PROGRESSING,
     CONDITION_DEGRADED,
     CONDITION_INVALID,
+    CONDITION_CONFLICT,
 ];
 
 /// The outcome of one reconciliation, as a metric label.
@@ -51,7 +55,7 @@ pub struct Metrics {
     reconciliations: IntCounterVec,
     reconcile_duration: Histogram,
     pipelines: IntGaugeVec,
-    pipelines_source: RwLock<Option<Store<EdgePipeline>>>,
+    pipelines_source: RwLock<Option<Store<StoredPipeline>>>,
 }
 
 impl Metrics {
@@ -121,19 +125,16 @@ impl Metrics {
 
     /// The cache `edge_operator_pipelines` is counted from (the running controller's);
     /// `None` while this replica is not the leader.
-    pub fn count_pipelines_from(&self, store: Option<Store<EdgePipeline>>) {
+    pub fn count_pipelines_from(&self, store: Option<Store<StoredPipeline>>) {
         if let Ok(mut source) = self.pipelines_source.write() {
             *source = store;
         }
     }
 
-    /// Sets `edge_operator_pipelines` from a set of pipelines.
-    pub fn observe_pipelines<'a>(&self, pipelines: impl IntoIterator<Item = &'a EdgePipeline>) {
+    /// Sets `edge_operator_pipelines` from the statuses of a set of pipelines.
+    pub fn observe_pipelines(&self, statuses: impl IntoIterator<Item = EdgePipelineStatus>) {
         let mut counts = [0_i64; CONDITIONS.len()];
-        for pipeline in pipelines {
-            let Some(status) = &pipeline.status else {
-                continue;
-            };
+        for status in statuses {
             for (i, condition) in CONDITIONS.iter().enumerate() {
                 if status
                     .condition(condition)
@@ -154,7 +155,7 @@ impl Metrics {
         match store {
             Some(store) => {
                 let state = store.state();
-                self.observe_pipelines(state.iter().map(|p| p.as_ref()));
+                self.observe_pipelines(state.iter().filter_map(|p| p.status()));
             }
             None => self.observe_pipelines([]),
         }

@@ -11,13 +11,15 @@ use std::time::Duration;
 use common::api::{Seen, internal_error, not_found, respond};
 use common::cluster::{
     CM_PATH, DS_PATH, STATUS_PATH, UID, cluster_pipeline, condition, config_hash, daemon_set,
-    no_models, pipeline_with_status, reconciled, run,
+    expect_no_children, no_models, pipeline_with_status, reconciled, run,
 };
 use common::default_options;
-use edge_crds::{EdgePipeline, EdgePipelineStatus};
-use edge_operator::controller::{Error, REQUEUE, error_policy, pipelines_using_model};
+use edge_crds::EdgePipelineStatus;
+use edge_operator::controller::{
+    Error, REQUEUE, StoredPipeline, content_digest, error_policy, pipelines_using_model, summarize,
+};
 use edge_operator::render::render;
-use edge_operator::status::compute;
+use edge_operator::status::{Blocked, compute, compute_blocked};
 use http::{Method, StatusCode};
 use k8s_openapi::api::apps::v1::DaemonSet;
 use k8s_openapi::api::core::v1::ConfigMap;
@@ -37,6 +39,7 @@ async fn a_new_pipeline_gets_its_config_map_daemon_set_status_and_a_created_even
     run(
         no_models(),
         move |mut api| async move {
+            expect_no_children(&mut api).await;
             let cm = api.expect_apply(CM_PATH, None).await;
             assert_eq!(
                 cm.body,
@@ -132,6 +135,7 @@ async fn an_updated_spec_is_applied_with_a_new_config_hash_and_reports_the_rollo
     run(
         no_models(),
         move |mut api| async move {
+            expect_no_children(&mut api).await;
             let cm = api.expect_apply(CM_PATH, None).await;
             let text = cm.body["data"]["pipeline.yaml"].as_str().expect("config");
             assert!(text.contains("deadband"), "{text}");
@@ -326,6 +330,7 @@ async fn an_unchanged_pipeline_applies_its_objects_and_writes_no_status() {
     run(
         no_models(),
         move |mut api| async move {
+            expect_no_children(&mut api).await;
             api.expect_apply(CM_PATH, None).await;
             api.expect_apply(DS_PATH, Some(live)).await;
             api
@@ -338,7 +343,7 @@ async fn an_unchanged_pipeline_applies_its_objects_and_writes_no_status() {
 }
 
 #[tokio::test]
-async fn failures_back_off_exponentially_up_to_a_cap_and_success_resets() {
+async fn failed_applies_set_degraded_and_back_off_exponentially_up_to_a_cap() {
     let p = cluster_pipeline(1, "", None);
     let p_ok = {
         let rendered =
@@ -355,14 +360,49 @@ async fn failures_back_off_exponentially_up_to_a_cap_and_success_resets() {
         cluster_pipeline(1, "", Some(status))
     };
     let failing = p.clone();
+    let p_failing = p.clone();
+    // The pipeline as the first failure leaves it.
+    let failed_once = cluster_pipeline(
+        1,
+        "",
+        Some(compute_blocked(
+            &p,
+            &Blocked::ApplyFailed {
+                message: "etcd is having a bad day".to_string(),
+            },
+            &Time(Timestamp::from_second(1_800_000_000).expect("time")),
+        )),
+    );
     run(
         no_models(),
         |mut api| async move {
-            for _ in 0..2 {
+            for attempt in 0..2 {
+                expect_no_children(&mut api).await;
                 api.expect_apply(CM_PATH, None).await;
                 let (_, send) = api.expect(Method::PATCH, DS_PATH).await;
                 respond(send, StatusCode::INTERNAL_SERVER_ERROR, internal_error());
+                if attempt == 1 {
+                    // Still failing the same way: no status write, no Event.
+                    continue;
+                }
+                // The failure is in the status, with the API server's message.
+                let (seen, send) = api.expect(Method::PATCH, STATUS_PATH).await;
+                let status = &seen.body["status"];
+                let degraded = condition(status, "Degraded");
+                assert_eq!(degraded["status"], "True");
+                assert_eq!(degraded["reason"], "ApplyFailed");
+                assert_eq!(degraded["message"], internal_error()["message"], "{status}");
+                assert_eq!(condition(status, "Ready")["reason"], "ApplyFailed");
+                respond(
+                    send,
+                    StatusCode::OK,
+                    pipeline_with_status(&p_failing, status),
+                );
+                let event = api.expect_event("factory").await;
+                assert_eq!(event.body["reason"], "ApplyFailed");
+                assert_eq!(event.body["type"], "Warning");
             }
+            expect_no_children(&mut api).await;
             api.expect_apply(CM_PATH, None).await;
             let (seen, send) = api.expect(Method::PATCH, DS_PATH).await;
             respond(send, StatusCode::OK, daemon_set(&seen.body, 1, 1, 0, 0, 0));
@@ -370,8 +410,13 @@ async fn failures_back_off_exponentially_up_to_a_cap_and_success_resets() {
         },
         |ctx, metrics| async move {
             let shared = Arc::new(failing);
-            for expected in [5, 10] {
-                let error = reconciled((*shared).clone(), &ctx)
+            for (attempt, expected) in [5, 10].into_iter().enumerate() {
+                let pipeline = if attempt == 0 {
+                    (*shared).clone()
+                } else {
+                    failed_once.clone()
+                };
+                let error = reconciled(pipeline, &ctx)
                     .await
                     .expect_err("the API server fails");
                 assert!(matches!(error, Error::ApplyDaemonSet { .. }), "{error}");
@@ -409,19 +454,24 @@ fn the_backoff_is_capped() {
     assert_eq!(backoff_delay(u32::MAX), BACKOFF_MAX);
 }
 
-fn model_store(resource_version: &str) -> Store<PartialObjectMeta<ConfigMap>> {
-    let (store, mut writer) = reflector::store();
-    let cm = PartialObjectMeta::<ConfigMap> {
-        types: None,
+/// The model ConfigMap with `content`, as the API server returns it.
+fn model(content: &str) -> ConfigMap {
+    ConfigMap {
         metadata: ObjectMeta {
             name: Some("anomaly-model".to_string()),
             namespace: Some("factory".to_string()),
-            resource_version: Some(resource_version.to_string()),
+            resource_version: Some("4711".to_string()),
             ..ObjectMeta::default()
         },
-        _phantom: Default::default(),
-    };
-    writer.apply_watcher_event(&watcher::Event::Apply(cm));
+        data: Some([("model.tflite".to_string(), content.to_string())].into()),
+        ..ConfigMap::default()
+    }
+}
+
+/// The cache of model ConfigMaps, holding the model with `content`.
+fn model_store(content: &str) -> Store<PartialObjectMeta<ConfigMap>> {
+    let (store, mut writer) = reflector::store();
+    writer.apply_watcher_event(&watcher::Event::Apply(summarize(model(content))));
     store
 }
 
@@ -432,7 +482,7 @@ const MODEL: &str =
 async fn the_model_config_map_version_is_part_of_the_config_hash() {
     let p = cluster_pipeline(1, MODEL, None);
     let mut options = default_options();
-    options.model_version = Some("4711".to_string());
+    options.model_version = Some(content_digest(&model("weights v1")));
     let expected = config_hash(
         &serde_json::to_value(render(&p, &options).expect("renders").daemon_set).expect("json"),
     );
@@ -455,8 +505,9 @@ async fn the_model_config_map_version_is_part_of_the_config_hash() {
         cluster_pipeline(1, MODEL, Some(status))
     };
     run(
-        model_store("4711"),
+        model_store("weights v1"),
         move |mut api| async move {
+            expect_no_children(&mut api).await;
             api.expect_apply(CM_PATH, None).await;
             let (seen, send) = api.expect(Method::PATCH, DS_PATH).await;
             assert_eq!(config_hash(&seen.body), expected);
@@ -480,7 +531,7 @@ async fn the_model_config_map_version_is_part_of_the_config_hash() {
 
 #[test]
 fn a_model_config_map_change_maps_to_the_pipelines_using_it() {
-    let (pipelines, mut writer) = reflector::store::<EdgePipeline>();
+    let (pipelines, mut writer) = reflector::store::<StoredPipeline>();
     let mut uses = cluster_pipeline(1, MODEL, None);
     uses.metadata.name = Some("uses".to_string());
     let mut other_ns = uses.clone();
@@ -488,9 +539,9 @@ fn a_model_config_map_change_maps_to_the_pipelines_using_it() {
     let mut no_model = cluster_pipeline(1, "", None);
     no_model.metadata.name = Some("plain".to_string());
     for p in [uses, other_ns, no_model] {
-        writer.apply_watcher_event(&watcher::Event::Apply(p));
+        writer.apply_watcher_event(&watcher::Event::Apply(StoredPipeline::from_pipeline(&p)));
     }
-    let cm = model_store("1")
+    let cm = model_store("weights v1")
         .state()
         .first()
         .map(|c| (**c).clone())
@@ -498,6 +549,6 @@ fn a_model_config_map_change_maps_to_the_pipelines_using_it() {
     let refs = pipelines_using_model(&pipelines, &cm);
     assert_eq!(
         refs,
-        vec![ObjectRef::<EdgePipeline>::new("uses").within("factory")]
+        vec![ObjectRef::<StoredPipeline>::new("uses").within("factory")]
     );
 }

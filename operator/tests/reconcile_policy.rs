@@ -10,12 +10,12 @@ use std::collections::BTreeMap;
 
 use common::api::{Seen, not_found, respond};
 use common::cluster::{
-    CM_PATH, DS_PATH, STATUS_PATH, UID, cluster_pipeline, condition, daemon_set, no_models,
-    pipeline_with_status, reconciled, run_with,
+    CM_PATH, DS_PATH, STATUS_PATH, UID, cluster_pipeline, condition, daemon_set,
+    expect_no_children, no_models, pipeline_with_status, reconciled, run_with,
 };
 use common::default_options;
 use edge_crds::EdgePipeline;
-use edge_operator::controller::pipelines_using_secret;
+use edge_operator::controller::{StoredPipeline, pipelines_using_secret};
 use edge_operator::policy::{self, SECRET_OPT_IN_LABEL, TenantPolicy};
 use edge_operator::render::render;
 use edge_operator::status::{Transition, compute_forbidden, transitions};
@@ -253,6 +253,7 @@ async fn a_secret_is_used_only_once_it_opted_in() {
         no_models(),
         |ctx| ctx.with_policy(TenantPolicy::default(), secrets("ingest-token", "true")),
         move |mut api| async move {
+            expect_no_children(&mut api).await;
             api.expect_apply(CM_PATH, None).await;
             let ds = api.expect_apply(DS_PATH, None).await;
             assert!(ds.body.to_string().contains("ingest-token"), "{}", ds.body);
@@ -334,7 +335,7 @@ fn a_forbidden_event_is_published_once_even_after_an_invalid_spec() {
 
 #[test]
 fn an_opt_in_change_maps_to_the_pipelines_using_the_secret() {
-    let (pipelines, mut writer) = reflector::store::<EdgePipeline>();
+    let (pipelines, mut writer) = reflector::store::<StoredPipeline>();
     let spec = format!(
         "  source:\n    mqtt: {{url: 'mqtt://${{HOST_IP}}:1883', topics: ['sensors/#']}}\n{SECRET_HEADER}"
     );
@@ -345,7 +346,7 @@ fn an_opt_in_change_maps_to_the_pipelines_using_the_secret() {
     let mut plain = pipeline_with(common::BASE_SPEC);
     plain.metadata.name = Some("plain".to_string());
     for p in [uses, other_ns, plain] {
-        writer.apply_watcher_event(&watcher::Event::Apply(p));
+        writer.apply_watcher_event(&watcher::Event::Apply(StoredPipeline::from_pipeline(&p)));
     }
     let secret = secrets("ingest-token", "true")
         .state()
@@ -354,6 +355,6 @@ fn an_opt_in_change_maps_to_the_pipelines_using_the_secret() {
         .expect("Secret");
     assert_eq!(
         pipelines_using_secret(&pipelines, &secret),
-        vec![ObjectRef::<EdgePipeline>::new("uses").within("factory")]
+        vec![ObjectRef::<StoredPipeline>::new("uses").within("factory")]
     );
 }

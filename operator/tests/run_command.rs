@@ -59,6 +59,10 @@ async fn answer(req: Request<Incoming>) -> Response<Body> {
         return Response::new(StreamBody::new(events).boxed());
     }
     match method {
+        hyper::Method::GET if path.contains("/configmaps/") || path.contains("/daemonsets/") => {
+            let missing = serde_json::json!({"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Failure", "reason": "NotFound", "code": 404, "message": "not found"});
+            json_response(404, &missing)
+        }
         hyper::Method::GET => {
             let items = if path == "/apis/edgepipe.dev/v1alpha1/edgepipelines"
                 && !query.contains("limit=1&")

@@ -11,6 +11,7 @@ use std::time::Duration;
 
 use common::pipeline;
 use edge_crds::EdgePipelineStatus;
+use edge_operator::controller::StoredPipeline;
 use edge_operator::server::{Readiness, serve};
 use edge_operator::telemetry::{Metrics, ReconcileResult};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
@@ -96,7 +97,7 @@ async fn health_and_metrics_endpoints() {
             conditions,
             ..EdgePipelineStatus::default()
         });
-        writer.apply_watcher_event(&watcher::Event::Apply(p));
+        writer.apply_watcher_event(&watcher::Event::Apply(StoredPipeline::from_pipeline(&p)));
     }
     metrics.count_pipelines_from(Some(store));
 

@@ -9,9 +9,11 @@
 //! also stops agents that were started before. Then reconcile validates the spec; an
 //! invalid one gets the `Invalid` condition and an Event, and its running DaemonSet is
 //! left untouched (a typo does not stop a working pipeline). A valid one gets its
-//! ConfigMap and DaemonSet server-side applied (field manager `edge-operator`), then its
-//! status patched on `/status` when it changed. Events are published only on
-//! transitions. Failures are retried with a per-object capped exponential backoff;
+//! ConfigMap and DaemonSet server-side applied (field manager `edge-operator`), unless an
+//! object of that name is not this pipeline's ([`children`]: the `Conflict` condition,
+//! nothing written); an apply the API server refuses gives `Degraded` with reason
+//! `ApplyFailed` and its message, and is retried. Then the status is patched on
+//! `/status` when it changed ([`report`]). Events are published only on transitions. Failures are retried with a per-object capped exponential backoff;
 //! success requeues every 5 minutes.
 //!
 //! At rest the operator writes nothing: it remembers what it last applied for each
@@ -22,33 +24,40 @@
 //! either leaving the cache makes the next reconcile apply again; the DaemonSet's status
 //! moving during a rollout does not.
 
+mod children;
+mod models;
+mod report;
+mod stored;
 mod watch;
 
+pub use children::{Holder, conflict_message, holder};
+pub use models::{MODEL_DIGEST, content_digest, summarize};
+pub use report::event_for;
+use report::write_status;
+pub use stored::StoredPipeline;
 pub use watch::{Settings, pipelines_using_model, pipelines_using_secret, run};
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use edge_crds::manifest::{API_VERSION, KIND};
 use edge_crds::{EdgePipeline, EdgePipelineStatus, FieldError};
 use k8s_openapi::api::apps::v1::DaemonSet;
 use k8s_openapi::api::core::v1::{ConfigMap, Secret};
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, Time};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use k8s_openapi::jiff::Timestamp;
-use kube::api::{DeleteParams, Patch, PatchParams, Preconditions, PropagationPolicy};
+use kube::api::{Patch, PatchParams};
 use kube::core::PartialObjectMeta;
 use kube::runtime::controller::Action;
-use kube::runtime::events::{Event, EventType, Recorder, Reporter};
+use kube::runtime::events::{Recorder, Reporter};
 use kube::runtime::reflector::{self, ObjectRef, Store};
 use kube::{Api, Client, Resource, ResourceExt};
-use serde_json::json;
 
 use crate::policy::{self, SECRET_OPT_IN_LABEL, TenantPolicy};
 use crate::render::{
     FIELD_MANAGER, MODEL_SELECTOR, RenderError, RenderOptions, agent_name, check, render,
 };
-use crate::status::{self, Transition};
+use crate::status::{self, Blocked};
 use crate::telemetry::{Metrics, ReconcileResult};
 
 /// How often a healthy pipeline is reconciled again.
@@ -57,6 +66,9 @@ pub const REQUEUE: Duration = Duration::from_secs(5 * 60);
 pub const BACKOFF_MIN: Duration = Duration::from_secs(5);
 /// Longest retry delay.
 pub const BACKOFF_MAX: Duration = Duration::from_secs(5 * 60);
+/// How often a pipeline in conflict looks again whether the object in its way is gone
+/// (such an object is not among the watched ones).
+pub const CONFLICT_RECHECK: Duration = Duration::from_secs(30);
 /// Reconciles running at once.
 const CONCURRENCY: u16 = 4;
 /// Upper bound on the objects whose failure count is remembered.
@@ -65,8 +77,6 @@ const MAX_TRACKED_FAILURES: usize = 4096;
 /// entries of deleted pipelines are only dropped when the bound clears the map, which
 /// costs one no-op apply per pipeline).
 const MAX_REMEMBERED_APPLIES: usize = 16_384;
-/// Longest Event note the API accepts.
-const MAX_NOTE: usize = 1024;
 
 /// Why a reconcile failed (it is retried with backoff).
 #[derive(Debug, thiserror::Error)]
@@ -89,6 +99,16 @@ pub enum Error {
     #[error("applying DaemonSet {name} failed: {source}")]
     ApplyDaemonSet {
         /// DaemonSet name.
+        name: String,
+        /// API error.
+        source: kube::Error,
+    },
+    /// Reading the metadata of the agent's ConfigMap or DaemonSet (who controls it) failed.
+    #[error("reading {kind} {name} failed: {source}")]
+    ReadObject {
+        /// `ConfigMap` or `DaemonSet`.
+        kind: &'static str,
+        /// Its name.
         name: String,
         /// API error.
         source: kube::Error,
@@ -257,7 +277,8 @@ impl Context {
         }
     }
 
-    /// The resourceVersion of the model ConfigMap of `pipeline`, if it is in the cache.
+    /// The version of the model ConfigMap of `pipeline` (the digest of its content), if it
+    /// is in the cache.
     fn model_version(&self, namespace: &str, pipeline: &EdgePipeline) -> Option<String> {
         let cm = pipeline
             .spec
@@ -274,7 +295,7 @@ impl Context {
                 "model ConfigMap not found among ConfigMaps labelled {MODEL_SELECTOR}; label it so model updates roll the agents"
             );
         }
-        found?.metadata.resource_version.clone()
+        models::digest_of(found?.as_ref())
     }
 
     fn failed(&self, key: ObjectRef<EdgePipeline>) -> u32 {
@@ -320,12 +341,60 @@ pub async fn reconcile(pipeline: Arc<EdgePipeline>, ctx: Arc<Context>) -> Result
     result
 }
 
+/// Reconciles one pipeline as the API server stores it: decoded with the strict API
+/// types, it is reconciled by [`reconcile`]; one that does not decode (a field this
+/// operator does not know) gets the `Invalid` condition naming the field and an Event,
+/// and its running agents are left untouched.
+pub async fn reconcile_stored(
+    stored: Arc<StoredPipeline>,
+    ctx: Arc<Context>,
+) -> Result<Action, Error> {
+    let error = match stored.decode() {
+        Ok(pipeline) => return reconcile(Arc::new(pipeline), ctx).await,
+        Err(error) => error,
+    };
+    let started = Instant::now();
+    let result = report::undecodable(&stored, &error, &ctx).await;
+    let outcome = match &result {
+        Ok(_) => {
+            ctx.succeeded(&key_of(&stored));
+            ReconcileResult::Success
+        }
+        Err(_) => ReconcileResult::Error,
+    };
+    ctx.metrics.reconciled(outcome, started.elapsed());
+    result
+}
+
+/// The key a stored pipeline's failures are counted under.
+fn key_of(stored: &StoredPipeline) -> ObjectRef<EdgePipeline> {
+    let key = ObjectRef::new(&stored.name_any());
+    match stored.namespace() {
+        Some(namespace) => key.within(&namespace),
+        None => key,
+    }
+}
+
 /// Retries a failed reconcile after a per-object capped exponential backoff.
 pub fn error_policy(pipeline: Arc<EdgePipeline>, error: &Error, ctx: Arc<Context>) -> Action {
-    let attempt = ctx.failed(ObjectRef::from_obj(pipeline.as_ref()));
+    retry(ObjectRef::from_obj(pipeline.as_ref()), error, &ctx)
+}
+
+/// [`error_policy`] for the controller, which watches pipelines as stored.
+pub fn error_policy_stored(
+    stored: Arc<StoredPipeline>,
+    error: &Error,
+    ctx: Arc<Context>,
+) -> Action {
+    retry(key_of(&stored), error, &ctx)
+}
+
+fn retry(key: ObjectRef<EdgePipeline>, error: &Error, ctx: &Context) -> Action {
+    let (name, namespace) = (key.name.clone(), key.namespace.clone());
+    let attempt = ctx.failed(key);
     let delay = backoff_delay(attempt);
     tracing::warn!(
-        pipeline = %pipeline.name_any(), namespace = ?pipeline.namespace(), %error,
+        pipeline = %name, namespace = ?namespace, %error,
         retry_in_s = delay.as_secs(), "reconcile failed"
     );
     Action::requeue(delay)
@@ -340,44 +409,61 @@ async fn apply(pipeline: &EdgePipeline, ctx: &Context) -> Result<Action, Error> 
         ..ctx.render.clone()
     };
     let daemon_sets: Api<DaemonSet> = Api::namespaced(ctx.client.clone(), &namespace);
-    let ssa = PatchParams::apply(FIELD_MANAGER).force();
 
     let key = ObjectRef::from_obj(pipeline);
     let violations = policy::check(&ctx.policy, &pipeline.spec, &|secret| {
         ctx.secret_opted_in(&namespace, secret)
     });
-    let status = if violations.is_empty() {
+    let outcome = if violations.is_empty() {
         status_after_apply(pipeline, ctx, &options, &key, &child, &daemon_sets).await?
     } else {
         let mut errors = check(pipeline).err().unwrap_or_default();
         errors.extend(violations);
         ctx.forget(&key);
-        remove_agents(pipeline, ctx, &namespace, &child, &daemon_sets).await?;
-        status::compute_forbidden(pipeline, &errors, &now())
+        children::remove_agents(pipeline, ctx, &namespace, &child, &daemon_sets).await?;
+        Outcome::Done(status::compute_forbidden(pipeline, &errors, &now()))
     };
 
-    if pipeline.status.as_ref() != Some(&status) {
-        let pipelines: Api<EdgePipeline> = Api::namespaced(ctx.client.clone(), &namespace);
-        let patch = json!({ "apiVersion": API_VERSION, "kind": KIND, "status": status });
-        pipelines
-            .patch_status(&name, &ssa, &Patch::Apply(&patch))
-            .await
-            .map_err(Error::PatchStatus)?;
-    }
+    let (status, result) = match outcome {
+        Outcome::Done(status) => (status, Ok(Action::requeue(REQUEUE))),
+        Outcome::Conflict(status) => (status, Ok(Action::requeue(CONFLICT_RECHECK))),
+        Outcome::Failed(status, error) => (status, Err(error)),
+    };
+    write_status(
+        ctx,
+        &namespace,
+        &name,
+        pipeline.status.as_ref(),
+        &status,
+        &pipeline.object_ref(&()),
+        &child,
+    )
+    .await?;
+    result
+}
 
-    let reference = pipeline.object_ref(&());
-    for transition in status::transitions(pipeline.status.as_ref(), &status) {
-        let event = event_for(&transition, &child);
-        if let Err(error) = ctx.recorder.publish(&event, &reference).await {
-            tracing::warn!(pipeline = %name, %namespace, %error, reason = %event.reason, "publishing an Event failed");
-        }
+/// What a reconcile of a pipeline within the policy comes to: the status to write, and
+/// whether it failed (and is retried with backoff) or waits for a conflict to go away.
+enum Outcome {
+    Done(EdgePipelineStatus),
+    Conflict(EdgePipelineStatus),
+    Failed(EdgePipelineStatus, Error),
+}
+
+/// The message of an apply the API server refused (an admission policy's or webhook's,
+/// a quota's...), or the error itself when the API server did not answer.
+fn refusal(error: &kube::Error) -> String {
+    match error {
+        kube::Error::Api(status) if !status.message.is_empty() => status.message.clone(),
+        other => other.to_string(),
     }
-    Ok(Action::requeue(REQUEUE))
 }
 
 /// For a pipeline within the policy: applies its objects when they changed (or reads the
 /// DaemonSet when they did not), or, for an invalid spec, reads the running DaemonSet
-/// and leaves it alone; returns the status to write.
+/// and leaves it alone; returns the status to write. Objects of the agent's name that are
+/// not this pipeline's are never applied (a conflict); an apply the API server refuses
+/// gives `Degraded` with reason `ApplyFailed` and is retried.
 async fn status_after_apply(
     pipeline: &EdgePipeline,
     ctx: &Context,
@@ -385,7 +471,7 @@ async fn status_after_apply(
     key: &ObjectRef<EdgePipeline>,
     child: &str,
     daemon_sets: &Api<DaemonSet>,
-) -> Result<EdgePipelineStatus, Error> {
+) -> Result<Outcome, Error> {
     let namespace = pipeline.namespace().ok_or(Error::MissingNamespace)?;
     let name = pipeline.name_any();
     let ssa = PatchParams::apply(FIELD_MANAGER).force();
@@ -397,21 +483,43 @@ async fn status_after_apply(
             if ctx.unchanged(key, &namespace, child, &digest) {
                 (None, read_daemon_set(daemon_sets, child).await?)
             } else {
+                if let Some(message) = children::conflict(pipeline, ctx, &namespace, child).await? {
+                    ctx.forget(key);
+                    let blocked = Blocked::Conflict { message };
+                    return Ok(Outcome::Conflict(status::compute_blocked(
+                        pipeline,
+                        &blocked,
+                        &now(),
+                    )));
+                }
+                let failed = |message: String, error: Error| {
+                    tracing::debug!(pipeline = %name, %namespace, %message, "the API server refused an apply");
+                    let blocked = Blocked::ApplyFailed { message };
+                    Outcome::Failed(status::compute_blocked(pipeline, &blocked, &now()), error)
+                };
                 let config_maps: Api<ConfigMap> = Api::namespaced(ctx.client.clone(), &namespace);
-                let config_map = config_maps
+                let config_map = match config_maps
                     .patch(child, &ssa, &Patch::Apply(&rendered.config_map))
                     .await
-                    .map_err(|source| Error::ApplyConfigMap {
-                        name: child.to_string(),
-                        source,
-                    })?;
-                let applied = daemon_sets
+                {
+                    Ok(applied) => applied,
+                    Err(source) => {
+                        let message = refusal(&source);
+                        let name = child.to_string();
+                        return Ok(failed(message, Error::ApplyConfigMap { name, source }));
+                    }
+                };
+                let applied = match daemon_sets
                     .patch(child, &ssa, &Patch::Apply(&rendered.daemon_set))
                     .await
-                    .map_err(|source| Error::ApplyDaemonSet {
-                        name: child.to_string(),
-                        source,
-                    })?;
+                {
+                    Ok(applied) => applied,
+                    Err(source) => {
+                        let message = refusal(&source);
+                        let name = child.to_string();
+                        return Ok(failed(message, Error::ApplyDaemonSet { name, source }));
+                    }
+                };
                 tracing::debug!(pipeline = %name, %namespace, "applied ConfigMap and DaemonSet");
                 ctx.remember(
                     key.clone(),
@@ -434,90 +542,12 @@ async fn status_after_apply(
         Some(errors) => Err(errors.as_slice()),
         None => Ok(()),
     };
-    Ok(status::compute(
+    Ok(Outcome::Done(status::compute(
         pipeline,
         validation,
         daemon_set.as_ref(),
         &now(),
-    ))
-}
-
-/// Whether `meta` is of an object this pipeline controls (its controller owner reference
-/// has the pipeline's uid).
-fn controlled_by(meta: &ObjectMeta, pipeline: &EdgePipeline) -> bool {
-    let Some(uid) = pipeline.metadata.uid.as_deref() else {
-        return false;
-    };
-    meta.owner_references
-        .iter()
-        .flatten()
-        .any(|owner| owner.controller == Some(true) && owner.uid == uid)
-}
-
-/// Deletes the DaemonSet and ConfigMap of a pipeline outside the tenant policy, each
-/// only when this pipeline controls it, with its uid as a precondition (so an object
-/// recreated meanwhile by someone else is never deleted). The ConfigMap is found in the
-/// cache of managed ConfigMaps: one that is not there yet is removed by the reconcile
-/// its arrival triggers.
-async fn remove_agents(
-    pipeline: &EdgePipeline,
-    ctx: &Context,
-    namespace: &str,
-    child: &str,
-    daemon_sets: &Api<DaemonSet>,
-) -> Result<(), Error> {
-    let delete = |uid: Option<String>| DeleteParams {
-        preconditions: Some(Preconditions {
-            uid,
-            resource_version: None,
-        }),
-        propagation_policy: Some(PropagationPolicy::Background),
-        ..DeleteParams::default()
-    };
-    // Gone already, or replaced by another object: nothing of this pipeline's to delete.
-    let gone = |error: &kube::Error| matches!(error, kube::Error::Api(status) if status.code == 404 || status.code == 409);
-    if let Some(ds) = read_daemon_set(daemon_sets, child).await?
-        && controlled_by(&ds.metadata, pipeline)
-    {
-        match daemon_sets
-            .delete(child, &delete(ds.metadata.uid.clone()))
-            .await
-        {
-            Ok(_) => {
-                tracing::info!(pipeline = %pipeline.name_any(), %namespace, "removed the agent DaemonSet of a pipeline outside the tenant policy")
-            }
-            Err(error) if gone(&error) => {}
-            Err(source) => {
-                return Err(Error::Remove {
-                    kind: "DaemonSet",
-                    name: child.to_string(),
-                    source,
-                });
-            }
-        }
-    }
-    if let Some(cm) = ctx
-        .config_maps
-        .get(&ObjectRef::new(child).within(namespace))
-        && controlled_by(&cm.metadata, pipeline)
-    {
-        let config_maps: Api<ConfigMap> = Api::namespaced(ctx.client.clone(), namespace);
-        match config_maps
-            .delete(child, &delete(cm.metadata.uid.clone()))
-            .await
-        {
-            Ok(_) => {}
-            Err(error) if gone(&error) => {}
-            Err(source) => {
-                return Err(Error::Remove {
-                    kind: "ConfigMap",
-                    name: child.to_string(),
-                    source,
-                });
-            }
-        }
-    }
-    Ok(())
+    )))
 }
 
 /// The DaemonSet `name`, if it exists.
@@ -528,54 +558,6 @@ async fn read_daemon_set(api: &Api<DaemonSet>, name: &str) -> Result<Option<Daem
             name: name.to_string(),
             source,
         })
-}
-
-/// The Event published for a status transition.
-pub fn event_for(transition: &Transition, child: &str) -> Event {
-    let (type_, reason, action, note) = match transition {
-        Transition::Created => (
-            EventType::Normal,
-            "Created",
-            "Apply",
-            format!("applied ConfigMap {child} and DaemonSet {child}"),
-        ),
-        Transition::RolloutComplete { message } => (
-            EventType::Normal,
-            "RolloutComplete",
-            "Rollout",
-            message.clone(),
-        ),
-        Transition::Degraded { message } => {
-            (EventType::Warning, "Degraded", "Rollout", message.clone())
-        }
-        Transition::Invalid { message } => (
-            EventType::Warning,
-            "Invalid",
-            "Validate",
-            format!("the running agents are left untouched:\n{message}"),
-        ),
-        Transition::Forbidden { message } => (
-            EventType::Warning,
-            status::reason::FORBIDDEN_BY_POLICY,
-            "Validate",
-            format!("outside the cluster's tenant policy; its agents are removed:\n{message}"),
-        ),
-    };
-    let mut note = note;
-    if note.len() > MAX_NOTE {
-        let mut end = MAX_NOTE;
-        while !note.is_char_boundary(end) {
-            end -= 1;
-        }
-        note.truncate(end);
-    }
-    Event {
-        type_,
-        reason: reason.to_string(),
-        note: Some(note),
-        action: action.to_string(),
-        secondary: None,
-    }
 }
 
 /// The time stamped on changed conditions, to the second (as the API stores it).

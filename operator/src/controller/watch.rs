@@ -1,14 +1,14 @@
 //! What the controller watches and how a change reaches a reconcile: EdgePipelines; the
 //! DaemonSets and ConfigMaps it manages (metadata only); model ConfigMaps labelled
-//! `edgepipe.dev/model=true` and Secrets labelled `edgepipe.dev/allow-pipelines=true`
-//! (metadata only: the operator never receives a Secret's data), each mapped to the
-//! pipelines that use it.
+//! `edgepipe.dev/model=true` (cached as metadata and a digest of their content) and
+//! Secrets labelled `edgepipe.dev/allow-pipelines=true` (metadata only: the operator
+//! never receives a Secret's data), each mapped to the pipelines that use it. EdgePipelines are watched as stored ([`StoredPipeline`]) so
+//! that one the strict types reject never breaks the watch of the others.
 
 use std::fmt::Debug;
 use std::sync::Arc;
 
-use edge_crds::EdgePipeline;
-use futures::StreamExt;
+use futures::{StreamExt, TryStreamExt};
 use k8s_openapi::api::apps::v1::DaemonSet;
 use k8s_openapi::api::core::v1::{ConfigMap, Secret};
 use kube::api::ListParams;
@@ -19,11 +19,13 @@ use kube::runtime::reflector::{self, ObjectRef, Store};
 use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Api, Client, Resource};
 use serde::de::DeserializeOwned;
+use serde_json::Value;
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
-use super::{CONCURRENCY, Context, Error, error_policy, reconcile};
+use super::models;
+use super::{CONCURRENCY, Context, Error, StoredPipeline, error_policy_stored, reconcile_stored};
 use crate::policy::{SECRET_OPT_IN_SELECTOR, TenantPolicy, secret_references};
 use crate::render::{FIELD_MANAGER, MANAGED_BY_SELECTOR, MODEL_SELECTOR, RenderOptions};
 use crate::server::Readiness;
@@ -47,9 +49,9 @@ pub struct Settings {
 
 /// The pipelines (in the cache) whose model is the ConfigMap `cm`.
 pub fn pipelines_using_model(
-    pipelines: &Store<EdgePipeline>,
+    pipelines: &Store<StoredPipeline>,
     cm: &PartialObjectMeta<ConfigMap>,
-) -> Vec<ObjectRef<EdgePipeline>> {
+) -> Vec<ObjectRef<StoredPipeline>> {
     let (Some(namespace), Some(name)) = (
         cm.metadata.namespace.as_deref(),
         cm.metadata.name.as_deref(),
@@ -62,21 +64,21 @@ pub fn pipelines_using_model(
         .filter(|p| p.metadata.namespace.as_deref() == Some(namespace))
         .filter(|p| {
             p.spec
-                .inference
-                .as_ref()
-                .and_then(|i| i.model.config_map.as_ref())
-                .is_some_and(|m| m.name == name)
+                .pointer("/inference/model/configMap/name")
+                .and_then(Value::as_str)
+                == Some(name)
         })
         .map(|p| ObjectRef::from_obj(p.as_ref()))
         .collect()
 }
 
 /// The pipelines (in the cache) that reference the Secret `secret` anywhere in their
-/// spec: when it gains or loses the opt-in label they are checked again.
+/// spec: when it gains or loses the opt-in label they are checked again. A pipeline that
+/// does not decode is skipped (it runs nothing new until it does).
 pub fn pipelines_using_secret(
-    pipelines: &Store<EdgePipeline>,
+    pipelines: &Store<StoredPipeline>,
     secret: &PartialObjectMeta<Secret>,
-) -> Vec<ObjectRef<EdgePipeline>> {
+) -> Vec<ObjectRef<StoredPipeline>> {
     let (Some(namespace), Some(name)) = (
         secret.metadata.namespace.as_deref(),
         secret.metadata.name.as_deref(),
@@ -87,7 +89,10 @@ pub fn pipelines_using_secret(
         .state()
         .iter()
         .filter(|p| p.metadata.namespace.as_deref() == Some(namespace))
-        .filter(|p| secret_references(&p.spec).iter().any(|r| r.name == name))
+        .filter(|p| {
+            p.decode()
+                .is_ok_and(|p| secret_references(&p.spec).iter().any(|r| r.name == name))
+        })
         .map(|p| ObjectRef::from_obj(p.as_ref()))
         .collect()
 }
@@ -119,11 +124,35 @@ where
     K: Resource + Clone + DeserializeOwned + Debug + Send + Sync + 'static,
     K::DynamicType: Default + Eq + std::hash::Hash + Clone + Send + Sync,
 {
+    let config = watcher::Config::default().labels(selector);
+    cached(watcher(api, config), what)
+}
+
+/// The model ConfigMaps (labelled `edgepipe.dev/model=true`) as [`models::summarize`]
+/// reduces them, cached and forwarded like [`labelled`] objects.
+fn model_config_maps(
+    api: Api<ConfigMap>,
+) -> (
+    Store<PartialObjectMeta<ConfigMap>>,
+    mpsc::Receiver<PartialObjectMeta<ConfigMap>>,
+    JoinHandle<()>,
+) {
+    let config = watcher::Config::default().labels(MODEL_SELECTOR);
+    let events = watcher(api, config).map_ok(models::summarize_event);
+    cached(events, "model ConfigMaps")
+}
+
+/// Reflects `events` into a cache and forwards each touched object to a bounded channel.
+fn cached<K, S>(events: S, what: &'static str) -> (Store<K>, mpsc::Receiver<K>, JoinHandle<()>)
+where
+    K: kube::runtime::reflector::Lookup + Clone + Send + Sync + 'static,
+    K::DynamicType: Default + Eq + std::hash::Hash + Clone + Send + Sync,
+    S: futures::Stream<Item = Result<watcher::Event<K>, watcher::Error>> + Send + 'static,
+{
     let (store, writer) = reflector::store();
     let (tx, rx) = mpsc::channel(WATCH_EVENTS);
-    let config = watcher::Config::default().labels(selector);
     let task = tokio::spawn(async move {
-        let events = reflector::reflector(writer, watcher(api, config))
+        let events = reflector::reflector(writer, events)
             .default_backoff()
             .touched_objects();
         futures::pin_mut!(events);
@@ -159,7 +188,7 @@ pub async fn run(
     stop: CancellationToken,
 ) -> Result<(), Error> {
     let ns = settings.namespace.as_deref();
-    let pipelines: Api<EdgePipeline> = scoped(&client, ns);
+    let pipelines: Api<StoredPipeline> = scoped(&client, ns);
     pipelines
         .list(&ListParams::default().limit(1))
         .await
@@ -171,8 +200,7 @@ pub async fn run(
     // Model ConfigMaps and opted-in Secrets are cached (metadata only) before the first
     // reconcile: a restarted operator computes the same config hashes, and never takes a
     // Secret it has not seen yet for one without the opt-in label.
-    let (models, model_rx, model_watch) =
-        labelled(config_maps.clone(), MODEL_SELECTOR, "model ConfigMaps");
+    let (models, model_rx, model_watch) = model_config_maps(scoped(&client, ns));
     let (secrets, secret_rx, secret_watch) = labelled(
         scoped::<PartialObjectMeta<Secret>>(&client, ns),
         SECRET_OPT_IN_SELECTOR,
@@ -251,7 +279,7 @@ pub async fn run(
             pipelines_using_secret(&secret_cache, &secret)
         })
         .graceful_shutdown_on(async move { stop.cancelled().await })
-        .run(reconcile, error_policy, ctx)
+        .run(reconcile_stored, error_policy_stored, ctx)
         .for_each(|result| async move {
             if let Err(error) = result {
                 tracing::debug!(%error, "controller event");

@@ -61,7 +61,7 @@ pub struct RenderOptions {
     /// Image of the init container that hands the queue directory to the agent user
     /// (the operator image: `edge-operator prepare-data-dir`).
     pub init_image: String,
-    /// Version of the model ConfigMap (its resourceVersion), when known; part of the
+    /// Version of the model ConfigMap (a digest of its content), when known; part of the
     /// config hash so a new model rolls the agents.
     pub model_version: Option<String>,
     /// Keep the agents off control-plane nodes with a required node affinity (the

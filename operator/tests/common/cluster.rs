@@ -20,7 +20,7 @@ use kube::runtime::events::Reporter;
 use kube::runtime::reflector::{self, Store};
 use serde_json::{Value, json};
 
-use super::api::{ApiServer, Seen, assert_permitted};
+use super::api::{ApiServer, Seen, assert_permitted, not_found, respond};
 use super::{default_options, pipeline};
 
 pub const CM_PATH: &str = "/api/v1/namespaces/factory/configmaps/line1-agent";
@@ -162,4 +162,17 @@ pub async fn reconciled(p: EdgePipeline, ctx: &Arc<Context>) -> Result<Action, E
     tokio::time::timeout(Duration::from_secs(10), reconcile(Arc::new(p), ctx.clone()))
         .await
         .expect("reconcile finishes")
+}
+
+/// Expects the ownership check before an apply (the metadata of the ConfigMap, then of
+/// the DaemonSet); answers that neither exists.
+pub async fn expect_no_children(api: &mut ApiServer) {
+    for (path, resource) in [(CM_PATH, "configmaps"), (DS_PATH, "daemonsets.apps")] {
+        let (_, send) = api.expect(http::Method::GET, path).await;
+        respond(
+            send,
+            http::StatusCode::NOT_FOUND,
+            not_found(resource, "line1-agent"),
+        );
+    }
 }

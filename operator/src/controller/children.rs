@@ -1,0 +1,217 @@
+//! The agent's ConfigMap and DaemonSet as objects a pipeline controls, or not.
+//!
+//! The operator only ever writes or deletes an object whose controller owner reference
+//! is the pipeline (same uid). An object with the agent's name that has another
+//! controller, or none at all, is someone else's: the pipeline gets the `Conflict`
+//! condition naming it and the object is left untouched. Unowned objects are not adopted
+//! either: nothing tells a ConfigMap created by hand (or by a GitOps tool, or left
+//! behind by `kubectl delete --cascade=orphan`) from one the user still relies on, and a
+//! server-side apply with `force` would silently take over its fields. Deleting the
+//! object (or renaming the pipeline) resolves the conflict; the operator checks again
+//! every [`super::CONFLICT_RECHECK`].
+//!
+//! Before an apply the operator looks in its caches of the objects it manages (labelled
+//! `app.kubernetes.io/managed-by=edge-operator`); only an object that is not there as
+//! this pipeline's costs a read of its metadata.
+
+use edge_crds::EdgePipeline;
+use k8s_openapi::api::apps::v1::DaemonSet;
+use k8s_openapi::api::core::v1::ConfigMap;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
+use kube::api::{DeleteParams, Preconditions, PropagationPolicy};
+use kube::core::PartialObjectMeta;
+use kube::runtime::reflector::{ObjectRef, Store};
+use kube::{Api, Resource, ResourceExt};
+
+use super::{Context, Error, read_daemon_set};
+
+/// Who holds an object with the agent's name.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Holder {
+    /// No such object.
+    Absent,
+    /// This pipeline controls it.
+    This,
+    /// Another controller (`Kind/name`), or none.
+    Other {
+        /// The controller owner reference, as `Kind/name`, if any.
+        controller: Option<String>,
+    },
+}
+
+/// Who holds the object with metadata `meta` (`None`: it does not exist), for the
+/// pipeline of uid `pipeline_uid`.
+pub fn holder(meta: Option<&ObjectMeta>, pipeline_uid: Option<&str>) -> Holder {
+    let Some(meta) = meta else {
+        return Holder::Absent;
+    };
+    let controller = meta
+        .owner_references
+        .iter()
+        .flatten()
+        .find(|owner| owner.controller == Some(true));
+    match controller {
+        Some(owner) if Some(owner.uid.as_str()) == pipeline_uid => Holder::This,
+        Some(owner) => Holder::Other {
+            controller: Some(format!("{}/{}", owner.kind, owner.name)),
+        },
+        None => Holder::Other { controller: None },
+    }
+}
+
+/// The Conflict message for `kind namespace/name` held by `holder`, if it is not this
+/// pipeline's.
+pub fn conflict_message(
+    kind: &str,
+    namespace: &str,
+    name: &str,
+    holder: &Holder,
+) -> Option<String> {
+    let Holder::Other { controller } = holder else {
+        return None;
+    };
+    let whose = match controller {
+        Some(controller) => format!("is controlled by {controller}"),
+        None => "has no controller owner reference to this pipeline".to_string(),
+    };
+    Some(format!(
+        "{kind} {namespace}/{name} already exists and {whose}; the operator leaves it untouched. Delete it (or rename the pipeline) to let the operator create its own"
+    ))
+}
+
+/// Whether `meta` is of an object this pipeline controls (its controller owner reference
+/// has the pipeline's uid).
+pub fn controlled_by(meta: &ObjectMeta, pipeline: &EdgePipeline) -> bool {
+    pipeline.metadata.uid.is_some()
+        && holder(Some(meta), pipeline.metadata.uid.as_deref()) == Holder::This
+}
+
+/// The Conflict message when the ConfigMap or the DaemonSet named `child` exists and is
+/// not this pipeline's; `None` when both are absent or this pipeline's.
+pub async fn conflict(
+    pipeline: &EdgePipeline,
+    ctx: &Context,
+    namespace: &str,
+    child: &str,
+) -> Result<Option<String>, Error> {
+    let uid = pipeline.metadata.uid.as_deref();
+    let config_maps: Api<ConfigMap> = Api::namespaced(ctx.client.clone(), namespace);
+    let config_map = metadata(&ctx.config_maps, &config_maps, namespace, child, uid)
+        .await
+        .map_err(|source| Error::ReadObject {
+            kind: "ConfigMap",
+            name: child.to_string(),
+            source,
+        })?;
+    if let Some(message) = conflict_message(
+        "ConfigMap",
+        namespace,
+        child,
+        &holder(config_map.as_ref(), uid),
+    ) {
+        return Ok(Some(message));
+    }
+    let daemon_sets: Api<DaemonSet> = Api::namespaced(ctx.client.clone(), namespace);
+    let daemon_set = metadata(&ctx.daemon_sets, &daemon_sets, namespace, child, uid)
+        .await
+        .map_err(|source| Error::ReadObject {
+            kind: "DaemonSet",
+            name: child.to_string(),
+            source,
+        })?;
+    Ok(conflict_message(
+        "DaemonSet",
+        namespace,
+        child,
+        &holder(daemon_set.as_ref(), uid),
+    ))
+}
+
+/// The metadata of `namespace/name`: from the cache when it shows the object as this
+/// pipeline's, read from the API server otherwise.
+async fn metadata<K>(
+    cache: &Store<PartialObjectMeta<K>>,
+    api: &Api<K>,
+    namespace: &str,
+    name: &str,
+    uid: Option<&str>,
+) -> Result<Option<ObjectMeta>, kube::Error>
+where
+    K: Resource<DynamicType = ()> + Clone + serde::de::DeserializeOwned + std::fmt::Debug,
+{
+    if let Some(cached) = cache.get(&ObjectRef::new(name).within(namespace))
+        && holder(Some(&cached.metadata), uid) == Holder::This
+    {
+        return Ok(Some(cached.metadata.clone()));
+    }
+    Ok(api
+        .get_metadata_opt(name)
+        .await?
+        .map(|object| object.metadata))
+}
+
+/// Deletes the DaemonSet and ConfigMap of a pipeline outside the tenant policy, each
+/// only when this pipeline controls it, with its uid as a precondition (so an object
+/// recreated meanwhile by someone else is never deleted). The ConfigMap is found in the
+/// cache of managed ConfigMaps: one that is not there yet is removed by the reconcile
+/// its arrival triggers.
+pub async fn remove_agents(
+    pipeline: &EdgePipeline,
+    ctx: &Context,
+    namespace: &str,
+    child: &str,
+    daemon_sets: &Api<DaemonSet>,
+) -> Result<(), Error> {
+    let delete = |uid: Option<String>| DeleteParams {
+        preconditions: Some(Preconditions {
+            uid,
+            resource_version: None,
+        }),
+        propagation_policy: Some(PropagationPolicy::Background),
+        ..DeleteParams::default()
+    };
+    // Gone already, or replaced by another object: nothing of this pipeline's to delete.
+    let gone = |error: &kube::Error| matches!(error, kube::Error::Api(status) if status.code == 404 || status.code == 409);
+    if let Some(ds) = read_daemon_set(daemon_sets, child).await?
+        && controlled_by(&ds.metadata, pipeline)
+    {
+        match daemon_sets
+            .delete(child, &delete(ds.metadata.uid.clone()))
+            .await
+        {
+            Ok(_) => {
+                tracing::info!(pipeline = %pipeline.name_any(), %namespace, "removed the agent DaemonSet of a pipeline outside the tenant policy")
+            }
+            Err(error) if gone(&error) => {}
+            Err(source) => {
+                return Err(Error::Remove {
+                    kind: "DaemonSet",
+                    name: child.to_string(),
+                    source,
+                });
+            }
+        }
+    }
+    if let Some(cm) = ctx
+        .config_maps
+        .get(&ObjectRef::new(child).within(namespace))
+        && controlled_by(&cm.metadata, pipeline)
+    {
+        let config_maps: Api<ConfigMap> = Api::namespaced(ctx.client.clone(), namespace);
+        match config_maps
+            .delete(child, &delete(cm.metadata.uid.clone()))
+            .await
+        {
+            Ok(_) => {}
+            Err(error) if gone(&error) => {}
+            Err(source) => {
+                return Err(Error::Remove {
+                    kind: "ConfigMap",
+                    name: child.to_string(),
+                    source,
+                });
+            }
+        }
+    }
+    Ok(())
+}
