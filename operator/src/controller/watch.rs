@@ -11,6 +11,7 @@ use std::sync::Arc;
 use futures::{StreamExt, TryStreamExt};
 use k8s_openapi::api::apps::v1::DaemonSet;
 use k8s_openapi::api::core::v1::{ConfigMap, Secret};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use kube::api::ListParams;
 use kube::core::PartialObjectMeta;
 use kube::runtime::controller::{Config as ControllerConfig, Controller};
@@ -52,24 +53,12 @@ pub fn pipelines_using_model(
     pipelines: &Store<StoredPipeline>,
     cm: &PartialObjectMeta<ConfigMap>,
 ) -> Vec<ObjectRef<StoredPipeline>> {
-    let (Some(namespace), Some(name)) = (
-        cm.metadata.namespace.as_deref(),
-        cm.metadata.name.as_deref(),
-    ) else {
-        return vec![];
-    };
-    pipelines
-        .state()
-        .iter()
-        .filter(|p| p.metadata.namespace.as_deref() == Some(namespace))
-        .filter(|p| {
-            p.spec
-                .pointer("/inference/model/configMap/name")
-                .and_then(Value::as_str)
-                == Some(name)
-        })
-        .map(|p| ObjectRef::from_obj(p.as_ref()))
-        .collect()
+    pipelines_in_namespace_of(pipelines, &cm.metadata, |p, name| {
+        p.spec
+            .pointer("/inference/model/configMap/name")
+            .and_then(Value::as_str)
+            == Some(name)
+    })
 }
 
 /// The pipelines (in the cache) that reference the Secret `secret` anywhere in their
@@ -79,20 +68,26 @@ pub fn pipelines_using_secret(
     pipelines: &Store<StoredPipeline>,
     secret: &PartialObjectMeta<Secret>,
 ) -> Vec<ObjectRef<StoredPipeline>> {
-    let (Some(namespace), Some(name)) = (
-        secret.metadata.namespace.as_deref(),
-        secret.metadata.name.as_deref(),
-    ) else {
+    pipelines_in_namespace_of(pipelines, &secret.metadata, |p, name| {
+        p.decode()
+            .is_ok_and(|p| secret_references(&p.spec).iter().any(|r| r.name == name))
+    })
+}
+
+/// The pipelines of the object's namespace for which `uses(pipeline, object name)` holds.
+fn pipelines_in_namespace_of(
+    pipelines: &Store<StoredPipeline>,
+    object: &ObjectMeta,
+    uses: impl Fn(&StoredPipeline, &str) -> bool,
+) -> Vec<ObjectRef<StoredPipeline>> {
+    let (Some(namespace), Some(name)) = (object.namespace.as_deref(), object.name.as_deref())
+    else {
         return vec![];
     };
     pipelines
         .state()
         .iter()
-        .filter(|p| p.metadata.namespace.as_deref() == Some(namespace))
-        .filter(|p| {
-            p.decode()
-                .is_ok_and(|p| secret_references(&p.spec).iter().any(|r| r.name == name))
-        })
+        .filter(|p| p.metadata.namespace.as_deref() == Some(namespace) && uses(p, name))
         .map(|p| ObjectRef::from_obj(p.as_ref()))
         .collect()
 }
