@@ -195,43 +195,6 @@ fn opt_in_secrets(cluster: &Cluster, namespace: &str, pipeline: &Value) {
     }
 }
 
-/// Nodes running a live (not terminating) agent pod of pipeline `name`.
-fn agent_nodes(cluster: &Cluster, namespace: &str, name: &str) -> Vec<String> {
-    let pods = cluster.get_json(&[
-        "pods",
-        "-n",
-        namespace,
-        "-l",
-        &format!("app.kubernetes.io/instance={name}"),
-    ]);
-    let mut nodes: Vec<String> = pods["items"]
-        .as_array()
-        .into_iter()
-        .flatten()
-        .filter(|p| p["metadata"]["deletionTimestamp"].is_null())
-        .filter_map(|p| p["spec"]["nodeName"].as_str().map(str::to_string))
-        .collect();
-    nodes.sort();
-    nodes
-}
-
-fn wait_ready(cluster: &Cluster, namespace: &str, name: &str) {
-    let out = cluster.kubectl(&[
-        "wait",
-        "--for=condition=Ready",
-        &format!("epl/{name}"),
-        "-n",
-        namespace,
-        "--timeout=120s",
-    ]);
-    assert!(
-        out.status.success(),
-        "kubectl wait --for=condition=Ready epl/{name}: {}\nstatus: {}",
-        String::from_utf8_lossy(&out.stderr),
-        cluster.get_json(&["epl", name, "-n", namespace])["status"]
-    );
-}
-
 /// Test 3 (with the checks of deploy/e2e/run.sh that need no container runtime): every
 /// example applied unchanged with kubectl becomes Ready, its agents run on exactly the
 /// nodes it selects, as the hardened pods the operator renders.
@@ -257,7 +220,7 @@ fn every_example_applies_with_kubectl_and_runs_on_the_nodes_it_selects() {
             "kubectl apply -f {file}: {}",
             String::from_utf8_lossy(&out.stderr)
         );
-        wait_ready(cluster, namespace, name);
+        cluster.wait_pipeline_ready(namespace, name);
 
         let agent = format!("{name}-agent");
         let config_map = cluster.get_json(&["configmap", &agent, "-n", namespace]);
@@ -273,7 +236,7 @@ fn every_example_applies_with_kubectl_and_runs_on_the_nodes_it_selects() {
         let expected = selected_nodes(cluster, &sent);
         assert!(!expected.is_empty(), "{file} selects no test node");
         let placed = poll(WAIT, &format!("{file}: agents on {expected:?}"), || {
-            let nodes = agent_nodes(cluster, namespace, name);
+            let nodes = cluster.agent_nodes(namespace, name);
             (nodes.iter().cloned().collect::<BTreeSet<_>>() == expected
                 && nodes.len() == expected.len())
             .then_some(nodes)
@@ -447,7 +410,7 @@ spec:
 fn apply_ready(cluster: &Cluster, namespace: &str, name: &str, batch: u32, max_unavailable: u32) {
     cluster.namespace(namespace);
     cluster.apply(&rollout_pipeline(namespace, name, batch, max_unavailable));
-    wait_ready(cluster, namespace, name);
+    cluster.wait_pipeline_ready(namespace, name);
 }
 
 async fn admin_client(cluster: &Cluster) -> Client {
@@ -576,7 +539,7 @@ async fn a_spec_change_rolls_out_within_max_unavailable_and_then_stays_quiet() {
     })
     .await;
     let rollout = started.elapsed();
-    wait_ready(cluster, namespace, name);
+    cluster.wait_pipeline_ready(namespace, name);
     watch.abort();
     status_watch.abort();
     let worst = *worst.lock().expect("lock");
@@ -717,7 +680,7 @@ fn an_invalid_spec_is_reported_and_the_running_agents_are_left_alone() {
         let ep = cluster.get_json(&["epl", name, "-n", namespace]);
         (condition(&ep, "Invalid")?.0 == "False").then_some(())
     });
-    wait_ready(cluster, namespace, name);
+    cluster.wait_pipeline_ready(namespace, name);
     assert_never_forbidden(fleet);
 }
 
@@ -747,7 +710,8 @@ fn deleting_a_pipeline_garbage_collects_its_agents() {
         String::from_utf8_lossy(&out.stderr)
     );
     poll(WAIT, "the agent pods to go", || {
-        agent_nodes(cluster, namespace, name)
+        cluster
+            .agent_nodes(namespace, name)
             .is_empty()
             .then_some(())
     });
@@ -784,7 +748,7 @@ spec:
         port = broker.port,
         receiver = receiver.port,
     ));
-    wait_ready(cluster, namespace, name);
+    cluster.wait_pipeline_ready(namespace, name);
     let agent = format!("{name}-agent");
     let config = cluster.get_json(&["configmap", &agent, "-n", namespace])["data"]["pipeline.yaml"]
         .as_str()

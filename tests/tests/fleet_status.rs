@@ -102,23 +102,6 @@ fn wait_true(cluster: &Cluster, namespace: &str, name: &str, type_: &str, reason
     )
 }
 
-fn wait_ready(cluster: &Cluster, namespace: &str, name: &str) {
-    let out = cluster.kubectl(&[
-        "wait",
-        "--for=condition=Ready",
-        &format!("epl/{name}"),
-        "-n",
-        namespace,
-        "--timeout=180s",
-    ]);
-    assert!(
-        out.status.success(),
-        "{name} not Ready: {}\nstatus: {}",
-        String::from_utf8_lossy(&out.stderr),
-        cluster.get_json(&["epl", name, "-n", namespace])["status"]
-    );
-}
-
 /// The Warning Events about pipeline `name`: `(reason, note)`.
 fn warnings(cluster: &Cluster, namespace: &str, name: &str) -> Vec<(String, String)> {
     let events = cluster.get_json(&[
@@ -193,7 +176,7 @@ fn a_refused_apply_degrades_the_pipeline_until_the_admission_policy_goes() {
     let _guard = cluster.guard();
     cluster.namespace("guarded");
     cluster.apply(&pipeline("guarded", "line1", 100));
-    wait_ready(&cluster, "guarded", "line1");
+    cluster.wait_pipeline_ready("guarded", "line1");
 
     cluster.apply(NO_HOST_PATH);
     poll(WAIT, "the admission policy to refuse hostPath", || {
@@ -231,7 +214,7 @@ fn a_refused_apply_degrades_the_pipeline_until_the_admission_policy_goes() {
         "validatingadmissionpolicybinding,validatingadmissionpolicy",
         "no-host-path",
     ]);
-    wait_ready(&cluster, "guarded", "line1");
+    cluster.wait_pipeline_ready("guarded", "line1");
     let degraded = condition(&cluster, "guarded", "line1", "Degraded").expect("Degraded");
     assert_eq!(degraded.0, "False", "{degraded:?}");
     let config = cluster.get_json(&["configmap", "line1-agent", "-n", "guarded"]);
@@ -259,7 +242,7 @@ fn a_foreign_config_map_of_the_agent_name_is_a_conflict_and_stays_untouched() {
     cluster.apply(&pipeline("shared", "line3", 100));
 
     // The pipeline beside it runs.
-    wait_ready(&cluster, "shared", "line3");
+    cluster.wait_pipeline_ready("shared", "line3");
     assert!(exists(&cluster, "shared", "daemonset", "line3-agent"));
 
     let message = wait_true(&cluster, "shared", "line2", "Conflict", "NotControlled");
@@ -297,7 +280,7 @@ fn a_foreign_config_map_of_the_agent_name_is_a_conflict_and_stays_untouched() {
 
     // Its owner deletes it: the operator creates its own and the conflict is gone.
     cluster.kubectl_ok(&["delete", "configmap", "line2-agent", "-n", "shared"]);
-    wait_ready(&cluster, "shared", "line2");
+    cluster.wait_pipeline_ready("shared", "line2");
     assert!(condition(&cluster, "shared", "line2", "Conflict").is_none());
     let own = cluster.get_json(&["configmap", "line2-agent", "-n", "shared"]);
     assert_eq!(
@@ -348,7 +331,7 @@ fn a_pipeline_with_a_field_this_operator_does_not_know_is_invalid_and_the_others
     let _operator = run_operator(&cluster);
 
     // The pipeline the operator understands is reconciled...
-    wait_ready(&cluster, "factory", "plain");
+    cluster.wait_pipeline_ready("factory", "plain");
     assert!(exists(&cluster, "factory", "daemonset", "plain-agent"));
 
     // ... and the other one says which field it does not know, and runs nothing.
@@ -367,7 +350,7 @@ fn a_pipeline_with_a_field_this_operator_does_not_know_is_invalid_and_the_others
 
     // Without the field it decodes again and runs.
     cluster.apply(&pipeline("factory", "newer", 100));
-    wait_ready(&cluster, "factory", "newer");
+    cluster.wait_pipeline_ready("factory", "newer");
 }
 
 /// `(generation, config hash of the pod template)` of the DaemonSet `name`.
@@ -395,7 +378,7 @@ fn a_model_config_map_rolls_the_agents_when_its_content_changes_not_its_labels()
         "  inference:\n    model: {configMap: {name: anomaly-model, key: model.tflite}}\n    window: 16\n    threshold: 0.8\n  sink:",
     );
     cluster.apply(&scored);
-    wait_ready(&cluster, "models", "scored");
+    cluster.wait_pipeline_ready("models", "scored");
     let before = rollout(&cluster, "models", "scored-agent");
 
     // A label (as a GitOps tool adds): the operator sees it, and leaves the fleet alone.

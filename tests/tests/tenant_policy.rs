@@ -144,43 +144,6 @@ fn exists(cluster: &Cluster, kind: &str, name: &str) -> bool {
         .success()
 }
 
-fn wait_ready(cluster: &Cluster, name: &str) {
-    let out = cluster.kubectl(&[
-        "wait",
-        "--for=condition=Ready",
-        &format!("epl/{name}"),
-        "-n",
-        TENANT,
-        "--timeout=120s",
-    ]);
-    assert!(
-        out.status.success(),
-        "{name} not Ready: {}\nstatus: {}",
-        String::from_utf8_lossy(&out.stderr),
-        cluster.get_json(&["epl", name, "-n", TENANT])["status"]
-    );
-}
-
-/// Nodes running a live agent pod of `name`.
-fn agent_nodes(cluster: &Cluster, name: &str) -> Vec<String> {
-    let pods = cluster.get_json(&[
-        "pods",
-        "-n",
-        TENANT,
-        "-l",
-        &format!("app.kubernetes.io/instance={name}"),
-    ]);
-    let mut nodes: Vec<String> = pods["items"]
-        .as_array()
-        .into_iter()
-        .flatten()
-        .filter(|p| p["metadata"]["deletionTimestamp"].is_null())
-        .filter_map(|p| p["spec"]["nodeName"].as_str().map(str::to_string))
-        .collect();
-    nodes.sort();
-    nodes
-}
-
 fn secret(cluster: &Cluster, name: &str) {
     cluster.kubectl_ok(&[
         "create",
@@ -264,10 +227,10 @@ fn pipelines_outside_the_tenant_policy_get_no_agents_and_the_rest_keep_running()
 
     // One bad object never stops the rest: the compliant pipeline runs beside them, on
     // the edge nodes only.
-    wait_ready(&cluster, "compliant");
+    cluster.wait_pipeline_ready(TENANT, "compliant");
     assert!(exists(&cluster, "configmap", "compliant-agent"));
     let placed = poll(WAIT, "compliant's agents on both edge nodes", || {
-        let nodes = agent_nodes(&cluster, "compliant");
+        let nodes = cluster.agent_nodes(TENANT, "compliant");
         (nodes == ["edge-1", "edge-2"]).then_some(nodes)
     });
     assert!(!placed.contains(&"server-1".to_string()));
@@ -303,7 +266,10 @@ fn pipelines_outside_the_tenant_policy_get_no_agents_and_the_rest_keep_running()
             !exists(&cluster, "configmap", &agent),
             "{name} got a ConfigMap"
         );
-        assert!(agent_nodes(&cluster, name).is_empty(), "{name} runs agents");
+        assert!(
+            cluster.agent_nodes(TENANT, name).is_empty(),
+            "{name} runs agents"
+        );
     }
 
     // Withdrawing the Secret's opt-in stops the agents that use it...
@@ -336,7 +302,10 @@ fn pipelines_outside_the_tenant_policy_get_no_agents_and_the_rest_keep_running()
         String::from_utf8_lossy(&gone.stderr)
     );
     poll(WAIT, "compliant's agent pods to go", || {
-        agent_nodes(&cluster, "compliant").is_empty().then_some(())
+        cluster
+            .agent_nodes(TENANT, "compliant")
+            .is_empty()
+            .then_some(())
     });
 
     // ... and opting in again brings them back.
@@ -348,9 +317,9 @@ fn pipelines_outside_the_tenant_policy_get_no_agents_and_the_rest_keep_running()
         TENANT,
         "edgepipe.dev/allow-pipelines=true",
     ]);
-    wait_ready(&cluster, "compliant");
+    cluster.wait_pipeline_ready(TENANT, "compliant");
     poll(WAIT, "compliant's agents back on both edge nodes", || {
-        (agent_nodes(&cluster, "compliant") == ["edge-1", "edge-2"]).then_some(())
+        (cluster.agent_nodes(TENANT, "compliant") == ["edge-1", "edge-2"]).then_some(())
     });
 
     // RBAC exactly as the chart grants it, and Secrets only ever listed or watched.

@@ -363,6 +363,46 @@ impl Cluster {
         String::from_utf8_lossy(&out.stdout).into_owned()
     }
 
+    /// Waits (kubectl wait, up to 180 s) for the EdgePipeline `namespace/name` to be
+    /// Ready; panics with its status otherwise.
+    pub fn wait_pipeline_ready(&self, namespace: &str, name: &str) {
+        let out = self.kubectl(&[
+            "wait",
+            "--for=condition=Ready",
+            &format!("epl/{name}"),
+            "-n",
+            namespace,
+            "--timeout=180s",
+        ]);
+        assert!(
+            out.status.success(),
+            "kubectl wait --for=condition=Ready epl/{name}: {}\nstatus: {}",
+            String::from_utf8_lossy(&out.stderr),
+            self.get_json(&["epl", name, "-n", namespace])["status"]
+        );
+    }
+
+    /// The nodes running a live (not deleted) agent pod of the pipeline `namespace/name`,
+    /// sorted.
+    pub fn agent_nodes(&self, namespace: &str, name: &str) -> Vec<String> {
+        let pods = self.get_json(&[
+            "pods",
+            "-n",
+            namespace,
+            "-l",
+            &format!("app.kubernetes.io/instance={name}"),
+        ]);
+        let mut nodes: Vec<String> = pods["items"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter(|p| p["metadata"]["deletionTimestamp"].is_null())
+            .filter_map(|p| p["spec"]["nodeName"].as_str().map(str::to_string))
+            .collect();
+        nodes.sort();
+        nodes
+    }
+
     /// Creates a namespace (if missing).
     pub fn namespace(&self, name: &str) {
         self.apply(&format!(
