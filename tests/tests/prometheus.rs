@@ -8,14 +8,13 @@
 use std::collections::BTreeSet;
 use std::io::Write;
 use std::net::TcpStream;
-use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use edge_tests::{tool, workspace_root};
 
-use edge_testkit::{Receiver, free_port};
+use edge_testkit::{Mosquitto, Receiver, free_port};
 
 /// A child process killed on drop.
 struct Proc(Child);
@@ -66,25 +65,6 @@ fn poll(what: &str, timeout: Duration, mut ok: impl FnMut() -> bool) {
         assert!(Instant::now() < deadline, "timed out waiting for {what}");
         std::thread::sleep(Duration::from_millis(100));
     }
-}
-
-fn start_mosquitto(dir: &Path) -> (Proc, u16) {
-    let port = free_port();
-    let conf = dir.join("mosquitto.conf");
-    std::fs::write(
-        &conf,
-        format!("listener {port} 127.0.0.1\nallow_anonymous true\npersistence false\n"),
-    )
-    .unwrap();
-    let child = Command::new(tool("mosquitto"))
-        .arg("-c")
-        .arg(&conf)
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("start mosquitto");
-    wait_port(port, "mosquitto");
-    (Proc(child), port)
 }
 
 /// Publishes one message per line with QoS 1.
@@ -177,7 +157,8 @@ fn start_operator_metrics() -> Operator {
 #[test]
 fn every_dashboard_query_returns_series_from_a_real_prometheus() {
     let dir = tempfile::tempdir().unwrap();
-    let (_broker, broker_port) = start_mosquitto(dir.path());
+    let broker = Mosquitto::start();
+    let broker_port = broker.port;
 
     // The upstream starts down: the agent must retry, stay ready, and drain later.
     let rt = tokio::runtime::Runtime::new().unwrap();
