@@ -44,7 +44,7 @@ async fn disk_full_counts_exactly(when_full: &str, client: &str) {
     // about 12k readings the (now fixed) ingest/acknowledgement deadlock never showed.
     let n: u64 = if soak() { 40_000 } else { 8_000 };
     let disk = Tmpfs::mount("1m");
-    let broker = PersistentBroker::start();
+    let broker = Mosquitto::persistent();
     let mut receiver = Receiver::down();
     let dir = tempfile::tempdir().expect("tempdir");
     prepare_session(broker.port, client, &[TOPIC]).await;
@@ -133,7 +133,7 @@ async fn f3_a_full_disk_under_block_leaves_the_data_at_the_broker_until_space_fr
     require_root("F3");
     let n: u64 = if soak() { 40_000 } else { 8_000 };
     let disk = Tmpfs::mount("1m");
-    let broker = PersistentBroker::start();
+    let broker = Mosquitto::persistent();
     let mut receiver = Receiver::down();
     let dir = tempfile::tempdir().expect("tempdir");
     prepare_session(broker.port, "agent-f3-block", &[TOPIC]).await;

@@ -123,7 +123,7 @@ async fn f1_kill_9_at_random_moments_loses_nothing_and_never_reuses_a_seq() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn f5_broker_restarts_mid_stream_lose_nothing() {
     let (n, restarts): (u64, u64) = if soak() { (30_000, 6) } else { (6_000, 2) };
-    let mut broker = PersistentBroker::start();
+    let mut broker = Mosquitto::persistent();
     let receiver = Receiver::start().await;
     let dir = tempfile::tempdir().expect("tempdir");
     prepare_session(broker.port, "agent-f5", &[TOPIC]).await;

@@ -1,6 +1,6 @@
 //! Helpers of the fault tests (`fault_*.rs`): a seeded random source whose seed is
-//! printed, the soak switch, a Mosquitto broker with persistence that can be restarted on
-//! the same port, readings identified by their message index, the exact-set check
+//! printed, the soak switch (the restartable broker is the kit's `Mosquitto::persistent`),
+//! readings identified by their message index, the exact-set check
 //! "deduplicated by (node, seq), the receiver holds every index once and no seq carried
 //! two different records", and guards that undo root-only setup (network namespaces,
 //! tmpfs mounts) even when a test panics.
@@ -10,9 +10,8 @@
 pub mod netns;
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::net::TcpStream;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Command};
 use std::time::{Duration, Instant};
 
 use rand::SeedableRng;
@@ -99,109 +98,6 @@ pub fn difference(got: &BTreeSet<u64>, n: u64) -> String {
         "{} of {n} indices; first missing {missing:?}; unexpected {extra:?}",
         got.len()
     )
-}
-
-/// A Mosquitto broker with `persistence true`: the persistent sessions and their queued
-/// messages survive a restart on the same port.
-pub struct PersistentBroker {
-    pub port: u16,
-    dir: tempfile::TempDir,
-    child: Option<Child>,
-}
-
-impl PersistentBroker {
-    pub fn start() -> Self {
-        let dir = tempfile::tempdir().expect("tempdir");
-        let mut broker = Self {
-            port: 0,
-            dir,
-            child: None,
-        };
-        for _ in 0..5 {
-            broker.port = crate::common::free_port();
-            if broker.launch() {
-                return broker;
-            }
-        }
-        panic!("mosquitto did not start");
-    }
-
-    fn launch(&mut self) -> bool {
-        let conf = self.dir.path().join("mosquitto.conf");
-        let data = self.dir.path().join("db");
-        std::fs::create_dir_all(&data).expect("persistence dir");
-        std::fs::write(
-            &conf,
-            format!(
-                "listener {} 127.0.0.1\nallow_anonymous true\nuser root\npersistence true\n\
-                 persistence_location {}/\nautosave_interval 1\n\
-                 max_inflight_messages 1000\nmax_queued_messages 0\nmax_keepalive 60\n",
-                self.port,
-                data.display()
-            ),
-        )
-        .expect("write mosquitto.conf");
-        let log = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(self.dir.path().join("mosquitto.log"))
-            .expect("broker log");
-        let mut child = Command::new("/usr/sbin/mosquitto")
-            .arg("-c")
-            .arg(&conf)
-            .stdout(Stdio::null())
-            .stderr(log)
-            .spawn()
-            .expect("spawn /usr/sbin/mosquitto (apt install mosquitto)");
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while Instant::now() < deadline {
-            if TcpStream::connect(("127.0.0.1", self.port)).is_ok() {
-                self.child = Some(child);
-                return true;
-            }
-            if let Ok(Some(_)) = child.try_wait() {
-                return false;
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        let _ = child.kill();
-        let _ = child.wait();
-        false
-    }
-
-    /// Stops the broker with SIGTERM (it saves its sessions) and waits for the exit.
-    pub fn stop(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            terminate(&mut child, Duration::from_secs(10));
-        }
-    }
-
-    /// Starts it again on the same port and persistence directory.
-    pub fn restart(&mut self) {
-        self.stop();
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while !self.launch() {
-            assert!(
-                Instant::now() < deadline,
-                "mosquitto did not come back on port {}",
-                self.port
-            );
-            std::thread::sleep(Duration::from_millis(50));
-        }
-    }
-
-    pub fn log_text(&self) -> String {
-        std::fs::read_to_string(self.dir.path().join("mosquitto.log")).unwrap_or_default()
-    }
-}
-
-impl Drop for PersistentBroker {
-    fn drop(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
-    }
 }
 
 /// SIGTERM, then SIGKILL if `child` is still running after `grace`.

@@ -13,68 +13,136 @@ use crate::{free_port, tool};
 /// A Mosquitto broker started for one test; killed on drop.
 pub struct Mosquitto {
     pub port: u16,
-    child: Child,
-    _dir: tempfile::TempDir,
+    child: Option<Child>,
+    dir: tempfile::TempDir,
+    persistent: bool,
 }
 
 impl Mosquitto {
     /// Starts `/usr/sbin/mosquitto` on a free loopback port, with room for large
     /// persistent-session backlogs.
     pub fn start() -> Self {
-        Self::launch(None)
+        Self::launch(None, false)
     }
 
     /// Starts the broker on `port` (which must be free).
     pub fn start_on(port: u16) -> Self {
-        Self::launch(Some(port))
+        Self::launch(Some(port), false)
     }
 
-    fn launch(fixed: Option<u16>) -> Self {
-        let dir = tempfile::tempdir().expect("tempdir");
+    /// A broker with `persistence true`: persistent sessions and their queued messages
+    /// survive [`Mosquitto::restart`] on the same port.
+    pub fn persistent() -> Self {
+        Self::launch(None, true)
+    }
+
+    fn launch(fixed: Option<u16>, persistent: bool) -> Self {
+        let mut broker = Self {
+            port: 0,
+            child: None,
+            dir: tempfile::tempdir().expect("tempdir"),
+            persistent,
+        };
         for _ in 0..5 {
-            let port = fixed.unwrap_or_else(free_port);
-            let conf = dir.path().join("mosquitto.conf");
-            std::fs::write(
-                &conf,
-                format!(
-                    "listener {port} 127.0.0.1\nallow_anonymous true\npersistence false\n\
-                     max_inflight_messages 1000\nmax_queued_messages 0\nmax_keepalive 60\n"
-                ),
-            )
-            .expect("write mosquitto.conf");
-            let log = std::fs::File::create(dir.path().join("mosquitto.log")).expect("log file");
-            let mut child = Command::new(tool("mosquitto"))
-                .arg("-c")
-                .arg(&conf)
-                .stdout(Stdio::null())
-                .stderr(log)
-                .spawn()
-                .expect("spawn mosquitto (tests/scripts/install-deps.sh installs it)");
+            broker.port = fixed.unwrap_or_else(free_port);
+            if broker.spawn() {
+                return broker;
+            }
+        }
+        panic!("mosquitto did not start:\n{}", broker.log_text());
+    }
+
+    /// Runs mosquitto on `self.port`; false when it exited first (the port was taken).
+    fn spawn(&mut self) -> bool {
+        let conf = self.dir.path().join("mosquitto.conf");
+        let mut text = format!(
+            "listener {} 127.0.0.1\nallow_anonymous true\nmax_inflight_messages 1000\n\
+             max_queued_messages 0\nmax_keepalive 60\n",
+            self.port
+        );
+        if self.persistent {
+            let data = self.dir.path().join("db");
+            std::fs::create_dir_all(&data).expect("persistence dir");
+            text += &format!(
+                "user root\npersistence true\npersistence_location {}/\nautosave_interval 1\n",
+                data.display()
+            );
+        } else {
+            text += "persistence false\n";
+        }
+        std::fs::write(&conf, text).expect("write mosquitto.conf");
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.dir.path().join("mosquitto.log"))
+            .expect("broker log");
+        let mut child = Command::new(tool("mosquitto"))
+            .arg("-c")
+            .arg(&conf)
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("spawn mosquitto (tests/scripts/install-deps.sh installs it)");
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while Instant::now() < deadline {
+            if TcpStream::connect(("127.0.0.1", self.port)).is_ok() {
+                self.child = Some(child);
+                return true;
+            }
+            if let Ok(Some(_)) = child.try_wait() {
+                return false;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let _ = child.kill();
+        let _ = child.wait();
+        false
+    }
+
+    /// Stops the broker with SIGTERM (a persistent one saves its sessions) and waits.
+    pub fn stop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = Command::new("kill")
+                .args(["-TERM", &child.id().to_string()])
+                .status();
             let deadline = Instant::now() + Duration::from_secs(10);
             while Instant::now() < deadline {
-                if TcpStream::connect(("127.0.0.1", port)).is_ok() {
-                    return Self {
-                        port,
-                        child,
-                        _dir: dir,
-                    };
-                }
                 if let Ok(Some(_)) = child.try_wait() {
-                    break; // port taken meanwhile: try another
+                    return;
                 }
-                std::thread::sleep(Duration::from_millis(20));
+                std::thread::sleep(Duration::from_millis(10));
             }
             let _ = child.kill();
             let _ = child.wait();
         }
-        panic!("mosquitto did not start");
+    }
+
+    /// Starts it again on the same port (and persistence directory).
+    pub fn restart(&mut self) {
+        self.stop();
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while !self.spawn() {
+            assert!(
+                Instant::now() < deadline,
+                "mosquitto did not come back on port {}",
+                self.port
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// The broker's log so far.
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("mosquitto.log")).unwrap_or_default()
     }
 }
 
 impl Drop for Mosquitto {
     fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
     }
 }
 
