@@ -57,7 +57,7 @@ async fn anomalies_travel_and_alert_for_exactly_the_spiked_windows() {
     const DEVICES: usize = 6;
     const T: usize = 64;
     let spikes: &[(usize, usize)] = &[(1, 25), (4, 30), (4, 52)];
-    let broker = Mosquitto::start().await;
+    let broker = Mosquitto::start();
     let receiver = Receiver::start().await;
     // The range processor drops every routine reading: only anomalies travel.
     let agent = Agent::start(&pipeline(
@@ -204,7 +204,7 @@ async fn anomalies_travel_and_alert_for_exactly_the_spiked_windows() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn refused_models_are_counted_and_readings_keep_flowing() {
-    let broker = Mosquitto::start().await;
+    let broker = Mosquitto::start();
     for (model, golden, outcome) in [
         ("unsupported_op.tflite", None, "unsupported_op"),
         ("panics_loader.tflite", None, "panic"),
@@ -272,7 +272,7 @@ async fn refused_models_are_counted_and_readings_keep_flowing() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn camera_frames_are_classified_and_labelled_upstream_and_locally() {
-    let broker = Mosquitto::start().await;
+    let broker = Mosquitto::start();
     let receiver = Receiver::start().await;
     let inference = format!(
         "    model: {{path: {}}}\n    task: classification\n    labelsFile: image_classifier.labels.txt\n    topK: 3\n    golden: {{file: image_classifier.golden.json}}\n    timeout: 10s\n",
@@ -345,7 +345,7 @@ async fn camera_frames_are_classified_and_labelled_upstream_and_locally() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_agent_swaps_its_model_while_readings_flow_without_losing_one() {
-    let broker = Mosquitto::start().await;
+    let broker = Mosquitto::start();
     let receiver = Receiver::start().await;
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("anomaly.tflite");

@@ -16,51 +16,9 @@ use super::eventually;
 
 pub use edge_testkit::free_port;
 
-/// A Mosquitto broker the test owns; killed on drop.
-pub struct Mosquitto {
-    /// Its port on 127.0.0.1.
-    pub port: u16,
-    child: Child,
-    _dir: tempfile::TempDir,
-}
-
-impl Mosquitto {
-    /// Starts `/usr/sbin/mosquitto` on a free port and waits until it accepts connections.
-    pub async fn start() -> Self {
-        let dir = tempfile::tempdir().expect("tempdir");
-        let port = free_port();
-        let conf = dir.path().join("mosquitto.conf");
-        std::fs::write(
-            &conf,
-            format!("listener {port} 127.0.0.1\nallow_anonymous true\npersistence false\nmax_queued_messages 100000\n"),
-        )
-        .expect("mosquitto.conf");
-        let child = Command::new("/usr/sbin/mosquitto")
-            .arg("-c")
-            .arg(&conf)
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("starting /usr/sbin/mosquitto (tests/run.sh installs it)");
-        let up = eventually(Duration::from_secs(10), || {
-            std::net::TcpStream::connect(("127.0.0.1", port)).is_ok()
-        })
-        .await;
-        assert!(up, "mosquitto did not start on port {port}");
-        Self {
-            port,
-            child,
-            _dir: dir,
-        }
-    }
-}
-
-impl Drop for Mosquitto {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
+/// The kit's Mosquitto broker (killed on drop).
+#[allow(unused_imports)]
+pub use edge_testkit::Mosquitto;
 
 /// `(topic, payload)` of the messages an [`MqttPeer`] received.
 pub type Inbox = Arc<Mutex<Vec<(String, Vec<u8>)>>>;
