@@ -7,6 +7,7 @@
 pub mod actions;
 pub mod broker;
 pub mod config;
+pub mod datadir;
 pub mod demo;
 pub mod diagnostics;
 pub mod http;

@@ -59,6 +59,19 @@ enum Command {
         #[arg(long, value_name = "NAME", env = "NODE_NAME")]
         node_name: Option<String>,
     },
+    /// Give the queue directory to the agent user (the agent pods' init container; needs
+    /// CAP_CHOWN, changes that one directory only, and only when its owner differs).
+    PrepareDataDir {
+        /// The directory to hand over.
+        #[arg(long, value_name = "DIR")]
+        path: PathBuf,
+        /// Owner user id.
+        #[arg(long)]
+        uid: u32,
+        /// Owner group id.
+        #[arg(long)]
+        gid: u32,
+    },
     /// Inspect a TFLite model or check it against golden vectors.
     Model {
         #[command(subcommand)]
@@ -172,6 +185,17 @@ fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
                     "note: a run on this machine needs the above (in a cluster the operator provides them); TLS material and the sink were not checked"
                 );
             }
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::PrepareDataDir { path, uid, gid } => {
+            let changed = edge_agent::datadir::prepare_data_dir(&path, uid, gid)
+                .with_context(|| format!("preparing {}", path.display()))?;
+            let what = if changed {
+                "now owned by"
+            } else {
+                "already owned by"
+            };
+            println!("{} {what} {uid}:{gid}", path.display());
             Ok(ExitCode::SUCCESS)
         }
         Command::Model { command } => model_cli::run(command),

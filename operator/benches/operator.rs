@@ -38,7 +38,6 @@ fn main() {
         .collect();
     let options = RenderOptions {
         agent_image: edge_operator::default_agent_image(),
-        init_image: edge_operator::default_init_image(),
         model_version: None,
         avoid_control_plane: true,
     };

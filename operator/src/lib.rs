@@ -26,11 +26,3 @@ pub use render::{MODEL_MOUNT_DIR, RenderOptions, Rendered, render};
 pub fn default_agent_image() -> String {
     format!("ghcr.io/edgepipe/edge-agent:{}", env!("CARGO_PKG_VERSION"))
 }
-
-/// The default image of the agent pods' init container: this operator's image.
-pub fn default_init_image() -> String {
-    format!(
-        "ghcr.io/edgepipe/edge-operator:{}",
-        env!("CARGO_PKG_VERSION")
-    )
-}

@@ -1,6 +1,5 @@
-//! The `edge-operator` command line: `run` the operator, print the `crd`, `render` what
-//! the operator would apply for a manifest, and `prepare-data-dir` (the agent pods' init
-//! container).
+//! The `edge-operator` command line: `run` the operator, print the `crd`, and `render` what
+//! the operator would apply for a manifest.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -13,7 +12,7 @@ use edge_operator::leader::{self, LeaseSettings};
 use edge_operator::policy::{self, TenantPolicy};
 use edge_operator::server::{self, Readiness};
 use edge_operator::telemetry::Metrics;
-use edge_operator::{RenderOptions, datadir, render};
+use edge_operator::{RenderOptions, render};
 use tokio_util::sync::CancellationToken;
 
 /// Kubernetes operator for Edgepipe: reconciles EdgePipelines into edge-agent DaemonSets.
@@ -35,25 +34,19 @@ enum Command {
     Crd,
     /// Print, as YAML, the ConfigMap and DaemonSet the operator applies for a manifest.
     Render(RenderArgs),
-    /// Give the agent's queue directory to the agent user (the agent pods' init container).
-    PrepareDataDir(PrepareArgs),
 }
 
 #[derive(clap::Args)]
 struct ImageArgs {
-    /// Image of the agent container.
+    /// Image of the agent pods (their init container too).
     #[arg(long, value_name = "IMAGE", default_value_t = edge_operator::default_agent_image())]
     agent_image: String,
-    /// Image of the agent pods' init container (this operator's image).
-    #[arg(long, value_name = "IMAGE", default_value_t = edge_operator::default_init_image())]
-    init_image: String,
 }
 
 impl ImageArgs {
     fn options(&self, policy: &TenantPolicy) -> RenderOptions {
         RenderOptions {
             agent_image: self.agent_image.clone(),
-            init_image: self.init_image.clone(),
             model_version: None,
             avoid_control_plane: !policy.control_plane,
         }
@@ -114,19 +107,6 @@ struct RenderArgs {
     policy: PolicyArgs,
 }
 
-#[derive(clap::Args)]
-struct PrepareArgs {
-    /// The directory to hand over.
-    #[arg(long)]
-    path: PathBuf,
-    /// Owner user id.
-    #[arg(long)]
-    uid: u32,
-    /// Owner group id.
-    #[arg(long)]
-    gid: u32,
-}
-
 fn main() -> anyhow::Result<()> {
     // kube's client uses rustls with ring; install it before anything can build a client.
     let _ = rustls::crypto::ring::default_provider().install_default();
@@ -134,16 +114,6 @@ fn main() -> anyhow::Result<()> {
     match cli.command {
         Command::Crd => print!("{}", edge_crds::crd_yaml()),
         Command::Render(args) => print!("{}", render_file(&args)?),
-        Command::PrepareDataDir(args) => {
-            let changed = datadir::prepare_data_dir(&args.path, args.uid, args.gid)
-                .with_context(|| format!("preparing {}", args.path.display()))?;
-            let what = if changed {
-                "now owned by"
-            } else {
-                "already owned by"
-            };
-            println!("{} {what} {}:{}", args.path.display(), args.uid, args.gid);
-        }
         Command::Run(args) => {
             edge_crds::logging::init("info", cli.log_format);
             tokio::runtime::Builder::new_multi_thread()

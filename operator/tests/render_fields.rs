@@ -601,3 +601,28 @@ fn the_agent_logs_in_the_pipelines_format() {
         Some(json!({"name": "EDGEPIPE_LOG_FORMAT", "value": "json"}))
     );
 }
+
+/// Nodes pull one image: the init container runs from the agent image, so an operator
+/// upgrade alone changes no agent pod template.
+#[test]
+fn every_container_of_the_agent_pod_uses_the_agent_image() {
+    let ds = ds_json(&rendered(&pipeline("")));
+    let pod = &ds["spec"]["template"]["spec"];
+    let images: Vec<String> = ["initContainers", "containers"]
+        .iter()
+        .flat_map(|list| pod[*list].as_array().cloned().unwrap_or_default())
+        .map(|c| c["image"].as_str().unwrap_or_default().to_string())
+        .collect();
+    assert_eq!(images.len(), 2, "{pod}");
+    assert!(
+        images
+            .iter()
+            .all(|i| *i == edge_operator::default_agent_image()),
+        "{images:?}"
+    );
+    let command = &pod["initContainers"][0]["command"];
+    assert_eq!(
+        (&command[0], &command[1]),
+        (&json!("edge-agent"), &json!("prepare-data-dir"))
+    );
+}

@@ -208,7 +208,6 @@ fn operator_and_agent_images_follow_the_app_version() {
         [
             "run",
             &format!("--agent-image=ghcr.io/edgepipe/edge-agent:{version}"),
-            &format!("--init-image=ghcr.io/edgepipe/edge-operator:{version}"),
             "--listen=0.0.0.0:8080",
             "--policy-file=/etc/edge-operator/policy.yaml",
         ]
@@ -217,9 +216,6 @@ fn operator_and_agent_images_follow_the_app_version() {
     let args = strings(&c["args"]);
     assert!(
         args.contains(&format!("--agent-image={}", edge_operator::default_agent_image()).as_str())
-    );
-    assert!(
-        args.contains(&format!("--init-image={}", edge_operator::default_init_image()).as_str())
     );
     assert_eq!(default_render().one("Deployment")["spec"]["replicas"], 1);
 
@@ -231,7 +227,6 @@ fn operator_and_agent_images_follow_the_app_version() {
             "run",
             "--agent-image=registry.example.com/edgepipe/edge-agent@sha256:\
              0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef",
-            "--init-image=ghcr.io/edgepipe/edge-operator:0.1.0-test",
             "--listen=0.0.0.0:9090",
             "--policy-file=/etc/edge-operator/policy.yaml",
             "--namespace=factory",
@@ -306,7 +301,6 @@ fn monitors_select_the_operator_and_every_agent() {
         serde_saphyr::from_str(&manifest).expect("the example is an EdgePipeline");
     let options = edge_operator::RenderOptions {
         agent_image: edge_operator::default_agent_image(),
-        init_image: edge_operator::default_init_image(),
         model_version: None,
         avoid_control_plane: true,
     };

@@ -73,7 +73,6 @@ fn dockerfile_builds_both_images_as_non_root_distroless() {
             .expect("the example is an EdgePipeline");
     let options = edge_operator::RenderOptions {
         agent_image: edge_operator::default_agent_image(),
-        init_image: edge_operator::default_init_image(),
         model_version: None,
         avoid_control_plane: true,
     };

@@ -56,11 +56,9 @@ pub const MAX_NAME_LEN: usize = 57;
 /// Inputs of [`render`] other than the pipeline.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct RenderOptions {
-    /// Image of the agent container.
+    /// Image of the agent pods: the agent container and the init container that hands
+    /// the queue directory to the agent user (`edge-agent prepare-data-dir`).
     pub agent_image: String,
-    /// Image of the init container that hands the queue directory to the agent user
-    /// (the operator image: `edge-operator prepare-data-dir`).
-    pub init_image: String,
     /// Version of the model ConfigMap (a digest of its content), when known; part of the
     /// config hash so a new model rolls the agents.
     pub model_version: Option<String>,

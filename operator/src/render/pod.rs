@@ -1,8 +1,8 @@
 //! The agent pod: container, probes, environment, volumes and the hard-coded hardening.
 //!
 //! The queue lives in a hostPath directory so it survives restarts and upgrades. The
-//! kubelet creates that directory owned by root, so a tiny init container (the operator
-//! image, `edge-operator prepare-data-dir`) runs as root with only `CAP_CHOWN` (every
+//! kubelet creates that directory owned by root, so a tiny init container (the agent
+//! image, `edge-agent prepare-data-dir`: a node pulls one image) runs as root with only `CAP_CHOWN` (every
 //! other capability dropped, no privilege escalation, read-only root filesystem) and
 //! hands the directory to the agent user; the agent itself runs as 65532 with nothing.
 
@@ -195,9 +195,9 @@ pub(super) fn pod_spec(
 
     let init = Container {
         name: INIT_CONTAINER.to_string(),
-        image: Some(options.init_image.clone()),
+        image: Some(options.agent_image.clone()),
         command: Some(vec![
-            "edge-operator".to_string(),
+            "edge-agent".to_string(),
             "prepare-data-dir".to_string(),
             "--path".to_string(),
             DATA_DIR.to_string(),

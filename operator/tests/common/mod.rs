@@ -45,7 +45,6 @@ pub fn golden_path(example: &Path) -> PathBuf {
 pub fn default_options() -> RenderOptions {
     RenderOptions {
         agent_image: edge_operator::default_agent_image(),
-        init_image: edge_operator::default_init_image(),
         model_version: None,
         avoid_control_plane: true,
     }
