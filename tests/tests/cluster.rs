@@ -16,7 +16,7 @@ use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
 use edge_crds::EdgePipeline;
-use edge_testkit::cluster::{Cluster, Node};
+use edge_testkit::cluster::{Cluster, Node, condition};
 use edge_testkit::operator::Operator;
 use edge_testkit::{Agent, Mosquitto, Publisher, Receiver, eventually, poll};
 use edge_tests::api::{rust_layer, schema_layer};
@@ -125,18 +125,6 @@ fn as_kubectl_sends(cluster: &Cluster, file: &Path) -> Value {
     let file = file.display().to_string();
     let out = cluster.kubectl_ok(&["create", "--dry-run=client", "-o", "json", "-f", &file]);
     serde_json::from_str(&out).expect("kubectl prints JSON")
-}
-
-fn condition(pipeline: &Value, type_: &str) -> Option<(String, String, String)> {
-    let c = pipeline["status"]["conditions"]
-        .as_array()?
-        .iter()
-        .find(|c| c["type"] == type_)?;
-    Some((
-        c["status"].as_str()?.to_string(),
-        c["reason"].as_str().unwrap_or_default().to_string(),
-        c["message"].as_str().unwrap_or_default().to_string(),
-    ))
 }
 
 /// The nodes a pipeline's agents belong on: those matching its nodeSelector whose

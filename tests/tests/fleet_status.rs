@@ -70,36 +70,14 @@ fn run_operator(cluster: &Cluster) -> Operator {
     operator
 }
 
-/// `(status, reason, message)` of the condition `type_`, if present.
-fn condition(
-    cluster: &Cluster,
-    namespace: &str,
-    name: &str,
-    type_: &str,
-) -> Option<(String, String, String)> {
-    let pipeline = cluster.get_json(&["epl", name, "-n", namespace]);
-    let c = pipeline["status"]["conditions"]
-        .as_array()?
-        .iter()
-        .find(|c| c["type"] == type_)?
-        .clone();
-    Some((
-        c["status"].as_str()?.to_string(),
-        c["reason"].as_str()?.to_string(),
-        c["message"].as_str()?.to_string(),
-    ))
-}
-
 /// Waits for `type_=True` with `reason`; returns its message.
 fn wait_true(cluster: &Cluster, namespace: &str, name: &str, type_: &str, reason: &str) -> String {
-    poll(
-        WAIT,
-        &format!("{name}: {type_}/{reason}"),
-        || match condition(cluster, namespace, name, type_) {
-            Some((status, r, message)) if status == "True" && r == reason => Some(message),
-            _ => None,
-        },
-    )
+    poll(WAIT, &format!("{name}: {type_}/{reason}"), || match cluster
+        .pipeline_condition(namespace, name, type_)
+    {
+        Some((status, r, message)) if status == "True" && r == reason => Some(message),
+        _ => None,
+    })
 }
 
 /// The Warning Events about pipeline `name`: `(reason, note)`.
@@ -193,7 +171,9 @@ fn a_refused_apply_degrades_the_pipeline_until_the_admission_policy_goes() {
             && message.contains("no-host-path"),
         "the Degraded message is not the API server's: {message}"
     );
-    let ready = condition(&cluster, "guarded", "line1", "Ready").expect("Ready");
+    let ready = cluster
+        .pipeline_condition("guarded", "line1", "Ready")
+        .expect("Ready");
     assert_eq!(
         (ready.0.as_str(), ready.1.as_str()),
         ("False", "ApplyFailed")
@@ -215,7 +195,9 @@ fn a_refused_apply_degrades_the_pipeline_until_the_admission_policy_goes() {
         "no-host-path",
     ]);
     cluster.wait_pipeline_ready("guarded", "line1");
-    let degraded = condition(&cluster, "guarded", "line1", "Degraded").expect("Degraded");
+    let degraded = cluster
+        .pipeline_condition("guarded", "line1", "Degraded")
+        .expect("Degraded");
     assert_eq!(degraded.0, "False", "{degraded:?}");
     let config = cluster.get_json(&["configmap", "line1-agent", "-n", "guarded"]);
     assert!(
@@ -252,7 +234,9 @@ fn a_foreign_config_map_of_the_agent_name_is_a_conflict_and_stays_untouched() {
         ),
         "{message}"
     );
-    let degraded = condition(&cluster, "shared", "line2", "Degraded").expect("Degraded");
+    let degraded = cluster
+        .pipeline_condition("shared", "line2", "Degraded")
+        .expect("Degraded");
     assert_eq!(
         (degraded.0.as_str(), degraded.1.as_str()),
         ("True", "Conflict")
@@ -281,7 +265,11 @@ fn a_foreign_config_map_of_the_agent_name_is_a_conflict_and_stays_untouched() {
     // Its owner deletes it: the operator creates its own and the conflict is gone.
     cluster.kubectl_ok(&["delete", "configmap", "line2-agent", "-n", "shared"]);
     cluster.wait_pipeline_ready("shared", "line2");
-    assert!(condition(&cluster, "shared", "line2", "Conflict").is_none());
+    assert!(
+        cluster
+            .pipeline_condition("shared", "line2", "Conflict")
+            .is_none()
+    );
     let own = cluster.get_json(&["configmap", "line2-agent", "-n", "shared"]);
     assert_eq!(
         own["metadata"]["ownerReferences"][0]["kind"],

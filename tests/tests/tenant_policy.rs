@@ -91,26 +91,12 @@ fn compliant() -> String {
     )
 }
 
-fn condition(cluster: &Cluster, name: &str, type_: &str) -> Option<(String, String, String)> {
-    let pipeline = cluster.get_json(&["epl", name, "-n", TENANT]);
-    let c = pipeline["status"]["conditions"]
-        .as_array()?
-        .iter()
-        .find(|c| c["type"] == type_)?
-        .clone();
-    Some((
-        c["status"].as_str()?.to_string(),
-        c["reason"].as_str()?.to_string(),
-        c["message"].as_str()?.to_string(),
-    ))
-}
-
 /// Waits for `Invalid=True` with reason ForbiddenByPolicy; returns its message.
 fn wait_forbidden(cluster: &Cluster, name: &str) -> String {
     poll(
         WAIT,
         &format!("{name}: Invalid/ForbiddenByPolicy"),
-        || match condition(cluster, name, "Invalid") {
+        || match cluster.pipeline_condition(TENANT, name, "Invalid") {
             Some((status, reason, message))
                 if status == "True" && reason == "ForbiddenByPolicy" =>
             {
@@ -252,7 +238,9 @@ fn pipelines_outside_the_tenant_policy_get_no_agents_and_the_rest_keep_running()
                 .any(|r| r == "ForbiddenByPolicy")
                 .then_some(())
         });
-        let ready = condition(&cluster, name, "Ready").expect("Ready condition");
+        let ready = cluster
+            .pipeline_condition(TENANT, name, "Ready")
+            .expect("Ready condition");
         assert_eq!(
             (ready.0.as_str(), ready.1.as_str()),
             ("False", "ForbiddenByPolicy")

@@ -382,6 +382,17 @@ impl Cluster {
         );
     }
 
+    /// The condition `type_` of the EdgePipeline `namespace/name`: (status, reason,
+    /// message), or `None` while it has no such condition.
+    pub fn pipeline_condition(
+        &self,
+        namespace: &str,
+        name: &str,
+        type_: &str,
+    ) -> Option<(String, String, String)> {
+        condition(&self.get_json(&["epl", name, "-n", namespace]), type_)
+    }
+
     /// The nodes running a live (not deleted) agent pod of the pipeline `namespace/name`,
     /// sorted.
     pub fn agent_nodes(&self, namespace: &str, name: &str) -> Vec<String> {
@@ -599,6 +610,20 @@ rules:
     userGroups: [\"system:serviceaccounts\"]
   - level: None
 ";
+
+/// The condition `type_` of an object as JSON: (status, reason, message), or `None` while
+/// it has no such condition.
+pub fn condition(object: &Value, type_: &str) -> Option<(String, String, String)> {
+    let c = object["status"]["conditions"]
+        .as_array()?
+        .iter()
+        .find(|c| c["type"] == type_)?;
+    Some((
+        c["status"].as_str()?.to_string(),
+        c["reason"].as_str().unwrap_or_default().to_string(),
+        c["message"].as_str().unwrap_or_default().to_string(),
+    ))
+}
 
 /// The certificates and keys of one cluster.
 fn cluster_pki(dir: &Path) -> Pki {
