@@ -749,13 +749,21 @@ pub struct MqttAction {
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 #[schemars(extend("x-kubernetes-validations" = [
     {"rule": "quantity(self.maxBytes).isGreaterThan(quantity('0'))", "message": "maxBytes must be > 0"},
-    {"rule": "duration(self.maxAge) > duration('0s')", "message": "maxAge must be > 0"}
+    {"rule": "duration(self.maxAge) > duration('0s')", "message": "maxAge must be > 0"},
+    {"rule": "!has(self.maxDeadLetterBytes) || quantity(self.maxDeadLetterBytes).isGreaterThan(quantity('0'))", "message": "maxDeadLetterBytes must be > 0", "fieldPath": ".maxDeadLetterBytes"},
+    {"rule": "!has(self.maxDeadLetterBytes) || !quantity(self.maxDeadLetterBytes).add(quantity(self.maxDeadLetterBytes)).isGreaterThan(quantity(self.maxBytes))", "message": "maxDeadLetterBytes must be at most half of maxBytes", "fieldPath": ".maxDeadLetterBytes"}
 ]))]
 pub struct Buffer {
-    /// Upper bound on the queue's size on disk; what happens when it is reached is
-    /// `whenFull`.
+    /// Upper bound on the queue's payload: queued records and dead letters together; what
+    /// happens when it is reached is `whenFull`.
     #[serde(default = "default_max_bytes")]
     pub max_bytes: Size,
+    /// Upper bound on the dead letters (batches the upstream rejected, kept for
+    /// `edge-agent dead-letters replay`), within `maxBytes`: at most half of it; default a
+    /// quarter. Over it the oldest dead letters are deleted, counted as
+    /// `dead_letter_overflow` drops.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_dead_letter_bytes: Option<Size>,
     /// Records older than this are dropped (and counted) instead of sent.
     #[serde(default = "default_max_age")]
     pub max_age: Duration,
@@ -772,6 +780,7 @@ impl Default for Buffer {
     fn default() -> Self {
         Self {
             max_bytes: default_max_bytes(),
+            max_dead_letter_bytes: None,
             max_age: default_max_age(),
             when_full: WhenFull::default(),
             durability: Durability::default(),

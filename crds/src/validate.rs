@@ -519,6 +519,17 @@ impl Validator {
             Ok(_) => {}
             Err(e) => self.err("spec.buffer.maxBytes", e.to_string()),
         }
+        if let Some(dead) = &b.max_dead_letter_bytes {
+            match (parse_size(&dead.0), parse_size(&b.max_bytes.0)) {
+                (Ok(0), _) => self.err("spec.buffer.maxDeadLetterBytes", "must be > 0"),
+                (Ok(d), Ok(max)) if d > max / 2 => self.err(
+                    "spec.buffer.maxDeadLetterBytes",
+                    "must be at most half of spec.buffer.maxBytes",
+                ),
+                (Ok(_), _) => {}
+                (Err(e), _) => self.err("spec.buffer.maxDeadLetterBytes", e.to_string()),
+            }
+        }
         self.duration("spec.buffer.maxAge", &b.max_age, true);
     }
 

@@ -102,8 +102,10 @@ pub struct EmbeddedUser {
 /// The durable queue.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct BufferSettings {
-    /// Upper bound on the queue's size.
+    /// Upper bound on the queue's payload (records and dead letters).
     pub max_bytes: u64,
+    /// Upper bound on the dead letters, within `max_bytes`.
+    pub max_dead_letter_bytes: u64,
     /// Records older than this are dropped (and counted).
     pub max_age: Duration,
     /// Policy when full.

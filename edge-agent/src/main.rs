@@ -1,21 +1,20 @@
-//! The `edge-agent` command line: `run` the agent, `check` a pipeline file, list
-//! `dead-letters`, `model inspect|test` a TFLite model, or try everything at once with
-//! `demo`.
+//! The `edge-agent` command line: `run` the agent, `check` a pipeline file, list, replay
+//! or purge `dead-letters`, `model inspect|test` a TFLite model, or try everything at once
+//! with `demo`.
 
 use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::ExitCode;
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
 use edge_agent::config::AgentConfig;
 use edge_agent::demo;
-use edge_agent::queue::list_dead_letters;
-use edge_agent::record::format_timestamp_ms;
 use edge_agent::run::{RunOptions, preflight, run};
 use edge_agent::source::tls::install_crypto_provider;
 use tokio_util::sync::CancellationToken;
 
+mod dead_letters_cli;
 mod model_cli;
 
 /// Where `run` serves its endpoint by default: this machine only.
@@ -96,11 +95,19 @@ enum Command {
         #[arg(long, value_name = "ADDR")]
         listen: Option<SocketAddr>,
     },
-    /// List the batches the upstream rejected (kept in the queue's dead-letter table).
+    /// List, show, replay or purge the batches the upstream rejected (kept in the queue's
+    /// dead-letter table); works while the agent runs.
     DeadLetters {
         /// Directory of the durable queue.
-        #[arg(long, value_name = "DIR", default_value = "/var/lib/edgepipe")]
+        #[arg(
+            long,
+            value_name = "DIR",
+            default_value = "/var/lib/edgepipe",
+            global = true
+        )]
         data_dir: PathBuf,
+        #[command(subcommand)]
+        command: Option<dead_letters_cli::DeadLetterCommand>,
     },
 }
 
@@ -229,35 +236,8 @@ fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
             }
             Ok(ExitCode::SUCCESS)
         }
-        Command::DeadLetters { data_dir } => {
-            print_dead_letters(&data_dir)?;
-            Ok(ExitCode::SUCCESS)
-        }
+        Command::DeadLetters { data_dir, command } => dead_letters_cli::run(&data_dir, command),
     }
-}
-
-fn print_dead_letters(dir: &Path) -> anyhow::Result<()> {
-    let letters = list_dead_letters(dir)
-        .with_context(|| format!("reading the queue in {}", dir.display()))?;
-    if letters.is_empty() {
-        println!("no dead letters in {}", dir.display());
-        return Ok(());
-    }
-    println!(
-        "{:<24}  {:>6}  {:>7}  {:<23}  REASON",
-        "TIME", "STATUS", "RECORDS", "SEQ"
-    );
-    for l in letters {
-        println!(
-            "{:<24}  {:>6}  {:>7}  {:<23}  {}",
-            format_timestamp_ms(l.at_ms),
-            l.status,
-            l.records,
-            format!("{}-{}", l.first_seq, l.last_seq),
-            l.reason
-        );
-    }
-    Ok(())
 }
 
 /// Cancels `stop` on SIGTERM or SIGINT.

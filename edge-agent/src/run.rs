@@ -213,6 +213,7 @@ pub async fn run_with_metrics(
             pipeline: config.pipeline.clone(),
             node: config.node.clone(),
             max_bytes: config.buffer.max_bytes,
+            max_dead_letter_bytes: config.buffer.max_dead_letter_bytes,
             when_full: config.buffer.when_full,
             durability: config.buffer.durability,
         },

@@ -90,6 +90,12 @@ pub struct Metrics {
     pub queue_bytes: IntGauge,
     /// Age of the oldest record in the queue (0 when empty).
     pub queue_oldest_age_seconds: prometheus::Gauge,
+    /// Records in the dead letters.
+    pub dead_letter_records: IntGauge,
+    /// Bytes the dead letters hold (within `buffer.maxBytes`).
+    pub dead_letter_bytes: IntGauge,
+    /// Records of dead letters deleted to keep within `buffer.maxDeadLetterBytes`.
+    pub dead_letter_overflow: IntCounter,
     /// `buffer.maxBytes`.
     pub queue_capacity_bytes: IntGauge,
     /// 1 when the last upstream request succeeded.
@@ -270,6 +276,27 @@ impl Metrics {
                     "edge_agent_queue_oldest_age_seconds",
                     "Age of the oldest record in the queue (0 when empty).",
                 ))?,
+            )?,
+            dead_letter_records: gauge(
+                r,
+                opts(
+                    "edge_agent_dead_letter_records",
+                    "Records in the dead letters (batches the upstream rejected, kept for replay).",
+                ),
+            )?,
+            dead_letter_bytes: gauge(
+                r,
+                opts(
+                    "edge_agent_dead_letter_bytes",
+                    "Bytes the dead letters hold; they count against buffer.maxBytes.",
+                ),
+            )?,
+            dead_letter_overflow: counter(
+                r,
+                opts(
+                    "edge_agent_dead_letter_overflow_records_total",
+                    "Records of the oldest dead letters deleted to keep within buffer.maxDeadLetterBytes.",
+                ),
             )?,
             queue_capacity_bytes: gauge(
                 r,

@@ -1,6 +1,7 @@
 //! The queue's limits through the real agent: `maxBytes` with `dropNewest` and
 //! `dropOldest` (every missing record counted), `maxAge`, a batch the upstream rejects
-//! (dead-lettered, listed, sync goes on), refused credentials (paused, nothing
+//! (dead-lettered, listed, replayed once the upstream is fixed, purged; sync goes on),
+//! refused credentials (paused, nothing
 //! dead-lettered), and a corrupt queue file at start.
 
 mod common;
@@ -154,7 +155,7 @@ async fn records_older_than_max_age_are_dropped_and_counted() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_rejected_batch_is_dead_lettered_once_and_sync_continues() {
+async fn a_rejected_batch_is_dead_lettered_once_then_replayed_or_purged_while_the_agent_runs() {
     let broker = Mosquitto::start();
     let receiver = Receiver::start().await;
     receiver.rule(|records| {
@@ -253,6 +254,95 @@ async fn a_rejected_batch_is_dead_lettered_once_and_sync_continues() {
         "{line}"
     );
     assert!(line.contains("400 Bad Request"), "{line}");
+    let id = line.split_whitespace().next().unwrap().to_string();
+    assert_eq!(
+        agent.metric(&series("edge_agent_dead_letter_records", &[])),
+        seqs.len() as f64
+    );
+
+    // An unknown id changes nothing and says so.
+    let (ok, text) = dead_letters(&agent.data_dir, &["replay", "--id", "999"]);
+    assert!(!ok && text.contains("no dead letter with id 999"), "{text}");
+
+    // The upstream is fixed: the batch is replayed while the agent runs, and each of its
+    // records arrives once, under its own seq.
+    receiver.rule(|_| None);
+    let (ok, text) = dead_letters(&agent.data_dir, &["replay", "--id", &id]);
+    assert!(ok, "{text}");
+    assert!(
+        text.contains(&format!("replayed 1 dead letters ({} records)", seqs.len())),
+        "{text}"
+    );
+    eventually(
+        Duration::from_secs(15),
+        "the replayed records accepted",
+        async || values(&receiver.accepted()).contains(&7).then_some(()),
+    )
+    .await;
+    let accepted = receiver.accepted();
+    let mut got: Vec<i64> = accepted
+        .iter()
+        .map(|r| r["seq"].as_i64().unwrap())
+        .collect();
+    got.sort_unstable();
+    let distinct: BTreeSet<i64> = got.iter().copied().collect();
+    assert_eq!(got.len(), distinct.len(), "no record twice: {got:?}");
+    assert_eq!(values(&accepted), (0..25).collect(), "every reading once");
+    assert!(seqs.iter().all(|s| distinct.contains(&(*s as i64))));
+    eventually(
+        Duration::from_secs(5),
+        "the dead-letter gauge back at 0",
+        async || {
+            (agent.metric(&series("edge_agent_dead_letter_records", &[])) == 0.0).then_some(())
+        },
+    )
+    .await;
+    let (ok, text) = dead_letters(&agent.data_dir, &[]);
+    assert!(ok && text.contains("no dead letters"), "{text}");
+
+    // A batch rejected for good is purged.
+    receiver.rule(|records| {
+        records
+            .iter()
+            .any(|r| r["device"] == "bad")
+            .then_some(Reply::Status(422))
+    });
+    publisher
+        .send("sensors/bad/temperature", reading("bad", 30.0, T0 + 30))
+        .await;
+    publisher.flush().await;
+    eventually(
+        Duration::from_secs(15),
+        "a second dead letter",
+        async || (agent.metric(&series("edge_agent_dead_letter_records", &[])) > 0.0).then_some(()),
+    )
+    .await;
+    let (ok, text) = dead_letters(&agent.data_dir, &["purge", "--all"]);
+    assert!(ok && text.contains("purged 1 dead letters"), "{text}");
+    eventually(
+        Duration::from_secs(5),
+        "the purge seen by the agent",
+        async || (agent.metric(&series("edge_agent_dead_letter_bytes", &[])) == 0.0).then_some(()),
+    )
+    .await;
+    agent.assert_running();
+}
+
+/// Runs `edge-agent dead-letters ARGS --data-dir DIR`; returns success and stdout+stderr.
+fn dead_letters(dir: &std::path::Path, args: &[&str]) -> (bool, String) {
+    let out = Command::new(env!("CARGO_BIN_EXE_edge-agent"))
+        .arg("dead-letters")
+        .args(args)
+        .arg("--data-dir")
+        .arg(dir)
+        .output()
+        .expect("edge-agent dead-letters");
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    (out.status.success(), text)
 }
 
 /// An expired token mid-backlog: the upstream answers 401 (then 403) to every batch until

@@ -81,6 +81,7 @@ fn store(dir: &Path, durability: Durability) -> BenchResult<Store> {
         pipeline: "bench/core".into(),
         node: "bench".into(),
         max_bytes: 1 << 34,
+        max_dead_letter_bytes: 1 << 30,
         when_full: WhenFull::DropOldest,
         durability,
     };

@@ -21,6 +21,7 @@ fn fill(dir: &Path, n: usize) -> BenchResult<()> {
         pipeline: "bench/ingest".into(),
         node: "bench".into(),
         max_bytes: 1 << 34,
+        max_dead_letter_bytes: 1 << 30,
         when_full: WhenFull::DropOldest,
         durability: Durability::Os,
     };

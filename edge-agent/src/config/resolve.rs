@@ -345,8 +345,15 @@ impl<'a> Resolver<'a> {
     }
 
     pub(super) fn buffer(&mut self, b: &Buffer) -> BufferSettings {
+        let max_bytes = b.max_bytes.to_bytes().unwrap_or(0);
         BufferSettings {
-            max_bytes: b.max_bytes.to_bytes().unwrap_or(0),
+            max_bytes,
+            max_dead_letter_bytes: b
+                .max_dead_letter_bytes
+                .as_ref()
+                .and_then(|s| s.to_bytes().ok())
+                .unwrap_or(max_bytes / 4)
+                .min(max_bytes / 2),
             max_age: duration(&b.max_age),
             when_full: b.when_full,
             durability: b.durability,

@@ -77,6 +77,7 @@ fn a_bare_spec_gets_defaults_and_expanded_urls() {
         c.buffer,
         BufferSettings {
             max_bytes: 256 * 1024 * 1024,
+            max_dead_letter_bytes: 64 * 1024 * 1024,
             max_age: Duration::from_secs(168 * 3600),
             when_full: WhenFull::DropOldest,
             durability: Durability::Fsync,

@@ -18,6 +18,7 @@
 //! the sink cannot drain. That lasts until the queue frees space (a batch delivered,
 //! dead-lettered or expired) or for [`DISK_FULL_HOLD`], whichever comes first.
 
+pub mod dead;
 mod file;
 pub mod reserve;
 pub mod seq;
@@ -34,9 +35,10 @@ use edge_crds::WhenFull;
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio_util::sync::CancellationToken;
 
+pub use dead::{DeadLetter, DeadLetterStats};
 pub use store::{
-    AppendReport, Batch, DeadLetter, QueueError, QueueStats, Store, StoreSettings, StoredRecord,
-    UnitOutcome, list_dead_letters,
+    AppendReport, Batch, DeadLettered, QueueError, QueueStats, Store, StoreSettings, StoredRecord,
+    UnitOutcome,
 };
 
 use self::reserve::Reserve;
@@ -107,7 +109,7 @@ enum Command {
         batch: Batch,
         status: u16,
         reason: String,
-        reply: oneshot::Sender<Result<u64, QueueError>>,
+        reply: oneshot::Sender<Result<DeadLettered, QueueError>>,
     },
 }
 
@@ -290,13 +292,13 @@ impl Queue {
         self.request(|reply| Command::Ack { batch, reply }).await
     }
 
-    /// Moves a rejected batch to the dead-letter table; returns how many records it held.
+    /// Moves a rejected batch to the dead-letter table (see [`Store::dead_letter`]).
     pub async fn dead_letter(
         &self,
         batch: Batch,
         status: u16,
         reason: String,
-    ) -> Result<u64, QueueError> {
+    ) -> Result<DeadLettered, QueueError> {
         self.request(|reply| Command::DeadLetter {
             batch,
             status,
@@ -490,6 +492,16 @@ impl Writer {
     }
 
     fn on_tick(&mut self) {
+        match self.store.refresh() {
+            Ok(true) => {
+                tracing::info!(
+                    "the queue file was changed by another process (dead letters replayed or purged): recounted"
+                );
+                self.disk_full = None;
+            }
+            Ok(false) => {}
+            Err(e) => tracing::warn!(error = %e, "checking the queue file for changes"),
+        }
         if self.stall.is_none()
             && let Some(reserve) = self.reserve.as_mut()
         {
@@ -624,6 +636,13 @@ impl Writer {
             .oldest_ms
             .map_or(0.0, |t| (now_ms() - t).max(0) as f64 / 1000.0);
         self.metrics.queue_oldest_age_seconds.set(age);
+        let dead = stats.dead_letters;
+        self.metrics
+            .dead_letter_records
+            .set(dead.records.min(i64::MAX as u64) as i64);
+        self.metrics
+            .dead_letter_bytes
+            .set(dead.bytes.min(i64::MAX as u64) as i64);
         self.stats.send_if_modified(|old| {
             let changed = *old != stats;
             *old = stats;

@@ -2,7 +2,7 @@
 //! drives (and that tests drive directly on real files in temporary directories).
 //!
 //! One table of records in `seq` order (each stored as its upstream JSON), one of
-//! dead-lettered batches, one of small counters. `seq` is assigned here: strictly
+//! dead-lettered batches (see [`super::dead`]), one of small counters. `seq` is assigned here: strictly
 //! increasing and never reused, across restarts and across a corrupt file being replaced,
 //! thanks to a high-water mark kept beside the database (see [`super::seq`]).
 
@@ -11,6 +11,7 @@ use std::path::{Path, PathBuf};
 use edge_crds::{Durability, WhenFull};
 use rusqlite::{Connection, ErrorCode, OptionalExtension, params};
 
+use super::dead::{self, DeadLetter, DeadLetterStats, Inserted};
 use super::file::{move_aside, open_checked, stored_next_seq, unix_micros};
 use super::seq::SeqCeiling;
 use crate::record::{Record, UpstreamRecord};
@@ -82,8 +83,10 @@ pub struct StoreSettings {
     pub pipeline: String,
     /// Node name, written into every record.
     pub node: String,
-    /// Cap on stored payload bytes.
+    /// Cap on stored payload bytes: records and dead letters.
     pub max_bytes: u64,
+    /// Cap on the dead letters' bytes (within `max_bytes`).
+    pub max_dead_letter_bytes: u64,
     /// What to do when the cap is reached.
     pub when_full: WhenFull,
     /// `fsync` (`synchronous=FULL`) or `os` (`synchronous=NORMAL`).
@@ -109,6 +112,16 @@ pub struct AppendReport {
     pub outcomes: Vec<UnitOutcome>,
     /// Oldest records deleted to make room (`dropOldest`).
     pub evicted: u64,
+}
+
+/// What [`Store::dead_letter`] did.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct DeadLettered {
+    /// Records moved to the dead letters.
+    pub records: u64,
+    /// Records of older dead letters deleted to keep within `max_dead_letter_bytes` (the
+    /// new one's too when it alone is larger).
+    pub overflow_records: u64,
 }
 
 /// A stored record.
@@ -148,23 +161,6 @@ impl Batch {
     }
 }
 
-/// A batch the sink rejected, kept for inspection.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct DeadLetter {
-    /// When it was dead-lettered (unix ms).
-    pub at_ms: i64,
-    /// First `seq`.
-    pub first_seq: u64,
-    /// Last `seq`.
-    pub last_seq: u64,
-    /// Number of records.
-    pub records: u64,
-    /// HTTP status (0 when not HTTP).
-    pub status: u16,
-    /// Why the sink rejected it (start of the response body).
-    pub reason: String,
-}
-
 /// Size and age of what is queued.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct QueueStats {
@@ -174,6 +170,8 @@ pub struct QueueStats {
     pub bytes: u64,
     /// When the oldest record was enqueued (unix ms).
     pub oldest_ms: Option<i64>,
+    /// What the dead letters hold.
+    pub dead_letters: DeadLetterStats,
 }
 
 /// The result of [`Store::open`].
@@ -192,6 +190,10 @@ pub struct Store {
     next_seq: u64,
     records: u64,
     bytes: u64,
+    dead: DeadLetterStats,
+    /// `PRAGMA data_version` when the counters above were last read from the file: it
+    /// changes when another connection (`edge-agent dead-letters`) commits.
+    data_version: i64,
 }
 
 impl Store {
@@ -237,6 +239,8 @@ impl Store {
             [],
             |r| Ok((r.get(0)?, r.get(1)?)),
         )?;
+        let dead = dead::stats(&conn)?;
+        let data_version = conn.query_row("PRAGMA data_version", [], |r| r.get(0))?;
         Ok(Opened {
             store: Self {
                 conn,
@@ -245,9 +249,32 @@ impl Store {
                 next_seq,
                 records: records.max(0) as u64,
                 bytes: bytes.max(0) as u64,
+                dead,
+                data_version,
             },
             moved_aside,
         })
+    }
+
+    /// Recounts records and dead letters if another process changed the file (a
+    /// `dead-letters replay` or `purge`); returns whether it did.
+    pub fn refresh(&mut self) -> Result<bool, QueueError> {
+        let version: i64 = self
+            .conn
+            .query_row("PRAGMA data_version", [], |r| r.get(0))?;
+        if version == self.data_version {
+            return Ok(false);
+        }
+        let (records, bytes): (i64, i64) = self.conn.query_row(
+            "SELECT count(*), coalesce(sum(size), 0) FROM records",
+            [],
+            |r| Ok((r.get(0)?, r.get(1)?)),
+        )?;
+        self.records = records.max(0) as u64;
+        self.bytes = bytes.max(0) as u64;
+        self.dead = dead::stats(&self.conn)?;
+        self.data_version = version;
+        Ok(true)
     }
 
     /// Caps the file at its current size plus `pages` more pages, so commits beyond it
@@ -293,17 +320,20 @@ impl Store {
             records: self.records,
             bytes: self.bytes,
             oldest_ms,
+            dead_letters: self.dead,
         })
     }
 
     /// Commits `units` (each the records of one message) in one transaction, applying
-    /// `maxBytes` and `whenFull` unit by unit in order. On error nothing is committed.
+    /// `maxBytes` (less what the dead letters hold) and `whenFull` unit by unit in order.
+    /// On error nothing is committed.
     pub fn append(&mut self, units: &[&[Record]], now_ms: i64) -> Result<AppendReport, QueueError> {
+        self.refresh()?;
         let mut report = AppendReport::default();
         let mut next_seq = self.next_seq;
         let mut records = self.records;
         let mut bytes = self.bytes;
-        let max = self.settings.max_bytes;
+        let max = self.settings.max_bytes.saturating_sub(self.dead.bytes);
         let tx = self.conn.transaction()?;
         {
             let mut insert = tx.prepare_cached(
@@ -382,6 +412,7 @@ impl Store {
         limit: usize,
         allow_partial: bool,
     ) -> Result<Option<Batch>, QueueError> {
+        self.refresh()?;
         if let Some((first, last)) = self.pinned()? {
             let records = self.read_range(first, last, i64::MAX)?;
             if !records.is_empty() {
@@ -427,38 +458,32 @@ impl Store {
         Ok(n)
     }
 
-    /// Moves a batch the sink rejected to the dead-letter table; returns how many records
-    /// it held.
+    /// Moves a batch the sink rejected to the dead-letter table, then keeps the dead
+    /// letters within `max_dead_letter_bytes` by deleting the oldest.
     pub fn dead_letter(
         &mut self,
         batch: &Batch,
         status: u16,
         reason: &str,
         now_ms: i64,
-    ) -> Result<u64, QueueError> {
+    ) -> Result<DeadLettered, QueueError> {
         let tx = self.conn.transaction()?;
         let (n, b) = delete_range(&tx, batch.first_seq, batch.last_seq)?;
-        tx.execute(
-            "INSERT INTO dead_letters (at_ms, first_seq, last_seq, records, status, reason, body)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
-            params![
-                now_ms,
-                batch.first_seq as i64,
-                batch.last_seq as i64,
-                n as i64,
-                status,
-                reason,
-                batch.json_array()
-            ],
-        )?;
+        let cap = self.settings.max_dead_letter_bytes;
+        let Inserted { overflow, .. } = dead::insert(&tx, batch, n, status, reason, now_ms, cap)?;
         tx.execute(
             "DELETE FROM meta WHERE key IN ('batch_first', 'batch_last')",
             [],
         )?;
+        let held = dead::stats(&tx)?;
         tx.commit()?;
         self.records -= n.min(self.records);
         self.bytes -= b.min(self.bytes);
-        Ok(n)
+        self.dead = held;
+        Ok(DeadLettered {
+            records: n,
+            overflow_records: overflow.records,
+        })
     }
 
     /// Deletes records enqueued before `cutoff_ms` (oldest first); returns how many.
@@ -494,19 +519,7 @@ impl Store {
 
     /// Every dead-lettered batch, oldest first.
     pub fn dead_letters(&self) -> Result<Vec<DeadLetter>, QueueError> {
-        read_dead_letters(&self.conn)
-    }
-
-    /// The body (JSON array) of a dead-lettered batch.
-    pub fn dead_letter_body(&self, first_seq: u64) -> Result<Option<Vec<u8>>, QueueError> {
-        Ok(self
-            .conn
-            .query_row(
-                "SELECT body FROM dead_letters WHERE first_seq = ?1",
-                [first_seq as i64],
-                |r| r.get(0),
-            )
-            .optional()?)
+        dead::list(&self.conn)
     }
 
     fn pinned(&self) -> Result<Option<(u64, u64)>, QueueError> {
@@ -550,34 +563,6 @@ impl Store {
         )?;
         Ok(rows.collect::<Result<_, _>>()?)
     }
-}
-
-/// Lists the dead letters of the queue in `dir` without opening it for writing.
-pub fn list_dead_letters(dir: &Path) -> Result<Vec<DeadLetter>, QueueError> {
-    let path = dir.join(DB_FILE);
-    if !path.exists() {
-        return Ok(Vec::new());
-    }
-    let conn = Connection::open_with_flags(&path, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY)?;
-    conn.busy_timeout(std::time::Duration::from_secs(5))?;
-    read_dead_letters(&conn)
-}
-
-fn read_dead_letters(conn: &Connection) -> Result<Vec<DeadLetter>, QueueError> {
-    let mut stmt = conn.prepare(
-        "SELECT at_ms, first_seq, last_seq, records, status, reason FROM dead_letters ORDER BY id",
-    )?;
-    let rows = stmt.query_map([], |r| {
-        Ok(DeadLetter {
-            at_ms: r.get(0)?,
-            first_seq: r.get::<_, i64>(1)? as u64,
-            last_seq: r.get::<_, i64>(2)? as u64,
-            records: r.get::<_, i64>(3)? as u64,
-            status: r.get(4)?,
-            reason: r.get(5)?,
-        })
-    })?;
-    Ok(rows.collect::<Result<_, _>>()?)
 }
 
 /// Deletes the oldest records until at least `need` bytes are freed (or the table is

@@ -10,6 +10,7 @@ use std::time::{Duration, Instant};
 use edge_crds::{Durability, WhenFull};
 use proptest::prelude::*;
 
+use super::dead::Selection;
 use super::seq::{HWM_FILE, SEQ_BLOCK};
 use super::store::DB_FILE;
 use super::*;
@@ -20,6 +21,7 @@ fn settings(max_bytes: u64, when_full: WhenFull, durability: Durability) -> Stor
         pipeline: "factory/line1".into(),
         node: "edge-1".into(),
         max_bytes,
+        max_dead_letter_bytes: max_bytes / 4,
         when_full,
         durability,
     }
@@ -304,22 +306,43 @@ fn dead_letters_are_kept_listed_and_out_of_the_queue() {
     )
     .unwrap();
     let batch = s.take_batch(2, false).unwrap().unwrap();
-    assert_eq!(s.dead_letter(&batch, 400, "bad record", 1234).unwrap(), 2);
+    let done = s.dead_letter(&batch, 400, "bad record", 1234).unwrap();
+    assert_eq!(
+        done,
+        DeadLettered {
+            records: 2,
+            overflow_records: 0
+        }
+    );
     let next = s.take_batch(10, true).unwrap().unwrap();
     assert_eq!(seqs(&next), vec![3], "sync continues with the next batch");
-    let listed = list_dead_letters(dir.path()).unwrap();
+    let conn = dead::open(dir.path(), false).unwrap().unwrap();
+    let listed = dead::list(&conn).unwrap();
+    let body_len = batch.json_array().len() as u64;
     assert_eq!(
         listed,
         vec![DeadLetter {
+            id: 1,
             at_ms: 1234,
             first_seq: 1,
             last_seq: 2,
             records: 2,
+            bytes: body_len,
             status: 400,
             reason: "bad record".into()
         }]
     );
-    let body = s.dead_letter_body(1).unwrap().unwrap();
+    assert_eq!(s.dead_letters().unwrap(), listed);
+    let stats = s.stats().unwrap();
+    assert_eq!(
+        stats.dead_letters,
+        DeadLetterStats {
+            batches: 1,
+            records: 2,
+            bytes: body_len
+        }
+    );
+    let body = dead::body(&conn, 1).unwrap().unwrap();
     let up: Vec<UpstreamRecord> = serde_json::from_slice(&body).unwrap();
     assert_eq!(up.len(), 2);
     drop(s);
@@ -328,6 +351,131 @@ fn dead_letters_are_kept_listed_and_out_of_the_queue() {
         settings(1 << 20, WhenFull::DropOldest, Durability::Fsync),
     );
     assert_eq!(s.next_seq(), 4, "dead-lettered seqs are not reused");
+    assert_eq!(s.stats().unwrap().dead_letters, stats.dead_letters);
+}
+
+/// `edge-agent dead-letters replay` runs next to the agent: its own connection, one
+/// transaction; the agent's store notices and recounts.
+#[test]
+fn a_replay_from_another_process_puts_the_records_back_under_their_seq() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut s = open(
+        dir.path(),
+        settings(1 << 20, WhenFull::DropOldest, Durability::Fsync),
+    );
+    let values: Vec<Record> = (0..5).map(|i| record("t1", i as f64)).collect();
+    s.append(&[&values], 1).unwrap();
+    let rejected = s.take_batch(2, false).unwrap().unwrap();
+    s.dead_letter(&rejected, 422, "schema", 2).unwrap();
+    let sent = s.take_batch(1, false).unwrap().unwrap();
+    s.ack(&sent).unwrap();
+    let before = s.stats().unwrap();
+    assert_eq!((before.records, before.dead_letters.records), (2, 2));
+
+    let mut cli = dead::open(dir.path(), true).unwrap().unwrap();
+    let done = dead::replay(&mut cli, Selection::All, 99).unwrap();
+    assert_eq!((done.batches, done.records), (1, 2));
+    assert!(dead::list(&cli).unwrap().is_empty());
+
+    assert!(
+        s.refresh().unwrap(),
+        "the store sees the other connection's commit"
+    );
+    assert!(!s.refresh().unwrap(), "and recounts once");
+    let after = s.stats().unwrap();
+    assert_eq!(after.records, 4);
+    assert_eq!(
+        after.bytes,
+        before.bytes
+            + rejected
+                .records
+                .iter()
+                .map(|r| r.body.len() as u64)
+                .sum::<u64>()
+    );
+    assert_eq!(after.dead_letters, DeadLetterStats::default());
+    assert_eq!(
+        after.oldest_ms,
+        Some(99),
+        "enqueued at the replay: maxAge counts from it"
+    );
+    let again = s.take_batch(10, true).unwrap().unwrap();
+    assert_eq!(
+        seqs(&again),
+        vec![1, 2, 4, 5],
+        "the replayed records go first"
+    );
+    assert_eq!(&again.records[..2], &rejected.records[..], "byte for byte");
+    assert_eq!(s.next_seq(), 6);
+}
+
+#[test]
+fn a_purge_from_another_process_frees_the_dead_letters_room() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut s = open(
+        dir.path(),
+        settings(1 << 20, WhenFull::DropOldest, Durability::Os),
+    );
+    for i in 0..3 {
+        s.append(&[&[record("t1", i as f64)]], 1).unwrap();
+        let b = s.take_batch(1, false).unwrap().unwrap();
+        s.dead_letter(&b, 400, "no", 1).unwrap();
+    }
+    let mut cli = dead::open(dir.path(), true).unwrap().unwrap();
+    let ids: Vec<i64> = dead::list(&cli).unwrap().iter().map(|l| l.id).collect();
+    assert_eq!(ids, vec![1, 2, 3]);
+    let done = dead::purge(&mut cli, Selection::Ids(&[1, 3, 42])).unwrap();
+    assert_eq!(
+        (done.batches, done.records),
+        (2, 2),
+        "an unknown id is skipped"
+    );
+    s.refresh().unwrap();
+    assert_eq!(s.stats().unwrap().dead_letters.batches, 1);
+    assert_eq!(s.dead_letters().unwrap()[0].id, 2);
+}
+
+#[test]
+fn dead_letters_count_against_max_bytes_and_the_oldest_overflow() {
+    let dir = tempfile::tempdir().unwrap();
+    let one = serde_json::to_vec(&UpstreamRecord::new(
+        "factory/line1",
+        "edge-1",
+        1,
+        &record("t1", 1.0),
+    ))
+    .unwrap()
+    .len() as u64;
+    // Room for 10 records; dead letters may hold 2 one-record batches (+2 bytes each).
+    let mut st = settings(10 * one + 5, WhenFull::DropNewest, Durability::Os);
+    st.max_dead_letter_bytes = 2 * (one + 2) + 1;
+    let mut s = open(dir.path(), st);
+    let mut overflowed = 0;
+    for i in 0..3 {
+        s.append(&[&[record("t1", i as f64)]], 1).unwrap();
+        let b = s.take_batch(1, false).unwrap().unwrap();
+        overflowed += s.dead_letter(&b, 400, "no", 1).unwrap().overflow_records;
+    }
+    assert_eq!(overflowed, 1, "the third dead letter pushed the first out");
+    let kept: Vec<u64> = s
+        .dead_letters()
+        .unwrap()
+        .iter()
+        .map(|l| l.first_seq)
+        .collect();
+    assert_eq!(kept, vec![2, 3]);
+    // Room left for records: 10 records' worth minus what the dead letters hold.
+    let many: Vec<Record> = (0..10).map(|i| record("t1", i as f64)).collect();
+    let units: Vec<&[Record]> = many.chunks(1).collect();
+    let report = s.append(&units, 1).unwrap();
+    let stored = report
+        .outcomes
+        .iter()
+        .filter(|o| matches!(o, UnitOutcome::Stored { .. }))
+        .count();
+    assert_eq!(stored, 7, "{:?}", report.outcomes);
+    let stats = s.stats().unwrap();
+    assert!(stats.bytes + stats.dead_letters.bytes <= 10 * one + 5);
 }
 
 #[test]
@@ -349,9 +497,10 @@ fn records_older_than_the_cutoff_expire_oldest_first() {
 }
 
 #[test]
-fn the_dead_letter_listing_of_a_missing_queue_is_empty() {
+fn the_dead_letter_commands_find_no_queue_in_an_empty_directory() {
     let dir = tempfile::tempdir().unwrap();
-    assert!(list_dead_letters(dir.path()).unwrap().is_empty());
+    assert!(dead::open(dir.path(), true).unwrap().is_none());
+    assert!(!dir.path().join(store::DB_FILE).exists(), "nothing created");
 }
 
 fn writer_config(dir: &Path, max_bytes: u64, when_full: WhenFull) -> QueueConfig {
@@ -592,6 +741,9 @@ proptest! {
         let st = settings(max_bytes, when_full, Durability::Os);
         let mut store = open(dir.path(), st.clone());
         let mut model: VecDeque<(u64, u8, u64)> = VecDeque::new();
+        // Dead letters: (records, body bytes), oldest first.
+        let mut dead_model: VecDeque<(u64, u64)> = VecDeque::new();
+        let dead_cap = st.max_dead_letter_bytes;
         let mut last_seq = 0u64;
         let (mut total, mut synced, mut dropped, mut dead) = (0u64, 0u64, 0u64, 0u64);
         for op in ops {
@@ -604,12 +756,13 @@ proptest! {
                     let sizes: Vec<u64> = values.iter().enumerate().map(|(i, v)| size_of(first + i as u64, *v)).collect();
                     let need: u64 = sizes.iter().sum();
                     let mut bytes: u64 = model.iter().map(|m| m.2).sum();
-                    let fits = bytes + need <= max_bytes;
+                    let room = max_bytes.saturating_sub(dead_model.iter().map(|d| d.1).sum());
+                    let fits = bytes + need <= room;
                     match report.outcomes[0] {
                         UnitOutcome::Stored { .. } => {
-                            prop_assert!(fits || (drop_oldest && need <= max_bytes));
+                            prop_assert!(fits || (drop_oldest && need <= room));
                             let mut evicted = 0;
-                            while bytes + need > max_bytes {
+                            while bytes + need > room {
                                 let (_, _, s) = model.pop_front().expect("model evicts as much as the store");
                                 bytes -= s;
                                 evicted += 1;
@@ -624,7 +777,7 @@ proptest! {
                             }
                         }
                         UnitOutcome::Dropped { records } => {
-                            prop_assert!(!fits && (!drop_oldest || need > max_bytes));
+                            prop_assert!(!fits && (!drop_oldest || need > room));
                             prop_assert_eq!(store.next_seq(), first, "a dropped unit uses no seq");
                             dropped += records;
                         }
@@ -643,7 +796,15 @@ proptest! {
                     if matches!(op, Op::SendOk(_)) {
                         synced += store.ack(&batch).unwrap();
                     } else {
-                        dead += store.dead_letter(&batch, 400, "rejected", 1).unwrap();
+                        let done = store.dead_letter(&batch, 400, "rejected", 1).unwrap();
+                        dead += done.records;
+                        let payload: u64 = model.iter().take(got.len()).map(|m| m.2).sum();
+                        dead_model.push_back((got.len() as u64, payload + got.len() as u64 + 1));
+                        let mut overflow = 0;
+                        while dead_model.iter().map(|d| d.1).sum::<u64>() > dead_cap {
+                            overflow += dead_model.pop_front().map_or(0, |d| d.0);
+                        }
+                        prop_assert_eq!(done.overflow_records, overflow);
                     }
                     for _ in &got {
                         model.pop_front();
@@ -658,7 +819,13 @@ proptest! {
             let stats = store.stats().unwrap();
             prop_assert_eq!(stats.records, model.len() as u64);
             prop_assert_eq!(stats.bytes, model.iter().map(|m| m.2).sum::<u64>());
-            prop_assert!(stats.bytes <= max_bytes);
+            let dead_stats = stats.dead_letters;
+            prop_assert_eq!(dead_stats.records, dead_model.iter().map(|d| d.0).sum::<u64>());
+            prop_assert_eq!(dead_stats.bytes, dead_model.iter().map(|d| d.1).sum::<u64>());
+            // A dead letter's body is its records plus the brackets and commas of a JSON
+            // array; their payload and the queued records stay within maxBytes.
+            let dead_payload = dead_stats.bytes - dead_stats.records - dead_stats.batches;
+            prop_assert!(stats.bytes + dead_payload <= max_bytes);
             prop_assert_eq!(total, model.len() as u64 + synced + dropped + dead);
         }
     }

@@ -182,9 +182,19 @@ impl SyncContext {
                 .dead_letter(batch.clone(), status, reason.clone())
                 .await
             {
-                Ok(n) => {
-                    tracing::warn!(status, first, last, records = n, %reason, "upstream rejected a batch: dead-lettered");
+                Ok(done) => {
+                    let n = done.records;
+                    tracing::warn!(status, first, last, records = n, %reason, "upstream rejected a batch: dead-lettered (edge-agent dead-letters replay sends it again)");
                     self.metrics.dropped("dead_letter", n);
+                    if done.overflow_records > 0 {
+                        tracing::warn!(
+                            records = done.overflow_records,
+                            "deleted the oldest dead letters to keep within buffer.maxDeadLetterBytes"
+                        );
+                        self.metrics
+                            .dead_letter_overflow
+                            .inc_by(done.overflow_records);
+                    }
                     return Ok(());
                 }
                 Err(QueueError::Stopped) => return Err(Stopped),
