@@ -136,6 +136,7 @@ pub fn inference_metrics(metrics: &Metrics) -> InferenceMetrics {
         metrics.inference_duration.clone(),
         metrics.inference_errors.clone(),
         metrics.model_loads.clone(),
+        metrics.inference_windows_evicted.clone(),
     )
 }
 

@@ -90,6 +90,12 @@ pub struct Metrics {
     pub queue_bytes: IntGauge,
     /// Age of the oldest record in the queue (0 when empty).
     pub queue_oldest_age_seconds: prometheus::Gauge,
+    /// Inference windows evicted for new devices.
+    pub inference_windows_evicted: IntCounter,
+    /// Bytes the queue's files take on disk.
+    pub queue_file_bytes: IntGauge,
+    /// Integrity checks of the queue file at start (after an unclean shutdown).
+    pub queue_integrity_checks: IntCounter,
     /// Records in the dead letters.
     pub dead_letter_records: IntGauge,
     /// Bytes the dead letters hold (within `buffer.maxBytes`).
@@ -276,6 +282,27 @@ impl Metrics {
                     "edge_agent_queue_oldest_age_seconds",
                     "Age of the oldest record in the queue (0 when empty).",
                 ))?,
+            )?,
+            inference_windows_evicted: counter(
+                r,
+                opts(
+                    "edge_agent_inference_windows_evicted_total",
+                    "Devices' inference windows thrown away for a new device: more devices than source.maxDevices.",
+                ),
+            )?,
+            queue_file_bytes: gauge(
+                r,
+                opts(
+                    "edge_agent_queue_file_bytes",
+                    "Bytes the queue's files (database and WAL) take on disk.",
+                ),
+            )?,
+            queue_integrity_checks: counter(
+                r,
+                opts(
+                    "edge_agent_queue_integrity_checks_total",
+                    "Integrity checks of the queue file at start; one runs only after an unclean shutdown.",
+                ),
             )?,
             dead_letter_records: gauge(
                 r,

@@ -418,3 +418,36 @@ async fn slow_inferences_are_abandoned_and_a_full_queue_is_skipped() {
         "the abandoned job never ran"
     );
 }
+
+/// More devices than `maxDevices`: each new device throws the least recently seen one's
+/// window away before it fills, so nothing is scored; every eviction is counted.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn windows_evicted_for_too_many_devices_are_counted() {
+    use edge_agent::inference::{Inference, InferenceMetrics, InferenceSettings, SourceSettings};
+    let data = tempfile::tempdir().unwrap();
+    let metrics = InferenceMetrics::standalone().unwrap();
+    let spec = anomaly_spec(&fixture("anomaly_autoencoder.tflite"), None);
+    let window = spec.window as usize;
+    let settings = InferenceSettings::new(spec, SourceSettings::new(data.path()), 3);
+    let mut inference = Inference::start(settings, metrics.clone()).unwrap();
+    // Four devices in turn, a full window's worth of readings each.
+    let readings: Vec<_> = (0..window * 4)
+        .map(|i| reading(&format!("d{}", i % 4), 20.0, i as i64))
+        .collect();
+    let scored = inference.score(&readings).await.unwrap_or_default();
+    assert!(scored.is_empty(), "no window ever fills: {scored:?}");
+    assert_eq!(metrics.windows_evicted.get(), (window * 4 - 3) as u64);
+    assert_eq!(inference.evicted_devices(), (window * 4 - 3) as u64);
+
+    // Within the cap, nothing is evicted and windows fill.
+    let before = metrics.windows_evicted.get();
+    let three: Vec<_> = (0..window * 3)
+        .map(|i| reading(&format!("e{}", i % 3), 20.0, i as i64))
+        .collect();
+    let _ = inference.score(&three).await;
+    assert_eq!(
+        metrics.windows_evicted.get(),
+        before + 3,
+        "the three new devices took the places of the old"
+    );
+}

@@ -415,6 +415,121 @@ async fn refused_credentials_pause_delivery_and_dead_letter_nothing() {
     );
 }
 
+/// A backlog of a gigabyte (an outage's worth): the agent restarts on it ready without
+/// reading the whole file, delivers it, and gives the disk space back once it is drained.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_gigabyte_backlog_restarts_ready_at_once_and_gives_its_disk_back_once_drained() {
+    use edge_agent::queue::{Store, StoreSettings};
+    use edge_agent::record::{Reading, Record};
+    let target: u64 = std::env::var("EDGEPIPE_BIG_BACKLOG_BYTES")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(1 << 30);
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let started = std::time::Instant::now();
+    let settings = StoreSettings {
+        pipeline: "factory/test".into(),
+        node: "edge-test".into(),
+        max_bytes: 4 << 30,
+        max_dead_letter_bytes: 1 << 20,
+        when_full: edge_crds::WhenFull::DropOldest,
+        durability: edge_crds::Durability::Os,
+    };
+    let mut store = Store::open(&data, settings).unwrap().store;
+    let device = long_device();
+    let group: Vec<Record> = (0..20_000)
+        .map(|i| {
+            Record::reading(&Reading {
+                device: device.clone(),
+                topic: format!("sensors/{device}/temperature"),
+                value: i as f64,
+                timestamp_ms: T0 + i,
+                received_ms: T0 + i,
+            })
+        })
+        .collect();
+    while store.stats().unwrap().bytes < target {
+        store.append(&[&group], T0).unwrap();
+    }
+    let backlog = store.stats().unwrap();
+    store.close().unwrap();
+    let file = std::fs::metadata(data.join("queue.db")).unwrap().len();
+    eprintln!(
+        "filled {} records, {} payload bytes, file {} bytes ({:.1}% over the payload) in {:.1?}",
+        backlog.records,
+        backlog.bytes,
+        file,
+        (file as f64 / backlog.bytes as f64 - 1.0) * 100.0,
+        started.elapsed()
+    );
+
+    let broker = Mosquitto::start();
+    let mut receiver = Receiver::down();
+    receiver.forget_records();
+    let yaml = Pipeline {
+        broker_port: broker.port,
+        client_id: "agent-big",
+        receiver_port: receiver.port,
+        buffer: "{maxBytes: 4Gi, durability: os}",
+        batch_size: 5000,
+        extra_sink: "      compression: none",
+        ..Pipeline::default()
+    }
+    .yaml();
+    let started = std::time::Instant::now();
+    let mut agent = Agent::start(dir.path(), &yaml);
+    agent.wait_ready().await;
+    eprintln!("ready on a {file}-byte queue in {:.2?}", started.elapsed());
+    assert_eq!(
+        agent.metric(&series("edge_agent_queue_integrity_checks_total", &[])),
+        0.0,
+        "closed cleanly: the start does not read the whole file"
+    );
+    assert_eq!(
+        agent.metric(&series("edge_agent_queue_records", &[])),
+        backlog.records as f64,
+        "the counters come from the file, not from a scan"
+    );
+
+    receiver.resume().await;
+    eventually(
+        Duration::from_secs(900),
+        "the backlog drained",
+        async || (agent.metric(&series("edge_agent_queue_records", &[])) == 0.0).then_some(()),
+    )
+    .await;
+    assert_eq!(
+        agent.metric(&series("edge_agent_records_synced_total", &[])),
+        backlog.records as f64
+    );
+    eprintln!("drained in {:.1?}", started.elapsed());
+    eventually(
+        Duration::from_secs(300),
+        "the disk space given back",
+        async || {
+            let on_disk = agent.metric(&series("edge_agent_queue_file_bytes", &[]));
+            (on_disk > 0.0 && on_disk < (16 << 20) as f64).then_some(())
+        },
+    )
+    .await;
+    let db = std::fs::metadata(data.join("queue.db")).unwrap().len();
+    eprintln!(
+        "file {file} -> {db} bytes, {:.1?} after the start",
+        started.elapsed()
+    );
+    assert!(db < 16 << 20, "{db}");
+
+    // A kill -9 leaves the file unclean: the next start checks it (and it is small now).
+    agent.kill();
+    agent.restart();
+    agent.wait_ready().await;
+    assert_eq!(
+        agent.metric(&series("edge_agent_queue_integrity_checks_total", &[])),
+        1.0
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_corrupt_queue_file_is_moved_aside_and_the_agent_runs() {
     let broker = Mosquitto::start();

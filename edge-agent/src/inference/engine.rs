@@ -92,6 +92,7 @@ pub struct Inference {
     status: Arc<Mutex<ModelStatus>>,
     metrics: InferenceMetrics,
     evicted: u64,
+    max_devices: usize,
     /// The loader thread's controls; dropping the last one stops it.
     control: ModelControl,
 }
@@ -177,6 +178,7 @@ impl Inference {
             status,
             metrics,
             evicted: 0,
+            max_devices: settings.max_devices,
             control: ModelControl {
                 tx: control,
                 source: settings.source,
@@ -229,7 +231,17 @@ impl Inference {
         let mut input = Vec::new();
         for (index, r) in readings.iter().enumerate() {
             let (window, evicted) = self.windows.push(&r.device, r.value);
-            self.evicted += u64::from(evicted);
+            if evicted {
+                self.evicted += 1;
+                self.metrics.windows_evicted.inc();
+                if self.evicted.is_power_of_two() {
+                    tracing::warn!(
+                        evicted = self.evicted,
+                        max_devices = self.max_devices,
+                        "more devices than source.maxDevices: the least recently seen device's inference window was thrown away before it could fill; raise maxDevices"
+                    );
+                }
+            }
             if let Some(w) = window {
                 input.extend_from_slice(&w.input);
                 full.push((index, w.stats));

@@ -109,6 +109,9 @@ pub struct InferenceMetrics {
     pub errors: IntCounterVec,
     /// `edge_agent_model_loads_total{outcome}`: model load attempts.
     pub model_loads: IntCounterVec,
+    /// `edge_agent_inference_windows_evicted_total`: devices' windows thrown away for a
+    /// new device (more devices than `source.maxDevices`).
+    pub windows_evicted: IntCounter,
 }
 
 impl InferenceMetrics {
@@ -119,6 +122,7 @@ impl InferenceMetrics {
         duration: Histogram,
         errors: IntCounterVec,
         model_loads: IntCounterVec,
+        windows_evicted: IntCounter,
     ) -> Self {
         for r in ERROR_REASONS {
             errors.with_label_values(&[r]);
@@ -132,6 +136,7 @@ impl InferenceMetrics {
             duration,
             errors,
             model_loads,
+            windows_evicted,
         }
     }
 
@@ -148,6 +153,7 @@ impl InferenceMetrics {
             ))?,
             vec("edge_agent_inference_errors_total", "reason")?,
             vec("edge_agent_model_loads_total", "outcome")?,
+            IntCounter::new("edge_agent_inference_windows_evicted_total", "evicted")?,
         ))
     }
 

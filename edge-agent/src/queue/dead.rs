@@ -14,6 +14,7 @@ use rusqlite::{Connection, OpenFlags, OptionalExtension, Transaction, params};
 use serde::Deserialize;
 use serde_json::value::RawValue;
 
+use super::file::add_counts;
 use super::store::{Batch, DB_FILE, QueueError};
 
 /// A batch the sink rejected, kept for inspection and replay.
@@ -187,7 +188,11 @@ pub fn replay(
             )?;
             for (seq, record) in &records {
                 let size = record.len() as i64;
-                done.records += insert.execute(params![*seq as i64, now_ms, size, record])? as u64;
+                let n = insert.execute(params![*seq as i64, now_ms, size, record])? as u64;
+                done.records += n;
+                if n > 0 {
+                    add_counts(&tx, 1, record.len() as u64)?;
+                }
             }
         }
         tx.execute("DELETE FROM dead_letters WHERE id = ?1", [id])?;

@@ -1,6 +1,7 @@
 //! The queue's SQLite file itself: opening it with the pragmas durability needs, checking
-//! it (`PRAGMA quick_check`) and creating its schema, reading the next `seq` it implies,
-//! and moving a corrupt file aside so a fresh queue can start.
+//! it (`PRAGMA quick_check`, only after an unclean shutdown: it reads the whole file) and
+//! creating its schema, the counters and marks it keeps in `meta`, the next `seq` it
+//! implies, and moving a corrupt file aside so a fresh queue can start.
 
 use std::path::{Path, PathBuf};
 use std::time::{SystemTime, UNIX_EPOCH};
@@ -17,13 +18,31 @@ const WAL_AUTOCHECKPOINT_PAGES: i64 = 32;
 /// Bytes the WAL file keeps after a checkpoint.
 const WAL_SIZE_LIMIT: i64 = 1024 * 1024;
 
-/// Opens the file, sets it up and checks it; any sign of corruption is an error.
-pub(super) fn open_checked(path: &Path, durability: Durability) -> Result<Connection, QueueError> {
+/// An open queue file.
+pub(super) struct OpenFile {
+    /// The connection, set up.
+    pub conn: Connection,
+    /// Whether the integrity check ran (the last shutdown was not clean).
+    pub checked: bool,
+}
+
+/// Opens the file, sets it up and, unless it was closed cleanly, checks it; any sign of
+/// corruption is an error. The file counts as open (not cleanly closed) until
+/// [`mark_clean`].
+pub(super) fn open_checked(path: &Path, durability: Durability) -> Result<OpenFile, QueueError> {
     let conn = Connection::open(path)?;
     conn.busy_timeout(std::time::Duration::from_secs(5))?;
-    let check: String = conn.query_row("PRAGMA quick_check", [], |r| r.get(0))?;
-    if check != "ok" {
-        return Err(QueueError::Corrupt(check));
+    let checked = !closed_cleanly(&conn);
+    if checked {
+        let check: String = conn.query_row("PRAGMA quick_check", [], |r| r.get(0))?;
+        if check != "ok" {
+            return Err(QueueError::Corrupt(check));
+        }
+    }
+    let tables: i64 = conn.query_row("SELECT count(*) FROM sqlite_master", [], |r| r.get(0))?;
+    if tables == 0 {
+        // Only possible before the first table: lets the file shrink as the queue drains.
+        conn.pragma_update(None, "auto_vacuum", "INCREMENTAL")?;
     }
     let mode: String = conn.query_row("PRAGMA journal_mode = WAL", [], |r| r.get(0))?;
     if !mode.eq_ignore_ascii_case("wal") {
@@ -33,7 +52,6 @@ pub(super) fn open_checked(path: &Path, durability: Durability) -> Result<Connec
         Durability::Fsync => "FULL",
         Durability::Os => "NORMAL",
     };
-    conn.pragma_update(None, "synchronous", sync)?;
     // 1 MiB of page cache: appends touch the table's last pages and the drain its first
     // ones, so a larger cache only costs memory on a small node (B5).
     conn.pragma_update(None, "cache_size", -1024)?;
@@ -73,7 +91,131 @@ pub(super) fn open_checked(path: &Path, durability: Durability) -> Result<Connec
             )));
         }
     }
-    Ok(conn)
+    // Open from here on until closed cleanly; this mark must reach the disk whatever the
+    // durability, or a power cut could skip the next check.
+    conn.pragma_update(None, "synchronous", "FULL")?;
+    set_meta(&conn, CLEAN_KEY, 0)?;
+    conn.pragma_update(None, "synchronous", sync)?;
+    Ok(OpenFile { conn, checked })
+}
+
+/// `meta` key of the clean-shutdown mark.
+const CLEAN_KEY: &str = "clean_shutdown";
+
+fn closed_cleanly(conn: &Connection) -> bool {
+    conn.query_row("SELECT value FROM meta WHERE key = ?1", [CLEAN_KEY], |r| {
+        r.get::<_, i64>(0)
+    })
+    .is_ok_and(|v| v == 1)
+}
+
+/// Marks the file closed cleanly: the next open skips the integrity check. The last
+/// write before closing.
+pub(super) fn mark_clean(conn: &Connection) -> Result<(), QueueError> {
+    conn.pragma_update(None, "synchronous", "FULL")?;
+    set_meta(conn, CLEAN_KEY, 1)
+}
+
+pub(super) fn set_meta(conn: &Connection, key: &str, value: i64) -> Result<(), QueueError> {
+    conn.execute(
+        "INSERT INTO meta (key, value) VALUES (?1, ?2)
+         ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+        rusqlite::params![key, value],
+    )?;
+    Ok(())
+}
+
+/// Records and payload bytes queued, as kept in `meta` by every transaction that changes
+/// them (counted once, by a scan, for a file that has no counters yet).
+pub(super) fn load_counts(conn: &Connection) -> Result<(u64, u64), QueueError> {
+    let get = |key: &str| -> Result<Option<i64>, QueueError> {
+        Ok(conn
+            .query_row("SELECT value FROM meta WHERE key = ?1", [key], |r| r.get(0))
+            .optional()?)
+    };
+    if let (Some(records), Some(bytes)) = (get("records")?, get("bytes")?) {
+        return Ok((records.max(0) as u64, bytes.max(0) as u64));
+    }
+    let (records, bytes): (i64, i64) = conn.query_row(
+        "SELECT count(*), coalesce(sum(size), 0) FROM records",
+        [],
+        |r| Ok((r.get(0)?, r.get(1)?)),
+    )?;
+    save_counts(conn, records.max(0) as u64, bytes.max(0) as u64)?;
+    Ok((records.max(0) as u64, bytes.max(0) as u64))
+}
+
+/// Stores the counters; called inside each transaction that changes the records.
+pub(super) fn save_counts(conn: &Connection, records: u64, bytes: u64) -> Result<(), QueueError> {
+    conn.execute(
+        "INSERT INTO meta (key, value) VALUES ('records', ?1), ('bytes', ?2)
+         ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+        rusqlite::params![
+            records.min(i64::MAX as u64) as i64,
+            bytes.min(i64::MAX as u64) as i64
+        ],
+    )?;
+    Ok(())
+}
+
+/// Adds to the counters (for another process's change: `dead-letters replay`).
+pub(super) fn add_counts(conn: &Connection, records: u64, bytes: u64) -> Result<(), QueueError> {
+    conn.execute(
+        "UPDATE meta SET value = value + CASE key WHEN 'records' THEN ?1 ELSE ?2 END
+         WHERE key IN ('records', 'bytes')",
+        rusqlite::params![records as i64, bytes as i64],
+    )?;
+    Ok(())
+}
+
+/// Gives the pages freed by drained records back to the file system, in steps, for at most
+/// `budget`; does nothing while they are few (they are reused by the next commits anyway).
+/// Returns the pages given back.
+pub(super) fn shrink(conn: &Connection, budget: std::time::Duration) -> Result<u64, QueueError> {
+    let started = std::time::Instant::now();
+    let pragma = |name: &str| -> Result<i64, QueueError> {
+        Ok(conn.query_row(&format!("PRAGMA {name}"), [], |r| r.get(0))?)
+    };
+    if pragma("auto_vacuum")? != 2 {
+        return Ok(0);
+    }
+    let pages = pragma("page_count")?;
+    let free = pragma("freelist_count")?;
+    if free < SHRINK_MIN_FREE_PAGES.max(pages / 4) {
+        return Ok(0);
+    }
+    let mut given = 0u64;
+    let mut left = free;
+    while left > SHRINK_KEEP_FREE_PAGES && started.elapsed() < budget {
+        let step = (left - SHRINK_KEEP_FREE_PAGES).min(SHRINK_STEP_PAGES);
+        conn.execute_batch(&format!("PRAGMA incremental_vacuum({step})"))?;
+        let now = pragma("freelist_count")?;
+        given += (left - now).max(0) as u64;
+        if now >= left {
+            break;
+        }
+        left = now;
+    }
+    Ok(given)
+}
+
+/// Free pages below which the file is left as it is (4 MiB with 4 KiB pages).
+const SHRINK_MIN_FREE_PAGES: i64 = 1024;
+/// Free pages kept for the next commits (1 MiB).
+const SHRINK_KEEP_FREE_PAGES: i64 = 256;
+/// Pages given back per transaction (4 MiB): keeps each step's WAL small.
+const SHRINK_STEP_PAGES: i64 = 1024;
+
+/// Turns on incremental auto-vacuum for a file created before it existed; it takes a
+/// `VACUUM`, so only while the queue is empty (cheap then). Returns whether it did.
+pub(super) fn enable_shrinking(conn: &Connection) -> Result<bool, QueueError> {
+    let mode: i64 = conn.query_row("PRAGMA auto_vacuum", [], |r| r.get(0))?;
+    if mode == 2 {
+        return Ok(false);
+    }
+    conn.pragma_update(None, "auto_vacuum", "INCREMENTAL")?;
+    conn.execute_batch("VACUUM")?;
+    Ok(true)
 }
 
 /// The next `seq` according to the database alone.

@@ -64,6 +64,10 @@ const MAX_COMMIT_ATTEMPTS: u32 = 5;
 const MAX_RETRY_DELAY: Duration = Duration::from_secs(5);
 /// How often the writer wakes up when idle (heartbeat, gauges, retries).
 const TICK: Duration = Duration::from_secs(1);
+/// Time per tick spent giving drained space back to the file system.
+const SHRINK_BUDGET: Duration = Duration::from_millis(100);
+/// The same once the queue is empty.
+const SHRINK_BUDGET_IDLE: Duration = Duration::from_millis(400);
 /// How long a full disk, once proved, costs each group one commit attempt instead of
 /// the retries with backoff (unless the queue frees space sooner).
 pub const DISK_FULL_HOLD: Duration = Duration::from_secs(30);
@@ -327,7 +331,17 @@ impl Queue {
 }
 
 fn open(config: &QueueConfig, metrics: &Metrics) -> Result<Store, QueueError> {
+    let started = Instant::now();
     let opened = Store::open(&config.dir, config.store.clone())?;
+    if opened.checked {
+        tracing::info!(
+            seconds = started.elapsed().as_secs_f64(),
+            "checked the queue file's integrity: it was not closed cleanly"
+        );
+    }
+    metrics
+        .queue_integrity_checks
+        .inc_by(u64::from(opened.checked));
     if let Some((aside, why)) = &opened.moved_aside {
         tracing::error!(
             moved_to = %aside.display(),
@@ -422,6 +436,9 @@ impl Writer {
         }
         self.pending.clear();
         self.health.set_queue_open(false);
+        if let Err(e) = self.store.close() {
+            tracing::warn!(error = %e, "closing the queue file; the next start checks it");
+        }
     }
 
     fn handle(&mut self, cmd: Command) {
@@ -507,6 +524,23 @@ impl Writer {
         {
             reserve.restore();
         }
+        if self.stall.is_none() && self.disk_full.is_none() {
+            // Drained to nothing: the writer has little else to do.
+            let idle = self.pending.is_empty() && self.stats.borrow().records == 0;
+            let budget = if idle {
+                SHRINK_BUDGET_IDLE
+            } else {
+                SHRINK_BUDGET
+            };
+            match self.store.shrink(budget) {
+                Ok(0) => {}
+                Ok(pages) => tracing::debug!(pages, "gave drained space back"),
+                Err(e) => tracing::warn!(error = %e, "shrinking the queue file"),
+            }
+        }
+        self.metrics
+            .queue_file_bytes
+            .set(self.store.file_bytes().min(i64::MAX as u64) as i64);
         let every = (self.max_age / 10).clamp(Duration::from_millis(500), Duration::from_secs(60));
         if self.last_expire.elapsed() >= every {
             self.last_expire = Instant::now();

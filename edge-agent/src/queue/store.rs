@@ -12,7 +12,10 @@ use edge_crds::{Durability, WhenFull};
 use rusqlite::{Connection, ErrorCode, OptionalExtension, params};
 
 use super::dead::{self, DeadLetter, DeadLetterStats, Inserted};
-use super::file::{move_aside, open_checked, stored_next_seq, unix_micros};
+use super::file::{
+    OpenFile, enable_shrinking, load_counts, mark_clean, move_aside, open_checked, save_counts,
+    shrink, stored_next_seq, unix_micros,
+};
 use super::seq::SeqCeiling;
 use crate::record::{Record, UpstreamRecord};
 
@@ -180,6 +183,8 @@ pub struct Opened {
     pub store: Store,
     /// Where a corrupt file was moved, with the error that showed it was corrupt.
     pub moved_aside: Option<(PathBuf, String)>,
+    /// Whether the file was checked for integrity (only after an unclean shutdown).
+    pub checked: bool,
 }
 
 /// The queue database.
@@ -208,24 +213,27 @@ impl Store {
         let path = dir.join(DB_FILE);
         let existed = path.exists();
         let mut ceiling = SeqCeiling::load(dir)?;
-        let (conn, moved_aside) = match open_checked(&path, settings.durability) {
-            Ok(conn) => (conn, None),
-            Err(e) if e.is_corruption() => {
-                let aside = move_aside(&path)?;
-                (
-                    open_checked(&path, settings.durability)?,
-                    Some((aside, e.to_string())),
-                )
-            }
-            Err(e) => return Err(e),
-        };
+        let (OpenFile { conn, checked }, moved_aside) =
+            match open_checked(&path, settings.durability) {
+                Ok(file) => (file, None),
+                Err(e) if e.is_corruption() => {
+                    let aside = move_aside(&path)?;
+                    (
+                        open_checked(&path, settings.durability)?,
+                        Some((aside, e.to_string())),
+                    )
+                }
+                Err(e) => return Err(e),
+            };
         let stored_next = stored_next_seq(&conn)?;
         let fresh = !existed || moved_aside.is_some();
         let next_seq = match (fresh, ceiling.value()) {
             // A database that survived: continue after it. With `os` durability the last
-            // commits may have been lost with the page cache, so start above everything
-            // ever reserved instead.
-            (false, Some(c)) if settings.durability == Durability::Os => stored_next.max(c),
+            // commits of an unclean shutdown may have been lost with the page cache, so
+            // start above everything ever reserved instead.
+            (false, Some(c)) if settings.durability == Durability::Os && checked => {
+                stored_next.max(c)
+            }
             (false, _) => stored_next,
             (true, Some(c)) => c.max(1),
             // Nothing to continue from after a corrupt file without a mark: the clock in
@@ -234,11 +242,14 @@ impl Store {
             (true, None) => 1,
         };
         ceiling.reserve_through(next_seq)?;
-        let (records, bytes): (i64, i64) = conn.query_row(
-            "SELECT count(*), coalesce(sum(size), 0) FROM records",
-            [],
-            |r| Ok((r.get(0)?, r.get(1)?)),
-        )?;
+        let (records, bytes) = load_counts(&conn)?;
+        if records == 0 {
+            match enable_shrinking(&conn) {
+                Ok(true) => tracing::info!("the queue file now gives space back as it drains"),
+                Ok(false) => {}
+                Err(e) => tracing::warn!(error = %e, "enabling the queue file to shrink"),
+            }
+        }
         let dead = dead::stats(&conn)?;
         let data_version = conn.query_row("PRAGMA data_version", [], |r| r.get(0))?;
         Ok(Opened {
@@ -247,12 +258,13 @@ impl Store {
                 settings,
                 ceiling,
                 next_seq,
-                records: records.max(0) as u64,
-                bytes: bytes.max(0) as u64,
+                records,
+                bytes,
                 dead,
                 data_version,
             },
             moved_aside,
+            checked,
         })
     }
 
@@ -265,16 +277,16 @@ impl Store {
         if version == self.data_version {
             return Ok(false);
         }
-        let (records, bytes): (i64, i64) = self.conn.query_row(
-            "SELECT count(*), coalesce(sum(size), 0) FROM records",
-            [],
-            |r| Ok((r.get(0)?, r.get(1)?)),
-        )?;
-        self.records = records.max(0) as u64;
-        self.bytes = bytes.max(0) as u64;
+        (self.records, self.bytes) = load_counts(&self.conn)?;
         self.dead = dead::stats(&self.conn)?;
         self.data_version = version;
         Ok(true)
+    }
+
+    /// The connection, for tests that set the file up as older agents left it.
+    #[cfg(test)]
+    pub(crate) fn conn_for_tests(&self) -> &Connection {
+        &self.conn
     }
 
     /// Caps the file at its current size plus `pages` more pages, so commits beyond it
@@ -285,6 +297,36 @@ impl Store {
         self.conn
             .pragma_update(None, "max_page_count", current + pages)?;
         Ok(())
+    }
+
+    /// Gives space freed by drained records back to the file system, for at most `budget`
+    /// (see [`super::file`]); returns the pages given back.
+    pub fn shrink(&self, budget: std::time::Duration) -> Result<u64, QueueError> {
+        let pages = shrink(&self.conn, budget)?;
+        if pages > 0 {
+            self.checkpoint()?;
+        }
+        Ok(pages)
+    }
+
+    /// Bytes the queue's files take on disk (the database and its WAL).
+    pub fn file_bytes(&self) -> u64 {
+        let Some(path) = self.conn.path() else {
+            return 0;
+        };
+        ["", "-wal"]
+            .iter()
+            .filter_map(|suffix| std::fs::metadata(format!("{path}{suffix}")).ok())
+            .map(|m| m.len())
+            .sum()
+    }
+
+    /// Marks the file closed cleanly (the next start skips the integrity check) and
+    /// closes it. Call only when nothing else will be written.
+    pub fn close(self) -> Result<(), QueueError> {
+        self.checkpoint()?;
+        mark_clean(&self.conn)?;
+        self.conn.close().map_err(|(_, e)| QueueError::Sqlite(e))
     }
 
     /// Copies the WAL into the database file and truncates it. On a full disk this gives
@@ -396,6 +438,7 @@ impl Store {
             )?;
             self.ceiling.reserve_through(next_seq)?;
         }
+        save_counts(&tx, records, bytes)?;
         tx.commit()?;
         self.next_seq = next_seq;
         self.records = records;
@@ -452,6 +495,11 @@ impl Store {
             "DELETE FROM meta WHERE key IN ('batch_first', 'batch_last')",
             [],
         )?;
+        save_counts(
+            &tx,
+            self.records.saturating_sub(n),
+            self.bytes.saturating_sub(b),
+        )?;
         tx.commit()?;
         self.records -= n.min(self.records);
         self.bytes -= b.min(self.bytes);
@@ -476,6 +524,11 @@ impl Store {
             [],
         )?;
         let held = dead::stats(&tx)?;
+        save_counts(
+            &tx,
+            self.records.saturating_sub(n),
+            self.bytes.saturating_sub(b),
+        )?;
         tx.commit()?;
         self.records -= n.min(self.records);
         self.bytes -= b.min(self.bytes);
@@ -506,8 +559,13 @@ impl Store {
                 return Ok(total);
             };
             let n = tx.execute("DELETE FROM records WHERE seq <= ?1", [last.0])? as u64;
-            tx.commit()?;
             let b: i64 = expired.iter().map(|(_, _, s)| *s).sum();
+            save_counts(
+                &tx,
+                self.records.saturating_sub(n),
+                self.bytes.saturating_sub(b.max(0) as u64),
+            )?;
+            tx.commit()?;
             self.records -= n.min(self.records);
             self.bytes -= (b.max(0) as u64).min(self.bytes);
             total += n;

@@ -479,6 +479,98 @@ fn dead_letters_count_against_max_bytes_and_the_oldest_overflow() {
 }
 
 #[test]
+fn a_cleanly_closed_file_opens_without_the_integrity_check() {
+    let dir = tempfile::tempdir().unwrap();
+    let st = settings(1 << 24, WhenFull::DropOldest, Durability::Os);
+    let opened = Store::open(dir.path(), st.clone()).unwrap();
+    assert!(opened.checked, "a new file is checked (it has no mark)");
+    let mut s = opened.store;
+    let many: Vec<Record> = (0..100).map(|i| record("t1", i as f64)).collect();
+    s.append(&[&many], 1).unwrap();
+    let stats = s.stats().unwrap();
+    s.close().unwrap();
+
+    let opened = Store::open(dir.path(), st.clone()).unwrap();
+    assert!(!opened.checked, "closed cleanly: no full read of the file");
+    assert_eq!(
+        opened.store.stats().unwrap(),
+        stats,
+        "the counters come from meta"
+    );
+    assert_eq!(
+        opened.store.next_seq(),
+        101,
+        "closed cleanly: nothing lost, no gap"
+    );
+    drop(opened);
+    let opened = Store::open(dir.path(), st).unwrap();
+    assert!(
+        opened.checked,
+        "dropped without close, as a crash would: checked"
+    );
+    assert_eq!(opened.store.stats().unwrap(), stats);
+}
+
+#[test]
+fn a_drained_queue_gives_its_disk_space_back() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut s = open(
+        dir.path(),
+        settings(1 << 30, WhenFull::DropOldest, Durability::Os),
+    );
+    let group: Vec<Record> = (0..1000).map(|i| record("t1", i as f64)).collect();
+    for _ in 0..100 {
+        s.append(&[&group], 1).unwrap();
+    }
+    s.checkpoint().unwrap();
+    let full = s.file_bytes();
+    assert!(full > 15 << 20, "{full}");
+    while let Some(b) = s.take_batch(5000, true).unwrap() {
+        s.ack(&b).unwrap();
+    }
+    s.checkpoint().unwrap();
+    assert_eq!(s.file_bytes(), full, "deleting alone keeps the pages");
+    let given = s.shrink(Duration::from_secs(60)).unwrap();
+    assert!(given > 0);
+    let after = s.file_bytes();
+    assert!(after < 2 << 20, "{full} -> {after}");
+    assert_eq!(
+        s.shrink(Duration::from_secs(60)).unwrap(),
+        0,
+        "a little free space is kept for the next commits"
+    );
+    s.append(&[&group], 1).unwrap();
+    assert_eq!(s.stats().unwrap().records, 1000);
+}
+
+#[test]
+fn a_file_from_before_shrinking_is_converted_once_empty() {
+    let dir = tempfile::tempdir().unwrap();
+    let st = settings(1 << 30, WhenFull::DropOldest, Durability::Fsync);
+    let mut s = open(dir.path(), st.clone());
+    // As an older agent left it: no auto-vacuum.
+    s.conn_for_tests()
+        .execute_batch("PRAGMA auto_vacuum = NONE; VACUUM;")
+        .unwrap();
+    let auto = |s: &Store| -> i64 {
+        s.conn_for_tests()
+            .query_row("PRAGMA auto_vacuum", [], |r| r.get(0))
+            .unwrap()
+    };
+    assert_eq!(auto(&s), 0);
+    s.append(&[&[record("t1", 1.0)]], 1).unwrap();
+    drop(s);
+    let mut s = open(dir.path(), st.clone());
+    assert_eq!(auto(&s), 0, "not while records wait");
+    let b = s.take_batch(10, true).unwrap().unwrap();
+    s.ack(&b).unwrap();
+    drop(s);
+    let s = open(dir.path(), st);
+    assert_eq!(auto(&s), 2, "incremental once empty");
+    assert_eq!(s.next_seq(), 2);
+}
+
+#[test]
 fn records_older_than_the_cutoff_expire_oldest_first() {
     let dir = tempfile::tempdir().unwrap();
     let mut s = open(
