@@ -77,35 +77,54 @@ impl Client {
 
 /// New values of a client's connection (new credentials), as the client sees them: it
 /// takes the latest when it is ready for it.
-pub struct Updates<T>(Option<watch::Receiver<Option<T>>>);
+pub struct Updates<T> {
+    rx: Option<watch::Receiver<Option<T>>>,
+    /// A value [`Updates::changed`] saw arrive, not taken yet.
+    next: Option<T>,
+}
 
 impl<T: Clone> Updates<T> {
     /// No updates ever (nothing is read from files).
     pub fn none() -> Self {
-        Self(None)
+        Self {
+            rx: None,
+            next: None,
+        }
+    }
+
+    fn from(rx: watch::Receiver<Option<T>>) -> Self {
+        Self {
+            rx: Some(rx),
+            next: None,
+        }
     }
 
     /// The newest value, if one came since the last call.
     pub fn take(&mut self) -> Option<T> {
-        let rx = self.0.as_mut()?;
-        if !rx.has_changed().unwrap_or(false) {
-            return None;
+        if let Some(rx) = self.rx.as_mut()
+            && rx.has_changed().unwrap_or(false)
+        {
+            self.next = rx.borrow_and_update().clone();
         }
-        rx.borrow_and_update().clone()
+        self.next.take()
     }
 
     /// Resolves when a new value is waiting (then [`Updates::take`] returns it); never
     /// without a watcher.
     pub async fn changed(&mut self) {
-        match self.0.as_mut() {
-            Some(rx) => {
-                if rx.changed().await.is_err() {
-                    // The watcher stopped: nothing will ever change again.
-                    self.0 = None;
-                    std::future::pending::<()>().await;
-                }
+        if self.next.is_some() {
+            return;
+        }
+        let Some(rx) = self.rx.as_mut() else {
+            return std::future::pending().await;
+        };
+        match rx.changed().await {
+            Ok(()) => self.next = rx.borrow_and_update().clone(),
+            Err(_) => {
+                // The watcher stopped: nothing will ever change again.
+                self.rx = None;
+                std::future::pending::<()>().await;
             }
-            None => std::future::pending().await,
         }
     }
 }
@@ -165,7 +184,7 @@ impl Watch {
         };
         let (tx, rx) = watch::channel(None);
         let target = Target::HttpSink(settings.clone(), tx);
-        Self::new(Client::Sink, files, in_use, target).map(|w| (w, Updates(Some(rx))))
+        Self::new(Client::Sink, files, in_use, target).map(|w| (w, Updates::from(rx)))
     }
 
     /// The MQTT sink's files; `None` when none of its credentials comes from a file.
@@ -180,7 +199,7 @@ impl Watch {
         };
         let (tx, rx) = watch::channel(None);
         let target = Target::MqttSink(settings.clone(), tx);
-        Self::new(Client::Sink, files, in_use, target).map(|w| (w, Updates(Some(rx))))
+        Self::new(Client::Sink, files, in_use, target).map(|w| (w, Updates::from(rx)))
     }
 
     /// The source's files; `None` when none of its credentials comes from a file.
@@ -195,7 +214,7 @@ impl Watch {
         };
         let (tx, rx) = watch::channel(None);
         let target = Target::Source(settings.clone(), tx);
-        Self::new(Client::Source, files, in_use, target).map(|w| (w, Updates(Some(rx))))
+        Self::new(Client::Source, files, in_use, target).map(|w| (w, Updates::from(rx)))
     }
 
     fn new(
@@ -326,6 +345,25 @@ fn export(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[tokio::test]
+    async fn a_value_seen_arriving_while_waiting_is_still_taken_after() {
+        let (tx, rx) = watch::channel(None);
+        let mut updates = Updates::from(rx);
+        assert_eq!(updates.take(), None);
+        tx.send_replace(Some(1));
+        updates.changed().await;
+        assert_eq!(updates.take(), Some(1));
+        assert_eq!(updates.take(), None);
+        tx.send_replace(Some(2));
+        tx.send_replace(Some(3));
+        assert_eq!(updates.take(), Some(3), "the newest");
+        drop(tx);
+        let waited = tokio::time::timeout(Duration::from_millis(50), updates.changed()).await;
+        assert!(waited.is_err(), "a stopped watcher never wakes the client");
+        let mut none = Updates::<u8>::none();
+        assert_eq!(none.take(), None);
+    }
 
     const CERT_A: &[u8] = include_bytes!("testdata/until-2034.crt");
     const KEY_A: &[u8] = include_bytes!("testdata/until-2034.key");
