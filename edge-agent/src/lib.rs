@@ -7,6 +7,7 @@
 pub mod actions;
 pub mod broker;
 pub mod config;
+pub mod credentials;
 pub mod datadir;
 pub mod demo;
 pub mod diagnostics;

@@ -9,6 +9,9 @@
 //! unit, and each message is acknowledged by a separate task, in arrival order, once its
 //! unit is committed. Malformed messages are counted by reason and acknowledged in turn.
 //!
+//! Credentials given as files are watched while the agent runs ([`crate::credentials`]):
+//! the sink and the source pick up rotated tokens, passwords and certificates.
+//!
 //! Shutdown (SIGTERM/SIGINT): stop intake (messages not yet processed stay unacknowledged
 //! at the broker), stop sync (a batch in flight stays queued and is resent with the same
 //! key), let the writer commit what it received, send the acknowledgements of everything
@@ -26,6 +29,7 @@ use tokio_util::sync::CancellationToken;
 use crate::actions::Actions;
 use crate::broker::{BrokerError, BrokerSettings, EmbeddedBroker};
 use crate::config::{AgentConfig, SinkSettings};
+use crate::credentials::{self, Client, Updates, Watch, export_expiry};
 use crate::http::{Health, Loop};
 use crate::inference::{InferenceError, InferenceMetrics};
 use crate::parse::InvalidReason;
@@ -34,7 +38,7 @@ use crate::process::{ProcessError, Processors};
 use crate::queue::{Committed, Queue, QueueConfig, QueueError, StoreSettings, now_ms};
 use crate::record::Record;
 use crate::sink::{self, Sink, SyncContext};
-use crate::source::mqtt::{self as source, Message, SourceHandle};
+use crate::source::mqtt::{self as source, Message, SourceConnection, SourceHandle};
 use crate::source::tls::TlsError;
 use crate::telemetry::{Metrics, MetricsError, init_labels};
 
@@ -106,6 +110,55 @@ fn build_sink(config: &AgentConfig) -> Result<Sink, RunError> {
             .map(|s| Sink::Mqtt(Box::new(s)))
             .map_err(|e| RunError::Sink(format!("spec.sink.mqtt: {e}"))),
     }
+}
+
+/// The credential files of the sink and the source, watched (see [`crate::credentials`]):
+/// the sink takes its new clients from its watch, the source's updates are returned for
+/// it. Exports the expiry of every certificate in use. The source's files are not watched
+/// in front of the embedded broker, where the agent logs in with a login of its own.
+fn watch_credentials(
+    config: &AgentConfig,
+    sink: Sink,
+    metrics: &Metrics,
+) -> (Sink, Vec<Watch>, Updates<SourceConnection>) {
+    let mut watches = Vec::new();
+    let sink_files = credentials::files::sink_files(&config.spec.sink);
+    let sink = match (sink, &config.sink) {
+        (Sink::Http(s), SinkSettings::Http(settings)) => {
+            export_expiry(metrics, Client::Sink, &settings.tls_material);
+            match Watch::http_sink(settings, sink_files) {
+                Some((watch, updates)) => {
+                    watches.push(watch);
+                    Sink::Http(Box::new(s.with_updates(updates)))
+                }
+                None => Sink::Http(s),
+            }
+        }
+        (Sink::Mqtt(s), SinkSettings::Mqtt(settings)) => {
+            export_expiry(metrics, Client::Sink, &settings.tls_material);
+            match Watch::mqtt_sink(settings, sink_files) {
+                Some((watch, updates)) => {
+                    watches.push(watch);
+                    Sink::Mqtt(Box::new(s.with_updates(updates)))
+                }
+                None => Sink::Mqtt(s),
+            }
+        }
+        (sink, _) => sink,
+    };
+    if let Some(tls) = &config.source.embedded_tls {
+        credentials::export_embedded_expiry(metrics, tls);
+    }
+    let mut source_updates = Updates::none();
+    if config.source.embedded_listen.is_none() {
+        export_expiry(metrics, Client::Source, &config.source.tls_material);
+        let files = credentials::files::source_files(&config.spec.source.mqtt);
+        if let Some((watch, updates)) = Watch::source(&config.source, files) {
+            watches.push(watch);
+            source_updates = updates;
+        }
+    }
+    (sink, watches, source_updates)
 }
 
 /// Registers the agent's metrics with every label value of this pipeline at zero.
@@ -193,6 +246,8 @@ pub async fn run_with_metrics(
         None => None,
     };
 
+    let (sink, watches, source_updates) = watch_credentials(&config, sink, &metrics);
+
     let listener = TcpListener::bind(options.listen)
         .await
         .map_err(|source| RunError::Listen {
@@ -232,9 +287,21 @@ pub async fn run_with_metrics(
     );
     let sync_task = tokio::spawn(sink::run(sink, sync_ctx));
 
-    let (source, messages, source_task) =
-        source::start(&config.source, metrics.clone(), health.clone())
-            .map_err(RunError::SourceTls)?;
+    let (source, messages, source_task) = source::start(
+        &config.source,
+        metrics.clone(),
+        health.clone(),
+        source_updates,
+    )
+    .map_err(RunError::SourceTls)?;
+    let credentials_stop = CancellationToken::new();
+    let credentials_task = (!watches.is_empty()).then(|| {
+        tokio::spawn(credentials::run(
+            watches,
+            metrics.clone(),
+            credentials_stop.clone(),
+        ))
+    });
     // Unbounded on purpose; see `Ingest::ack`.
     let (ack_tx, ack_rx) = mpsc::unbounded_channel();
     let acker = tokio::spawn(acknowledge_in_order(ack_rx, source.clone()));
@@ -275,6 +342,10 @@ pub async fn run_with_metrics(
     tracing::info!("shutting down");
     if let Some(watcher) = watcher {
         watcher.abort();
+    }
+    credentials_stop.cancel();
+    if let Some(task) = credentials_task {
+        let _ = task.await;
     }
     sync_stop.cancel();
     let _ = sync_task.await;

@@ -5,7 +5,9 @@
 //! carries the constant label `pipeline="<namespace>/<name>"`; the other labels take values
 //! from small closed sets of static strings, all pre-initialised at zero so the series
 //! exist from the first scrape (the inference labels by `inference::InferenceMetrics`,
-//! the processor and invalid-reason labels by the agent once it knows its pipeline).
+//! the processor and invalid-reason labels by the agent once it knows its pipeline). The
+//! one exception is a certificate's expiry, which exists only for a configured
+//! certificate (a zero would read as "expired").
 
 use prometheus::{
     Counter, Encoder, Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, IntGaugeVec,
@@ -25,6 +27,20 @@ pub const DROP_REASONS: [&str; 5] = [
 ];
 /// Outcomes of one upstream request (`edge_agent_sync_requests_total{outcome}`).
 pub const SYNC_OUTCOMES: [&str; 3] = ["success", "retry", "rejected"];
+/// Clients whose credentials are reloaded (`edge_agent_credential_reloads_total{use}`).
+pub const CREDENTIAL_USES: [&str; 2] = ["sink", "source"];
+/// Outcomes of a credential reload (`edge_agent_credential_reloads_total{result}`).
+pub const RELOAD_RESULTS: [&str; 2] = ["ok", "failed"];
+/// Certificates whose expiry is exported
+/// (`edge_agent_certificate_expiry_timestamp_seconds{use}`); only those configured exist.
+pub const CERTIFICATE_USES: [&str; 6] = [
+    "sink_client",
+    "sink_ca",
+    "source_client",
+    "source_ca",
+    "embedded_server",
+    "embedded_client_ca",
+];
 /// Record kinds (`edge_agent_records_enqueued_total{kind}`).
 pub const RECORD_KINDS: [&str; 4] = ["reading", "aggregate", "anomaly", "classification"];
 
@@ -84,6 +100,10 @@ pub struct Metrics {
     pub inference_errors: IntCounterVec,
     /// Model loads, by outcome.
     pub model_loads: IntCounterVec,
+    /// Credential reloads from files, by client (`use`) and `result`.
+    pub credential_reloads: IntCounterVec,
+    /// `notAfter` of the certificates in use (unix seconds), by `use`.
+    pub certificate_expiry: IntGaugeVec,
     /// Records in the queue.
     pub queue_records: IntGauge,
     /// Payload bytes in the queue.
@@ -265,6 +285,26 @@ impl Metrics {
                 opts("edge_agent_model_loads_total", "Model loads, by outcome."),
                 "outcome",
             )?,
+            credential_reloads: register(
+                r,
+                IntCounterVec::new(
+                    opts(
+                        "edge_agent_credential_reloads_total",
+                        "Credential files that changed and were reloaded (ok) or found unusable, the credentials in use staying (failed), by client.",
+                    ),
+                    &["use", "result"],
+                )?,
+            )?,
+            certificate_expiry: register(
+                r,
+                IntGaugeVec::new(
+                    opts(
+                        "edge_agent_certificate_expiry_timestamp_seconds",
+                        "notAfter of the certificates in use (unix seconds): a client certificate's leaf, a CA bundle's earliest.",
+                    ),
+                    &["use"],
+                )?,
+            )?,
             queue_records: gauge(
                 r,
                 opts("edge_agent_queue_records", "Records in the durable queue."),
@@ -398,6 +438,13 @@ impl Metrics {
         init_labels(&metrics.actions_failed, &ACTION_FAILURES);
         init_labels(&metrics.sync_requests, &SYNC_OUTCOMES);
         init_labels(&metrics.records_enqueued, &RECORD_KINDS);
+        for use_ in CREDENTIAL_USES {
+            for result in RELOAD_RESULTS {
+                metrics
+                    .credential_reloads
+                    .with_label_values(&[use_, result]);
+            }
+        }
         Ok(metrics)
     }
 
@@ -472,6 +519,7 @@ mod tests {
             "edge_agent_actions_published_total",
             "edge_agent_actions_failed_total",
             "edge_agent_upstream_auth_failures_total",
+            "edge_agent_credential_reloads_total",
             "edge_agent_queue_corruptions_total",
             "edge_agent_http_connections_rejected_total",
             "edge_agent_queue_records",

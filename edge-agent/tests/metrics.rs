@@ -11,7 +11,7 @@ use std::time::Duration;
 use common::*;
 
 /// The names of the Observability issue, fixed so dashboards and alerts can rely on them.
-const NAMES: [&str; 28] = [
+const NAMES: [&str; 29] = [
     "edge_agent_messages_received_total",
     "edge_agent_received_bytes_total",
     "edge_agent_messages_invalid_total",
@@ -39,6 +39,7 @@ const NAMES: [&str; 28] = [
     "edge_agent_action_latency_seconds_bucket",
     "edge_agent_queue_corruptions_total",
     "edge_agent_http_connections_rejected_total",
+    "edge_agent_credential_reloads_total",
     "edge_agent_build_info",
 ];
 

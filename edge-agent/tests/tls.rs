@@ -1,7 +1,8 @@
 //! `mqtts://` for real: a Mosquitto TLS listener that requires a client certificate, a
 //! private CA made with the `openssl` CLI, and the agent trusting only that CA; and the
 //! same listener met by an agent that does not trust that CA, whose log must say why
-//! every connection fails (source, sinks, model download), not just that it did.
+//! every connection fails (source, sinks, model download), not just that it did; and the
+//! source's TLS files rotated under a running agent.
 
 mod common;
 
@@ -280,4 +281,99 @@ async fn an_untrusted_certificate_is_logged_with_its_cause_everywhere() {
         })
         .await;
     }
+}
+
+/// The source's TLS files change under a running agent: a broken CA bundle is counted and
+/// the connection stays; a valid new bundle makes the source reconnect with it, resume its
+/// session and keep delivering.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_source_reconnects_with_rotated_tls_files_and_keeps_them_when_broken() {
+    let dir = tempfile::tempdir().unwrap();
+    let pki = dir.path();
+    make_pki(pki);
+    let (_broker, plain, tls) = tls_broker(pki, true).await;
+    let receiver = Receiver::start().await;
+    let agent_dir = tempfile::tempdir().unwrap();
+    let files = agent_dir.path().join("tls");
+    std::fs::create_dir_all(&files).unwrap();
+    for f in ["ca.crt", "client.crt", "client.key"] {
+        std::fs::copy(pki.join(f), files.join(f)).unwrap();
+    }
+    let yaml = format!(
+        "source:\n    mqtt:\n      url: mqtts://localhost:{tls}\n      topics: [\"sensors/+/temperature\"]\n      clientId: agent-tls-rotate\n      tls:\n        ca: {{file: {d}/ca.crt}}\n        cert: {{file: {d}/client.crt}}\n        key: {{file: {d}/client.key}}\nsink:\n  http: {{url: 'http://127.0.0.1:{}/ingest', flushInterval: 100ms}}\n",
+        receiver.port,
+        d = files.display()
+    );
+    let mut agent = Agent::start(agent_dir.path(), &yaml);
+    agent.wait_ready().await;
+    let reloads = |result: &str| {
+        format!(
+            "edge_agent_credential_reloads_total{{pipeline=\"default/standalone\",result=\"{result}\",use=\"source\"}}"
+        )
+    };
+    let expiry = "edge_agent_certificate_expiry_timestamp_seconds{pipeline=\"default/standalone\",use=\"source_client\"}";
+    assert!(agent.metric(expiry) > 0.0);
+    let subscriptions = |agent: &Agent| agent.log_text().matches("subscribed").count();
+    eventually(Duration::from_secs(10), "the subscription", async || {
+        (subscriptions(&agent) >= 1).then_some(())
+    })
+    .await;
+    let mut publisher = Publisher::connect(plain, "tls-rotate-pub");
+    let delivered = async |publisher: &mut Publisher, value: f64| {
+        publisher
+            .send(
+                "sensors/t1/temperature",
+                reading("t1", value, 1_795_608_000_000),
+            )
+            .await;
+        publisher.flush().await;
+        eventually(
+            Duration::from_secs(15),
+            "the reading upstream",
+            async || {
+                receiver
+                    .accepted()
+                    .iter()
+                    .any(|r| r["value"] == value)
+                    .then_some(())
+            },
+        )
+        .await;
+    };
+    delivered(&mut publisher, 1.0).await;
+
+    // A CA file that is no certificate: counted, the connection stays as it is.
+    let ca = files.join("ca.crt");
+    let aside = files.join("ca.new");
+    std::fs::write(&aside, "not a certificate\n").unwrap();
+    std::fs::rename(&aside, &ca).unwrap();
+    agent
+        .wait_metric(&reloads("failed"), 1.0, Duration::from_secs(15))
+        .await;
+    delivered(&mut publisher, 2.0).await;
+    assert!(
+        !agent
+            .log_text()
+            .contains("reconnecting to the source broker")
+    );
+
+    // A valid new bundle (the CA twice): the source reconnects with it.
+    let bundle = std::fs::read_to_string(pki.join("ca.crt"))
+        .unwrap()
+        .repeat(2);
+    std::fs::write(&aside, bundle).unwrap();
+    std::fs::rename(&aside, &ca).unwrap();
+    agent
+        .wait_metric(&reloads("ok"), 1.0, Duration::from_secs(15))
+        .await;
+    eventually(Duration::from_secs(15), "the reconnection", async || {
+        let log = agent.log_text();
+        (log.contains("reconnecting to the source broker with the new credentials")
+            && log.matches("connected to the source broker").count() >= 2)
+            .then_some(())
+    })
+    .await;
+    delivered(&mut publisher, 3.0).await;
+    assert_eq!(agent.metric(&reloads("failed")), 1.0);
+    assert_eq!(agent.log_text().matches("agent running").count(), 1);
 }

@@ -1,7 +1,9 @@
 //! Observability proven against a real Prometheus: the agent runs on real MQTT traffic
-//! (with invalid payloads and an upstream outage), the operator's metrics endpoint is
-//! served from its real code, a real Prometheus scrapes both with the shipped alert rules
-//! loaded, and every panel query of the shipped dashboard must parse and return series.
+//! (with invalid payloads and an upstream outage) to an HTTPS upstream with a client
+//! certificate three days from expiry, the operator's metrics endpoint is served from its
+//! real code, a real Prometheus scrapes both with the shipped alert rules loaded, the
+//! certificate raises `CertificateExpiringSoon`, and every panel query of the shipped
+//! dashboard must parse and return series.
 //! Separately, every metric name the dashboard and the rules use must be exported by the
 //! code: the dashboard's `or vector(0)` fallbacks would otherwise hide a renamed metric.
 
@@ -14,7 +16,8 @@ use std::time::{Duration, Instant};
 
 use edge_tests::{tool, workspace_root};
 
-use edge_testkit::{Mosquitto, Receiver, free_port};
+use edge_testkit::pki::Pki;
+use edge_testkit::{Mosquitto, Receiver, ServerTls, free_port};
 
 /// A child process killed on drop.
 struct Proc(Child);
@@ -160,9 +163,26 @@ fn every_dashboard_query_returns_series_from_a_real_prometheus() {
     let broker = Mosquitto::start();
     let broker_port = broker.port;
 
-    // The upstream starts down: the agent must retry, stay ready, and drain later.
+    // The upstream (HTTPS, private CA) starts down: the agent must retry, stay ready, and
+    // drain later. Its client certificate expires in three days.
+    let pki = Pki::new(&dir.path().join("pki"));
+    pki.cert(
+        "server",
+        "/CN=localhost",
+        &["subjectAltName=DNS:localhost,IP:127.0.0.1"],
+    );
+    pki.cert_for_days(
+        "client",
+        "/CN=edge-agent",
+        &["extendedKeyUsage=clientAuth"],
+        3,
+    );
     let rt = tokio::runtime::Runtime::new().unwrap();
-    let mut receiver = Receiver::down();
+    let mut receiver = Receiver::down_tls(ServerTls::new(
+        &dir.path().join("pki/server.crt"),
+        &dir.path().join("pki/server.key"),
+        Some(&dir.path().join("pki/ca.crt")),
+    ));
     let agent_port = free_port();
     let config = dir.path().join("pipeline.yaml");
     std::fs::write(
@@ -180,12 +200,19 @@ spec:
     - significantChange: {{window: 5, threshold: 1.0}}
   sink:
     http:
-      url: http://127.0.0.1:{receiver}/ingest
+      url: https://localhost:{receiver}/ingest
       batchSize: 20
       flushInterval: 100ms
       retry: {{initialBackoff: 50ms, maxBackoff: 200ms}}
+      tls:
+        ca: {{file: {ca}}}
+        cert: {{file: {cert}}}
+        key: {{file: {key}}}
 "#,
-            receiver = receiver.port
+            receiver = receiver.port,
+            ca = pki.path("ca.crt"),
+            cert = pki.path("client.crt"),
+            key = pki.path("client.key"),
         ),
     )
     .unwrap();
@@ -310,6 +337,16 @@ spec:
         || {
             let r = query("count(count_over_time(up[1m]) >= 4) == 2");
             r.contains("\"result\":[{")
+        },
+    );
+
+    // The shipped rule fires for the certificate with three days left.
+    poll(
+        "CertificateExpiringSoon firing for the sink's client certificate",
+        Duration::from_secs(30),
+        || {
+            query(r#"ALERTS{alertname="CertificateExpiringSoon",alertstate="firing",use="sink_client",pipeline="factory/monitored"}"#)
+                .contains("\"result\":[{")
         },
     );
 

@@ -12,6 +12,9 @@
 //! Redirects are never followed: the batch and its headers (an API key, a token) go to the
 //! configured URL and nowhere else. A 3xx is a failed attempt like a 5xx (the batch stays
 //! queued and is retried with backoff), logged with where it pointed.
+//!
+//! New credentials (a rotated token or certificate file, see [`crate::credentials`]) come
+//! as a new [`HttpClient`], taken before the next request; they also end a retry's wait.
 
 use std::io::Write;
 use std::time::Duration;
@@ -26,6 +29,7 @@ use tokio::time::Instant;
 
 use super::{Delivery, Stopped, SyncContext, backoff};
 use crate::config::HttpSettings;
+use crate::credentials::Updates;
 use crate::diagnostics;
 use crate::queue::Batch;
 
@@ -42,15 +46,15 @@ pub enum HttpSinkError {
     #[error("TLS material: {0}")]
     Tls(String),
     #[error("HTTP client: {0}")]
-    Client(#[from] reqwest::Error),
+    Client(String),
 }
 
 /// An HTTP ingest API.
 pub struct HttpSink {
-    client: reqwest::Client,
+    client: HttpClient,
     settings: HttpSettings,
-    headers: HeaderMap,
     key_prefix: String,
+    updates: Updates<HttpClient>,
 }
 
 /// What one request came to.
@@ -108,10 +112,17 @@ async fn body_prefix(mut resp: reqwest::Response, limit: usize) -> String {
     String::from_utf8_lossy(&prefix).into_owned()
 }
 
-impl HttpSink {
-    /// A sink for `settings`; records carry `pipeline` and `node`, which also prefix the
-    /// idempotency keys.
-    pub fn new(settings: &HttpSettings, pipeline: &str, node: &str) -> Result<Self, HttpSinkError> {
+/// What the HTTP sink sends with: the client (with its TLS material) and the request
+/// headers. Rebuilt when the credentials change (see [`crate::credentials`]).
+#[derive(Clone, Debug)]
+pub struct HttpClient {
+    client: reqwest::Client,
+    headers: HeaderMap,
+}
+
+impl HttpClient {
+    /// The client and headers of `settings`.
+    pub fn new(settings: &HttpSettings) -> Result<Self, HttpSinkError> {
         let mut builder = reqwest::Client::builder()
             .redirect(reqwest::redirect::Policy::none())
             .timeout(settings.timeout)
@@ -120,6 +131,9 @@ impl HttpSink {
         if let Some(ca) = &settings.tls_material.ca {
             let certs = reqwest::Certificate::from_pem_bundle(ca)
                 .map_err(|e| HttpSinkError::Tls(e.to_string()))?;
+            if certs.is_empty() {
+                return Err(HttpSinkError::Tls("no certificate in the CA bundle".into()));
+            }
             builder = builder.tls_certs_only(certs);
         }
         match (&settings.tls_material.cert, &settings.tls_material.key) {
@@ -150,11 +164,30 @@ impl HttpSink {
             headers.insert(n, v);
         }
         Ok(Self {
-            client: builder.build()?,
-            settings: settings.clone(),
+            client: builder
+                .build()
+                .map_err(|e| HttpSinkError::Client(diagnostics::chain(&e)))?,
             headers,
-            key_prefix: format!("{pipeline}/{node}"),
         })
+    }
+}
+
+impl HttpSink {
+    /// A sink for `settings`; records carry `pipeline` and `node`, which also prefix the
+    /// idempotency keys.
+    pub fn new(settings: &HttpSettings, pipeline: &str, node: &str) -> Result<Self, HttpSinkError> {
+        Ok(Self {
+            client: HttpClient::new(settings)?,
+            settings: settings.clone(),
+            key_prefix: format!("{pipeline}/{node}"),
+            updates: Updates::none(),
+        })
+    }
+
+    /// Takes new clients (new credentials) from `updates` from now on.
+    pub fn with_updates(mut self, updates: Updates<HttpClient>) -> Self {
+        self.updates = updates;
+        self
     }
 
     pub(super) fn batch_size(&self) -> usize {
@@ -178,13 +211,18 @@ impl HttpSink {
         attempt: u32,
         ctx: &SyncContext,
     ) -> Result<Delivery, Stopped> {
+        if let Some(client) = self.updates.take() {
+            tracing::info!("the HTTP sink sends with the new credentials from now on");
+            self.client = client;
+        }
         let key = self.idempotency_key(&batch);
         let body = self.encode(&batch);
         let started = Instant::now();
         let mut request = self
             .client
+            .client
             .post(&self.settings.url)
-            .headers(self.headers.clone())
+            .headers(self.client.headers.clone())
             .header(CONTENT_TYPE, "application/json")
             .header("Idempotency-Key", key.as_str())
             .body(body.clone());
@@ -281,7 +319,11 @@ impl HttpSink {
                     let url = diagnostics::url(&self.settings.url);
                     tracing::warn!(%url, %key, attempt, %reason, retry_in = ?delay, "upstream unavailable, will retry");
                 }
-                ctx.pause(delay).await.map(|()| Delivery::Retry)
+                // New credentials end the wait: they may be what the upstream waited for.
+                tokio::select! {
+                    r = ctx.pause(delay) => r.map(|()| Delivery::Retry),
+                    () = self.updates.changed() => Ok(Delivery::Retry),
+                }
             }
         }
     }

@@ -3,7 +3,8 @@
 //!
 //! The connection is driven only while a batch is in flight. On any error the client is
 //! thrown away and a fresh one publishes the same batch again after a backoff, so there is
-//! exactly one copy of a batch in flight at a time.
+//! exactly one copy of a batch in flight at a time. New credentials (a rotated password or
+//! certificate, see [`crate::credentials`]) replace the client the same way.
 
 use std::time::Duration;
 
@@ -12,6 +13,7 @@ use tokio::time::Instant;
 
 use super::{Delivery, Stopped, SyncContext, backoff};
 use crate::config::MqttSinkSettings;
+use crate::credentials::Updates;
 use crate::diagnostics;
 use crate::queue::Batch;
 use crate::source::tls::{Connect, TlsError, mqtt_options};
@@ -30,6 +32,7 @@ pub struct MqttSink {
     settings: MqttSinkSettings,
     options: MqttOptions,
     conn: Option<Connection>,
+    updates: Updates<MqttOptions>,
 }
 
 struct Connection {
@@ -41,6 +44,16 @@ struct Connection {
 impl MqttSink {
     /// A sink for `settings` (not connected until the first batch).
     pub fn new(settings: &MqttSinkSettings) -> Result<Self, TlsError> {
+        Ok(Self {
+            settings: settings.clone(),
+            options: Self::options(settings)?,
+            conn: None,
+            updates: Updates::none(),
+        })
+    }
+
+    /// The connection options of `settings` (credentials and TLS included).
+    pub fn options(settings: &MqttSinkSettings) -> Result<MqttOptions, TlsError> {
         let mut options = mqtt_options(&Connect {
             client_id: &settings.client_id,
             host: &settings.host,
@@ -53,11 +66,13 @@ impl MqttSink {
         })?;
         options.set_clean_session(true);
         options.set_max_packet_size(64 * 1024, MAX_OUTGOING_PACKET);
-        Ok(Self {
-            settings: settings.clone(),
-            options,
-            conn: None,
-        })
+        Ok(options)
+    }
+
+    /// Takes new connection options (new credentials) from `updates` from now on.
+    pub fn with_updates(mut self, updates: Updates<MqttOptions>) -> Self {
+        self.updates = updates;
+        self
     }
 
     pub(super) fn batch_size(&self) -> usize {
@@ -76,6 +91,11 @@ impl MqttSink {
         attempt: u32,
         ctx: &SyncContext,
     ) -> Result<Delivery, Stopped> {
+        if let Some(options) = self.updates.take() {
+            tracing::info!("the MQTT sink reconnects with the new credentials");
+            self.options = options;
+            self.conn = None;
+        }
         let payload = batch.json_array();
         let qos = if self.settings.qos == 0 {
             QoS::AtMostOnce
@@ -117,7 +137,11 @@ impl MqttSink {
                     tracing::warn!(%url, first = batch.first_seq, last = batch.last_seq, attempt, %reason,
                         retry_in = ?delay, "upstream broker unavailable, will retry");
                 }
-                ctx.pause(delay).await.map(|()| Delivery::Retry)
+                // New credentials end the wait: they may be what the broker waited for.
+                tokio::select! {
+                    r = ctx.pause(delay) => r.map(|()| Delivery::Retry),
+                    () = self.updates.changed() => Ok(Delivery::Retry),
+                }
             }
         }
     }

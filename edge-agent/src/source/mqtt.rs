@@ -9,14 +9,16 @@
 //! [`SourceHandle`]; one for a message received on an earlier connection is not sent (the
 //! broker redelivers that message on the new connection, where it is acknowledged), so a
 //! stale acknowledgement can never release a different message that reused its packet id.
+//! New credentials (a rotated password or certificate, see [`crate::credentials`]) end the
+//! connection the same way and the client reconnects with them.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use rumqttc::{
-    AsyncClient, ConnectionError, Event, EventLoop, Incoming, Outgoing, Publish, QoS, Request,
-    StateError, Subscribe, SubscribeFilter, SubscribeReasonCode, mqttbytes,
+    AsyncClient, ConnectionError, Event, EventLoop, Incoming, MqttOptions, Outgoing, Publish, QoS,
+    Request, StateError, Subscribe, SubscribeFilter, SubscribeReasonCode, mqttbytes,
 };
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
@@ -24,6 +26,7 @@ use tokio::task::JoinHandle;
 use super::oversized;
 use super::tls::{Connect, TlsError, client_config, mqtt_options};
 use crate::config::SourceSettings;
+use crate::credentials::Updates;
 use crate::http::Health;
 use crate::parse::InvalidReason;
 use crate::queue::now_ms;
@@ -82,40 +85,68 @@ impl SourceHandle {
     }
 }
 
+/// How the source connects: the client options (credentials and TLS included) and the
+/// same session's target for clearing an oversized message. Rebuilt when the credentials
+/// change (see [`crate::credentials`]).
+#[derive(Clone)]
+pub struct SourceConnection {
+    options: MqttOptions,
+    clear: oversized::Target,
+    incoming: usize,
+}
+
+impl SourceConnection {
+    /// The connection of `settings`.
+    pub fn new(settings: &SourceSettings) -> Result<Self, TlsError> {
+        let mut options = mqtt_options(&Connect {
+            client_id: &settings.client_id,
+            host: &settings.host,
+            port: settings.port,
+            tls: settings.tls,
+            material: &settings.tls_material,
+            username: settings.username.as_deref(),
+            password: settings.password.as_deref(),
+            keep_alive: settings.keep_alive,
+        })?;
+        options.set_clean_session(false);
+        options.set_manual_acks(true);
+        // A payload up to the limit plus the largest topic reaches the parser; a larger
+        // packet breaks the connection and is cleared by `oversized::clear`.
+        let incoming = settings.max_payload_bytes.saturating_add(PACKET_OVERHEAD);
+        options.set_max_packet_size(incoming, 1024 * 1024);
+        let clear = oversized::Target {
+            host: settings.host.clone(),
+            port: settings.port,
+            tls: match settings.tls {
+                true => Some(Arc::new(client_config(&settings.tls_material)?)),
+                false => None,
+            },
+            client_id: settings.client_id.clone(),
+            credentials: settings.username.clone().zip(settings.password.clone()),
+            keep_alive: settings.keep_alive,
+        };
+        Ok(Self {
+            options,
+            clear,
+            incoming,
+        })
+    }
+}
+
 /// Connects to the source broker; returns the handle, the message stream, and the task
-/// driving the connection (it ends after [`SourceHandle::disconnect`]).
+/// driving the connection (it ends after [`SourceHandle::disconnect`]). A connection from
+/// `updates` (new credentials) replaces the current one: the client reconnects with it.
 pub fn start(
     settings: &SourceSettings,
     metrics: Arc<Metrics>,
     health: Arc<Health>,
+    updates: Updates<SourceConnection>,
 ) -> Result<(SourceHandle, mpsc::Receiver<Message>, JoinHandle<()>), TlsError> {
-    let mut options = mqtt_options(&Connect {
-        client_id: &settings.client_id,
-        host: &settings.host,
-        port: settings.port,
-        tls: settings.tls,
-        material: &settings.tls_material,
-        username: settings.username.as_deref(),
-        password: settings.password.as_deref(),
-        keep_alive: settings.keep_alive,
-    })?;
-    options.set_clean_session(false);
-    options.set_manual_acks(true);
-    // A payload up to the limit plus the largest topic reaches the parser; a larger packet
-    // breaks the connection and is cleared by `oversized::clear`.
-    let incoming = settings.max_payload_bytes.saturating_add(PACKET_OVERHEAD);
-    options.set_max_packet_size(incoming, 1024 * 1024);
-    let clear = oversized::Target {
-        host: settings.host.clone(),
-        port: settings.port,
-        tls: match settings.tls {
-            true => Some(Arc::new(client_config(&settings.tls_material)?)),
-            false => None,
-        },
-        client_id: settings.client_id.clone(),
-        credentials: settings.username.clone().zip(settings.password.clone()),
-        keep_alive: settings.keep_alive,
-    };
+    let SourceConnection {
+        options,
+        clear,
+        incoming,
+    } = SourceConnection::new(settings)?;
     let (client, events) = AsyncClient::new(options, REQUEST_CAPACITY);
     let generation = Arc::new(AtomicU64::new(0));
     let (tx, rx) = mpsc::channel(MESSAGE_CAPACITY);
@@ -139,6 +170,7 @@ pub fn start(
         url: settings.url.clone(),
         clear,
         incoming,
+        updates,
     };
     let task = tokio::spawn(driver.run());
     Ok((SourceHandle { client, generation }, rx, task))
@@ -156,6 +188,8 @@ struct Driver {
     clear: oversized::Target,
     /// Largest packet the client reads.
     incoming: usize,
+    /// New connections (new credentials).
+    updates: Updates<SourceConnection>,
 }
 
 impl Driver {
@@ -163,7 +197,14 @@ impl Driver {
         let mut failures = 0u32;
         let mut intake_open = true;
         loop {
-            match self.events.poll().await {
+            let event = tokio::select! {
+                event = self.events.poll() => event,
+                () = self.updates.changed() => {
+                    self.reconnect();
+                    continue;
+                }
+            };
+            match event {
                 Ok(Event::Incoming(Incoming::ConnAck(ack))) => {
                     failures = 0;
                     self.generation.fetch_add(1, Ordering::AcqRel);
@@ -251,6 +292,20 @@ impl Driver {
                 }
             }
         }
+    }
+
+    /// Drops the connection to connect again with the new one from `updates`. Messages of
+    /// the old connection are not acknowledged on the new one: the broker redelivers them.
+    fn reconnect(&mut self) {
+        let Some(next) = self.updates.take() else {
+            return;
+        };
+        tracing::info!(url = %crate::diagnostics::url(&self.url), "reconnecting to the source broker with the new credentials");
+        self.generation.fetch_add(1, Ordering::AcqRel);
+        self.events.mqtt_options = next.options;
+        self.clear = next.clear;
+        self.incoming = next.incoming;
+        self.events.clean();
     }
 
     fn connected(&self, up: bool) {

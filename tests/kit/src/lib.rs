@@ -5,7 +5,8 @@
 //!   PUBACKs, a subscriber, persistent-session preparation;
 //! - [`agent`]: the `edge-agent` binary with its own config, data directory and log, and
 //!   its `/metrics`, `/livez` and `/readyz`;
-//! - [`receiver`]: a real HTTP ingest endpoint that records requests and can fail or stop;
+//! - [`receiver`]: a real HTTP(S) ingest endpoint that records requests and can fail or
+//!   stop, with mutual TLS on request;
 //! - [`operator`]: the `edge-operator` binary as the chart runs it, as its ServiceAccount;
 //! - [`cluster`]: a real Kubernetes control plane (etcd, kube-apiserver,
 //!   kube-controller-manager, kube-scheduler) with kwok's simulated nodes, and kubectl;
@@ -29,7 +30,7 @@ pub use agent::{Agent, http_get, parse_metrics};
 pub use mqtt::{Mosquitto, Publisher, Received, Subscriber, prepare_session};
 pub use poll::{eventually, poll};
 pub use ports::free_port;
-pub use receiver::{Receiver, Reply, Request};
+pub use receiver::{Receiver, Reply, Request, ServerTls};
 
 /// The workspace root (the directory holding the top-level Cargo.toml).
 pub fn workspace_root() -> PathBuf {

@@ -22,9 +22,16 @@ impl Pki {
         pki
     }
 
-    /// `<name>.key` and `<name>.crt`: the CA itself (`name == "ca"`, self-signed), or a
-    /// leaf signed by it with `extensions`.
+    /// `<name>.key` and `<name>.crt`, valid for 7 days: the CA itself (`name == "ca"`,
+    /// self-signed), or a leaf signed by it with `extensions`.
     pub fn cert(&self, name: &str, subject: &str, extensions: &[&str]) {
+        self.cert_for_days(name, subject, extensions, 7);
+    }
+
+    /// Like [`Pki::cert`], valid for `days` from now (a certificate about to expire, or a
+    /// renewed one that outlives the first).
+    pub fn cert_for_days(&self, name: &str, subject: &str, extensions: &[&str], days: u32) {
+        let days = days.to_string();
         let key = format!("{name}.key");
         let crt = format!("{name}.crt");
         let mut args = vec![
@@ -36,7 +43,7 @@ impl Pki {
             "ec_paramgen_curve:prime256v1",
             "-nodes",
             "-days",
-            "7",
+            &days,
             "-subj",
             subject,
             "-keyout",

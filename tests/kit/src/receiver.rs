@@ -1,22 +1,30 @@
 //! A real HTTP ingest endpoint for the tests: records every request (its
-//! `Idempotency-Key`, its records, the status it got), answers as scripted (2xx, 5xx,
-//! 429 with `Retry-After`, 400 for some bodies, a redirect elsewhere), and can stop
-//! listening and come back on the same port.
+//! `Idempotency-Key`, its headers, its records, the status it got), answers as scripted
+//! (2xx, 5xx, 429 with `Retry-After`, 400 for some bodies, 401 for a header value, a
+//! redirect elsewhere), and can stop listening and come back on the same port.
+//!
+//! With [`ServerTls`] it serves HTTPS (rustls, ring) with a certificate of the test PKI
+//! and, given a client CA, requires every client to present a certificate signed by it;
+//! handshakes it refuses are recorded with rustls' reason.
 
-use std::collections::VecDeque;
+use std::collections::{BTreeMap, VecDeque};
 use std::convert::Infallible;
 use std::io::Read;
+use std::path::Path;
 use std::sync::{Arc, Mutex};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
 use hyper::{Request as HttpRequest, Response};
 use hyper_util::rt::TokioIo;
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use serde_json::Value;
 use tokio::net::TcpListener;
 use tokio::task::JoinSet;
+use tokio_rustls::TlsAcceptor;
 
 /// How the receiver answers one request.
 #[derive(Clone, Debug, PartialEq)]
@@ -40,6 +48,8 @@ pub struct Request {
     pub gzip: bool,
     /// Bytes of the body as received (compressed, when gzip).
     pub bytes: usize,
+    /// The request headers (names in lower case; values that are not text left out).
+    pub headers: BTreeMap<String, String>,
     /// The records of the JSON array.
     pub records: Vec<Value>,
     /// The status answered.
@@ -58,7 +68,7 @@ impl Request {
     }
 }
 
-type Rule = Box<dyn Fn(&[Value]) -> Option<Reply> + Send>;
+type Rule = Box<dyn Fn(&BTreeMap<String, String>, &[Value]) -> Option<Reply> + Send>;
 
 #[derive(Default)]
 struct State {
@@ -67,6 +77,48 @@ struct State {
     rule: Option<Rule>,
     /// Keep no records (see [`Receiver::forget_records`]).
     forget: bool,
+    refused_handshakes: Vec<String>,
+}
+
+/// The TLS identity of an HTTPS receiver, from PEM files of the test PKI.
+#[derive(Clone)]
+pub struct ServerTls(Arc<rustls::ServerConfig>);
+
+impl ServerTls {
+    /// Serves `cert` (a chain, leaf first) with `key`; with `client_ca`, every client must
+    /// present a certificate it signed.
+    pub fn new(cert: &Path, key: &Path, client_ca: Option<&Path>) -> Self {
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let chain: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(cert)
+            .expect("server certificate file")
+            .collect::<Result<_, _>>()
+            .expect("server certificate PEM");
+        let key = PrivateKeyDer::from_pem_file(key).expect("server key PEM");
+        let builder = rustls::ServerConfig::builder_with_provider(provider.clone())
+            .with_safe_default_protocol_versions()
+            .expect("TLS versions");
+        let builder = match client_ca {
+            Some(ca) => {
+                let mut roots = rustls::RootCertStore::empty();
+                for c in CertificateDer::pem_file_iter(ca).expect("client CA file") {
+                    roots.add(c.expect("client CA PEM")).expect("client CA");
+                }
+                let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(
+                    Arc::new(roots),
+                    provider,
+                )
+                .build()
+                .expect("client verifier");
+                builder.with_client_cert_verifier(verifier)
+            }
+            None => builder.with_no_client_auth(),
+        };
+        let mut config = builder
+            .with_single_cert(chain, key)
+            .expect("server certificate and key");
+        config.alpn_protocols = vec![b"http/1.1".to_vec()];
+        Self(Arc::new(config))
+    }
 }
 
 /// The test receiver.
@@ -74,6 +126,7 @@ pub struct Receiver {
     pub port: u16,
     state: Arc<Mutex<State>>,
     server: Option<tokio::task::JoinHandle<()>>,
+    tls: Option<ServerTls>,
 }
 
 impl Receiver {
@@ -90,7 +143,32 @@ impl Receiver {
             port: crate::free_port(),
             state: Arc::default(),
             server: None,
+            tls: None,
         }
+    }
+
+    /// An HTTPS receiver listening on a free port.
+    pub async fn start_tls(tls: ServerTls) -> Self {
+        let mut r = Self::down_tls(tls);
+        r.resume().await;
+        r
+    }
+
+    /// An HTTPS receiver that is not listening yet.
+    pub fn down_tls(tls: ServerTls) -> Self {
+        let mut r = Self::down();
+        r.tls = Some(tls);
+        r
+    }
+
+    /// Serves with `tls` from the next [`Receiver::resume`] on (stop first to switch).
+    pub fn set_tls(&mut self, tls: Option<ServerTls>) {
+        self.tls = tls;
+    }
+
+    /// Why each refused TLS handshake failed (rustls' error), in order.
+    pub fn refused_handshakes(&self) -> Vec<String> {
+        self.state.lock().unwrap().refused_handshakes.clone()
     }
 
     /// Starts listening (again) on the same port.
@@ -100,7 +178,8 @@ impl Receiver {
             .await
             .expect("bind the receiver port");
         let state = self.state.clone();
-        self.server = Some(tokio::spawn(serve(listener, state)));
+        let tls = self.tls.clone().map(|t| TlsAcceptor::from(t.0));
+        self.server = Some(tokio::spawn(serve(listener, state, tls)));
     }
 
     /// Stops listening and drops every open connection.
@@ -124,6 +203,14 @@ impl Receiver {
 
     /// A reply chosen from the request's records (`None`: carry on as usual).
     pub fn rule(&self, rule: impl Fn(&[Value]) -> Option<Reply> + Send + 'static) {
+        self.state.lock().unwrap().rule = Some(Box::new(move |_, records| rule(records)));
+    }
+
+    /// A reply chosen from the request's headers (lower-case names) and records.
+    pub fn rule_with_headers(
+        &self,
+        rule: impl Fn(&BTreeMap<String, String>, &[Value]) -> Option<Reply> + Send + 'static,
+    ) {
         self.state.lock().unwrap().rule = Some(Box::new(rule));
     }
 
@@ -150,7 +237,7 @@ impl Drop for Receiver {
     }
 }
 
-async fn serve(listener: TcpListener, state: Arc<Mutex<State>>) {
+async fn serve(listener: TcpListener, state: Arc<Mutex<State>>, tls: Option<TlsAcceptor>) {
     // Connection tasks live in the set, so aborting this task closes them all.
     let mut connections = JoinSet::new();
     loop {
@@ -158,20 +245,47 @@ async fn serve(listener: TcpListener, state: Arc<Mutex<State>>) {
             continue;
         };
         let state = state.clone();
+        let tls = tls.clone();
         connections.spawn(async move {
-            let service = hyper::service::service_fn(move |req| {
+            let service = {
                 let state = state.clone();
-                async move { Ok::<_, Infallible>(handle(req, &state).await) }
-            });
-            let _ = hyper::server::conn::http1::Builder::new()
-                .serve_connection(TokioIo::new(stream), service)
-                .await;
+                hyper::service::service_fn(move |req| {
+                    let state = state.clone();
+                    async move { Ok::<_, Infallible>(handle(req, &state).await) }
+                })
+            };
+            let http = hyper::server::conn::http1::Builder::new();
+            match tls {
+                None => {
+                    let _ = http.serve_connection(TokioIo::new(stream), service).await;
+                }
+                Some(acceptor) => {
+                    let handshake =
+                        tokio::time::timeout(Duration::from_secs(10), acceptor.accept(stream));
+                    match handshake.await {
+                        Ok(Ok(stream)) => {
+                            let _ = http.serve_connection(TokioIo::new(stream), service).await;
+                        }
+                        Ok(Err(e)) => state.lock().unwrap().refused_handshakes.push(e.to_string()),
+                        Err(_) => state
+                            .lock()
+                            .unwrap()
+                            .refused_handshakes
+                            .push("handshake timed out".into()),
+                    }
+                }
+            }
         });
         while connections.try_join_next().is_some() {}
     }
 }
 
 async fn handle(req: HttpRequest<Incoming>, state: &Mutex<State>) -> Response<Full<Bytes>> {
+    let headers: BTreeMap<String, String> = req
+        .headers()
+        .iter()
+        .filter_map(|(n, v)| Some((n.as_str().to_string(), v.to_str().ok()?.to_string())))
+        .collect();
     let key = req
         .headers()
         .get("idempotency-key")
@@ -209,7 +323,12 @@ async fn handle(req: HttpRequest<Incoming>, state: &Mutex<State>) -> Response<Fu
     let reply = state
         .script
         .pop_front()
-        .or_else(|| state.rule.as_ref().and_then(|rule| rule(&records)))
+        .or_else(|| {
+            state
+                .rule
+                .as_ref()
+                .and_then(|rule| rule(&headers, &records))
+        })
         .unwrap_or(Reply::Ok);
     let (status, retry_after, location) = match reply {
         Reply::Ok => (200, None, None),
@@ -221,6 +340,7 @@ async fn handle(req: HttpRequest<Incoming>, state: &Mutex<State>) -> Response<Fu
         key,
         gzip,
         bytes,
+        headers,
         records,
         status,
         at: Instant::now(),
