@@ -17,7 +17,8 @@ use crate::config::AgentConfig;
 use crate::inference::{InferenceError, InferenceStage};
 use crate::parse::PayloadParser;
 use crate::process::Processors;
-use crate::record::{Reading, Record};
+use crate::queue::{StateChange, UnitContent};
+use crate::record::Reading;
 use crate::run::inference_metrics;
 use crate::telemetry::Metrics;
 
@@ -42,7 +43,12 @@ impl Pipeline {
         actions: Actions,
         metrics: Arc<Metrics>,
     ) -> Result<Self, InferenceError> {
-        let inference = InferenceStage::start(config, data_dir, inference_metrics(&metrics))?;
+        let mut inference = InferenceStage::start(config, data_dir, inference_metrics(&metrics))?;
+        if let Some(stage) = inference.as_mut() {
+            stage.inference_mut().track_changes();
+        }
+        let mut processors = processors;
+        processors.track_changes();
         Ok(Self {
             inference,
             parser: PayloadParser::new(&config.spec.source.format, config.source.max_payload_bytes),
@@ -63,18 +69,34 @@ impl Pipeline {
         &mut self,
         readings: &[Reading],
         received: &[Instant],
-    ) -> Vec<Vec<Record>> {
+    ) -> Vec<UnitContent> {
         debug_assert_eq!(readings.len(), received.len());
-        let mut units = match &mut self.inference {
+        let mut units: Vec<UnitContent> = match &mut self.inference {
             Some(inference) => {
-                inference
+                let records = inference
                     .on_readings(readings, received, &self.actions)
-                    .await
+                    .await;
+                let mut units: Vec<UnitContent> =
+                    records.into_iter().map(UnitContent::from).collect();
+                for (index, device, saved) in inference.inference_mut().take_changes() {
+                    if let Some(unit) = units.get_mut(index) {
+                        unit.state.push(change("i", &device, saved));
+                    }
+                }
+                units
             }
-            None => vec![Vec::new(); readings.len()],
+            None => (0..readings.len())
+                .map(|_| UnitContent::default())
+                .collect(),
         };
         for ((reading, at), unit) in readings.iter().zip(received).zip(&mut units) {
             let outcome = self.processors.apply(reading);
+            unit.state.extend(
+                self.processors
+                    .take_changes()
+                    .into_iter()
+                    .map(|(device, saved)| change("p", &device, saved)),
+            );
             if let Some(processor) = outcome.filtered_by {
                 self.metrics
                     .records_filtered
@@ -88,14 +110,73 @@ impl Pipeline {
             if outcome.threshold_crossed {
                 self.actions.on_threshold(reading, *at);
             }
-            unit.extend(outcome.records);
+            unit.records.extend(outcome.records);
         }
         units
+    }
+
+    /// Closes the aggregate windows that end at or before `now_ms`: their records and the
+    /// state of their devices, as one unit.
+    pub fn tick(&mut self, now_ms: i64) -> UnitContent {
+        let records = self.processors.tick(now_ms);
+        let state = self
+            .processors
+            .take_changes()
+            .into_iter()
+            .map(|(device, saved)| change("p", &device, saved))
+            .collect();
+        UnitContent {
+            records,
+            state,
+            delivery: None,
+        }
+    }
+
+    /// Loads the state committed before a restart (least recently changed first).
+    pub fn restore(&mut self, saved: &[(String, Vec<u8>)]) {
+        let owned = |prefix: &'static str| {
+            saved
+                .iter()
+                .filter_map(move |(key, value)| Some((key.strip_prefix(prefix)?, value.as_slice())))
+        };
+        for e in self.processors.restore(owned("p/")) {
+            tracing::warn!(error = %e, "the device starts afresh");
+        }
+        if let Some(stage) = self.inference.as_mut() {
+            for device in stage.inference_mut().restore(owned("i/")) {
+                tracing::warn!(%device, "a saved inference window does not decode; the device starts afresh");
+            }
+        }
+    }
+
+    /// Identifies what the saved state depends on: the processors, `maxDevices` and the
+    /// inference window. State saved under another fingerprint is not restored.
+    pub fn state_fingerprint(config: &AgentConfig) -> i64 {
+        use sha2::{Digest, Sha256};
+        let inference_window = config.spec.inference.as_ref().map(|i| i.window);
+        let described = serde_json::to_vec(&(
+            &config.spec.processors,
+            config.source.max_devices,
+            inference_window,
+        ))
+        .unwrap_or_default();
+        let digest = Sha256::digest(&described);
+        let mut first = [0u8; 8];
+        first.copy_from_slice(&digest[..8]);
+        i64::from_le_bytes(first)
     }
 
     /// The inference step, when the pipeline has one.
     pub fn inference(&self) -> Option<&InferenceStage> {
         self.inference.as_ref()
+    }
+}
+
+/// A state change of `device`'s entry of `owner` (`p` processors, `i` inference).
+fn change(owner: &str, device: &str, saved: Option<Vec<u8>>) -> StateChange {
+    StateChange {
+        key: format!("{owner}/{device}"),
+        value: saved,
     }
 }
 

@@ -13,6 +13,11 @@
 //! recently seen one (counted). An evicted device's open window is emitted at once as a
 //! partial aggregate, so no absorbed reading is lost; its filter state starts afresh if
 //! it returns (its next reading is then a first reading).
+//!
+//! With [`Processors::track_changes`], the chain also reports each device's state after
+//! every change ([`Processors::take_changes`]), for the queue to commit with the unit of
+//! the reading that changed it, and [`Processors::restore`] loads it back at start: a
+//! restart then changes nothing that is forwarded.
 
 mod devices;
 mod stage;
@@ -76,10 +81,33 @@ pub struct Outcome {
 }
 
 /// One device's state: one entry per filtering stage, and its open aggregate window.
+#[derive(serde::Serialize, serde::Deserialize)]
 struct DeviceState {
     stages: Vec<StageState>,
     window: Option<Window>,
+    /// When the device's last reading came ([`Processors`]' reading counter): restores
+    /// the least-recently-seen order, which a window closed by the clock does not change.
+    #[serde(default)]
+    seen: u64,
 }
+
+/// Why a saved device state was not restored.
+#[derive(Debug, thiserror::Error)]
+pub enum RestoreError {
+    /// It does not decode.
+    #[error("device {device}: saved processor state does not decode: {source}")]
+    Decode {
+        device: String,
+        #[source]
+        source: serde_json::Error,
+    },
+    /// It does not fit this chain's stages.
+    #[error("device {device}: saved processor state does not fit spec.processors")]
+    Mismatch { device: String },
+}
+
+/// The state of one device after a change: `None` when the device was evicted.
+pub type DeviceChange = (String, Option<Vec<u8>>);
 
 /// The processor chain of one pipeline, with the state of every tracked device.
 pub struct Processors {
@@ -89,6 +117,14 @@ pub struct Processors {
     devices: Option<DeviceTable<DeviceState>>,
     /// Open windows by (end, device slot): the earliest is the next to close.
     deadlines: BTreeSet<(i64, usize)>,
+    /// Whether changes are tracked for [`Processors::take_changes`].
+    tracking: bool,
+    /// Slots whose state changed since the last [`Processors::take_changes`].
+    changed: Vec<usize>,
+    /// Devices evicted since then.
+    evicted: Vec<String>,
+    /// Readings applied (restored across restarts): each device's `seen`.
+    readings: u64,
 }
 
 impl Processors {
@@ -175,7 +211,101 @@ impl Processors {
             aggregate,
             devices: stateful.then(|| DeviceTable::new(max_devices)),
             deadlines: BTreeSet::new(),
+            tracking: false,
+            changed: Vec::new(),
+            evicted: Vec::new(),
+            readings: 0,
         })
+    }
+
+    /// Reports state changes from now on (see [`Processors::take_changes`]).
+    pub fn track_changes(&mut self) {
+        self.tracking = self.devices.is_some();
+    }
+
+    /// The state of every device changed since the last call (by [`Processors::apply`] or
+    /// [`Processors::tick`]), encoded, and the devices evicted (`None`); empty unless
+    /// [`Processors::track_changes`] was called.
+    pub fn take_changes(&mut self) -> Vec<DeviceChange> {
+        let mut out: Vec<DeviceChange> = self.evicted.drain(..).map(|d| (d, None)).collect();
+        let Some(table) = self.devices.as_mut() else {
+            return out;
+        };
+        for slot in self.changed.drain(..) {
+            if let Some((device, state)) = table.get_mut(slot) {
+                match serde_json::to_vec(&*state) {
+                    Ok(bytes) => out.push((device.to_string(), Some(bytes))),
+                    // A non-finite sum (readings near f64::MAX) has no JSON: the device's
+                    // state is not saved, and starts afresh after a restart.
+                    Err(_) => out.push((device.to_string(), None)),
+                }
+            }
+        }
+        out
+    }
+
+    /// Loads saved device states (least recently changed first, as
+    /// [`Processors::take_changes`] reported them), before any reading. A state that does
+    /// not decode or fit is skipped (the device starts afresh) and returned as an error.
+    pub fn restore<'a>(
+        &mut self,
+        saved: impl IntoIterator<Item = (&'a str, &'a [u8])>,
+    ) -> Vec<RestoreError> {
+        let mut errors = Vec::new();
+        let Some(table) = self.devices.as_mut() else {
+            return errors;
+        };
+        let mut decoded = Vec::new();
+        for (device, bytes) in saved {
+            let state: DeviceState = match serde_json::from_slice(bytes) {
+                Ok(s) => s,
+                Err(source) => {
+                    errors.push(RestoreError::Decode {
+                        device: device.to_string(),
+                        source,
+                    });
+                    continue;
+                }
+            };
+            let fits = state.stages.len() == self.stages.len()
+                && state
+                    .stages
+                    .iter()
+                    .zip(&self.stages)
+                    .all(|(s, (stage, _))| s.fits(stage))
+                && (state.window.is_none() || self.aggregate.is_some());
+            if !fits {
+                errors.push(RestoreError::Mismatch {
+                    device: device.to_string(),
+                });
+                continue;
+            }
+            decoded.push((device, state));
+        }
+        decoded.sort_by_key(|(_, s)| s.seen);
+        for (device, state) in decoded {
+            self.readings = self.readings.max(state.seen);
+            let end = state.window.as_ref().map(|w| w.end_ms);
+            let empty = || DeviceState {
+                stages: Vec::new(),
+                window: None,
+                seen: 0,
+            };
+            // More saved devices than maxDevices (not possible with the same
+            // configuration): the least recently changed give way.
+            let (Touch::Known(slot) | Touch::Added(slot) | Touch::Evicted(slot, _)) =
+                table.touch(device, empty);
+            if let Some((_, current)) = table.get_mut(slot) {
+                if let Some(w) = &current.window {
+                    self.deadlines.remove(&(w.end_ms, slot));
+                }
+                *current = state;
+            }
+            if let Some(end) = end {
+                self.deadlines.insert((end, slot));
+            }
+        }
+        errors
     }
 
     /// Runs one reading through the chain.
@@ -186,10 +316,16 @@ impl Processors {
             aggregate,
             devices,
             deadlines,
+            tracking,
+            changed,
+            evicted: evicted_names,
+            readings,
         } = self;
+        *readings += 1;
         let mut stateless = DeviceState {
             stages: Vec::new(),
             window: None,
+            seen: 0,
         };
         let (slot, state) = match devices {
             None => (0, &mut stateless),
@@ -197,6 +333,7 @@ impl Processors {
                 let init = || DeviceState {
                     stages: stages.iter().map(|(s, _)| s.initial_state()).collect(),
                     window: None,
+                    seen: 0,
                 };
                 let touch = table.touch(&reading.device, init);
                 let slot = match &touch {
@@ -212,7 +349,14 @@ impl Processors {
                         out.records.push(w.record(&evicted, &agg.functions));
                     }
                     state.stages.iter_mut().for_each(StageState::reset);
+                    if *tracking {
+                        evicted_names.push(evicted);
+                    }
                 }
+                if *tracking {
+                    changed.push(slot);
+                }
+                state.seen = *readings;
                 (slot, state)
             }
         };
@@ -271,6 +415,9 @@ impl Processors {
                 && let Some(w) = state.window.take()
             {
                 records.push(w.record(device, &agg.functions));
+                if self.tracking {
+                    self.changed.push(slot);
+                }
             }
         }
         records

@@ -35,8 +35,9 @@ use crate::inference::{InferenceError, InferenceMetrics};
 use crate::parse::InvalidReason;
 use crate::pipeline::Pipeline;
 use crate::process::{ProcessError, Processors};
-use crate::queue::{Committed, Queue, QueueConfig, QueueError, StoreSettings, now_ms};
-use crate::record::Record;
+use crate::queue::{
+    Committed, DeliveryId, Queue, QueueConfig, QueueError, StoreSettings, UnitContent, now_ms,
+};
 use crate::sink::{self, Sink, SyncContext};
 use crate::source::mqtt::{self as source, Message, SourceConnection, SourceHandle};
 use crate::source::tls::TlsError;
@@ -321,6 +322,24 @@ pub async fn run_with_metrics(
         actions,
         metrics.clone(),
     )?;
+    // The state committed with the readings before a restart, so the restart changes
+    // nothing that is forwarded.
+    let saved = queue
+        .load_state(Pipeline::state_fingerprint(&config))
+        .await?;
+    if saved.discarded {
+        tracing::warn!(
+            "the processors, maxDevices or the inference window changed: their saved per-device state was discarded"
+        );
+    }
+    if !saved.rows.is_empty() {
+        tracing::info!(
+            entries = saved.rows.len(),
+            "restored per-device processor and inference state"
+        );
+        pipeline.restore(&saved.rows);
+    }
+    drop(saved);
     let watcher = options.config_path.clone().map(|path| {
         let model = pipeline.inference().map(|s| s.inference().control());
         tokio::spawn(crate::reload::watch(
@@ -424,23 +443,19 @@ impl Ingest {
                     None => break,
                 },
                 _ = sleep_until(window_closes), if window_closes.is_some() => {
-                    let records = pipeline.processors.tick(now_ms());
-                    if !records.is_empty() {
+                    let closed = pipeline.tick(now_ms());
+                    if !closed.records.is_empty() || !closed.state.is_empty() {
                         // Nothing to acknowledge: the readings were acknowledged with
-                        // their (empty) units when they arrived.
-                        drop(self.submit(records, Instant::now()).await?);
+                        // their units when they arrived.
+                        drop(self.submit(closed, Instant::now()).await?);
                     }
                 }
                 _ = beat.tick() => {}
             }
         }
-        // Intake stops here: what is still in the channel stays unacknowledged.
+        // Intake stops here: what is still in the channel stays unacknowledged. Open
+        // aggregate windows stay open: their state is committed and restored at start.
         drop(messages);
-        // Open aggregate windows close early rather than vanish with the process.
-        let records = pipeline.processors.tick(i64::MAX);
-        if !records.is_empty() {
-            drop(self.submit(records, Instant::now()).await?);
-        }
         Ok(())
     }
 
@@ -448,11 +463,30 @@ impl Ingest {
     /// under `block`).
     async fn submit(
         &self,
-        records: Vec<Record>,
+        content: impl Into<UnitContent>,
         received: Instant,
     ) -> Result<oneshot::Receiver<Committed>, QueueError> {
         let permit = self.beating(self.queue.reserve()).await?;
-        Ok(permit.submit(records, received))
+        Ok(permit.submit(content, received))
+    }
+
+    /// Leaves out the messages the broker delivered again (DUP) whose units are already
+    /// committed: their PUBACK was lost with a connection or a crash. They are
+    /// acknowledged, counted and not processed again.
+    async fn without_redeliveries(&self, batch: Vec<Message>) -> Result<Vec<Message>, RunError> {
+        let mut fresh = Vec::with_capacity(batch.len());
+        for m in batch {
+            if m.publish.dup
+                && let Some(id) = delivery(&m)
+                && self.queue.delivered(id).await?
+            {
+                self.metrics.messages_redelivered.inc();
+                self.ack(PendingAck::Now(m));
+                continue;
+            }
+            fresh.push(m);
+        }
+        Ok(fresh)
     }
 
     /// Hands a message to the acknowledger, never waiting. A bounded channel here closed a
@@ -486,6 +520,7 @@ impl Ingest {
                 .received_bytes
                 .inc_by(m.publish.payload.len() as u64);
         }
+        let batch = self.without_redeliveries(batch).await?;
         // Image payloads (classification) are not readings: the inference step turns
         // them into records directly.
         if pipeline
@@ -523,8 +558,9 @@ impl Ingest {
                     self.ack(PendingAck::Now(m));
                 }
                 Ok(_) => {
-                    let records = units.next().unwrap_or_default();
-                    let done = self.submit(records, m.received).await?;
+                    let mut unit = units.next().unwrap_or_default();
+                    unit.delivery = delivery(&m);
+                    let done = self.submit(unit, m.received).await?;
                     self.ack(PendingAck::AfterCommit(done, m));
                 }
             }
@@ -542,7 +578,12 @@ impl Ingest {
             .await
         {
             Ok(records) => {
-                let done = self.submit(records, m.received).await?;
+                let unit = UnitContent {
+                    records,
+                    state: Vec::new(),
+                    delivery: delivery(&m),
+                };
+                let done = self.submit(unit, m.received).await?;
                 self.ack(PendingAck::AfterCommit(done, m));
             }
             Err(reason) => {
@@ -555,6 +596,11 @@ impl Ingest {
         }
         Ok(())
     }
+}
+
+/// The MQTT delivery `m` came in (QoS 1 only).
+fn delivery(m: &Message) -> Option<DeliveryId> {
+    DeliveryId::of(m.publish.pkid, &m.publish.topic, &m.publish.payload)
 }
 
 /// `first` and whatever is already waiting behind it in `rx`, at most `max` in all, in

@@ -112,6 +112,8 @@ pub struct Metrics {
     pub queue_oldest_age_seconds: prometheus::Gauge,
     /// Inference windows evicted for new devices.
     pub inference_windows_evicted: IntCounter,
+    /// Redelivered messages already committed, acknowledged without processing.
+    pub messages_redelivered: IntCounter,
     /// Bytes the queue's files take on disk.
     pub queue_file_bytes: IntGauge,
     /// Integrity checks of the queue file at start (after an unclean shutdown).
@@ -328,6 +330,13 @@ impl Metrics {
                 opts(
                     "edge_agent_inference_windows_evicted_total",
                     "Devices' inference windows thrown away for a new device: more devices than source.maxDevices.",
+                ),
+            )?,
+            messages_redelivered: counter(
+                r,
+                opts(
+                    "edge_agent_messages_redelivered_total",
+                    "Messages the broker delivered again (DUP) whose unit was already committed: acknowledged, not processed twice.",
                 ),
             )?,
             queue_file_bytes: gauge(

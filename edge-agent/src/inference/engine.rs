@@ -93,6 +93,11 @@ pub struct Inference {
     metrics: InferenceMetrics,
     evicted: u64,
     max_devices: usize,
+    /// Whether window changes are kept for [`Inference::take_changes`].
+    tracking: bool,
+    /// Window changes of the last [`Inference::score`]: (reading index, device, saved
+    /// window or `None` when evicted).
+    changes: Vec<(usize, String, Option<Vec<u8>>)>,
     /// The loader thread's controls; dropping the last one stops it.
     control: ModelControl,
 }
@@ -179,6 +184,8 @@ impl Inference {
             metrics,
             evicted: 0,
             max_devices: settings.max_devices,
+            tracking: false,
+            changes: Vec::new(),
             control: ModelControl {
                 tx: control,
                 source: settings.source,
@@ -216,6 +223,25 @@ impl Inference {
         }
     }
 
+    /// Keeps each reading's window change for [`Inference::take_changes`] from now on.
+    pub fn track_changes(&mut self) {
+        self.tracking = self.task == InferenceTask::Anomaly;
+    }
+
+    /// The window changes of the readings scored since the last call: (index of the
+    /// reading in its batch, device, its saved window or `None` when evicted).
+    pub fn take_changes(&mut self) -> Vec<(usize, String, Option<Vec<u8>>)> {
+        std::mem::take(&mut self.changes)
+    }
+
+    /// Loads saved windows (see [`Windows::restore`]); returns the devices skipped.
+    pub fn restore<'a>(
+        &mut self,
+        saved: impl IntoIterator<Item = (&'a str, &'a [u8])>,
+    ) -> Vec<String> {
+        self.windows.restore(saved)
+    }
+
     /// Devices whose window was evicted so far (more than `max_devices` devices).
     pub fn evicted_devices(&self) -> u64 {
         self.evicted
@@ -229,9 +255,17 @@ impl Inference {
         }
         let mut full = Vec::new();
         let mut input = Vec::new();
+        self.changes.clear();
         for (index, r) in readings.iter().enumerate() {
-            let (window, evicted) = self.windows.push(&r.device, r.value);
-            if evicted {
+            let (window, evicted) = self.windows.push_evicting(&r.device, r.value);
+            if self.tracking {
+                if let Some(gone) = &evicted {
+                    self.changes.push((index, gone.clone(), None));
+                }
+                let saved = self.windows.saved(&r.device);
+                self.changes.push((index, r.device.clone(), saved));
+            }
+            if evicted.is_some() {
                 self.evicted += 1;
                 self.metrics.windows_evicted.inc();
                 if self.evicted.is_power_of_two() {

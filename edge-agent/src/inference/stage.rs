@@ -84,6 +84,11 @@ impl InferenceStage {
         &self.inference
     }
 
+    /// The model runner, to track and restore its windows.
+    pub fn inference_mut(&mut self) -> &mut Inference {
+        &mut self.inference
+    }
+
     /// Whether messages are images to classify rather than readings to parse.
     pub fn takes_images(&self) -> bool {
         self.images.is_some()

@@ -4,6 +4,9 @@
 //!
 //! The number of devices is bounded: past `capacity`, the least recently seen device's
 //! window is evicted (and counted by the caller), like the processors' device state.
+//!
+//! A device's window is saved as its raw values, 8 little-endian bytes each
+//! ([`Windows::saved`]), and loaded back at start ([`Windows::restore`]).
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
 
@@ -143,12 +146,65 @@ impl Windows {
         self.devices.len()
     }
 
+    /// `device`'s window as saved: its raw values, oldest first, 8 little-endian bytes
+    /// each.
+    pub fn saved(&self, device: &str) -> Option<Vec<u8>> {
+        let d = self.devices.get(device)?;
+        Some(d.values.iter().flat_map(|v| v.to_le_bytes()).collect())
+    }
+
+    /// Loads saved windows (least recently seen first) before any reading; a window longer
+    /// than `len` keeps its newest values. Returns the devices whose saved bytes are not
+    /// whole values (skipped).
+    pub fn restore<'a>(
+        &mut self,
+        saved: impl IntoIterator<Item = (&'a str, &'a [u8])>,
+    ) -> Vec<String> {
+        let mut skipped = Vec::new();
+        for (device, bytes) in saved {
+            if bytes.len() % 8 != 0 {
+                skipped.push(device.to_string());
+                continue;
+            }
+            let mut values: VecDeque<f64> = bytes
+                .chunks_exact(8)
+                .map(|c| {
+                    let mut b = [0u8; 8];
+                    b.copy_from_slice(c);
+                    f64::from_le_bytes(b)
+                })
+                .collect();
+            while values.len() > self.len {
+                values.pop_front();
+            }
+            self.tick += 1;
+            let tick = self.tick;
+            if let Some(old) = self.devices.get(device) {
+                self.recency.remove(&old.seen);
+            } else if self.devices.len() >= self.capacity
+                && let Some((_, oldest)) = self.recency.pop_first()
+            {
+                self.devices.remove(&oldest);
+            }
+            self.devices
+                .insert(device.to_string(), Device { values, seen: tick });
+            self.recency.insert(tick, device.to_string());
+        }
+        skipped
+    }
+
     /// Appends `value` to `device`'s window. Returns the window once it holds `len`
     /// readings, and whether another device's window was evicted to make room.
     pub fn push(&mut self, device: &str, value: f64) -> (Option<Window>, bool) {
+        let (window, evicted) = self.push_evicting(device, value);
+        (window, evicted.is_some())
+    }
+
+    /// [`Windows::push`], naming the device whose window was evicted.
+    pub fn push_evicting(&mut self, device: &str, value: f64) -> (Option<Window>, Option<String>) {
         self.tick += 1;
         let tick = self.tick;
-        let mut evicted = false;
+        let mut evicted = None;
         if let Some(d) = self.devices.get_mut(device) {
             self.recency.remove(&d.seen);
             d.seen = tick;
@@ -157,7 +213,7 @@ impl Windows {
                 && let Some((_, oldest)) = self.recency.pop_first()
             {
                 self.devices.remove(&oldest);
-                evicted = true;
+                evicted = Some(oldest);
             }
             self.devices.insert(
                 device.to_string(),

@@ -6,7 +6,7 @@ use std::time::Duration;
 use rumqttc::{AsyncClient, MqttOptions};
 
 use super::*;
-use crate::record::RecordKind;
+use crate::record::{Record, RecordKind};
 
 const DEVICES: usize = 3;
 /// 3 x (36 - 15) = 63 full windows: within one model call (the engine's `max_batch` is 64,
@@ -102,6 +102,15 @@ async fn a_batch_gives_the_records_of_one_at_a_time_in_one_model_call() {
 
     let (mut batched, batched_metrics) = pipeline().await;
     let batch = batched.on_readings(&readings, &received).await;
+    // Each reading's unit carries the same state changes either way.
+    let states = |units: &[UnitContent]| -> Vec<Vec<StateChange>> {
+        units.iter().map(|u| u.state.clone()).collect()
+    };
+    assert_eq!(states(&batch), states(&one_by_one));
+    let records = |units: Vec<UnitContent>| -> Vec<Vec<Record>> {
+        units.into_iter().map(|u| u.records).collect()
+    };
+    let (batch, one_by_one) = (records(batch), records(one_by_one));
 
     // The same records; scores agree to float rounding (a batched matrix product sums in
     // another order than a single row's).
@@ -148,4 +157,90 @@ async fn a_batch_gives_the_records_of_one_at_a_time_in_one_model_call() {
         windows
     );
     assert_eq!(batched_metrics.inference_duration.get_sample_count(), 1);
+}
+
+/// What the queue keeps of the units' state changes: the last value per key.
+fn committed(units: &[UnitContent], into: &mut std::collections::BTreeMap<String, (u64, Vec<u8>)>) {
+    for change in units.iter().flat_map(|u| &u.state) {
+        match &change.value {
+            Some(v) => {
+                let clock =
+                    into.len() as u64 + into.values().map(|(c, _)| *c).max().unwrap_or(0) + 1;
+                into.insert(change.key.clone(), (clock, v.clone()));
+            }
+            None => {
+                into.remove(&change.key);
+            }
+        }
+    }
+}
+
+/// A restart in the middle of the stream, with the state committed so far restored,
+/// forwards exactly what an uninterrupted run forwards: processor state (deadband) and
+/// inference windows survive.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restart_with_the_committed_state_forwards_what_an_uninterrupted_run_does() {
+    let readings = readings();
+    let received = vec![Instant::now(); readings.len()];
+    let (mut straight, _) = pipeline().await;
+    let all: Vec<Vec<Record>> = straight
+        .on_readings(&readings, &received)
+        .await
+        .into_iter()
+        .map(|u| u.records)
+        .collect();
+
+    for cut in [1, DEVICES * 10 + 1, DEVICES * 20] {
+        let (mut first, _) = pipeline().await;
+        let before = first.on_readings(&readings[..cut], &received[..cut]).await;
+        let mut saved = std::collections::BTreeMap::new();
+        committed(&before, &mut saved);
+        drop(first);
+        let mut rows: Vec<(u64, String, Vec<u8>)> =
+            saved.into_iter().map(|(k, (c, v))| (c, k, v)).collect();
+        rows.sort();
+        let rows: Vec<(String, Vec<u8>)> = rows.into_iter().map(|(_, k, v)| (k, v)).collect();
+        assert!(
+            rows.iter().any(|(k, _)| k.starts_with("p/")),
+            "processor state saved"
+        );
+        assert!(
+            rows.iter().any(|(k, _)| k.starts_with("i/")),
+            "inference windows saved"
+        );
+
+        let (mut second, _) = pipeline().await;
+        second.restore(&rows);
+        let after: Vec<Vec<Record>> = second
+            .on_readings(&readings[cut..], &received[cut..])
+            .await
+            .into_iter()
+            .map(|u| u.records)
+            .collect();
+        let strip = |units: &[Vec<Record>]| -> Vec<Vec<(RecordKind, String, i64)>> {
+            units
+                .iter()
+                .map(|u| {
+                    u.iter()
+                        .map(|r| (r.kind, r.device.clone(), r.timestamp_ms))
+                        .collect()
+                })
+                .collect()
+        };
+        assert_eq!(strip(&after), strip(&all[cut..]), "cut at {cut}");
+
+        // Without the state, the restart changes what is forwarded.
+        let (mut fresh, _) = pipeline().await;
+        let forgetful: Vec<Vec<Record>> = fresh
+            .on_readings(&readings[cut..], &received[cut..])
+            .await
+            .into_iter()
+            .map(|u| u.records)
+            .collect();
+        assert_ne!(
+            strip(&forgetful),
+            strip(&all[cut..]),
+            "cut at {cut}: the test can fail"
+        );
+    }
 }

@@ -37,7 +37,7 @@ pub(crate) enum Band {
 }
 
 /// A device's state for one stage.
-#[derive(Clone, Debug, PartialEq)]
+#[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
 pub(crate) enum StageState {
     /// Stages that keep nothing.
     Stateless,
@@ -48,6 +48,16 @@ pub(crate) enum StageState {
 }
 
 impl StageState {
+    /// Whether this state can belong to `stage` (a restored state is checked with it).
+    pub(crate) fn fits(&self, stage: &Stage) -> bool {
+        matches!(
+            (self, stage.initial_state()),
+            (Self::Stateless, Self::Stateless)
+                | (Self::Recent(_), Self::Recent(_))
+                | (Self::LastPassed(_), Self::LastPassed(_))
+        )
+    }
+
     /// Forgets everything, keeping allocations (a slot handed to another device).
     pub(crate) fn reset(&mut self) {
         match self {

@@ -24,7 +24,7 @@ impl AggregateStage {
 }
 
 /// The statistics of one device's open window.
-#[derive(Clone, Debug, PartialEq)]
+#[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
 pub(crate) struct Window {
     /// Window start, unix milliseconds.
     pub start_ms: i64,

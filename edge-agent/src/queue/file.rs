@@ -11,8 +11,19 @@ use rusqlite::{Connection, OptionalExtension};
 
 use super::store::{DB_FILE, QueueError};
 
-/// Database schema version (`PRAGMA user_version`).
-const SCHEMA_VERSION: i64 = 1;
+/// Database schema version (`PRAGMA user_version`): 2 added the processors' state and the
+/// deliveries committed (see `super::state`).
+const SCHEMA_VERSION: i64 = 2;
+
+/// The tables version 2 added.
+const SCHEMA_V2: &str = "CREATE TABLE IF NOT EXISTS state (
+                     key TEXT PRIMARY KEY,
+                     touched INTEGER NOT NULL,
+                     value BLOB NOT NULL);
+                 CREATE INDEX IF NOT EXISTS state_touched ON state (touched);
+                 CREATE TABLE IF NOT EXISTS deliveries (
+                     pkid INTEGER PRIMARY KEY,
+                     hash INTEGER NOT NULL);";
 /// Pages written to the WAL before it is checkpointed (128 KiB with 4 KiB pages).
 const WAL_AUTOCHECKPOINT_PAGES: i64 = 32;
 /// Bytes the WAL file keeps after a checkpoint.
@@ -83,7 +94,9 @@ pub(super) fn open_checked(path: &Path, durability: Durability) -> Result<OpenFi
                  PRAGMA user_version = 1;
                  COMMIT;",
             )?;
+            migrate_to_v2(&conn)?;
         }
+        1 => migrate_to_v2(&conn)?,
         SCHEMA_VERSION => {}
         other => {
             return Err(QueueError::Corrupt(format!(
@@ -97,6 +110,13 @@ pub(super) fn open_checked(path: &Path, durability: Durability) -> Result<OpenFi
     set_meta(&conn, CLEAN_KEY, 0)?;
     conn.pragma_update(None, "synchronous", sync)?;
     Ok(OpenFile { conn, checked })
+}
+
+fn migrate_to_v2(conn: &Connection) -> Result<(), QueueError> {
+    conn.execute_batch(&format!(
+        "BEGIN; {SCHEMA_V2} PRAGMA user_version = {SCHEMA_VERSION}; COMMIT;"
+    ))?;
+    Ok(())
 }
 
 /// `meta` key of the clean-shutdown mark.

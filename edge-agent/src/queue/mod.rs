@@ -22,6 +22,7 @@ pub mod dead;
 mod file;
 pub mod reserve;
 pub mod seq;
+pub mod state;
 pub mod store;
 #[cfg(test)]
 mod tests;
@@ -36,9 +37,10 @@ use tokio::sync::{mpsc, oneshot, watch};
 use tokio_util::sync::CancellationToken;
 
 pub use dead::{DeadLetter, DeadLetterStats};
+pub use state::{DeliveryId, SavedState, StateChange};
 pub use store::{
     AppendReport, Batch, DeadLettered, QueueError, QueueStats, Store, StoreSettings, StoredRecord,
-    UnitOutcome,
+    UnitOutcome, UnitRef,
 };
 
 use self::reserve::Reserve;
@@ -92,11 +94,45 @@ pub enum Committed {
     Dropped,
 }
 
+/// What one MQTT message (or a window closed by the clock) commits.
+#[derive(Debug, Default)]
+pub struct UnitContent {
+    /// The records derived from it.
+    pub records: Vec<Record>,
+    /// The per-device state it changed.
+    pub state: Vec<StateChange>,
+    /// The delivery it came from (QoS 1).
+    pub delivery: Option<DeliveryId>,
+}
+
+impl From<Vec<Record>> for UnitContent {
+    fn from(records: Vec<Record>) -> Self {
+        Self {
+            records,
+            ..Self::default()
+        }
+    }
+}
+
 /// The records derived from one MQTT message, on their way to the writer.
 pub struct Unit {
     records: Vec<Record>,
+    state: Vec<StateChange>,
+    delivery: Option<DeliveryId>,
     received: Instant,
     done: oneshot::Sender<Committed>,
+}
+
+impl Unit {
+    fn new(content: UnitContent, received: Instant, done: oneshot::Sender<Committed>) -> Self {
+        Self {
+            records: content.records,
+            state: content.state,
+            delivery: content.delivery,
+            received,
+            done,
+        }
+    }
 }
 
 enum Command {
@@ -115,6 +151,14 @@ enum Command {
         reason: String,
         reply: oneshot::Sender<Result<DeadLettered, QueueError>>,
     },
+    LoadState {
+        fingerprint: i64,
+        reply: oneshot::Sender<Result<SavedState, QueueError>>,
+    },
+    Delivered {
+        id: DeliveryId,
+        reply: oneshot::Sender<Result<bool, QueueError>>,
+    },
 }
 
 /// A handle to the queue. Clones share the writer, which runs until every handle is
@@ -130,14 +174,14 @@ pub struct Queue {
 pub struct SubmitPermit<'a>(mpsc::Permit<'a, Unit>);
 
 impl SubmitPermit<'_> {
-    /// Submits the records of one message, like [`Queue::submit`].
-    pub fn submit(self, records: Vec<Record>, received: Instant) -> oneshot::Receiver<Committed> {
+    /// Submits what one message commits, like [`Queue::submit`].
+    pub fn submit(
+        self,
+        content: impl Into<UnitContent>,
+        received: Instant,
+    ) -> oneshot::Receiver<Committed> {
         let (done, rx) = oneshot::channel();
-        self.0.send(Unit {
-            records,
-            received,
-            done,
-        });
+        self.0.send(Unit::new(content.into(), received, done));
         rx
     }
 }
@@ -251,19 +295,27 @@ impl Queue {
     /// the message must not be acknowledged.
     pub async fn submit(
         &self,
-        records: Vec<Record>,
+        content: impl Into<UnitContent>,
         received: Instant,
     ) -> Result<oneshot::Receiver<Committed>, QueueError> {
         let (done, rx) = oneshot::channel();
         self.appends
-            .send(Unit {
-                records,
-                received,
-                done,
-            })
+            .send(Unit::new(content.into(), received, done))
             .await
             .map_err(|_| QueueError::Stopped)?;
         Ok(rx)
+    }
+
+    /// The per-device state committed so far, least recently changed first, if it belongs
+    /// to the configuration with `fingerprint` (see [`Store::load_state`]).
+    pub async fn load_state(&self, fingerprint: i64) -> Result<SavedState, QueueError> {
+        self.request(|reply| Command::LoadState { fingerprint, reply })
+            .await
+    }
+
+    /// Whether the unit of this MQTT delivery is already committed (a redelivery).
+    pub async fn delivered(&self, id: DeliveryId) -> Result<bool, QueueError> {
+        self.request(|reply| Command::Delivered { id, reply }).await
     }
 
     /// Waits for room in the writer's channel; the permit then submits without waiting.
@@ -469,6 +521,14 @@ impl Writer {
                 let _ = reply.send(result);
                 self.after_space_freed();
             }
+            Command::LoadState { fingerprint, reply } => {
+                let _ = reply.send(self.store.load_state(fingerprint));
+            }
+            Command::Delivered { id, reply } => {
+                // A redelivery that overtakes its first delivery still waiting here is not
+                // recognised: processed twice rather than acknowledged before its commit.
+                let _ = reply.send(self.store.delivered(id));
+            }
         }
     }
 
@@ -569,8 +629,16 @@ impl Writer {
             self.stall = None;
             return;
         }
-        let units: Vec<&[Record]> = self.pending.iter().map(|u| u.records.as_slice()).collect();
-        match self.store.append(&units, now_ms()) {
+        let units: Vec<UnitRef<'_>> = self
+            .pending
+            .iter()
+            .map(|u| UnitRef {
+                records: &u.records,
+                state: &u.state,
+                delivery: u.delivery,
+            })
+            .collect();
+        match self.store.append_units(&units, now_ms()) {
             Ok(report) => {
                 self.stall = None;
                 if report.evicted > 0 {

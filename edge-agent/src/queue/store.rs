@@ -17,6 +17,7 @@ use super::file::{
     shrink, stored_next_seq, unix_micros,
 };
 use super::seq::SeqCeiling;
+use super::state::{self, DeliveryId, SavedState, StateChange};
 use crate::record::{Record, UpstreamRecord};
 
 /// File name of the queue database inside the data directory.
@@ -199,6 +200,19 @@ pub struct Store {
     /// `PRAGMA data_version` when the counters above were last read from the file: it
     /// changes when another connection (`edge-agent dead-letters`) commits.
     data_version: i64,
+    /// The `touched` of the last state written.
+    state_clock: i64,
+}
+
+/// One unit for [`Store::append_units`].
+#[derive(Clone, Copy, Debug)]
+pub struct UnitRef<'a> {
+    /// Its records.
+    pub records: &'a [Record],
+    /// The state changes of the reading it holds.
+    pub state: &'a [StateChange],
+    /// The MQTT delivery it came from.
+    pub delivery: Option<DeliveryId>,
 }
 
 impl Store {
@@ -252,6 +266,7 @@ impl Store {
         }
         let dead = dead::stats(&conn)?;
         let data_version = conn.query_row("PRAGMA data_version", [], |r| r.get(0))?;
+        let state_clock = state::clock(&conn)?;
         Ok(Opened {
             store: Self {
                 conn,
@@ -262,6 +277,7 @@ impl Store {
                 bytes,
                 dead,
                 data_version,
+                state_clock,
             },
             moved_aside,
             checked,
@@ -370,7 +386,27 @@ impl Store {
     /// `maxBytes` (less what the dead letters hold) and `whenFull` unit by unit in order.
     /// On error nothing is committed.
     pub fn append(&mut self, units: &[&[Record]], now_ms: i64) -> Result<AppendReport, QueueError> {
+        let units: Vec<UnitRef<'_>> = units
+            .iter()
+            .map(|records| UnitRef {
+                records,
+                state: &[],
+                delivery: None,
+            })
+            .collect();
+        self.append_units(&units, now_ms)
+    }
+
+    /// [`Store::append`] of units with their state changes and deliveries: those of every
+    /// unit stored or dropped (not of those left uncommitted under `block`) are written in
+    /// the same transaction as the records.
+    pub fn append_units(
+        &mut self,
+        units: &[UnitRef<'_>],
+        now_ms: i64,
+    ) -> Result<AppendReport, QueueError> {
         self.refresh()?;
+        let mut changes = state::Pending::default();
         let mut report = AppendReport::default();
         let mut next_seq = self.next_seq;
         let mut records = self.records;
@@ -382,9 +418,9 @@ impl Store {
                 "INSERT INTO records (seq, enqueued_ms, size, body) VALUES (?1, ?2, ?3, ?4)",
             )?;
             for unit in units {
-                let mut bodies = Vec::with_capacity(unit.len());
+                let mut bodies = Vec::with_capacity(unit.records.len());
                 let mut seq = next_seq;
-                for record in unit.iter() {
+                for record in unit.records {
                     let up = UpstreamRecord::new(
                         &self.settings.pipeline,
                         &self.settings.node,
@@ -407,10 +443,12 @@ impl Store {
                         }
                         WhenFull::DropNewest => {
                             report.outcomes.push(UnitOutcome::Dropped { records: n });
+                            changes.add(unit.state, unit.delivery);
                             continue;
                         }
                         WhenFull::DropOldest if size > max => {
                             report.outcomes.push(UnitOutcome::Dropped { records: n });
+                            changes.add(unit.state, unit.delivery);
                             continue;
                         }
                         WhenFull::DropOldest => {
@@ -428,8 +466,11 @@ impl Store {
                 records += n;
                 bytes += size;
                 report.outcomes.push(UnitOutcome::Stored { records: n });
+                changes.add(unit.state, unit.delivery);
             }
         }
+        let mut clock = self.state_clock;
+        changes.write(&tx, &mut clock)?;
         if next_seq != self.next_seq {
             tx.execute(
                 "INSERT INTO meta (key, value) VALUES ('next_seq', ?1)
@@ -440,6 +481,7 @@ impl Store {
         }
         save_counts(&tx, records, bytes)?;
         tx.commit()?;
+        self.state_clock = clock;
         self.next_seq = next_seq;
         self.records = records;
         self.bytes = bytes;
@@ -573,6 +615,17 @@ impl Store {
                 return Ok(total);
             }
         }
+    }
+
+    /// The per-device state committed with the units, least recently changed first, if it
+    /// belongs to the configuration with `fingerprint`; otherwise it is deleted.
+    pub fn load_state(&mut self, fingerprint: i64) -> Result<SavedState, QueueError> {
+        state::load(&mut self.conn, fingerprint)
+    }
+
+    /// Whether the unit of this MQTT delivery is already committed.
+    pub fn delivered(&self, id: DeliveryId) -> Result<bool, QueueError> {
+        state::delivered(&self.conn, id)
     }
 
     /// Every dead-lettered batch, oldest first.

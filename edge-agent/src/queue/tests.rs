@@ -922,3 +922,106 @@ proptest! {
         }
     }
 }
+
+fn change(key: &str, value: Option<&[u8]>) -> StateChange {
+    StateChange {
+        key: key.into(),
+        value: value.map(<[u8]>::to_vec),
+    }
+}
+
+/// State changes and deliveries commit with their units, the last value per key wins,
+/// a unit left uncommitted under `block` writes nothing, and state of another
+/// configuration is discarded at load.
+#[test]
+fn state_and_deliveries_commit_with_their_units() {
+    let dir = tempfile::tempdir().unwrap();
+    let one = serde_json::to_vec(&UpstreamRecord::new(
+        "factory/line1",
+        "edge-1",
+        1,
+        &record("t1", 1.0),
+    ))
+    .unwrap()
+    .len() as u64;
+    let mut s = open(
+        dir.path(),
+        settings(2 * one + 1, WhenFull::Block, Durability::Fsync),
+    );
+    assert_eq!(s.load_state(7).unwrap().rows, vec![]);
+    let r = [record("t1", 1.0)];
+    let (a1, a2, b1) = (
+        [change("p/a", Some(b"1"))],
+        [change("p/a", Some(b"2")), change("i/a", Some(b"w"))],
+        [change("p/b", Some(b"1"))],
+    );
+    let d1 = DeliveryId::of(1, "s/a", b"x");
+    let units = [
+        UnitRef {
+            records: &r,
+            state: &a1,
+            delivery: d1,
+        },
+        UnitRef {
+            records: &r,
+            state: &a2,
+            delivery: DeliveryId::of(2, "s/a", b"y"),
+        },
+        // Does not fit under block: its state and delivery stay out.
+        UnitRef {
+            records: &r,
+            state: &b1,
+            delivery: DeliveryId::of(3, "s/b", b"z"),
+        },
+    ];
+    let report = s.append_units(&units, 1).unwrap();
+    assert_eq!(report.outcomes[2], UnitOutcome::Blocked);
+    assert!(s.delivered(d1.unwrap()).unwrap());
+    assert!(
+        !s.delivered(DeliveryId::of(1, "s/a", b"other").unwrap())
+            .unwrap(),
+        "same id, other message"
+    );
+    assert!(
+        !s.delivered(DeliveryId::of(3, "s/b", b"z").unwrap())
+            .unwrap(),
+        "blocked: not in"
+    );
+    drop(s);
+
+    let mut s = open(
+        dir.path(),
+        settings(1 << 20, WhenFull::Block, Durability::Fsync),
+    );
+    let saved = s.load_state(7).unwrap();
+    assert_eq!(saved.rows.len(), 2);
+    let mut keys: Vec<&str> = saved.rows.iter().map(|(k, _)| k.as_str()).collect();
+    keys.sort_unstable();
+    assert_eq!(keys, ["i/a", "p/a"]);
+    assert!(
+        saved.rows.contains(&("p/a".into(), b"2".to_vec())),
+        "the last value wins"
+    );
+    // An eviction deletes.
+    s.append_units(
+        &[UnitRef {
+            records: &[],
+            state: &[change("p/a", None)],
+            delivery: None,
+        }],
+        2,
+    )
+    .unwrap();
+    let keys: Vec<String> = s
+        .load_state(7)
+        .unwrap()
+        .rows
+        .into_iter()
+        .map(|(k, _)| k)
+        .collect();
+    assert_eq!(keys, ["i/a"]);
+    // Another configuration: discarded.
+    let other = s.load_state(8).unwrap();
+    assert!(other.discarded && other.rows.is_empty());
+    assert!(!s.load_state(8).unwrap().discarded);
+}
