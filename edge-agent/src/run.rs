@@ -31,7 +31,7 @@ use crate::broker::{BrokerError, BrokerSettings, EmbeddedBroker};
 use crate::config::{AgentConfig, SinkSettings};
 use crate::credentials::{self, Client, Updates, Watch, export_expiry};
 use crate::http::{Health, Loop};
-use crate::inference::{InferenceError, InferenceMetrics};
+use crate::inference::{InferenceError, InferenceMetrics, InferenceStage};
 use crate::parse::InvalidReason;
 use crate::pipeline::Pipeline;
 use crate::process::{ProcessError, Processors};
@@ -349,6 +349,9 @@ pub async fn run_with_metrics(
             stop.clone(),
         ))
     });
+    if let Some(stage) = pipeline.inference() {
+        wait_for_model(stage, &health, &stop).await;
+    }
     tracing::info!(pipeline = %config.pipeline, node = %config.node, "agent running");
     let ingest = Ingest {
         queue,
@@ -595,6 +598,34 @@ impl Ingest {
             }
         }
         Ok(())
+    }
+}
+
+/// Longest wait at start for the model before readings are taken in without it.
+const MODEL_WAIT: Duration = Duration::from_secs(30);
+
+/// Waits (beating the ingest heartbeat) until the first model runs, is refused, or
+/// [`MODEL_WAIT`] passes: readings taken in before would be acknowledged unscored (a
+/// restart would change what is forwarded), so they wait at the broker instead.
+async fn wait_for_model(stage: &InferenceStage, health: &Health, stop: &CancellationToken) {
+    let inference = stage.inference();
+    let deadline = tokio::time::Instant::now() + MODEL_WAIT;
+    loop {
+        health.beat(Loop::Ingest);
+        let status = inference.status();
+        if status.generation > 0 {
+            return;
+        }
+        if status.refused > 0 || stop.is_cancelled() {
+            return;
+        }
+        if tokio::time::Instant::now() >= deadline {
+            tracing::warn!(
+                "no model after {MODEL_WAIT:?}: taking readings in; their inferences are skipped (no_model) until one loads"
+            );
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
 

@@ -52,6 +52,9 @@ pub struct Request {
     pub headers: BTreeMap<String, String>,
     /// The records of the JSON array.
     pub records: Vec<Value>,
+    /// Each record's `seq` and `value`, instead of `records`, after
+    /// [`Receiver::forget_records`].
+    pub identities: Vec<(u64, Option<f64>)>,
     /// The status answered.
     pub status: u16,
     /// When it arrived.
@@ -190,8 +193,8 @@ impl Receiver {
         }
     }
 
-    /// From now on requests are recorded without their records, which are not even parsed
-    /// (the rule sees none): for backlogs of gigabytes.
+    /// From now on requests keep only each record's `seq` and `value` (`identities`), not
+    /// the records (the rule sees none): for backlogs of gigabytes.
     pub fn forget_records(&self) {
         self.state.lock().unwrap().forget = true;
     }
@@ -313,11 +316,23 @@ async fn handle(req: HttpRequest<Incoming>, state: &Mutex<State>) -> Response<Fu
     } else {
         body
     };
+    #[derive(serde::Deserialize)]
+    struct Identity {
+        seq: u64,
+        value: Option<f64>,
+    }
     let forget = state.lock().unwrap().forget;
-    let records: Vec<Value> = if forget {
-        Vec::new()
+    let (records, identities): (Vec<Value>, Vec<(u64, Option<f64>)>) = if forget {
+        let ids: Vec<Identity> = serde_json::from_slice(&json).unwrap_or_default();
+        (
+            Vec::new(),
+            ids.into_iter().map(|i| (i.seq, i.value)).collect(),
+        )
     } else {
-        serde_json::from_slice(&json).unwrap_or_default()
+        (
+            serde_json::from_slice(&json).unwrap_or_default(),
+            Vec::new(),
+        )
     };
     let mut state = state.lock().unwrap();
     let reply = state
@@ -342,6 +357,7 @@ async fn handle(req: HttpRequest<Incoming>, state: &Mutex<State>) -> Response<Fu
         bytes,
         headers,
         records,
+        identities,
         status,
         at: Instant::now(),
     });
