@@ -118,6 +118,84 @@ async fn f1_kill_9_at_random_moments_loses_nothing_and_never_reuses_a_seq() {
     eprintln!("f1: {redelivered} readings redelivered under a second seq (at-least-once)");
 }
 
+/// SIGKILLs the agent `kills` times, each at a random moment (after a random pause, or once
+/// it took in a random number of messages), restarting it at once; returns the
+/// redeliveries it recognised (from the last scrape before each kill).
+async fn kill_repeatedly(agent: &mut Agent, rng: &mut rand::rngs::StdRng, kills: usize) -> f64 {
+    let received = series("edge_agent_messages_received_total", &[]);
+    let mut redelivered = 0.0;
+    for _ in 0..kills {
+        if rng.random_bool(0.5) {
+            tokio::time::sleep(Duration::from_millis(rng.random_range(5..250))).await;
+        } else {
+            let target = rng.random_range(1..600) as f64;
+            let deadline = Instant::now() + Duration::from_secs(10);
+            while agent.metric(&received) < target && Instant::now() < deadline {
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+        }
+        redelivered += agent.metric(&series("edge_agent_messages_redelivered_total", &[]));
+        agent.kill();
+        agent.restart();
+    }
+    redelivered
+}
+
+/// F1 with a `significantChange` pipeline (window 2, threshold 3): a device's readings
+/// differ by 7 or more, so every reading passes but a device's very first, whatever the
+/// order. Without its window across restarts, each restart would drop a first reading
+/// again; a redelivery processed twice would show as a repeated value (difference 0).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn f1_kill_9_under_a_significant_change_pipeline_forwards_what_the_readings_imply() {
+    let (n, kills): (u64, usize) = if soak() { (50_000, 60) } else { (10_000, 20) };
+    let mut rng = seeded_rng("f1-significant-change");
+    let broker = Mosquitto::start();
+    let receiver = Receiver::start().await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    prepare_session(broker.port, "agent-f1s", &[TOPIC]).await;
+    let yaml = Pipeline {
+        broker_port: broker.port,
+        client_id: "agent-f1s",
+        receiver_port: receiver.port,
+        processors: "[{significantChange: {window: 2, threshold: 3}}]",
+        batch_size: 200,
+        ..Pipeline::default()
+    }
+    .yaml();
+    let mut agent = Agent::start(dir.path(), &yaml);
+    let publishing = tokio::spawn(publish_through_faults(
+        broker.port,
+        "publisher-f1s",
+        0..n,
+        40,
+    ));
+    kill_repeatedly(&mut agent, &mut rng, kills).await;
+    tokio::time::timeout(Duration::from_secs(120), publishing)
+        .await
+        .expect("publisher finished")
+        .expect("publisher");
+    // The first reading of device d is reading d.
+    let expected: std::collections::BTreeSet<u64> = (7..n).collect();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let (got, twice) = indices_by_seq(&receiver.accepted());
+        if got.len() >= expected.len() {
+            assert_eq!(got, expected, "{}", difference(&got, n));
+            assert_eq!(twice, 0, "a reading forwarded twice");
+            break;
+        }
+        agent.assert_running();
+        assert!(
+            Instant::now() < deadline,
+            "{} of {} forwarded\n{}",
+            got.len(),
+            expected.len(),
+            agent.log_text()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
 /// F1 with an `aggregate` pipeline: readings absorbed into open windows are acknowledged
 /// like any other, so the windows' state must survive every kill -9 (committed with the
 /// readings) and no reading the broker delivers again may be absorbed twice. The
@@ -147,22 +225,7 @@ async fn f1_kill_9_under_an_aggregate_pipeline_counts_every_reading_once() {
         0..n,
         40,
     ));
-    let received = series("edge_agent_messages_received_total", &[]);
-    let mut redelivered = 0.0;
-    for _ in 0..kills {
-        if rng.random_bool(0.5) {
-            tokio::time::sleep(Duration::from_millis(rng.random_range(5..200))).await;
-        } else {
-            let target = rng.random_range(1..600) as f64;
-            let deadline = Instant::now() + Duration::from_secs(10);
-            while agent.metric(&received) < target && Instant::now() < deadline {
-                tokio::time::sleep(Duration::from_millis(5)).await;
-            }
-        }
-        redelivered += agent.metric(&series("edge_agent_messages_redelivered_total", &[]));
-        agent.kill();
-        agent.restart();
-    }
+    let redelivered = kill_repeatedly(&mut agent, &mut rng, kills).await;
     tokio::time::timeout(Duration::from_secs(120), publishing)
         .await
         .expect("publisher finished")
@@ -235,20 +298,7 @@ async fn f1_kill_9_under_an_inference_pipeline_scores_every_full_window_once() {
         0..n,
         20,
     ));
-    let received = series("edge_agent_messages_received_total", &[]);
-    for _ in 0..kills {
-        if rng.random_bool(0.5) {
-            tokio::time::sleep(Duration::from_millis(rng.random_range(5..300))).await;
-        } else {
-            let target = rng.random_range(1..400) as f64;
-            let deadline = Instant::now() + Duration::from_secs(10);
-            while agent.metric(&received) < target && Instant::now() < deadline {
-                tokio::time::sleep(Duration::from_millis(5)).await;
-            }
-        }
-        agent.kill();
-        agent.restart();
-    }
+    kill_repeatedly(&mut agent, &mut rng, kills).await;
     tokio::time::timeout(Duration::from_secs(120), publishing)
         .await
         .expect("publisher finished")
