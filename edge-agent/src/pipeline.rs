@@ -68,7 +68,7 @@ impl Pipeline {
         let mut units = match &mut self.inference {
             Some(inference) => {
                 inference
-                    .on_readings(readings, received, &self.actions)
+                    .on_readings(readings, received, &mut self.actions)
                     .await
             }
             None => vec![Vec::new(); readings.len()],
@@ -85,8 +85,8 @@ impl Pipeline {
                 self.metrics
                     .dropped("device_evicted", outcome.evicted_devices);
             }
-            if outcome.threshold_crossed {
-                self.actions.on_threshold(reading, *at);
+            if let Some(margin) = outcome.threshold_margin {
+                self.actions.on_threshold(reading, margin, *at);
             }
             unit.extend(outcome.records);
         }
