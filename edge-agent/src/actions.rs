@@ -545,6 +545,45 @@ mod tests {
     }
 
     #[test]
+    fn publishes_count_when_written_and_those_lost_with_the_connection_as_disconnected() {
+        use rumqttc::{MqttOptions, Publish};
+        let metrics = Arc::new(Metrics::new("f/l").unwrap());
+        let handed = Handed::new(metrics.clone());
+        let t0 = Instant::now();
+        let at: Vec<Instant> = (0..4).map(|i| t0 + Duration::from_millis(i)).collect();
+        handed.lock().extend(&at);
+        let mut events = EventLoop::new(MqttOptions::new("t", "127.0.0.1", 1), 10);
+        // at[0] was written, its event is still buffered; at[1] and at[2] were never
+        // taken from the request queue; a written QoS 1 publish (packet id 5) awaits its
+        // PUBACK; at[3] was handed over after the failure.
+        events
+            .state
+            .events
+            .push_back(Event::Outgoing(Outgoing::Publish(0)));
+        let fresh = || Request::Publish(Publish::new("a", QoS::AtMostOnce, vec![]));
+        let mut inflight = Publish::new("a", QoS::AtLeastOnce, vec![]);
+        inflight.pkid = 5;
+        events
+            .pending
+            .extend([Request::Publish(inflight), fresh(), fresh()]);
+        handed.connection_lost(&mut events);
+        let failed = |reason: &str| metrics.actions_failed.with_label_values(&[reason]).get();
+        assert_eq!(failed("disconnected"), 2);
+        assert_eq!(
+            events.pending.len(),
+            1,
+            "only the in-flight publish is left"
+        );
+        assert_eq!(*handed.lock(), [at[0], at[3]]);
+        handed.written();
+        assert_eq!(metrics.actions_published.get(), 1);
+        assert_eq!(metrics.action_latency.get_sample_count(), 1);
+        // The task ends with at[3] never written: lost too.
+        drop(LostAtExit(Arc::new(handed)));
+        assert_eq!(failed("disconnected"), 3);
+    }
+
+    #[test]
     fn the_message_carries_the_reading_and_the_trigger() {
         let m = ActionMessage {
             pipeline: "factory/line1",
