@@ -46,9 +46,14 @@ pub(crate) fn action_schema(schema: &mut Schema) {
     if let Some(Value::Array(required)) = schema.get_mut("required") {
         required.retain(|r| r != "trigger");
     }
-    schema.insert(
-        "x-kubernetes-validations".into(),
-        json!([
+    let rules = schema
+        .remove("x-kubernetes-validations")
+        .and_then(|v| match v {
+            Value::Array(rules) => Some(rules),
+            _ => None,
+        })
+        .unwrap_or_default();
+    let mut renamed = json!([
             {
                 "rule": "!has(self.on) && !has(self.__true__)",
                 "message": ON_RENAMED,
@@ -61,8 +66,11 @@ pub(crate) fn action_schema(schema: &mut Schema) {
                 "fieldPath": ".trigger",
                 "reason": "FieldValueRequired",
             },
-        ]),
-    );
+    ]);
+    if let Value::Array(all) = &mut renamed {
+        all.extend(rules);
+    }
+    schema.insert("x-kubernetes-validations".into(), renamed);
 }
 
 /// The renamed keys in the actions of a spec, as parsed from YAML before the typed parse.

@@ -41,7 +41,8 @@ use crate::units::{Duration, Size};
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 #[schemars(extend("x-kubernetes-validations" = [
-    {"rule": "!has(self.processors) || self.processors.all(p, !has(p.aggregate)) || (has(self.processors[size(self.processors) - 1].aggregate) && self.processors.filter(p, has(p.aggregate)).size() == 1)", "message": "aggregate must be the last processor", "fieldPath": ".processors"}
+    {"rule": "!has(self.processors) || self.processors.all(p, !has(p.aggregate)) || (has(self.processors[size(self.processors) - 1].aggregate) && self.processors.filter(p, has(p.aggregate)).size() == 1)", "message": "aggregate must be the last processor", "fieldPath": ".processors"},
+    {"rule": "!has(self.actions) || !has(self.inference) || self.actions.all(a, !has(a.clearBelow) || a.clearBelow <= self.inference.threshold)", "message": "an action's clearBelow must be <= inference.threshold", "fieldPath": ".actions"}
 ]))]
 pub struct EdgePipelineSpec {
     /// Where readings come from: an MQTT broker on (or embedded in) the edge node, and how
@@ -698,9 +699,20 @@ impl AggregateFunction {
     }
 }
 
-/// A local action, published immediately on the source broker.
+/// A local action, published immediately on the source broker, once per episode and
+/// device: an episode starts when the trigger's condition becomes true for a device (one
+/// message) and ends when its clearing condition has held for `clearAfter` readings in a
+/// row (optionally a `resolved` message). Readings in between publish nothing; anomaly
+/// records still travel upstream, each of them.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
+#[schemars(extend("x-kubernetes-validations" = [
+    {"rule": "!has(self.clearBelow) || (has(self.trigger) && self.trigger == 'anomaly')", "message": "clearBelow is only used with trigger: anomaly", "fieldPath": ".clearBelow"},
+    {"rule": "!has(self.hysteresis) || (has(self.trigger) && self.trigger == 'threshold')", "message": "hysteresis is only used with trigger: threshold", "fieldPath": ".hysteresis"},
+    {"rule": "!has(self.hysteresis) || self.hysteresis >= 0.0", "message": "hysteresis must be >= 0", "fieldPath": ".hysteresis"},
+    {"rule": "!has(self.clearAfter) || self.clearAfter >= 1", "message": "clearAfter must be >= 1", "fieldPath": ".clearAfter"},
+    {"rule": "!has(self.trigger) || self.trigger != 'classification' || (!has(self.clearAfter) && !has(self.resolved))", "message": "a classification is a single event with nothing to clear: clearAfter and resolved are not used", "fieldPath": ".resolved"}
+]))]
 #[schemars(transform = crate::renamed::action_schema)]
 pub struct Action {
     /// Required. What triggers the action: `anomaly` (inference score above threshold),
@@ -713,6 +725,43 @@ pub struct Action {
     pub trigger: ActionTrigger,
     /// Publish a JSON message to the local broker.
     pub mqtt: MqttAction,
+    /// `trigger: anomaly` only: an episode ends once the device's score is at or below
+    /// this (for `clearAfter` readings), so a score wavering around `inference.threshold`
+    /// raises one alert, not one per crossing. At most `inference.threshold`, which is
+    /// also the default (no hysteresis).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub clear_below: Option<f64>,
+    /// `trigger: threshold` only: an episode ends once the value is back inside every
+    /// threshold processor's limits by at least this margin, in the value's unit (for
+    /// `above: 100` and `hysteresis: 5`, at or below 95). Default 0.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub hysteresis: Option<f64>,
+    /// Readings in a row that must meet the clearing condition before an episode ends.
+    /// Default 1.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub clear_after: Option<u32>,
+    /// After an episode starts, no new episode of this action starts for the same device
+    /// within this time, e.g. `5m`: at most one alert per device per cooldown. A device
+    /// still (or again) in alarm when the cooldown is over alerts on its next reading.
+    /// Default 0 (none).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cooldown: Option<Duration>,
+    /// Also publish a message with `"state":"resolved"` when an episode ends, on the
+    /// action's topic unless `topic` is set. With `retain: true` on the action's topic
+    /// the broker then keeps each device's current state. Not for `trigger:
+    /// classification`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub resolved: Option<ResolvedMessage>,
+}
+
+/// The message published when an episode ends.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct ResolvedMessage {
+    /// Topic template, like the action's (`{device}`, `{pipeline}`, `{node}`); default:
+    /// the action's topic.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub topic: Option<String>,
 }
 
 /// Events that trigger local actions.

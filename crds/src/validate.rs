@@ -479,26 +479,76 @@ impl Validator {
         }
     }
 
-    fn action(&mut self, path: &str, a: &Action, spec: &EdgePipelineSpec) {
-        let topic = &a.mqtt.topic;
+    fn topic_template(&mut self, path: String, topic: &str) {
         if topic.is_empty() || topic.contains(['+', '#']) {
-            self.err(
-                format!("{path}.mqtt.topic"),
-                "must be a topic name without wildcards",
-            );
+            self.err(path.clone(), "must be a topic name without wildcards");
         }
         let unknown: Vec<&str> = placeholders(topic)
             .filter(|p| !matches!(*p, "device" | "pipeline" | "node"))
             .collect();
         if !unknown.is_empty() {
             self.err(
-                format!("{path}.mqtt.topic"),
+                path,
                 format!(
                     "unknown placeholder {{{}}}; use {{device}}, {{pipeline}} or {{node}}",
                     unknown[0]
                 ),
             );
         }
+    }
+
+    /// The episode fields of an action: each only with the trigger it applies to.
+    fn episode(&mut self, path: &str, a: &Action, spec: &EdgePipelineSpec) {
+        if let Some(clear) = a.clear_below {
+            let field = format!("{path}.clearBelow");
+            if a.trigger != ActionTrigger::Anomaly {
+                self.err(field, "is only used with trigger: anomaly");
+            } else if self.finite(&field, clear)
+                && let Some(inference) = &spec.inference
+                && clear > inference.threshold
+            {
+                self.err(
+                    field,
+                    format!("must be <= inference.threshold ({})", inference.threshold),
+                );
+            }
+        }
+        if let Some(margin) = a.hysteresis {
+            let field = format!("{path}.hysteresis");
+            if a.trigger != ActionTrigger::Threshold {
+                self.err(field, "is only used with trigger: threshold");
+            } else if self.finite(&field, margin) && margin < 0.0 {
+                self.err(field, "must be >= 0");
+            }
+        }
+        if a.clear_after == Some(0) {
+            self.err(format!("{path}.clearAfter"), "must be >= 1");
+        }
+        if let Some(cooldown) = &a.cooldown {
+            self.duration(&format!("{path}.cooldown"), cooldown, false);
+        }
+        if a.trigger == ActionTrigger::Classification {
+            if a.clear_after.is_some() {
+                self.err(
+                    format!("{path}.clearAfter"),
+                    "a classification is a single event with nothing to clear",
+                );
+            }
+            if a.resolved.is_some() {
+                self.err(
+                    format!("{path}.resolved"),
+                    "a classification is a single event with nothing to clear",
+                );
+            }
+        }
+        if let Some(topic) = a.resolved.as_ref().and_then(|r| r.topic.as_deref()) {
+            self.topic_template(format!("{path}.resolved.topic"), topic);
+        }
+    }
+
+    fn action(&mut self, path: &str, a: &Action, spec: &EdgePipelineSpec) {
+        self.topic_template(format!("{path}.mqtt.topic"), &a.mqtt.topic);
+        self.episode(path, a, spec);
         if a.mqtt.qos > 1 {
             self.err(format!("{path}.mqtt.qos"), "must be 0 or 1");
         }

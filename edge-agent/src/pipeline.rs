@@ -74,7 +74,7 @@ impl Pipeline {
         let mut units: Vec<UnitContent> = match &mut self.inference {
             Some(inference) => {
                 let records = inference
-                    .on_readings(readings, received, &self.actions)
+                    .on_readings(readings, received, &mut self.actions)
                     .await;
                 let mut units: Vec<UnitContent> =
                     records.into_iter().map(UnitContent::from).collect();
@@ -107,8 +107,8 @@ impl Pipeline {
                 self.metrics
                     .dropped("device_evicted", outcome.evicted_devices);
             }
-            if outcome.threshold_crossed {
-                self.actions.on_threshold(reading, *at);
+            if let Some(margin) = outcome.threshold_margin {
+                self.actions.on_threshold(reading, margin, *at);
             }
             unit.records.extend(outcome.records);
         }

@@ -19,7 +19,7 @@
 //! the reading that changed it, and [`Processors::restore`] loads it back at start: a
 //! restart then changes nothing that is forwarded.
 
-mod devices;
+pub(crate) mod devices;
 mod stage;
 mod window;
 
@@ -76,6 +76,11 @@ pub struct Outcome {
     /// The reading passed a `threshold` stage (drives `trigger: threshold` actions),
     /// whether or not a later stage dropped it.
     pub threshold_crossed: bool,
+    /// How far inside the limits of the `threshold` stages it reached the reading is, in
+    /// the value's unit: the smallest distance to a limit, negative when it is beyond one
+    /// (then `threshold_crossed`). `None` when it reached no threshold stage. Ends alert
+    /// episodes (an action's `hysteresis`).
+    pub threshold_margin: Option<f64>,
     /// Devices whose state was evicted to make room for this reading's device.
     pub evicted_devices: u64,
 }
@@ -366,8 +371,10 @@ impl Processors {
                 Some(s) => stage.passes(s, reading),
                 None => stage.passes(&mut StageState::Stateless, reading),
             };
-            if matches!(stage, Stage::Threshold { .. }) && passes {
-                out.threshold_crossed = true;
+            if let Stage::Threshold { above, below } = stage {
+                let margin = (above - reading.value).min(reading.value - below);
+                out.threshold_margin = Some(out.threshold_margin.map_or(margin, |m| m.min(margin)));
+                out.threshold_crossed |= passes;
             }
             if !passes {
                 out.filtered_by = Some(*name);

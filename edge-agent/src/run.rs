@@ -307,14 +307,8 @@ pub async fn run_with_metrics(
     let (ack_tx, ack_rx) = mpsc::unbounded_channel();
     let acker = tokio::spawn(acknowledge_in_order(ack_rx, source.clone()));
 
-    let (actions, actions_task) = Actions::connect(
-        &config.spec.actions,
-        &config.pipeline,
-        &config.node,
-        &config.source,
-        metrics.clone(),
-    )
-    .map_err(RunError::SourceTls)?;
+    let (actions, actions_task) =
+        Actions::connect(&config, metrics.clone()).map_err(RunError::SourceTls)?;
     let mut pipeline = Pipeline::new(
         &config,
         processors,
@@ -577,7 +571,13 @@ impl Ingest {
         };
         let (topic, payload) = (&m.publish.topic, &m.publish.payload);
         match stage
-            .on_image(topic, payload, m.received_ms, m.received, &pipeline.actions)
+            .on_image(
+                topic,
+                payload,
+                m.received_ms,
+                m.received,
+                &mut pipeline.actions,
+            )
             .await
         {
             Ok(records) => {

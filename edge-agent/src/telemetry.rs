@@ -15,7 +15,10 @@ use prometheus::{
 };
 
 /// Reasons a local action is not published (`edge_agent_actions_failed_total{reason}`).
-pub const ACTION_FAILURES: [&str; 2] = ["bad_topic", "backlog"];
+pub const ACTION_FAILURES: [&str; 3] = ["bad_topic", "backlog", "disconnected"];
+
+/// Reasons a firing reading publishes no alert (`edge_agent_actions_suppressed_total{reason}`).
+pub const ACTION_SUPPRESSIONS: [&str; 2] = ["episode", "cooldown"];
 
 /// Reasons a record is dropped (`edge_agent_records_dropped_total{reason}`).
 pub const DROP_REASONS: [&str; 5] = [
@@ -92,6 +95,8 @@ pub struct Metrics {
     pub upstream_auth_failures: IntCounter,
     /// Local actions not published, by reason (one of [`ACTION_FAILURES`]).
     pub actions_failed: IntCounterVec,
+    /// Firing readings that published no alert, by reason (one of [`ACTION_SUPPRESSIONS`]).
+    pub actions_suppressed: IntCounterVec,
     /// Corrupt queue files moved aside.
     pub queue_corruptions: IntCounter,
     /// Connections to the agent's endpoint closed at once: the connection cap was reached.
@@ -242,7 +247,7 @@ impl Metrics {
                 r,
                 opts(
                     "edge_agent_actions_published_total",
-                    "Local actions published on the source broker.",
+                    "Local actions (alerts and resolved messages) written to the source broker's connection.",
                 ),
             )?,
             upstream_auth_failures: counter(
@@ -256,7 +261,15 @@ impl Metrics {
                 r,
                 opts(
                     "edge_agent_actions_failed_total",
-                    "Local actions not published: bad_topic (the rendered topic is not a valid topic name), backlog (too many publishes waiting for the broker).",
+                    "Local actions not published: bad_topic (the rendered topic is not a valid topic name), backlog (too many publishes waiting for the broker), disconnected (lost with the actions connection before it was written).",
+                ),
+                "reason",
+            )?,
+            actions_suppressed: counter_vec(
+                r,
+                opts(
+                    "edge_agent_actions_suppressed_total",
+                    "Readings that met an action's trigger but published nothing: episode (the device's alert episode was already open), cooldown (the device's last episode started less than cooldown ago).",
                 ),
                 "reason",
             )?,
@@ -433,7 +446,7 @@ impl Metrics {
                 r,
                 hopts(
                     "edge_agent_action_latency_seconds",
-                    "From receiving a reading to publishing its local action.",
+                    "From receiving a reading to its local action being written to the broker connection.",
                     &LATENCY_BUCKETS,
                 ),
             )?,
@@ -445,6 +458,7 @@ impl Metrics {
             .set(1);
         init_labels(&metrics.records_dropped, &DROP_REASONS);
         init_labels(&metrics.actions_failed, &ACTION_FAILURES);
+        init_labels(&metrics.actions_suppressed, &ACTION_SUPPRESSIONS);
         init_labels(&metrics.sync_requests, &SYNC_OUTCOMES);
         init_labels(&metrics.records_enqueued, &RECORD_KINDS);
         for use_ in CREDENTIAL_USES {
@@ -527,6 +541,7 @@ mod tests {
             "edge_agent_anomalies_total",
             "edge_agent_actions_published_total",
             "edge_agent_actions_failed_total",
+            "edge_agent_actions_suppressed_total",
             "edge_agent_upstream_auth_failures_total",
             "edge_agent_credential_reloads_total",
             "edge_agent_queue_corruptions_total",

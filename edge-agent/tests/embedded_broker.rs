@@ -141,14 +141,17 @@ fn subscribe_as(
 }
 
 /// Publishes probe readings until `mosquitto_sub` printed the alert of one: the agent and
-/// the subscriber are then both subscribed.
+/// the subscriber are then both subscribed. Each probe is followed by a reading below the
+/// limit, which ends its alert episode, so the next probe alerts again.
 async fn wait_alert_seen(port: u16, lines: &mpsc::Receiver<String>) {
     let payload = r#"{"device_id":"probe","value":1000}"#;
+    let clear = r#"{"device_id":"probe","value":0}"#;
     eventually(
         Duration::from_secs(15),
         "a probe alert at mosquitto_sub",
         async || {
             publish(port, "sensors/probe/temperature", payload, None).unwrap();
+            publish(port, "sensors/probe/temperature", clear, None).unwrap();
             let seen = lines
                 .recv_timeout(Duration::from_millis(200))
                 .is_ok_and(|l| l.starts_with("alerts/probe "));
@@ -475,8 +478,11 @@ async fn beyond_loopback_only_users_connect_and_only_within_their_topics() {
     let (mut own, own_lines) = subscribe_as(port, "alerts/press-1", login);
     // Until the device's own subscriber sees an alert of its reading (both subscribers
     // are then subscribed, or refused).
+    // A reading below the limit after each one ends its alert episode: the next alerts.
+    let clear = r#"{"device_id":"press-1","value":0}"#;
     eventually(Duration::from_secs(15), "the device's alert", async || {
         publish(port, "sensors/press-1/temperature", reading, login).unwrap();
+        publish(port, "sensors/press-1/temperature", clear, login).unwrap();
         own_lines
             .recv_timeout(Duration::from_millis(300))
             .is_ok_and(|l| l.starts_with("alerts/press-1 {"))

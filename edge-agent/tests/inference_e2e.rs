@@ -53,7 +53,7 @@ fn of_kind(records: &[Value], kind: &str) -> Vec<Value> {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn anomalies_travel_and_alert_for_exactly_the_spiked_windows() {
+async fn anomalies_travel_for_every_spiked_window_and_alert_once_per_episode() {
     const DEVICES: usize = 6;
     const T: usize = 64;
     let spikes: &[(usize, usize)] = &[(1, 25), (4, 30), (4, 52)];
@@ -179,26 +179,69 @@ async fn anomalies_travel_and_alert_for_exactly_the_spiked_windows() {
         );
     }
 
-    // The local alerts: one per anomalous window, on alerts/<device>, none for clean devices.
-    let n = expected.len();
+    // The local alerts: one per episode, not one per anomalous window. Each spike's run of
+    // anomalous windows is one episode: `firing` at its first window, `resolved` at the
+    // first clean window after it (d4's second spike is still open when the stream ends).
+    // Nothing for clean devices.
+    let at = |t: usize| format_timestamp_ms(BASE_MS + t as i64 * 1000);
+    let expected_messages: BTreeSet<(String, String, String, Option<String>)> = [
+        ("d1", "firing", at(25), None),
+        ("d1", "resolved", at(25 + WINDOW), Some(at(25))),
+        ("d4", "firing", at(30), None),
+        ("d4", "resolved", at(30 + WINDOW), Some(at(30))),
+        ("d4", "firing", at(52), None),
+    ]
+    .into_iter()
+    .map(|(d, state, ts, since)| (d.to_string(), state.to_string(), ts, since))
+    .collect();
+    let n = expected_messages.len();
     assert!(eventually(Duration::from_secs(20), || alerts.messages().len() >= n).await);
+    // Nothing more trickles in.
+    tokio::time::sleep(Duration::from_millis(300)).await;
     let messages = alerts.messages();
-    assert_eq!(messages.len(), n);
-    let mut alerted = BTreeSet::new();
+    assert_eq!(messages.len(), n, "{messages:?}");
+    let mut got_messages = BTreeSet::new();
     for (topic, body) in messages {
         let body: Value = serde_json::from_slice(&body).unwrap();
         let device = body["device"].as_str().unwrap().to_string();
         assert_eq!(topic, format!("alerts/{device}"));
         assert_eq!(body["trigger"], "anomaly");
-        assert!(body["score"].as_f64().unwrap() > 0.8);
-        alerted.insert((device, body["timestamp"].as_str().unwrap().to_string()));
+        let score = body["score"].as_f64().unwrap();
+        let state = body["state"].as_str().unwrap().to_string();
+        match state.as_str() {
+            "firing" => assert!(score > 0.8, "{body}"),
+            _ => assert!(score <= 0.8, "{body}"),
+        }
+        got_messages.insert((
+            device,
+            state,
+            body["timestamp"].as_str().unwrap().to_string(),
+            body["since"].as_str().map(str::to_string),
+        ));
     }
-    assert_eq!(alerted, expected);
-    assert!(
+    assert_eq!(got_messages, expected_messages);
+    // Every anomalous window but the three that started an episode was held back.
+    let held = anomalies - 3.0;
+    assert_eq!(
+        agent
+            .metric(
+                "edge_agent_actions_suppressed_total",
+                &["reason=\"episode\""]
+            )
+            .await,
+        held
+    );
+    assert_eq!(
+        agent
+            .metric("edge_agent_actions_published_total", &[])
+            .await,
+        n as f64
+    );
+    assert_eq!(
         agent
             .metric("edge_agent_action_latency_seconds_count", &[])
-            .await
-            >= anomalies
+            .await,
+        n as f64
     );
 }
 

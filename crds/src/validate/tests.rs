@@ -117,3 +117,98 @@ fn only_content_rejections_may_dead_letter() {
             .to_vec()
     );
 }
+
+#[test]
+fn episode_fields_belong_to_their_trigger_and_are_in_range() {
+    let spec = |inference: &str, processors: &str, action: &str| {
+        format!(
+            "{SOURCE}{inference}{processors}actions:\n  - {action}\nsink:\n  http: {{url: \"https://ingest.example/b\"}}\n"
+        )
+    };
+    let model = "inference:\n  model: {path: /m.tflite}\n  threshold: 0.8\n";
+    let threshold = "processors:\n  - threshold: {above: 100}\n";
+    let ok = [
+        spec(
+            model,
+            "",
+            "{trigger: anomaly, mqtt: {topic: a}, clearBelow: 0.5, clearAfter: 3, cooldown: 5m, resolved: {}}",
+        ),
+        spec(
+            "",
+            threshold,
+            "{trigger: threshold, mqtt: {topic: a}, hysteresis: 5, cooldown: 0s, resolved: {topic: \"a/{device}/ok\"}}",
+        ),
+    ];
+    for text in ok {
+        assert_eq!(paths(&text), Vec::<String>::new(), "{text}");
+    }
+    let bad = [
+        (
+            spec(
+                model,
+                "",
+                "{trigger: anomaly, mqtt: {topic: a}, clearBelow: 0.9}",
+            ),
+            "spec.actions[0].clearBelow",
+        ),
+        (
+            spec(
+                model,
+                "",
+                "{trigger: anomaly, mqtt: {topic: a}, hysteresis: 1}",
+            ),
+            "spec.actions[0].hysteresis",
+        ),
+        (
+            spec(
+                "",
+                threshold,
+                "{trigger: threshold, mqtt: {topic: a}, hysteresis: -1}",
+            ),
+            "spec.actions[0].hysteresis",
+        ),
+        (
+            spec(
+                "",
+                threshold,
+                "{trigger: threshold, mqtt: {topic: a}, clearBelow: 1}",
+            ),
+            "spec.actions[0].clearBelow",
+        ),
+        (
+            spec(
+                "",
+                threshold,
+                "{trigger: threshold, mqtt: {topic: a}, clearAfter: 0}",
+            ),
+            "spec.actions[0].clearAfter",
+        ),
+        (
+            spec(
+                "",
+                threshold,
+                "{trigger: threshold, mqtt: {topic: a}, cooldown: soon}",
+            ),
+            "spec.actions[0].cooldown",
+        ),
+        (
+            spec(
+                "",
+                threshold,
+                "{trigger: threshold, mqtt: {topic: a}, resolved: {topic: \"a/#\"}}",
+            ),
+            "spec.actions[0].resolved.topic",
+        ),
+        (
+            spec(
+                model,
+                "",
+                "{trigger: classification, mqtt: {topic: a}, resolved: {}}",
+            ),
+            "spec.actions[0].resolved",
+        ),
+    ];
+    for (text, path) in bad {
+        assert_eq!(paths(&text), [path], "{text}");
+    }
+}

@@ -62,13 +62,18 @@ pub struct Broker {
 
 /// Starts `/usr/sbin/mosquitto` on a free port (config in `dir`) and waits until it accepts.
 pub fn broker(dir: &Path) -> BenchResult<Broker> {
+    broker_with(dir, "")
+}
+
+/// [`broker`] with `extra` lines of configuration.
+pub fn broker_with(dir: &Path, extra: &str) -> BenchResult<Broker> {
     let port = free_port()?;
     let conf = dir.join(format!("mosquitto-{port}.conf"));
     std::fs::write(
         &conf,
         format!(
             "listener {port} 127.0.0.1\nallow_anonymous true\npersistence false\n\
-             max_queued_messages 1000000\nmax_inflight_messages 0\nmax_keepalive 65535\n"
+             max_queued_messages 1000000\nmax_inflight_messages 0\nmax_keepalive 65535\n{extra}"
         ),
     )
     .map_err(|e| e.to_string())?;

@@ -144,6 +144,8 @@ spec:
   actions:
     - trigger: anomaly
       mqtt: {{topic: "alerts/{{device}}", qos: 1}}
+      clearBelow: 0.5
+      clearAfter: 3
   buffer:
     maxBytes: 64Mi
     maxAge: 1h

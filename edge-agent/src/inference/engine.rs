@@ -81,6 +81,15 @@ pub struct Scored {
     pub generation: u64,
 }
 
+/// The scores of a batch of readings, and its anomalies.
+#[derive(Debug, Default)]
+pub struct BatchScores {
+    /// (index of the reading, score) for every full window.
+    pub scores: Vec<(usize, f64)>,
+    /// (index of the reading, anomaly record) for every score above the threshold.
+    pub anomalies: Vec<(usize, Record)>,
+}
+
 /// Inference for one pipeline: windows, the inference thread and the model loader.
 pub struct Inference {
     task: InferenceTask,
@@ -316,9 +325,20 @@ impl Inference {
     /// per window whose score is above the threshold, all windows scored in one model
     /// call. Skipped inferences yield none (and are counted).
     pub async fn anomalies(&mut self, readings: &[Reading]) -> Vec<(usize, Record)> {
+        self.scored(readings).await.anomalies
+    }
+
+    /// The score of every full window of `readings` (index of the reading, score) and the
+    /// anomaly records among them (see [`Inference::anomalies`]), all windows scored in
+    /// one model call. Skipped inferences yield neither (and are counted).
+    pub async fn scored(&mut self, readings: &[Reading]) -> BatchScores {
         let Ok(scored) = self.score(readings).await else {
-            return Vec::new();
+            return BatchScores::default();
         };
+        let scores = scored
+            .iter()
+            .map(|s| (s.index, f64::from(s.score)))
+            .collect();
         let records: Vec<(usize, Record)> = scored
             .into_iter()
             .filter(|s| f64::from(s.score) > self.threshold)
@@ -338,7 +358,10 @@ impl Inference {
             })
             .collect();
         self.metrics.anomalies.inc_by(records.len() as u64);
-        records
+        BatchScores {
+            scores,
+            anomalies: records,
+        }
     }
 
     /// The best classes of an image payload. Skips are counted.

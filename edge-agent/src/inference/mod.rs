@@ -27,7 +27,7 @@ use prometheus::{Histogram, IntCounter, IntCounterVec};
 pub use classify::{image_input, image_size, parse_labels, top_k};
 pub use download::{MAX_REDIRECTS, RedirectRefused, file_url, follow_redirect};
 pub use engine::{
-    Inference, InferenceError, InferenceHold, InferenceSettings, ModelControl, Scored,
+    BatchScores, Inference, InferenceError, InferenceHold, InferenceSettings, ModelControl, Scored,
 };
 pub use golden::{GoldenError, GoldenSet, compare};
 pub use loader::{Control, PrepareError, Prepared, prepare};

@@ -95,20 +95,26 @@ impl InferenceStage {
     }
 
     /// Scores the windows of a batch of readings (in arrival order, `received[i]` the
-    /// arrival of `readings[i]`) in one model call. Each anomaly fires the
-    /// `trigger: anomaly` actions now and comes back among the records of its reading, to
-    /// queue whatever the processors do with that reading.
+    /// arrival of `readings[i]`) in one model call. Every score goes to the
+    /// `trigger: anomaly` actions now, in arrival order (they start and end alert
+    /// episodes); each anomaly comes back among the records of its reading, to queue
+    /// whatever the processors do with that reading.
     pub async fn on_readings(
         &mut self,
         readings: &[Reading],
         received: &[Instant],
-        actions: &Actions,
+        actions: &mut Actions,
     ) -> Vec<Vec<Record>> {
         let mut records = vec![Vec::new(); readings.len()];
-        for (index, record) in self.inference.anomalies(readings).await {
+        let scored = self.inference.scored(readings).await;
+        for (index, score) in scored.scores {
             if let (Some(reading), Some(at)) = (readings.get(index), received.get(index)) {
-                actions.on_anomaly(reading, record.score.unwrap_or_default(), *at);
-                records[index].push(record);
+                actions.on_score(reading, score, *at);
+            }
+        }
+        for (index, record) in scored.anomalies {
+            if let Some(unit) = records.get_mut(index) {
+                unit.push(record);
             }
         }
         records
@@ -123,7 +129,7 @@ impl InferenceStage {
         payload: &[u8],
         received_ms: i64,
         received: Instant,
-        actions: &Actions,
+        actions: &mut Actions,
     ) -> Result<Vec<Record>, InvalidReason> {
         let Some(images) = &self.images else {
             return Ok(Vec::new());

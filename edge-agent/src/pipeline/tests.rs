@@ -48,13 +48,7 @@ async fn pipeline() -> (Pipeline, Arc<Metrics>) {
     // Never connected: the config has no actions to publish.
     let (client, _events) = AsyncClient::new(MqttOptions::new("test", "127.0.0.1", 1), 10);
     let dir = std::env::temp_dir();
-    let actions = Actions::new(
-        &config.spec.actions,
-        &config.pipeline,
-        &config.node,
-        client,
-        metrics.clone(),
-    );
+    let actions = Actions::new(&config, client, metrics.clone());
     let pipeline =
         Pipeline::new(&config, processors, &dir, actions, metrics.clone()).expect("pipeline");
     let loaded = pipeline

@@ -86,6 +86,11 @@ impl<T> DeviceTable<T> {
         Touch::Evicted(slot, old)
     }
 
+    /// The slot of `device`, if it is tracked, without marking it as seen.
+    pub(crate) fn find(&self, device: &str) -> Option<usize> {
+        self.index.get(device).copied()
+    }
+
     /// The name and state in `slot` (a slot returned by [`DeviceTable::touch`]).
     pub(crate) fn get_mut(&mut self, slot: usize) -> Option<(&str, &mut T)> {
         self.slots

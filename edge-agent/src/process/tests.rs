@@ -520,3 +520,28 @@ fn a_saved_state_of_another_chain_is_refused() {
     );
     assert_eq!(b.devices(), 0);
 }
+
+#[test]
+fn the_threshold_margin_is_the_distance_inside_the_nearest_limit() {
+    let band = Processor {
+        threshold: Some(Threshold {
+            above: Some(100.0),
+            below: Some(10.0),
+        }),
+        ..Processor::default()
+    };
+    let mut p = Processors::new(&[range(0.0, 200.0), band], 10).unwrap();
+    let mut margin = |v: f64| {
+        let out = p.apply(&reading("d", v, 0));
+        (out.threshold_margin, out.threshold_crossed)
+    };
+    // Inside: the distance to the nearest limit.
+    assert_eq!(margin(80.0), (Some(20.0), false));
+    assert_eq!(margin(15.0), (Some(5.0), false));
+    assert_eq!(margin(100.0), (Some(0.0), false));
+    // Beyond a limit: negative, and crossed.
+    assert_eq!(margin(105.0), (Some(-5.0), true));
+    assert_eq!(margin(5.0), (Some(-5.0), true));
+    // Dropped before the threshold stage: nothing said about it.
+    assert_eq!(margin(250.0), (None, false));
+}

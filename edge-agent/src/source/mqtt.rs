@@ -147,7 +147,9 @@ pub fn start(
         clear,
         incoming,
     } = SourceConnection::new(settings)?;
-    let (client, events) = AsyncClient::new(options, REQUEST_CAPACITY);
+    let (client, mut events) = AsyncClient::new(options, REQUEST_CAPACITY);
+    // Acknowledgements are small packets that should leave at once, not wait for more.
+    events.network_options.set_tcp_nodelay(true);
     let generation = Arc::new(AtomicU64::new(0));
     let (tx, rx) = mpsc::channel(MESSAGE_CAPACITY);
     let qos = if settings.qos == 0 {

@@ -330,6 +330,7 @@ spec:
   actions:
     - trigger: anomaly
       mqtt: {{topic: "alerts/{{device}}", qos: 1}}
+      resolved: {{}}
     - trigger: classification
       mqtt: {{topic: "labels/{{device}}", qos: 1}}
   buffer: {{durability: os}}
