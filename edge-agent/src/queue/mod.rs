@@ -267,6 +267,7 @@ impl Queue {
                     disk_full: None,
                     max_age,
                     last_expire: Instant::now(),
+                    refusing: false,
                 };
                 writer.publish_stats();
                 runtime.block_on(writer.run(appends_rx, commands_rx, shutdown_writer));
@@ -435,6 +436,8 @@ struct Writer {
     disk_full: Option<Instant>,
     max_age: Duration,
     last_expire: Instant,
+    /// New records are being refused while the drain uses the reserve.
+    refusing: bool,
 }
 
 impl Writer {
@@ -579,7 +582,7 @@ impl Writer {
             Ok(false) => {}
             Err(e) => tracing::warn!(error = %e, "checking the queue file for changes"),
         }
-        if self.stall.is_none()
+        if !matches!(self.stall, Some(Stall::Failing { .. }))
             && let Some(reserve) = self.reserve.as_mut()
         {
             reserve.restore();
@@ -629,6 +632,17 @@ impl Writer {
             self.stall = None;
             return;
         }
+        if self.reserve.as_ref().is_some_and(Reserve::in_use) {
+            if !self.refusing {
+                tracing::warn!(
+                    "the disk is full and the drain is using the queue's reserve: new records are not committed until it is back (dropped as disk_full, or left at the broker under block)"
+                );
+                self.refusing = true;
+            }
+            self.refuse_while_draining();
+            return;
+        }
+        self.refusing = false;
         let units: Vec<UnitRef<'_>> = self
             .pending
             .iter()
@@ -717,6 +731,23 @@ impl Writer {
                 }
             }
         }
+        self.publish_stats();
+    }
+
+    /// The drain is using the reserve on a full disk: new records would take its space
+    /// and stall it, so they are treated as on a full disk (dropped and counted as
+    /// `disk_full`, or under `block` left uncommitted) until the reserve is back.
+    fn refuse_while_draining(&mut self) {
+        if self.store.settings().when_full == WhenFull::Block {
+            self.stall = Some(Stall::Full);
+            return;
+        }
+        let n: usize = self.pending.iter().map(|u| u.records.len()).sum();
+        self.metrics.dropped("disk_full", n as u64);
+        for unit in self.pending.drain(..) {
+            let _ = unit.done.send(Committed::Dropped);
+        }
+        self.stall = None;
         self.publish_stats();
     }
 

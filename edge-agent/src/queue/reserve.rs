@@ -4,7 +4,8 @@
 //! checkpoint may grow the database file. Removing the reserve gives it the room to
 //! checkpoint and to delete what the upstream has acknowledged, so the queue drains and
 //! the space of the deleted records is reused. The reserve is written again once there is
-//! room for it.
+//! room for it; until then it is *in use* by the drain, and the queue commits no new
+//! records (they would take the space the drain needs and stall it).
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -15,7 +16,7 @@ pub const RESERVE_FILE: &str = "queue.reserve";
 /// Size of the reserve.
 pub const RESERVE_BYTES: usize = 512 * 1024;
 /// How long after a release the reserve is not written again.
-const QUIET: Duration = Duration::from_secs(30);
+const QUIET: Duration = Duration::from_secs(5);
 
 /// The reserve file.
 #[derive(Debug)]
@@ -23,6 +24,8 @@ pub struct Reserve {
     path: PathBuf,
     present: bool,
     released_at: Option<Instant>,
+    /// Released for the drain and not written again yet.
+    in_use: bool,
 }
 
 impl Reserve {
@@ -34,6 +37,7 @@ impl Reserve {
             path,
             present,
             released_at: None,
+            in_use: false,
         };
         reserve.restore();
         reserve
@@ -44,12 +48,19 @@ impl Reserve {
         self.present
     }
 
+    /// Whether the reserve was released for the drain and is not back yet: new records
+    /// must not be committed meanwhile.
+    pub fn in_use(&self) -> bool {
+        self.in_use
+    }
+
     /// Deletes the reserve; true if there was one to delete.
     pub fn release(&mut self) -> bool {
         if !self.present {
             return false;
         }
         self.present = false;
+        self.in_use = true;
         self.released_at = Some(Instant::now());
         match std::fs::remove_file(&self.path) {
             Ok(()) => true,
@@ -66,7 +77,10 @@ impl Reserve {
             return;
         }
         match write_zeros(&self.path, RESERVE_BYTES) {
-            Ok(()) => self.present = true,
+            Ok(()) => {
+                self.present = true;
+                self.in_use = false;
+            }
             Err(e) => {
                 let _ = std::fs::remove_file(&self.path);
                 self.released_at = Some(Instant::now());
@@ -96,11 +110,14 @@ mod tests {
             std::fs::metadata(&path).unwrap().len(),
             RESERVE_BYTES as u64
         );
+        assert!(!r.in_use());
         assert!(r.release());
+        assert!(r.in_use(), "the drain has it");
         assert!(!path.exists());
         assert!(!r.release(), "nothing left to release");
         r.restore();
         assert!(!r.present(), "not rewritten right after a release");
+        assert!(r.in_use());
         let again = Reserve::new(dir.path());
         assert!(again.present(), "a new start writes it");
     }
