@@ -225,6 +225,26 @@ async fn f8_with_fsync_durability_a_power_cut_keeps_every_reading_in_the_aggrega
     assert_eq!(sum, (0..n).map(|i| i as f64).sum::<f64>());
 }
 
+/// F8 with a `significantChange` pipeline (window 2, threshold 3; a device's readings
+/// differ by 7 or more): the windows are fsynced with the readings, so after the cut every
+/// reading but each device's very first is forwarded, none twice.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn f8_with_fsync_durability_a_power_cut_keeps_the_significant_change_windows() {
+    let n = if soak() { 10_000 } else { 2_000 };
+    let forwarded = |records: &[serde_json::Value]| indices_by_seq(records).0.len() as u64 + 7;
+    let records = power_cut_with(
+        "fsync",
+        "agent-f8-significant",
+        n,
+        "[{significantChange: {window: 2, threshold: 3}}]",
+        forwarded,
+    )
+    .await;
+    let (got, twice) = indices_by_seq(&records);
+    assert_eq!(got, (7..n).collect(), "{}", difference(&got, n));
+    assert_eq!(twice, 0, "a reading forwarded twice");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn f8_with_os_durability_the_same_power_cut_loses_acknowledged_readings() {
     // Under `os` a cut loses what SQLite had not yet synced at a checkpoint; when the

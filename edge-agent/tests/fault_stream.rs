@@ -342,18 +342,36 @@ async fn f1_kill_9_under_an_inference_pipeline_scores_every_full_window_once() {
 /// window (1000 here) even though the agent's acknowledgements trail its commits.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_burst_killed_at_its_last_reading_loses_nothing_and_stores_few_twice() {
+    burst_killed_at_its_last_reading("agent-burst", "[]").await;
+}
+
+/// The same burst through an inference pipeline (every reading's window scored; the
+/// threshold is above any score): memory stays as flat, nothing is lost.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_burst_through_inference_killed_at_its_last_reading_loses_nothing() {
+    let model = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../tests/models/anomaly_autoencoder.tflite");
+    let processors = format!(
+        "[]\n  inference:\n    model: {{path: {:?}}}\n    window: 16\n    threshold: 1.0e30\n    normalize: {{mean: 200000, std: 100000}}",
+        model.display().to_string()
+    );
+    burst_killed_at_its_last_reading("agent-burst-inference", &processors).await;
+}
+
+async fn burst_killed_at_its_last_reading(client: &str, processors: &str) {
     let n: u64 = 400_000;
     const IN_FLIGHT: usize = 1000;
     let broker = Mosquitto::start();
     let receiver = Receiver::start().await;
     receiver.forget_records();
     let dir = tempfile::tempdir().expect("tempdir");
-    prepare_session(broker.port, "agent-burst", &[TOPIC]).await;
+    prepare_session(broker.port, client, &[TOPIC]).await;
     let yaml = Pipeline {
         broker_port: broker.port,
-        client_id: "agent-burst",
+        client_id: client,
         receiver_port: receiver.port,
         batch_size: 5000,
+        processors,
         extra_sink: "      compression: none",
         ..Pipeline::default()
     }
@@ -361,7 +379,9 @@ async fn a_burst_killed_at_its_last_reading_loses_nothing_and_stores_few_twice()
     let mut agent = Agent::start(dir.path(), &yaml);
     agent.wait_ready().await;
     let started = Instant::now();
-    let publishing = tokio::spawn(publish_range(broker.port, "publisher-burst", 0..n));
+    let publisher = format!("{client}-pub");
+    let port = broker.port;
+    let publishing = tokio::spawn(async move { publish_range(port, &publisher, 0..n).await });
     let received = series("edge_agent_messages_received_total", &[]);
     let deadline = Instant::now() + Duration::from_secs(600);
     let mut peak = 0;
@@ -373,7 +393,7 @@ async fn a_burst_killed_at_its_last_reading_loses_nothing_and_stores_few_twice()
     }
     agent.kill();
     eprintln!(
-        "burst: {n} readings in {:.1?}; agent peak RSS {:.1} MiB",
+        "{client}: {n} readings in {:.1?}; agent peak RSS {:.1} MiB",
         started.elapsed(),
         peak as f64 / 1048576.0
     );
@@ -392,7 +412,7 @@ async fn a_burst_killed_at_its_last_reading_loses_nothing_and_stores_few_twice()
             assert_eq!(distinct, (0..n).collect(), "exactly the published readings");
             let twice = by_seq.len() - distinct.len();
             eprintln!(
-                "burst: {twice} readings stored twice; redeliveries recognised after the restart: {}",
+                "{client}: {twice} readings stored twice; redeliveries recognised after the restart: {}",
                 agent.metric(&series("edge_agent_messages_redelivered_total", &[]))
             );
             assert!(twice <= IN_FLIGHT, "{twice} readings stored twice");
@@ -402,7 +422,7 @@ async fn a_burst_killed_at_its_last_reading_loses_nothing_and_stores_few_twice()
                 peak < 96 * 1024 * 1024,
                 "peak RSS {peak} bytes during a burst of {n}"
             );
-            break;
+            return;
         }
         agent.assert_running();
         assert!(
