@@ -245,6 +245,39 @@ async fn f8_with_fsync_durability_a_power_cut_keeps_the_significant_change_windo
     assert_eq!(twice, 0, "a reading forwarded twice");
 }
 
+/// F8 with an inference pipeline (the autoencoder, threshold below any score): the
+/// windows are fsynced with the readings, so after the cut every full window is scored
+/// exactly once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn f8_with_fsync_durability_a_power_cut_keeps_the_inference_windows() {
+    let n = if soak() { 10_000 } else { 2_100 };
+    let model =
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/models/anomaly_autoencoder.tflite");
+    let processors = format!(
+        "[]\n  inference:\n    model: {{path: {:?}}}\n    window: 16\n    threshold: -1.0\n    normalize: {{mean: 1000, std: 600}}",
+        model.display().to_string()
+    );
+    let scored = |records: &[serde_json::Value]| -> Vec<u64> {
+        records
+            .iter()
+            .filter(|r| r["kind"] == "anomaly")
+            .filter_map(|r| r["value"].as_f64())
+            .map(|v| v as u64)
+            .collect()
+    };
+    // Device d gets the readings i with i % 7 == d; its first 15 fill its window.
+    let expected: std::collections::BTreeSet<u64> = (0..n).filter(|i| i / 7 >= 15).collect();
+    let windows = expected.len() as u64;
+    let records = power_cut_with("fsync", "agent-f8-inference", n, &processors, |records| {
+        scored(records).len() as u64 + (n - windows)
+    })
+    .await;
+    let got = scored(&records);
+    let distinct: std::collections::BTreeSet<u64> = got.iter().copied().collect();
+    assert_eq!(distinct, expected, "every full window scored");
+    assert_eq!(got.len(), distinct.len(), "no window scored twice");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn f8_with_os_durability_the_same_power_cut_loses_acknowledged_readings() {
     // Under `os` a cut loses what SQLite had not yet synced at a checkpoint; when the
