@@ -141,59 +141,107 @@ async fn kill_repeatedly(agent: &mut Agent, rng: &mut rand::rngs::StdRng, kills:
     redelivered
 }
 
+/// An F1 run for a pipeline with `processors`: a 4,000 msg/s stream of `n` readings (20 kills,
+/// soak 60, at seeded random moments), until the publisher is done. The broker and the
+/// data directory live as long as the run.
+struct F1Run {
+    receiver: Receiver,
+    agent: Agent,
+    n: u64,
+    _broker: Mosquitto,
+    _dir: tempfile::TempDir,
+}
+
+async fn f1_with_processors(name: &str, processors: &str, n: u64) -> F1Run {
+    let (n, kills): (u64, usize) = if soak() { (n * 5, 60) } else { (n, 20) };
+    let mut rng = seeded_rng(name);
+    let broker = Mosquitto::start();
+    let receiver = Receiver::start().await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let client = format!("agent-{name}");
+    prepare_session(broker.port, &client, &[TOPIC]).await;
+    let yaml = Pipeline {
+        broker_port: broker.port,
+        client_id: &client,
+        receiver_port: receiver.port,
+        processors,
+        batch_size: 200,
+        buffer: "{durability: fsync}",
+        ..Pipeline::default()
+    }
+    .yaml();
+    let mut agent = Agent::start(dir.path(), &yaml);
+    let (port, publisher) = (broker.port, format!("publisher-{name}"));
+    let publishing =
+        tokio::spawn(async move { publish_through_faults(port, &publisher, 0..n, 40).await });
+    let redelivered = kill_repeatedly(&mut agent, &mut rng, kills).await;
+    tokio::time::timeout(Duration::from_secs(120), publishing)
+        .await
+        .expect("publisher finished")
+        .expect("publisher");
+    eprintln!(
+        "{name}: {kills} kills, {n} readings; redeliveries recognised (last scrapes): {redelivered}"
+    );
+    F1Run {
+        receiver,
+        agent,
+        n,
+        _broker: broker,
+        _dir: dir,
+    }
+}
+
+impl F1Run {
+    /// Polls `check` on the records received (once each by seq) until it returns `Some`,
+    /// or fails after 90 s with what it last said and the agent's log.
+    async fn until<T>(
+        &mut self,
+        mut check: impl FnMut(&[serde_json::Value]) -> Result<T, String>,
+    ) -> T {
+        let deadline = Instant::now() + Duration::from_secs(90);
+        loop {
+            let mut by_seq = std::collections::BTreeMap::new();
+            for r in self.receiver.accepted() {
+                by_seq.insert(r["seq"].as_u64().expect("seq"), r);
+            }
+            let records: Vec<serde_json::Value> = by_seq.into_values().collect();
+            match check(&records) {
+                Ok(done) => return done,
+                Err(progress) => {
+                    self.agent.assert_running();
+                    assert!(
+                        Instant::now() < deadline,
+                        "{progress}\n{}",
+                        self.agent.log_text()
+                    );
+                }
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+}
+
 /// F1 with a `significantChange` pipeline (window 2, threshold 3): a device's readings
 /// differ by 7 or more, so every reading passes but a device's very first, whatever the
 /// order. Without its window across restarts, each restart would drop a first reading
 /// again; a redelivery processed twice would show as a repeated value (difference 0).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn f1_kill_9_under_a_significant_change_pipeline_forwards_what_the_readings_imply() {
-    let (n, kills): (u64, usize) = if soak() { (50_000, 60) } else { (10_000, 20) };
-    let mut rng = seeded_rng("f1-significant-change");
-    let broker = Mosquitto::start();
-    let receiver = Receiver::start().await;
-    let dir = tempfile::tempdir().expect("tempdir");
-    prepare_session(broker.port, "agent-f1s", &[TOPIC]).await;
-    let yaml = Pipeline {
-        broker_port: broker.port,
-        client_id: "agent-f1s",
-        receiver_port: receiver.port,
-        processors: "[{significantChange: {window: 2, threshold: 3}}]",
-        batch_size: 200,
-        ..Pipeline::default()
-    }
-    .yaml();
-    let mut agent = Agent::start(dir.path(), &yaml);
-    let publishing = tokio::spawn(publish_through_faults(
-        broker.port,
-        "publisher-f1s",
-        0..n,
-        40,
-    ));
-    kill_repeatedly(&mut agent, &mut rng, kills).await;
-    tokio::time::timeout(Duration::from_secs(120), publishing)
-        .await
-        .expect("publisher finished")
-        .expect("publisher");
+    let processors = "[{significantChange: {window: 2, threshold: 3}}]";
+    let mut run = f1_with_processors("f1-significant-change", processors, 10_000).await;
     // The first reading of device d is reading d.
-    let expected: std::collections::BTreeSet<u64> = (7..n).collect();
-    let deadline = Instant::now() + Duration::from_secs(60);
-    loop {
-        let (got, twice) = indices_by_seq(&receiver.accepted());
-        if got.len() >= expected.len() {
-            assert_eq!(got, expected, "{}", difference(&got, n));
-            assert_eq!(twice, 0, "a reading forwarded twice");
-            break;
+    let expected: std::collections::BTreeSet<u64> = (7..run.n).collect();
+    let n = run.n;
+    run.until(|records| {
+        let (got, twice) = indices_by_seq(records);
+        if got.len() < expected.len() {
+            return Err(format!("{} of {} forwarded", got.len(), expected.len()));
         }
-        agent.assert_running();
-        assert!(
-            Instant::now() < deadline,
-            "{} of {} forwarded\n{}",
-            got.len(),
-            expected.len(),
-            agent.log_text()
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+        assert_eq!(got, expected, "{}", difference(&got, n));
+        assert_eq!(twice, 0, "a reading forwarded twice");
+        Ok(())
+    })
+    .await;
 }
 
 /// F1 with an `aggregate` pipeline: readings absorbed into open windows are acknowledged
@@ -202,66 +250,27 @@ async fn f1_kill_9_under_a_significant_change_pipeline_forwards_what_the_reading
 /// delivered aggregates count every published reading exactly once.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn f1_kill_9_under_an_aggregate_pipeline_counts_every_reading_once() {
-    let (n, kills): (u64, usize) = if soak() { (50_000, 60) } else { (10_000, 20) };
-    let mut rng = seeded_rng("f1-aggregate");
-    let broker = Mosquitto::start();
-    let receiver = Receiver::start().await;
-    let dir = tempfile::tempdir().expect("tempdir");
-    prepare_session(broker.port, "agent-f1a", &[TOPIC]).await;
-    let yaml = Pipeline {
-        broker_port: broker.port,
-        client_id: "agent-f1a",
-        receiver_port: receiver.port,
-        processors: "[{aggregate: {window: 500ms, functions: [count, sum]}}]",
-        batch_size: 200,
-        buffer: "{durability: fsync}",
-        ..Pipeline::default()
-    }
-    .yaml();
-    let mut agent = Agent::start(dir.path(), &yaml);
-    let publishing = tokio::spawn(publish_through_faults(
-        broker.port,
-        "publisher-f1a",
-        0..n,
-        40,
-    ));
-    let redelivered = kill_repeatedly(&mut agent, &mut rng, kills).await;
-    tokio::time::timeout(Duration::from_secs(120), publishing)
-        .await
-        .expect("publisher finished")
-        .expect("publisher");
+    let processors = "[{aggregate: {window: 500ms, functions: [count, sum]}}]";
+    let mut run = f1_with_processors("f1-aggregate", processors, 10_000).await;
+    let n = run.n;
     let expected_sum: f64 = (0..n).map(|i| i as f64).sum();
-    let deadline = Instant::now() + Duration::from_secs(90);
-    loop {
-        // Each aggregate once, by (node, seq): a batch the upstream got before a kill is
-        // sent again under the same seq.
-        let mut by_seq = std::collections::BTreeMap::new();
-        for r in receiver.accepted() {
-            let seq = r["seq"].as_u64().expect("seq");
-            by_seq.insert(seq, r);
-        }
-        let (count, sum) = by_seq.values().fold((0.0, 0.0), |(c, s), r| {
+    run.until(|records| {
+        let (count, sum) = records.iter().fold((0.0, 0.0), |(c, s), r| {
             (
                 c + r["stats"]["count"].as_f64().unwrap_or(0.0),
                 s + r["stats"]["sum"].as_f64().unwrap_or(0.0),
             )
         });
-        if count >= n as f64 {
-            assert_eq!(count, n as f64, "no reading absorbed twice");
-            assert_eq!(sum, expected_sum, "each reading absorbed once");
-            break;
+        if count < n as f64 {
+            return Err(format!(
+                "aggregates counted {count} of {n} readings (sum {sum} of {expected_sum})"
+            ));
         }
-        agent.assert_running();
-        assert!(
-            Instant::now() < deadline,
-            "aggregates counted {count} of {n} readings (sum {sum} of {expected_sum})\n{}",
-            agent.log_text()
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    eprintln!(
-        "f1-aggregate: {kills} kills, {n} readings; redeliveries recognised (last scrapes): {redelivered}"
-    );
+        assert_eq!(count, n as f64, "no reading absorbed twice");
+        assert_eq!(sum, expected_sum, "each reading absorbed once");
+        Ok(())
+    })
+    .await;
 }
 
 /// F1 with an inference pipeline: every device's sliding window survives each kill -9, so
@@ -269,71 +278,36 @@ async fn f1_kill_9_under_an_aggregate_pipeline_counts_every_reading_once() {
 /// any score, so each scored window is an anomaly record upstream).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn f1_kill_9_under_an_inference_pipeline_scores_every_full_window_once() {
-    let (n, kills): (u64, usize) = if soak() { (50_000, 60) } else { (7_000, 20) };
     const WINDOW: u64 = 16;
-    let mut rng = seeded_rng("f1-inference");
-    let broker = Mosquitto::start();
-    let receiver = Receiver::start().await;
-    let dir = tempfile::tempdir().expect("tempdir");
-    prepare_session(broker.port, "agent-f1i", &[TOPIC]).await;
     let model = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
         .join("../tests/models/anomaly_autoencoder.tflite");
     let processors = format!(
         "[]\n  inference:\n    model: {{path: {:?}}}\n    window: {WINDOW}\n    threshold: -1.0\n    normalize: {{mean: 5000, std: 3000}}",
         model.display().to_string()
     );
-    let yaml = Pipeline {
-        broker_port: broker.port,
-        client_id: "agent-f1i",
-        receiver_port: receiver.port,
-        processors: &processors,
-        batch_size: 200,
-        ..Pipeline::default()
-    }
-    .yaml();
-    let mut agent = Agent::start(dir.path(), &yaml);
-    let publishing = tokio::spawn(publish_through_faults(
-        broker.port,
-        "publisher-f1i",
-        0..n,
-        20,
-    ));
-    kill_repeatedly(&mut agent, &mut rng, kills).await;
-    tokio::time::timeout(Duration::from_secs(120), publishing)
-        .await
-        .expect("publisher finished")
-        .expect("publisher");
+    let mut run = f1_with_processors("f1-inference", &processors, 7_000).await;
     // Device d gets the readings i with i % 7 == d; its first 15 fill its window.
     let expected: std::collections::BTreeSet<u64> =
-        (0..n).filter(|i| i / 7 >= WINDOW - 1).collect();
-    let deadline = Instant::now() + Duration::from_secs(120);
-    loop {
-        let mut by_seq = std::collections::BTreeMap::new();
-        for r in receiver.accepted() {
-            if r["kind"] == "anomaly" {
-                by_seq.insert(
-                    r["seq"].as_u64().expect("seq"),
-                    r["value"].as_f64().unwrap_or(-1.0) as u64,
-                );
-            }
-        }
-        let scored: Vec<u64> = by_seq.values().copied().collect();
+        (0..run.n).filter(|i| i / 7 >= WINDOW - 1).collect();
+    run.until(|records| {
+        let scored: Vec<u64> = records
+            .iter()
+            .filter(|r| r["kind"] == "anomaly")
+            .map(|r| r["value"].as_f64().unwrap_or(-1.0) as u64)
+            .collect();
         let distinct: std::collections::BTreeSet<u64> = scored.iter().copied().collect();
-        if distinct.len() >= expected.len() {
-            assert_eq!(distinct, expected, "every full window scored");
-            assert_eq!(scored.len(), distinct.len(), "no window scored twice");
-            break;
+        if distinct.len() < expected.len() {
+            return Err(format!(
+                "{} of {} windows scored",
+                distinct.len(),
+                expected.len()
+            ));
         }
-        agent.assert_running();
-        assert!(
-            Instant::now() < deadline,
-            "{} of {} windows scored\n{}",
-            distinct.len(),
-            expected.len(),
-            agent.log_text()
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+        assert_eq!(distinct, expected, "every full window scored");
+        assert_eq!(scored.len(), distinct.len(), "no window scored twice");
+        Ok(())
+    })
+    .await;
 }
 
 /// A burst of 400,000 QoS 1 readings at full speed, the agent killed with SIGKILL the moment
