@@ -759,23 +759,18 @@ impl Writer {
                 return;
             }
         };
-        self.metrics
-            .queue_records
-            .set(stats.records.min(i64::MAX as u64) as i64);
-        self.metrics
-            .queue_bytes
-            .set(stats.bytes.min(i64::MAX as u64) as i64);
+        let gauge = |g: &prometheus::IntGauge, v: u64| g.set(v.min(i64::MAX as u64) as i64);
+        gauge(&self.metrics.queue_records, stats.records);
+        gauge(&self.metrics.queue_bytes, stats.bytes);
         let age = stats
             .oldest_ms
             .map_or(0.0, |t| (now_ms() - t).max(0) as f64 / 1000.0);
         self.metrics.queue_oldest_age_seconds.set(age);
-        let dead = stats.dead_letters;
-        self.metrics
-            .dead_letter_records
-            .set(dead.records.min(i64::MAX as u64) as i64);
-        self.metrics
-            .dead_letter_bytes
-            .set(dead.bytes.min(i64::MAX as u64) as i64);
+        gauge(
+            &self.metrics.dead_letter_records,
+            stats.dead_letters.records,
+        );
+        gauge(&self.metrics.dead_letter_bytes, stats.dead_letters.bytes);
         self.stats.send_if_modified(|old| {
             let changed = *old != stats;
             *old = stats;

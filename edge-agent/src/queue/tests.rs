@@ -37,6 +37,18 @@ fn record(device: &str, value: f64) -> Record {
     })
 }
 
+/// Bytes one reading of device `t1` takes in the queue (its upstream JSON).
+fn one_record_bytes() -> u64 {
+    serde_json::to_vec(&UpstreamRecord::new(
+        "factory/line1",
+        "edge-1",
+        1,
+        &record("t1", 1.0),
+    ))
+    .unwrap()
+    .len() as u64
+}
+
 fn open(dir: &Path, s: StoreSettings) -> Store {
     Store::open(dir, s).unwrap().store
 }
@@ -184,14 +196,7 @@ fn a_damaged_page_fails_quick_check_and_is_moved_aside() {
 #[test]
 fn drop_newest_rejects_what_does_not_fit_and_keeps_the_rest() {
     let dir = tempfile::tempdir().unwrap();
-    let one = serde_json::to_vec(&UpstreamRecord::new(
-        "factory/line1",
-        "edge-1",
-        1,
-        &record("t1", 1.0),
-    ))
-    .unwrap()
-    .len() as u64;
+    let one = one_record_bytes();
     let mut s = open(
         dir.path(),
         settings(one * 3 + one / 2, WhenFull::DropNewest, Durability::Os),
@@ -213,14 +218,7 @@ fn drop_newest_rejects_what_does_not_fit_and_keeps_the_rest() {
 #[test]
 fn drop_oldest_evicts_the_oldest_to_make_room() {
     let dir = tempfile::tempdir().unwrap();
-    let one = serde_json::to_vec(&UpstreamRecord::new(
-        "factory/line1",
-        "edge-1",
-        1,
-        &record("t1", 1.0),
-    ))
-    .unwrap()
-    .len() as u64;
+    let one = one_record_bytes();
     let mut s = open(
         dir.path(),
         settings(one * 3 + one / 2, WhenFull::DropOldest, Durability::Os),
@@ -237,14 +235,7 @@ fn drop_oldest_evicts_the_oldest_to_make_room() {
 #[test]
 fn block_leaves_what_does_not_fit_uncommitted() {
     let dir = tempfile::tempdir().unwrap();
-    let one = serde_json::to_vec(&UpstreamRecord::new(
-        "factory/line1",
-        "edge-1",
-        1,
-        &record("t1", 1.0),
-    ))
-    .unwrap()
-    .len() as u64;
+    let one = one_record_bytes();
     let mut s = open(
         dir.path(),
         settings(one * 2 + one / 2, WhenFull::Block, Durability::Os),
@@ -438,14 +429,7 @@ fn a_purge_from_another_process_frees_the_dead_letters_room() {
 #[test]
 fn dead_letters_count_against_max_bytes_and_the_oldest_overflow() {
     let dir = tempfile::tempdir().unwrap();
-    let one = serde_json::to_vec(&UpstreamRecord::new(
-        "factory/line1",
-        "edge-1",
-        1,
-        &record("t1", 1.0),
-    ))
-    .unwrap()
-    .len() as u64;
+    let one = one_record_bytes();
     // Room for 10 records; dead letters may hold 2 one-record batches (+2 bytes each).
     let mut st = settings(10 * one + 5, WhenFull::DropNewest, Durability::Os);
     st.max_dead_letter_bytes = 2 * (one + 2) + 1;
@@ -652,14 +636,7 @@ async fn completions_resolve_after_commit_in_submission_order() {
 #[tokio::test]
 async fn under_block_a_message_is_acknowledged_only_once_space_frees() {
     let dir = tempfile::tempdir().unwrap();
-    let one = serde_json::to_vec(&UpstreamRecord::new(
-        "factory/line1",
-        "edge-1",
-        1,
-        &record("t1", 1.0),
-    ))
-    .unwrap()
-    .len() as u64;
+    let one = one_record_bytes();
     let metrics = Arc::new(crate::telemetry::Metrics::new("factory/line1").unwrap());
     let health = Arc::new(crate::http::Health::new(Duration::from_secs(30)));
     let (queue, done) = Queue::start(
@@ -936,14 +913,7 @@ fn change(key: &str, value: Option<&[u8]>) -> StateChange {
 #[test]
 fn state_and_deliveries_commit_with_their_units() {
     let dir = tempfile::tempdir().unwrap();
-    let one = serde_json::to_vec(&UpstreamRecord::new(
-        "factory/line1",
-        "edge-1",
-        1,
-        &record("t1", 1.0),
-    ))
-    .unwrap()
-    .len() as u64;
+    let one = one_record_bytes();
     let mut s = open(
         dir.path(),
         settings(2 * one + 1, WhenFull::Block, Durability::Fsync),
