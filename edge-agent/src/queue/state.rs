@@ -72,15 +72,21 @@ impl DeliveryId {
 /// key and per packet id.
 #[derive(Default)]
 pub(super) struct Pending<'a> {
-    state: HashMap<&'a str, Option<&'a [u8]>>,
+    /// Each key's last value, with the order of that last change (kept in `touched`, so
+    /// the least recently changed come back first at start).
+    state: HashMap<&'a str, (usize, Option<&'a [u8]>)>,
+    /// Changes added so far.
+    changes: usize,
     deliveries: HashMap<u16, i64>,
 }
 
 impl<'a> Pending<'a> {
     pub(super) fn add(&mut self, state: &'a [StateChange], delivery: Option<DeliveryId>) {
         for change in state {
+            let order = self.changes;
+            self.changes += 1;
             self.state
-                .insert(change.key.as_str(), change.value.as_deref());
+                .insert(change.key.as_str(), (order, change.value.as_deref()));
         }
         if let Some(d) = delivery {
             self.deliveries.insert(d.pkid, d.hash);
@@ -95,7 +101,9 @@ impl<'a> Pending<'a> {
                  ON CONFLICT (key) DO UPDATE SET touched = excluded.touched, value = excluded.value",
             )?;
             let mut delete = tx.prepare_cached("DELETE FROM state WHERE key = ?1")?;
-            for (key, value) in &self.state {
+            let mut changes: Vec<_> = self.state.iter().collect();
+            changes.sort_unstable_by_key(|(_, (order, _))| *order);
+            for (key, (_, value)) in changes {
                 match value {
                     Some(v) => {
                         *clock += 1;

@@ -965,6 +965,8 @@ fn state_and_deliveries_commit_with_their_units() {
     );
     let saved = s.load_state(7).unwrap();
     assert_eq!(saved.rows.len(), 2);
+    let order: Vec<&str> = saved.rows.iter().map(|(k, _)| k.as_str()).collect();
+    assert_eq!(order, ["p/a", "i/a"], "in the order of their last change");
     let mut keys: Vec<&str> = saved.rows.iter().map(|(k, _)| k.as_str()).collect();
     keys.sort_unstable();
     assert_eq!(keys, ["i/a", "p/a"]);
