@@ -17,9 +17,10 @@
 //! key), let the writer commit what it received, send the acknowledgements of everything
 //! committed, disconnect from the broker, stop serving metrics.
 
+use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::path::PathBuf;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
 use tokio::net::TcpListener;
@@ -352,6 +353,7 @@ pub async fn run_with_metrics(
         acks: ack_tx,
         health: health.clone(),
         metrics: metrics.clone(),
+        submitted: Mutex::default(),
     };
     let result = ingest.run(&mut pipeline, messages, &stop).await;
 
@@ -391,7 +393,9 @@ enum PendingAck {
 }
 
 /// Sends acknowledgements in arrival order, each once its unit is committed. A unit that
-/// was never committed (the agent stopped first) is not acknowledged.
+/// was never committed (the agent stopped first) is not acknowledged, and nothing after
+/// it is either: a redelivery acknowledged `Now` may stand for a unit still waiting
+/// ahead of it (see [`Ingest::without_redeliveries`]).
 async fn acknowledge_in_order(
     mut pending: mpsc::UnboundedReceiver<PendingAck>,
     source: SourceHandle,
@@ -400,9 +404,10 @@ async fn acknowledge_in_order(
         match p {
             PendingAck::Now(m) => source.ack(&m).await,
             PendingAck::AfterCommit(done, m) => {
-                if done.await.is_ok() {
-                    source.ack(&m).await;
+                if done.await.is_err() {
+                    break;
                 }
+                source.ack(&m).await;
             }
         }
     }
@@ -413,6 +418,9 @@ struct Ingest {
     acks: mpsc::UnboundedSender<PendingAck>,
     health: Arc<Health>,
     metrics: Arc<Metrics>,
+    /// The last delivery submitted under each packet id by this run (committed or still
+    /// waiting to be): at most one entry per packet id, 64 Ki in all.
+    submitted: Mutex<HashMap<u16, i64>>,
 }
 
 impl Ingest {
@@ -467,15 +475,17 @@ impl Ingest {
         Ok(permit.submit(content, received))
     }
 
-    /// Leaves out the messages the broker delivered again (DUP) whose units are already
-    /// committed: their PUBACK was lost with a connection or a crash. They are
-    /// acknowledged, counted and not processed again.
+    /// Leaves out the messages the broker delivered again (DUP) whose units this run
+    /// already submitted (the connection dropped before their PUBACK left, and the
+    /// redelivery may overtake the commit still in progress) or an earlier run committed
+    /// (the PUBACK was lost with a crash). They are acknowledged in arrival order, so
+    /// after the unit of their first delivery commits, counted and not processed again.
     async fn without_redeliveries(&self, batch: Vec<Message>) -> Result<Vec<Message>, RunError> {
         let mut fresh = Vec::with_capacity(batch.len());
         for m in batch {
             if m.publish.dup
                 && let Some(id) = delivery(&m)
-                && self.queue.delivered(id).await?
+                && (self.submitted_before(id) || self.queue.delivered(id).await?)
             {
                 self.metrics.messages_redelivered.inc();
                 self.ack(PendingAck::Now(m));
@@ -484,6 +494,25 @@ impl Ingest {
             fresh.push(m);
         }
         Ok(fresh)
+    }
+
+    /// The delivery of `m`, remembered as submitted by this run.
+    fn submitting(&self, m: &Message) -> Option<DeliveryId> {
+        let id = delivery(m)?;
+        self.submitted
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .insert(id.pkid, id.hash);
+        Some(id)
+    }
+
+    /// Whether this run submitted the unit of delivery `id`.
+    fn submitted_before(&self, id: DeliveryId) -> bool {
+        self.submitted
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .get(&id.pkid)
+            == Some(&id.hash)
     }
 
     /// Hands a message to the acknowledger, never waiting. A bounded channel here closed a
@@ -556,7 +585,7 @@ impl Ingest {
                 }
                 Ok(_) => {
                     let mut unit = units.next().unwrap_or_default();
-                    unit.delivery = delivery(&m);
+                    unit.delivery = self.submitting(&m);
                     let done = self.submit(unit, m.received).await?;
                     self.ack(PendingAck::AfterCommit(done, m));
                 }
@@ -584,7 +613,7 @@ impl Ingest {
                 let unit = UnitContent {
                     records,
                     state: Vec::new(),
-                    delivery: delivery(&m),
+                    delivery: self.submitting(&m),
                 };
                 let done = self.submit(unit, m.received).await?;
                 self.ack(PendingAck::AfterCommit(done, m));

@@ -135,6 +135,8 @@ pub struct Metrics {
     pub upstream_up: IntGauge,
     /// 1 while connected to the source broker.
     pub mqtt_connected: IntGauge,
+    /// Connections to the source broker established (the first and every reconnect).
+    pub mqtt_connections: IntCounter,
     /// Always 1, labelled with the agent version.
     pub build_info: IntGaugeVec,
     /// Duration of upstream requests.
@@ -406,6 +408,13 @@ impl Metrics {
                 opts(
                     "edge_agent_mqtt_connected",
                     "1 while connected to the source broker.",
+                ),
+            )?,
+            mqtt_connections: counter(
+                r,
+                opts(
+                    "edge_agent_mqtt_connections_total",
+                    "Connections to the source broker established (the first and every reconnect).",
                 ),
             )?,
             build_info: register(

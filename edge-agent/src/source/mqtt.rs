@@ -210,6 +210,7 @@ impl Driver {
                 Ok(Event::Incoming(Incoming::ConnAck(ack))) => {
                     failures = 0;
                     self.generation.fetch_add(1, Ordering::AcqRel);
+                    self.metrics.mqtt_connections.inc();
                     self.connected(true);
                     tracing::info!(url = %crate::diagnostics::url(&self.url), session_present = ack.session_present, "connected to the source broker");
                     if !ack.session_present && !self.filters.is_empty() {
