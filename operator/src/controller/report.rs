@@ -133,6 +133,12 @@ pub fn event_for(transition: &Transition, child: &str) -> Event {
             "Apply",
             message.clone(),
         ),
+        Transition::Stalled { message } => (
+            EventType::Warning,
+            status::reason::PROGRESS_DEADLINE_EXCEEDED,
+            "Rollout",
+            message.clone(),
+        ),
     };
     let mut note = note;
     if note.len() > MAX_NOTE {
