@@ -204,7 +204,10 @@ impl Rollout {
         let mut offline = BTreeSet::new();
         let (mut offline_unready, mut offline_outdated) = (0, 0);
         for agent in &fleet.agents {
-            let Some(node) = agent.node.as_ref().filter(|n| fleet.offline_nodes.contains(*n))
+            let Some(node) = agent
+                .node
+                .as_ref()
+                .filter(|n| fleet.offline_nodes.contains(*n))
             else {
                 continue;
             };
@@ -312,11 +315,7 @@ pub fn compute_from(
 /// When the rollout last made progress: `now` when it did since `previous` (a new
 /// revision, one more node updated or ready, or a rollout that just started), the time
 /// kept in `previous` otherwise.
-fn last_progress(
-    previous: Option<&EdgePipelineStatus>,
-    rollout: &Rollout,
-    now: &Time,
-) -> Time {
+fn last_progress(previous: Option<&EdgePipelineStatus>, rollout: &Rollout, now: &Time) -> Time {
     let Some(previous) = previous else {
         return now.clone();
     };
@@ -524,10 +523,7 @@ fn compute_inner(
                         false,
                         reason::AS_EXPECTED,
                         if r.rolling() {
-                            format!(
-                                "the rollout is progressing (deadline {})",
-                                human(deadline)
-                            )
+                            format!("the rollout is progressing (deadline {})", human(deadline))
                         } else {
                             "no rollout is waiting".to_string()
                         },
@@ -543,7 +539,6 @@ fn compute_inner(
     }
     status
 }
-
 
 /// The status of a valid pipeline whose objects the operator did not apply: Ready and
 /// Progressing False and Degraded True with reason `ApplyFailed` (the API server's message

@@ -134,7 +134,11 @@ async fn an_updated_spec_is_applied_with_a_new_config_hash_and_reports_the_rollo
     );
     let p2 = updated.clone();
     let cm_at = cm_path(&updated);
-    assert_ne!(cm_at, cm_path(&old), "a new configuration is a new ConfigMap");
+    assert_ne!(
+        cm_at,
+        cm_path(&old),
+        "a new configuration is a new ConfigMap"
+    );
     run(
         no_models(),
         move |mut api| async move {

@@ -10,8 +10,8 @@ use std::collections::BTreeMap;
 
 use common::api::{Seen, not_found, respond};
 use common::cluster::{
-    DS_PATH, LEGACY_CM_PATH, STATUS_PATH, UID, cluster_pipeline, condition, daemon_set,
-    cm_path, expect_no_children, no_models, pipeline_with_status, reconciled, run_with,
+    DS_PATH, LEGACY_CM_PATH, STATUS_PATH, UID, cluster_pipeline, cm_path, condition, daemon_set,
+    expect_no_children, no_models, pipeline_with_status, reconciled, run_with,
 };
 use common::default_options;
 use edge_crds::EdgePipeline;

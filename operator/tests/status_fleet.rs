@@ -39,7 +39,12 @@ fn ep(status: Option<EdgePipelineStatus>) -> EdgePipeline {
 }
 
 /// A DaemonSet whose template has config hash `hash` and mounts `line1-agent-<hash>`.
-fn ds(generation: i64, observed: i64, (desired, ready, updated): (i32, i32, i32), hash: &str) -> DaemonSet {
+fn ds(
+    generation: i64,
+    observed: i64,
+    (desired, ready, updated): (i32, i32, i32),
+    hash: &str,
+) -> DaemonSet {
     DaemonSet {
         metadata: ObjectMeta {
             generation: Some(generation),
@@ -55,7 +60,9 @@ fn ds(generation: i64, observed: i64, (desired, ready, updated): (i32, i32, i32)
             }),
             template: PodTemplateSpec {
                 metadata: Some(ObjectMeta {
-                    annotations: Some([(CONFIG_HASH_ANNOTATION.to_string(), hash.to_string())].into()),
+                    annotations: Some(
+                        [(CONFIG_HASH_ANNOTATION.to_string(), hash.to_string())].into(),
+                    ),
                     ..ObjectMeta::default()
                 }),
                 spec: Some(PodSpec {
@@ -130,7 +137,11 @@ fn agents_on_offline_nodes_are_neither_ready_nor_failures() {
         (
             "every node online and ready",
             (3, 3, 3),
-            vec![agent("edge-1", true, "v2"), agent("edge-2", true, "v2"), agent("edge-3", true, "v2")],
+            vec![
+                agent("edge-1", true, "v2"),
+                agent("edge-2", true, "v2"),
+                agent("edge-3", true, "v2"),
+            ],
             &[],
             ("True", reason::ALL_AGENTS_READY),
             ("False", reason::ROLLOUT_COMPLETE),
@@ -140,7 +151,11 @@ fn agents_on_offline_nodes_are_neither_ready_nor_failures() {
         (
             "the only unready agent is on an offline node",
             (3, 2, 3),
-            vec![agent("edge-1", true, "v2"), agent("edge-2", true, "v2"), agent("edge-3", false, "v2")],
+            vec![
+                agent("edge-1", true, "v2"),
+                agent("edge-2", true, "v2"),
+                agent("edge-3", false, "v2"),
+            ],
             &["edge-3"],
             ("True", reason::ONLINE_AGENTS_READY),
             ("False", reason::ROLLOUT_COMPLETE),
@@ -150,7 +165,11 @@ fn agents_on_offline_nodes_are_neither_ready_nor_failures() {
         (
             "the same unready agent on an online node is a failure",
             (3, 2, 3),
-            vec![agent("edge-1", true, "v2"), agent("edge-2", true, "v2"), agent("edge-3", false, "v2")],
+            vec![
+                agent("edge-1", true, "v2"),
+                agent("edge-2", true, "v2"),
+                agent("edge-3", false, "v2"),
+            ],
             &[],
             ("False", reason::AGENTS_NOT_READY),
             ("False", reason::ROLLOUT_COMPLETE),
@@ -160,7 +179,11 @@ fn agents_on_offline_nodes_are_neither_ready_nor_failures() {
         (
             "an offline node not marked unready yet counts as offline",
             (3, 3, 3),
-            vec![agent("edge-1", true, "v2"), agent("edge-2", true, "v2"), agent("edge-3", true, "v2")],
+            vec![
+                agent("edge-1", true, "v2"),
+                agent("edge-2", true, "v2"),
+                agent("edge-3", true, "v2"),
+            ],
             &["edge-3"],
             ("True", reason::ONLINE_AGENTS_READY),
             ("False", reason::ROLLOUT_COMPLETE),
@@ -170,7 +193,11 @@ fn agents_on_offline_nodes_are_neither_ready_nor_failures() {
         (
             "a rollout does not wait for an offline node",
             (3, 2, 2),
-            vec![agent("edge-1", true, "v2"), agent("edge-2", true, "v2"), agent("edge-3", false, "v1")],
+            vec![
+                agent("edge-1", true, "v2"),
+                agent("edge-2", true, "v2"),
+                agent("edge-3", false, "v1"),
+            ],
             &["edge-3"],
             ("True", reason::ONLINE_AGENTS_READY),
             ("False", reason::ROLLOUT_COMPLETE),
@@ -180,7 +207,11 @@ fn agents_on_offline_nodes_are_neither_ready_nor_failures() {
         (
             "but it waits for online nodes",
             (3, 2, 1),
-            vec![agent("edge-1", true, "v2"), agent("edge-2", true, "v1"), agent("edge-3", false, "v1")],
+            vec![
+                agent("edge-1", true, "v2"),
+                agent("edge-2", true, "v1"),
+                agent("edge-3", false, "v1"),
+            ],
             &["edge-3"],
             ("False", reason::ROLLING_OUT),
             ("True", reason::ROLLING_OUT),
@@ -190,7 +221,11 @@ fn agents_on_offline_nodes_are_neither_ready_nor_failures() {
         (
             "an unready online agent beside an offline node",
             (3, 1, 3),
-            vec![agent("edge-1", true, "v2"), agent("edge-2", false, "v2"), agent("edge-3", false, "v2")],
+            vec![
+                agent("edge-1", true, "v2"),
+                agent("edge-2", false, "v2"),
+                agent("edge-3", false, "v2"),
+            ],
             &["edge-3"],
             ("False", reason::AGENTS_NOT_READY),
             ("False", reason::ROLLOUT_COMPLETE),
@@ -210,7 +245,13 @@ fn agents_on_offline_nodes_are_neither_ready_nor_failures() {
     ];
     for (name, counts, agents, offline, ready, progressing, degraded, offline_nodes) in cases {
         let daemon_set = ds(2, 2, counts, "v2");
-        let status = compute_fleet(&ep(None), Ok(()), Some(&daemon_set), &fleet(agents, offline), &at(0));
+        let status = compute_fleet(
+            &ep(None),
+            Ok(()),
+            Some(&daemon_set),
+            &fleet(agents, offline),
+            &at(0),
+        );
         assert_eq!(
             summary(&status),
             expect(&[
@@ -224,14 +265,24 @@ fn agents_on_offline_nodes_are_neither_ready_nor_failures() {
             status.conditions
         );
         assert_eq!(status.offline_nodes, offline_nodes, "{name}");
-        assert_eq!(status.offline_node_names.len(), offline_nodes as usize, "{name}");
-        assert_eq!(status.config_revision.as_deref(), Some("line1-agent-v2"), "{name}");
+        assert_eq!(
+            status.offline_node_names.len(),
+            offline_nodes as usize,
+            "{name}"
+        );
+        assert_eq!(
+            status.config_revision.as_deref(),
+            Some("line1-agent-v2"),
+            "{name}"
+        );
     }
 }
 
 #[test]
 fn offline_node_names_are_sorted_and_bounded() {
-    let agents: Vec<AgentPod> = (0..25).map(|i| agent(&format!("pi-{i:02}"), false, "v1")).collect();
+    let agents: Vec<AgentPod> = (0..25)
+        .map(|i| agent(&format!("pi-{i:02}"), false, "v1"))
+        .collect();
     let offline: Vec<String> = (0..25).map(|i| format!("pi-{i:02}")).collect();
     let offline: Vec<&str> = offline.iter().map(String::as_str).collect();
     let status = compute_fleet(
@@ -246,8 +297,15 @@ fn offline_node_names_are_sorted_and_bounded() {
     assert_eq!(status.offline_node_names[0], "pi-00");
     assert_eq!(status.offline_node_names[9], "pi-09");
     let ready = status.condition("Ready").expect("Ready");
-    assert_eq!((ready.status.as_str(), ready.reason.as_str()), ("True", reason::ONLINE_AGENTS_READY));
-    assert!(ready.message.contains("25 of 25 nodes are offline"), "{}", ready.message);
+    assert_eq!(
+        (ready.status.as_str(), ready.reason.as_str()),
+        ("True", reason::ONLINE_AGENTS_READY)
+    );
+    assert!(
+        ready.message.contains("25 of 25 nodes are offline"),
+        "{}",
+        ready.message
+    );
 }
 
 fn condition(status: &EdgePipelineStatus, type_: &str) -> (String, String) {
@@ -260,51 +318,141 @@ fn a_rollout_without_progress_for_the_deadline_is_stalled_until_it_progresses() 
     let none = Fleet::default();
     let deadline = Duration::from_secs(60);
     // Rolled out, at rest.
-    let complete = compute_fleet(&ep(None), Ok(()), Some(&ds(1, 1, (3, 3, 3), "v1")), &none, &at(0));
-    assert_eq!(condition(&complete, "Stalled"), ("False".into(), reason::AS_EXPECTED.into()));
-    assert_eq!(stall_check_in(&complete, deadline, &at(0)), None, "nothing to wait for");
+    let complete = compute_fleet(
+        &ep(None),
+        Ok(()),
+        Some(&ds(1, 1, (3, 3, 3), "v1")),
+        &none,
+        &at(0),
+    );
+    assert_eq!(
+        condition(&complete, "Stalled"),
+        ("False".into(), reason::AS_EXPECTED.into())
+    );
+    assert_eq!(
+        stall_check_in(&complete, deadline, &at(0)),
+        None,
+        "nothing to wait for"
+    );
 
     // A new revision starts rolling at 100: the clock starts then.
-    let started = compute_fleet(&ep(Some(complete.clone())), Ok(()), Some(&ds(2, 2, (3, 2, 0), "v2")), &none, &at(100));
+    let started = compute_fleet(
+        &ep(Some(complete.clone())),
+        Ok(()),
+        Some(&ds(2, 2, (3, 2, 0), "v2")),
+        &none,
+        &at(100),
+    );
     assert_eq!(started.last_progress_time, Some(at(100)));
     assert_eq!(started.config_revision.as_deref(), Some("line1-agent-v2"));
-    assert_eq!(condition(&started, "Progressing"), ("True".into(), reason::ROLLING_OUT.into()));
-    assert_eq!(stall_check_in(&started, deadline, &at(100)), Some(Duration::from_secs(61)));
+    assert_eq!(
+        condition(&started, "Progressing"),
+        ("True".into(), reason::ROLLING_OUT.into())
+    );
+    assert_eq!(
+        stall_check_in(&started, deadline, &at(100)),
+        Some(Duration::from_secs(61))
+    );
 
     // One node updated at 130: progress.
-    let one = compute_fleet(&ep(Some(started.clone())), Ok(()), Some(&ds(2, 2, (3, 2, 1), "v2")), &none, &at(130));
+    let one = compute_fleet(
+        &ep(Some(started.clone())),
+        Ok(()),
+        Some(&ds(2, 2, (3, 2, 1), "v2")),
+        &none,
+        &at(130),
+    );
     assert_eq!(one.last_progress_time, Some(at(130)));
 
     // Nothing moves: still within the deadline at 190, stalled past it.
-    let waiting = compute_fleet(&ep(Some(one.clone())), Ok(()), Some(&ds(2, 2, (3, 2, 1), "v2")), &none, &at(190));
+    let waiting = compute_fleet(
+        &ep(Some(one.clone())),
+        Ok(()),
+        Some(&ds(2, 2, (3, 2, 1), "v2")),
+        &none,
+        &at(190),
+    );
     assert_eq!(waiting.last_progress_time, Some(at(130)));
     assert_eq!(condition(&waiting, "Stalled").0, "False");
-    assert_eq!(stall_check_in(&waiting, deadline, &at(190)), Some(Duration::from_secs(1)));
-    let stalled = compute_fleet(&ep(Some(waiting.clone())), Ok(()), Some(&ds(2, 2, (3, 2, 1), "v2")), &none, &at(191));
-    assert_eq!(condition(&stalled, "Stalled"), ("True".into(), reason::PROGRESS_DEADLINE_EXCEEDED.into()));
-    assert_eq!(condition(&stalled, "Progressing"), ("True".into(), reason::ROLLING_OUT.into()));
-    assert_eq!(condition(&stalled, "Degraded").0, "False", "one agent down is within maxUnavailable");
+    assert_eq!(
+        stall_check_in(&waiting, deadline, &at(190)),
+        Some(Duration::from_secs(1))
+    );
+    let stalled = compute_fleet(
+        &ep(Some(waiting.clone())),
+        Ok(()),
+        Some(&ds(2, 2, (3, 2, 1), "v2")),
+        &none,
+        &at(191),
+    );
+    assert_eq!(
+        condition(&stalled, "Stalled"),
+        ("True".into(), reason::PROGRESS_DEADLINE_EXCEEDED.into())
+    );
+    assert_eq!(
+        condition(&stalled, "Progressing"),
+        ("True".into(), reason::ROLLING_OUT.into())
+    );
+    assert_eq!(
+        condition(&stalled, "Degraded").0,
+        "False",
+        "one agent down is within maxUnavailable"
+    );
     let message = &stalled.condition("Stalled").expect("Stalled").message;
-    assert!(message.contains("more than 1m") && message.contains("1 of 3 agents updated"), "{message}");
+    assert!(
+        message.contains("more than 1m") && message.contains("1 of 3 agents updated"),
+        "{message}"
+    );
     assert!(matches!(
         transitions(Some(&waiting), &stalled).as_slice(),
         [Transition::Stalled { .. }]
     ));
     assert_eq!(stall_check_in(&stalled, deadline, &at(191)), None);
-    let still = compute_fleet(&ep(Some(stalled.clone())), Ok(()), Some(&ds(2, 2, (3, 2, 1), "v2")), &none, &at(400));
+    let still = compute_fleet(
+        &ep(Some(stalled.clone())),
+        Ok(()),
+        Some(&ds(2, 2, (3, 2, 1), "v2")),
+        &none,
+        &at(400),
+    );
     assert_eq!(still, stalled, "a stalled rollout at rest writes nothing");
-    assert_eq!(transitions(Some(&stalled), &still), vec![], "one Event per stall");
+    assert_eq!(
+        transitions(Some(&stalled), &still),
+        vec![],
+        "one Event per stall"
+    );
 
     // A fixed spec: a new revision is progress, the clock starts again.
-    let fixed = compute_fleet(&ep(Some(still.clone())), Ok(()), Some(&ds(3, 3, (3, 2, 0), "v3")), &none, &at(500));
+    let fixed = compute_fleet(
+        &ep(Some(still.clone())),
+        Ok(()),
+        Some(&ds(3, 3, (3, 2, 0), "v3")),
+        &none,
+        &at(500),
+    );
     assert_eq!(condition(&fixed, "Stalled").0, "False");
     assert_eq!(fixed.last_progress_time, Some(at(500)));
 
     // Complete: Progressing ends, and nothing is stalled at rest however long it lasts.
-    let done = compute_fleet(&ep(Some(fixed.clone())), Ok(()), Some(&ds(3, 3, (3, 3, 3), "v3")), &none, &at(560));
-    assert_eq!(condition(&done, "Progressing"), ("False".into(), reason::ROLLOUT_COMPLETE.into()));
+    let done = compute_fleet(
+        &ep(Some(fixed.clone())),
+        Ok(()),
+        Some(&ds(3, 3, (3, 3, 3), "v3")),
+        &none,
+        &at(560),
+    );
+    assert_eq!(
+        condition(&done, "Progressing"),
+        ("False".into(), reason::ROLLOUT_COMPLETE.into())
+    );
     assert_eq!(condition(&done, "Ready").0, "True");
-    let later = compute_fleet(&ep(Some(done.clone())), Ok(()), Some(&ds(3, 3, (3, 3, 3), "v3")), &none, &at(90_000));
+    let later = compute_fleet(
+        &ep(Some(done.clone())),
+        Ok(()),
+        Some(&ds(3, 3, (3, 3, 3), "v3")),
+        &none,
+        &at(90_000),
+    );
     assert_eq!(later, done);
 }
 
@@ -316,21 +464,45 @@ fn the_default_progress_deadline_is_ten_minutes() {
     let none = Fleet::default();
     let started = compute_fleet(&p, Ok(()), Some(&ds(2, 2, (3, 2, 0), "v2")), &none, &at(0));
     p.status = Some(started);
-    let at_9m = compute_fleet(&p, Ok(()), Some(&ds(2, 2, (3, 2, 0), "v2")), &none, &at(540));
+    let at_9m = compute_fleet(
+        &p,
+        Ok(()),
+        Some(&ds(2, 2, (3, 2, 0), "v2")),
+        &none,
+        &at(540),
+    );
     assert_eq!(condition(&at_9m, "Stalled").0, "False");
     p.status = Some(at_9m);
-    let at_11m = compute_fleet(&p, Ok(()), Some(&ds(2, 2, (3, 2, 0), "v2")), &none, &at(660));
+    let at_11m = compute_fleet(
+        &p,
+        Ok(()),
+        Some(&ds(2, 2, (3, 2, 0), "v2")),
+        &none,
+        &at(660),
+    );
     assert_eq!(condition(&at_11m, "Stalled").0, "True");
-    assert!(at_11m.condition("Stalled").expect("Stalled").message.contains("more than 10m"));
+    assert!(
+        at_11m
+            .condition("Stalled")
+            .expect("Stalled")
+            .message
+            .contains("more than 10m")
+    );
 }
 
 #[test]
 fn only_revisions_no_pod_mounts_are_removed_once_the_template_is_observed() {
-    let owned: Vec<String> = ["line1-agent", "line1-agent-v1", "line1-agent-v2", "line1-agent-v3"]
-        .iter()
-        .map(|s| s.to_string())
-        .collect();
-    let used = |names: &[&str]| -> BTreeSet<String> { names.iter().map(|s| s.to_string()).collect() };
+    let owned: Vec<String> = [
+        "line1-agent",
+        "line1-agent-v1",
+        "line1-agent-v2",
+        "line1-agent-v3",
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect();
+    let used =
+        |names: &[&str]| -> BTreeSet<String> { names.iter().map(|s| s.to_string()).collect() };
     // (name, DaemonSet generation and observed generation, revisions the pods mount, removed)
     let cases: [(&str, (i64, i64), BTreeSet<String>, &[&str]); 4] = [
         (
@@ -360,6 +532,10 @@ fn only_revisions_no_pod_mounts_are_removed_once_the_template_is_observed() {
     ];
     for (name, (generation, observed), in_use, removed) in cases {
         let daemon_set = ds(generation, observed, (3, 3, 3), "v3");
-        assert_eq!(unused_revisions(&owned, &daemon_set, &in_use), removed, "{name}");
+        assert_eq!(
+            unused_revisions(&owned, &daemon_set, &in_use),
+            removed,
+            "{name}"
+        );
     }
 }

@@ -249,7 +249,10 @@ pub fn unused_revisions(
 ) -> Vec<String> {
     let observed = match (
         daemon_set.metadata.generation,
-        daemon_set.status.as_ref().and_then(|s| s.observed_generation),
+        daemon_set
+            .status
+            .as_ref()
+            .and_then(|s| s.observed_generation),
     ) {
         (Some(generation), Some(observed)) => observed >= generation,
         _ => false,

@@ -550,7 +550,12 @@ async fn status_after_apply(
     ) {
         Ok(rendered) => {
             let digest = rendered.digest().map_err(Error::Render)?;
-            let revision = rendered.config_map.metadata.name.clone().unwrap_or_default();
+            let revision = rendered
+                .config_map
+                .metadata
+                .name
+                .clone()
+                .unwrap_or_default();
             if ctx.unchanged(key, &namespace, child, &revision, &digest) {
                 (None, read_daemon_set(daemon_sets, child).await?)
             } else {

@@ -157,7 +157,9 @@ pub fn revision_labels(name: &str) -> BTreeMap<String, String> {
 
 /// Label selector of the configuration revisions of pipeline `name`.
 pub fn revision_selector(name: &str) -> String {
-    format!("app.kubernetes.io/instance={name},{COMPONENT_LABEL}={CONFIG_COMPONENT},{MANAGED_BY_SELECTOR}")
+    format!(
+        "app.kubernetes.io/instance={name},{COMPONENT_LABEL}={CONFIG_COMPONENT},{MANAGED_BY_SELECTOR}"
+    )
 }
 
 /// The labels of every object of pipeline `name`.
