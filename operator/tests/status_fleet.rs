@@ -504,7 +504,13 @@ fn only_revisions_no_pod_mounts_are_removed_once_the_template_is_observed() {
     let used =
         |names: &[&str]| -> BTreeSet<String> { names.iter().map(|s| s.to_string()).collect() };
     // (name, DaemonSet generation and observed generation, revisions the pods mount, removed)
-    let cases: [(&str, (i64, i64), BTreeSet<String>, &[&str]); 4] = [
+    type Case = (
+        &'static str,
+        (i64, i64),
+        BTreeSet<String>,
+        &'static [&'static str],
+    );
+    let cases: [Case; 4] = [
         (
             "mid-rollout: pods on v1 keep it",
             (3, 3),

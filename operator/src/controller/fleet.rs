@@ -1,14 +1,14 @@
 //! The agent pods and the nodes as the controller caches them: reduced to what the
 //! status (who is ready, on which node, with which configuration) and the removal of old
 //! configuration revisions (which ConfigMap each pod mounts) need, so a fleet of
-//! thousands of pods costs little memory; and which pipelines a pod or a node change
-//! concerns.
+//! thousands of pods costs little memory; a pipeline's agents and offline nodes as the
+//! [`Context`] finds them there; and which pipelines a pod or a node change concerns.
 //!
 //! A node change reaches the pipelines with an agent on it only when the node goes
 //! offline or comes back, not on every heartbeat.
 
 use std::collections::{BTreeMap, HashMap};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 
 use k8s_openapi::api::core::v1::{
     Node, NodeCondition, NodeSpec, NodeStatus, Pod, PodCondition, PodSpec, PodStatus,
@@ -16,14 +16,57 @@ use k8s_openapi::api::core::v1::{
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use kube::runtime::reflector::{ObjectRef, Store};
 
-use super::StoredPipeline;
+use super::{Context, StoredPipeline};
 use crate::render::{CONFIG_HASH_ANNOTATION, CONFIG_VOLUME, mounted_revision};
-use crate::status::node_offline;
+use crate::status::{AgentPod, Fleet, node_offline};
 
 /// Label naming the pipeline of an agent pod.
 const INSTANCE_LABEL: &str = "app.kubernetes.io/instance";
 /// Upper bound on the nodes whose offline state is remembered between changes.
 const MAX_TRACKED_NODES: usize = 65_536;
+
+impl Context {
+    /// The agent pods of the pipeline `namespace/name` in the cache.
+    pub(super) fn agent_pods(&self, namespace: &str, name: &str) -> Vec<Arc<Pod>> {
+        self.pods
+            .state()
+            .into_iter()
+            .filter(|pod| {
+                pod.metadata.namespace.as_deref() == Some(namespace)
+                    && pod
+                        .metadata
+                        .labels
+                        .as_ref()
+                        .and_then(|l| l.get("app.kubernetes.io/instance"))
+                        .is_some_and(|instance| instance == name)
+            })
+            .collect()
+    }
+
+    /// The agent pods of the pipeline `namespace/name` and which of their nodes are
+    /// offline, as the caches show them.
+    pub(super) fn fleet(&self, namespace: &str, name: &str) -> Fleet {
+        let agents: Vec<AgentPod> = self
+            .agent_pods(namespace, name)
+            .iter()
+            .map(|pod| AgentPod::of(pod))
+            .collect();
+        let offline_nodes = agents
+            .iter()
+            .filter_map(|agent| agent.node.as_ref())
+            .filter(|node| {
+                self.nodes
+                    .get(&ObjectRef::new(node))
+                    .is_some_and(|n| node_offline(&n))
+            })
+            .cloned()
+            .collect();
+        Fleet {
+            agents,
+            offline_nodes,
+        }
+    }
+}
 
 /// Reduces an agent pod to its identity, labels, config hash, node, configuration volume
 /// and Ready condition.

@@ -67,7 +67,7 @@ use crate::policy::{self, SECRET_OPT_IN_LABEL, TenantPolicy};
 use crate::render::{
     FIELD_MANAGER, MODEL_SELECTOR, RenderError, RenderOptions, agent_name, check, render,
 };
-use crate::status::{self, AgentPod, Blocked, Fleet};
+use crate::status::{self, Blocked};
 use crate::telemetry::{Metrics, ReconcileResult};
 
 /// How often a healthy pipeline is reconciled again.
@@ -212,47 +212,6 @@ impl Context {
         self.pods = pods;
         self.nodes = nodes;
         self
-    }
-
-    /// The agent pods of the pipeline `namespace/name` in the cache.
-    fn agent_pods(&self, namespace: &str, name: &str) -> Vec<Arc<Pod>> {
-        self.pods
-            .state()
-            .into_iter()
-            .filter(|pod| {
-                pod.metadata.namespace.as_deref() == Some(namespace)
-                    && pod
-                        .metadata
-                        .labels
-                        .as_ref()
-                        .and_then(|l| l.get("app.kubernetes.io/instance"))
-                        .is_some_and(|instance| instance == name)
-            })
-            .collect()
-    }
-
-    /// The agent pods of the pipeline `namespace/name` and which of their nodes are
-    /// offline, as the caches show them.
-    fn fleet(&self, namespace: &str, name: &str) -> Fleet {
-        let agents: Vec<AgentPod> = self
-            .agent_pods(namespace, name)
-            .iter()
-            .map(|pod| AgentPod::of(pod))
-            .collect();
-        let offline_nodes = agents
-            .iter()
-            .filter_map(|agent| agent.node.as_ref())
-            .filter(|node| {
-                self.nodes
-                    .get(&ObjectRef::new(node))
-                    .is_some_and(|n| status::node_offline(&n))
-            })
-            .cloned()
-            .collect();
-        Fleet {
-            agents,
-            offline_nodes,
-        }
     }
 
     /// Gives the context the tenant policy and the cache (metadata only) of the Secrets
@@ -598,7 +557,7 @@ async fn status_after_apply(
                         return Ok(failed(message, Error::ApplyDaemonSet { name, source }));
                     }
                 };
-                tracing::debug!(pipeline = %name, %namespace, "applied ConfigMap and DaemonSet");
+                tracing::debug!(pipeline = %name, %namespace, configmap = %revision, "applied the configuration revision and the DaemonSet");
                 ctx.remember(
                     key.clone(),
                     Applied {
