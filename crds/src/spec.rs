@@ -34,6 +34,7 @@ use crate::units::{Duration, Size};
         status = "crate::status::EdgePipelineStatus",
         printcolumn = r#"{"name":"Ready","type":"string","jsonPath":".status.conditions[?(@.type==\"Ready\")].status"}"#,
         printcolumn = r#"{"name":"Nodes","type":"integer","jsonPath":".status.readyNodes","description":"Nodes whose agent is ready"}"#,
+        printcolumn = r#"{"name":"Offline","type":"integer","jsonPath":".status.offlineNodes","description":"Nodes of this pipeline that are NotReady or unreachable"}"#,
         printcolumn = r#"{"name":"Desired","type":"integer","jsonPath":".status.desiredNodes","priority":1}"#,
         printcolumn = r#"{"name":"Age","type":"date","jsonPath":".metadata.creationTimestamp"}"#
     )
@@ -87,6 +88,12 @@ pub struct EdgePipelineSpec {
     /// Cluster only: how the agent pods are run.
     #[serde(default)]
     pub agent: AgentSettings,
+
+    /// Cluster only: how a change reaches the nodes. The agents are replaced node by node
+    /// (`agent.maxUnavailable` at a time); this says when a rollout counts as stalled.
+    /// Not part of the agent's configuration: changing it rolls nothing.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rollout: Option<RolloutSettings>,
 }
 
 /// Where readings come from.
@@ -1112,6 +1119,40 @@ impl Default for AgentSettings {
 
 fn default_metrics_port() -> i32 {
     9464
+}
+
+/// How a change of the pipeline is rolled out (cluster only).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct RolloutSettings {
+    /// How long a rollout may go without progress (one more node updated or ready) before
+    /// the pipeline gets the `Stalled` condition, reason `ProgressDeadlineExceeded`. The
+    /// rollout itself goes on; offline nodes never count against it.
+    #[serde(default = "default_progress_deadline")]
+    pub progress_deadline: Duration,
+}
+
+impl Default for RolloutSettings {
+    fn default() -> Self {
+        Self {
+            progress_deadline: default_progress_deadline(),
+        }
+    }
+}
+
+fn default_progress_deadline() -> Duration {
+    Duration::new("10m")
+}
+
+impl EdgePipelineSpec {
+    /// `spec.rollout.progressDeadline`, or its default (10 minutes) when absent or
+    /// unparsable (validation reports the latter).
+    pub fn progress_deadline(&self) -> std::time::Duration {
+        self.rollout
+            .as_ref()
+            .and_then(|r| r.progress_deadline.to_std().ok())
+            .unwrap_or(std::time::Duration::from_secs(600))
+    }
 }
 
 /// A borrowed view of a [`Processor`] as the closed set of stage kinds it can be.

@@ -1,7 +1,7 @@
 //! The `EdgePipeline` status written by the operator: how many nodes run the current
 //! agent, and conditions a human or `kubectl wait --for=condition=Ready` can read.
 
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
@@ -13,6 +13,8 @@ pub const CONDITION_PROGRESSING: &str = "Progressing";
 pub const CONDITION_DEGRADED: &str = "Degraded";
 /// Condition type: the spec failed validation; the last good agents keep running.
 pub const CONDITION_INVALID: &str = "Invalid";
+/// Condition type: a rollout made no progress within `spec.rollout.progressDeadline`.
+pub const CONDITION_STALLED: &str = "Stalled";
 /// Condition type: an object with the agent's name exists that this pipeline does not
 /// control; the operator leaves it untouched. Present only while True.
 pub const CONDITION_CONFLICT: &str = "Conflict";
@@ -33,8 +35,25 @@ pub struct EdgePipelineStatus {
     /// Number of nodes running the agent for the current configuration.
     #[serde(default)]
     pub updated_nodes: i32,
-    /// Conditions: `Ready`, `Progressing`, `Degraded` and `Invalid`; `Conflict` while an
-    /// object with the agent's name belongs to someone else.
+    /// Number of nodes of this pipeline that are NotReady or unreachable (a node without
+    /// power, a lost link). Their agents count as offline, not as failures: they catch up
+    /// when the node comes back.
+    #[serde(default)]
+    pub offline_nodes: i32,
+    /// Names of the offline nodes, sorted; at most 10 (`offlineNodes` has the count).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 10))]
+    pub offline_node_names: Vec<String>,
+    /// The ConfigMap holding the configuration revision being rolled out (content-named,
+    /// immutable): `<name>-agent-<hash>`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub config_revision: Option<String>,
+    /// When the current rollout last made progress (one more node updated or ready, or a
+    /// new revision); `Stalled` turns True when it is older than the progress deadline.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_progress_time: Option<Time>,
+    /// Conditions: `Ready`, `Progressing`, `Degraded`, `Stalled` and `Invalid`; `Conflict`
+    /// while an object with the agent's name belongs to someone else.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub conditions: Vec<Condition>,
 }

@@ -68,6 +68,13 @@ pub fn validate(spec: &EdgePipelineSpec) -> Result<(), Vec<FieldError>> {
     v.buffer(&spec.buffer);
     v.sink(&spec.sink);
     v.agent(&spec.agent);
+    if let Some(rollout) = &spec.rollout {
+        v.duration(
+            "spec.rollout.progressDeadline",
+            &rollout.progress_deadline,
+            true,
+        );
+    }
     // One message per field: a golden file that is a URL is not also a bad file name.
     for e in crate::names::check_spec(spec) {
         if !v.errors.iter().any(|x| x.path == e.path) {

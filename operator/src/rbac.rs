@@ -1,4 +1,4 @@
-//! The Kubernetes permissions the operator needs, exactly: the Helm chart's ClusterRole
+//! The Kubernetes permissions the operator needs, exactly: the Helm chart's ClusterRoles
 //! (and the leader-election Role) are tested against [`required_permissions`], and the
 //! reconcile tests check every request the operator makes against it.
 
@@ -9,6 +9,9 @@ pub enum Scope {
     Cluster,
     /// Only in the operator's own namespace (`--lease-namespace`), for leader election.
     LeaseNamespace,
+    /// Cluster-scoped resources (Nodes): granted cluster-wide also when the operator
+    /// watches one namespace, read-only.
+    ClusterScoped,
 }
 
 /// One RBAC rule: verbs on a resource of an API group (`""` is the core group).
@@ -59,6 +62,11 @@ fn rule(
 ///   outside the tenant policy).
 /// - ConfigMaps: `list`/`watch` (owned ones and model ConfigMaps, by label),
 ///   `create`/`patch`, `delete` (as DaemonSets).
+/// - Pods: `list`/`watch` (the agent pods, by label): which node each agent is on,
+///   whether it is ready, and which configuration revision it mounts (a revision is
+///   deleted only when no pod uses it).
+/// - Nodes (cluster-scoped, granted cluster-wide in every mode): `list`/`watch`, to tell
+///   an agent on an offline node (NotReady, unreachable) from a failing one.
 /// - Secrets: `list`/`watch`, only ever asked for as metadata (`PartialObjectMetadata`)
 ///   and only for those labelled `edgepipe.dev/allow-pipelines=true`, to know which
 ///   Secrets opted in. The operator never reads a Secret's data; RBAC cannot express
@@ -89,7 +97,9 @@ pub fn required_permissions() -> Vec<Permission> {
             "configmaps",
             &["get", "list", "watch", "create", "patch", "delete"],
         ),
+        rule(Cluster, "", "pods", &["list", "watch"]),
         rule(Cluster, "", "secrets", &["list", "watch"]),
+        rule(ClusterScoped, "", "nodes", &["list", "watch"]),
         rule(Cluster, "events.k8s.io", "events", &["create", "patch"]),
         rule(
             LeaseNamespace,

@@ -3,8 +3,10 @@
 //!
 //! - `edge_operator_reconciliations_total{result="success|error"}`
 //! - `edge_operator_reconcile_duration_seconds` (histogram)
-//! - `edge_operator_pipelines{condition="Ready|Progressing|Degraded|Invalid"}`: pipelines
-//!   whose condition is `True`, counted from the controller's cache when scraped
+//! - `edge_operator_pipelines{condition="Ready|Progressing|Degraded|Invalid|Conflict|Stalled"}`:
+//!   pipelines whose condition is `True`, counted from the controller's cache when scraped
+//! - `edge_operator_offline_agents`: agents on offline (NotReady or unreachable) nodes,
+//!   summed over the pipelines' `status.offlineNodes`, counted the same way
 //! - `edge_operator_build_info{version}`: always 1
 
 use std::sync::RwLock;
@@ -13,22 +15,23 @@ use std::time::Duration;
 use edge_crds::EdgePipelineStatus;
 use edge_crds::status::{
     CONDITION_CONFLICT, CONDITION_DEGRADED, CONDITION_INVALID, CONDITION_PROGRESSING,
-    CONDITION_READY,
+    CONDITION_READY, CONDITION_STALLED,
 };
 use kube::runtime::reflector::Store;
 
 use crate::controller::StoredPipeline;
 use prometheus::{
-    Histogram, HistogramOpts, IntCounterVec, IntGaugeVec, Opts, Registry, TextEncoder,
+    Histogram, HistogramOpts, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry, TextEncoder,
 };
 
 /// The conditions counted by `edge_operator_pipelines`.
-pub const CONDITIONS: [&str; 5] = [
+pub const CONDITIONS: [&str; 6] = [
     CONDITION_READY,
     CONDITION_PROGRESSING,
     CONDITION_DEGRADED,
     CONDITION_INVALID,
     CONDITION_CONFLICT,
+    CONDITION_STALLED,
 ];
 
 /// The outcome of one reconciliation, as a metric label.
@@ -55,6 +58,7 @@ pub struct Metrics {
     reconciliations: IntCounterVec,
     reconcile_duration: Histogram,
     pipelines: IntGaugeVec,
+    offline_agents: IntGauge,
     pipelines_source: RwLock<Option<Store<StoredPipeline>>>,
 }
 
@@ -85,6 +89,10 @@ impl Metrics {
             ),
             &["condition"],
         )?;
+        let offline_agents = IntGauge::new(
+            "edge_operator_offline_agents",
+            "Agents on nodes that are NotReady or unreachable, summed over EdgePipelines.",
+        )?;
         let build_info = IntGaugeVec::new(
             Opts::new(
                 "edge_operator_build_info",
@@ -95,6 +103,7 @@ impl Metrics {
         registry.register(Box::new(reconciliations.clone()))?;
         registry.register(Box::new(reconcile_duration.clone()))?;
         registry.register(Box::new(pipelines.clone()))?;
+        registry.register(Box::new(offline_agents.clone()))?;
         registry.register(Box::new(build_info.clone()))?;
 
         build_info
@@ -111,6 +120,7 @@ impl Metrics {
             reconciliations,
             reconcile_duration,
             pipelines,
+            offline_agents,
             pipelines_source: RwLock::new(None),
         })
     }
@@ -131,10 +141,12 @@ impl Metrics {
         }
     }
 
-    /// Sets `edge_operator_pipelines` from the statuses of a set of pipelines.
+    /// Sets `edge_operator_pipelines` and `edge_operator_offline_agents` from the statuses of a set of pipelines.
     pub fn observe_pipelines(&self, statuses: impl IntoIterator<Item = EdgePipelineStatus>) {
         let mut counts = [0_i64; CONDITIONS.len()];
+        let mut offline = 0_i64;
         for status in statuses {
+            offline += i64::from(status.offline_nodes.max(0));
             for (i, condition) in CONDITIONS.iter().enumerate() {
                 if status
                     .condition(condition)
@@ -147,6 +159,7 @@ impl Metrics {
         for (condition, count) in CONDITIONS.iter().zip(counts) {
             self.pipelines.with_label_values(&[condition]).set(count);
         }
+        self.offline_agents.set(offline);
     }
 
     /// The metrics in the Prometheus text format.

@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use common::api::{Seen, internal_error, not_found, respond};
 use common::cluster::{
-    CM_PATH, DS_PATH, STATUS_PATH, UID, cluster_pipeline, condition, config_hash, daemon_set,
+    DS_PATH, STATUS_PATH, UID, cluster_pipeline, cm_path, condition, config_hash, daemon_set,
     expect_no_children, no_models, pipeline_with_status, reconciled, run,
 };
 use common::default_options;
@@ -36,11 +36,12 @@ async fn a_new_pipeline_gets_its_config_map_daemon_set_status_and_a_created_even
     let p = cluster_pipeline(1, "", None);
     let expected = render(&p, &default_options()).expect("renders");
     let (p2, expected2) = (p.clone(), expected.clone());
+    let cm_at = cm_path(&p);
     run(
         no_models(),
         move |mut api| async move {
-            expect_no_children(&mut api).await;
-            let cm = api.expect_apply(CM_PATH, None).await;
+            expect_no_children(&mut api, &cm_at).await;
+            let cm = api.expect_apply(&cm_at, None).await;
             assert_eq!(
                 cm.body,
                 serde_json::to_value(&expected2.config_map).expect("json")
@@ -132,11 +133,17 @@ async fn an_updated_spec_is_applied_with_a_new_config_hash_and_reports_the_rollo
         Some(complete),
     );
     let p2 = updated.clone();
+    let cm_at = cm_path(&updated);
+    assert_ne!(
+        cm_at,
+        cm_path(&old),
+        "a new configuration is a new ConfigMap"
+    );
     run(
         no_models(),
         move |mut api| async move {
-            expect_no_children(&mut api).await;
-            let cm = api.expect_apply(CM_PATH, None).await;
+            expect_no_children(&mut api, &cm_at).await;
+            let cm = api.expect_apply(&cm_at, None).await;
             let text = cm.body["data"]["pipeline.yaml"].as_str().expect("config");
             assert!(text.contains("deadband"), "{text}");
             let (seen, send) = api.expect(Method::PATCH, DS_PATH).await;
@@ -327,11 +334,12 @@ async fn an_unchanged_pipeline_applies_its_objects_and_writes_no_status() {
         &Time(Timestamp::from_second(1_800_000_000).expect("time")),
     );
     let p = cluster_pipeline(3, "", Some(status));
+    let cm_at = cm_path(&p);
     run(
         no_models(),
         move |mut api| async move {
-            expect_no_children(&mut api).await;
-            api.expect_apply(CM_PATH, None).await;
+            expect_no_children(&mut api, &cm_at).await;
+            api.expect_apply(&cm_at, None).await;
             api.expect_apply(DS_PATH, Some(live)).await;
             api
         },
@@ -373,12 +381,13 @@ async fn failed_applies_set_degraded_and_back_off_exponentially_up_to_a_cap() {
             &Time(Timestamp::from_second(1_800_000_000).expect("time")),
         )),
     );
+    let cm_at = cm_path(&p);
     run(
         no_models(),
         |mut api| async move {
             for attempt in 0..2 {
-                expect_no_children(&mut api).await;
-                api.expect_apply(CM_PATH, None).await;
+                expect_no_children(&mut api, &cm_at).await;
+                api.expect_apply(&cm_at, None).await;
                 let (_, send) = api.expect(Method::PATCH, DS_PATH).await;
                 respond(send, StatusCode::INTERNAL_SERVER_ERROR, internal_error());
                 if attempt == 1 {
@@ -402,8 +411,8 @@ async fn failed_applies_set_degraded_and_back_off_exponentially_up_to_a_cap() {
                 assert_eq!(event.body["reason"], "ApplyFailed");
                 assert_eq!(event.body["type"], "Warning");
             }
-            expect_no_children(&mut api).await;
-            api.expect_apply(CM_PATH, None).await;
+            expect_no_children(&mut api, &cm_at).await;
+            api.expect_apply(&cm_at, None).await;
             let (seen, send) = api.expect(Method::PATCH, DS_PATH).await;
             respond(send, StatusCode::OK, daemon_set(&seen.body, 1, 1, 0, 0, 0));
             api
@@ -504,11 +513,12 @@ async fn the_model_config_map_version_is_part_of_the_config_hash() {
         );
         cluster_pipeline(1, MODEL, Some(status))
     };
+    let cm_at = cm_path(&p);
     run(
         model_store("weights v1"),
         move |mut api| async move {
-            expect_no_children(&mut api).await;
-            api.expect_apply(CM_PATH, None).await;
+            expect_no_children(&mut api, &cm_at).await;
+            api.expect_apply(&cm_at, None).await;
             let (seen, send) = api.expect(Method::PATCH, DS_PATH).await;
             assert_eq!(config_hash(&seen.body), expected);
             let volumes = seen

@@ -10,7 +10,7 @@ use std::collections::BTreeMap;
 
 use common::api::{Seen, not_found, respond};
 use common::cluster::{
-    CM_PATH, DS_PATH, STATUS_PATH, UID, cluster_pipeline, condition, daemon_set,
+    DS_PATH, LEGACY_CM_PATH, STATUS_PATH, UID, cluster_pipeline, cm_path, condition, daemon_set,
     expect_no_children, no_models, pipeline_with_status, reconciled, run_with,
 };
 use common::default_options;
@@ -147,7 +147,7 @@ async fn a_pipeline_outside_the_policy_loses_its_agents_and_is_told_why() {
             );
             assert_eq!(ds.body["propagationPolicy"], "Background");
             respond(send, StatusCode::OK, running);
-            let (cm, send) = api.expect(Method::DELETE, CM_PATH).await;
+            let (cm, send) = api.expect(Method::DELETE, LEGACY_CM_PATH).await;
             assert_eq!(cm.body["preconditions"]["uid"], CM_UID);
             respond(send, StatusCode::NOT_FOUND, not_found("configmaps", "line1-agent"));
             let (seen, send) = api.expect(Method::PATCH, STATUS_PATH).await;
@@ -249,12 +249,13 @@ async fn a_secret_is_used_only_once_it_opted_in() {
     // Opted in: the pipeline runs, with the Secret passed as an environment variable.
     let p = pipeline_with(&spec);
     let p2 = p.clone();
+    let cm_at = cm_path(&p);
     run_with(
         no_models(),
         |ctx| ctx.with_policy(TenantPolicy::default(), secrets("ingest-token", "true")),
         move |mut api| async move {
-            expect_no_children(&mut api).await;
-            api.expect_apply(CM_PATH, None).await;
+            expect_no_children(&mut api, &cm_at).await;
+            api.expect_apply(&cm_at, None).await;
             let ds = api.expect_apply(DS_PATH, None).await;
             assert!(ds.body.to_string().contains("ingest-token"), "{}", ds.body);
             let (seen, send) = api.expect(Method::PATCH, STATUS_PATH).await;

@@ -43,6 +43,20 @@ fn hash(r: &Rendered) -> String {
         .expect("config hash")
 }
 
+fn config_text(r: &Rendered) -> String {
+    r.config_map
+        .data
+        .as_ref()
+        .and_then(|d| d.get("pipeline.yaml"))
+        .cloned()
+        .expect("pipeline.yaml")
+}
+
+fn sha256_hex(text: &str) -> String {
+    use sha2::{Digest, Sha256};
+    hex::encode(Sha256::digest(text.as_bytes()))
+}
+
 fn ds_json(r: &Rendered) -> Value {
     serde_json::to_value(&r.daemon_set).expect("DaemonSet serializes")
 }
@@ -243,10 +257,19 @@ fn names_labels_and_owner() {
         "app.kubernetes.io/name": "edge-agent", "app.kubernetes.io/instance": "line1",
         "app.kubernetes.io/managed-by": "edge-operator", "app.kubernetes.io/part-of": "edgepipe"
     });
-    for meta in [&r.config_map.metadata, &r.daemon_set.metadata] {
-        assert_eq!(meta.name.as_deref(), Some("line1-agent"));
+    let mut revision_labels = labels.clone();
+    revision_labels["app.kubernetes.io/component"] = json!("agent-config");
+    for (meta, name, labels) in [
+        (
+            &r.config_map.metadata,
+            format!("line1-agent-{}", &sha256_hex(&config_text(&r))[..10]),
+            &revision_labels,
+        ),
+        (&r.daemon_set.metadata, "line1-agent".to_string(), &labels),
+    ] {
+        assert_eq!(meta.name.as_deref(), Some(name.as_str()));
         assert_eq!(meta.namespace.as_deref(), Some("factory"));
-        assert_eq!(serde_json::to_value(&meta.labels).expect("labels"), labels);
+        assert_eq!(serde_json::to_value(&meta.labels).expect("labels"), *labels);
         assert!(
             meta.owner_references.is_none(),
             "no uid, no owner reference"
@@ -273,6 +296,57 @@ fn names_labels_and_owner() {
         );
         assert_eq!(owner.controller, Some(true));
         assert_eq!(owner.block_owner_deletion, Some(true));
+    }
+}
+
+#[test]
+fn each_configuration_is_an_immutable_revision_the_pod_mounts_by_name() {
+    let base = rendered(&pipeline(""));
+    let revision = base.config_map.metadata.name.clone().expect("a name");
+    assert_eq!(base.config_map.immutable, Some(true));
+    let mounted = |r: &Rendered| {
+        edge_operator::render::mounted_revision(pod(&r.daemon_set)).map(str::to_string)
+    };
+    assert_eq!(mounted(&base), Some(revision.clone()));
+    let config_mount = agent(&base.daemon_set)
+        .volume_mounts
+        .iter()
+        .flatten()
+        .find(|m| m.mount_path == "/etc/edgepipe")
+        .expect("the configuration is mounted");
+    assert_eq!(config_mount.sub_path, None, "a directory, never subPath");
+
+    // (name, extra spec, same revision and pod template as the base?)
+    let cases = [
+        ("the same spec again", "", true),
+        (
+            "another progress deadline: not the agent's configuration",
+            "  rollout: {progressDeadline: 20s}\n",
+            true,
+        ),
+        (
+            "a processor",
+            "  processors: [{deadband: {absolute: 0.5}}]\n",
+            false,
+        ),
+        ("a log level", "  agent: {logLevel: debug}\n", false),
+    ];
+    for (name, extra, same) in cases {
+        let r = rendered(&pipeline(extra));
+        let other = r.config_map.metadata.name.clone().expect("a name");
+        assert_eq!(other == revision, same, "{name}: {other}");
+        assert_eq!(mounted(&r), Some(other.clone()), "{name}");
+        assert_eq!(
+            serde_json::to_value(&r.daemon_set.spec).expect("json")
+                == serde_json::to_value(&base.daemon_set.spec).expect("json"),
+            same,
+            "{name}: the pod template changes exactly when the revision does"
+        );
+        assert!(
+            other.starts_with("line1-agent-") && other.len() == "line1-agent-".len() + 10,
+            "{name}: {other}"
+        );
+        assert!(!config_text(&r).contains("progressDeadline"), "{name}");
     }
 }
 

@@ -1,6 +1,6 @@
 //! `edge-operator run` as a process against a fake API server over HTTP that lists one
 //! EdgePipeline, holds watches open and echoes writes: the operator syncs its caches,
-//! turns ready, reconciles the pipeline (apply ConfigMap and DaemonSet, patch status,
+//! turns ready, reconciles the pipeline (apply its configuration revision and DaemonSet, patch status,
 //! publish an Event), serves metrics, and exits 0 on SIGTERM. Also: it fails fast, with a
 //! hint, when EdgePipelines cannot be listed (after building its TLS client, which needs
 //! the rustls provider installed first).
@@ -194,7 +194,7 @@ async fn the_operator_turns_ready_reconciles_and_stops_on_sigterm() {
 
     // The listed pipeline is reconciled: its objects applied, its status patched, an Event.
     let expected = [
-        "PATCH /api/v1/namespaces/factory/configmaps/line1-agent?",
+        "PATCH /api/v1/namespaces/factory/configmaps/line1-agent-",
         "PATCH /apis/apps/v1/namespaces/factory/daemonsets/line1-agent?",
         "PATCH /apis/edgepipe.dev/v1alpha1/namespaces/factory/edgepipelines/line1/status?",
         "POST /apis/events.k8s.io/v1/namespaces/factory/events?",

@@ -59,7 +59,8 @@ fn ds(
     }
 }
 
-/// `(status, reason)` of each condition, in the order Ready, Progressing, Degraded, Invalid.
+/// `(status, reason)` of each condition, in the order Ready, Progressing, Degraded,
+/// Invalid (and Stalled for a valid spec).
 fn summary(status: &EdgePipelineStatus) -> Vec<(String, String, String)> {
     status
         .conditions
@@ -74,12 +75,12 @@ fn expect(rows: &[(&str, &str, &str)]) -> Vec<(String, String, String)> {
         .collect()
 }
 
-/// A row: name, DaemonSet, expected `(type, status, reason)` of the four conditions,
+/// A row: name, DaemonSet, expected `(type, status, reason)` of the five conditions,
 /// expected `(desired, ready, updated)`.
 type Case = (
     &'static str,
     Option<DaemonSet>,
-    [(&'static str, &'static str, &'static str); 4],
+    [(&'static str, &'static str, &'static str); 5],
     (i32, i32, i32),
 );
 
@@ -95,6 +96,7 @@ fn conditions_follow_the_rollout() {
                 ("Progressing", "True", reason::ROLLING_OUT),
                 ("Degraded", "False", reason::AS_EXPECTED),
                 ("Invalid", "False", reason::VALID),
+                ("Stalled", "False", reason::AS_EXPECTED),
             ],
             (3, 3, 3),
         ),
@@ -106,6 +108,7 @@ fn conditions_follow_the_rollout() {
                 ("Progressing", "True", reason::ROLLING_OUT),
                 ("Degraded", "False", reason::AS_EXPECTED),
                 ("Invalid", "False", reason::VALID),
+                ("Stalled", "False", reason::AS_EXPECTED),
             ],
             (3, 2, 1),
         ),
@@ -117,6 +120,7 @@ fn conditions_follow_the_rollout() {
                 ("Progressing", "True", reason::ROLLING_OUT),
                 ("Degraded", "True", reason::AGENTS_NOT_READY),
                 ("Invalid", "False", reason::VALID),
+                ("Stalled", "False", reason::AS_EXPECTED),
             ],
             (4, 1, 1),
         ),
@@ -135,6 +139,7 @@ fn conditions_follow_the_rollout() {
                 ("Progressing", "True", reason::ROLLING_OUT),
                 ("Degraded", "False", reason::AS_EXPECTED),
                 ("Invalid", "False", reason::VALID),
+                ("Stalled", "False", reason::AS_EXPECTED),
             ],
             (4, 2, 2),
         ),
@@ -146,6 +151,7 @@ fn conditions_follow_the_rollout() {
                 ("Progressing", "False", reason::ROLLOUT_COMPLETE),
                 ("Degraded", "False", reason::AS_EXPECTED),
                 ("Invalid", "False", reason::VALID),
+                ("Stalled", "False", reason::AS_EXPECTED),
             ],
             (3, 3, 3),
         ),
@@ -157,6 +163,7 @@ fn conditions_follow_the_rollout() {
                 ("Progressing", "False", reason::ROLLOUT_COMPLETE),
                 ("Degraded", "True", reason::AGENTS_NOT_READY),
                 ("Invalid", "False", reason::VALID),
+                ("Stalled", "False", reason::AS_EXPECTED),
             ],
             (3, 2, 3),
         ),
@@ -168,6 +175,7 @@ fn conditions_follow_the_rollout() {
                 ("Progressing", "False", reason::NO_NODES),
                 ("Degraded", "False", reason::AS_EXPECTED),
                 ("Invalid", "False", reason::VALID),
+                ("Stalled", "False", reason::AS_EXPECTED),
             ],
             (0, 0, 0),
         ),
@@ -179,6 +187,7 @@ fn conditions_follow_the_rollout() {
                 ("Progressing", "True", reason::ROLLING_OUT),
                 ("Degraded", "False", reason::AS_EXPECTED),
                 ("Invalid", "False", reason::VALID),
+                ("Stalled", "False", reason::AS_EXPECTED),
             ],
             (0, 0, 0),
         ),

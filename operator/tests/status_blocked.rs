@@ -101,6 +101,10 @@ fn a_blocked_pipeline_keeps_the_counts_last_observed_and_recovers() {
         desired_nodes: 3,
         ready_nodes: 3,
         updated_nodes: 3,
+        offline_nodes: 1,
+        offline_node_names: vec!["edge-3".to_string()],
+        config_revision: Some("line1-agent-0123456789".to_string()),
+        last_progress_time: Some(at(1)),
         conditions: vec![],
     };
     let status = compute_blocked(&ep(Some(ready)), &refused(), &at(5));
@@ -108,10 +112,17 @@ fn a_blocked_pipeline_keeps_the_counts_last_observed_and_recovers() {
         (
             status.desired_nodes,
             status.ready_nodes,
-            status.updated_nodes
+            status.updated_nodes,
+            status.offline_nodes,
         ),
-        (3, 3, 3)
+        (3, 3, 3, 1)
     );
+    assert_eq!(status.offline_node_names, ["edge-3"]);
+    assert_eq!(
+        status.config_revision.as_deref(),
+        Some("line1-agent-0123456789")
+    );
+    assert_eq!(status.last_progress_time, Some(at(1)));
     // Once applied, the blocked reasons and the Conflict condition are gone.
     let healthy = compute(&ep(Some(status)), Ok(()), None, &at(9));
     assert!(healthy.condition("Conflict").is_none());

@@ -103,9 +103,11 @@ fn default_values_render_the_operator_and_nothing_optional() {
 #[test]
 fn every_feature_on_renders_every_template() {
     let kinds = all_render().kinds();
-    // values-all.yaml sets watchNamespace: the ClusterRole is bound by a RoleBinding.
+    // values-all.yaml sets watchNamespace: the ClusterRole is bound by a RoleBinding, and
+    // only the read-only Nodes role cluster-wide.
     let expected = BTreeSet::from([
         "ClusterRole",
+        "ClusterRoleBinding",
         "ConfigMap",
         "CustomResourceDefinition",
         "Deployment",

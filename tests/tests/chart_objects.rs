@@ -73,20 +73,43 @@ fn assert_same_grants(what: &str, granted: BTreeSet<(String, String, String)>, s
     );
 }
 
-#[test]
-fn cluster_role_grants_exactly_what_the_operator_uses() {
-    let render = default_render();
-    let role = render.one("ClusterRole");
-    assert_same_grants("ClusterRole", grants(&role["rules"]), Scope::Cluster);
+/// The object of `kind` named `name`.
+fn named<'a>(render: &'a Rendered, kind: &str, name: &str) -> &'a Value {
+    render
+        .all(kind)
+        .into_iter()
+        .find(|o| o.value["metadata"]["name"] == name)
+        .map(|o| &o.value)
+        .unwrap_or_else(|| panic!("no {kind} {name}"))
+}
 
-    let binding = render.one("ClusterRoleBinding");
-    let account = render.one("ServiceAccount");
-    assert_eq!(binding["roleRef"]["kind"], "ClusterRole");
-    assert_eq!(binding["roleRef"]["name"], role["metadata"]["name"]);
-    assert_eq!(
-        binding["subjects"],
-        json!([{"kind": "ServiceAccount", "name": account["metadata"]["name"], "namespace": NAMESPACE}])
+/// The operator's ClusterRole (namespaced resources) and its read-only one for Nodes.
+const ROLE: &str = "edgepipe-edge-operator";
+const NODES_ROLE: &str = "edgepipe-edge-operator-nodes";
+
+#[test]
+fn cluster_roles_grant_exactly_what_the_operator_uses() {
+    let render = default_render();
+    assert_eq!(render.all("ClusterRole").len(), 2);
+    let role = named(render, "ClusterRole", ROLE);
+    assert_same_grants("ClusterRole", grants(&role["rules"]), Scope::Cluster);
+    let nodes = named(render, "ClusterRole", NODES_ROLE);
+    assert_same_grants(
+        "ClusterRole for Nodes",
+        grants(&nodes["rules"]),
+        Scope::ClusterScoped,
     );
+
+    let account = render.one("ServiceAccount");
+    for name in [ROLE, NODES_ROLE] {
+        let binding = named(render, "ClusterRoleBinding", name);
+        assert_eq!(binding["roleRef"]["kind"], "ClusterRole");
+        assert_eq!(binding["roleRef"]["name"], name);
+        assert_eq!(
+            binding["subjects"],
+            json!([{"kind": "ServiceAccount", "name": account["metadata"]["name"], "namespace": NAMESPACE}])
+        );
+    }
     let pod = &render.one("Deployment")["spec"]["template"]["spec"];
     assert_eq!(pod["serviceAccountName"], account["metadata"]["name"]);
 }
@@ -94,10 +117,17 @@ fn cluster_role_grants_exactly_what_the_operator_uses() {
 #[test]
 fn watch_namespace_binds_the_role_in_that_namespace_only() {
     let render = helm::render(&[], &["watchNamespace=factory"]).expect("renders");
-    assert!(
-        render.all("ClusterRoleBinding").is_empty(),
-        "watchNamespace still binds the ClusterRole cluster-wide"
+    let cluster_wide: Vec<&Value> = render
+        .all("ClusterRoleBinding")
+        .into_iter()
+        .map(|b| &b.value)
+        .collect();
+    assert_eq!(
+        cluster_wide.len(),
+        1,
+        "watchNamespace binds only the read-only Nodes role cluster-wide: {cluster_wide:?}"
     );
+    assert_eq!(cluster_wide[0]["roleRef"]["name"], NODES_ROLE);
     let binding = render
         .all("RoleBinding")
         .into_iter()
@@ -105,10 +135,7 @@ fn watch_namespace_binds_the_role_in_that_namespace_only() {
         .map(|b| &b.value)
         .expect("a RoleBinding of the ClusterRole");
     assert_eq!(binding["metadata"]["namespace"], "factory");
-    assert_eq!(
-        binding["roleRef"]["name"],
-        render.one("ClusterRole")["metadata"]["name"]
-    );
+    assert_eq!(binding["roleRef"]["name"], ROLE);
 }
 
 #[test]

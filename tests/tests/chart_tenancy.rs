@@ -154,7 +154,12 @@ fn the_agent_pod_monitor_never_selects_every_namespace_by_default() {
 
 #[test]
 fn the_operator_may_not_read_secrets_only_watch_their_metadata() {
-    let role = default_render().one("ClusterRole");
+    let role = default_render()
+        .all("ClusterRole")
+        .into_iter()
+        .find(|r| r.value["metadata"]["name"] == "edgepipe-edge-operator")
+        .map(|r| &r.value)
+        .expect("the operator's ClusterRole");
     let secrets: Vec<&Value> = role["rules"]
         .as_array()
         .expect("rules")

@@ -211,8 +211,12 @@ fn every_example_applies_with_kubectl_and_runs_on_the_nodes_it_selects() {
         cluster.wait_pipeline_ready(namespace, name);
 
         let agent = format!("{name}-agent");
-        let config_map = cluster.get_json(&["configmap", &agent, "-n", namespace]);
+        let config_map = cluster.agent_config_map(namespace, name);
         assert!(config_map["data"]["pipeline.yaml"].is_string());
+        assert_eq!(
+            config_map["immutable"], true,
+            "{file}: a revision is immutable"
+        );
         let daemon_set = cluster.get_json(&["daemonset", &agent, "-n", namespace]);
         let owner = &daemon_set["metadata"]["ownerReferences"][0];
         assert_eq!(
@@ -557,7 +561,7 @@ async fn a_spec_change_rolls_out_within_max_unavailable_and_then_stays_quiet() {
     let snapshot = |c: &Cluster| {
         let ep = c.get_json(&["epl", name, "-n", namespace]);
         let ds = c.get_json(&["daemonset", &format!("{name}-agent"), "-n", namespace]);
-        let cm = c.get_json(&["configmap", &format!("{name}-agent"), "-n", namespace]);
+        let cm = c.agent_config_map(namespace, name);
         (
             ep["status"].clone(),
             ds["metadata"]["resourceVersion"].clone(),
@@ -687,7 +691,6 @@ fn deleting_a_pipeline_garbage_collects_its_agents() {
         "wait",
         "--for=delete",
         &format!("daemonset/{agent}"),
-        &format!("configmap/{agent}"),
         "-n",
         namespace,
         "--timeout=120s",
@@ -697,6 +700,12 @@ fn deleting_a_pipeline_garbage_collects_its_agents() {
         "the garbage collector did not delete the agent: {}",
         String::from_utf8_lossy(&out.stderr)
     );
+    poll(WAIT, "the configuration revisions to go", || {
+        cluster
+            .agent_config_maps(namespace, name)
+            .is_empty()
+            .then_some(())
+    });
     poll(WAIT, "the agent pods to go", || {
         cluster
             .agent_nodes(namespace, name)
@@ -737,8 +746,7 @@ spec:
         receiver = receiver.port,
     ));
     cluster.wait_pipeline_ready(namespace, name);
-    let agent = format!("{name}-agent");
-    let config = cluster.get_json(&["configmap", &agent, "-n", namespace])["data"]["pipeline.yaml"]
+    let config = cluster.agent_config_map(namespace, name)["data"]["pipeline.yaml"]
         .as_str()
         .expect("the agent ConfigMap holds pipeline.yaml")
         .to_string();

@@ -5,7 +5,8 @@
 //!   DaemonSets with hostPath volumes in one namespace) turns a Ready pipeline `Degraded`
 //!   with reason `ApplyFailed`, the admission message and a Warning Event; once the policy
 //!   is gone the pipeline recovers to Ready;
-//! - a ConfigMap of the agent's name created by someone else first is never taken over:
+//! - a ConfigMap of the agent's name (the revision the operator would create) created by
+//!   someone else first is never taken over:
 //!   the pipeline gets `Conflict` naming it, the ConfigMap stays as it was, the pipeline
 //!   beside it runs; deleting the foreign ConfigMap lets the operator create its own;
 //! - one pipeline stored with a field this operator does not know (a newer CRD) is
@@ -199,11 +200,23 @@ fn a_refused_apply_degrades_the_pipeline_until_the_admission_policy_goes() {
         .pipeline_condition("guarded", "line1", "Degraded")
         .expect("Degraded");
     assert_eq!(degraded.0, "False", "{degraded:?}");
-    let config = cluster.get_json(&["configmap", "line1-agent", "-n", "guarded"]);
+    let config = cluster.agent_config_map("guarded", "line1");
     assert!(
         config["data"].to_string().contains("batchSize: 200"),
         "the new spec is applied: {config}"
     );
+}
+
+/// The name of the configuration revision the operator renders for `manifest`.
+fn revision_of(manifest: &str) -> String {
+    let p = edge_operator::render::pipeline_from_manifest(manifest).expect("parses");
+    let options = edge_operator::RenderOptions {
+        agent_image: edge_operator::default_agent_image(),
+        model_version: None,
+        avoid_control_plane: true,
+    };
+    let rendered = edge_operator::render(&p, &options).expect("renders");
+    rendered.config_map.metadata.name.expect("a name")
 }
 
 #[test]
@@ -211,16 +224,18 @@ fn a_foreign_config_map_of_the_agent_name_is_a_conflict_and_stays_untouched() {
     let (cluster, _operator) = start("conflict");
     let _guard = cluster.guard();
     cluster.namespace("shared");
+    let line2 = pipeline("shared", "line2", 100);
+    let revision = revision_of(&line2);
     cluster.kubectl_ok(&[
         "create",
         "configmap",
-        "line2-agent",
+        &revision,
         "-n",
         "shared",
         "--from-literal=owner=someone-else",
     ]);
-    let before = cluster.get_json(&["configmap", "line2-agent", "-n", "shared"]);
-    cluster.apply(&pipeline("shared", "line2", 100));
+    let before = cluster.get_json(&["configmap", &revision, "-n", "shared"]);
+    cluster.apply(&line2);
     cluster.apply(&pipeline("shared", "line3", 100));
 
     // The pipeline beside it runs.
@@ -229,9 +244,9 @@ fn a_foreign_config_map_of_the_agent_name_is_a_conflict_and_stays_untouched() {
 
     let message = wait_true(&cluster, "shared", "line2", "Conflict", "NotControlled");
     assert!(
-        message.contains(
-            "ConfigMap shared/line2-agent already exists and has no controller owner reference"
-        ),
+        message.contains(&format!(
+            "ConfigMap shared/{revision} already exists and has no controller owner reference"
+        )),
         "{message}"
     );
     let degraded = cluster
@@ -251,7 +266,7 @@ fn a_foreign_config_map_of_the_agent_name_is_a_conflict_and_stays_untouched() {
         !exists(&cluster, "shared", "daemonset", "line2-agent"),
         "a pipeline in conflict got a DaemonSet"
     );
-    let after = cluster.get_json(&["configmap", "line2-agent", "-n", "shared"]);
+    let after = cluster.get_json(&["configmap", &revision, "-n", "shared"]);
     assert_eq!(
         after["data"], before["data"],
         "the foreign ConfigMap's data"
@@ -263,14 +278,15 @@ fn a_foreign_config_map_of_the_agent_name_is_a_conflict_and_stays_untouched() {
     assert!(after["metadata"]["ownerReferences"].is_null(), "{after}");
 
     // Its owner deletes it: the operator creates its own and the conflict is gone.
-    cluster.kubectl_ok(&["delete", "configmap", "line2-agent", "-n", "shared"]);
+    cluster.kubectl_ok(&["delete", "configmap", &revision, "-n", "shared"]);
     cluster.wait_pipeline_ready("shared", "line2");
     assert!(
         cluster
             .pipeline_condition("shared", "line2", "Conflict")
             .is_none()
     );
-    let own = cluster.get_json(&["configmap", "line2-agent", "-n", "shared"]);
+    let own = cluster.agent_config_map("shared", "line2");
+    assert_eq!(own["metadata"]["name"], revision.as_str());
     assert_eq!(
         own["metadata"]["ownerReferences"][0]["kind"],
         "EdgePipeline"

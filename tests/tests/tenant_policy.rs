@@ -214,7 +214,7 @@ fn pipelines_outside_the_tenant_policy_get_no_agents_and_the_rest_keep_running()
     // One bad object never stops the rest: the compliant pipeline runs beside them, on
     // the edge nodes only.
     cluster.wait_pipeline_ready(TENANT, "compliant");
-    assert!(exists(&cluster, "configmap", "compliant-agent"));
+    assert_eq!(cluster.agent_config_maps(TENANT, "compliant").len(), 1);
     let placed = poll(WAIT, "compliant's agents on both edge nodes", || {
         let nodes = cluster.agent_nodes(TENANT, "compliant");
         (nodes == ["edge-1", "edge-2"]).then_some(nodes)
@@ -251,7 +251,7 @@ fn pipelines_outside_the_tenant_policy_get_no_agents_and_the_rest_keep_running()
             "{name} got a DaemonSet"
         );
         assert!(
-            !exists(&cluster, "configmap", &agent),
+            cluster.agent_config_maps(TENANT, name).is_empty(),
             "{name} got a ConfigMap"
         );
         assert!(
@@ -279,7 +279,6 @@ fn pipelines_outside_the_tenant_policy_get_no_agents_and_the_rest_keep_running()
         "wait",
         "--for=delete",
         "daemonset/compliant-agent",
-        "configmap/compliant-agent",
         "-n",
         TENANT,
         "--timeout=120s",
@@ -289,6 +288,12 @@ fn pipelines_outside_the_tenant_policy_get_no_agents_and_the_rest_keep_running()
         "the agents of a pipeline that lost its Secret stay: {}",
         String::from_utf8_lossy(&gone.stderr)
     );
+    poll(WAIT, "compliant's configuration revisions to go", || {
+        cluster
+            .agent_config_maps(TENANT, "compliant")
+            .is_empty()
+            .then_some(())
+    });
     poll(WAIT, "compliant's agent pods to go", || {
         cluster
             .agent_nodes(TENANT, "compliant")

@@ -1,4 +1,5 @@
-//! The agent's ConfigMap and DaemonSet as objects a pipeline controls, or not.
+//! The agent's ConfigMaps (its configuration revisions) and DaemonSet as objects a
+//! pipeline controls, or not, and the removal of revisions no pod uses any more.
 //!
 //! The operator only ever writes or deletes an object whose controller owner reference
 //! is the pipeline (same uid). An object with the agent's name that has another
@@ -14,6 +15,9 @@
 //! `app.kubernetes.io/managed-by=edge-operator`); only an object that is not there as
 //! this pipeline's costs a read of its metadata.
 
+use std::collections::BTreeSet;
+use std::sync::Arc;
+
 use edge_crds::EdgePipeline;
 use k8s_openapi::api::apps::v1::DaemonSet;
 use k8s_openapi::api::core::v1::ConfigMap;
@@ -24,6 +28,7 @@ use kube::runtime::reflector::{ObjectRef, Store};
 use kube::{Api, Resource, ResourceExt};
 
 use super::{Context, Error, read_daemon_set};
+use crate::render::mounted_revision;
 
 /// Who holds an object with the agent's name.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -86,27 +91,28 @@ pub fn controlled_by(meta: &ObjectMeta, pipeline: &EdgePipeline) -> bool {
         && holder(Some(meta), pipeline.metadata.uid.as_deref()) == Holder::This
 }
 
-/// The Conflict message when the ConfigMap or the DaemonSet named `child` exists and is
-/// not this pipeline's; `None` when both are absent or this pipeline's.
+/// The Conflict message when the ConfigMap `revision` or the DaemonSet named `child`
+/// exists and is not this pipeline's; `None` when both are absent or this pipeline's.
 pub async fn conflict(
     pipeline: &EdgePipeline,
     ctx: &Context,
     namespace: &str,
+    revision: &str,
     child: &str,
 ) -> Result<Option<String>, Error> {
     let uid = pipeline.metadata.uid.as_deref();
     let config_maps: Api<ConfigMap> = Api::namespaced(ctx.client.clone(), namespace);
-    let config_map = metadata(&ctx.config_maps, &config_maps, namespace, child, uid)
+    let config_map = metadata(&ctx.config_maps, &config_maps, namespace, revision, uid)
         .await
         .map_err(|source| Error::ReadObject {
             kind: "ConfigMap",
-            name: child.to_string(),
+            name: revision.to_string(),
             source,
         })?;
     if let Some(message) = conflict_message(
         "ConfigMap",
         namespace,
-        child,
+        revision,
         &holder(config_map.as_ref(), uid),
     ) {
         return Ok(Some(message));
@@ -150,11 +156,11 @@ where
         .map(|object| object.metadata))
 }
 
-/// Deletes the DaemonSet and ConfigMap of a pipeline outside the tenant policy, each
+/// Deletes the DaemonSet and ConfigMaps of a pipeline outside the tenant policy, each
 /// only when this pipeline controls it, with its uid as a precondition (so an object
-/// recreated meanwhile by someone else is never deleted). The ConfigMap is found in the
-/// cache of managed ConfigMaps: one that is not there yet is removed by the reconcile
-/// its arrival triggers.
+/// recreated meanwhile by someone else is never deleted). The ConfigMaps are found in
+/// the cache of managed ConfigMaps: one that is not there yet is removed by the
+/// reconcile its arrival triggers.
 pub async fn remove_agents(
     pipeline: &EdgePipeline,
     ctx: &Context,
@@ -192,14 +198,13 @@ pub async fn remove_agents(
             }
         }
     }
-    if let Some(cm) = ctx
-        .config_maps
-        .get(&ObjectRef::new(child).within(namespace))
-        && controlled_by(&cm.metadata, pipeline)
-    {
+    for cm in owned_config_maps(ctx, pipeline, namespace) {
+        let Some(name) = cm.metadata.name.clone() else {
+            continue;
+        };
         let config_maps: Api<ConfigMap> = Api::namespaced(ctx.client.clone(), namespace);
         match config_maps
-            .delete(child, &delete(cm.metadata.uid.clone()))
+            .delete(&name, &delete(cm.metadata.uid.clone()))
             .await
         {
             Ok(_) => {}
@@ -207,7 +212,111 @@ pub async fn remove_agents(
             Err(source) => {
                 return Err(Error::Remove {
                     kind: "ConfigMap",
-                    name: child.to_string(),
+                    name,
+                    source,
+                });
+            }
+        }
+    }
+    Ok(())
+}
+
+/// The ConfigMaps in the cache of managed ones that this pipeline controls: its
+/// configuration revisions (and the mutable `<name>-agent` of operators before them).
+fn owned_config_maps(
+    ctx: &Context,
+    pipeline: &EdgePipeline,
+    namespace: &str,
+) -> Vec<Arc<PartialObjectMeta<ConfigMap>>> {
+    ctx.config_maps
+        .state()
+        .into_iter()
+        .filter(|cm| {
+            cm.metadata.namespace.as_deref() == Some(namespace)
+                && controlled_by(&cm.metadata, pipeline)
+        })
+        .collect()
+}
+
+/// The configuration revisions of a pipeline to delete: those it controls, other than
+/// the one the DaemonSet's template mounts, that no pod in `in_use` (the revisions the
+/// pipeline's pods mount) still reads. Nothing while the DaemonSet controller has not
+/// seen the current template (it may still create pods of the previous one).
+pub fn unused_revisions(
+    owned: &[String],
+    daemon_set: &DaemonSet,
+    in_use: &BTreeSet<String>,
+) -> Vec<String> {
+    let observed = match (
+        daemon_set.metadata.generation,
+        daemon_set
+            .status
+            .as_ref()
+            .and_then(|s| s.observed_generation),
+    ) {
+        (Some(generation), Some(observed)) => observed >= generation,
+        _ => false,
+    };
+    let current = daemon_set
+        .spec
+        .as_ref()
+        .and_then(|s| s.template.spec.as_ref())
+        .and_then(mounted_revision);
+    let Some(current) = current.filter(|_| observed) else {
+        return vec![];
+    };
+    owned
+        .iter()
+        .filter(|name| name.as_str() != current && !in_use.contains(*name))
+        .cloned()
+        .collect()
+}
+
+/// Deletes the configuration revisions of a pipeline that no pod uses any more (see
+/// [`unused_revisions`]), each with its uid as a precondition. The pods are the ones in
+/// the operator's cache of agent pods.
+pub async fn collect_revisions(
+    pipeline: &EdgePipeline,
+    ctx: &Context,
+    namespace: &str,
+    daemon_set: &DaemonSet,
+) -> Result<(), Error> {
+    let owned = owned_config_maps(ctx, pipeline, namespace);
+    if owned.len() < 2 {
+        return Ok(());
+    }
+    let in_use: BTreeSet<String> = ctx
+        .agent_pods(namespace, &pipeline.name_any())
+        .iter()
+        .filter_map(|pod| super::revision_of_pod(pod))
+        .map(str::to_string)
+        .collect();
+    let names: Vec<String> = owned
+        .iter()
+        .filter_map(|cm| cm.metadata.name.clone())
+        .collect();
+    let config_maps: Api<ConfigMap> = Api::namespaced(ctx.client.clone(), namespace);
+    for name in unused_revisions(&names, daemon_set, &in_use) {
+        let uid = owned
+            .iter()
+            .find(|cm| cm.metadata.name.as_deref() == Some(name.as_str()))
+            .and_then(|cm| cm.metadata.uid.clone());
+        let params = DeleteParams {
+            preconditions: Some(Preconditions {
+                uid,
+                resource_version: None,
+            }),
+            ..DeleteParams::default()
+        };
+        match config_maps.delete(&name, &params).await {
+            Ok(_) => {
+                tracing::info!(pipeline = %pipeline.name_any(), %namespace, configmap = %name, "deleted a configuration revision no agent uses any more");
+            }
+            Err(kube::Error::Api(status)) if status.code == 404 || status.code == 409 => {}
+            Err(source) => {
+                return Err(Error::Remove {
+                    kind: "ConfigMap",
+                    name,
                     source,
                 });
             }

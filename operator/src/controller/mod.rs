@@ -9,28 +9,38 @@
 //! also stops agents that were started before. Then reconcile validates the spec; an
 //! invalid one gets the `Invalid` condition and an Event, and its running DaemonSet is
 //! left untouched (a typo does not stop a working pipeline). A valid one gets its
-//! ConfigMap and DaemonSet server-side applied (field manager `edge-operator`), unless an
-//! object of that name is not this pipeline's ([`children`]: the `Conflict` condition,
-//! nothing written); an apply the API server refuses gives `Degraded` with reason
-//! `ApplyFailed` and its message, and is retried. Then the status is patched on
-//! `/status` when it changed ([`report`]). Events are published only on transitions. Failures are retried with a per-object capped exponential backoff;
-//! success requeues every 5 minutes.
+//! ConfigMap (the immutable, content-named revision of its configuration) and DaemonSet
+//! server-side applied (field manager `edge-operator`), unless an object of that name is
+//! not this pipeline's ([`children`]: the `Conflict` condition, nothing written); an
+//! apply the API server refuses gives `Degraded` with reason `ApplyFailed` and its
+//! message, and is retried. Revisions that neither the DaemonSet's template nor any of
+//! the pipeline's pods mount are deleted. Then the status is computed from the
+//! DaemonSet, the agent pods and their nodes (offline nodes count apart, see
+//! [`crate::status`]) and patched on `/status` when it changed ([`report`]). Events are
+//! published only on transitions. Failures are retried with a per-object capped
+//! exponential backoff; success requeues every 5 minutes, or sooner when a rollout's
+//! progress deadline comes first.
 //!
 //! At rest the operator writes nothing: it remembers what it last applied for each
 //! pipeline (a digest of the rendered objects, the ConfigMap's resourceVersion and the
 //! DaemonSet's generation the API server answered), and while its caches show both
 //! objects unchanged since then, a reconcile only reads the DaemonSet for the status. A
-//! new spec or model, an edit of the ConfigMap or of the DaemonSet's spec by anyone, or
-//! either leaving the cache makes the next reconcile apply again; the DaemonSet's status
-//! moving during a rollout does not.
+//! new spec or model, an edit of the DaemonSet's spec by anyone, or either object
+//! leaving the cache makes the next reconcile apply again; the DaemonSet's status moving
+//! during a rollout does not.
 
 mod children;
+mod fleet;
 mod models;
 mod report;
 mod stored;
 mod watch;
 
-pub use children::{Holder, conflict_message, holder};
+pub use children::{Holder, conflict_message, holder, unused_revisions};
+pub use fleet::{
+    OfflineChanges, pipeline_of_pod, pipelines_on_node, revision_of_pod, summarize_node,
+    summarize_pod,
+};
 pub use models::{MODEL_DIGEST, content_digest, summarize};
 pub use report::event_for;
 use report::write_status;
@@ -43,7 +53,7 @@ use std::time::{Duration, Instant};
 
 use edge_crds::{EdgePipeline, EdgePipelineStatus, FieldError};
 use k8s_openapi::api::apps::v1::DaemonSet;
-use k8s_openapi::api::core::v1::{ConfigMap, Secret};
+use k8s_openapi::api::core::v1::{ConfigMap, Node, Pod, Secret};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use k8s_openapi::jiff::Timestamp;
 use kube::api::{Patch, PatchParams};
@@ -154,6 +164,8 @@ pub struct Context {
     failures: Mutex<HashMap<ObjectRef<EdgePipeline>, u32>>,
     policy: TenantPolicy,
     secrets: Store<PartialObjectMeta<Secret>>,
+    pods: Store<Pod>,
+    nodes: Store<Node>,
 }
 
 /// What reconcile last applied for a pipeline, and the versions the API server gave back.
@@ -187,7 +199,19 @@ impl Context {
             failures: Mutex::new(HashMap::new()),
             policy: TenantPolicy::default(),
             secrets: reflector::store().0,
+            pods: reflector::store().0,
+            nodes: reflector::store().0,
         }
+    }
+
+    /// Gives the context the caches of the agent pods (labelled
+    /// `app.kubernetes.io/managed-by=edge-operator`) and of the nodes, both reduced to
+    /// what the status and the removal of old revisions need. Without them no node counts
+    /// as offline and no revision is ever removed.
+    pub fn with_fleet(mut self, pods: Store<Pod>, nodes: Store<Node>) -> Self {
+        self.pods = pods;
+        self.nodes = nodes;
+        self
     }
 
     /// Gives the context the tenant policy and the cache (metadata only) of the Secrets
@@ -239,6 +263,7 @@ impl Context {
         key: &ObjectRef<EdgePipeline>,
         namespace: &str,
         child: &str,
+        revision: &str,
         digest: &str,
     ) -> bool {
         let Ok(applied) = self.applied.lock() else {
@@ -253,7 +278,7 @@ impl Context {
             .and_then(|ds| ds.metadata.generation);
         let cached_cm = self
             .config_maps
-            .get(&ObjectRef::new(child).within(namespace))
+            .get(&ObjectRef::new(revision).within(namespace))
             .and_then(|cm| cm.metadata.resource_version.clone());
         last.digest == digest
             && cached_ds.is_some()
@@ -425,7 +450,11 @@ async fn apply(pipeline: &EdgePipeline, ctx: &Context) -> Result<Action, Error> 
     };
 
     let (status, result) = match outcome {
-        Outcome::Done(status) => (status, Ok(Action::requeue(REQUEUE))),
+        Outcome::Done(status) => {
+            let next = status::stall_check_in(&status, pipeline.spec.progress_deadline(), &now())
+                .map_or(REQUEUE, |due| due.min(REQUEUE));
+            (status, Ok(Action::requeue(next)))
+        }
         Outcome::Conflict(status) => (status, Ok(Action::requeue(CONFLICT_RECHECK))),
         Outcome::Failed(status, error) => (status, Err(error)),
     };
@@ -480,10 +509,18 @@ async fn status_after_apply(
     ) {
         Ok(rendered) => {
             let digest = rendered.digest().map_err(Error::Render)?;
-            if ctx.unchanged(key, &namespace, child, &digest) {
+            let revision = rendered
+                .config_map
+                .metadata
+                .name
+                .clone()
+                .unwrap_or_default();
+            if ctx.unchanged(key, &namespace, child, &revision, &digest) {
                 (None, read_daemon_set(daemon_sets, child).await?)
             } else {
-                if let Some(message) = children::conflict(pipeline, ctx, &namespace, child).await? {
+                if let Some(message) =
+                    children::conflict(pipeline, ctx, &namespace, &revision, child).await?
+                {
                     ctx.forget(key);
                     let blocked = Blocked::Conflict { message };
                     return Ok(Outcome::Conflict(status::compute_blocked(
@@ -499,13 +536,13 @@ async fn status_after_apply(
                 };
                 let config_maps: Api<ConfigMap> = Api::namespaced(ctx.client.clone(), &namespace);
                 let config_map = match config_maps
-                    .patch(child, &ssa, &Patch::Apply(&rendered.config_map))
+                    .patch(&revision, &ssa, &Patch::Apply(&rendered.config_map))
                     .await
                 {
                     Ok(applied) => applied,
                     Err(source) => {
                         let message = refusal(&source);
-                        let name = child.to_string();
+                        let name = revision.clone();
                         return Ok(failed(message, Error::ApplyConfigMap { name, source }));
                     }
                 };
@@ -520,7 +557,7 @@ async fn status_after_apply(
                         return Ok(failed(message, Error::ApplyDaemonSet { name, source }));
                     }
                 };
-                tracing::debug!(pipeline = %name, %namespace, "applied ConfigMap and DaemonSet");
+                tracing::debug!(pipeline = %name, %namespace, configmap = %revision, "applied the configuration revision and the DaemonSet");
                 ctx.remember(
                     key.clone(),
                     Applied {
@@ -538,14 +575,24 @@ async fn status_after_apply(
         Err(other) => return Err(Error::Render(other)),
     };
 
+    if let Some(ds) = daemon_set
+        .as_ref()
+        .filter(|ds| children::controlled_by(&ds.metadata, pipeline))
+    {
+        // A revision left behind is removed by a later reconcile; the status comes first.
+        if let Err(error) = children::collect_revisions(pipeline, ctx, &namespace, ds).await {
+            tracing::warn!(pipeline = %name, %namespace, %error, "removing unused configuration revisions failed");
+        }
+    }
     let validation = match &errors {
         Some(errors) => Err(errors.as_slice()),
         None => Ok(()),
     };
-    Ok(Outcome::Done(status::compute(
+    Ok(Outcome::Done(status::compute_fleet(
         pipeline,
         validation,
         daemon_set.as_ref(),
+        &ctx.fleet(&namespace, &name),
         &now(),
     )))
 }

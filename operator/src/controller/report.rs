@@ -98,7 +98,7 @@ pub fn event_for(transition: &Transition, child: &str) -> Event {
             EventType::Normal,
             "Created",
             "Apply",
-            format!("applied ConfigMap {child} and DaemonSet {child}"),
+            format!("applied DaemonSet {child} and its configuration ConfigMap {child}-<hash>"),
         ),
         Transition::RolloutComplete { message } => (
             EventType::Normal,
@@ -131,6 +131,12 @@ pub fn event_for(transition: &Transition, child: &str) -> Event {
             EventType::Warning,
             status::reason::CONFLICT,
             "Apply",
+            message.clone(),
+        ),
+        Transition::Stalled { message } => (
+            EventType::Warning,
+            status::reason::PROGRESS_DEADLINE_EXCEEDED,
+            "Rollout",
             message.clone(),
         ),
     };

@@ -1,5 +1,8 @@
 //! What the controller watches and how a change reaches a reconcile: EdgePipelines; the
-//! DaemonSets and ConfigMaps it manages (metadata only); model ConfigMaps labelled
+//! DaemonSets and ConfigMaps it manages (metadata only); the agent pods (labelled
+//! `app.kubernetes.io/managed-by=edge-operator`) and the nodes, both reduced by
+//! [`super::fleet`], a node reaching the pipelines with an agent on it only when it goes
+//! offline or comes back; model ConfigMaps labelled
 //! `edgepipe.dev/model=true` (cached as metadata and a digest of their content) and
 //! Secrets labelled `edgepipe.dev/allow-pipelines=true` (metadata only: the operator
 //! never receives a Secret's data), each mapped to the pipelines that use it. EdgePipelines are watched as stored ([`StoredPipeline`]) so
@@ -10,7 +13,7 @@ use std::sync::Arc;
 
 use futures::{StreamExt, TryStreamExt};
 use k8s_openapi::api::apps::v1::DaemonSet;
-use k8s_openapi::api::core::v1::{ConfigMap, Secret};
+use k8s_openapi::api::core::v1::{ConfigMap, Node, Pod, Secret};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use kube::api::ListParams;
 use kube::core::PartialObjectMeta;
@@ -25,6 +28,7 @@ use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
+use super::fleet::{self, OfflineChanges};
 use super::models;
 use super::{CONCURRENCY, Context, Error, StoredPipeline, error_policy_stored, reconcile_stored};
 use crate::policy::{SECRET_OPT_IN_SELECTOR, TenantPolicy, secret_references};
@@ -201,14 +205,29 @@ pub async fn run(
         SECRET_OPT_IN_SELECTOR,
         "opted-in Secrets",
     );
+    // The agent pods are cached before the first reconcile too: a revision is removed
+    // only when no pod in the cache mounts it. The nodes are not waited for: without
+    // them (RBAC may not grant them) no node counts as offline.
+    let pod_events = watcher(
+        scoped::<Pod>(&client, ns),
+        watcher::Config::default().labels(MANAGED_BY_SELECTOR),
+    )
+    .modify(fleet::summarize_pod);
+    let (pods, pod_rx, pod_watch) = cached(pod_events, "agent pods");
+    let node_events = watcher(Api::<Node>::all(client.clone()), watcher::Config::default())
+        .modify(fleet::summarize_node);
+    let (nodes, node_rx, node_watch) = cached(node_events, "nodes");
     let abort = || {
         model_watch.abort();
         secret_watch.abort();
+        pod_watch.abort();
+        node_watch.abort();
     };
     let synced = async {
         (
             models.wait_until_ready().await,
             secrets.wait_until_ready().await,
+            pods.wait_until_ready().await,
         )
     };
     tokio::select! {
@@ -217,7 +236,7 @@ pub async fn run(
             return Ok(());
         }
         synced = synced => {
-            if synced.0.is_err() || synced.1.is_err() {
+            if synced.0.is_err() || synced.1.is_err() || synced.2.is_err() {
                 abort();
                 return Ok(());
             }
@@ -248,11 +267,13 @@ pub async fn run(
     let ctx = Arc::new(
         Context::new(client, settings.render, reporter, metrics.clone(), models)
             .with_owned(owned_daemon_sets, owned_config_maps)
-            .with_policy(settings.policy, secrets),
+            .with_policy(settings.policy, secrets)
+            .with_fleet(pods.clone(), nodes),
     );
 
     let model_cache = cache.clone();
     let secret_cache = cache.clone();
+    let offline_changes = OfflineChanges::default();
     tracing::info!(namespace = ns.unwrap_or("<all>"), "controller starting");
     controller
         .owns_stream(
@@ -272,6 +293,14 @@ pub async fn run(
         })
         .watches_stream(into_stream(secret_rx), move |secret| {
             pipelines_using_secret(&secret_cache, &secret)
+        })
+        .watches_stream(into_stream(pod_rx), |pod| fleet::pipeline_of_pod(&pod))
+        .watches_stream(into_stream(node_rx), move |node| {
+            if offline_changes.changed(&node) {
+                fleet::pipelines_on_node(&pods, &node)
+            } else {
+                vec![]
+            }
         })
         .graceful_shutdown_on(async move { stop.cancelled().await })
         .run(reconcile_stored, error_policy_stored, ctx)

@@ -63,6 +63,9 @@ pub fn agent_config(
     spec: &EdgePipelineSpec,
 ) -> Result<AgentConfig, RenderError> {
     let mut spec = spec.clone();
+    // How the operator rolls a change out is no part of the agent's configuration:
+    // changing it must not roll the fleet.
+    spec.rollout = None;
     let mut secrets = Secrets::default();
     secrets.rewrite_spec(&mut spec);
 
@@ -101,14 +104,25 @@ pub fn agent_config(
 }
 
 /// The `edgepipe.dev/config-hash` of a configuration: SHA-256 (hex) of the rendered text
-/// and of the model reference, e.g. `configmap:factory/anomaly-model@4711` where the
-/// suffix is the model ConfigMap's resourceVersion when known.
+/// and of the model reference, e.g. `configmap:factory/anomaly-model@<digest>` where the
+/// suffix is the digest of the model ConfigMap's content when known.
 pub fn config_hash(text: &str, model_reference: &str) -> String {
     let mut hasher = Sha256::new();
     hasher.update(text.as_bytes());
     hasher.update(b"\n--- model ---\n");
     hasher.update(model_reference.as_bytes());
     hex::encode(hasher.finalize())
+}
+
+/// Hex digits of the content hash in a configuration revision's name.
+pub const REVISION_HASH_LEN: usize = 10;
+
+/// The name of the immutable ConfigMap holding the configuration `text` of the agent
+/// `agent` (`<name>-agent`): `<agent>-<first 10 hex digits of SHA-256(text)>`. Equal
+/// content, equal name; a new configuration is a new object, never an edit.
+pub fn config_revision(agent: &str, text: &str) -> String {
+    let digest = hex::encode(Sha256::digest(text.as_bytes()));
+    format!("{agent}-{}", &digest[..REVISION_HASH_LEN])
 }
 
 /// Collects Secret references and hands out one variable per distinct Secret key.

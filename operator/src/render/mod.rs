@@ -1,6 +1,13 @@
 //! Desired state, computed without an API server: for EdgePipeline `<name>` the
-//! ConfigMap `<name>-agent` holding `pipeline.yaml` and the DaemonSet `<name>-agent`
-//! that runs the agent on the selected nodes.
+//! ConfigMap `<name>-agent-<hash>` holding `pipeline.yaml` and the DaemonSet
+//! `<name>-agent` that runs the agent on the selected nodes.
+//!
+//! Each configuration is a revision of its own: the ConfigMap is named after a hash of
+//! its content and is immutable, and the pod template mounts it by name. A change is a
+//! new ConfigMap and a new pod template, so it reaches the nodes only through the
+//! DaemonSet's rolling update (`maxUnavailable` at a time), and a pod that restarts
+//! mid-rollout still reads the revision it was created for. The controller deletes old
+//! revisions once no pod uses them.
 //!
 //! Reconcile applies exactly what [`render`] returns, and `edge-operator render -f FILE`
 //! prints it, so what GitOps users see is what the operator applies.
@@ -23,8 +30,11 @@ use kube::{Resource, ResourceExt};
 
 use crate::datadir::{DataDirError, host_data_dir};
 
-pub use config::{AgentConfig, SECRET_ENV_PREFIX, SecretEnv, agent_config, config_hash};
-pub use pod::{CONTROL_PLANE_LABELS, default_resources, is_loopback, listen_port};
+pub use config::{
+    AgentConfig, REVISION_HASH_LEN, SECRET_ENV_PREFIX, SecretEnv, agent_config, config_hash,
+    config_revision,
+};
+pub use pod::{CONFIG_VOLUME, CONTROL_PLANE_LABELS, default_resources, is_loopback, listen_port};
 
 /// The field manager of every write of the operator.
 pub const FIELD_MANAGER: &str = "edge-operator";
@@ -37,8 +47,7 @@ pub const MODEL_LABEL: &str = "edgepipe.dev/model";
 pub const MODEL_SELECTOR: &str = "edgepipe.dev/model=true";
 /// Pod annotation holding the hash of the configuration and the model reference.
 pub const CONFIG_HASH_ANNOTATION: &str = "edgepipe.dev/config-hash";
-/// Where the agent's ConfigMap is mounted (as a directory, never `subPath`, so updates
-/// reach the pod).
+/// Where the agent's ConfigMap (the revision of its pod) is mounted, as a directory.
 pub const CONFIG_DIR: &str = "/etc/edgepipe";
 /// The key of the agent's ConfigMap holding the configuration.
 pub const CONFIG_KEY: &str = "pipeline.yaml";
@@ -50,6 +59,11 @@ pub use crate::datadir::HOST_DATA_ROOT;
 pub const MODEL_MOUNT_DIR: &str = "/etc/edgepipe-model";
 /// User and group the agent runs as.
 pub const AGENT_UID: i64 = 65532;
+/// Label of the agent's configuration revisions (ConfigMaps), besides the pipeline's
+/// labels, so they can be listed: `app.kubernetes.io/component=agent-config`.
+pub const COMPONENT_LABEL: &str = "app.kubernetes.io/component";
+/// The value of [`COMPONENT_LABEL`] on configuration revisions.
+pub const CONFIG_COMPONENT: &str = "agent-config";
 /// Longest pipeline name: the DaemonSet `<name>-agent` must stay a valid label value.
 pub const MAX_NAME_LEN: usize = 57;
 
@@ -71,7 +85,7 @@ pub struct RenderOptions {
 /// The objects reconcile applies for one pipeline.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Rendered {
-    /// `<name>-agent`, holding `pipeline.yaml`.
+    /// `<name>-agent-<hash>`, holding `pipeline.yaml`: immutable, named after its content.
     pub config_map: ConfigMap,
     /// `<name>-agent`, running the agent.
     pub daemon_set: DaemonSet,
@@ -129,9 +143,23 @@ pub fn pipeline_from_manifest(text: &str) -> Result<EdgePipeline, ManifestError>
     Ok(pipeline)
 }
 
-/// Name of the ConfigMap and the DaemonSet of pipeline `name`.
+/// Name of the DaemonSet of pipeline `name`, and the prefix of its ConfigMaps.
 pub fn agent_name(name: &str) -> String {
     format!("{name}-agent")
+}
+
+/// The labels of the configuration revisions (ConfigMaps) of pipeline `name`.
+pub fn revision_labels(name: &str) -> BTreeMap<String, String> {
+    let mut labels = labels(name);
+    labels.insert(COMPONENT_LABEL.to_string(), CONFIG_COMPONENT.to_string());
+    labels
+}
+
+/// Label selector of the configuration revisions of pipeline `name`.
+pub fn revision_selector(name: &str) -> String {
+    format!(
+        "app.kubernetes.io/instance={name},{COMPONENT_LABEL}={CONFIG_COMPONENT},{MANAGED_BY_SELECTOR}"
+    )
 }
 
 /// The labels of every object of pipeline `name`.
@@ -151,6 +179,16 @@ pub fn labels(name: &str) -> BTreeMap<String, String> {
             "edgepipe".to_string(),
         ),
     ])
+}
+
+/// The configuration revision (ConfigMap name) a pod spec mounts as its configuration.
+pub fn mounted_revision(spec: &k8s_openapi::api::core::v1::PodSpec) -> Option<&str> {
+    spec.volumes
+        .iter()
+        .flatten()
+        .find(|v| v.name == pod::CONFIG_VOLUME)
+        .and_then(|v| v.config_map.as_ref())
+        .map(|cm| cm.name.as_str())
 }
 
 /// Validates the pipeline as the operator needs it: the spec, and a name and namespace
@@ -218,6 +256,7 @@ pub fn render(pipeline: &EdgePipeline, options: &RenderOptions) -> Result<Render
         None => String::new(),
     };
     let hash = config_hash(&config.text, &model_reference);
+    let revision = config_revision(&agent_name(&name), &config.text);
 
     let meta = ObjectMeta {
         name: Some(agent_name(&name)),
@@ -233,11 +272,16 @@ pub fn render(pipeline: &EdgePipeline, options: &RenderOptions) -> Result<Render
     };
 
     let config_map = ConfigMap {
-        metadata: meta.clone(),
+        metadata: ObjectMeta {
+            name: Some(revision.clone()),
+            labels: Some(revision_labels(&name)),
+            ..meta.clone()
+        },
         data: Some(BTreeMap::from([(
             CONFIG_KEY.to_string(),
             config.text.clone(),
         )])),
+        immutable: Some(true),
         ..ConfigMap::default()
     };
 
@@ -260,7 +304,9 @@ pub fn render(pipeline: &EdgePipeline, options: &RenderOptions) -> Result<Render
             ])),
             ..ObjectMeta::default()
         }),
-        spec: Some(pod::pod_spec(pipeline, &data_dir, &name, &config, options)),
+        spec: Some(pod::pod_spec(
+            pipeline, &data_dir, &revision, &config, options,
+        )),
     };
     let max_unavailable = pipeline
         .spec

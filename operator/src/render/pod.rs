@@ -21,11 +21,12 @@ use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 
 use super::{
     AGENT_UID, AgentConfig, CONFIG_DIR, CONFIG_KEY, DATA_DIR, MODEL_MOUNT_DIR, RenderOptions,
-    agent_name,
 };
 
 /// Name of the agent container.
 pub const AGENT_CONTAINER: &str = "edge-agent";
+/// Name of the volume holding the agent's configuration revision.
+pub const CONFIG_VOLUME: &str = "config";
 /// Name of the init container preparing the queue directory.
 pub const INIT_CONTAINER: &str = "prepare-data-dir";
 /// Seconds the agent gets to drain (stop ingest, commit, stop sync) on SIGTERM.
@@ -53,11 +54,13 @@ pub const CONTROL_PLANE_LABELS: [&str; 3] = [
 ];
 
 /// `host_data_dir` is the node's queue directory, from
-/// [`crate::datadir::host_data_dir`] (built from validated names only).
+/// [`crate::datadir::host_data_dir`] (built from validated names only); `config_revision`
+/// is the immutable ConfigMap of this configuration, mounted by name so a pod only ever
+/// reads the revision it was created for.
 pub(super) fn pod_spec(
     pipeline: &EdgePipeline,
     host_data_dir: &str,
-    name: &str,
+    config_revision: &str,
     config: &AgentConfig,
     options: &RenderOptions,
 ) -> PodSpec {
@@ -124,9 +127,9 @@ pub(super) fn pod_spec(
 
     let mut volumes = vec![
         Volume {
-            name: "config".to_string(),
+            name: CONFIG_VOLUME.to_string(),
             config_map: Some(ConfigMapVolumeSource {
-                name: agent_name(name),
+                name: config_revision.to_string(),
                 ..ConfigMapVolumeSource::default()
             }),
             ..Volume::default()
@@ -149,7 +152,7 @@ pub(super) fn pod_spec(
         },
     ];
     let mut mounts = vec![
-        mount("config", CONFIG_DIR, true),
+        mount(CONFIG_VOLUME, CONFIG_DIR, true),
         mount("data", DATA_DIR, false),
         mount("tmp", "/tmp", false),
     ];

@@ -23,7 +23,8 @@ use serde_json::{Value, json};
 use super::api::{ApiServer, Seen, assert_permitted, not_found, respond};
 use super::{default_options, pipeline};
 
-pub const CM_PATH: &str = "/api/v1/namespaces/factory/configmaps/line1-agent";
+/// The ConfigMap `line1-agent` of operators before configuration revisions.
+pub const LEGACY_CM_PATH: &str = "/api/v1/namespaces/factory/configmaps/line1-agent";
 pub const DS_PATH: &str = "/apis/apps/v1/namespaces/factory/daemonsets/line1-agent";
 pub const STATUS_PATH: &str =
     "/apis/edgepipe.dev/v1alpha1/namespaces/factory/edgepipelines/line1/status";
@@ -164,10 +165,17 @@ pub async fn reconciled(p: EdgePipeline, ctx: &Arc<Context>) -> Result<Action, E
         .expect("reconcile finishes")
 }
 
-/// Expects the ownership check before an apply (the metadata of the ConfigMap, then of
-/// the DaemonSet); answers that neither exists.
-pub async fn expect_no_children(api: &mut ApiServer) {
-    for (path, resource) in [(CM_PATH, "configmaps"), (DS_PATH, "daemonsets.apps")] {
+/// The path of the configuration revision (ConfigMap) of pipeline `p`.
+pub fn cm_path(p: &EdgePipeline) -> String {
+    let rendered = edge_operator::render(p, &default_options()).expect("renders");
+    let name = rendered.config_map.metadata.name.expect("a name");
+    format!("/api/v1/namespaces/factory/configmaps/{name}")
+}
+
+/// Expects the ownership check before an apply (the metadata of the ConfigMap at
+/// `cm_path`, then of the DaemonSet); answers that neither exists.
+pub async fn expect_no_children(api: &mut ApiServer, cm_path: &str) {
+    for (path, resource) in [(cm_path, "configmaps"), (DS_PATH, "daemonsets.apps")] {
         let (_, send) = api.expect(http::Method::GET, path).await;
         respond(
             send,

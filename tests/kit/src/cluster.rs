@@ -247,10 +247,13 @@ impl Cluster {
 
         let ready_again = dir.join("kwok-ready-again.yaml");
         std::fs::write(&ready_again, READY_AGAIN_STAGE).expect("kwok stage");
+        let never_ready = dir.join("kwok-never-ready.yaml");
+        std::fs::write(&never_ready, NEVER_READY_STAGE).expect("kwok stage");
         let mut kwok = Command::new(tool("kwok"));
         kwok.arg(format!("--kubeconfig={}", cluster.kubeconfig.display()))
             .arg(format!("--config={}", tool("stages.yaml").display()))
             .arg(format!("--config={}", ready_again.display()))
+            .arg(format!("--config={}", never_ready.display()))
             .arg("--manage-all-nodes=false")
             .arg(format!(
                 "--manage-nodes-with-annotation-selector={KWOK_ANNOTATION}=fake"
@@ -412,6 +415,50 @@ impl Cluster {
             .collect();
         nodes.sort();
         nodes
+    }
+
+    /// The configuration revisions (ConfigMaps labelled
+    /// `app.kubernetes.io/component=agent-config`) of the pipeline `namespace/name`, sorted
+    /// by name.
+    pub fn agent_config_maps(&self, namespace: &str, name: &str) -> Vec<Value> {
+        let list = self.get_json(&[
+            "configmaps",
+            "-n",
+            namespace,
+            "-l",
+            &format!("app.kubernetes.io/instance={name},app.kubernetes.io/component=agent-config"),
+        ]);
+        let mut items: Vec<Value> = list["items"].as_array().cloned().unwrap_or_default();
+        items.sort_by_key(|cm| {
+            cm["metadata"]["name"]
+                .as_str()
+                .unwrap_or_default()
+                .to_string()
+        });
+        items
+    }
+
+    /// The name of the configuration revision the agent DaemonSet of the pipeline
+    /// `namespace/name` mounts (its pod template's `config` volume).
+    pub fn agent_revision(&self, namespace: &str, name: &str) -> String {
+        let ds = self.get_json(&["daemonset", &format!("{name}-agent"), "-n", namespace]);
+        ds["spec"]["template"]["spec"]["volumes"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .find(|v| v["name"] == "config")
+            .and_then(|v| v["configMap"]["name"].as_str())
+            .unwrap_or_else(|| {
+                panic!("the DaemonSet {namespace}/{name}-agent mounts no configuration: {ds}")
+            })
+            .to_string()
+    }
+
+    /// The configuration revision (ConfigMap) the agent DaemonSet of the pipeline
+    /// `namespace/name` mounts.
+    pub fn agent_config_map(&self, namespace: &str, name: &str) -> Value {
+        let revision = self.agent_revision(namespace, name);
+        self.get_json(&["configmap", &revision, "-n", namespace])
     }
 
     /// Creates a namespace (if missing).
@@ -598,6 +645,43 @@ spec:
       - lastTransitionTime: {{ Now | Quote }}
         status: "True"
         type: Ready
+"#;
+
+/// A pod that tolerates this taint key (any operator, value or effect) never becomes
+/// ready on a simulated node: it stays Pending, as an agent whose container never passes
+/// its readiness probe. Tests use it to make a rollout that cannot progress.
+pub const NEVER_READY_TOLERATION: &str = "edgepipe.dev/never-ready";
+
+/// Wins over kwok's `pod-ready` (a positive weight beats weight 0) for the pods of
+/// [`NEVER_READY_TOLERATION`]; the status it writes is constant, so applying it again
+/// changes nothing.
+const NEVER_READY_STAGE: &str = r#"apiVersion: kwok.x-k8s.io/v1alpha1
+kind: Stage
+metadata:
+  name: pod-never-ready
+spec:
+  resourceRef:
+    apiGroup: v1
+    kind: Pod
+  weight: 100
+  selector:
+    matchExpressions:
+    - key: '.metadata.deletionTimestamp'
+      operator: 'DoesNotExist'
+    - key: '.status.phase'
+      operator: 'In'
+      values: ['Pending']
+    - key: '.spec.tolerations.[] | select( .key == "edgepipe.dev/never-ready" ) | .key'
+      operator: 'In'
+      values: ['edgepipe.dev/never-ready']
+  next:
+    statusTemplate: |
+      phase: Pending
+      conditions:
+      - lastTransitionTime: {{ .metadata.creationTimestamp | Quote }}
+        status: "False"
+        type: Ready
+        reason: NeverReady
 "#;
 
 /// Audit every request of a ServiceAccount (the operator under test runs as one) with

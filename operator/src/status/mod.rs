@@ -1,25 +1,47 @@
 //! The EdgePipeline status, computed without an API server from the pipeline, the
-//! validation result (or the tenant policy's verdict, or what stopped the apply) and the
-//! agent DaemonSet, and the transitions worth an Event.
+//! validation result (or the tenant policy's verdict, or what stopped the apply), the
+//! agent DaemonSet and its pods and nodes ([`Fleet`]), and the transitions worth an Event.
+//!
+//! The conditions mean what a Deployment's do: `Progressing` is True while a rollout is
+//! under way and False (`RolloutComplete`) once it is done, so `kubectl wait
+//! --for=condition=Ready` ends; a rollout without progress (one more node updated or
+//! ready) for `spec.rollout.progressDeadline` is `Stalled` (`ProgressDeadlineExceeded`),
+//! the time of the last progress being kept in `status.lastProgressTime`. A node that is
+//! NotReady or unreachable is *offline*: its agent is neither ready nor a failure (one
+//! node without power must not make every pipeline that selects it Degraded), a rollout
+//! does not wait for it, and it is reported in `status.offlineNodes`.
 //!
 //! Identical inputs give an identical status: `lastTransitionTime` moves only when a
 //! condition's status changes, so a periodic reconcile of an unchanged pipeline writes
 //! nothing.
 
+mod rollout;
+mod transitions;
+
+use std::time::Duration;
+
 use edge_crds::status::{
     CONDITION_CONFLICT, CONDITION_DEGRADED, CONDITION_INVALID, CONDITION_PROGRESSING,
-    CONDITION_READY,
+    CONDITION_READY, CONDITION_STALLED,
 };
 use edge_crds::validate::describe;
 use edge_crds::{EdgePipeline, EdgePipelineStatus, FieldError};
 use k8s_openapi::api::apps::v1::DaemonSet;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
-use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
+
+pub use rollout::{AgentPod, Fleet, UNREACHABLE_TAINT, node_offline, stall_check_in};
+use rollout::{Rollout, human, last_progress, seconds_between};
+pub use transitions::{Transition, transitions};
 
 /// Condition reasons (CamelCase, as the API requires).
 pub mod reason {
     /// Ready: every desired node runs the current agent and it is ready.
     pub const ALL_AGENTS_READY: &str = "AllAgentsReady";
+    /// Ready: every online node runs the current agent and it is ready; some nodes are
+    /// offline (see `status.offlineNodes`).
+    pub const ONLINE_AGENTS_READY: &str = "OnlineAgentsReady";
+    /// Stalled: the rollout made no progress within `spec.rollout.progressDeadline`.
+    pub const PROGRESS_DEADLINE_EXCEEDED: &str = "ProgressDeadlineExceeded";
     /// Ready/Progressing: the DaemonSet is rolling out the current configuration.
     pub const ROLLING_OUT: &str = "RollingOut";
     /// Progressing: every desired node runs the current configuration.
@@ -64,82 +86,36 @@ pub enum Blocked {
 
 /// Longest condition message the API accepts.
 const MAX_MESSAGE: usize = 32 * 1024;
-
-/// What the DaemonSet reports about the rollout.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-struct Rollout {
-    desired: i32,
-    ready: i32,
-    updated: i32,
-    /// The DaemonSet controller has seen the current template.
-    observed: bool,
-    /// Agents allowed down during a rollout (maxUnavailable resolved against desired).
-    allowed_unavailable: i32,
-}
-
-impl Rollout {
-    fn of(daemon_set: Option<&DaemonSet>) -> Self {
-        let Some(ds) = daemon_set else {
-            return Self::default();
-        };
-        let status = ds.status.clone().unwrap_or_default();
-        let desired = status.desired_number_scheduled;
-        let observed = match (ds.metadata.generation, status.observed_generation) {
-            (Some(generation), Some(observed)) => observed >= generation,
-            (None, Some(_)) => true,
-            _ => false,
-        };
-        let max_unavailable = ds
-            .spec
-            .as_ref()
-            .and_then(|s| s.update_strategy.as_ref())
-            .and_then(|u| u.rolling_update.as_ref())
-            .and_then(|r| r.max_unavailable.clone())
-            .unwrap_or(IntOrString::Int(1));
-        Self {
-            desired,
-            ready: status.number_ready,
-            updated: status.updated_number_scheduled.unwrap_or(0),
-            observed,
-            allowed_unavailable: resolve_max_unavailable(&max_unavailable, desired),
-        }
-    }
-
-    fn rolling(&self) -> bool {
-        !self.observed || self.updated < self.desired
-    }
-}
-
-/// `maxUnavailable` as a number of agents, rounding percentages up like the DaemonSet
-/// controller, and at least 1.
-fn resolve_max_unavailable(value: &IntOrString, desired: i32) -> i32 {
-    let n = match value {
-        IntOrString::Int(n) => *n,
-        IntOrString::String(s) => match s
-            .strip_suffix('%')
-            .and_then(|p| p.trim().parse::<i64>().ok())
-        {
-            Some(percent) => ((i64::from(desired) * percent + 99) / 100) as i32,
-            None => 1,
-        },
-    };
-    n.max(1)
-}
+/// Most offline node names listed in `status.offlineNodeNames`.
+pub const MAX_OFFLINE_NAMES: usize = 10;
 
 /// Computes the status of `pipeline` (its previous status is `pipeline.status`).
 /// `validation` is the result of [`crate::render::check`]; `daemon_set` is the agent
 /// DaemonSet as last applied or read, if it exists; `now` stamps conditions that change.
+/// No node counts as offline (see [`compute_fleet`]).
 pub fn compute(
     pipeline: &EdgePipeline,
     validation: Result<(), &[FieldError]>,
     daemon_set: Option<&DaemonSet>,
     now: &Time,
 ) -> EdgePipelineStatus {
-    compute_from(
+    compute_fleet(pipeline, validation, daemon_set, &Fleet::default(), now)
+}
+
+/// [`compute`] knowing the agent pods and the offline nodes.
+pub fn compute_fleet(
+    pipeline: &EdgePipeline,
+    validation: Result<(), &[FieldError]>,
+    daemon_set: Option<&DaemonSet>,
+    fleet: &Fleet,
+    now: &Time,
+) -> EdgePipelineStatus {
+    compute_inner(
         pipeline.metadata.generation,
         pipeline.status.as_ref(),
         validation,
-        daemon_set,
+        Rollout::of(daemon_set, fleet),
+        pipeline.spec.progress_deadline(),
         now,
     )
 }
@@ -153,7 +129,27 @@ pub fn compute_from(
     daemon_set: Option<&DaemonSet>,
     now: &Time,
 ) -> EdgePipelineStatus {
-    let rollout = Rollout::of(daemon_set);
+    compute_inner(
+        generation,
+        previous,
+        validation,
+        Rollout::of(daemon_set, &Fleet::default()),
+        edge_crds::RolloutSettings::default()
+            .progress_deadline
+            .to_std()
+            .unwrap_or(Duration::from_secs(600)),
+        now,
+    )
+}
+
+fn compute_inner(
+    generation: Option<i64>,
+    previous: Option<&EdgePipelineStatus>,
+    validation: Result<(), &[FieldError]>,
+    rollout: Rollout,
+    deadline: Duration,
+    now: &Time,
+) -> EdgePipelineStatus {
     let c = |type_: &str, status: bool, reason: &str, message: String| Condition {
         type_: type_.to_string(),
         status: if status { "True" } else { "False" }.to_string(),
@@ -191,11 +187,17 @@ pub fn compute_from(
             ),
         ],
         Ok(()) => {
-            let r = rollout;
+            let r = &rollout;
+            let offline = match r.offline.len() {
+                0 => String::new(),
+                1 => "; 1 node offline".to_string(),
+                n => format!("; {n} nodes offline"),
+            };
             let counts = format!(
-                "{} of {} agents updated, {} ready",
+                "{} of {} agents updated, {} ready{offline}",
                 r.updated, r.desired, r.ready
             );
+            let not_ready = r.online_not_ready();
             let (ready, ready_reason, ready_message) = if r.rolling() {
                 (false, reason::ROLLING_OUT, counts.clone())
             } else if r.desired == 0 {
@@ -204,13 +206,24 @@ pub fn compute_from(
                     reason::NO_NODES,
                     "no node matches the pipeline's nodeSelector and tolerations (control-plane nodes only count when the tenant policy allows them)".to_string(),
                 )
-            } else if r.ready < r.desired {
+            } else if not_ready > 0 {
                 (false, reason::AGENTS_NOT_READY, counts.clone())
-            } else {
+            } else if r.offline.is_empty() {
                 (
                     true,
                     reason::ALL_AGENTS_READY,
                     format!("all {} agents are updated and ready", r.desired),
+                )
+            } else {
+                (
+                    true,
+                    reason::ONLINE_AGENTS_READY,
+                    format!(
+                        "the agents of every online node are updated and ready; {} of {} nodes are offline ({}) and catch up when they are back",
+                        r.offline.len(),
+                        r.desired,
+                        r.offline.join(", ")
+                    ),
                 )
             };
             let progressing = if r.rolling() {
@@ -235,8 +248,9 @@ pub fn compute_from(
                     counts.clone(),
                 )
             };
-            let not_ready = (r.desired - r.ready).max(0);
             let degraded = not_ready > 0 && (!r.rolling() || not_ready > r.allowed_unavailable);
+            let last = last_progress(previous, r, now);
+            let stalled = r.rolling() && seconds_between(&last, now) > deadline.as_secs();
             vec![
                 c(CONDITION_READY, ready, ready_reason, ready_message),
                 progressing,
@@ -245,7 +259,7 @@ pub fn compute_from(
                         CONDITION_DEGRADED,
                         true,
                         reason::AGENTS_NOT_READY,
-                        format!("{not_ready} of {} agents are not ready", r.desired),
+                        format!("{not_ready} of {} agents are not ready{offline}", r.desired),
                     )
                 } else {
                     c(
@@ -261,11 +275,37 @@ pub fn compute_from(
                     reason::VALID,
                     "the spec is valid".to_string(),
                 ),
+                if stalled {
+                    c(
+                        CONDITION_STALLED,
+                        true,
+                        reason::PROGRESS_DEADLINE_EXCEEDED,
+                        format!(
+                            "the rollout made no progress for more than {} (spec.rollout.progressDeadline): {counts}",
+                            human(deadline)
+                        ),
+                    )
+                } else {
+                    c(
+                        CONDITION_STALLED,
+                        false,
+                        reason::AS_EXPECTED,
+                        if r.rolling() {
+                            format!("the rollout is progressing (deadline {})", human(deadline))
+                        } else {
+                            "no rollout is waiting".to_string()
+                        },
+                    )
+                },
             ]
         }
     };
 
-    finish(generation, previous, conditions, rollout)
+    let mut status = finish(generation, previous, conditions, &rollout);
+    if validation.is_ok() {
+        status.last_progress_time = Some(last_progress(previous, &rollout, now));
+    }
+    status
 }
 
 /// The status of a valid pipeline whose objects the operator did not apply: Ready and
@@ -327,9 +367,13 @@ pub fn compute_blocked(
         desired: p.desired_nodes,
         ready: p.ready_nodes,
         updated: p.updated_nodes,
+        offline: p.offline_node_names.clone(),
+        revision: p.config_revision.clone(),
         ..Rollout::default()
     });
-    finish(generation, previous, conditions, rollout)
+    let mut status = finish(generation, previous, conditions, &rollout);
+    status.offline_nodes = previous.map_or(0, |p| p.offline_nodes);
+    status
 }
 
 /// The status of a pipeline outside the cluster's tenant policy: `Invalid` with reason
@@ -373,7 +417,7 @@ pub fn compute_forbidden(
         pipeline.metadata.generation,
         pipeline.status.as_ref(),
         conditions,
-        Rollout::default(),
+        &Rollout::default(),
     )
 }
 
@@ -383,7 +427,7 @@ fn finish(
     generation: Option<i64>,
     previous: Option<&EdgePipelineStatus>,
     conditions: Vec<Condition>,
-    rollout: Rollout,
+    rollout: &Rollout,
 ) -> EdgePipelineStatus {
     let conditions = conditions
         .into_iter()
@@ -402,116 +446,17 @@ fn finish(
         desired_nodes: rollout.desired,
         ready_nodes: rollout.ready,
         updated_nodes: rollout.updated,
+        offline_nodes: i32::try_from(rollout.offline.len()).unwrap_or(i32::MAX),
+        offline_node_names: rollout
+            .offline
+            .iter()
+            .take(MAX_OFFLINE_NAMES)
+            .cloned()
+            .collect(),
+        config_revision: rollout.revision.clone(),
+        last_progress_time: previous.and_then(|p| p.last_progress_time.clone()),
         conditions,
     }
-}
-
-/// A change of status worth an Event.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub enum Transition {
-    /// The operator applied the pipeline for the first time.
-    Created,
-    /// Every desired node runs the current agent and it is ready.
-    RolloutComplete {
-        /// The Ready condition's message.
-        message: String,
-    },
-    /// Agents became unready outside a rollout, or more than allowed during one.
-    Degraded {
-        /// The Degraded condition's message.
-        message: String,
-    },
-    /// The spec became invalid.
-    Invalid {
-        /// The validation errors, one per line.
-        message: String,
-    },
-    /// The pipeline came outside the cluster's tenant policy; its agents are removed.
-    Forbidden {
-        /// The violations, one per line.
-        message: String,
-    },
-    /// The API server started refusing to apply the pipeline's objects.
-    ApplyFailed {
-        /// The API server's message.
-        message: String,
-    },
-    /// An object with the agent's name turned out not to be this pipeline's.
-    Conflict {
-        /// The Conflict condition's message.
-        message: String,
-    },
-}
-
-/// The transitions from `previous` to `new`, in the order they should be published.
-pub fn transitions(
-    previous: Option<&EdgePipelineStatus>,
-    new: &EdgePipelineStatus,
-) -> Vec<Transition> {
-    let was = |type_: &str| {
-        previous
-            .and_then(|p| p.condition(type_))
-            .is_some_and(|c| c.status == "True")
-    };
-    let is = |type_: &str| new.condition(type_).filter(|c| c.status == "True");
-    let mut out = vec![];
-    let never_applied = previous.is_none_or(|p| p.conditions.is_empty());
-    let blocked = is(CONDITION_DEGRADED)
-        .is_some_and(|c| c.reason == reason::APPLY_FAILED || c.reason == reason::CONFLICT);
-    if never_applied && is(CONDITION_INVALID).is_none() && !blocked {
-        out.push(Transition::Created);
-    }
-    let was_forbidden = previous
-        .and_then(|p| p.condition(CONDITION_INVALID))
-        .is_some_and(|c| c.status == "True" && c.reason == reason::FORBIDDEN_BY_POLICY);
-    if let Some(c) = is(CONDITION_INVALID) {
-        if c.reason == reason::FORBIDDEN_BY_POLICY {
-            if !was_forbidden {
-                out.push(Transition::Forbidden {
-                    message: c.message.clone(),
-                });
-            }
-        } else if !was(CONDITION_INVALID) {
-            out.push(Transition::Invalid {
-                message: c.message.clone(),
-            });
-        }
-    }
-    if let Some(c) = is(CONDITION_CONFLICT)
-        && !was(CONDITION_CONFLICT)
-    {
-        out.push(Transition::Conflict {
-            message: c.message.clone(),
-        });
-    }
-    let was_degraded_for = |why: &str| {
-        previous
-            .and_then(|p| p.condition(CONDITION_DEGRADED))
-            .is_some_and(|c| c.status == "True" && c.reason == why)
-    };
-    if let Some(c) = is(CONDITION_DEGRADED)
-        && is(CONDITION_INVALID).is_none()
-    {
-        if c.reason == reason::APPLY_FAILED {
-            if !was_degraded_for(reason::APPLY_FAILED) {
-                out.push(Transition::ApplyFailed {
-                    message: c.message.clone(),
-                });
-            }
-        } else if c.reason != reason::CONFLICT && !was(CONDITION_DEGRADED) {
-            out.push(Transition::Degraded {
-                message: c.message.clone(),
-            });
-        }
-    }
-    if let Some(c) = is(CONDITION_READY)
-        && !was(CONDITION_READY)
-    {
-        out.push(Transition::RolloutComplete {
-            message: c.message.clone(),
-        });
-    }
-    out
 }
 
 fn truncate(mut s: String, max: usize) -> String {

@@ -1,0 +1,512 @@
+//! A change reaches the nodes only through the rollout, and the status tells a fleet's
+//! truth, against a real control plane with kwok's simulated nodes, the chart installed
+//! by Helm and the operator run as the chart's ServiceAccount:
+//!
+//! - a spec change is a new immutable, content-named ConfigMap and a new pod template;
+//!   the DaemonSet replaces the agents node by node (every pod event watched: never more
+//!   than `maxUnavailable` agents on the new revision that are not ready yet), the
+//!   pipeline ends Ready with `Progressing=False`, and the old revision is deleted once
+//!   no pod mounts it;
+//! - a rollout whose new agents never become ready is `Stalled` after its progress
+//!   deadline; meanwhile the agents not reached keep their revision, whose ConfigMap
+//!   still exists unchanged (what a container restarting in such a pod reads); reverting
+//!   the spec completes the rollout and removes the stuck revision;
+//! - a node that goes NotReady counts as offline (`status.offlineNodes`, the `Offline`
+//!   column, the `edge_operator_offline_agents` metric) and its unready agent does not
+//!   make the pipeline Degraded or not Ready; it counts again once the node is back.
+//!
+//! One cluster serves the tests of this file; each has its own namespace and its own
+//! nodes (selected by a label), so taking a node offline touches only its test.
+
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::Duration;
+
+use edge_testkit::cluster::{Cluster, NEVER_READY_TOLERATION, Node};
+use edge_testkit::operator::Operator;
+use edge_testkit::poll;
+use edge_tests::helm::{self, NAMESPACE};
+use futures::StreamExt;
+use k8s_openapi::api::core::v1::Pod;
+use kube::runtime::watcher;
+use kube::{Api, Client};
+use serde_json::{Value, json};
+
+/// The operator Deployment the chart creates for release `edgepipe`.
+const DEPLOYMENT: &str = "edgepipe-edge-operator";
+const WAIT: Duration = Duration::from_secs(180);
+
+struct Fleet {
+    cluster: Cluster,
+    operator: Operator,
+}
+
+/// The shared cluster: three nodes for each test (`rollout-*`, `stall-*`, `offline-*`,
+/// labelled `edgepipe.dev/site=<test>`), the chart installed and the operator running.
+fn fleet() -> &'static Fleet {
+    static FLEET: OnceLock<Fleet> = OnceLock::new();
+    FLEET.get_or_init(|| {
+        let nodes: Vec<Node> = ["rollout", "stall", "offline"]
+            .iter()
+            .flat_map(|site| {
+                (1..=3).map(move |i| {
+                    Node::new(&format!("{site}-{i}")).label("edgepipe.dev/site", site)
+                })
+            })
+            .collect();
+        let cluster = Cluster::start("fleet-rollout", &nodes);
+        {
+            let _guard = cluster.guard();
+            let install =
+                helm::install_on(cluster.kubeconfig(), &[], &["--wait", "--timeout", "120s"]);
+            assert!(install.success, "helm install: {}", install.stderr);
+        }
+        let operator = Operator::from_deployment(&cluster, NAMESPACE, DEPLOYMENT, "operator-0");
+        poll(WAIT, "the operator's /readyz", || {
+            operator.ready().then_some(())
+        });
+        Fleet { cluster, operator }
+    })
+}
+
+/// A pipeline on the nodes of `site`; `extra` is appended to its spec.
+fn pipeline(site: &str, name: &str, batch: u32, extra: &str) -> String {
+    format!(
+        r#"apiVersion: edgepipe.dev/v1alpha1
+kind: EdgePipeline
+metadata: {{name: {name}, namespace: {site}}}
+spec:
+  source:
+    mqtt: {{url: "mqtt://${{HOST_IP}}:1883", topics: ["sensors/#"]}}
+  sink:
+    http: {{url: "https://ingest.example.com/batch", batchSize: {batch}}}
+  nodeSelector: {{edgepipe.dev/site: {site}}}
+  agent: {{maxUnavailable: 1}}
+{extra}"#
+    )
+}
+
+fn status(cluster: &Cluster, namespace: &str, name: &str) -> Value {
+    cluster.get_json(&["epl", name, "-n", namespace])["status"].clone()
+}
+
+/// The agent pods of a pipeline: (pod name, node, mounted revision, ready).
+fn agents(cluster: &Cluster, namespace: &str, name: &str) -> Vec<(String, String, String, bool)> {
+    let pods = cluster.get_json(&[
+        "pods",
+        "-n",
+        namespace,
+        "-l",
+        &format!("app.kubernetes.io/instance={name}"),
+    ]);
+    pods["items"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter(|p| p["metadata"]["deletionTimestamp"].is_null())
+        .map(|p| {
+            (
+                p["metadata"]["name"]
+                    .as_str()
+                    .unwrap_or_default()
+                    .to_string(),
+                p["spec"]["nodeName"]
+                    .as_str()
+                    .unwrap_or_default()
+                    .to_string(),
+                revision_of(p).unwrap_or_default(),
+                ready(p),
+            )
+        })
+        .collect()
+}
+
+fn revision_of(pod: &Value) -> Option<String> {
+    pod["spec"]["volumes"]
+        .as_array()?
+        .iter()
+        .find(|v| v["name"] == "config")?["configMap"]["name"]
+        .as_str()
+        .map(str::to_string)
+}
+
+fn ready(pod: &Value) -> bool {
+    pod["status"]["conditions"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .any(|c| c["type"] == "Ready" && c["status"] == "True")
+}
+
+fn revision_names(cluster: &Cluster, namespace: &str, name: &str) -> Vec<String> {
+    cluster
+        .agent_config_maps(namespace, name)
+        .iter()
+        .filter_map(|cm| cm["metadata"]["name"].as_str().map(str::to_string))
+        .collect()
+}
+
+async fn admin_client(cluster: &Cluster) -> Client {
+    let kubeconfig =
+        kube::config::Kubeconfig::read_from(cluster.kubeconfig()).expect("admin kubeconfig");
+    let config = kube::Config::from_custom_kubeconfig(kubeconfig, &Default::default())
+        .await
+        .expect("kube config");
+    Client::try_from(config).expect("kube client")
+}
+
+/// What a watch of the agent pods saw: for each pod event after the initial list, the
+/// number of pods on `revision` that were not ready yet, and the pods on `revision` in
+/// the order they appeared.
+#[derive(Default)]
+struct Watched {
+    worst_unready_new: usize,
+    new_pods: Vec<String>,
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_change_rolls_node_by_node_through_an_immutable_revision() {
+    let fleet = fleet();
+    let cluster = &fleet.cluster;
+    let _guard = cluster.guard();
+    let (site, name) = ("rollout", "line1");
+    cluster.namespace(site);
+    cluster.apply(&pipeline(site, name, 100, ""));
+    cluster.wait_pipeline_ready(site, name);
+    let old = cluster.agent_revision(site, name);
+    assert!(old.starts_with("line1-agent-"), "{old}");
+    let old_cm = cluster.agent_config_map(site, name);
+    assert_eq!(old_cm["immutable"], true);
+    assert_eq!(
+        old_cm["metadata"]["ownerReferences"][0]["kind"],
+        "EdgePipeline"
+    );
+    let refused = cluster.kubectl(&[
+        "patch",
+        "configmap",
+        &old,
+        "-n",
+        site,
+        "--type=merge",
+        "-p",
+        r#"{"data":{"pipeline.yaml":"edited"}}"#,
+    ]);
+    assert!(
+        !refused.status.success() && String::from_utf8_lossy(&refused.stderr).contains("immutable"),
+        "the API server keeps a revision as it is: {}",
+        String::from_utf8_lossy(&refused.stderr)
+    );
+
+    // The new revision's name follows from the content, as `edge-operator render` shows.
+    let changed = pipeline(site, name, 200, "");
+    let new = {
+        let p = edge_operator::render::pipeline_from_manifest(&changed).expect("parses");
+        let rendered = edge_operator::render(
+            &p,
+            &edge_operator::RenderOptions {
+                agent_image: edge_operator::default_agent_image(),
+                model_version: None,
+                avoid_control_plane: true,
+            },
+        )
+        .expect("renders");
+        rendered.config_map.metadata.name.expect("a name")
+    };
+    assert_ne!(new, old);
+
+    // Watch every agent pod from before the change.
+    let client = admin_client(cluster).await;
+    let pods: Api<Pod> = Api::namespaced(client, site);
+    let watched = Arc::new(Mutex::new(Watched::default()));
+    let synced = Arc::new(AtomicBool::new(false));
+    let watch = {
+        let (watched, synced, new) = (watched.clone(), synced.clone(), new.clone());
+        let selector = format!("app.kubernetes.io/instance={name}");
+        tokio::spawn(async move {
+            let mut live: BTreeMap<String, Pod> = BTreeMap::new();
+            let mut listed = false;
+            let stream = watcher(pods, watcher::Config::default().labels(&selector));
+            futures::pin_mut!(stream);
+            while let Some(event) = stream.next().await {
+                match event {
+                    Ok(watcher::Event::Init) => {
+                        live.clear();
+                        listed = false;
+                    }
+                    Ok(watcher::Event::InitApply(pod)) => {
+                        live.insert(pod.metadata.name.clone().unwrap_or_default(), pod);
+                        continue;
+                    }
+                    Ok(watcher::Event::InitDone) => {
+                        listed = true;
+                        synced.store(true, Ordering::SeqCst);
+                    }
+                    Ok(watcher::Event::Apply(pod)) => {
+                        live.insert(pod.metadata.name.clone().unwrap_or_default(), pod);
+                    }
+                    Ok(watcher::Event::Delete(pod)) => {
+                        live.remove(&pod.metadata.name.clone().unwrap_or_default());
+                    }
+                    Err(_) => continue,
+                }
+                if !listed {
+                    continue;
+                }
+                let Ok(mut seen) = watched.lock() else { break };
+                let mut unready_new = 0;
+                for pod in live.values() {
+                    let json = serde_json::to_value(pod).unwrap_or_default();
+                    if revision_of(&json).as_deref() != Some(new.as_str()) {
+                        continue;
+                    }
+                    let pod_name = pod.metadata.name.clone().unwrap_or_default();
+                    if !seen.new_pods.contains(&pod_name) {
+                        seen.new_pods.push(pod_name);
+                    }
+                    if !ready(&json) {
+                        unready_new += 1;
+                    }
+                }
+                seen.worst_unready_new = seen.worst_unready_new.max(unready_new);
+            }
+        })
+    };
+    poll(WAIT, "the pod watch to list", || {
+        synced.load(Ordering::SeqCst).then_some(())
+    });
+
+    cluster.apply(&changed);
+    poll(WAIT, "the DaemonSet to mount the new revision", || {
+        (cluster.agent_revision(site, name) == new).then_some(())
+    });
+    let new_cm = cluster.agent_config_map(site, name);
+    assert_eq!(new_cm["immutable"], true);
+    assert!(
+        new_cm["data"]["pipeline.yaml"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("batchSize: 200"),
+        "{new_cm}"
+    );
+    let done = poll(WAIT, "every agent on the new revision and ready", || {
+        let now = agents(cluster, site, name);
+        (now.len() == 3
+            && now
+                .iter()
+                .all(|(_, _, revision, ready)| *revision == new && *ready))
+        .then_some(now)
+    });
+    // The status of the new generation: Ready, and Progressing over.
+    poll(WAIT, "the new generation Ready", || {
+        let object = cluster.get_json(&["epl", name, "-n", site]);
+        let s = &object["status"];
+        (s["observedGeneration"] == object["metadata"]["generation"]
+            && s["configRevision"] == new.as_str()
+            && cluster
+                .pipeline_condition(site, name, "Ready")
+                .is_some_and(|c| c.0 == "True"))
+        .then_some(())
+    });
+    let progressing = cluster
+        .pipeline_condition(site, name, "Progressing")
+        .expect("Progressing");
+    assert_eq!(
+        (progressing.0.as_str(), progressing.1.as_str()),
+        ("False", "RolloutComplete")
+    );
+    cluster.wait_pipeline_ready(site, name);
+
+    // The old revision goes once no pod mounts it; the new one stays.
+    poll(WAIT, "the old revision to be deleted", || {
+        (revision_names(cluster, site, name) == [new.clone()]).then_some(())
+    });
+    watch.abort();
+
+    let seen = watched.lock().expect("watch results");
+    assert!(
+        seen.worst_unready_new <= 1,
+        "{} agents were on the new revision without being ready at once (maxUnavailable 1)",
+        seen.worst_unready_new
+    );
+    let mut created: Vec<&str> = seen.new_pods.iter().map(String::as_str).collect();
+    created.sort_unstable();
+    let mut placed: Vec<&str> = done.iter().map(|a| a.0.as_str()).collect();
+    placed.sort_unstable();
+    assert_eq!(
+        created, placed,
+        "one new agent per node, none replaced again"
+    );
+    let mut nodes: Vec<&str> = done.iter().map(|a| a.1.as_str()).collect();
+    nodes.sort_unstable();
+    nodes.dedup();
+    assert_eq!(nodes.len(), 3, "{done:?}");
+}
+
+#[test]
+fn a_rollout_that_never_gets_ready_is_stalled_and_the_others_keep_their_revision() {
+    let fleet = fleet();
+    let cluster = &fleet.cluster;
+    let _guard = cluster.guard();
+    let (site, name) = ("stall", "line2");
+    let deadline = "  rollout: {progressDeadline: 20s}\n";
+    cluster.namespace(site);
+    let good = pipeline(site, name, 100, deadline);
+    cluster.apply(&good);
+    cluster.wait_pipeline_ready(site, name);
+    let old = cluster.agent_revision(site, name);
+    let old_text = cluster.agent_config_map(site, name)["data"]["pipeline.yaml"].clone();
+
+    // New agents that never pass their readiness probe (see NEVER_READY_TOLERATION).
+    let stuck_spec = format!(
+        "{deadline}  tolerations:\n    - {{key: {NEVER_READY_TOLERATION}, operator: Exists}}\n"
+    );
+    cluster.apply(&pipeline(site, name, 100, &stuck_spec));
+    let message = poll(WAIT, "Stalled=True", || {
+        match cluster.pipeline_condition(site, name, "Stalled") {
+            Some((s, reason, message)) if s == "True" && reason == "ProgressDeadlineExceeded" => {
+                Some(message)
+            }
+            _ => None,
+        }
+    });
+    assert!(message.contains("more than 20s"), "{message}");
+    let stuck = cluster.agent_revision(site, name);
+    assert_ne!(stuck, old);
+    let progressing = cluster
+        .pipeline_condition(site, name, "Progressing")
+        .expect("Progressing");
+    assert_eq!(
+        progressing.0, "True",
+        "the rollout is not over: {progressing:?}"
+    );
+    let degraded = cluster
+        .pipeline_condition(site, name, "Degraded")
+        .expect("Degraded");
+    assert_eq!(
+        degraded.0, "False",
+        "one agent down is what maxUnavailable allows"
+    );
+    let warnings = cluster.get_json(&[
+        "events",
+        "-n",
+        site,
+        "--field-selector",
+        &format!("involvedObject.name={name},type=Warning"),
+    ]);
+    assert!(
+        warnings.to_string().contains("ProgressDeadlineExceeded"),
+        "a Warning Event: {warnings}"
+    );
+
+    // Only maxUnavailable agents went to the new revision; the others still run the old
+    // one, and its ConfigMap is still there as it was.
+    let now = agents(cluster, site, name);
+    let on_new: Vec<_> = now.iter().filter(|a| a.2 == stuck).collect();
+    let on_old: Vec<_> = now.iter().filter(|a| a.2 == old).collect();
+    assert_eq!(on_new.len(), 1, "{now:?}");
+    assert!(!on_new[0].3, "the new agent is not ready: {now:?}");
+    assert_eq!(on_old.len(), 2, "{now:?}");
+    assert!(on_old.iter().all(|a| a.3), "{now:?}");
+    let kept = cluster.get_json(&["configmap", &old, "-n", site]);
+    assert_eq!(kept["data"]["pipeline.yaml"], old_text);
+    assert_eq!(kept["immutable"], true);
+    assert_eq!(revision_names(cluster, site, name).len(), 2);
+
+    // Reverting the spec is the old revision again: the rollout completes and the stuck
+    // revision goes.
+    cluster.apply(&good);
+    cluster.wait_pipeline_ready(site, name);
+    assert_eq!(cluster.agent_revision(site, name), old);
+    let stalled = cluster
+        .pipeline_condition(site, name, "Stalled")
+        .expect("Stalled");
+    assert_eq!(stalled.0, "False", "{stalled:?}");
+    poll(WAIT, "the stuck revision to be deleted", || {
+        (revision_names(cluster, site, name) == [old.clone()]).then_some(())
+    });
+}
+
+#[test]
+fn a_node_that_goes_offline_is_counted_apart_and_the_pipeline_stays_ready() {
+    let fleet = fleet();
+    let cluster = &fleet.cluster;
+    let _guard = cluster.guard();
+    let (site, name) = ("offline", "line3");
+    cluster.namespace(site);
+    cluster.apply(&pipeline(site, name, 100, ""));
+    cluster.wait_pipeline_ready(site, name);
+
+    // The node loses power: no more heartbeats, and (as the node lifecycle controller
+    // does) its agent is marked unready.
+    cluster.set_node_ready("offline-3", false);
+    let (pod, ..) = agents(cluster, site, name)
+        .into_iter()
+        .find(|a| a.1 == "offline-3")
+        .expect("an agent on offline-3");
+    let unready = json!({"status": {"conditions": [{"type": "Ready", "status": "False", "reason": "NodeNotReady"}]}});
+    cluster.kubectl_ok(&[
+        "patch",
+        "pod",
+        &pod,
+        "-n",
+        site,
+        "--subresource=status",
+        "--type=strategic",
+        "-p",
+        &unready.to_string(),
+    ]);
+    let seen = poll(WAIT, "the offline node in the status", || {
+        let s = status(cluster, site, name);
+        (s["offlineNodes"] == 1 && s["readyNodes"] == 2).then_some(s)
+    });
+    assert_eq!(seen["offlineNodeNames"], json!(["offline-3"]));
+    let ready = cluster
+        .pipeline_condition(site, name, "Ready")
+        .expect("Ready");
+    assert_eq!(
+        (ready.0.as_str(), ready.1.as_str()),
+        ("True", "OnlineAgentsReady"),
+        "{seen}"
+    );
+    let degraded = cluster
+        .pipeline_condition(site, name, "Degraded")
+        .expect("Degraded");
+    assert_eq!(degraded.0, "False", "{seen}");
+    cluster.wait_pipeline_ready(site, name);
+    let table = cluster.kubectl_ok(&["get", "epl", name, "-n", site]);
+    let header: Vec<&str> = table
+        .lines()
+        .next()
+        .unwrap_or_default()
+        .split_whitespace()
+        .collect();
+    let row: Vec<&str> = table
+        .lines()
+        .nth(1)
+        .unwrap_or_default()
+        .split_whitespace()
+        .collect();
+    let column = header
+        .iter()
+        .position(|h| *h == "OFFLINE")
+        .expect("an Offline column");
+    assert_eq!(row.get(column), Some(&"1"), "{table}");
+    poll(WAIT, "edge_operator_offline_agents", || {
+        (fleet.operator.metric_sum("edge_operator_offline_agents") >= 1.0).then_some(())
+    });
+
+    // Back: its agent is ready again and nothing is offline.
+    cluster.set_node_ready("offline-3", true);
+    poll(WAIT, "no offline node", || {
+        let s = status(cluster, site, name);
+        (s["offlineNodes"] == 0 && s["readyNodes"] == 3).then_some(())
+    });
+    let ready = cluster
+        .pipeline_condition(site, name, "Ready")
+        .expect("Ready");
+    assert_eq!(
+        (ready.0.as_str(), ready.1.as_str()),
+        ("True", "AllAgentsReady")
+    );
+}
