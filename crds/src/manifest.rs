@@ -18,7 +18,7 @@ pub const API_VERSION: &str = "edgepipe.dev/v1alpha1";
 /// The kind of EdgePipeline.
 pub const KIND: &str = "EdgePipeline";
 
-/// Name and namespace of a pipeline, as far as the agent needs them.
+/// Name, namespace and uid of a pipeline, as far as the agent needs them.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct PipelineMeta {
     /// `metadata.name`.
@@ -27,6 +27,10 @@ pub struct PipelineMeta {
     /// `metadata.namespace`.
     #[serde(default)]
     pub namespace: Option<String>,
+    /// `metadata.uid`: which pipeline of that name (the operator renders it; absent in a
+    /// manifest written by hand). The queue on the node belongs to it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub uid: Option<String>,
 }
 
 impl PipelineMeta {

@@ -830,6 +830,12 @@ pub struct Buffer {
     /// agent but not of the node.
     #[serde(default)]
     pub durability: Durability,
+    /// Send what a deleted pipeline of the same name and namespace left queued on the node
+    /// (deleted and created again, for example by a GitOps tool replacing it). By default
+    /// that queue belongs to the deleted pipeline: the agent sets it aside on the node
+    /// (`queue.db.pipeline-<uid>`), never sends it, and starts an empty queue.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub adopt_previous_queue: bool,
 }
 
 impl Default for Buffer {
@@ -840,6 +846,7 @@ impl Default for Buffer {
             max_age: default_max_age(),
             when_full: WhenFull::default(),
             durability: Durability::default(),
+            adopt_previous_queue: false,
         }
     }
 }

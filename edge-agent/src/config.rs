@@ -182,6 +182,9 @@ pub struct MqttSinkSettings {
 pub struct AgentConfig {
     /// `namespace/name` (as in records and metric labels).
     pub pipeline: String,
+    /// `metadata.uid`, when the manifest has one (the operator renders it): the pipeline
+    /// the node's queue belongs to.
+    pub uid: Option<String>,
     /// `metadata.name` (`standalone` for a bare spec).
     pub name: String,
     /// `metadata.namespace` (`default` for a bare spec).
@@ -258,8 +261,14 @@ impl AgentConfig {
             .clone()
             .unwrap_or_else(|| "standalone".to_string());
         let pipeline = file.meta.id();
+        let uid = file.meta.uid.clone();
         let mut spec = file.spec;
         let mut r = Resolver::new(env);
+        if let Some(uid) = &uid
+            && let Err(message) = check_uid(uid)
+        {
+            r.err("metadata.uid", message);
+        }
         if node.is_empty() {
             r.err(
                 "node",
@@ -278,6 +287,7 @@ impl AgentConfig {
         let (errors, needs) = r.finish();
         let config = Self {
             pipeline,
+            uid,
             name,
             namespace,
             node: node.to_string(),
@@ -289,6 +299,20 @@ impl AgentConfig {
         };
         Ok((config, errors, needs))
     }
+}
+
+/// Longest `metadata.uid` accepted (Kubernetes uids are 36-character UUIDs).
+const MAX_UID_LEN: usize = 64;
+
+/// A uid names a file on the node (a queue set aside): letters, digits and `-` only.
+fn check_uid(uid: &str) -> Result<(), String> {
+    if uid.is_empty() || uid.len() > MAX_UID_LEN {
+        return Err(format!("must be 1 to {MAX_UID_LEN} characters"));
+    }
+    if !uid.chars().all(|c| c.is_ascii_alphanumeric() || c == '-') {
+        return Err("must hold only letters, digits and '-' (a Kubernetes uid)".to_string());
+    }
+    Ok(())
 }
 
 #[cfg(test)]

@@ -276,6 +276,8 @@ pub async fn run_with_metrics(
             durability: config.buffer.durability,
         },
         max_age: config.buffer.max_age,
+        owner: config.uid.clone(),
+        adopt_previous: config.spec.buffer.adopt_previous_queue,
     };
     let (queue, writer) = Queue::start(queue_config, metrics.clone(), health.clone()).await?;
     tracing::info!(dir = %options.data_dir.display(), "queue open");

@@ -99,6 +99,8 @@ pub struct Metrics {
     pub actions_suppressed: IntCounterVec,
     /// Corrupt queue files moved aside.
     pub queue_corruptions: IntCounter,
+    /// Queues of a deleted pipeline of the same name set aside at start.
+    pub queues_set_aside: IntCounter,
     /// Connections to the agent's endpoint closed at once: the connection cap was reached.
     pub http_connections_rejected: IntCounter,
     /// Failed inferences, by reason.
@@ -280,6 +282,13 @@ impl Metrics {
                 opts(
                     "edge_agent_queue_corruptions_total",
                     "Corrupt queue files moved aside at start.",
+                ),
+            )?,
+            queues_set_aside: counter(
+                r,
+                opts(
+                    "edge_agent_queues_set_aside_total",
+                    "Queues left on the node by a deleted pipeline of the same name, set aside at start (kept as queue.db.pipeline-<uid>, never sent).",
                 ),
             )?,
             http_connections_rejected: counter(
@@ -554,6 +563,7 @@ mod tests {
             "edge_agent_upstream_auth_failures_total",
             "edge_agent_credential_reloads_total",
             "edge_agent_queue_corruptions_total",
+            "edge_agent_queues_set_aside_total",
             "edge_agent_http_connections_rejected_total",
             "edge_agent_queue_records",
             "edge_agent_queue_bytes",

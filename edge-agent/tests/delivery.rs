@@ -1,6 +1,7 @@
 //! End-to-end delivery through the real agent binary, a real Mosquitto broker and a real
 //! HTTP receiver: the original significant-change scenario, an upstream outage with
-//! retries, kill -9 during a QoS 1 stream, and a clean SIGTERM.
+//! retries, kill -9 during a QoS 1 stream, a clean SIGTERM, and a pipeline deleted and
+//! created again under the same name (its queue set aside, or adopted when asked).
 
 mod common;
 
@@ -431,4 +432,135 @@ async fn sigterm_stops_cleanly_and_a_restart_picks_up_where_it_left() {
     .await;
     let expected: BTreeSet<Key> = (0..300).map(|i| key("a", T0 + i, i as f64)).collect();
     assert_eq!(got, expected);
+}
+
+/// The pipeline `factory/test` with `metadata.uid` set, as the operator renders it.
+fn with_uid(yaml: &str, uid: &str) -> String {
+    let plain = "metadata: {name: test, namespace: factory}";
+    assert!(yaml.contains(plain));
+    yaml.replace(
+        plain,
+        &format!("metadata: {{name: test, namespace: factory, uid: {uid}}}"),
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pipeline_created_again_under_the_same_name_sends_the_old_queue_only_when_asked() {
+    const FIRST: &str = "7c0f3a52-0000-4000-8000-000000000001";
+    const SECOND: &str = "7c0f3a52-0000-4000-8000-000000000002";
+    const THIRD: &str = "7c0f3a52-0000-4000-8000-000000000003";
+    let broker = Mosquitto::start();
+    let mut receiver = Receiver::down();
+    let dir = tempfile::tempdir().unwrap();
+    prepare_session(broker.port, "agent-recreated", &[TOPIC]).await;
+    let receiver_port = receiver.port;
+    let pipeline = |buffer| {
+        Pipeline {
+            broker_port: broker.port,
+            client_id: "agent-recreated",
+            receiver_port,
+            buffer,
+            batch_size: 20,
+            ..Pipeline::default()
+        }
+        .yaml()
+    };
+    let queued = series("edge_agent_queue_records", &[]);
+    let set_aside = series("edge_agent_queues_set_aside_total", &[]);
+    let mut publisher = Publisher::connect(broker.port, "publisher-recreated");
+
+    // The first pipeline queues 100 readings while its upstream is down, then is deleted.
+    let mut first = Agent::start(dir.path(), &with_uid(&pipeline("{}"), FIRST));
+    for i in 0..100 {
+        publisher
+            .send("sensors/a/temperature", reading("a", i as f64, T0 + i))
+            .await;
+    }
+    publisher.flush().await;
+    first
+        .wait_metric(&queued, 100.0, Duration::from_secs(20))
+        .await;
+    assert!(first.terminate().success(), "{}", first.log_text());
+
+    // Created again under the same name, with the upstream up: only its own readings go.
+    receiver.resume().await;
+    let mut second = Agent::start(dir.path(), &with_uid(&pipeline("{}"), SECOND));
+    second.wait_ready().await;
+    assert_eq!(second.metric(&set_aside), 1.0, "{}", second.log_text());
+    for i in 0..50 {
+        publisher
+            .send("sensors/b/temperature", reading("b", i as f64, T0 + i))
+            .await;
+    }
+    publisher.flush().await;
+    let devices = |receiver: &Receiver| -> BTreeMap<String, usize> {
+        let mut by_device = BTreeMap::new();
+        for key in dedupe_by_seq(&receiver.accepted()).into_values() {
+            *by_device.entry(key.0).or_default() += 1;
+        }
+        by_device
+    };
+    // Records leave in seq order: once all 50 of the second pipeline's are in, any of the
+    // first pipeline's (lower seqs) would have been sent before them.
+    eventually(
+        Duration::from_secs(20),
+        "the second pipeline's 50 readings",
+        async || (devices(&receiver).get("b") == Some(&50)).then_some(()),
+    )
+    .await;
+    assert_eq!(
+        devices(&receiver),
+        BTreeMap::from([("b".to_string(), 50)]),
+        "only the second pipeline's readings are sent"
+    );
+    let aside = second.data_dir.join(format!("queue.db.pipeline-{FIRST}"));
+    assert!(
+        aside.exists(),
+        "the first pipeline's queue is kept on the node"
+    );
+    let kept: i64 = rusqlite::Connection::open(&aside)
+        .unwrap()
+        .query_row("SELECT count(*) FROM records", [], |r| r.get(0))
+        .unwrap();
+    assert_eq!(kept, 100, "everything the first pipeline queued is in it");
+    let seqs: Vec<u64> = receiver
+        .accepted()
+        .iter()
+        .filter_map(|r| r["seq"].as_u64())
+        .collect();
+    assert!(
+        seqs.iter().all(|&s| s > 100),
+        "sequence numbers keep rising past the set-aside queue's: {seqs:?}"
+    );
+
+    // The second pipeline queues 30 readings during an outage and is deleted; a third,
+    // created with `adoptPreviousQueue`, sends them.
+    receiver.stop().await;
+    for i in 0..30 {
+        publisher
+            .send("sensors/c/temperature", reading("c", i as f64, T0 + i))
+            .await;
+    }
+    publisher.flush().await;
+    second
+        .wait_metric(&queued, 30.0, Duration::from_secs(20))
+        .await;
+    assert!(second.terminate().success(), "{}", second.log_text());
+    receiver.resume().await;
+    let mut third = Agent::start(
+        dir.path(),
+        &with_uid(&pipeline("{adoptPreviousQueue: true}"), THIRD),
+    );
+    eventually(
+        Duration::from_secs(20),
+        "the adopted queue's 30 readings",
+        async || (devices(&receiver).get("c") == Some(&30)).then_some(()),
+    )
+    .await;
+    assert_eq!(third.metric(&set_aside), 0.0);
+    assert_eq!(
+        devices(&receiver),
+        BTreeMap::from([("b".to_string(), 50), ("c".to_string(), 30)])
+    );
+    third.assert_running();
 }

@@ -481,6 +481,24 @@ fn the_config_map_holds_the_pipeline_the_agent_runs() {
         "without secrets or a model ConfigMap the spec is unchanged"
     );
     assert!(validate(&config.spec).is_ok());
+    assert_eq!(config.meta.uid, None, "a pipeline from a file has no uid");
+}
+
+#[test]
+fn the_config_names_the_pipeline_uid_the_node_queue_belongs_to() {
+    let mut p = pipeline("");
+    p.metadata.uid = Some("3f9c2b1e-5d4a-4c3b-9a8f-0123456789ab".to_string());
+    let first = rendered(&p);
+    let config = parse_pipeline(&config_text(&first)).expect("parses");
+    assert_eq!(
+        config.meta.uid.as_deref(),
+        Some("3f9c2b1e-5d4a-4c3b-9a8f-0123456789ab")
+    );
+    // The same spec under a new pipeline (deleted and created again) is a new revision.
+    p.metadata.uid = Some("3f9c2b1e-5d4a-4c3b-9a8f-0123456789ac".to_string());
+    let again = rendered(&p);
+    assert_ne!(config_text(&first), config_text(&again));
+    assert_ne!(hash(&first), hash(&again));
 }
 
 #[test]

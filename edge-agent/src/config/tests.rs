@@ -433,3 +433,28 @@ fn load_reads_a_file_and_names_unreadable_ones() {
     let err = load("source: [", &[]).unwrap_err();
     assert!(matches!(err, ConfigError::Manifest(_)), "{err:?}");
 }
+
+#[test]
+fn the_uid_of_a_manifest_names_the_queue_owner_and_must_be_a_plain_token() {
+    let manifest = |uid: &str| {
+        let spec: String = MINIMAL.lines().map(|l| format!("  {l}\n")).collect();
+        format!(
+            "apiVersion: edgepipe.dev/v1alpha1\nkind: EdgePipeline\n\
+             metadata: {{name: line1, namespace: factory, uid: \"{uid}\"}}\nspec:\n{spec}"
+        )
+    };
+    let vars = [("HOST_IP", "10.0.0.1")];
+    let c = load(&manifest("3f9c2b1e-5d4a-4c3b-9a8f-0123456789ab"), &vars).unwrap();
+    assert_eq!(
+        c.uid.as_deref(),
+        Some("3f9c2b1e-5d4a-4c3b-9a8f-0123456789ab")
+    );
+    assert_eq!(load(MINIMAL, &vars).unwrap().uid, None);
+    for bad in ["../../etc", "a/b", "", &"x".repeat(65)] {
+        let got = problems(&manifest(bad), &vars);
+        assert!(
+            got.iter().any(|p| p.starts_with("metadata.uid: ")),
+            "{bad:?}: {got:?}"
+        );
+    }
+}

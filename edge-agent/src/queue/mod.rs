@@ -20,6 +20,7 @@
 
 pub mod dead;
 mod file;
+pub mod owner;
 pub mod reserve;
 pub mod seq;
 pub mod state;
@@ -83,6 +84,11 @@ pub struct QueueConfig {
     pub store: StoreSettings,
     /// Records older than this are dropped.
     pub max_age: Duration,
+    /// The uid of the pipeline the queue belongs to (see [`owner`]); `None` for a
+    /// pipeline without one (a manifest written by hand): no ownership check.
+    pub owner: Option<String>,
+    /// Send a queue another pipeline of the same name left instead of setting it aside.
+    pub adopt_previous: bool,
 }
 
 /// What became of a submitted unit. Either way the MQTT message may be acknowledged.
@@ -384,6 +390,9 @@ impl Queue {
 }
 
 fn open(config: &QueueConfig, metrics: &Metrics) -> Result<Store, QueueError> {
+    if let Some(uid) = &config.owner {
+        claim(config, uid, metrics)?;
+    }
     let started = Instant::now();
     let opened = Store::open(&config.dir, config.store.clone())?;
     if opened.checked {
@@ -407,6 +416,35 @@ fn open(config: &QueueConfig, metrics: &Metrics) -> Result<Store, QueueError> {
         .queue_capacity_bytes
         .set(config.store.max_bytes.min(i64::MAX as u64) as i64);
     Ok(opened.store)
+}
+
+/// Makes the queue directory the pipeline `uid`'s, and says what became of a queue
+/// another pipeline of the same name left there.
+fn claim(config: &QueueConfig, uid: &str, metrics: &Metrics) -> Result<(), QueueError> {
+    match owner::claim(&config.dir, uid, config.adopt_previous)? {
+        owner::Claim::Owned | owner::Claim::Claimed => {}
+        owner::Claim::Adopted { previous } => tracing::warn!(
+            previous_uid = %previous,
+            "adopting the queue a deleted pipeline of the same name left on this node \
+             (buffer.adoptPreviousQueue): its records are sent"
+        ),
+        owner::Claim::SetAside {
+            previous,
+            path,
+            records,
+        } => {
+            metrics.queues_set_aside.inc();
+            tracing::warn!(
+                previous_uid = %previous,
+                moved_to = %path.as_deref().map(|p| p.display().to_string()).unwrap_or_default(),
+                records = records.map(|n| n.to_string()).unwrap_or_else(|| "unknown".into()),
+                "the queue on this node belongs to a deleted pipeline of the same name: \
+                 set it aside (kept, never sent) and started an empty queue; set \
+                 buffer.adoptPreviousQueue to send such a queue instead"
+            );
+        }
+    }
+    Ok(())
 }
 
 /// Why pending units are not committed yet.

@@ -584,6 +584,8 @@ fn writer_config(dir: &Path, max_bytes: u64, when_full: WhenFull) -> QueueConfig
         dir: dir.to_path_buf(),
         store: settings(max_bytes, when_full, Durability::Fsync),
         max_age: Duration::from_secs(3600),
+        owner: None,
+        adopt_previous: false,
     }
 }
 
