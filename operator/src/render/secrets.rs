@@ -306,8 +306,10 @@ mod tests {
     fn the_digest_follows_the_referenced_values_only() {
         let base_data = [("password", "s3cret"), ("ca.crt", "PEM"), ("other", "x")];
         let base = digest(secret("u1", &base_data, &[])).expect("complete");
+        /// Key/value pairs (data or labels).
+        type Pairs<'a> = &'a [(&'a str, &'a str)];
         // (case, data, labels, uid, same digest)
-        let cases: &[(&str, &[(&str, &str)], &[(&str, &str)], &str, bool)] = &[
+        let cases: &[(&str, Pairs, Pairs, &str, bool)] = &[
             ("the same data", &base_data, &[], "u1", true),
             (
                 "a label",
