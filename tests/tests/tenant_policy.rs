@@ -331,7 +331,7 @@ fn pipelines_outside_the_tenant_policy_get_no_agents_and_the_rest_keep_running()
         .iter()
         .filter(|r| !(r.starts_with("\"list\"") || r.starts_with("\"watch\"")))
         .collect();
-    let opted_in = format!("\"get\" /api/v1/namespaces/{TENANT}/secrets/shared-token ");
+    let opted_in = format!("\"get\" \"/api/v1/namespaces/{TENANT}/secrets/shared-token\" ");
     assert!(
         reads.iter().any(|r| r.starts_with(&opted_in)),
         "the operator never read the referenced, opted-in Secret: {secrets:#?}"
