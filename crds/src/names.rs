@@ -1,10 +1,11 @@
 //! Names that end up in file paths, checked before any path is built from them.
 //!
 //! The operator puts a pipeline's namespace and name into the node's queue directory
-//! (`/var/lib/edgepipe/<namespace>/<name>`) and a model ConfigMap key into the model's
-//! path; the agent reads golden and labels files "next to the model" by file name. Each
-//! of those must be exactly one path segment: never empty, never `.` or `..`, never a
-//! `/`, never absolute. Kubernetes already restricts object names to DNS-1123, but the
+//! (`/var/lib/edgepipe/<namespace>/<name>`), a model ConfigMap key into the model's path,
+//! and a referenced Secret's name and key into the path of the file the agent reads the
+//! value from; the agent reads golden and labels files "next to the model" by file name.
+//! Each of those must be exactly one path segment: never empty, never `.` or `..`, never
+//! a `/`, never absolute. Kubernetes already restricts object names to DNS-1123, but the
 //! places that build a path check again, with these functions, so a name that slipped
 //! through (a file read by `edge-operator render`, an older API server, a bug) cannot
 //! climb out of its directory.
@@ -55,7 +56,7 @@ pub fn check_dns_subdomain(name: &str) -> Result<(), String> {
     Ok(())
 }
 
-/// A ConfigMap key, as Kubernetes allows it: letters, digits, `-`, `_` and `.`, at most
+/// A ConfigMap or Secret key, as Kubernetes allows it: letters, digits, `-`, `_` and `.`, at most
 /// 253 characters, and neither `.`, `..` nor starting with `..`.
 pub fn check_config_map_key(key: &str) -> Result<(), String> {
     let charset = key
@@ -63,12 +64,12 @@ pub fn check_config_map_key(key: &str) -> Result<(), String> {
         .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'));
     if key.is_empty() || key.len() > MAX_SUBDOMAIN || !charset {
         return Err(format!(
-            "{key:?} is not a ConfigMap key (1 to {MAX_SUBDOMAIN} letters, digits, '-', '_' or '.')"
+            "{key:?} is not a ConfigMap or Secret key (1 to {MAX_SUBDOMAIN} letters, digits, '-', '_' or '.')"
         ));
     }
     if key == "." || key.starts_with("..") {
         return Err(format!(
-            "{key:?} is not a ConfigMap key (it would leave its directory)"
+            "{key:?} is not a ConfigMap or Secret key (it would leave its directory)"
         ));
     }
     Ok(())

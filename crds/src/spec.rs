@@ -261,8 +261,10 @@ pub struct EmbeddedUser {
     {"rule": "[has(self.secretKeyRef), has(self.env), has(self.file)].filter(x, x).size() == 1", "message": "exactly one of secretKeyRef, env or file must be set"}
 ]))]
 pub struct ValueFrom {
-    /// A key of a Secret in the pipeline's namespace (cluster only; the operator passes it
-    /// to the agent as an environment variable).
+    /// A key of a Secret in the pipeline's namespace (cluster only): the operator mounts
+    /// the Secret into the agent pod and the agent reads the key as a file, never from an
+    /// environment variable. A new value of the key rolls the agents. The Secret must
+    /// carry the label `edgepipe.dev/allow-pipelines: "true"`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub secret_key_ref: Option<SecretKeyRef>,
 

@@ -285,10 +285,18 @@ impl Validator {
         if set != 1 {
             self.err(path, "exactly one of secretKeyRef, env or file must be set");
         }
-        if let Some(r) = &v.secret_key_ref
-            && (r.name.is_empty() || r.key.is_empty())
-        {
-            self.err(format!("{path}.secretKeyRef"), "name and key are required");
+        if let Some(r) = &v.secret_key_ref {
+            if r.name.is_empty() || r.key.is_empty() {
+                self.err(format!("{path}.secretKeyRef"), "name and key are required");
+            } else {
+                // Both become a path of the file the agent reads the value from.
+                if let Err(message) = crate::names::check_dns_subdomain(&r.name) {
+                    self.err(format!("{path}.secretKeyRef.name"), message);
+                }
+                if let Err(message) = crate::names::check_config_map_key(&r.key) {
+                    self.err(format!("{path}.secretKeyRef.key"), message);
+                }
+            }
         }
         if let Some(e) = &v.env
             && (e.is_empty() || e.contains('='))

@@ -39,6 +39,7 @@ fn main() {
     let options = RenderOptions {
         agent_image: edge_operator::default_agent_image(),
         model_version: None,
+        secrets_digest: None,
         avoid_control_plane: true,
     };
     let now = Time(Timestamp::now());

@@ -48,6 +48,7 @@ impl ImageArgs {
         RenderOptions {
             agent_image: self.agent_image.clone(),
             model_version: None,
+            secrets_digest: None,
             avoid_control_plane: !policy.control_plane,
         }
     }

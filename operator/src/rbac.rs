@@ -67,11 +67,14 @@ fn rule(
 ///   deleted only when no pod uses it).
 /// - Nodes (cluster-scoped, granted cluster-wide in every mode): `list`/`watch`, to tell
 ///   an agent on an offline node (NotReady, unreachable) from a failing one.
-/// - Secrets: `list`/`watch`, only ever asked for as metadata (`PartialObjectMetadata`)
-///   and only for those labelled `edgepipe.dev/allow-pipelines=true`, to know which
-///   Secrets opted in. The operator never reads a Secret's data; RBAC cannot express
-///   "metadata only", and the operator can already create pods that mount any Secret
-///   of a watched namespace, so this grants it nothing it could not reach before.
+/// - Secrets: `list`/`watch`, only ever asked for as metadata (`PartialObjectMetadata`,
+///   cached without annotations), to know which Secrets opted in (label
+///   `edgepipe.dev/allow-pipelines=true`) and when a referenced one changes; `get` of
+///   each Secret a pipeline references, only once it opted in, to hash the referenced
+///   keys' values into the pod template so a rotation rolls the agents. The values live
+///   only until they are hashed: never stored, cached, logged or written anywhere. The
+///   operator can already create pods that mount any Secret of a watched namespace, so
+///   this grants it nothing it could not reach before.
 /// - Events (`events.k8s.io`): `create`, and `patch` for repeated events (a series).
 /// - Leases (`coordination.k8s.io`) in the lease namespace: `get`, `create`, `patch`.
 pub fn required_permissions() -> Vec<Permission> {
@@ -98,7 +101,7 @@ pub fn required_permissions() -> Vec<Permission> {
             &["get", "list", "watch", "create", "patch", "delete"],
         ),
         rule(Cluster, "", "pods", &["list", "watch"]),
-        rule(Cluster, "", "secrets", &["list", "watch"]),
+        rule(Cluster, "", "secrets", &["get", "list", "watch"]),
         rule(ClusterScoped, "", "nodes", &["list", "watch"]),
         rule(Cluster, "events.k8s.io", "events", &["create", "patch"]),
         rule(

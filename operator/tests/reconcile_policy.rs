@@ -17,9 +17,12 @@ use common::default_options;
 use edge_crds::EdgePipeline;
 use edge_operator::controller::{StoredPipeline, pipelines_using_secret};
 use edge_operator::policy::{self, SECRET_OPT_IN_LABEL, TenantPolicy};
-use edge_operator::render::render;
+use edge_operator::render::{
+    SECRETS_DIGEST_ANNOTATION, referenced_secrets, render, secrets_digest,
+};
 use edge_operator::status::{Transition, compute_forbidden, transitions};
 use http::{Method, StatusCode};
+use k8s_openapi::ByteString;
 use k8s_openapi::api::apps::v1::DaemonSet;
 use k8s_openapi::api::core::v1::{ConfigMap, Secret};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, OwnerReference, Time};
@@ -32,6 +35,37 @@ use serde_json::{Value, json};
 const CONTROL_PLANE_TOLERATION: &str = "  tolerations:\n    - {key: node-role.kubernetes.io/control-plane, operator: Exists, effect: NoSchedule}\n";
 const SECRET_HEADER: &str = "  sink:\n    http:\n      url: 'https://ingest.example.com/batch'\n      headers:\n        - name: Authorization\n          valueFrom: {secretKeyRef: {name: ingest-token, key: authorization}}\n";
 const CM_UID: &str = "7a1c0de0-0000-4000-8000-0000000000c3";
+const TOKEN_PATH: &str = "/api/v1/namespaces/factory/secrets/ingest-token";
+
+/// The Secret `ingest-token` as the API server returns it, with `authorization` and an
+/// unreferenced key.
+fn token_secret(authorization: &str) -> Value {
+    let secret = Secret {
+        metadata: ObjectMeta {
+            name: Some("ingest-token".to_string()),
+            namespace: Some("factory".to_string()),
+            uid: Some("5ec12e70-0000-4000-8000-000000000001".to_string()),
+            resource_version: Some("7".to_string()),
+            labels: Some(BTreeMap::from([(
+                SECRET_OPT_IN_LABEL.to_string(),
+                "true".to_string(),
+            )])),
+            ..ObjectMeta::default()
+        },
+        data: Some(BTreeMap::from([
+            (
+                "authorization".to_string(),
+                ByteString(authorization.as_bytes().to_vec()),
+            ),
+            ("unused".to_string(), ByteString(b"x".to_vec())),
+        ])),
+        ..Secret::default()
+    };
+    let mut value = serde_json::to_value(secret).expect("Secret serializes");
+    value["apiVersion"] = json!("v1");
+    value["kind"] = json!("Secret");
+    value
+}
 
 fn pipeline_with(spec: &str) -> EdgePipeline {
     let mut p = common::with_spec(spec);
@@ -246,18 +280,45 @@ async fn a_secret_is_used_only_once_it_opted_in() {
         assert!(applies(&seen).is_empty(), "{seen:#?}");
     }
 
-    // Opted in: the pipeline runs, with the Secret passed as an environment variable.
+    // Opted in: the operator reads the Secret (and only then), hashes the referenced
+    // key into the pod template, and the pipeline runs with the Secret mounted.
     let p = pipeline_with(&spec);
     let p2 = p.clone();
     let cm_at = cm_path(&p);
+    let expected_digest = secrets_digest(
+        &referenced_secrets(&p.spec).expect("references"),
+        &BTreeMap::from([(
+            "ingest-token".to_string(),
+            serde_json::from_value::<Secret>(token_secret("Bearer t0k3n")).expect("Secret"),
+        )]),
+    )
+    .expect("complete");
     run_with(
         no_models(),
         |ctx| ctx.with_policy(TenantPolicy::default(), secrets("ingest-token", "true")),
         move |mut api| async move {
+            let (_, send) = api.expect(Method::GET, TOKEN_PATH).await;
+            respond(send, StatusCode::OK, token_secret("Bearer t0k3n"));
             expect_no_children(&mut api, &cm_at).await;
-            api.expect_apply(&cm_at, None).await;
+            let cm = api.expect_apply(&cm_at, None).await;
+            assert!(!cm.body.to_string().contains("t0k3n"), "{}", cm.body);
             let ds = api.expect_apply(DS_PATH, None).await;
-            assert!(ds.body.to_string().contains("ingest-token"), "{}", ds.body);
+            let template = &ds.body["spec"]["template"];
+            assert_eq!(
+                template["metadata"]["annotations"][SECRETS_DIGEST_ANNOTATION],
+                json!(expected_digest)
+            );
+            assert_eq!(
+                template["spec"]["volumes"]
+                    .as_array()
+                    .into_iter()
+                    .flatten()
+                    .find(|v| v["name"] == "secret-0")
+                    .map(|v| v["secret"]["secretName"].clone()),
+                Some(json!("ingest-token")),
+                "{template}"
+            );
+            assert!(!ds.body.to_string().contains("t0k3n"), "{}", ds.body);
             let (seen, send) = api.expect(Method::PATCH, STATUS_PATH).await;
             assert_eq!(
                 condition(&seen.body["status"], "Invalid")["status"],
@@ -358,4 +419,59 @@ fn an_opt_in_change_maps_to_the_pipelines_using_the_secret() {
         pipelines_using_secret(&pipelines, &secret),
         vec![ObjectRef::<StoredPipeline>::new("uses").within("factory")]
     );
+}
+
+#[tokio::test]
+async fn a_missing_secret_or_key_blocks_the_apply_and_names_it() {
+    let spec = format!(
+        "  source:\n    mqtt: {{url: 'mqtt://${{HOST_IP}}:1883', topics: ['sensors/#']}}\n{SECRET_HEADER}"
+    );
+    let mut without_key = token_secret("unused");
+    without_key["data"]
+        .as_object_mut()
+        .expect("data")
+        .remove("authorization");
+    // (what the API server answers, what Degraded must say)
+    let cases = [
+        (
+            StatusCode::OK,
+            without_key,
+            "Secret \"ingest-token\" has no key \"authorization\"",
+        ),
+        (
+            StatusCode::NOT_FOUND,
+            not_found("secrets", "ingest-token"),
+            "Secret \"ingest-token\" does not exist",
+        ),
+    ];
+    for (code, answer, expected) in cases {
+        let p = pipeline_with(&spec);
+        let p2 = p.clone();
+        let seen = run_with(
+            no_models(),
+            |ctx| ctx.with_policy(TenantPolicy::default(), secrets("ingest-token", "true")),
+            move |mut api| async move {
+                let (_, send) = api.expect(Method::GET, TOKEN_PATH).await;
+                respond(send, code, answer);
+                let (seen, send) = api.expect(Method::PATCH, STATUS_PATH).await;
+                let status = &seen.body["status"];
+                let degraded = condition(status, "Degraded");
+                assert_eq!(degraded["status"], "True", "{status}");
+                assert_eq!(degraded["reason"], "SecretMissing", "{status}");
+                let message = degraded["message"].as_str().unwrap_or_default();
+                assert!(message.contains(expected), "{message}");
+                assert_eq!(condition(status, "Ready")["status"], "False");
+                assert_eq!(condition(status, "Invalid")["status"], "False");
+                respond(send, StatusCode::OK, pipeline_with_status(&p2, status));
+                api.expect_event("factory").await;
+                api
+            },
+            |ctx, _metrics| async move {
+                reconciled(p, &ctx).await.expect("reconcile succeeds");
+            },
+        )
+        .await;
+        assert!(applies(&seen).is_empty(), "nothing applied: {seen:#?}");
+        assert!(deletes(&seen).is_empty(), "nothing removed: {seen:#?}");
+    }
 }

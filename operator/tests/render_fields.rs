@@ -351,7 +351,7 @@ fn each_configuration_is_an_immutable_revision_the_pod_mounts_by_name() {
 }
 
 #[test]
-fn environment_comes_from_the_downward_api_spec_and_secrets() {
+fn environment_comes_from_the_downward_api_and_the_spec() {
     let r = rendered(&pipeline("  agent: {logLevel: 'edge_agent=debug'}\n"));
     assert_eq!(
         env_value(&r, "NODE_NAME"),
@@ -374,99 +374,6 @@ fn environment_comes_from_the_downward_api_spec_and_secrets() {
         Some(json!({"name": "RUST_LOG", "value": "edge_agent=debug"}))
     );
     assert_eq!(env_value(&rendered(&pipeline("")), "RUST_LOG"), None);
-}
-
-#[test]
-fn secret_references_become_environment_variables() {
-    let p = with_spec(
-        "  source:\n    mqtt:\n      url: mqtts://b:8883\n      topics: [a]\n      username: u\n      \
-         passwordFrom: {secretKeyRef: {name: broker, key: password}}\n      \
-         tls: {ca: {secretKeyRef: {name: broker, key: ca.crt}}, cert: {file: /certs/c.pem}, key: {file: /certs/k.pem}}\n  \
-         sink:\n    http:\n      url: https://x/b\n      headers:\n      \
-         - {name: Authorization, valueFrom: {secretKeyRef: {name: token, key: auth}}}\n      \
-         - {name: X-Again, valueFrom: {secretKeyRef: {name: broker, key: password}}}\n",
-    );
-    let r = rendered(&p);
-    let secret = |env: &str, name: &str, key: &str| json!({"name": env, "valueFrom": {"secretKeyRef": {"name": name, "key": key, "optional": false}}});
-    assert_eq!(
-        env_value(&r, "EDGEPIPE_SECRET_0"),
-        Some(secret("EDGEPIPE_SECRET_0", "broker", "password"))
-    );
-    assert_eq!(
-        env_value(&r, "EDGEPIPE_SECRET_1"),
-        Some(secret("EDGEPIPE_SECRET_1", "broker", "ca.crt"))
-    );
-    assert_eq!(
-        env_value(&r, "EDGEPIPE_SECRET_2"),
-        Some(secret("EDGEPIPE_SECRET_2", "token", "auth"))
-    );
-    assert_eq!(
-        env_value(&r, "EDGEPIPE_SECRET_3"),
-        None,
-        "the same Secret key reuses its variable"
-    );
-
-    let text = &r.config_map.data.as_ref().expect("data")["pipeline.yaml"];
-    assert!(!text.contains("secretKeyRef"), "{text}");
-    let config = parse_pipeline(text).expect("the agent can read the rendered config");
-    let mqtt = &config.spec.source.mqtt;
-    assert_eq!(
-        mqtt.password_from.as_ref().and_then(|v| v.env.as_deref()),
-        Some("EDGEPIPE_SECRET_0")
-    );
-    let tls = mqtt.tls.as_ref().expect("tls");
-    assert_eq!(
-        tls.ca.as_ref().and_then(|v| v.env.as_deref()),
-        Some("EDGEPIPE_SECRET_1")
-    );
-    assert_eq!(
-        tls.cert.as_ref().and_then(|v| v.file.as_deref()),
-        Some("/certs/c.pem"),
-        "non-secret sources stay"
-    );
-    let headers = &config.spec.sink.http.as_ref().expect("http").headers;
-    assert_eq!(
-        headers[0].value_from.env.as_deref(),
-        Some("EDGEPIPE_SECRET_2")
-    );
-    assert_eq!(
-        headers[1].value_from.env.as_deref(),
-        Some("EDGEPIPE_SECRET_0")
-    );
-}
-
-/// A model download authenticates like the HTTP sink: header values from Secrets reach the
-/// agent as environment variables, never in the ConfigMap.
-#[test]
-fn model_download_headers_come_from_secrets() {
-    let p = pipeline(&format!(
-        "  inference:\n    model:\n      url: https://models.example/a.tflite\n      sha256: \"{}\"\n      \
-         headers: [{{name: Authorization, valueFrom: {{secretKeyRef: {{name: models, key: token}}}}}}]\n",
-        "ab".repeat(32)
-    ));
-    let r = rendered(&p);
-    assert_eq!(
-        env_value(&r, "EDGEPIPE_SECRET_0"),
-        Some(
-            json!({"name": "EDGEPIPE_SECRET_0", "valueFrom": {"secretKeyRef": {"name": "models", "key": "token", "optional": false}}})
-        )
-    );
-    let text = &r.config_map.data.as_ref().expect("data")["pipeline.yaml"];
-    assert!(!text.contains("secretKeyRef"), "{text}");
-    let config = parse_pipeline(text).expect("the agent can read the rendered config");
-    let headers = &config
-        .spec
-        .inference
-        .as_ref()
-        .expect("inference")
-        .model
-        .headers;
-    assert_eq!(headers[0].name, "Authorization");
-    assert_eq!(
-        headers[0].value_from.env.as_deref(),
-        Some("EDGEPIPE_SECRET_0")
-    );
-    assert!(validate(&config.spec).is_ok());
 }
 
 #[test]
@@ -561,15 +468,22 @@ fn an_embedded_broker_is_exposed_with_a_host_port_only_beyond_loopback() {
         port,
         Some(json!({"name": "mqtt", "containerPort": 1884, "hostPort": 1884, "protocol": "TCP"}))
     );
-    // The device's password reaches the agent by reference, never in the ConfigMap.
-    let env = ds
-        .pointer("/spec/template/spec/containers/0/env")
+    // The device's password reaches the agent as a file of the mounted Secret, never in
+    // the ConfigMap.
+    let volumes = ds
+        .pointer("/spec/template/spec/volumes")
         .cloned()
         .unwrap_or_default();
     assert!(
-        env.to_string()
-            .contains(r#"{"key":"press-1","name":"devices","optional":false}"#),
-        "{env}"
+        volumes.to_string().contains(
+            r#"{"name":"secret-0","secret":{"defaultMode":288,"items":[{"key":"press-1","path":"press-1"}],"optional":false,"secretName":"devices"}}"#
+        ),
+        "{volumes}"
+    );
+    assert!(
+        config_text(&r).contains("file: /etc/edgepipe-secrets/devices/press-1"),
+        "{}",
+        config_text(&r)
     );
     let local = rendered(&with_spec(
         "  source:\n    mqtt: {topics: [a], embedded: {}}\n  sink:\n    http: {url: 'https://x/b'}\n",

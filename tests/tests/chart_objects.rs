@@ -329,6 +329,7 @@ fn monitors_select_the_operator_and_every_agent() {
     let options = edge_operator::RenderOptions {
         agent_image: edge_operator::default_agent_image(),
         model_version: None,
+        secrets_digest: None,
         avoid_control_plane: true,
     };
     let agents = edge_operator::render(&pipeline, &options).expect("the operator renders it");

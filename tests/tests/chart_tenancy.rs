@@ -152,8 +152,10 @@ fn the_agent_pod_monitor_never_selects_every_namespace_by_default() {
     assert_eq!(defaults["metrics"]["podMonitor"]["anyNamespace"], false);
 }
 
+/// Secrets: watched (as metadata) and read one by one (the referenced, opted-in ones, to
+/// hash the referenced keys); no write verb.
 #[test]
-fn the_operator_may_not_read_secrets_only_watch_their_metadata() {
+fn the_operator_may_read_secrets_but_never_write_them() {
     let role = default_render()
         .all("ClusterRole")
         .into_iter()
@@ -167,5 +169,5 @@ fn the_operator_may_not_read_secrets_only_watch_their_metadata() {
         .filter(|r| strings(&r["resources"]).contains(&"secrets"))
         .collect();
     assert_eq!(secrets.len(), 1, "{secrets:?}");
-    assert_eq!(strings(&secrets[0]["verbs"]), ["list", "watch"]);
+    assert_eq!(strings(&secrets[0]["verbs"]), ["get", "list", "watch"]);
 }

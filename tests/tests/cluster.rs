@@ -167,18 +167,21 @@ fn selected_nodes(cluster: &Cluster, pipeline: &Value) -> BTreeSet<String> {
         .collect()
 }
 
-/// Creates the Secrets a pipeline references, labelled so pipelines may use them (as
-/// the README tells a user to).
+/// Creates the Secrets a pipeline references, with every referenced key, labelled so
+/// pipelines may use them (as the README tells a user to).
 fn opt_in_secrets(cluster: &Cluster, namespace: &str, pipeline: &Value) {
     let spec: edge_crds::EdgePipelineSpec =
         serde_json::from_value(pipeline["spec"].clone()).expect("an EdgePipeline spec");
-    let names: BTreeSet<String> = edge_operator::policy::secret_references(&spec)
-        .into_iter()
-        .map(|r| r.name)
-        .collect();
-    for name in names {
+    let mounts = edge_operator::render::referenced_secrets(&spec).expect("valid references");
+    for mount in mounts {
+        let data: String = mount
+            .keys
+            .iter()
+            .map(|key| format!("  {key}: test\n"))
+            .collect();
         cluster.apply(&format!(
-            "apiVersion: v1\nkind: Secret\nmetadata:\n  name: {name}\n  namespace: {namespace}\n  labels: {{edgepipe.dev/allow-pipelines: \"true\"}}\nstringData: {{value: test}}\n"
+            "apiVersion: v1\nkind: Secret\nmetadata:\n  name: {}\n  namespace: {namespace}\n  labels: {{edgepipe.dev/allow-pipelines: \"true\"}}\nstringData:\n{data}",
+            mount.secret
         ));
     }
 }

@@ -207,6 +207,7 @@ async fn a_change_rolls_node_by_node_through_an_immutable_revision() {
             &edge_operator::RenderOptions {
                 agent_image: edge_operator::default_agent_image(),
                 model_version: None,
+                secrets_digest: None,
                 avoid_control_plane: true,
             },
         )

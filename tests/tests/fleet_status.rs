@@ -213,6 +213,7 @@ fn revision_of(manifest: &str) -> String {
     let options = edge_operator::RenderOptions {
         agent_image: edge_operator::default_agent_image(),
         model_version: None,
+        secrets_digest: None,
         avoid_control_plane: true,
     };
     let rendered = edge_operator::render(&p, &options).expect("renders");

@@ -74,6 +74,7 @@ fn dockerfile_builds_both_images_as_non_root_distroless() {
     let options = edge_operator::RenderOptions {
         agent_image: edge_operator::default_agent_image(),
         model_version: None,
+        secrets_digest: None,
         avoid_control_plane: true,
     };
     let agents = edge_operator::render(&pipeline, &options).expect("the operator renders it");

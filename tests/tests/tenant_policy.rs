@@ -7,7 +7,8 @@
 //! `ForbiddenByPolicy` naming the field, a Warning Event, and no DaemonSet or ConfigMap;
 //! a compliant pipeline beside them runs, on edge nodes only (never the control-plane
 //! node its selector also matches). Withdrawing its Secret's opt-in removes its agents,
-//! labelling the Secret again brings them back.
+//! labelling the Secret again brings them back. The operator reads the data of the
+//! referenced Secret that opted in, and of no other Secret.
 
 use std::time::Duration;
 
@@ -315,7 +316,8 @@ fn pipelines_outside_the_tenant_policy_get_no_agents_and_the_rest_keep_running()
         (cluster.agent_nodes(TENANT, "compliant") == ["edge-1", "edge-2"]).then_some(())
     });
 
-    // RBAC exactly as the chart grants it, and Secrets only ever listed or watched.
+    // RBAC exactly as the chart grants it; Secrets listed and watched (as metadata), and
+    // read only when a pipeline references them and they opted in: never `ingest-token`.
     let refused = operator_requests(&cluster, &operator, |e| e["responseStatus"]["code"] == 403);
     assert!(
         refused.is_empty(),
@@ -329,5 +331,14 @@ fn pipelines_outside_the_tenant_policy_get_no_agents_and_the_rest_keep_running()
         .iter()
         .filter(|r| !(r.starts_with("\"list\"") || r.starts_with("\"watch\"")))
         .collect();
-    assert!(reads.is_empty(), "the operator read Secrets: {reads:#?}");
+    let opted_in = format!("\"get\" \"/api/v1/namespaces/{TENANT}/secrets/shared-token\" ");
+    assert!(
+        reads.iter().any(|r| r.starts_with(&opted_in)),
+        "the operator never read the referenced, opted-in Secret: {secrets:#?}"
+    );
+    let others: Vec<&&String> = reads.iter().filter(|r| !r.starts_with(&opted_in)).collect();
+    assert!(
+        others.is_empty(),
+        "the operator read Secrets no running pipeline may use: {others:#?}"
+    );
 }

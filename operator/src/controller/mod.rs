@@ -13,8 +13,13 @@
 //! server-side applied (field manager `edge-operator`), unless an object of that name is
 //! not this pipeline's ([`children`]: the `Conflict` condition, nothing written); an
 //! apply the API server refuses gives `Degraded` with reason `ApplyFailed` and its
-//! message, and is retried. Revisions that neither the DaemonSet's template nor any of
-//! the pipeline's pods mount are deleted. Then the status is computed from the
+//! message, and is retried. Before rendering, reconcile reads the Secrets the pipeline
+//! references (only once they opted in) and hashes the referenced keys' values into the
+//! pod template ([`crate::render::secrets_digest`]), so a rotation rolls the agents; a
+//! missing Secret or key gives `Degraded` with reason `SecretMissing` naming it, nothing
+//! is applied and the running agents keep their configuration. Revisions that neither
+//! the DaemonSet's template nor any of the pipeline's pods mount are deleted. Then the
+//! status is computed from the
 //! DaemonSet, the agent pods and their nodes (offline nodes count apart, see
 //! [`crate::status`]) and patched on `/status` when it changed ([`report`]). Events are
 //! published only on transitions. Failures are retried with a per-object capped
@@ -24,8 +29,8 @@
 //! At rest the operator writes nothing: it remembers what it last applied for each
 //! pipeline (a digest of the rendered objects, the ConfigMap's resourceVersion and the
 //! DaemonSet's generation the API server answered), and while its caches show both
-//! objects unchanged since then, a reconcile only reads the DaemonSet for the status. A
-//! new spec or model, an edit of the DaemonSet's spec by anyone, or either object
+//! objects unchanged since then, a reconcile only reads the referenced Secrets and the
+//! DaemonSet for the status. A new spec, model or Secret value, an edit of the DaemonSet's spec by anyone, or either object
 //! leaving the cache makes the next reconcile apply again; the DaemonSet's status moving
 //! during a rollout does not.
 
@@ -65,7 +70,8 @@ use kube::{Api, Client, Resource, ResourceExt};
 
 use crate::policy::{self, SECRET_OPT_IN_LABEL, TenantPolicy};
 use crate::render::{
-    FIELD_MANAGER, MODEL_SELECTOR, RenderError, RenderOptions, agent_name, check, render,
+    FIELD_MANAGER, MODEL_SELECTOR, RenderError, RenderOptions, SecretMissing, agent_name, check,
+    referenced_secrets, render, secrets_digest,
 };
 use crate::status::{self, Blocked};
 use crate::telemetry::{Metrics, ReconcileResult};
@@ -77,7 +83,8 @@ pub const BACKOFF_MIN: Duration = Duration::from_secs(5);
 /// Longest retry delay.
 pub const BACKOFF_MAX: Duration = Duration::from_secs(5 * 60);
 /// How often a pipeline in conflict looks again whether the object in its way is gone
-/// (such an object is not among the watched ones).
+/// (such an object is not among the watched ones), and one missing a Secret key whether
+/// it is there (besides the Secret's change reaching it through the watch).
 pub const CONFLICT_RECHECK: Duration = Duration::from_secs(30);
 /// Reconciles running at once.
 const CONCURRENCY: u16 = 4;
@@ -127,6 +134,14 @@ pub enum Error {
     #[error("reading DaemonSet {name} failed: {source}")]
     ReadDaemonSet {
         /// DaemonSet name.
+        name: String,
+        /// API error.
+        source: kube::Error,
+    },
+    /// Reading a referenced Secret (to hash the referenced keys' values) failed.
+    #[error("reading Secret {name} failed: {source}")]
+    ReadSecret {
+        /// The Secret's name.
         name: String,
         /// API error.
         source: kube::Error,
@@ -429,7 +444,7 @@ async fn apply(pipeline: &EdgePipeline, ctx: &Context) -> Result<Action, Error> 
     let namespace = pipeline.namespace().ok_or(Error::MissingNamespace)?;
     let name = pipeline.name_any();
     let child = agent_name(&name);
-    let options = RenderOptions {
+    let mut options = RenderOptions {
         model_version: ctx.model_version(&namespace, pipeline),
         ..ctx.render.clone()
     };
@@ -440,7 +455,22 @@ async fn apply(pipeline: &EdgePipeline, ctx: &Context) -> Result<Action, Error> 
         ctx.secret_opted_in(&namespace, secret)
     });
     let outcome = if violations.is_empty() {
-        status_after_apply(pipeline, ctx, &options, &key, &child, &daemon_sets).await?
+        match referenced_secrets_digest(pipeline, ctx, &namespace).await? {
+            Ok(digest) => {
+                options.secrets_digest = digest;
+                status_after_apply(pipeline, ctx, &options, &key, &child, &daemon_sets).await?
+            }
+            Err(missing) => {
+                let message = missing
+                    .iter()
+                    .map(ToString::to_string)
+                    .collect::<Vec<_>>()
+                    .join("; ");
+                tracing::debug!(pipeline = %name, %namespace, %message, "a referenced Secret key is missing");
+                let blocked = Blocked::SecretMissing { message };
+                Outcome::Waiting(status::compute_blocked(pipeline, &blocked, &now()))
+            }
+        }
     } else {
         let mut errors = check(pipeline).err().unwrap_or_default();
         errors.extend(violations);
@@ -455,7 +485,7 @@ async fn apply(pipeline: &EdgePipeline, ctx: &Context) -> Result<Action, Error> 
                 .map_or(REQUEUE, |due| due.min(REQUEUE));
             (status, Ok(Action::requeue(next)))
         }
-        Outcome::Conflict(status) => (status, Ok(Action::requeue(CONFLICT_RECHECK))),
+        Outcome::Waiting(status) => (status, Ok(Action::requeue(CONFLICT_RECHECK))),
         Outcome::Failed(status, error) => (status, Err(error)),
     };
     write_status(
@@ -472,11 +502,48 @@ async fn apply(pipeline: &EdgePipeline, ctx: &Context) -> Result<Action, Error> 
 }
 
 /// What a reconcile of a pipeline within the policy comes to: the status to write, and
-/// whether it failed (and is retried with backoff) or waits for a conflict to go away.
+/// whether it failed (and is retried with backoff) or waits for a conflict to go away or
+/// a missing Secret key to appear.
 enum Outcome {
     Done(EdgePipelineStatus),
-    Conflict(EdgePipelineStatus),
+    Waiting(EdgePipelineStatus),
     Failed(EdgePipelineStatus, Error),
+}
+
+/// The digest of the Secret keys a valid `pipeline` references ([`secrets_digest`]):
+/// `Ok(None)` when it references none (or is invalid: rendering reports that), `Err`
+/// naming each missing Secret or key. Each referenced Secret is read whole (RBAC has no
+/// finer grain than the object); its data lives only until it is hashed, and is never
+/// logged, cached or written anywhere.
+async fn referenced_secrets_digest(
+    pipeline: &EdgePipeline,
+    ctx: &Context,
+    namespace: &str,
+) -> Result<Result<Option<String>, Vec<SecretMissing>>, Error> {
+    if check(pipeline).is_err() {
+        return Ok(Ok(None));
+    }
+    let Ok(mounts) = referenced_secrets(&pipeline.spec) else {
+        return Ok(Ok(None));
+    };
+    if mounts.is_empty() {
+        return Ok(Ok(None));
+    }
+    let api: Api<Secret> = Api::namespaced(ctx.client.clone(), namespace);
+    let mut secrets = std::collections::BTreeMap::new();
+    for mount in &mounts {
+        let found = api
+            .get_opt(&mount.secret)
+            .await
+            .map_err(|source| Error::ReadSecret {
+                name: mount.secret.clone(),
+                source,
+            })?;
+        if let Some(secret) = found {
+            secrets.insert(mount.secret.clone(), secret);
+        }
+    }
+    Ok(secrets_digest(&mounts, &secrets).map(Some))
 }
 
 /// The message of an apply the API server refused (an admission policy's or webhook's,
@@ -523,7 +590,7 @@ async fn status_after_apply(
                 {
                     ctx.forget(key);
                     let blocked = Blocked::Conflict { message };
-                    return Ok(Outcome::Conflict(status::compute_blocked(
+                    return Ok(Outcome::Waiting(status::compute_blocked(
                         pipeline,
                         &blocked,
                         &now(),

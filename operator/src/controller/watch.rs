@@ -2,13 +2,14 @@
 //! DaemonSets and ConfigMaps it manages (metadata only); the agent pods (labelled
 //! `app.kubernetes.io/managed-by=edge-operator`) and the nodes, both reduced by
 //! [`super::fleet`], a node reaching the pipelines with an agent on it only when it goes
-//! offline or comes back; model ConfigMaps labelled
-//! `edgepipe.dev/model=true` (cached as metadata and a digest of their content) and
-//! Secrets labelled `edgepipe.dev/allow-pipelines=true` (metadata only: the operator
-//! never receives a Secret's data), each mapped to the pipelines that use it. EdgePipelines are watched as stored ([`StoredPipeline`]) so
-//! that one the strict types reject never breaks the watch of the others.
+//! offline or comes back; model ConfigMaps labelled `edgepipe.dev/model=true` (cached as
+//! metadata and a digest of their content) and every Secret (metadata only, without
+//! annotations: the watch never receives a Secret's data), each mapped to the pipelines
+//! that use it. A reconcile reads the data of the Secrets its pipeline references, once
+//! they opted in, to hash it (see [`super`]). EdgePipelines are watched as stored
+//! ([`StoredPipeline`]) so that one the strict types reject never breaks the watch of the
+//! others.
 
-use std::fmt::Debug;
 use std::sync::Arc;
 
 use futures::{StreamExt, TryStreamExt};
@@ -22,7 +23,6 @@ use kube::runtime::events::Reporter;
 use kube::runtime::reflector::{self, ObjectRef, Store};
 use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Api, Client, Resource};
-use serde::de::DeserializeOwned;
 use serde_json::Value;
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
@@ -31,12 +31,12 @@ use tokio_util::sync::CancellationToken;
 use super::fleet::{self, OfflineChanges};
 use super::models;
 use super::{CONCURRENCY, Context, Error, StoredPipeline, error_policy_stored, reconcile_stored};
-use crate::policy::{SECRET_OPT_IN_SELECTOR, TenantPolicy, secret_references};
+use crate::policy::{TenantPolicy, secret_references};
 use crate::render::{FIELD_MANAGER, MANAGED_BY_SELECTOR, MODEL_SELECTOR, RenderOptions};
 use crate::server::Readiness;
 use crate::telemetry::Metrics;
 
-/// Changes of a labelled object buffered between its watch and the controller.
+/// Changes of a watched object buffered between its watch and the controller.
 const WATCH_EVENTS: usize = 64;
 
 /// What the controller is configured with.
@@ -66,8 +66,9 @@ pub fn pipelines_using_model(
 }
 
 /// The pipelines (in the cache) that reference the Secret `secret` anywhere in their
-/// spec: when it gains or loses the opt-in label they are checked again. A pipeline that
-/// does not decode is skipped (it runs nothing new until it does).
+/// spec: when it changes (its data rotated, the opt-in label gained or lost) they are
+/// reconciled again. A pipeline that does not decode is skipped (it runs nothing new
+/// until it does).
 pub fn pipelines_using_secret(
     pipelines: &Store<StoredPipeline>,
     secret: &PartialObjectMeta<Secret>,
@@ -107,28 +108,34 @@ where
     }
 }
 
-/// A cache of the metadata of the objects matching `selector`, and the objects that
-/// change, in a bounded channel for the controller. The task ends when the receiver is
-/// dropped.
-fn labelled<K>(
-    api: Api<PartialObjectMeta<K>>,
-    selector: &str,
-    what: &'static str,
+/// The Secrets of the watched namespaces, as [`summarize_secret`] reduces their
+/// metadata (the API server sends no data: `PartialObjectMetadata`), cached and forwarded
+/// like the other watched objects. Every Secret, not only those opted in: a rotation of a
+/// referenced one must reach its pipelines, and the opt-in label is read from this cache.
+fn secret_metadata(
+    api: Api<PartialObjectMeta<Secret>>,
 ) -> (
-    Store<PartialObjectMeta<K>>,
-    mpsc::Receiver<PartialObjectMeta<K>>,
+    Store<PartialObjectMeta<Secret>>,
+    mpsc::Receiver<PartialObjectMeta<Secret>>,
     JoinHandle<()>,
-)
-where
-    K: Resource + Clone + DeserializeOwned + Debug + Send + Sync + 'static,
-    K::DynamicType: Default + Eq + std::hash::Hash + Clone + Send + Sync,
-{
-    let config = watcher::Config::default().labels(selector);
-    cached(watcher(api, config), what)
+) {
+    let events = watcher(api, watcher::Config::default()).modify(summarize_secret);
+    cached(events, "Secrets")
+}
+
+/// Keeps what the controller needs of a Secret's metadata: its name, namespace, uid,
+/// resourceVersion and labels. Annotations go: `kubectl apply` leaves the whole manifest,
+/// data included, in `kubectl.kubernetes.io/last-applied-configuration`.
+pub fn summarize_secret(secret: &mut PartialObjectMeta<Secret>) {
+    let meta = &mut secret.metadata;
+    meta.annotations = None;
+    meta.managed_fields = None;
+    meta.owner_references = None;
+    meta.finalizers = None;
 }
 
 /// The model ConfigMaps (labelled `edgepipe.dev/model=true`) as [`models::summarize`]
-/// reduces them, cached and forwarded like [`labelled`] objects.
+/// reduces them, cached and forwarded like the Secrets.
 fn model_config_maps(
     api: Api<ConfigMap>,
 ) -> (
@@ -196,15 +203,12 @@ pub async fn run(
     let config_maps: Api<PartialObjectMeta<ConfigMap>> = scoped(&client, ns);
     let managed = watcher::Config::default().labels(MANAGED_BY_SELECTOR);
 
-    // Model ConfigMaps and opted-in Secrets are cached (metadata only) before the first
-    // reconcile: a restarted operator computes the same config hashes, and never takes a
-    // Secret it has not seen yet for one without the opt-in label.
+    // Model ConfigMaps and Secrets are cached (metadata only) before the first reconcile:
+    // a restarted operator computes the same config hashes, and never takes a Secret it
+    // has not seen yet for one without the opt-in label.
     let (models, model_rx, model_watch) = model_config_maps(scoped(&client, ns));
-    let (secrets, secret_rx, secret_watch) = labelled(
-        scoped::<PartialObjectMeta<Secret>>(&client, ns),
-        SECRET_OPT_IN_SELECTOR,
-        "opted-in Secrets",
-    );
+    let (secrets, secret_rx, secret_watch) =
+        secret_metadata(scoped::<PartialObjectMeta<Secret>>(&client, ns));
     // The agent pods are cached before the first reconcile too: a revision is removed
     // only when no pod in the cache mounts it. The nodes are not waited for: without
     // them (RBAC may not grant them) no node counts as offline.

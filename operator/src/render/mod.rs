@@ -14,6 +14,7 @@
 
 mod config;
 mod pod;
+mod secrets;
 
 use std::collections::BTreeMap;
 
@@ -30,11 +31,12 @@ use kube::{Resource, ResourceExt};
 
 use crate::datadir::{DataDirError, host_data_dir};
 
-pub use config::{
-    AgentConfig, REVISION_HASH_LEN, SECRET_ENV_PREFIX, SecretEnv, agent_config, config_hash,
-    config_revision,
-};
+pub use config::{AgentConfig, REVISION_HASH_LEN, agent_config, config_hash, config_revision};
 pub use pod::{CONFIG_VOLUME, CONTROL_PLANE_LABELS, default_resources, is_loopback, listen_port};
+pub use secrets::{
+    SECRET_FILE_MODE, SECRET_VOLUME_PREFIX, SECRETS_DIGEST_ANNOTATION, SECRETS_DIR, SecretMissing,
+    SecretMount, referenced_secrets, secret_file, secret_volumes, secrets_digest,
+};
 
 /// The field manager of every write of the operator.
 pub const FIELD_MANAGER: &str = "edge-operator";
@@ -76,6 +78,10 @@ pub struct RenderOptions {
     /// Version of the model ConfigMap (a digest of its content), when known; part of the
     /// config hash so a new model rolls the agents.
     pub model_version: Option<String>,
+    /// The digest of the referenced Secret keys' values ([`secrets_digest`]), when known:
+    /// the pod template's [`SECRETS_DIGEST_ANNOTATION`], so a rotated value rolls the
+    /// agents. No annotation without it (a pipeline without Secrets, `render -f FILE`).
+    pub secrets_digest: Option<String>,
     /// Keep the agents off control-plane nodes with a required node affinity (the
     /// tenant policy's default: control-plane nodes of k3s are not tainted, so a
     /// pipeline without a node selector would otherwise run there too).
@@ -300,13 +306,22 @@ pub fn render(pipeline: &EdgePipeline, options: &RenderOptions) -> Result<Render
     let template = PodTemplateSpec {
         metadata: Some(ObjectMeta {
             labels: Some(labels(&name)),
-            annotations: Some(BTreeMap::from([
-                (CONFIG_HASH_ANNOTATION.to_string(), hash),
-                (
-                    "kubectl.kubernetes.io/default-container".to_string(),
-                    pod::AGENT_CONTAINER.to_string(),
-                ),
-            ])),
+            annotations: Some(
+                [
+                    Some((CONFIG_HASH_ANNOTATION.to_string(), hash)),
+                    Some((
+                        "kubectl.kubernetes.io/default-container".to_string(),
+                        pod::AGENT_CONTAINER.to_string(),
+                    )),
+                    options
+                        .secrets_digest
+                        .clone()
+                        .map(|digest| (SECRETS_DIGEST_ANNOTATION.to_string(), digest)),
+                ]
+                .into_iter()
+                .flatten()
+                .collect(),
+            ),
             ..ObjectMeta::default()
         }),
         spec: Some(pod::pod_spec(

@@ -1,4 +1,5 @@
-//! The agent pod: container, probes, environment, volumes and the hard-coded hardening.
+//! The agent pod: container, probes, environment, volumes (the configuration revision,
+//! the queue, the model, the referenced Secrets) and the hard-coded hardening.
 //!
 //! The queue lives in a hostPath directory so it survives restarts and upgrades. The
 //! kubelet creates that directory owned by root, so a tiny init container (the agent
@@ -13,12 +14,12 @@ use k8s_openapi::api::core::v1::{
     Affinity, Capabilities, ConfigMapVolumeSource, Container, ContainerPort, EmptyDirVolumeSource,
     EnvVar, EnvVarSource, HTTPGetAction, HostPathVolumeSource, NodeAffinity, NodeSelector,
     NodeSelectorRequirement, NodeSelectorTerm, ObjectFieldSelector, PodSecurityContext, PodSpec,
-    Probe, ResourceRequirements, SeccompProfile, SecretKeySelector, SecurityContext, Volume,
-    VolumeMount,
+    Probe, ResourceRequirements, SeccompProfile, SecurityContext, Volume, VolumeMount,
 };
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 
+use super::secrets::secret_volumes;
 use super::{
     AGENT_UID, AgentConfig, CONFIG_DIR, CONFIG_KEY, DATA_DIR, MODEL_MOUNT_DIR, RenderOptions,
 };
@@ -110,21 +111,6 @@ pub(super) fn pod_spec(
             value_from: None,
         });
     }
-    for secret in &config.secrets {
-        env.push(EnvVar {
-            name: secret.env.clone(),
-            value: None,
-            value_from: Some(EnvVarSource {
-                secret_key_ref: Some(SecretKeySelector {
-                    name: secret.secret.name.clone(),
-                    key: secret.secret.key.clone(),
-                    optional: Some(false),
-                }),
-                ..EnvVarSource::default()
-            }),
-        });
-    }
-
     let mut volumes = vec![
         Volume {
             name: CONFIG_VOLUME.to_string(),
@@ -166,6 +152,11 @@ pub(super) fn pod_spec(
             ..Volume::default()
         });
         mounts.push(mount("model", MODEL_MOUNT_DIR, true));
+    }
+    // Secret values are files only the agent's group may read (the pod's fsGroup).
+    for (volume, volume_mount) in secret_volumes(&config.secrets) {
+        volumes.push(volume);
+        mounts.push(volume_mount);
     }
 
     let agent = Container {

@@ -65,6 +65,9 @@ pub mod reason {
     /// Ready/Progressing/Degraded: an object with the agent's name is not this
     /// pipeline's (see the Conflict condition).
     pub const CONFLICT: &str = "Conflict";
+    /// Ready/Progressing/Degraded: a Secret or Secret key the pipeline references does
+    /// not exist (Degraded names it); nothing is applied until it does.
+    pub const SECRET_MISSING: &str = "SecretMissing";
     /// Conflict: the object exists and has no controller, or another controller.
     pub const NOT_CONTROLLED: &str = "NotControlled";
 }
@@ -80,6 +83,12 @@ pub enum Blocked {
     /// An object with the agent's name exists that this pipeline does not control.
     Conflict {
         /// Which object, and who controls it.
+        message: String,
+    },
+    /// A referenced Secret or Secret key does not exist: the agents it would start could
+    /// not mount it.
+    SecretMissing {
+        /// Which Secrets and keys are missing.
         message: String,
     },
 }
@@ -310,7 +319,8 @@ fn compute_inner(
 
 /// The status of a valid pipeline whose objects the operator did not apply: Ready and
 /// Progressing False and Degraded True with reason `ApplyFailed` (the API server's message
-/// in Degraded) or `Conflict` (then a `Conflict` condition names the object). The agents
+/// in Degraded), `SecretMissing` (the missing Secrets and keys in Degraded) or `Conflict`
+/// (then a `Conflict` condition names the object). The agents
 /// already running are left as they are; the counts are the ones last observed.
 pub fn compute_blocked(
     pipeline: &EdgePipeline,
@@ -329,6 +339,11 @@ pub fn compute_blocked(
     };
     let (why, degraded, conflict) = match blocked {
         Blocked::ApplyFailed { message } => (reason::APPLY_FAILED, message.clone(), None),
+        Blocked::SecretMissing { message } => (
+            reason::SECRET_MISSING,
+            format!("the operator applies nothing until the Secret is complete: {message}"),
+            None,
+        ),
         Blocked::Conflict { message } => (
             reason::CONFLICT,
             format!("the operator applies nothing while the conflict lasts: {message}"),

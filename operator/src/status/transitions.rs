@@ -62,8 +62,14 @@ pub fn transitions(
     let is = |type_: &str| new.condition(type_).filter(|c| c.status == "True");
     let mut out = vec![];
     let never_applied = previous.is_none_or(|p| p.conditions.is_empty());
-    let blocked = is(CONDITION_DEGRADED)
-        .is_some_and(|c| c.reason == reason::APPLY_FAILED || c.reason == reason::CONFLICT);
+    let blocked = is(CONDITION_DEGRADED).is_some_and(|c| {
+        [
+            reason::APPLY_FAILED,
+            reason::CONFLICT,
+            reason::SECRET_MISSING,
+        ]
+        .contains(&c.reason.as_str())
+    });
     if never_applied && is(CONDITION_INVALID).is_none() && !blocked {
         out.push(Transition::Created);
     }

@@ -46,6 +46,7 @@ pub fn default_options() -> RenderOptions {
     RenderOptions {
         agent_image: edge_operator::default_agent_image(),
         model_version: None,
+        secrets_digest: None,
         avoid_control_plane: true,
     }
 }
