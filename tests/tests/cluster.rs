@@ -688,7 +688,17 @@ fn deleting_a_pipeline_garbage_collects_its_agents() {
     let _guard = cluster.guard();
     let (namespace, name) = ("deletion", "line4");
     apply_ready(cluster, namespace, name, 100, 1);
-    cluster.kubectl_ok(&["delete", "epl", name, "-n", namespace, "--wait=true"]);
+    // Foreground: the pipeline is gone once its DaemonSet and ConfigMaps are, so the new
+    // one finds no object of its name held by the old one (that would be a Conflict).
+    cluster.kubectl_ok(&[
+        "delete",
+        "epl",
+        name,
+        "-n",
+        namespace,
+        "--cascade=foreground",
+        "--wait=true",
+    ]);
     let agent = format!("{name}-agent");
     let out = cluster.kubectl(&[
         "wait",
@@ -749,42 +759,12 @@ spec:
         receiver = receiver.port,
     ));
     cluster.wait_pipeline_ready(namespace, name);
-    let config = cluster.agent_config_map(namespace, name)["data"]["pipeline.yaml"]
-        .as_str()
-        .expect("the agent ConfigMap holds pipeline.yaml")
-        .to_string();
-    let pods = cluster.get_json(&[
-        "pods",
-        "-n",
-        namespace,
-        "-l",
-        &format!("app.kubernetes.io/instance={name}"),
-    ]);
-    let pod = &pods["items"][0];
-    let node = pod["spec"]["nodeName"]
-        .as_str()
-        .expect("scheduled")
-        .to_string();
-    let host_ip = pod["status"]["hostIP"]
-        .as_str()
-        .expect("hostIP")
-        .to_string();
-    // The environment as the kubelet would resolve the pod's fieldRefs.
-    let mut env = Vec::new();
-    for var in pod["spec"]["containers"][0]["env"]
-        .as_array()
-        .into_iter()
-        .flatten()
-    {
-        let field = var["valueFrom"]["fieldRef"]["fieldPath"].as_str();
-        let value = match field {
-            Some("spec.nodeName") => node.clone(),
-            Some("status.hostIP") => host_ip.clone(),
-            Some("metadata.namespace") => namespace.to_string(),
-            _ => var["value"].as_str().unwrap_or_default().to_string(),
-        };
-        env.push((var["name"].as_str().expect("env name").to_string(), value));
-    }
+    let (config, env) = agent_as_the_pod_runs_it(cluster, namespace, name);
+    let node = env
+        .iter()
+        .find(|(k, _)| k == "NODE_NAME")
+        .map(|(_, v)| v.clone())
+        .expect("NODE_NAME from the downward API");
     let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
     let dir = tempfile::tempdir().expect("tempdir");
     let mut agent = Agent::start_with_env(dir.path(), &config, &env);
@@ -807,5 +787,165 @@ spec:
     assert_eq!(record["value"], 21.5);
     assert_eq!(record["node"], node.as_str());
     assert_eq!(record["pipeline"], format!("{namespace}/{name}"));
+    assert_never_forbidden(fleet);
+}
+
+/// The pipeline file the operator wrote for `namespace/name` and the environment of its
+/// agent as the kubelet would resolve the pod's fieldRefs (from its first pod).
+fn agent_as_the_pod_runs_it(
+    cluster: &Cluster,
+    namespace: &str,
+    name: &str,
+) -> (String, Vec<(String, String)>) {
+    let config = cluster.agent_config_map(namespace, name)["data"]["pipeline.yaml"]
+        .as_str()
+        .expect("the agent ConfigMap holds pipeline.yaml")
+        .to_string();
+    let pods = cluster.get_json(&[
+        "pods",
+        "-n",
+        namespace,
+        "-l",
+        &format!("app.kubernetes.io/instance={name}"),
+    ]);
+    let pod = &pods["items"][0];
+    let node = pod["spec"]["nodeName"].as_str().expect("scheduled");
+    let host_ip = pod["status"]["hostIP"].as_str().expect("hostIP");
+    let mut env = Vec::new();
+    for var in pod["spec"]["containers"][0]["env"]
+        .as_array()
+        .into_iter()
+        .flatten()
+    {
+        let field = var["valueFrom"]["fieldRef"]["fieldPath"].as_str();
+        let value = match field {
+            Some("spec.nodeName") => node.to_string(),
+            Some("status.hostIP") => host_ip.to_string(),
+            Some("metadata.namespace") => namespace.to_string(),
+            _ => var["value"].as_str().unwrap_or_default().to_string(),
+        };
+        env.push((var["name"].as_str().expect("env name").to_string(), value));
+    }
+    (config, env)
+}
+
+/// `metadata.uid` of a pipeline file.
+fn config_uid(config: &str) -> Option<String> {
+    edge_crds::parse_pipeline(config)
+        .expect("the operator's pipeline file parses")
+        .meta
+        .uid
+}
+
+/// Test 9b: a pipeline deleted and created again under the same name is a new pipeline
+/// to the queue on the node. Its agent, run from the ConfigMap the operator wrote (the
+/// uid the API server gave it), sets aside what the deleted one queued and never sends it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pipeline_created_again_does_not_send_the_deleted_ones_queue() {
+    let fleet = fleet();
+    let cluster = &fleet.cluster;
+    let _guard = cluster.guard();
+    let broker = Mosquitto::start();
+    let mut receiver = Receiver::down();
+    let (namespace, name) = ("recreated", "line6");
+    cluster.namespace(namespace);
+    let manifest = format!(
+        r#"apiVersion: edgepipe.dev/v1alpha1
+kind: EdgePipeline
+metadata: {{name: {name}, namespace: {namespace}}}
+spec:
+  source:
+    mqtt:
+      url: "mqtt://${{HOST_IP}}:{port}"
+      topics: ["sensors/+/temperature"]
+      qos: 1
+    format: {{value: value, device: device_id}}
+  sink:
+    http: {{url: "http://127.0.0.1:{receiver}/ingest", batchSize: 1, flushInterval: 100ms}}
+  nodeSelector: {{edgepipe.dev/edge: "true"}}
+"#,
+        port = broker.port,
+        receiver = receiver.port,
+    );
+    let uid = |c: &Cluster| {
+        c.get_json(&["epl", name, "-n", namespace])["metadata"]["uid"]
+            .as_str()
+            .expect("uid")
+            .to_string()
+    };
+    let dir = tempfile::tempdir().expect("tempdir");
+    let queued = format!("edge_agent_queue_records{{pipeline=\"{namespace}/{name}\"}}");
+    let mut publisher = Publisher::connect(broker.port, "cluster-test-recreated");
+
+    cluster.apply(&manifest);
+    cluster.wait_pipeline_ready(namespace, name);
+    let first_uid = uid(cluster);
+    let (config, env) = agent_as_the_pod_runs_it(cluster, namespace, name);
+    assert_eq!(
+        config_uid(&config).as_deref(),
+        Some(first_uid.as_str()),
+        "the agent's configuration names the pipeline's uid:\n{config}"
+    );
+    let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+    let mut first = Agent::start_with_env(dir.path(), &config, &env);
+    first.wait_ready().await;
+    publisher
+        .send(
+            "sensors/old/temperature",
+            r#"{"device_id":"old","value":1}"#,
+        )
+        .await;
+    publisher.flush().await;
+    first.wait_metric(&queued, 1.0, WAIT).await;
+    assert!(first.terminate().success(), "{}", first.log_text());
+
+    // Foreground: the pipeline is gone once its DaemonSet and ConfigMaps are, so the new
+    // one finds no object of its name held by the old one (that would be a Conflict).
+    cluster.kubectl_ok(&[
+        "delete",
+        "epl",
+        name,
+        "-n",
+        namespace,
+        "--cascade=foreground",
+        "--wait=true",
+    ]);
+    cluster.apply(&manifest);
+    cluster.wait_pipeline_ready(namespace, name);
+    let second_uid = uid(cluster);
+    assert_ne!(first_uid, second_uid);
+    let (config, env) = eventually(WAIT, "the new pipeline's configuration", async || {
+        let (config, env) = agent_as_the_pod_runs_it(cluster, namespace, name);
+        (config_uid(&config).as_deref() == Some(second_uid.as_str())).then_some((config, env))
+    })
+    .await;
+    receiver.resume().await;
+    let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+    let mut second = Agent::start_with_env(dir.path(), &config, &env);
+    second.wait_ready().await;
+    publisher
+        .send(
+            "sensors/new/temperature",
+            r#"{"device_id":"new","value":2}"#,
+        )
+        .await;
+    publisher.flush().await;
+    let record = eventually(
+        Duration::from_secs(30),
+        "the new pipeline's reading at the receiver",
+        async || receiver.accepted().into_iter().next(),
+    )
+    .await;
+    // Records leave in order: the old reading, had it been kept, would have come first.
+    assert_eq!(record["device"], "new", "{:?}", receiver.accepted());
+    assert!(
+        second
+            .data_dir
+            .join(format!("queue.db.pipeline-{first_uid}"))
+            .exists(),
+        "the deleted pipeline's queue is kept on the node"
+    );
+    let set_aside = format!("edge_agent_queues_set_aside_total{{pipeline=\"{namespace}/{name}\"}}");
+    assert_eq!(second.metric(&set_aside), 1.0);
     assert_never_forbidden(fleet);
 }
