@@ -17,6 +17,9 @@ use crate::validate::{FieldError, describe};
 pub const API_VERSION: &str = "edgepipe.dev/v1alpha1";
 /// The kind of EdgePipeline.
 pub const KIND: &str = "EdgePipeline";
+/// The environment variable carrying the uid of the pipeline an agent runs for (set by
+/// the operator in the agent container; it names the owner of the node's queue).
+pub const PIPELINE_UID_ENV: &str = "EDGEPIPE_PIPELINE_UID";
 
 /// Name, namespace and uid of a pipeline, as far as the agent needs them.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]

@@ -182,8 +182,8 @@ pub struct MqttSinkSettings {
 pub struct AgentConfig {
     /// `namespace/name` (as in records and metric labels).
     pub pipeline: String,
-    /// `metadata.uid`, when the manifest has one (the operator renders it): the pipeline
-    /// the node's queue belongs to.
+    /// The pipeline the node's queue belongs to: `metadata.uid` of the manifest, or the
+    /// uid the operator passes in `EDGEPIPE_PIPELINE_UID` (see `edge-agent run`).
     pub uid: Option<String>,
     /// `metadata.name` (`standalone` for a bare spec).
     pub name: String,
@@ -305,7 +305,7 @@ impl AgentConfig {
 const MAX_UID_LEN: usize = 64;
 
 /// A uid names a file on the node (a queue set aside): letters, digits and `-` only.
-fn check_uid(uid: &str) -> Result<(), String> {
+pub fn check_uid(uid: &str) -> Result<(), String> {
     if uid.is_empty() || uid.len() > MAX_UID_LEN {
         return Err(format!("must be 1 to {MAX_UID_LEN} characters"));
     }

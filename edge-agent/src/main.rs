@@ -48,6 +48,11 @@ enum Command {
         /// Node name written into every record (default: $NODE_NAME, then the hostname).
         #[arg(long, value_name = "NAME", env = "NODE_NAME")]
         node_name: Option<String>,
+        /// Uid of the pipeline the queue in DATA_DIR belongs to (the operator sets it); a
+        /// queue another pipeline of the same name left there is set aside. Overrides
+        /// `metadata.uid` of the pipeline file.
+        #[arg(long, value_name = "UID", env = edge_crds::PIPELINE_UID_ENV)]
+        pipeline_uid: Option<String>,
     },
     /// Check the pipeline in FILE: print every problem (exit 1), or `ok`.
     Check {
@@ -138,16 +143,24 @@ fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
             data_dir,
             listen,
             node_name,
+            pipeline_uid,
         } => {
             let node = node_name.unwrap_or_else(hostname);
             let path = config;
-            let config = match AgentConfig::load(&path, &node) {
+            let mut config = match AgentConfig::load(&path, &node) {
                 Ok(c) => c,
                 Err(e) => {
                     eprintln!("{}: invalid pipeline:\n{e}", path.display());
                     return Ok(ExitCode::FAILURE);
                 }
             };
+            if let Some(uid) = pipeline_uid {
+                if let Err(e) = edge_agent::config::check_uid(&uid) {
+                    eprintln!("--pipeline-uid ({}): {e}", edge_crds::PIPELINE_UID_ENV);
+                    return Ok(ExitCode::FAILURE);
+                }
+                config.uid = Some(uid);
+            }
             let runtime = tokio::runtime::Builder::new_multi_thread()
                 .enable_all()
                 .build()

@@ -388,24 +388,30 @@ fn the_config_map_holds_the_pipeline_the_agent_runs() {
         "without secrets or a model ConfigMap the spec is unchanged"
     );
     assert!(validate(&config.spec).is_ok());
-    assert_eq!(config.meta.uid, None, "a pipeline from a file has no uid");
+    assert_eq!(config.meta.uid, None, "the configuration carries no uid");
 }
 
 #[test]
-fn the_config_names_the_pipeline_uid_the_node_queue_belongs_to() {
+fn the_agent_is_told_the_pipeline_uid_the_node_queue_belongs_to() {
     let mut p = pipeline("");
+    assert_eq!(env_value(&rendered(&p), "EDGEPIPE_PIPELINE_UID"), None);
     p.metadata.uid = Some("3f9c2b1e-5d4a-4c3b-9a8f-0123456789ab".to_string());
     let first = rendered(&p);
-    let config = parse_pipeline(&config_text(&first)).expect("parses");
     assert_eq!(
-        config.meta.uid.as_deref(),
-        Some("3f9c2b1e-5d4a-4c3b-9a8f-0123456789ab")
+        env_value(&first, "EDGEPIPE_PIPELINE_UID"),
+        Some(
+            json!({"name": "EDGEPIPE_PIPELINE_UID", "value": "3f9c2b1e-5d4a-4c3b-9a8f-0123456789ab"})
+        )
     );
-    // The same spec under a new pipeline (deleted and created again) is a new revision.
+    // In the pod, not in the configuration: the revision is the spec's alone.
     p.metadata.uid = Some("3f9c2b1e-5d4a-4c3b-9a8f-0123456789ac".to_string());
     let again = rendered(&p);
-    assert_ne!(config_text(&first), config_text(&again));
-    assert_ne!(hash(&first), hash(&again));
+    assert_eq!(config_text(&first), config_text(&again));
+    assert_eq!(
+        first.config_map.metadata.name,
+        again.config_map.metadata.name
+    );
+    assert_ne!(ds_json(&first), ds_json(&again));
 }
 
 #[test]

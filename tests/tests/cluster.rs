@@ -740,23 +740,11 @@ async fn the_operators_configmap_runs_an_agent_that_delivers_a_reading() {
     let receiver = Receiver::start().await;
     let (namespace, name) = ("datapath", "line5");
     cluster.namespace(namespace);
-    cluster.apply(&format!(
-        r#"apiVersion: edgepipe.dev/v1alpha1
-kind: EdgePipeline
-metadata: {{name: {name}, namespace: {namespace}}}
-spec:
-  source:
-    mqtt:
-      url: "mqtt://${{HOST_IP}}:{port}"
-      topics: ["sensors/+/temperature"]
-      qos: 1
-    format: {{value: value, device: device_id}}
-  sink:
-    http: {{url: "http://127.0.0.1:{receiver}/ingest", batchSize: 1, flushInterval: 100ms}}
-  nodeSelector: {{edgepipe.dev/edge: "true"}}
-"#,
-        port = broker.port,
-        receiver = receiver.port,
+    cluster.apply(&data_path_pipeline(
+        namespace,
+        name,
+        broker.port,
+        receiver.port,
     ));
     cluster.wait_pipeline_ready(namespace, name);
     let (config, env) = agent_as_the_pod_runs_it(cluster, namespace, name);
@@ -788,6 +776,27 @@ spec:
     assert_eq!(record["node"], node.as_str());
     assert_eq!(record["pipeline"], format!("{namespace}/{name}"));
     assert_never_forbidden(fleet);
+}
+
+/// A pipeline from the node's broker (`HOST_IP`, port `broker`) to a receiver on this
+/// host, one record a batch, on the edge nodes.
+fn data_path_pipeline(namespace: &str, name: &str, broker: u16, receiver: u16) -> String {
+    format!(
+        r#"apiVersion: edgepipe.dev/v1alpha1
+kind: EdgePipeline
+metadata: {{name: {name}, namespace: {namespace}}}
+spec:
+  source:
+    mqtt:
+      url: "mqtt://${{HOST_IP}}:{broker}"
+      topics: ["sensors/+/temperature"]
+      qos: 1
+    format: {{value: value, device: device_id}}
+  sink:
+    http: {{url: "http://127.0.0.1:{receiver}/ingest", batchSize: 1, flushInterval: 100ms}}
+  nodeSelector: {{edgepipe.dev/edge: "true"}}
+"#
+    )
 }
 
 /// The pipeline file the operator wrote for `namespace/name` and the environment of its
@@ -829,17 +838,17 @@ fn agent_as_the_pod_runs_it(
     (config, env)
 }
 
-/// `metadata.uid` of a pipeline file.
-fn config_uid(config: &str) -> Option<String> {
-    edge_crds::parse_pipeline(config)
-        .expect("the operator's pipeline file parses")
-        .meta
-        .uid
+/// The pipeline uid the operator passes to the agent (`EDGEPIPE_PIPELINE_UID`).
+fn agent_uid(env: &[(String, String)]) -> Option<&str> {
+    env.iter()
+        .find(|(k, _)| k == edge_crds::PIPELINE_UID_ENV)
+        .map(|(_, v)| v.as_str())
 }
 
 /// Test 9b: a pipeline deleted and created again under the same name is a new pipeline
-/// to the queue on the node. Its agent, run from the ConfigMap the operator wrote (the
-/// uid the API server gave it), sets aside what the deleted one queued and never sends it.
+/// to the queue on the node. Its agent, run from the ConfigMap the operator wrote with the
+/// pod's environment (the uid the API server gave the pipeline), sets aside what the
+/// deleted one queued and never sends it.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_pipeline_created_again_does_not_send_the_deleted_ones_queue() {
     let fleet = fleet();
@@ -849,24 +858,7 @@ async fn a_pipeline_created_again_does_not_send_the_deleted_ones_queue() {
     let mut receiver = Receiver::down();
     let (namespace, name) = ("recreated", "line6");
     cluster.namespace(namespace);
-    let manifest = format!(
-        r#"apiVersion: edgepipe.dev/v1alpha1
-kind: EdgePipeline
-metadata: {{name: {name}, namespace: {namespace}}}
-spec:
-  source:
-    mqtt:
-      url: "mqtt://${{HOST_IP}}:{port}"
-      topics: ["sensors/+/temperature"]
-      qos: 1
-    format: {{value: value, device: device_id}}
-  sink:
-    http: {{url: "http://127.0.0.1:{receiver}/ingest", batchSize: 1, flushInterval: 100ms}}
-  nodeSelector: {{edgepipe.dev/edge: "true"}}
-"#,
-        port = broker.port,
-        receiver = receiver.port,
-    );
+    let manifest = data_path_pipeline(namespace, name, broker.port, receiver.port);
     let uid = |c: &Cluster| {
         c.get_json(&["epl", name, "-n", namespace])["metadata"]["uid"]
             .as_str()
@@ -882,9 +874,9 @@ spec:
     let first_uid = uid(cluster);
     let (config, env) = agent_as_the_pod_runs_it(cluster, namespace, name);
     assert_eq!(
-        config_uid(&config).as_deref(),
+        agent_uid(&env),
         Some(first_uid.as_str()),
-        "the agent's configuration names the pipeline's uid:\n{config}"
+        "the agent is told the pipeline's uid: {env:?}"
     );
     let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
     let mut first = Agent::start_with_env(dir.path(), &config, &env);
@@ -914,9 +906,9 @@ spec:
     cluster.wait_pipeline_ready(namespace, name);
     let second_uid = uid(cluster);
     assert_ne!(first_uid, second_uid);
-    let (config, env) = eventually(WAIT, "the new pipeline's configuration", async || {
+    let (config, env) = eventually(WAIT, "an agent pod of the new pipeline", async || {
         let (config, env) = agent_as_the_pod_runs_it(cluster, namespace, name);
-        (config_uid(&config).as_deref() == Some(second_uid.as_str())).then_some((config, env))
+        (agent_uid(&env) == Some(second_uid.as_str())).then_some((config, env))
     })
     .await;
     receiver.resume().await;

@@ -43,18 +43,12 @@ struct Manifest<'a> {
 struct Metadata<'a> {
     name: &'a str,
     namespace: &'a str,
-    /// The pipeline's uid: the queue on the node belongs to it, so a pipeline created
-    /// again under the same name does not send the deleted one's queue.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    uid: Option<&'a str>,
 }
 
-/// Renders `pipeline.yaml` for the pipeline `namespace/name` (with its uid when it has
-/// one: in the cluster, not in a file).
+/// Renders `pipeline.yaml` for the pipeline `namespace/name`.
 pub fn agent_config(
     namespace: &str,
     name: &str,
-    uid: Option<&str>,
     spec: &EdgePipelineSpec,
 ) -> Result<AgentConfig, RenderError> {
     let mut spec = spec.clone();
@@ -81,11 +75,7 @@ pub fn agent_config(
     let manifest = Manifest {
         api_version: API_VERSION,
         kind: KIND,
-        metadata: Metadata {
-            name,
-            namespace,
-            uid,
-        },
+        metadata: Metadata { name, namespace },
         spec: &spec,
     };
     let yaml =

@@ -253,12 +253,7 @@ pub fn render(pipeline: &EdgePipeline, options: &RenderOptions) -> Result<Render
         }])
     })?;
 
-    let config = agent_config(
-        &namespace,
-        &name,
-        pipeline.meta().uid.as_deref(),
-        &pipeline.spec,
-    )?;
+    let config = agent_config(&namespace, &name, &pipeline.spec)?;
     let model_reference = match &config.model_config_map {
         Some(cm) => format!(
             "configmap:{namespace}/{cm}@{}",

@@ -9,7 +9,7 @@
 
 use std::collections::BTreeMap;
 
-use edge_crds::EdgePipeline;
+use edge_crds::{EdgePipeline, PIPELINE_UID_ENV};
 use k8s_openapi::api::core::v1::{
     Affinity, Capabilities, ConfigMapVolumeSource, Container, ContainerPort, EmptyDirVolumeSource,
     EnvVar, EnvVarSource, HTTPGetAction, HostPathVolumeSource, NodeAffinity, NodeSelector,
@@ -97,6 +97,16 @@ pub(super) fn pod_spec(
         field_env("HOST_IP", "status.hostIP"),
         field_env("POD_NAMESPACE", "metadata.namespace"),
     ];
+    // The queue on the node belongs to this pipeline, not to one deleted before under the
+    // same name. In the pod, not in the configuration: a revision's content (and name)
+    // stays the spec's alone.
+    if let Some(uid) = &pipeline.metadata.uid {
+        env.push(EnvVar {
+            name: PIPELINE_UID_ENV.to_string(),
+            value: Some(uid.clone()),
+            value_from: None,
+        });
+    }
     if let Some(level) = &spec.agent.log_level {
         env.push(EnvVar {
             name: "RUST_LOG".to_string(),
