@@ -838,6 +838,41 @@ pub struct Buffer {
     /// (`queue.db.pipeline-<uid>`), never sends it, and starts an empty queue.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub adopt_previous_queue: bool,
+    /// Encrypt what the queue stores on the node (record payloads, dead letters, saved
+    /// processor state) with AES-256-GCM, so a stolen node or SD card gives away no
+    /// reading. Sequence numbers, sizes, timestamps, device ids in the state's keys and
+    /// the upstream's rejection reasons stay in clear.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub encryption: Option<Encryption>,
+}
+
+/// Encryption at rest of the queue (`buffer.encryption`).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+#[schemars(extend("x-kubernetes-validations" = [
+    {"rule": "self.keys.all(k, self.keys.exists_one(x, x.id == k.id))", "message": "key ids must be unique", "fieldPath": ".keys"}
+]))]
+pub struct Encryption {
+    /// The keys. The first encrypts what is stored from now on; the others only decrypt
+    /// what they encrypted before. To rotate, put the new key first and keep the old one
+    /// until the backlog it sealed is delivered (the agent logs when a key is no longer
+    /// needed). A key is 32 bytes: raw, 64 hexadecimal digits or base64 (for example
+    /// `openssl rand -hex 32`).
+    #[schemars(length(min = 1, max = 8))]
+    #[schemars(extend("x-kubernetes-list-type" = "map", "x-kubernetes-list-map-keys" = ["id"]))]
+    pub keys: Vec<EncryptionKey>,
+}
+
+/// One key of `buffer.encryption.keys`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct EncryptionKey {
+    /// The key's name, stored with everything it encrypts (1 to 63 characters of letters,
+    /// digits, `.`, `_` and `-`). Never reuse an id for different key material.
+    #[schemars(regex(pattern = r"^[A-Za-z0-9._-]{1,63}$"))]
+    pub id: String,
+    /// Where the key comes from (a Secret, an environment variable or a file).
+    pub key_from: ValueFrom,
 }
 
 impl Default for Buffer {
@@ -849,6 +884,7 @@ impl Default for Buffer {
             when_full: WhenFull::default(),
             durability: Durability::default(),
             adopt_previous_queue: false,
+            encryption: None,
         }
     }
 }

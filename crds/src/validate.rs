@@ -596,6 +596,29 @@ impl Validator {
             }
         }
         self.duration("spec.buffer.maxAge", &b.max_age, true);
+        if let Some(e) = &b.encryption {
+            let path = "spec.buffer.encryption.keys";
+            if e.keys.is_empty() || e.keys.len() > 8 {
+                self.err(path, "must list 1 to 8 keys");
+            }
+            for (i, key) in e.keys.iter().enumerate() {
+                let ok = (1..=63).contains(&key.id.len())
+                    && key
+                        .id
+                        .bytes()
+                        .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'));
+                if !ok {
+                    self.err(
+                        format!("{path}[{i}].id"),
+                        "must be 1 to 63 characters of letters, digits, '.', '_' and '-'",
+                    );
+                }
+                if e.keys[..i].iter().any(|k| k.id == key.id) {
+                    self.err(path, format!("key ids must be unique: {:?} is listed twice", key.id));
+                }
+                self.value_from(&format!("{path}[{i}].keyFrom"), &key.key_from);
+            }
+        }
     }
 
     fn sink(&mut self, s: &Sink) {

@@ -112,6 +112,8 @@ pub struct BufferSettings {
     pub when_full: WhenFull,
     /// Commit durability.
     pub durability: Durability,
+    /// `buffer.encryption`: the keys sealing what the queue stores (empty: none).
+    pub keys: crate::queue::seal::Keyring,
 }
 
 /// Where records go.

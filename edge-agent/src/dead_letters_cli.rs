@@ -11,6 +11,7 @@ use anyhow::{Context, bail};
 use clap::{Args, Subcommand};
 use edge_agent::queue::dead::{self, Selection};
 use edge_agent::queue::now_ms;
+use edge_agent::queue::seal::Keyring;
 use edge_agent::record::format_timestamp_ms;
 use rusqlite::Connection;
 
@@ -46,7 +47,11 @@ pub struct Which {
 }
 
 /// Runs `command` (listing when none) on the queue in `dir`.
-pub fn run(dir: &Path, command: Option<DeadLetterCommand>) -> anyhow::Result<ExitCode> {
+pub fn run(
+    dir: &Path,
+    keys: &Keyring,
+    command: Option<DeadLetterCommand>,
+) -> anyhow::Result<ExitCode> {
     let command = command.unwrap_or(DeadLetterCommand::List);
     let write = matches!(
         command,
@@ -60,13 +65,13 @@ pub fn run(dir: &Path, command: Option<DeadLetterCommand>) -> anyhow::Result<Exi
     };
     match command {
         DeadLetterCommand::List => list(&conn, dir)?,
-        DeadLetterCommand::Show { id } => match dead::body(&conn, id)? {
+        DeadLetterCommand::Show { id } => match dead::body(&conn, id, keys)? {
             Some(body) => println!("{}", String::from_utf8_lossy(&body)),
             None => bail!("no dead letter with id {id} in {}", dir.display()),
         },
         DeadLetterCommand::Replay(which) => {
             let selection = select(&conn, &which)?;
-            let done = dead::replay(&mut conn, selection, now_ms())?;
+            let done = dead::replay(&mut conn, selection, now_ms(), keys)?;
             println!(
                 "replayed {} dead letters ({} records) into the queue in {}; the agent sends them next",
                 done.batches,

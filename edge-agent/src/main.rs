@@ -111,6 +111,10 @@ enum Command {
             global = true
         )]
         data_dir: PathBuf,
+        /// The agent's pipeline file: needed to read and replay dead letters of an
+        /// encrypted queue (`buffer.encryption`), whose keys it names.
+        #[arg(long, value_name = "FILE", global = true)]
+        config: Option<PathBuf>,
         #[command(subcommand)]
         command: Option<dead_letters_cli::DeadLetterCommand>,
     },
@@ -249,7 +253,23 @@ fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
             }
             Ok(ExitCode::SUCCESS)
         }
-        Command::DeadLetters { data_dir, command } => dead_letters_cli::run(&data_dir, command),
+        Command::DeadLetters {
+            data_dir,
+            config,
+            command,
+        } => {
+            let keys = match config {
+                Some(path) => match AgentConfig::load(&path, &hostname()) {
+                    Ok(c) => c.buffer.keys,
+                    Err(e) => {
+                        eprintln!("{}: invalid pipeline:\n{e}", path.display());
+                        return Ok(ExitCode::FAILURE);
+                    }
+                },
+                None => Default::default(),
+            };
+            dead_letters_cli::run(&data_dir, &keys, command)
+        }
     }
 }
 

@@ -274,6 +274,7 @@ pub async fn run_with_metrics(
             max_dead_letter_bytes: config.buffer.max_dead_letter_bytes,
             when_full: config.buffer.when_full,
             durability: config.buffer.durability,
+            keys: config.buffer.keys.clone(),
         },
         max_age: config.buffer.max_age,
         owner: config.uid.clone(),

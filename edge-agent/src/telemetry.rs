@@ -21,12 +21,13 @@ pub const ACTION_FAILURES: [&str; 3] = ["bad_topic", "backlog", "disconnected"];
 pub const ACTION_SUPPRESSIONS: [&str; 2] = ["episode", "cooldown"];
 
 /// Reasons a record is dropped (`edge_agent_records_dropped_total{reason}`).
-pub const DROP_REASONS: [&str; 5] = [
+pub const DROP_REASONS: [&str; 6] = [
     "queue_full",
     "max_age",
     "dead_letter",
     "device_evicted",
     "disk_full",
+    "unreadable",
 ];
 /// Outcomes of one upstream request (`edge_agent_sync_requests_total{outcome}`).
 pub const SYNC_OUTCOMES: [&str; 3] = ["success", "retry", "rejected"];

@@ -564,3 +564,152 @@ async fn a_pipeline_created_again_under_the_same_name_sends_the_old_queue_only_w
     );
     third.assert_running();
 }
+
+/// Every byte of the files in `dir` (the queue's database, WAL and marks).
+fn files_bytes(dir: &std::path::Path) -> Vec<u8> {
+    let mut all = Vec::new();
+    for entry in std::fs::read_dir(dir).expect("data dir") {
+        let path = entry.expect("entry").path();
+        if path.is_file() {
+            all.extend(std::fs::read(path).expect("read queue file"));
+        }
+    }
+    all
+}
+
+/// `buffer.encryption`, as a user runs it: a queue written with key `a` shows no reading
+/// in its files (after a kill -9, WAL included), a wrong key stops the agent at start
+/// with an error naming the key and destroys nothing, a rotation to key `b` keeps the
+/// backlog sealed with `a` deliverable, and everything arrives once by seq.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_encrypted_queue_leaks_no_reading_survives_a_wrong_key_and_rotates() {
+    let broker = Mosquitto::start();
+    let mut receiver = Receiver::down();
+    let dir = tempfile::tempdir().unwrap();
+    let keys = tempfile::tempdir().unwrap();
+    let key_file = |name: &str, contents: &[u8]| {
+        let path = keys.path().join(name);
+        std::fs::write(&path, contents).unwrap();
+        path.display().to_string()
+    };
+    let key_a = key_file("a.hex", format!("{}\n", "5a".repeat(32)).as_bytes());
+    let key_a_wrong = key_file("a-wrong.hex", "a5".repeat(32).as_bytes());
+    let key_b = key_file("b.raw", &[0x3c; 32]);
+    prepare_session(broker.port, "agent-sealed", &[TOPIC]).await;
+    let receiver_port = receiver.port;
+    let pipeline = |keys: &[(&str, &str)]| {
+        let list: Vec<String> = keys
+            .iter()
+            .map(|(id, file)| format!("{{id: {id}, keyFrom: {{file: \"{file}\"}}}}"))
+            .collect();
+        let buffer = format!("{{encryption: {{keys: [{}]}}}}", list.join(", "));
+        Pipeline {
+            broker_port: broker.port,
+            client_id: "agent-sealed",
+            receiver_port,
+            buffer: &buffer,
+            batch_size: 40,
+            ..Pipeline::default()
+        }
+        .yaml()
+    };
+    let queued = series("edge_agent_queue_records", &[]);
+    // Distinctive values and a device id that would stand out in the file's bytes.
+    let value = |i: i64| 7_340_000 + i * 7;
+    const DEVICE: &str = "vault-door-4471";
+    let topic = format!("sensors/{DEVICE}/temperature");
+
+    let mut agent = Agent::start(dir.path(), &pipeline(&[("a", &key_a)]));
+    agent.wait_ready().await;
+    let mut publisher = Publisher::connect(broker.port, "publisher-sealed");
+    for i in 0..200 {
+        publisher
+            .send(&topic, reading(DEVICE, value(i) as f64, T0 + i))
+            .await;
+    }
+    publisher.flush().await;
+    agent.wait_metric(&queued, 200.0, Duration::from_secs(20)).await;
+    agent.kill();
+    let disk = files_bytes(&agent.data_dir);
+    assert!(
+        disk.len() > 200 * 40,
+        "the queue holds the readings ({} bytes)",
+        disk.len()
+    );
+    let leaks: Vec<i64> = (0..200)
+        .filter(|i| {
+            let text = value(*i).to_string();
+            disk.windows(text.len()).any(|w| w == text.as_bytes())
+        })
+        .collect();
+    assert!(leaks.is_empty(), "values in clear on disk: {leaks:?}");
+    assert!(
+        !disk.windows(DEVICE.len()).any(|w| w == DEVICE.as_bytes()),
+        "the device id is in clear on disk"
+    );
+
+    // The same id with other key material: refused at start, nothing moved or deleted.
+    std::fs::write(&agent.config, pipeline(&[("a", &key_a_wrong)])).unwrap();
+    agent.restart();
+    let status = agent.wait_exit(Duration::from_secs(20));
+    assert!(!status.success(), "a wrong key must stop the agent");
+    let log = agent.log_text();
+    assert!(
+        log.contains("key `a`") && log.contains("buffer.encryption.keys"),
+        "the error names the key and the field:\n{log}"
+    );
+    let names: Vec<String> = std::fs::read_dir(&agent.data_dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    assert!(
+        names.iter().all(|n| !n.contains("corrupt")),
+        "nothing set aside: {names:?}"
+    );
+
+    // Rotation: b seals from now on, a still opens the backlog.
+    std::fs::write(&agent.config, pipeline(&[("b", &key_b), ("a", &key_a)])).unwrap();
+    agent.restart();
+    agent.wait_ready().await;
+    for i in 200..300 {
+        publisher
+            .send(&topic, reading(DEVICE, value(i) as f64, T0 + i))
+            .await;
+    }
+    publisher.flush().await;
+    agent.wait_metric(&queued, 300.0, Duration::from_secs(20)).await;
+    receiver.resume().await;
+    let got = eventually(
+        Duration::from_secs(30),
+        "all 300 readings from the encrypted queue",
+        async || {
+            let got = dedupe_by_seq(&receiver.accepted());
+            (got.len() >= 300).then_some(got)
+        },
+    )
+    .await;
+    let expected: BTreeSet<Key> = (0..300)
+        .map(|i| key(DEVICE, T0 + i, value(i) as f64))
+        .collect();
+    assert_eq!(got.into_values().collect::<BTreeSet<Key>>(), expected);
+    assert_eq!(
+        receiver.accepted().len(),
+        300,
+        "each reading once: the wrong-key start sent nothing"
+    );
+    // Drained: key a is no longer needed, and the agent starts without it.
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while agent.metric(&queued) > 0.0 {
+        assert!(std::time::Instant::now() < deadline, "the queue drains");
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    assert_eq!(agent.terminate().code(), Some(0));
+    std::fs::write(&agent.config, pipeline(&[("b", &key_b)])).unwrap();
+    agent.restart();
+    agent.wait_ready().await;
+    assert!(
+        agent.log_text().contains("queue key retired"),
+        "{}",
+        agent.log_text()
+    );
+}

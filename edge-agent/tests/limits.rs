@@ -435,6 +435,7 @@ async fn a_gigabyte_backlog_restarts_ready_at_once_and_gives_its_disk_back_once_
         max_dead_letter_bytes: 1 << 20,
         when_full: edge_crds::WhenFull::DropOldest,
         durability: edge_crds::Durability::Os,
+        keys: Default::default(),
     };
     let mut store = Store::open(&data, settings).unwrap().store;
     let device = long_device();

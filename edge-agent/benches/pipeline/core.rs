@@ -84,6 +84,7 @@ fn store(dir: &Path, durability: Durability) -> BenchResult<Store> {
         max_dead_letter_bytes: 1 << 30,
         when_full: WhenFull::DropOldest,
         durability,
+        keys: Default::default(),
     };
     Store::open(dir, settings)
         .map(|o| o.store)

@@ -24,6 +24,7 @@ fn fill(dir: &Path, n: usize) -> BenchResult<()> {
         max_dead_letter_bytes: 1 << 30,
         when_full: WhenFull::DropOldest,
         durability: Durability::Os,
+        keys: Default::default(),
     };
     let mut store = Store::open(dir, settings).map_err(|e| e.to_string())?.store;
     let now = edge_agent::queue::now_ms();

@@ -9,6 +9,8 @@ use edge_crds::redact;
 use edge_crds::units::Duration as SpecDuration;
 use edge_crds::{Buffer, Compression, EdgePipelineSpec, FieldError, Header, Sink, Tls, ValueFrom};
 
+use crate::queue::seal::Keyring;
+
 use super::{
     BufferSettings, EmbeddedUser, HttpSettings, MqttSinkSettings, SinkSettings, SourceSettings,
     TlsMaterial,
@@ -357,6 +359,30 @@ impl<'a> Resolver<'a> {
             max_age: duration(&b.max_age),
             when_full: b.when_full,
             durability: b.durability,
+            keys: self.keys(b),
+        }
+    }
+
+    /// The keyring of `buffer.encryption` (empty when off, or when a key is missing or
+    /// malformed: that is reported).
+    fn keys(&mut self, b: &Buffer) -> Keyring {
+        let Some(encryption) = &b.encryption else {
+            return Keyring::default();
+        };
+        let mut material = Vec::with_capacity(encryption.keys.len());
+        for (i, key) in encryption.keys.iter().enumerate() {
+            let path = format!("spec.buffer.encryption.keys[{i}].keyFrom");
+            match self.secret(&path, &key.key_from) {
+                Some(bytes) => material.push((key.id.clone(), bytes)),
+                None => return Keyring::default(),
+            }
+        }
+        match Keyring::new(material) {
+            Ok(ring) => ring,
+            Err(e) => {
+                self.err("spec.buffer.encryption.keys", e.to_string());
+                Keyring::default()
+            }
         }
     }
 

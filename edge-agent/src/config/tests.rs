@@ -81,6 +81,7 @@ fn a_bare_spec_gets_defaults_and_expanded_urls() {
             max_age: Duration::from_secs(168 * 3600),
             when_full: WhenFull::DropOldest,
             durability: Durability::Fsync,
+            keys: Default::default(),
         }
     );
     let SinkSettings::Http(h) = &c.sink else {

@@ -15,6 +15,7 @@ use serde::Deserialize;
 use serde_json::value::RawValue;
 
 use super::file::add_counts;
+use super::seal::{Keyring, Kind};
 use super::store::{Batch, DB_FILE, QueueError};
 
 /// A batch the sink rejected, kept for inspection and replay.
@@ -90,18 +91,34 @@ pub(super) fn stats(conn: &Connection) -> Result<DeadLetterStats, QueueError> {
     })
 }
 
-/// Stores `batch` (whose `records` rows the caller deletes) as a dead letter, then deletes
-/// the oldest dead letters while they hold more than `cap` bytes.
+/// Why and when the upstream rejected a batch.
+#[derive(Clone, Copy)]
+pub(super) struct Rejection<'a> {
+    /// HTTP status (0 for an MQTT sink).
+    pub status: u16,
+    /// The upstream's answer.
+    pub reason: &'a str,
+    /// When (unix ms).
+    pub at_ms: i64,
+}
+
+/// Stores `batch` (whose `records` rows the caller deletes) as a dead letter, sealed with
+/// `keys`, then deletes the oldest dead letters while they hold more than `cap` bytes.
 pub(super) fn insert(
     tx: &Transaction<'_>,
     batch: &Batch,
     records: u64,
-    status: u16,
-    reason: &str,
-    now_ms: i64,
+    rejection: &Rejection<'_>,
     cap: u64,
+    keys: &Keyring,
 ) -> Result<Inserted, QueueError> {
-    let body = batch.json_array();
+    let Rejection {
+        status,
+        reason,
+        at_ms: now_ms,
+    } = *rejection;
+    let json = batch.json_array();
+    let body = keys.seal(Kind::DeadLetter, &json)?;
     tx.execute(
         "INSERT INTO dead_letters (at_ms, first_seq, last_seq, records, status, reason, body)
          VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
@@ -112,7 +129,7 @@ pub(super) fn insert(
             records as i64,
             status,
             reason,
-            body
+            body.as_ref()
         ],
     )?;
     let mut held = stats(tx)?;
@@ -158,13 +175,18 @@ pub fn list(conn: &Connection) -> Result<Vec<DeadLetter>, QueueError> {
     Ok(rows.collect::<Result<_, _>>()?)
 }
 
-/// The body (JSON array of upstream records) of a dead letter.
-pub fn body(conn: &Connection, id: i64) -> Result<Option<Vec<u8>>, QueueError> {
-    Ok(conn
+/// The body (JSON array of upstream records) of a dead letter, opened with `keys` when
+/// it was sealed.
+pub fn body(conn: &Connection, id: i64, keys: &Keyring) -> Result<Option<Vec<u8>>, QueueError> {
+    let stored: Option<Vec<u8>> = conn
         .query_row("SELECT body FROM dead_letters WHERE id = ?1", [id], |r| {
             r.get(0)
         })
-        .optional()?)
+        .optional()?;
+    match stored {
+        Some(stored) => Ok(Some(keys.open(Kind::DeadLetter, &stored)?.into_owned())),
+        None => Ok(None),
+    }
 }
 
 /// Puts the selected dead letters' records back into the queue under their own `seq`
@@ -174,11 +196,14 @@ pub fn replay(
     conn: &mut Connection,
     which: Selection<'_>,
     now_ms: i64,
+    keys: &Keyring,
 ) -> Result<Handled, QueueError> {
     let tx = conn.transaction()?;
     let mut done = Handled::default();
     for id in selected(&tx, which)? {
-        let Some(body) = body(&tx, id)? else { continue };
+        let Some(body) = body(&tx, id, keys)? else {
+            continue;
+        };
         let records = split(&body)
             .map_err(|e| QueueError::Corrupt(format!("dead letter {id}: its body: {e}")))?;
         {
@@ -187,11 +212,12 @@ pub fn replay(
                  VALUES (?1, ?2, ?3, ?4)",
             )?;
             for (seq, record) in &records {
-                let size = record.len() as i64;
-                let n = insert.execute(params![*seq as i64, now_ms, size, record])? as u64;
+                let stored = keys.seal(Kind::Record, record)?;
+                let size = stored.len() as i64;
+                let n = insert.execute(params![*seq as i64, now_ms, size, stored.as_ref()])? as u64;
                 done.records += n;
                 if n > 0 {
-                    add_counts(&tx, 1, record.len() as u64)?;
+                    add_counts(&tx, 1, stored.len() as u64)?;
                 }
             }
         }

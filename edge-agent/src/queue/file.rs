@@ -14,6 +14,10 @@ use super::store::{DB_FILE, QueueError};
 /// Database schema version (`PRAGMA user_version`): 2 added the processors' state and the
 /// deliveries committed (see `super::state`).
 const SCHEMA_VERSION: i64 = 2;
+/// The version of a file that holds sealed values (`buffer.encryption`): the same tables
+/// plus `queue_keys`. An agent older than encryption treats it as unknown and sets the
+/// file aside instead of sending sealed bytes upstream.
+const SEALED_SCHEMA_VERSION: i64 = 3;
 
 /// The tables version 2 added.
 const SCHEMA_V2: &str = "CREATE TABLE IF NOT EXISTS state (
@@ -97,7 +101,7 @@ pub(super) fn open_checked(path: &Path, durability: Durability) -> Result<OpenFi
             migrate_to_v2(&conn)?;
         }
         1 => migrate_to_v2(&conn)?,
-        SCHEMA_VERSION => {}
+        SCHEMA_VERSION | SEALED_SCHEMA_VERSION => {}
         other => {
             return Err(QueueError::Corrupt(format!(
                 "unknown schema version {other}"
@@ -116,6 +120,12 @@ fn migrate_to_v2(conn: &Connection) -> Result<(), QueueError> {
     conn.execute_batch(&format!(
         "BEGIN; {SCHEMA_V2} PRAGMA user_version = {SCHEMA_VERSION}; COMMIT;"
     ))?;
+    Ok(())
+}
+
+/// Marks the file as holding sealed values (see [`SEALED_SCHEMA_VERSION`]).
+pub(super) fn mark_sealed(conn: &Connection) -> Result<(), QueueError> {
+    conn.pragma_update(None, "user_version", SEALED_SCHEMA_VERSION)?;
     Ok(())
 }
 

@@ -22,6 +22,7 @@ pub mod dead;
 mod file;
 pub mod owner;
 pub mod reserve;
+pub mod seal;
 pub mod seq;
 pub mod state;
 pub mod store;
@@ -544,6 +545,10 @@ impl Writer {
                 // Taking a batch records its range on disk; on a full disk it needs the
                 // reserve like a delete does, or the queue could never drain.
                 let result = self.with_space(|store| store.take_batch(limit, allow_partial));
+                let unreadable = self.store.take_unreadable();
+                if unreadable > 0 {
+                    self.metrics.dropped("unreadable", unreadable);
+                }
                 let _ = reply.send(result);
             }
             Command::Ack { batch, reply } => {

@@ -16,6 +16,7 @@ use std::collections::HashMap;
 use rusqlite::{Connection, OptionalExtension, Transaction, params};
 use sha2::{Digest, Sha256};
 
+use super::seal::{Keyring, Kind};
 use super::store::QueueError;
 
 /// `meta` key of the fingerprint of the configuration the state belongs to.
@@ -94,7 +95,12 @@ impl<'a> Pending<'a> {
     }
 
     /// Writes them in `tx`; `clock` orders the keys by when they last changed.
-    pub(super) fn write(&self, tx: &Transaction<'_>, clock: &mut i64) -> Result<(), QueueError> {
+    pub(super) fn write(
+        &self,
+        tx: &Transaction<'_>,
+        clock: &mut i64,
+        keys: &Keyring,
+    ) -> Result<(), QueueError> {
         if !self.state.is_empty() {
             let mut upsert = tx.prepare_cached(
                 "INSERT INTO state (key, touched, value) VALUES (?1, ?2, ?3)
@@ -107,7 +113,8 @@ impl<'a> Pending<'a> {
                 match value {
                     Some(v) => {
                         *clock += 1;
-                        upsert.execute(params![key, *clock, v])?;
+                        let sealed = keys.seal(Kind::State, v)?;
+                        upsert.execute(params![key, *clock, sealed.as_ref()])?;
                     }
                     None => {
                         delete.execute([key])?;
@@ -140,7 +147,11 @@ pub(super) fn clock(conn: &Connection) -> Result<i64, QueueError> {
 /// Every key's state, least recently changed first, after checking that it belongs to the
 /// configuration with `fingerprint`: state of another configuration is deleted (returns
 /// none), and the fingerprint recorded.
-pub(super) fn load(conn: &mut Connection, fingerprint: i64) -> Result<SavedState, QueueError> {
+pub(super) fn load(
+    conn: &mut Connection,
+    fingerprint: i64,
+    keys: &Keyring,
+) -> Result<SavedState, QueueError> {
     let tx = conn.transaction()?;
     let stored: Option<i64> = tx
         .query_row(
@@ -164,8 +175,13 @@ pub(super) fn load(conn: &mut Connection, fingerprint: i64) -> Result<SavedState
     }
     let rows = {
         let mut stmt = tx.prepare("SELECT key, value FROM state ORDER BY touched")?;
-        let rows = stmt.query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?;
-        rows.collect::<Result<Vec<_>, _>>()?
+        let rows = stmt.query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, Vec<u8>>(1)?)))?;
+        rows.map(|row| {
+            let (key, stored) = row?;
+            let value = keys.open(Kind::State, &stored)?.into_owned();
+            Ok((key, value))
+        })
+        .collect::<Result<Vec<_>, QueueError>>()?
     };
     tx.commit()?;
     Ok(SavedState {

@@ -1,7 +1,8 @@
 //! The queue's SQLite file: synchronous, single-owner code that the queue's writer thread
 //! drives (and that tests drive directly on real files in temporary directories).
 //!
-//! One table of records in `seq` order (each stored as its upstream JSON), one of
+//! One table of records in `seq` order (each stored as its upstream JSON, sealed when
+//! `buffer.encryption` is on: see [`super::seal`]), one of
 //! dead-lettered batches (see [`super::dead`]), one of small counters. `seq` is assigned here: strictly
 //! increasing and never reused, across restarts and across a corrupt file being replaced,
 //! thanks to a high-water mark kept beside the database (see [`super::seq`]).
@@ -13,9 +14,10 @@ use rusqlite::{Connection, ErrorCode, OptionalExtension, params};
 
 use super::dead::{self, DeadLetter, DeadLetterStats, Inserted};
 use super::file::{
-    OpenFile, enable_shrinking, load_counts, mark_clean, move_aside, open_checked, save_counts,
+    OpenFile, enable_shrinking, load_counts, mark_clean, mark_sealed, move_aside, open_checked, save_counts,
     shrink, stored_next_seq, unix_micros,
 };
+use super::seal::{Keyring, Kind, SealError};
 use super::seq::SeqCeiling;
 use super::state::{self, DeliveryId, SavedState, StateChange};
 use crate::record::{Record, UpstreamRecord};
@@ -42,6 +44,8 @@ pub enum QueueError {
     Encode(#[from] serde_json::Error),
     #[error("the queue has stopped")]
     Stopped,
+    #[error(transparent)]
+    Seal(#[from] SealError),
 }
 
 impl QueueError {
@@ -95,6 +99,8 @@ pub struct StoreSettings {
     pub when_full: WhenFull,
     /// `fsync` (`synchronous=FULL`) or `os` (`synchronous=NORMAL`).
     pub durability: Durability,
+    /// `buffer.encryption`: the keys that seal what is stored (none: stored in clear).
+    pub keys: Keyring,
 }
 
 /// What happened to one unit (the records of one message) in [`Store::append`].
@@ -202,6 +208,8 @@ pub struct Store {
     data_version: i64,
     /// The `touched` of the last state written.
     state_clock: i64,
+    /// Records dropped as unreadable, not yet reported.
+    unreadable: u64,
 }
 
 /// One unit for [`Store::append_units`].
@@ -239,6 +247,10 @@ impl Store {
                 }
                 Err(e) => return Err(e),
             };
+        settings.keys.verify(&conn, (unix_micros() / 1000) as i64)?;
+        if settings.keys.is_enabled() {
+            mark_sealed(&conn)?;
+        }
         let stored_next = stored_next_seq(&conn)?;
         let fresh = !existed || moved_aside.is_some();
         let next_seq = match (fresh, ceiling.value()) {
@@ -278,6 +290,7 @@ impl Store {
                 dead,
                 data_version,
                 state_clock,
+                unreadable: 0,
             },
             moved_aside,
             checked,
@@ -427,7 +440,9 @@ impl Store {
                         seq,
                         record,
                     );
-                    bodies.push((seq, serde_json::to_vec(&up)?));
+                    let json = serde_json::to_vec(&up)?;
+                    let body = self.settings.keys.seal(Kind::Record, &json)?.into_owned();
+                    bodies.push((seq, body));
                     seq += 1;
                 }
                 let size: u64 = bodies.iter().map(|(_, b)| b.len() as u64).sum();
@@ -470,7 +485,7 @@ impl Store {
             }
         }
         let mut clock = self.state_clock;
-        changes.write(&tx, &mut clock)?;
+        changes.write(&tx, &mut clock, &self.settings.keys)?;
         if next_seq != self.next_seq {
             tx.execute(
                 "INSERT INTO meta (key, value) VALUES ('next_seq', ?1)
@@ -560,7 +575,13 @@ impl Store {
         let tx = self.conn.transaction()?;
         let (n, b) = delete_range(&tx, batch.first_seq, batch.last_seq)?;
         let cap = self.settings.max_dead_letter_bytes;
-        let Inserted { overflow, .. } = dead::insert(&tx, batch, n, status, reason, now_ms, cap)?;
+        let rejection = dead::Rejection {
+            status,
+            reason,
+            at_ms: now_ms,
+        };
+        let Inserted { overflow, .. } =
+            dead::insert(&tx, batch, n, &rejection, cap, &self.settings.keys)?;
         tx.execute(
             "DELETE FROM meta WHERE key IN ('batch_first', 'batch_last')",
             [],
@@ -620,7 +641,7 @@ impl Store {
     /// The per-device state committed with the units, least recently changed first, if it
     /// belongs to the configuration with `fingerprint`; otherwise it is deleted.
     pub fn load_state(&mut self, fingerprint: i64) -> Result<SavedState, QueueError> {
-        state::load(&mut self.conn, fingerprint)
+        state::load(&mut self.conn, fingerprint, &self.settings.keys)
     }
 
     /// Whether the unit of this MQTT delivery is already committed.
@@ -654,25 +675,58 @@ impl Store {
         Ok(())
     }
 
+    /// The records of `first..=last` (at most `limit`), opened. A record that fails
+    /// authentication (changed on disk) cannot be sent: it is deleted and counted (see
+    /// [`Store::take_unreadable`]) instead of wedging the queue.
     fn read_range(
-        &self,
+        &mut self,
         first: u64,
         last: u64,
         limit: i64,
     ) -> Result<Vec<StoredRecord>, QueueError> {
-        let mut stmt = self.conn.prepare_cached(
-            "SELECT seq, body FROM records WHERE seq BETWEEN ?1 AND ?2 ORDER BY seq LIMIT ?3",
-        )?;
-        let rows = stmt.query_map(
-            params![first as i64, last.min(i64::MAX as u64) as i64, limit],
-            |r| {
-                Ok(StoredRecord {
-                    seq: r.get::<_, i64>(0)? as u64,
-                    body: r.get(1)?,
-                })
-            },
-        )?;
-        Ok(rows.collect::<Result<_, _>>()?)
+        let rows: Vec<(u64, Vec<u8>)> = {
+            let mut stmt = self.conn.prepare_cached(
+                "SELECT seq, body FROM records WHERE seq BETWEEN ?1 AND ?2 ORDER BY seq LIMIT ?3",
+            )?;
+            let rows = stmt.query_map(
+                params![first as i64, last.min(i64::MAX as u64) as i64, limit],
+                |r| Ok((r.get::<_, i64>(0)? as u64, r.get::<_, Vec<u8>>(1)?)),
+            )?;
+            rows.collect::<Result<_, _>>()?
+        };
+        let mut out = Vec::with_capacity(rows.len());
+        for (seq, stored) in rows {
+            let plain = match self.settings.keys.open(Kind::Record, &stored) {
+                Ok(std::borrow::Cow::Owned(plain)) => Some(plain),
+                Ok(std::borrow::Cow::Borrowed(_)) => None,
+                Err(e @ (SealError::Tampered { .. } | SealError::Malformed)) => {
+                    tracing::error!(seq, error = %e, "dropping a queued record that cannot be read");
+                    let tx = self.conn.transaction()?;
+                    let (n, b) = delete_range(&tx, seq, seq)?;
+                    save_counts(
+                        &tx,
+                        self.records.saturating_sub(n),
+                        self.bytes.saturating_sub(b),
+                    )?;
+                    tx.commit()?;
+                    self.records -= n.min(self.records);
+                    self.bytes -= b.min(self.bytes);
+                    self.unreadable += n;
+                    continue;
+                }
+                Err(e) => return Err(e.into()),
+            };
+            out.push(StoredRecord {
+                seq,
+                body: plain.unwrap_or(stored),
+            });
+        }
+        Ok(out)
+    }
+
+    /// Records dropped because they could not be read since the last call.
+    pub fn take_unreadable(&mut self) -> u64 {
+        std::mem::take(&mut self.unreadable)
     }
 }
 

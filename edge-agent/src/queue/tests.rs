@@ -12,6 +12,7 @@ use proptest::prelude::*;
 
 use super::dead::Selection;
 use super::seq::{HWM_FILE, SEQ_BLOCK};
+use super::seal::{Keyring, SealError};
 use super::store::DB_FILE;
 use super::*;
 use crate::record::{Reading, Record, UpstreamRecord};
@@ -24,6 +25,7 @@ fn settings(max_bytes: u64, when_full: WhenFull, durability: Durability) -> Stor
         max_dead_letter_bytes: max_bytes / 4,
         when_full,
         durability,
+        keys: Default::default(),
     }
 }
 
@@ -333,7 +335,7 @@ fn dead_letters_are_kept_listed_and_out_of_the_queue() {
             bytes: body_len
         }
     );
-    let body = dead::body(&conn, 1).unwrap().unwrap();
+    let body = dead::body(&conn, 1, &Keyring::default()).unwrap().unwrap();
     let up: Vec<UpstreamRecord> = serde_json::from_slice(&body).unwrap();
     assert_eq!(up.len(), 2);
     drop(s);
@@ -364,7 +366,7 @@ fn a_replay_from_another_process_puts_the_records_back_under_their_seq() {
     assert_eq!((before.records, before.dead_letters.records), (2, 2));
 
     let mut cli = dead::open(dir.path(), true).unwrap().unwrap();
-    let done = dead::replay(&mut cli, Selection::All, 99).unwrap();
+    let done = dead::replay(&mut cli, Selection::All, 99, &Keyring::default()).unwrap();
     assert_eq!((done.batches, done.records), (1, 2));
     assert!(dead::list(&cli).unwrap().is_empty());
 
@@ -998,4 +1000,222 @@ fn state_and_deliveries_commit_with_their_units() {
     let other = s.load_state(8).unwrap();
     assert!(other.discarded && other.rows.is_empty());
     assert!(!s.load_state(8).unwrap().discarded);
+}
+
+fn keyring(keys: &[(&str, u8)]) -> Keyring {
+    Keyring::new(
+        keys.iter()
+            .map(|(id, b)| (id.to_string(), vec![*b; super::seal::KEY_LEN]))
+            .collect(),
+    )
+    .unwrap()
+}
+
+fn sealed(keys: &[(&str, u8)]) -> StoreSettings {
+    StoreSettings {
+        keys: keyring(keys),
+        ..settings(1 << 20, WhenFull::DropOldest, Durability::Fsync)
+    }
+}
+
+/// Every byte of the queue's files (database and WAL).
+fn file_bytes(dir: &Path) -> Vec<u8> {
+    let mut all = Vec::new();
+    for entry in std::fs::read_dir(dir).unwrap() {
+        let path = entry.unwrap().path();
+        if path.is_file() {
+            all.extend(std::fs::read(path).unwrap());
+        }
+    }
+    all
+}
+
+fn contains(haystack: &[u8], needle: &[u8]) -> bool {
+    haystack.windows(needle.len()).any(|w| w == needle)
+}
+
+/// With `buffer.encryption`, no reading's value, device, state or dead letter appears in
+/// the queue's files; everything comes back after a restart with the key.
+#[test]
+fn an_encrypted_queue_shows_no_reading_on_disk_and_reads_back_with_its_key() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut s = open(dir.path(), sealed(&[("a", 1)]));
+    let r = [record("boiler-7", 8642.1357), record("boiler-7", 9753.2468)];
+    let state = [change("p/x", Some(br#"{"last":1357.8642}"#))];
+    s.append_units(
+        &[UnitRef {
+            records: &r,
+            state: &state,
+            delivery: None,
+        }],
+        1,
+    )
+    .unwrap();
+    let rejected = s.take_batch(1, false).unwrap().unwrap();
+    s.dead_letter(&rejected, 400, "no", 2).unwrap();
+    s.close().unwrap();
+    let disk = file_bytes(dir.path());
+    for secret in [
+        &b"8642.1357"[..],
+        b"9753.2468",
+        b"boiler-7",
+        b"1357.8642",
+        b"factory/line1",
+    ] {
+        assert!(
+            !contains(&disk, secret),
+            "{:?} is in the queue's files",
+            String::from_utf8_lossy(secret)
+        );
+    }
+
+    let mut s = open(dir.path(), sealed(&[("a", 1)]));
+    let up = decode(&s.take_batch(10, true).unwrap().unwrap());
+    assert_eq!(
+        (up.len(), up[0].device.as_str(), up[0].seq),
+        (1, "boiler-7", 2)
+    );
+    let saved = s.load_state(0).unwrap();
+    assert!(saved.rows.is_empty(), "fingerprint 0 was never saved");
+    drop(s);
+    let conn = dead::open(dir.path(), true).unwrap().unwrap();
+    let body = dead::body(&conn, 1, &keyring(&[("a", 1)])).unwrap().unwrap();
+    let dead_up: Vec<UpstreamRecord> = serde_json::from_slice(&body).unwrap();
+    assert_eq!(dead_up[0].seq, 1);
+    assert!(matches!(
+        dead::body(&conn, 1, &Keyring::default()),
+        Err(QueueError::Seal(SealError::MissingKey(id))) if id == "a"
+    ));
+}
+
+/// Saved state is sealed and restored.
+#[test]
+fn sealed_state_comes_back_at_start() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut s = open(dir.path(), sealed(&[("a", 1)]));
+    s.load_state(7).unwrap();
+    let r = [record("t1", 1.0)];
+    let state = [change("p/x", Some(br#"{"last":42.4242}"#))];
+    s.append_units(
+        &[UnitRef {
+            records: &r,
+            state: &state,
+            delivery: None,
+        }],
+        1,
+    )
+    .unwrap();
+    s.close().unwrap();
+    assert!(!contains(&file_bytes(dir.path()), b"42.4242"));
+    let mut s = open(dir.path(), sealed(&[("a", 1)]));
+    assert_eq!(
+        s.load_state(7).unwrap().rows,
+        vec![("p/x".to_string(), br#"{"last":42.4242}"#.to_vec())]
+    );
+}
+
+/// A new key takes over for new records while the old one still reads the backlog; once
+/// nothing sealed with the old key is left, it may be removed from the configuration.
+#[test]
+fn rotation_keeps_the_backlog_readable_and_retires_the_old_key() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut s = open(dir.path(), sealed(&[("a", 1)]));
+    s.append(&[&[record("t1", 1.0)]], 1).unwrap();
+    drop(s);
+    let mut s = open(dir.path(), sealed(&[("b", 2), ("a", 1)]));
+    s.append(&[&[record("t1", 2.0)]], 2).unwrap();
+    drop(s);
+    // Without key a, the backlog it sealed cannot be read: refused at start.
+    assert!(matches!(
+        Store::open(dir.path(), sealed(&[("b", 2)])),
+        Err(QueueError::Seal(SealError::MissingKey(id))) if id == "a"
+    ));
+    let mut s = open(dir.path(), sealed(&[("b", 2), ("a", 1)]));
+    let batch = s.take_batch(10, true).unwrap().unwrap();
+    assert_eq!(
+        decode(&batch).iter().map(|r| r.seq).collect::<Vec<_>>(),
+        vec![1, 2]
+    );
+    // The first record, sealed with a, is acknowledged; the second (b) stays.
+    let first = Batch {
+        first_seq: 1,
+        last_seq: 1,
+        records: batch.records[..1].to_vec(),
+    };
+    s.ack(&first).unwrap();
+    drop(s);
+    let mut s = open(dir.path(), sealed(&[("b", 2)]));
+    let rest = s.take_batch(10, true).unwrap().unwrap();
+    assert_eq!(seqs(&rest), vec![2]);
+}
+
+/// A wrong key (same id, other bytes) stops the open with an error naming the key, and
+/// destroys nothing: the right key reads everything afterwards.
+#[test]
+fn a_wrong_key_is_refused_at_open_and_the_file_stays_intact() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut s = open(dir.path(), sealed(&[("a", 1)]));
+    s.append(&[&[record("t1", 1.0), record("t1", 2.0)]], 1)
+        .unwrap();
+    s.close().unwrap();
+    let err = Store::open(dir.path(), sealed(&[("a", 9)]))
+        .err()
+        .expect("a wrong key is refused");
+    assert!(matches!(err, QueueError::Seal(SealError::WrongKey(ref id)) if id == "a"));
+    assert!(err.to_string().contains("buffer.encryption.keys"), "{err}");
+    // Encryption switched off with sealed records left: refused too.
+    assert!(matches!(
+        Store::open(
+            dir.path(),
+            settings(1 << 20, WhenFull::DropOldest, Durability::Fsync)
+        ),
+        Err(QueueError::Seal(SealError::MissingKey(_)))
+    ));
+    let names: Vec<String> = std::fs::read_dir(dir.path())
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    assert!(
+        !names.iter().any(|n| n.contains("corrupt")),
+        "nothing set aside: {names:?}"
+    );
+    let mut s = open(dir.path(), sealed(&[("a", 1)]));
+    assert_eq!(seqs(&s.take_batch(10, true).unwrap().unwrap()), vec![1, 2]);
+}
+
+/// A plain queue switched to encryption keeps its plain backlog readable and seals what
+/// comes next; a record changed on disk fails authentication: it is dropped and counted,
+/// not sent, and the queue goes on.
+#[test]
+fn switching_encryption_on_keeps_the_plain_backlog_and_tampering_is_caught() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut s = open(
+        dir.path(),
+        settings(1 << 20, WhenFull::DropOldest, Durability::Fsync),
+    );
+    s.append(&[&[record("t1", 1.0)]], 1).unwrap();
+    drop(s);
+    let mut s = open(dir.path(), sealed(&[("a", 1)]));
+    s.append(&[&[record("t1", 2.0)]], 2).unwrap();
+    let batch = s.take_batch(10, true).unwrap().unwrap();
+    assert_eq!(seqs(&batch), vec![1, 2]);
+    let conn = s.conn_for_tests();
+    let mut body: Vec<u8> = conn
+        .query_row("SELECT body FROM records WHERE seq = 2", [], |r| r.get(0))
+        .unwrap();
+    *body.last_mut().unwrap() ^= 0x40;
+    conn.execute("UPDATE records SET body = ?1 WHERE seq = 2", [body])
+        .unwrap();
+    s.ack(&Batch {
+        first_seq: 1,
+        last_seq: 1,
+        records: batch.records[..1].to_vec(),
+    })
+    .unwrap();
+    // The changed record is dropped and counted; the queue goes on.
+    assert!(s.take_batch(10, true).unwrap().is_none());
+    assert_eq!(s.take_unreadable(), 1);
+    assert_eq!(s.stats().unwrap().records, 0);
+    s.append(&[&[record("t1", 3.0)]], 3).unwrap();
+    assert_eq!(seqs(&s.take_batch(10, true).unwrap().unwrap()), vec![3]);
 }

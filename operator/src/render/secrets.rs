@@ -226,6 +226,11 @@ impl References {
                 self.value(&mut header.value_from);
             }
         }
+        if let Some(encryption) = &mut spec.buffer.encryption {
+            for key in &mut encryption.keys {
+                self.value(&mut key.key_from);
+            }
+        }
     }
 
     fn tls(&mut self, tls: &mut Option<Tls>) {

@@ -110,6 +110,25 @@ impl Agent {
         }
     }
 
+    /// Waits for the agent to exit on its own (a refused start): its exit status.
+    pub fn wait_exit(&mut self, timeout: Duration) -> ExitStatus {
+        let mut child = self.child.take().expect("agent running");
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(status) = child.try_wait().expect("wait") {
+                return status;
+            }
+            if Instant::now() > deadline {
+                let _ = child.kill();
+                panic!(
+                    "agent still running after {timeout:?}:\n{}",
+                    self.log_text()
+                );
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
     /// Panics (with the agent's log) if the agent has exited.
     pub fn assert_running(&mut self) {
         if let Some(child) = self.child.as_mut()
