@@ -16,7 +16,10 @@ pub mod status;
 pub mod units;
 pub mod validate;
 
-pub use manifest::{PIPELINE_UID_ENV, PipelineFile, PipelineMeta, parse_pipeline};
+pub use manifest::{
+    AGENT_CONFIG_ENV, AGENT_DATA_DIR_ENV, PIPELINE_UID_ENV, PipelineFile, PipelineMeta,
+    parse_pipeline,
+};
 pub use spec::*;
 pub use status::EdgePipelineStatus;
 pub use validate::{FieldError, validate};

@@ -20,6 +20,11 @@ pub const KIND: &str = "EdgePipeline";
 /// The environment variable carrying the uid of the pipeline an agent runs for (set by
 /// the operator in the agent container; it names the owner of the node's queue).
 pub const PIPELINE_UID_ENV: &str = "EDGEPIPE_PIPELINE_UID";
+/// Environment variable naming the agent's pipeline file in agent pods (so
+/// `edge-agent doctor` needs no arguments there).
+pub const AGENT_CONFIG_ENV: &str = "EDGEPIPE_CONFIG";
+/// Environment variable naming the agent's data directory in agent pods.
+pub const AGENT_DATA_DIR_ENV: &str = "EDGEPIPE_DATA_DIR";
 
 /// Name, namespace and uid of a pipeline, as far as the agent needs them.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]

@@ -869,7 +869,7 @@ pub struct Encryption {
 pub struct EncryptionKey {
     /// The key's name, stored with everything it encrypts (1 to 63 characters of letters,
     /// digits, `.`, `_` and `-`). Never reuse an id for different key material.
-    #[schemars(regex(pattern = r"^[A-Za-z0-9._-]{1,63}$"))]
+    #[schemars(regex(pattern = r"^[A-Za-z0-9._-]{1,63}$"), length(min = 1, max = 63))]
     pub id: String,
     /// Where the key comes from (a Secret, an environment variable or a file).
     pub key_from: ValueFrom,

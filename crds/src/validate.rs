@@ -614,7 +614,10 @@ impl Validator {
                     );
                 }
                 if e.keys[..i].iter().any(|k| k.id == key.id) {
-                    self.err(path, format!("key ids must be unique: {:?} is listed twice", key.id));
+                    self.err(
+                        path,
+                        format!("key ids must be unique: {:?} is listed twice", key.id),
+                    );
                 }
                 self.value_from(&format!("{path}[{i}].keyFrom"), &key.key_from);
             }

@@ -1,6 +1,7 @@
-//! The `edge-agent` command line: `run` the agent, `check` a pipeline file, list, replay
-//! or purge `dead-letters`, `model inspect|test` a TFLite model, or try everything at once
-//! with `demo`.
+//! The `edge-agent` command line: `run` the agent, watch a running one live with `top`,
+//! `check` a pipeline file, check a node with `doctor`, list, replay or purge
+//! `dead-letters`, `model inspect|test` a TFLite model, or try everything at once with
+//! `demo`.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -100,6 +101,45 @@ enum Command {
         #[arg(long, value_name = "ADDR")]
         listen: Option<SocketAddr>,
     },
+    /// Check everything a pipeline on this node needs (manifest, data directory, queue,
+    /// clock, source broker, upstream, certificates, model), each ok / warning / failed
+    /// with a fix. Exit 0, 1 (warnings) or 2 (failures). In an agent pod it needs no
+    /// arguments.
+    Doctor {
+        /// Pipeline file (in an agent pod: $EDGEPIPE_CONFIG).
+        #[arg(long, value_name = "FILE", env = edge_agent::doctor::CONFIG_ENV)]
+        config: PathBuf,
+        /// Directory of the durable queue (in an agent pod: $EDGEPIPE_DATA_DIR).
+        #[arg(
+            long,
+            value_name = "DIR",
+            env = edge_agent::doctor::DATA_DIR_ENV,
+            default_value = "/var/lib/edgepipe"
+        )]
+        data_dir: PathBuf,
+        /// Node name to resolve the pipeline for (default: $NODE_NAME, then the hostname).
+        #[arg(long, value_name = "NAME", env = "NODE_NAME")]
+        node_name: Option<String>,
+        /// `text` for people, `json` for tools.
+        #[arg(long, value_name = "FORMAT", default_value = "text")]
+        output: DoctorOutput,
+        /// Limit of each network check (e.g. 5s).
+        #[arg(long, value_name = "DURATION", default_value = "5s", value_parser = parse_duration)]
+        timeout: std::time::Duration,
+    },
+    /// A live view of a running agent, read from its /metrics: rates, backlog, time to
+    /// drain or to full, upstream, drops, inference. Ctrl-C to quit.
+    Top {
+        /// The agent's /metrics URL (http:// only).
+        #[arg(long, value_name = "URL", default_value = edge_agent::top::DEFAULT_URL)]
+        url: String,
+        /// Time between two scrapes (e.g. 1s, 500ms).
+        #[arg(long, value_name = "DURATION", default_value = "1s", value_parser = parse_duration)]
+        interval: std::time::Duration,
+        /// Scrape twice, INTERVAL apart, print one frame (no screen clearing) and exit.
+        #[arg(long)]
+        once: bool,
+    },
     /// List, show, replay or purge the batches the upstream rejected (kept in the queue's
     /// dead-letter table); works while the agent runs.
     DeadLetters {
@@ -120,6 +160,13 @@ enum Command {
     },
 }
 
+/// How `doctor` prints its report.
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum DoctorOutput {
+    Text,
+    Json,
+}
+
 fn main() -> ExitCode {
     install_crypto_provider();
     let cli = Cli::parse();
@@ -127,6 +174,8 @@ fn main() -> ExitCode {
     // are logged unless RUST_LOG says otherwise.
     let default_filter = match cli.command {
         Command::Demo { .. } => "error,rumqttd=off",
+        // The report is the output; the checks' own logs would only repeat it.
+        Command::Doctor { .. } => "error",
         _ => "info",
     };
     edge_crds::logging::init(default_filter, cli.log_format);
@@ -253,6 +302,35 @@ fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
             }
             Ok(ExitCode::SUCCESS)
         }
+        Command::Doctor {
+            config,
+            data_dir,
+            node_name,
+            output,
+            timeout,
+        } => {
+            let options = edge_agent::doctor::Options {
+                config,
+                data_dir,
+                node: node_name.unwrap_or_else(hostname),
+                timeout,
+            };
+            let report = edge_agent::doctor::run(&options);
+            match output {
+                DoctorOutput::Text => print!("{}", report.text()),
+                DoctorOutput::Json => println!("{}", report.json()),
+            }
+            Ok(ExitCode::from(report.exit_code()))
+        }
+        Command::Top {
+            url,
+            interval,
+            once,
+        } => edge_agent::top::run(edge_agent::top::TopOptions {
+            url,
+            interval,
+            once,
+        }),
         Command::DeadLetters {
             data_dir,
             config,

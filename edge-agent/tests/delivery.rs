@@ -628,7 +628,9 @@ async fn an_encrypted_queue_leaks_no_reading_survives_a_wrong_key_and_rotates() 
             .await;
     }
     publisher.flush().await;
-    agent.wait_metric(&queued, 200.0, Duration::from_secs(20)).await;
+    agent
+        .wait_metric(&queued, 200.0, Duration::from_secs(20))
+        .await;
     agent.kill();
     let disk = files_bytes(&agent.data_dir);
     assert!(
@@ -677,7 +679,9 @@ async fn an_encrypted_queue_leaks_no_reading_survives_a_wrong_key_and_rotates() 
             .await;
     }
     publisher.flush().await;
-    agent.wait_metric(&queued, 300.0, Duration::from_secs(20)).await;
+    agent
+        .wait_metric(&queued, 300.0, Duration::from_secs(20))
+        .await;
     receiver.resume().await;
     let got = eventually(
         Duration::from_secs(30),

@@ -223,6 +223,40 @@ fn model_download_headers_come_from_secret_files() {
 }
 
 #[test]
+fn queue_encryption_keys_come_from_secret_files() {
+    let p = pipeline(
+        "  buffer:\n    encryption:\n      keys:\n        \
+         - {id: k2, keyFrom: {secretKeyRef: {name: queue-keys, key: k2}}}\n        \
+         - {id: k1, keyFrom: {secretKeyRef: {name: queue-keys, key: k1}}}\n",
+    );
+    let r = rendered(&p);
+    let config = parse_pipeline(&config_text(&r)).expect("parses");
+    let keys = &config
+        .spec
+        .buffer
+        .encryption
+        .as_ref()
+        .expect("encryption")
+        .keys;
+    let files: Vec<_> = keys.iter().map(|k| k.key_from.file.as_deref()).collect();
+    assert_eq!(
+        files,
+        [
+            Some("/etc/edgepipe-secrets/queue-keys/k2"),
+            Some("/etc/edgepipe-secrets/queue-keys/k1")
+        ]
+    );
+    assert!(keys.iter().all(|k| k.key_from.secret_key_ref.is_none()));
+    assert_eq!(
+        secret_volumes(&r),
+        [
+            json!({"name": "secret-0", "secret": {"secretName": "queue-keys", "defaultMode": 0o440, "optional": false,
+            "items": [{"key": "k1", "path": "k1"}, {"key": "k2", "path": "k2"}]}})
+        ]
+    );
+}
+
+#[test]
 fn a_pipeline_without_secrets_mounts_none() {
     let r = rendered(&pipeline(""));
     assert!(secret_volumes(&r).is_empty());

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Installs what the test suite needs, from package registries only, and only when it is
-# missing: Debian packages (Mosquitto, Prometheus/promtool), and a Python venv in .venv
+# missing: Debian packages (Mosquitto, Prometheus/promtool, tmux), and a Python venv in .venv
 # with the Kubernetes schema and chart tooling. Idempotent and quiet: a second run takes
 # a second or two.
 set -euo pipefail
@@ -12,6 +12,7 @@ command -v mosquitto >/dev/null 2>&1 || [ -x /usr/sbin/mosquitto ] || need_apt+=
 command -v mosquitto_pub >/dev/null 2>&1 || need_apt+=(mosquitto-clients)
 command -v promtool >/dev/null 2>&1 || need_apt+=(prometheus)
 command -v ip >/dev/null 2>&1 || need_apt+=(iproute2)
+command -v tmux >/dev/null 2>&1 || need_apt+=(tmux)
 if [ ${#need_apt[@]} -gt 0 ]; then
     echo "install-deps: apt-get install ${need_apt[*]}"
     SUDO=""; [ "$(id -u)" -eq 0 ] || SUDO="sudo"

@@ -941,3 +941,123 @@ async fn a_pipeline_created_again_does_not_send_the_deleted_ones_queue() {
     assert_eq!(second.metric(&set_aside), 1.0);
     assert_never_forbidden(fleet);
 }
+
+/// The agent pod the operator renders, as a bare Pod in `namespace` (server-side dry run:
+/// nothing is created). `mutate` edits its spec first.
+fn agent_pod_dry_run(
+    cluster: &Cluster,
+    template: &Value,
+    namespace: &str,
+    mutate: impl FnOnce(&mut Value),
+) -> (bool, String) {
+    let mut spec = template["spec"].clone();
+    mutate(&mut spec);
+    let pod = serde_json::json!({
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": {"name": "agent-psa", "namespace": namespace},
+        "spec": spec,
+    });
+    let out = cluster.kubectl_stdin(
+        &["create", "--dry-run=server", "-o", "name", "-f", "-"],
+        &pod.to_string(),
+    );
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+/// The violations Pod Security admission lists, e.g. `restricted volume types (volume
+/// "data" uses restricted volume type "hostPath")`, split at the top-level commas.
+fn violations(error: &str) -> Vec<String> {
+    let Some(line) = error
+        .lines()
+        .find(|l| l.contains("violates PodSecurity \""))
+    else {
+        return Vec::new();
+    };
+    let after = &line[line.find("violates PodSecurity \"").unwrap_or(0)..];
+    let Some((_, list)) = after.split_once("\": ") else {
+        return Vec::new();
+    };
+    let mut out = Vec::new();
+    let (mut depth, mut start) = (0i32, 0usize);
+    for (i, c) in list.char_indices() {
+        match c {
+            '(' => depth += 1,
+            ')' => depth -= 1,
+            ',' if depth == 0 => {
+                out.push(list[start..i].trim().to_string());
+                start = i + 1;
+            }
+            _ => {}
+        }
+    }
+    out.push(list[start..].trim().to_string());
+    out
+}
+
+/// The agent pod under Pod Security admission of the real API server: at `baseline` its
+/// one violation is the queue's hostPath; at `restricted` every violation is that hostPath
+/// or the init container that hands the hostPath to the agent user. Without those two
+/// (an emptyDir queue, no init container) the same pod is admitted at `restricted`.
+#[test]
+fn the_agent_pod_is_restricted_except_for_its_queue_hostpath() {
+    let fleet = fleet();
+    let cluster = &fleet.cluster;
+    let _guard = cluster.guard();
+    let (namespace, name) = ("psa-agent", "line9");
+    apply_ready(cluster, namespace, name, 100, 1);
+    let daemon_set = cluster.get_json(&["daemonset", &format!("{name}-agent"), "-n", namespace]);
+    let template = &daemon_set["spec"]["template"];
+    for level in ["baseline", "restricted"] {
+        let ns = format!("psa-{level}");
+        cluster.namespace(&ns);
+        cluster.kubectl_ok(&[
+            "label",
+            "--overwrite",
+            "namespace",
+            &ns,
+            &format!("pod-security.kubernetes.io/enforce={level}"),
+        ]);
+    }
+
+    let (admitted, error) = agent_pod_dry_run(cluster, template, "psa-baseline", |_| {});
+    assert!(!admitted, "a hostPath is not baseline");
+    assert_eq!(
+        violations(&error),
+        [r#"hostPath volumes (volume "data")"#],
+        "{error}"
+    );
+
+    let (admitted, error) = agent_pod_dry_run(cluster, template, "psa-restricted", |_| {});
+    assert!(!admitted);
+    let found = violations(&error);
+    assert!(!found.is_empty(), "{error}");
+    for v in &found {
+        assert!(
+            v.contains(r#"volume "data""#) || v.contains(r#"container "prepare-data-dir""#),
+            "a violation beyond the documented exception: {v}\n{error}"
+        );
+    }
+    assert!(
+        found
+            .iter()
+            .any(|v| v.starts_with("restricted volume types")),
+        "{error}"
+    );
+
+    let without_exception = |spec: &mut Value| {
+        spec.as_object_mut().unwrap().remove("initContainers");
+        for volume in spec["volumes"].as_array_mut().unwrap() {
+            if volume["name"] == "data" {
+                *volume = serde_json::json!({"name": "data", "emptyDir": {}});
+            }
+        }
+    };
+    let (admitted, error) =
+        agent_pod_dry_run(cluster, template, "psa-restricted", without_exception);
+    assert!(admitted, "the rest of the agent pod is restricted: {error}");
+    assert_never_forbidden(fleet);
+}

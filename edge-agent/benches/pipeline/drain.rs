@@ -6,6 +6,7 @@ use std::path::Path;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
+use edge_agent::queue::seal::Keyring;
 use edge_agent::queue::{Store, StoreSettings};
 use edge_agent::record::{Reading, Record};
 use edge_crds::{Durability, WhenFull};
@@ -16,7 +17,7 @@ use crate::util::{self, BenchResult, counter, metrics};
 /// Messages per fill transaction.
 const FILL_GROUP: usize = 10_000;
 
-fn fill(dir: &Path, n: usize) -> BenchResult<()> {
+fn fill(dir: &Path, n: usize, keys: Keyring) -> BenchResult<()> {
     let settings = StoreSettings {
         pipeline: "bench/ingest".into(),
         node: "bench".into(),
@@ -24,7 +25,7 @@ fn fill(dir: &Path, n: usize) -> BenchResult<()> {
         max_dead_letter_bytes: 1 << 30,
         when_full: WhenFull::DropOldest,
         durability: Durability::Os,
-        keys: Default::default(),
+        keys,
     };
     let mut store = Store::open(dir, settings).map_err(|e| e.to_string())?.store;
     let now = edge_agent::queue::now_ms();
@@ -83,17 +84,33 @@ pub async fn b3(dir: &Path) -> BenchResult<Vec<String>> {
     let n = scaled(1_000_000);
     let filled = dir.join("filled");
     let fill_start = Instant::now();
-    tokio::task::block_in_place(|| fill(&filled, n))?;
-    eprintln!("b3: filled {n} records in {:?}", fill_start.elapsed());
+    tokio::task::block_in_place(|| fill(&filled, n, Keyring::default()))?;
+    let sealed = dir.join("filled-sealed");
+    tokio::task::block_in_place(|| fill(&sealed, n, util::bench_keys()))?;
+    eprintln!("b3: filled {n} records twice in {:?}", fill_start.elapsed());
     let broker = util::broker(dir)?;
     let mut rows = Vec::new();
-    for gzip in [false, true] {
-        let run = dir.join(if gzip { "gzip" } else { "plain" });
-        tokio::task::block_in_place(|| copy_dir(&filled, &run.join("data")))?;
+    let mut plain_rate = None;
+    for (gzip, encrypted) in [(false, false), (true, false), (false, true)] {
+        let run = dir.join(match (gzip, encrypted) {
+            (_, true) => "sealed",
+            (true, _) => "gzip",
+            _ => "plain",
+        });
+        let from = if encrypted { &sealed } else { &filled };
+        tokio::task::block_in_place(|| copy_dir(from, &run.join("data")))?;
         let receiver = util::receiver().await?;
         let sink = format!("http://{}/ingest", receiver.addr);
+        let durability = if encrypted {
+            util::encrypted("os", dir)?
+        } else {
+            "os".to_string()
+        };
         let start = Instant::now();
-        let agent = util::agent(&run, &util::pipeline(broker.port, "", "os", &sink, gzip))?;
+        let agent = util::agent(
+            &run,
+            &util::pipeline(broker.port, "", &durability, &sink, gzip),
+        )?;
         let end = Instant::now() + Duration::from_secs(240);
         loop {
             let synced = counter(&metrics(&agent), "edge_agent_records_synced_total");
@@ -113,6 +130,18 @@ pub async fn b3(dir: &Path) -> BenchResult<Vec<String>> {
         let base = raw_posts(requests, size).await?;
         let rate = n as f64 / secs;
         let base_rate = n as f64 / base;
+        if encrypted {
+            let plain: f64 = plain_rate.unwrap_or(rate);
+            let ratio = rate / plain;
+            rows.push(format!(
+                "| B3 drain {n} queued records, batch 1000, encrypted | {rate:.0} records/s ({secs:.1} s) | unencrypted, same run: {plain:.0} records/s | {ratio:.2} | ≥ 0.85 (at most 15% slower) {} |",
+                if ratio >= 0.85 { "met" } else { "**missed**" },
+            ));
+            continue;
+        }
+        if !gzip {
+            plain_rate = Some(rate);
+        }
         rows.push(format!(
             "| B3 drain {n} queued records, batch 1000, {} | {rate:.0} records/s ({secs:.1} s), {requests} POSTs, {:.1} MiB body bytes ({:.1} B/record) | raw loopback POSTs of {requests} x {size} B: {base:.2} s = {base_rate:.0} records/s | {:.2} | — |",
             if gzip { "gzip" } else { "no compression" },

@@ -564,3 +564,23 @@ pub fn row(line: &str) {
     let _ = writeln!(out, "{line}");
     let _ = out.flush();
 }
+
+/// The key material of the encrypted runs (B2, B3): 64 hex digits.
+const BENCH_KEY_HEX: &str = "0f1e2d3c4b5a69788796a5b4c3d2e1f00f1e2d3c4b5a69788796a5b4c3d2e1f0";
+
+/// The keyring of the encrypted runs, for code that opens the store directly.
+pub fn bench_keys() -> edge_agent::queue::seal::Keyring {
+    edge_agent::queue::seal::Keyring::new(vec![("bench".into(), BENCH_KEY_HEX.into())])
+        .expect("bench key")
+}
+
+/// The `durability` argument of [`pipeline`] with `buffer.encryption` on, the key in a
+/// file under `dir`.
+pub fn encrypted(durability: &str, dir: &Path) -> BenchResult<String> {
+    let file = dir.join("queue-key.hex");
+    std::fs::write(&file, BENCH_KEY_HEX).map_err(|e| e.to_string())?;
+    Ok(format!(
+        "{durability}, encryption: {{keys: [{{id: bench, keyFrom: {{file: \"{}\"}}}}]}}",
+        file.display()
+    ))
+}

@@ -20,6 +20,7 @@
 
 pub mod dead;
 mod file;
+pub mod inspect;
 pub mod owner;
 pub mod reserve;
 pub mod seal;

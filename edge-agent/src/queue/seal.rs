@@ -153,11 +153,10 @@ impl Keyring {
                     material.len()
                 ),
             })?;
-            let unbound =
-                UnboundKey::new(&AES_256_GCM, &bytes).map_err(|_| SealError::BadKey {
-                    id: id.clone(),
-                    message: "rejected by the cipher".into(),
-                })?;
+            let unbound = UnboundKey::new(&AES_256_GCM, &bytes).map_err(|_| SealError::BadKey {
+                id: id.clone(),
+                message: "rejected by the cipher".into(),
+            })?;
             out.push(Key {
                 id,
                 aead: LessSafeKey::new(unbound),
@@ -228,43 +227,16 @@ impl Keyring {
     /// key that sealed something still stored must be configured. Records the keys that
     /// are new here (with a check value), and forgets those whose data is all gone.
     pub fn verify(&self, conn: &Connection, now_ms: i64) -> Result<(), SealError> {
-        let exists: bool = conn
-            .query_row(
-                "SELECT count(*) FROM sqlite_master WHERE type = 'table' AND name = 'queue_keys'",
-                [],
-                |r| r.get::<_, i64>(0),
-            )
-            .map(|n| n > 0)?;
-        if !exists && !self.is_enabled() {
+        if !has_keys_table(conn)? && !self.is_enabled() {
             return Ok(());
         }
         conn.execute_batch(KEYS_TABLE)?;
-        let recorded: BTreeMap<String, Vec<u8>> = {
-            let mut stmt = conn.prepare("SELECT id, check_value FROM queue_keys")?;
-            let rows = stmt.query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?;
-            rows.collect::<Result<_, _>>()?
-        };
-        for key in self.keys.iter() {
-            if let Some(check) = recorded.get(&key.id) {
-                let opened = Sealed::parse(check)
-                    .ok()
-                    .flatten()
-                    .filter(|sealed| sealed.id == key.id)
-                    .and_then(|sealed| open_with(key, Kind::Check, &sealed).ok());
-                if opened.as_deref() != Some(CHECK_PLAINTEXT) {
-                    return Err(SealError::WrongKey(key.id.clone()));
-                }
+        let recorded = self.check_recorded(conn)?;
+        for (id, used) in &recorded {
+            if !used {
+                conn.execute("DELETE FROM queue_keys WHERE id = ?1", [id])?;
+                tracing::info!(key = %id, "queue key retired: nothing sealed with it is left");
             }
-        }
-        for id in recorded.keys() {
-            if self.keys.iter().any(|k| &k.id == id) {
-                continue;
-            }
-            if still_used(conn, id)? {
-                return Err(SealError::MissingKey(id.clone()));
-            }
-            conn.execute("DELETE FROM queue_keys WHERE id = ?1", [id])?;
-            tracing::info!(key = %id, "queue key retired: nothing sealed with it is left");
         }
         for key in self.keys.iter() {
             if !recorded.contains_key(&key.id) {
@@ -277,6 +249,54 @@ impl Keyring {
         }
         Ok(())
     }
+
+    /// [`Keyring::verify`] without writing anything (for `edge-agent doctor` beside a
+    /// running agent): the ids of the keys this queue records.
+    pub fn check(&self, conn: &Connection) -> Result<Vec<String>, SealError> {
+        if !has_keys_table(conn)? {
+            return Ok(Vec::new());
+        }
+        Ok(self.check_recorded(conn)?.into_keys().collect())
+    }
+
+    /// Checks every recorded key against the keyring: a configured key must open its
+    /// check value; an unconfigured one must seal nothing still stored. Returns the
+    /// recorded ids, each with whether it is configured or still in use.
+    fn check_recorded(&self, conn: &Connection) -> Result<BTreeMap<String, bool>, SealError> {
+        let recorded: BTreeMap<String, Vec<u8>> = {
+            let mut stmt = conn.prepare("SELECT id, check_value FROM queue_keys")?;
+            let rows = stmt.query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?;
+            rows.collect::<Result<_, _>>()?
+        };
+        let mut out = BTreeMap::new();
+        for (id, check) in &recorded {
+            let needed = match self.keys.iter().find(|k| &k.id == id) {
+                Some(key) => {
+                    let opened = Sealed::parse(check)
+                        .ok()
+                        .flatten()
+                        .filter(|sealed| sealed.id == key.id)
+                        .and_then(|sealed| open_with(key, Kind::Check, &sealed).ok());
+                    if opened.as_deref() != Some(CHECK_PLAINTEXT) {
+                        return Err(SealError::WrongKey(key.id.clone()));
+                    }
+                    true
+                }
+                None if still_used(conn, id)? => return Err(SealError::MissingKey(id.clone())),
+                None => false,
+            };
+            out.insert(id.clone(), needed);
+        }
+        Ok(out)
+    }
+}
+
+fn has_keys_table(conn: &Connection) -> Result<bool, SealError> {
+    Ok(conn.query_row(
+        "SELECT count(*) FROM sqlite_master WHERE type = 'table' AND name = 'queue_keys'",
+        [],
+        |r| r.get::<_, i64>(0),
+    )? > 0)
 }
 
 impl Kind {
@@ -341,12 +361,18 @@ fn header(kind: Kind, id: &str) -> Vec<u8> {
 /// when a key was removed from the configuration).
 fn still_used(conn: &Connection, id: &str) -> Result<bool, SealError> {
     let probes: [(&str, Kind); 3] = [
-        ("SELECT 1 FROM records WHERE substr(body, 1, ?1) = ?2 LIMIT 1", Kind::Record),
+        (
+            "SELECT 1 FROM records WHERE substr(body, 1, ?1) = ?2 LIMIT 1",
+            Kind::Record,
+        ),
         (
             "SELECT 1 FROM dead_letters WHERE substr(body, 1, ?1) = ?2 LIMIT 1",
             Kind::DeadLetter,
         ),
-        ("SELECT 1 FROM state WHERE substr(value, 1, ?1) = ?2 LIMIT 1", Kind::State),
+        (
+            "SELECT 1 FROM state WHERE substr(value, 1, ?1) = ?2 LIMIT 1",
+            Kind::State,
+        ),
     ];
     for (sql, kind) in probes {
         let prefix = header(kind, id);
@@ -469,8 +495,14 @@ mod tests {
         let old = ring(&[("a", 1)]);
         let rotated = ring(&[("b", 2), ("a", 1)]);
         let before = old.seal(Kind::Record, b"{\"v\":1}").unwrap().into_owned();
-        let after = rotated.seal(Kind::Record, b"{\"v\":2}").unwrap().into_owned();
-        assert_eq!(rotated.open(Kind::Record, &before).unwrap().as_ref(), b"{\"v\":1}");
+        let after = rotated
+            .seal(Kind::Record, b"{\"v\":2}")
+            .unwrap()
+            .into_owned();
+        assert_eq!(
+            rotated.open(Kind::Record, &before).unwrap().as_ref(),
+            b"{\"v\":1}"
+        );
         assert!(matches!(
             old.open(Kind::Record, &after),
             Err(SealError::MissingKey(id)) if id == "b"

@@ -175,7 +175,9 @@ pub(super) fn load(
     }
     let rows = {
         let mut stmt = tx.prepare("SELECT key, value FROM state ORDER BY touched")?;
-        let rows = stmt.query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, Vec<u8>>(1)?)))?;
+        let rows = stmt.query_map([], |r| {
+            Ok((r.get::<_, String>(0)?, r.get::<_, Vec<u8>>(1)?))
+        })?;
         rows.map(|row| {
             let (key, stored) = row?;
             let value = keys.open(Kind::State, &stored)?.into_owned();

@@ -14,8 +14,8 @@ use rusqlite::{Connection, ErrorCode, OptionalExtension, params};
 
 use super::dead::{self, DeadLetter, DeadLetterStats, Inserted};
 use super::file::{
-    OpenFile, enable_shrinking, load_counts, mark_clean, mark_sealed, move_aside, open_checked, save_counts,
-    shrink, stored_next_seq, unix_micros,
+    OpenFile, enable_shrinking, load_counts, mark_clean, mark_sealed, move_aside, open_checked,
+    save_counts, shrink, stored_next_seq, unix_micros,
 };
 use super::seal::{Keyring, Kind, SealError};
 use super::seq::SeqCeiling;

@@ -11,8 +11,8 @@ use edge_crds::{Durability, WhenFull};
 use proptest::prelude::*;
 
 use super::dead::Selection;
-use super::seq::{HWM_FILE, SEQ_BLOCK};
 use super::seal::{Keyring, SealError};
+use super::seq::{HWM_FILE, SEQ_BLOCK};
 use super::store::DB_FILE;
 use super::*;
 use crate::record::{Reading, Record, UpstreamRecord};
@@ -1079,7 +1079,9 @@ fn an_encrypted_queue_shows_no_reading_on_disk_and_reads_back_with_its_key() {
     assert!(saved.rows.is_empty(), "fingerprint 0 was never saved");
     drop(s);
     let conn = dead::open(dir.path(), true).unwrap().unwrap();
-    let body = dead::body(&conn, 1, &keyring(&[("a", 1)])).unwrap().unwrap();
+    let body = dead::body(&conn, 1, &keyring(&[("a", 1)]))
+        .unwrap()
+        .unwrap();
     let dead_up: Vec<UpstreamRecord> = serde_json::from_slice(&body).unwrap();
     assert_eq!(dead_up[0].seq, 1);
     assert!(matches!(

@@ -172,6 +172,18 @@ impl HttpClient {
     }
 }
 
+impl HttpClient {
+    /// A HEAD request to `url` with the sink's headers and TLS: nothing but the request
+    /// line and headers is sent (`edge-agent doctor` checks the upstream with it).
+    pub async fn probe(&self, url: &str) -> Result<reqwest::Response, reqwest::Error> {
+        self.client
+            .head(url)
+            .headers(self.headers.clone())
+            .send()
+            .await
+    }
+}
+
 impl HttpSink {
     /// A sink for `settings`; records carry `pipeline` and `node`, which also prefix the
     /// idempotency keys.

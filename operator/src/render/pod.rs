@@ -96,6 +96,17 @@ pub(super) fn pod_spec(
         field_env("NODE_NAME", "spec.nodeName"),
         field_env("HOST_IP", "status.hostIP"),
         field_env("POD_NAMESPACE", "metadata.namespace"),
+        // Where `kubectl exec ... edge-agent doctor` finds the pipeline and the queue.
+        EnvVar {
+            name: edge_crds::AGENT_CONFIG_ENV.to_string(),
+            value: Some(format!("{CONFIG_DIR}/{CONFIG_KEY}")),
+            value_from: None,
+        },
+        EnvVar {
+            name: edge_crds::AGENT_DATA_DIR_ENV.to_string(),
+            value: Some(DATA_DIR.to_string()),
+            value_from: None,
+        },
     ];
     // The queue on the node belongs to this pipeline, not to one deleted before under the
     // same name. In the pod, not in the configuration: a revision's content (and name)

@@ -16,6 +16,8 @@ pub struct Mosquitto {
     child: Option<Child>,
     dir: tempfile::TempDir,
     persistent: bool,
+    /// `user:password` logins; none: anonymous access.
+    users: Vec<(String, String)>,
 }
 
 impl Mosquitto {
@@ -36,12 +38,26 @@ impl Mosquitto {
         Self::launch(None, true)
     }
 
+    /// A broker that allows only these `(username, password)` logins (a Mosquitto
+    /// password file), no anonymous clients.
+    pub fn with_users(users: &[(&str, &str)]) -> Self {
+        Self::launch_with(None, false, users)
+    }
+
     fn launch(fixed: Option<u16>, persistent: bool) -> Self {
+        Self::launch_with(fixed, persistent, &[])
+    }
+
+    fn launch_with(fixed: Option<u16>, persistent: bool, users: &[(&str, &str)]) -> Self {
         let mut broker = Self {
             port: 0,
             child: None,
             dir: tempfile::tempdir().expect("tempdir"),
             persistent,
+            users: users
+                .iter()
+                .map(|(u, p)| (u.to_string(), p.to_string()))
+                .collect(),
         };
         for _ in 0..5 {
             broker.port = fixed.unwrap_or_else(free_port);
@@ -56,10 +72,30 @@ impl Mosquitto {
     fn spawn(&mut self) -> bool {
         let conf = self.dir.path().join("mosquitto.conf");
         let mut text = format!(
-            "listener {} 127.0.0.1\nallow_anonymous true\nmax_inflight_messages 1000\n\
+            "listener {} 127.0.0.1\nallow_anonymous {}\nmax_inflight_messages 1000\n\
              max_queued_messages 0\nmax_keepalive 60\n",
-            self.port
+            self.port,
+            self.users.is_empty()
         );
+        if !self.users.is_empty() {
+            let file = self.dir.path().join("passwords");
+            std::fs::write(&file, "").expect("password file");
+            for (user, password) in &self.users {
+                let status = Command::new(tool("mosquitto_passwd"))
+                    .arg("-b")
+                    .arg(&file)
+                    .args([user, password])
+                    .status()
+                    .expect("mosquitto_passwd (tests/scripts/install-deps.sh installs it)");
+                assert!(status.success(), "mosquitto_passwd failed");
+            }
+            // Mosquitto reads the file after dropping root; the temporary directory is
+            // root's alone.
+            if !self.persistent {
+                text += "user root\n";
+            }
+            text += &format!("password_file {}\n", file.display());
+        }
         if self.persistent {
             let data = self.dir.path().join("db");
             std::fs::create_dir_all(&data).expect("persistence dir");

@@ -71,6 +71,61 @@ impl Pki {
         self.openssl(&args);
     }
 
+    /// `<name>.key` and `<name>.crt`: a leaf signed by the CA that expired in 2020 (valid
+    /// from 2020-01-01 to 2020-01-02), through `openssl ca`, the one command that takes
+    /// explicit dates.
+    pub fn expired_cert(&self, name: &str, subject: &str) {
+        let conf = format!("{name}-ca.cnf");
+        std::fs::write(
+            self.dir.join(&conf),
+            "[ca]\ndefault_ca = ca_default\n[ca_default]\ndir = .\ndatabase = index.txt\n\
+             new_certs_dir = .\ncertificate = ca.crt\nprivate_key = ca.key\nserial = serial\n\
+             default_md = sha256\npolicy = any\nunique_subject = no\n[any]\ncommonName = supplied\n\
+             [leaf]\nbasicConstraints = critical,CA:FALSE\n\
+             keyUsage = critical,digitalSignature,keyEncipherment\n",
+        )
+        .expect("ca config");
+        std::fs::write(self.dir.join("index.txt"), "").expect("ca index");
+        std::fs::write(self.dir.join("serial"), "1000\n").expect("ca serial");
+        let (key, csr, crt) = (
+            format!("{name}.key"),
+            format!("{name}.csr"),
+            format!("{name}.crt"),
+        );
+        self.openssl(&[
+            "req",
+            "-new",
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:prime256v1",
+            "-nodes",
+            "-subj",
+            subject,
+            "-keyout",
+            &key,
+            "-out",
+            &csr,
+        ]);
+        self.openssl(&[
+            "ca",
+            "-batch",
+            "-config",
+            &conf,
+            "-extensions",
+            "leaf",
+            "-notext",
+            "-startdate",
+            "20200101000000Z",
+            "-enddate",
+            "20200102000000Z",
+            "-in",
+            &csr,
+            "-out",
+            &crt,
+        ]);
+    }
+
     /// Runs `openssl` in the PKI directory; panics with its output when it fails.
     pub fn openssl(&self, args: &[&str]) {
         let out = Command::new(tool("openssl"))
