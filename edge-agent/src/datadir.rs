@@ -1,12 +1,44 @@
-//! `edge-agent prepare-data-dir`: the agent pod's init container hands the queue
-//! directory (a hostPath the kubelet creates owned by root) to the agent user. It changes
+//! The agent's data directory: `edge-agent prepare-data-dir` (the agent pod's init
+//! container) hands it (a hostPath the kubelet creates owned by root) to the agent user;
+//! [`lock`] keeps one writer on it; [`store_pipeline`] keeps the pipeline it runs in it.
+//!
+//! `prepare-data-dir` It changes
 //! the owner of that one directory, not recursively and only when it differs, so it needs
 //! `CAP_CHOWN` and nothing else. It ships in the agent image, so a node pulls one image
 //! for its agents and an operator upgrade alone restarts nothing there.
 
+pub mod lock;
+
 use std::io;
 use std::os::unix::fs::MetadataExt;
 use std::path::Path;
+
+/// The pipeline file an agent keeps in its data directory: what `edge-agent fallback`
+/// runs when the node comes up without its control plane.
+pub const STORED_PIPELINE: &str = "pipeline.yaml";
+
+/// Keeps a copy of the pipeline file `config` in `dir` (written to a temporary file,
+/// fsynced and renamed, so a power cut leaves the old copy or the new one); nothing when
+/// `config` is that copy already.
+pub fn store_pipeline(dir: &Path, config: &Path) -> io::Result<()> {
+    let target = dir.join(STORED_PIPELINE);
+    if std::fs::canonicalize(config).ok() == std::fs::canonicalize(&target).ok() && target.exists()
+    {
+        return Ok(());
+    }
+    let text = std::fs::read(config)?;
+    if std::fs::read(&target).is_ok_and(|old| old == text) {
+        return Ok(());
+    }
+    let tmp = dir.join(format!(".{STORED_PIPELINE}.tmp"));
+    {
+        let mut f = std::fs::File::create(&tmp)?;
+        io::Write::write_all(&mut f, &text)?;
+        f.sync_all()?;
+    }
+    std::fs::rename(&tmp, &target)?;
+    std::fs::File::open(dir)?.sync_all()
+}
 
 /// Makes `path` (an existing directory) owned by `uid:gid`; returns whether it changed.
 pub fn prepare_data_dir(path: &Path, uid: u32, gid: u32) -> io::Result<bool> {

@@ -10,6 +10,7 @@ use std::process::ExitCode;
 use anyhow::Context;
 use clap::{Parser, Subcommand};
 use edge_agent::config::AgentConfig;
+use edge_agent::datadir::lock::{DirLock, Mode};
 use edge_agent::demo;
 use edge_agent::run::{RunOptions, preflight, run};
 use edge_agent::source::tls::install_crypto_provider;
@@ -54,6 +55,25 @@ enum Command {
         /// `metadata.uid` of the pipeline file.
         #[arg(long, value_name = "UID", env = edge_crds::PIPELINE_UID_ENV)]
         pipeline_uid: Option<String>,
+    },
+    /// Run the pipeline stored in DATA_DIR (the copy every agent keeps there) when no agent
+    /// has taken the queue within the grace period: the node's fallback for a reboot
+    /// without the control plane. Hands the queue over (commits, acknowledges, exits 0)
+    /// as soon as an agent asks for it.
+    Fallback {
+        /// Directory of the durable queue and the stored pipeline.
+        #[arg(long, value_name = "DIR")]
+        data_dir: PathBuf,
+        /// How long to leave the agent (its pod) to start first (e.g. 2m).
+        #[arg(long, value_name = "DURATION", default_value = "2m", value_parser = parse_duration)]
+        grace: std::time::Duration,
+        /// Address serving /metrics, /livez and /readyz (default: a free loopback port,
+        /// so the fallbacks of several pipelines on one node never collide).
+        #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:0")]
+        listen: SocketAddr,
+        /// Node name written into every record (default: $NODE_NAME, then the hostname).
+        #[arg(long, value_name = "NAME", env = "NODE_NAME")]
+        node_name: Option<String>,
     },
     /// Check the pipeline in FILE: print every problem (exit 1), or `ok`.
     Check {
@@ -225,11 +245,18 @@ fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
                     data_dir,
                     listen,
                     config_path: Some(path),
+                    mode: Mode::Agent,
                 };
                 run(config, options, stop).await
             })?;
             Ok(ExitCode::SUCCESS)
         }
+        Command::Fallback {
+            data_dir,
+            grace,
+            listen,
+            node_name,
+        } => fallback(data_dir, grace, listen, node_name.unwrap_or_else(hostname)),
         Command::Check { config, node_name } => {
             let node = node_name.unwrap_or_else(hostname);
             let env = |name: &str| std::env::var(name).ok();
@@ -349,6 +376,71 @@ fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
             dead_letters_cli::run(&data_dir, &keys, command)
         }
     }
+}
+
+/// `edge-agent fallback`: waits `grace` for an agent to take the queue, then runs the
+/// stored pipeline in fallback mode.
+fn fallback(
+    data_dir: PathBuf,
+    grace: std::time::Duration,
+    listen: SocketAddr,
+    node: String,
+) -> anyhow::Result<ExitCode> {
+    let path = data_dir.join(edge_agent::datadir::STORED_PIPELINE);
+    if !path.exists() {
+        println!(
+            "no stored pipeline in {}: nothing to run (an agent keeps one there once it ran)",
+            data_dir.display()
+        );
+        return Ok(ExitCode::SUCCESS);
+    }
+    let mut config = match AgentConfig::load(&path, &node) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("{}: invalid pipeline:\n{e}", path.display());
+            return Ok(ExitCode::FAILURE);
+        }
+    };
+    // The queue belongs to the pipeline the agent ran: the uid it recorded there.
+    if config.uid.is_none() {
+        config.uid = edge_agent::queue::owner::recorded(&data_dir);
+    }
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("starting the async runtime")?;
+    runtime.block_on(async {
+        let stop = CancellationToken::new();
+        tokio::spawn(stop_on_signal(stop.clone()));
+        tokio::select! {
+            _ = stop.cancelled() => return Ok(ExitCode::SUCCESS),
+            _ = tokio::time::sleep(grace) => {}
+        }
+        match DirLock::try_acquire(&data_dir, Mode::Fallback) {
+            Ok(Some(lock)) => drop(lock),
+            Ok(None) => {
+                println!(
+                    "an agent runs the queue in {}: the fallback is not needed",
+                    data_dir.display()
+                );
+                return Ok(ExitCode::SUCCESS);
+            }
+            Err(e) => return Err(anyhow::Error::from(e)),
+        }
+        tracing::warn!(
+            dir = %data_dir.display(),
+            grace = ?grace,
+            "no agent took the queue within the grace period: running the stored pipeline as the node's fallback"
+        );
+        let options = RunOptions {
+            data_dir,
+            listen,
+            config_path: Some(path),
+            mode: Mode::Fallback,
+        };
+        run(config, options, stop).await?;
+        Ok(ExitCode::SUCCESS)
+    })
 }
 
 /// Cancels `stop` on SIGTERM or SIGINT.

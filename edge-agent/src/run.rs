@@ -31,6 +31,8 @@ use crate::actions::Actions;
 use crate::broker::{BrokerError, BrokerSettings, EmbeddedBroker};
 use crate::config::{AgentConfig, SinkSettings};
 use crate::credentials::{self, Client, Updates, Watch, export_expiry};
+use crate::datadir::lock::{DirLock, LockError, Mode, handover_requested};
+use crate::datadir::store_pipeline;
 use crate::http::{Health, Loop};
 use crate::inference::{InferenceError, InferenceMetrics, InferenceStage};
 use crate::parse::InvalidReason;
@@ -58,6 +60,8 @@ pub struct RunOptions {
     pub listen: SocketAddr,
     /// The pipeline file, watched for a new model reference (see [`crate::reload`]).
     pub config_path: Option<PathBuf>,
+    /// An ordinary agent, or the node's fallback (gives the queue up when an agent asks).
+    pub mode: Mode,
 }
 
 /// Why the agent could not start or had to stop.
@@ -83,6 +87,8 @@ pub enum RunError {
     Sink(String),
     #[error("inference: {0}")]
     Inference(#[from] InferenceError),
+    #[error("the data directory's lock: {0}")]
+    Lock(#[from] LockError),
 }
 
 /// The problems `edge-agent check` reports beyond config validation: everything the agent
@@ -214,6 +220,26 @@ pub async fn run_with_metrics(
     stop: CancellationToken,
 ) -> Result<(), RunError> {
     let sink = build_sink(&config)?;
+    // One writer per queue: nothing (broker, queue, connections) starts before the lock.
+    let lock = match DirLock::acquire(&options.data_dir, options.mode, &stop).await {
+        Ok(lock) => lock,
+        Err(LockError::Stopped(_)) => return Ok(()),
+        Err(e) => return Err(e.into()),
+    };
+    if let Some(path) = &options.config_path
+        && let Err(e) = store_pipeline(lock.dir(), path)
+    {
+        tracing::warn!(error = %e, "keeping a copy of the pipeline in the data directory");
+    }
+    if options.mode == Mode::Fallback {
+        let dir = lock.dir().to_path_buf();
+        let stop = stop.clone();
+        tokio::spawn(async move {
+            handover_requested(&dir).await;
+            tracing::info!("an agent asks for the queue: stopping to hand it over");
+            stop.cancel();
+        });
+    }
     for warning in config.cleartext_credentials() {
         tracing::warn!("{warning}");
     }
@@ -381,6 +407,8 @@ pub async fn run_with_metrics(
         }
     }
     drop(broker);
+    // Everything is committed, acknowledged and disconnected: the next agent may start.
+    drop(lock);
     http_stop.cancel();
     let _ = http_task.await;
     tracing::info!("stopped");

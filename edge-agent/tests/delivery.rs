@@ -717,3 +717,198 @@ async fn an_encrypted_queue_leaks_no_reading_survives_a_wrong_key_and_rotates() 
         agent.log_text()
     );
 }
+
+/// Publishes `n` readings of ten devices (`h0`..`h9`, reading `i` has value `i`) as fast as
+/// the publisher goes; returns the rate reached.
+fn stream_readings(port: u16, client: &'static str, n: i64) -> tokio::task::JoinHandle<f64> {
+    tokio::spawn(async move {
+        let mut publisher = Publisher::connect(port, client);
+        let started = std::time::Instant::now();
+        for i in 0..n {
+            let device = format!("h{}", i % 10);
+            publisher
+                .send(
+                    &format!("sensors/{device}/temperature"),
+                    reading(&device, i as f64, T0 + i),
+                )
+                .await;
+        }
+        publisher.flush().await;
+        n as f64 / started.elapsed().as_secs_f64()
+    })
+}
+
+fn streamed(n: i64) -> BTreeSet<Key> {
+    (0..n)
+        .map(|i| key(&format!("h{}", i % 10), T0 + i, i as f64))
+        .collect()
+}
+
+/// One writer per queue: a second agent on the same data directory (a misconfigured
+/// hostPath) waits, serving nothing and connecting nowhere, while the first runs; after a
+/// kill -9 of the first it takes the queue over and everything arrives.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_second_agent_on_the_same_queue_waits_and_takes_over_after_a_kill_9() {
+    let broker = Mosquitto::start();
+    let receiver = Receiver::start().await;
+    let (one, two) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    prepare_session(broker.port, "agent-twin", &[TOPIC]).await;
+    let yaml = Pipeline {
+        broker_port: broker.port,
+        client_id: "agent-twin",
+        receiver_port: receiver.port,
+        batch_size: 200,
+        ..Pipeline::default()
+    }
+    .yaml();
+    let mut first = Agent::start(one.path(), &yaml);
+    first.wait_ready().await;
+    let mut second = Agent::start_on(two.path(), &yaml, &first.data_dir);
+    eventually(
+        Duration::from_secs(10),
+        "the second agent to say it waits",
+        async || {
+            second
+                .log_text()
+                .contains("another agent holds the queue")
+                .then_some(())
+        },
+    )
+    .await;
+    second.assert_running();
+    assert!(
+        second.get("/readyz").is_none(),
+        "a waiting agent serves nothing"
+    );
+
+    const N: i64 = 6_000;
+    let stream = stream_readings(broker.port, "publisher-twin", N);
+    first
+        .wait_metric(
+            &series("edge_agent_messages_received_total", &[]),
+            1_500.0,
+            Duration::from_secs(30),
+        )
+        .await;
+    // The first never lost its session to the waiting one.
+    assert_eq!(
+        first.metric(&series("edge_agent_mqtt_connections_total", &[])),
+        1.0
+    );
+    first.kill();
+    second.wait_ready().await;
+    stream.await.unwrap();
+    let got = eventually(
+        Duration::from_secs(60),
+        "every reading through the second agent",
+        async || {
+            let got = dedupe_by_seq(&receiver.accepted());
+            let values: BTreeSet<Key> = got.values().cloned().collect();
+            (values.len() >= N as usize).then_some(got)
+        },
+    )
+    .await;
+    let values: BTreeSet<Key> = got.values().cloned().collect();
+    assert_eq!(values, streamed(N));
+    // Stored twice: at most what the broker had in flight at the kill (its window).
+    assert!(
+        got.len() - values.len() <= 1000,
+        "{} readings stored twice",
+        got.len() - values.len()
+    );
+}
+
+/// Node autonomy: the fallback runs the pipeline an agent stored in its data directory;
+/// when the agent comes back under a stream (thousands of readings a second), the
+/// fallback commits, acknowledges, releases the queue and exits, the agent takes over,
+/// and every reading arrives exactly once: nothing lost, nothing stored twice.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_fallback_hands_the_queue_over_under_a_stream_losing_and_duplicating_nothing() {
+    fallback_then_agent("node", false).await;
+}
+
+/// The fallback killed -9 under the stream: the agent takes the queue over, nothing is
+/// lost, and what is stored twice stays within the broker's in-flight window.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_fallback_killed_under_a_stream_loses_nothing_to_the_agent_after_it() {
+    fallback_then_agent("node-kill", true).await;
+}
+
+async fn fallback_then_agent(name: &'static str, kill: bool) {
+    let broker = Mosquitto::start();
+    let receiver = Receiver::start().await;
+    let (pod_files, fallback_files) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let client_id = format!("agent-{name}");
+    prepare_session(broker.port, &client_id, &[TOPIC]).await;
+    let yaml = Pipeline {
+        broker_port: broker.port,
+        client_id: &client_id,
+        receiver_port: receiver.port,
+        batch_size: 500,
+        ..Pipeline::default()
+    }
+    .yaml();
+    // The agent runs once: it keeps its pipeline in the data directory.
+    let mut pod = Agent::start(pod_files.path(), &yaml);
+    pod.wait_ready().await;
+    assert_eq!(pod.terminate().code(), Some(0));
+    let data = pod.data_dir.clone();
+    assert_eq!(
+        std::fs::read_to_string(data.join("pipeline.yaml")).unwrap(),
+        yaml,
+        "the stored pipeline is the one the agent ran"
+    );
+
+    // The node came up without its control plane: the fallback runs the stored pipeline.
+    let mut fallback = Agent::start_fallback(fallback_files.path(), &data);
+    fallback.wait_ready().await;
+    const N: i64 = 40_000;
+    let publisher: &'static str = if kill {
+        "publisher-node-kill"
+    } else {
+        "publisher-node"
+    };
+    let stream = stream_readings(broker.port, publisher, N);
+    fallback
+        .wait_metric(
+            &series("edge_agent_messages_received_total", &[]),
+            10_000.0,
+            Duration::from_secs(30),
+        )
+        .await;
+    if kill {
+        fallback.kill();
+        pod.restart();
+    } else {
+        // The agent's pod starts: it asks for the queue and gets it.
+        pod.restart();
+        let status = fallback.wait_exit(Duration::from_secs(30));
+        assert!(status.success(), "the fallback exits 0 after a handover");
+        assert!(
+            fallback.log_text().contains("stopping to hand it over"),
+            "{}",
+            fallback.log_text()
+        );
+    }
+    pod.wait_ready().await;
+    let rate = stream.await.unwrap();
+    eprintln!("published {N} readings at {rate:.0}/s");
+    let got = eventually(
+        Duration::from_secs(60),
+        "every reading after the fallback",
+        async || {
+            let got = dedupe_by_seq(&receiver.accepted());
+            let values: BTreeSet<Key> = got.values().cloned().collect();
+            (values.len() >= N as usize).then_some(got)
+        },
+    )
+    .await;
+    let values: BTreeSet<Key> = got.values().cloned().collect();
+    assert_eq!(values, streamed(N));
+    let twice = got.len() - values.len();
+    if kill {
+        assert!(twice <= 1000, "{twice} readings stored twice");
+    } else {
+        assert_eq!(twice, 0, "no reading stored twice after a handover");
+    }
+}

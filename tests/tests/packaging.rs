@@ -240,3 +240,45 @@ fn systemd_unit_is_valid_and_hardened() {
     let (ok, out) = systemd_analyze(&["security", "--offline=true", "--threshold=20"], &unit);
     assert!(ok, "systemd-analyze security:\n{out}");
 }
+
+#[test]
+fn the_fallback_unit_is_valid_and_hardened() {
+    let text = read("deploy/systemd/edgepipe-fallback@.service");
+    let directives: Vec<&str> = text
+        .lines()
+        .filter(|l| !l.starts_with('#') && l.contains('='))
+        .collect();
+    for wanted in [
+        "ExecStart=/usr/local/bin/edge-agent fallback --data-dir /var/lib/edgepipe/%I --grace 2m --listen 127.0.0.1:0",
+        "User=65532",
+        "ReadWritePaths=/var/lib/edgepipe/%I",
+        "ProtectSystem=strict",
+        "NoNewPrivileges=yes",
+        "Restart=on-failure",
+    ] {
+        assert!(directives.contains(&wanted), "missing {wanted}");
+    }
+    // `--grace 2m` is what the agent's duration parser reads.
+    let grace = edge_crds::units::parse_duration("2m");
+    assert!(grace.is_ok(), "--grace 2m: {grace:?}");
+
+    // Loaded as an instance, as systemd would: ExecStart points at /bin/true here.
+    let dir = std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join("systemd-fallback");
+    std::fs::create_dir_all(&dir).expect("temp dir");
+    let unit = dir.join("edgepipe-fallback@factory-line1.service");
+    std::fs::write(
+        &unit,
+        text.replace(
+            "ExecStart=/usr/local/bin/edge-agent ",
+            "ExecStart=/bin/true ",
+        ),
+    )
+    .expect("write unit");
+    let (ok, out) = systemd_analyze(&["verify"], &unit);
+    assert!(
+        ok && out.trim().is_empty(),
+        "systemd-analyze verify:\n{out}"
+    );
+    let (ok, out) = systemd_analyze(&["security", "--offline=true", "--threshold=25"], &unit);
+    assert!(ok, "systemd-analyze security:\n{out}");
+}

@@ -232,6 +232,7 @@ pub async fn run(options: DemoOptions) -> Result<Summary, DemoError> {
             data_dir: data_dir.clone(),
             listen,
             config_path: None,
+            mode: crate::datadir::lock::Mode::Agent,
         },
         metrics.clone(),
         stop.clone(),

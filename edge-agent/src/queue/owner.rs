@@ -43,6 +43,14 @@ pub enum Claim {
     },
 }
 
+/// The uid of the pipeline the queue in `dir` belongs to, if one was recorded.
+pub fn recorded(dir: &Path) -> Option<String> {
+    std::fs::read_to_string(dir.join(OWNER_FILE))
+        .ok()
+        .map(|text| text.trim().to_string())
+        .filter(|uid| !uid.is_empty())
+}
+
 /// Makes the queue in `dir` belong to the pipeline `uid` (see the module documentation).
 /// Runs before the queue is opened.
 pub fn claim(dir: &Path, uid: &str, adopt: bool) -> Result<Claim, QueueError> {

@@ -20,6 +20,8 @@ pub struct Agent {
     env: Vec<(String, String)>,
     child: Option<Child>,
     starts: usize,
+    /// Runs `edge-agent fallback` on `data_dir` (its stored pipeline) instead of `run`.
+    fallback: bool,
 }
 
 impl Agent {
@@ -31,9 +33,37 @@ impl Agent {
     /// Like [`Agent::start`], with extra environment variables (what the operator sets in
     /// the pod: `HOST_IP`, `NODE_NAME`, secret values).
     pub fn start_with_env(dir: &Path, config_yaml: &str, env: &[(&str, &str)]) -> Self {
+        let mut agent = Self::prepare(dir, config_yaml, env);
+        agent.restart();
+        agent
+    }
+
+    /// Like [`Agent::start`], on the data directory `data_dir` (another agent's, to see
+    /// two agents meet on one queue).
+    pub fn start_on(dir: &Path, config_yaml: &str, data_dir: &Path) -> Self {
+        let mut agent = Self::prepare(dir, config_yaml, &[]);
+        agent.data_dir = data_dir.to_path_buf();
+        agent.restart();
+        agent
+    }
+
+    /// `edge-agent fallback --grace 0s` on `data_dir`: the node's fallback running the
+    /// pipeline an agent stored there. Its log and files go to `dir`.
+    pub fn start_fallback(dir: &Path, data_dir: &Path) -> Self {
+        let mut agent = Self::prepare(dir, "", &[]);
+        agent.data_dir = data_dir.to_path_buf();
+        agent.config = data_dir.join("pipeline.yaml");
+        agent.fallback = true;
+        agent.restart();
+        agent
+    }
+
+    fn prepare(dir: &Path, config_yaml: &str, env: &[(&str, &str)]) -> Self {
         let config = dir.join("pipeline.yaml");
-        std::fs::write(&config, config_yaml).expect("write config");
-        let mut agent = Self {
+        if !config_yaml.is_empty() {
+            std::fs::write(&config, config_yaml).expect("write config");
+        }
+        Self {
             metrics_port: free_port(),
             data_dir: dir.join("data"),
             config,
@@ -44,9 +74,8 @@ impl Agent {
                 .collect(),
             child: None,
             starts: 0,
-        };
-        agent.restart();
-        agent
+            fallback: false,
+        }
     }
 
     /// Starts the agent again (after a kill or a stop), on the same files.
@@ -59,10 +88,12 @@ impl Agent {
             .open(&self.log)
             .expect("agent log");
         let mut command = Command::new(workspace_bin("edge-agent"));
+        if self.fallback {
+            command.args(["fallback", "--grace", "0s"]);
+        } else {
+            command.arg("run").arg("--config").arg(&self.config);
+        }
         command
-            .arg("run")
-            .arg("--config")
-            .arg(&self.config)
             .arg("--data-dir")
             .arg(&self.data_dir)
             .arg("--listen")
