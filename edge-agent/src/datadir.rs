@@ -1,12 +1,14 @@
 //! The agent's data directory: `edge-agent prepare-data-dir` (the agent pod's init
 //! container) hands it (a hostPath the kubelet creates owned by root) to the agent user;
-//! [`lock`] keeps one writer on it; [`store_pipeline`] keeps the pipeline it runs in it.
+//! [`lock`] keeps one writer on it; [`store_pipeline`] keeps the pipeline it runs in it;
+//! [`fallback`] records what the node's fallback did with it.
 //!
 //! `prepare-data-dir` It changes
 //! the owner of that one directory, not recursively and only when it differs, so it needs
 //! `CAP_CHOWN` and nothing else. It ships in the agent image, so a node pulls one image
 //! for its agents and an operator upgrade alone restarts nothing there.
 
+pub mod fallback;
 pub mod lock;
 
 use std::io;

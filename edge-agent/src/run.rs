@@ -32,7 +32,7 @@ use crate::broker::{BrokerError, BrokerSettings, EmbeddedBroker};
 use crate::config::{AgentConfig, SinkSettings};
 use crate::credentials::{self, Client, Updates, Watch, export_expiry};
 use crate::datadir::lock::{DirLock, LockError, Mode, handover_requested};
-use crate::datadir::store_pipeline;
+use crate::datadir::{fallback, store_pipeline};
 use crate::http::{Health, Loop};
 use crate::inference::{InferenceError, InferenceMetrics, InferenceStage};
 use crate::parse::InvalidReason;
@@ -231,15 +231,13 @@ pub async fn run_with_metrics(
     {
         tracing::warn!(error = %e, "keeping a copy of the pipeline in the data directory");
     }
-    if options.mode == Mode::Fallback {
-        let dir = lock.dir().to_path_buf();
-        let stop = stop.clone();
-        tokio::spawn(async move {
-            handover_requested(&dir).await;
-            tracing::info!("an agent asks for the queue: stopping to hand it over");
-            stop.cancel();
-        });
-    }
+    let fallback_record = match options.mode {
+        Mode::Fallback => Some(start_fallback_record(&lock, &options, &metrics, &stop)),
+        Mode::Agent => {
+            report_fallback(&lock, &options, &metrics);
+            None
+        }
+    };
     for warning in config.cleartext_credentials() {
         tracing::warn!("{warning}");
     }
@@ -407,12 +405,94 @@ pub async fn run_with_metrics(
         }
     }
     drop(broker);
+    if let Some(record) = fallback_record {
+        record.abort();
+        if let Some(mut run) = fallback::last(lock.dir()) {
+            run.until = fallback::now();
+            let _ = fallback::write(lock.dir(), &run);
+        }
+    }
     // Everything is committed, acknowledged and disconnected: the next agent may start.
     drop(lock);
     http_stop.cancel();
     let _ = http_task.await;
     tracing::info!("stopped");
     result
+}
+
+/// As the node's fallback: records the run (refreshed every few seconds) and stops when
+/// an agent asks for the queue. Returns the refreshing task.
+fn start_fallback_record(
+    lock: &DirLock,
+    options: &RunOptions,
+    metrics: &Metrics,
+    stop: &CancellationToken,
+) -> tokio::task::JoinHandle<()> {
+    metrics.fallback_active.set(1);
+    let dir = lock.dir().to_path_buf();
+    let sha = options
+        .config_path
+        .as_deref()
+        .and_then(fallback::pipeline_digest)
+        .unwrap_or_default();
+    let started = fallback::now();
+    {
+        let stop = stop.clone();
+        let dir = dir.clone();
+        tokio::spawn(async move {
+            handover_requested(&dir).await;
+            tracing::info!("an agent asks for the queue: stopping to hand it over");
+            stop.cancel();
+        });
+    }
+    tokio::spawn(async move {
+        loop {
+            let run = fallback::FallbackRun {
+                started,
+                until: fallback::now(),
+                pipeline_sha256: sha.clone(),
+                reported: false,
+            };
+            if let Err(e) = fallback::write(&dir, &run) {
+                tracing::warn!(error = %e, "recording the fallback's run");
+            }
+            tokio::time::sleep(fallback::REFRESH).await;
+        }
+    })
+}
+
+/// As an agent: exports (and logs once) what the node's fallback last did with this queue.
+fn report_fallback(lock: &DirLock, options: &RunOptions, metrics: &Metrics) {
+    let Some(mut run) = fallback::last(lock.dir()) else {
+        return;
+    };
+    let current = options
+        .config_path
+        .as_deref()
+        .and_then(fallback::pipeline_digest)
+        .unwrap_or_default();
+    let outdated = run.pipeline_sha256 != current;
+    metrics
+        .fallback_last_seconds
+        .set(run.duration().as_secs().min(i64::MAX as u64) as i64);
+    metrics
+        .fallback_last_end
+        .set(run.until.min(i64::MAX as u64) as i64);
+    metrics.fallback_last_outdated.set(i64::from(outdated));
+    if !run.reported {
+        tracing::warn!(
+            seconds = run.duration().as_secs(),
+            outdated,
+            "the node ran this queue in fallback{}",
+            if outdated {
+                " with another revision of the pipeline than this one"
+            } else {
+                ""
+            }
+        );
+        run.reported = true;
+        let _ = fallback::write(lock.dir(), &run);
+    }
 }
 
 /// One acknowledgement to send once its turn comes.

@@ -102,6 +102,14 @@ pub struct Metrics {
     pub queue_corruptions: IntCounter,
     /// Queues of a deleted pipeline of the same name set aside at start.
     pub queues_set_aside: IntCounter,
+    /// 1 while this process runs as the node's fallback (`edge-agent fallback`).
+    pub fallback_active: IntGauge,
+    /// How long the node's fallback last ran this queue, seconds (0: never).
+    pub fallback_last_seconds: IntGauge,
+    /// When the node's fallback last stopped, unix seconds (0: never).
+    pub fallback_last_end: IntGauge,
+    /// 1 when the fallback's last run was of another pipeline revision than this one.
+    pub fallback_last_outdated: IntGauge,
     /// Connections to the agent's endpoint closed at once: the connection cap was reached.
     pub http_connections_rejected: IntCounter,
     /// Failed inferences, by reason.
@@ -290,6 +298,34 @@ impl Metrics {
                 opts(
                     "edge_agent_queues_set_aside_total",
                     "Queues left on the node by a deleted pipeline of the same name, set aside at start (kept as queue.db.pipeline-<uid>, never sent).",
+                ),
+            )?,
+            fallback_active: gauge(
+                r,
+                opts(
+                    "edge_agent_fallback_active",
+                    "1 while this process is the node's fallback, running the stored pipeline.",
+                ),
+            )?,
+            fallback_last_seconds: gauge(
+                r,
+                opts(
+                    "edge_agent_fallback_last_duration_seconds",
+                    "How long the node's fallback last ran this queue (0: never).",
+                ),
+            )?,
+            fallback_last_end: gauge(
+                r,
+                opts(
+                    "edge_agent_fallback_last_end_timestamp_seconds",
+                    "When the node's fallback last stopped, unix seconds (0: never).",
+                ),
+            )?,
+            fallback_last_outdated: gauge(
+                r,
+                opts(
+                    "edge_agent_fallback_last_outdated",
+                    "1 when the fallback's last run was of another pipeline revision than the one running now.",
                 ),
             )?,
             http_connections_rejected: counter(

@@ -862,6 +862,10 @@ async fn fallback_then_agent(name: &'static str, kill: bool) {
     // The node came up without its control plane: the fallback runs the stored pipeline.
     let mut fallback = Agent::start_fallback(fallback_files.path(), &data);
     fallback.wait_ready().await;
+    assert_eq!(
+        fallback.metric(&series("edge_agent_fallback_active", &[])),
+        1.0
+    );
     const N: i64 = 40_000;
     let publisher: &'static str = if kill {
         "publisher-node-kill"
@@ -878,6 +882,13 @@ async fn fallback_then_agent(name: &'static str, kill: bool) {
         .await;
     if kill {
         fallback.kill();
+        // The pipeline changed meanwhile: the agent runs a newer revision than the
+        // fallback did.
+        std::fs::write(
+            &pod.config,
+            yaml.replace("batchSize: 500", "batchSize: 400"),
+        )
+        .unwrap();
         pod.restart();
     } else {
         // The agent's pod starts: it asks for the queue and gets it.
@@ -891,6 +902,31 @@ async fn fallback_then_agent(name: &'static str, kill: bool) {
         );
     }
     pod.wait_ready().await;
+    // The agent says the node ran in fallback, when it stopped, and whether it ran
+    // another revision.
+    assert!(
+        pod.log_text()
+            .contains("the node ran this queue in fallback"),
+        "{}",
+        pod.log_text()
+    );
+    let end = pod.metric(&series(
+        "edge_agent_fallback_last_end_timestamp_seconds",
+        &[],
+    ));
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs_f64();
+    assert!(
+        end > now - 120.0 && end <= now + 1.0,
+        "fallback ended at {end}"
+    );
+    assert_eq!(
+        pod.metric(&series("edge_agent_fallback_last_outdated", &[])),
+        if kill { 1.0 } else { 0.0 }
+    );
+    assert_eq!(pod.metric(&series("edge_agent_fallback_active", &[])), 0.0);
     let rate = stream.await.unwrap();
     eprintln!("published {N} readings at {rate:.0}/s");
     let got = eventually(
