@@ -744,6 +744,20 @@ fn streamed(n: i64) -> BTreeSet<Key> {
         .collect()
 }
 
+/// Waits until the receiver holds every one of the `n` streamed readings, checks it holds
+/// nothing else, and returns how many were stored twice (under two seqs).
+async fn every_streamed_reading(receiver: &Receiver, n: i64, what: &str) -> usize {
+    let got = eventually(Duration::from_secs(60), what, async || {
+        let got = dedupe_by_seq(&receiver.accepted());
+        let values: BTreeSet<Key> = got.values().cloned().collect();
+        (values.len() >= n as usize).then_some(got)
+    })
+    .await;
+    let values: BTreeSet<Key> = got.values().cloned().collect();
+    assert_eq!(values, streamed(n));
+    got.len() - values.len()
+}
+
 /// One writer per queue: a second agent on the same data directory (a misconfigured
 /// hostPath) waits, serving nothing and connecting nowhere, while the first runs; after a
 /// kill -9 of the first it takes the queue over and everything arrives.
@@ -798,24 +812,10 @@ async fn a_second_agent_on_the_same_queue_waits_and_takes_over_after_a_kill_9() 
     first.kill();
     second.wait_ready().await;
     stream.await.unwrap();
-    let got = eventually(
-        Duration::from_secs(60),
-        "every reading through the second agent",
-        async || {
-            let got = dedupe_by_seq(&receiver.accepted());
-            let values: BTreeSet<Key> = got.values().cloned().collect();
-            (values.len() >= N as usize).then_some(got)
-        },
-    )
-    .await;
-    let values: BTreeSet<Key> = got.values().cloned().collect();
-    assert_eq!(values, streamed(N));
+    let twice =
+        every_streamed_reading(&receiver, N, "every reading through the second agent").await;
     // Stored twice: at most what the broker had in flight at the kill (its window).
-    assert!(
-        got.len() - values.len() <= 1000,
-        "{} readings stored twice",
-        got.len() - values.len()
-    );
+    assert!(twice <= 1000, "{twice} readings stored twice");
 }
 
 /// Node autonomy: the fallback runs the pipeline an agent stored in its data directory;
@@ -929,19 +929,7 @@ async fn fallback_then_agent(name: &'static str, kill: bool) {
     assert_eq!(pod.metric(&series("edge_agent_fallback_active", &[])), 0.0);
     let rate = stream.await.unwrap();
     eprintln!("published {N} readings at {rate:.0}/s");
-    let got = eventually(
-        Duration::from_secs(60),
-        "every reading after the fallback",
-        async || {
-            let got = dedupe_by_seq(&receiver.accepted());
-            let values: BTreeSet<Key> = got.values().cloned().collect();
-            (values.len() >= N as usize).then_some(got)
-        },
-    )
-    .await;
-    let values: BTreeSet<Key> = got.values().cloned().collect();
-    assert_eq!(values, streamed(N));
-    let twice = got.len() - values.len();
+    let twice = every_streamed_reading(&receiver, N, "every reading after the fallback").await;
     if kill {
         assert!(twice <= 1000, "{twice} readings stored twice");
     } else {
