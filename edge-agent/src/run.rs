@@ -198,6 +198,7 @@ pub fn inference_metrics(metrics: &Metrics) -> InferenceMetrics {
         metrics.inference_errors.clone(),
         metrics.model_loads.clone(),
         metrics.inference_windows_evicted.clone(),
+        metrics.model_info.clone(),
     )
 }
 

@@ -144,6 +144,11 @@ pub struct Metrics {
     pub queue_capacity_bytes: IntGauge,
     /// 1 when the last upstream request succeeded.
     pub upstream_up: IntGauge,
+    /// `edge_agent_upstream_last_error_info{error}`: the last failure while the upstream is
+    /// down (one series, gone once it is up again).
+    pub upstream_last_error: IntGaugeVec,
+    /// `edge_agent_model_info{sha256}`: the model running (one series).
+    pub model_info: IntGaugeVec,
     /// 1 while connected to the source broker.
     pub mqtt_connected: IntGauge,
     /// Connections to the source broker established (the first and every reconnect).
@@ -448,6 +453,26 @@ impl Metrics {
                     "edge_agent_upstream_up",
                     "1 when the last upstream request succeeded.",
                 ),
+            )?,
+            upstream_last_error: register(
+                r,
+                IntGaugeVec::new(
+                    opts(
+                        "edge_agent_upstream_last_error_info",
+                        "The last failure while the upstream is down (1; no series while it is up).",
+                    ),
+                    &["error"],
+                )?,
+            )?,
+            model_info: register(
+                r,
+                IntGaugeVec::new(
+                    opts(
+                        "edge_agent_model_info",
+                        "The model running, by the SHA-256 of its file (1; no series before a model runs).",
+                    ),
+                    &["sha256"],
+                )?,
             )?,
             mqtt_connected: gauge(
                 r,

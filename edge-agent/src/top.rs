@@ -5,9 +5,9 @@
 //! columns, no colours, usable over SSH) is redrawn: message, queue and sync rates from the
 //! last two scrapes, the backlog with the time it takes to drain or to fill the queue, the
 //! upstream and source broker state, drops, invalid messages and filtered readings by
-//! reason, and inference. Only what the agent exports is shown (`telemetry.rs` names it):
-//! it exports no last error and no model digest, so neither appears. `--once` scrapes twice
-//! and prints one frame, for scripts and bug reports.
+//! reason, inference and the running model's digest, and the upstream's last error while
+//! it is down. Only what the agent exports is shown (`telemetry.rs` names it). `--once`
+//! scrapes twice and prints one frame, for scripts and bug reports.
 
 use std::fmt::Write as _;
 use std::io::Write as _;
@@ -953,6 +953,9 @@ pub fn render(view: &View) -> Vec<String> {
         if !more.is_empty() {
             out.push(line("", more.join(", ")));
         }
+        if let Some(error) = cur.label("edge_agent_upstream_last_error_info", "error") {
+            out.push(line("", format!("last error: {error}")));
+        }
     }
     if let Some(connected) = view.total("edge_agent_mqtt_connected") {
         let mut text = if connected >= 1.0 {
@@ -1010,6 +1013,9 @@ pub fn render(view: &View) -> Vec<String> {
             list.join(", ")
         };
         out.push(line("model loads", text));
+    }
+    if let Some(sha) = cur.label("edge_agent_model_info", "sha256") {
+        out.push(line("model", format!("sha256 {sha}")));
     }
     out.into_iter().map(|l| clip(&l, WIDTH)).collect()
 }
@@ -1351,6 +1357,39 @@ edge_agent_inference_duration_seconds_count{pipeline="factory/line1"} 0
         assert!(!text.contains("max_age"), "zero reasons are not listed");
         for l in &lines {
             assert!(l.chars().count() <= WIDTH, "{l:?} is wider than {WIDTH}");
+        }
+    }
+
+    #[test]
+    fn a_down_upstream_shows_its_last_error_and_the_model_its_digest() {
+        let text = FIRST
+            .replace(
+                "edge_agent_upstream_up{pipeline=\"factory/line1\"} 1",
+                "edge_agent_upstream_up{pipeline=\"factory/line1\"} 0\n\
+                 edge_agent_upstream_last_error_info{error=\"HTTP 503\",pipeline=\"factory/line1\"} 1",
+            )
+            .replace(
+                "edge_agent_mqtt_connected",
+                "edge_agent_model_info{pipeline=\"factory/line1\",sha256=\"ab12\"} 1\n\
+                 edge_agent_mqtt_connected",
+            );
+        let current = Snapshot::parse(&text).unwrap();
+        let lines = render(&View {
+            url: "http://127.0.0.1:9464/metrics",
+            interval: Duration::from_secs(1),
+            current: &current,
+            previous: None,
+        });
+        for expected in [
+            "upstream            DOWN; requests success 14, retry 0, rejected 0",
+            "                    last error: HTTP 503",
+            "model               sha256 ab12",
+        ] {
+            assert!(
+                lines.iter().any(|l| l == expected),
+                "{expected:?} not in\n{}",
+                lines.join("\n")
+            );
         }
     }
 

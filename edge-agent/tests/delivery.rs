@@ -682,6 +682,24 @@ async fn an_encrypted_queue_leaks_no_reading_survives_a_wrong_key_and_rotates() 
     agent
         .wait_metric(&queued, 300.0, Duration::from_secs(20))
         .await;
+    // While the upstream is down, the agent says why (one series).
+    let last_error = |agent: &mut Agent| {
+        agent
+            .metrics()
+            .into_iter()
+            .filter(|(k, v)| k.starts_with("edge_agent_upstream_last_error_info{") && *v == 1.0)
+            .map(|(k, _)| k)
+            .collect::<Vec<_>>()
+    };
+    eventually(
+        Duration::from_secs(10),
+        "the upstream's last error",
+        async || {
+            let errors = last_error(&mut agent);
+            (errors.len() == 1 && errors[0].contains("connection failed")).then_some(())
+        },
+    )
+    .await;
     receiver.resume().await;
     let got = eventually(
         Duration::from_secs(30),
@@ -701,6 +719,7 @@ async fn an_encrypted_queue_leaks_no_reading_survives_a_wrong_key_and_rotates() 
         300,
         "each reading once: the wrong-key start sent nothing"
     );
+    assert!(last_error(&mut agent).is_empty(), "no last error once up");
     // Drained: key a is no longer needed, and the agent starts without it.
     let deadline = std::time::Instant::now() + Duration::from_secs(10);
     while agent.metric(&queued) > 0.0 {

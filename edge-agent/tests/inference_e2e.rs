@@ -79,6 +79,16 @@ async fn anomalies_travel_for_every_spiked_window_and_alert_once_per_episode() {
         )
         .await;
     assert_eq!(loaded, 1.0);
+    // The running model's digest is exported once it runs.
+    let sha = sha256_hex(&fixture_bytes("anomaly_autoencoder.tflite"));
+    let running = agent
+        .wait_metric(
+            "edge_agent_model_info",
+            &[&format!("sha256=\"{sha}\"")],
+            |v| v >= 1.0,
+        )
+        .await;
+    assert_eq!(running, 1.0);
     let alerts = MqttPeer::connect("alerts-subscriber", broker.port);
     alerts.subscribe("alerts/#").await;
     let publisher = MqttPeer::connect("sensors", broker.port);

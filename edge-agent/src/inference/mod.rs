@@ -22,7 +22,7 @@ mod stage;
 mod window;
 mod worker;
 
-use prometheus::{Histogram, IntCounter, IntCounterVec};
+use prometheus::{Histogram, IntCounter, IntCounterVec, IntGaugeVec};
 
 pub use classify::{image_input, image_size, parse_labels, top_k};
 pub use download::{MAX_REDIRECTS, RedirectRefused, file_url, follow_redirect};
@@ -112,6 +112,8 @@ pub struct InferenceMetrics {
     /// `edge_agent_inference_windows_evicted_total`: devices' windows thrown away for a
     /// new device (more devices than `source.maxDevices`).
     pub windows_evicted: IntCounter,
+    /// `edge_agent_model_info{sha256}`: the model running.
+    pub model_info: IntGaugeVec,
 }
 
 impl InferenceMetrics {
@@ -123,6 +125,7 @@ impl InferenceMetrics {
         errors: IntCounterVec,
         model_loads: IntCounterVec,
         windows_evicted: IntCounter,
+        model_info: IntGaugeVec,
     ) -> Self {
         for r in ERROR_REASONS {
             errors.with_label_values(&[r]);
@@ -137,6 +140,7 @@ impl InferenceMetrics {
             errors,
             model_loads,
             windows_evicted,
+            model_info,
         }
     }
 
@@ -154,6 +158,10 @@ impl InferenceMetrics {
             vec("edge_agent_inference_errors_total", "reason")?,
             vec("edge_agent_model_loads_total", "outcome")?,
             IntCounter::new("edge_agent_inference_windows_evicted_total", "evicted")?,
+            IntGaugeVec::new(
+                prometheus::Opts::new("edge_agent_model_info", "model running"),
+                &["sha256"],
+            )?,
         ))
     }
 

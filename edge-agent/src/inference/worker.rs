@@ -89,6 +89,11 @@ pub fn run(
                     s.batched = prepared.model.batches();
                     s.input_shape = prepared.model.input_shape.clone();
                 }
+                metrics.model_info.reset();
+                metrics
+                    .model_info
+                    .with_label_values(&[&prepared.sha256])
+                    .set(1);
                 current = Some(*prepared);
             }
             Msg::Hold { held, release } => {

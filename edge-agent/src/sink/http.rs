@@ -310,6 +310,13 @@ impl HttpSink {
                     .with_label_values(&["retry"])
                     .inc();
                 ctx.upstream(false);
+                // The status only, not the upstream's text: a label value should not be
+                // something the upstream can vary at will.
+                ctx.upstream_failed(&if status == 0 {
+                    reason.to_string()
+                } else {
+                    format!("HTTP {status}")
+                });
                 let after = match verdict {
                     Verdict::Retry(after) => after,
                     _ => {

@@ -122,6 +122,25 @@ impl SyncContext {
             clock.down_since = Some(now);
         }
         self.metrics.upstream_up.set(i64::from(up));
+        if up {
+            self.metrics.upstream_last_error.reset();
+        }
+    }
+
+    /// Records why the upstream failed (`edge_agent_upstream_last_error_info`): one
+    /// series, its text cut to 120 characters and stripped of control characters.
+    pub fn upstream_failed(&self, reason: &str) {
+        let text: String = reason
+            .chars()
+            .map(|c| if c.is_control() { ' ' } else { c })
+            .take(120)
+            .collect();
+        let last = &self.metrics.upstream_last_error;
+        if last.with_label_values(&[&text]).get() == 1 {
+            return;
+        }
+        last.reset();
+        last.with_label_values(&[&text]).set(1);
     }
 
     /// Sleeps `delay` (beating, and adding to the down time), unless stopped first.

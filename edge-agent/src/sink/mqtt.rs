@@ -131,6 +131,7 @@ impl MqttSink {
                     .with_label_values(&["retry"])
                     .inc();
                 ctx.upstream(false);
+                ctx.upstream_failed(&reason.to_string());
                 let delay = backoff(attempt, INITIAL_BACKOFF, MAX_BACKOFF);
                 if attempt == 0 || attempt.is_multiple_of(10) {
                     let url = diagnostics::url(&self.settings.url);
