@@ -164,6 +164,14 @@ async fn a_healthy_setup_is_all_ok_and_a_dead_broker_is_named_with_its_fix() {
         receiver.accepted().is_empty(),
         "doctor must not send records upstream"
     );
+    assert!(
+        healthy.check("source")["detail"]
+            .as_str()
+            .unwrap()
+            .contains("no session for the agent yet"),
+        "{}",
+        healthy.text
+    );
 
     // The text report, as a technician reads it.
     let text = Command::new(workspace_bin("edge-agent"))
@@ -411,6 +419,14 @@ async fn no_arguments_in_a_pod_and_the_queue_check_reads_an_encrypted_queue() {
     // Beside the running agent: its queue (20 records, sealed with k1) and an upstream
     // that is down.
     let got = doctor_with(&mut pod(&config));
+    assert!(
+        got.check("source")["detail"]
+            .as_str()
+            .unwrap()
+            .contains("the agent runs"),
+        "{}",
+        got.text
+    );
     let queue = got.check("queue")["detail"].as_str().unwrap().to_string();
     assert!(queue.starts_with("20 records"), "{}", got.text);
     assert!(queue.contains("sealed with k1"), "{}", got.text);
@@ -428,4 +444,72 @@ async fn no_arguments_in_a_pod_and_the_queue_check_reads_an_encrypted_queue() {
         "{}",
         got.text
     );
+}
+
+/// The agent's persistent session: found while the agent is stopped; a broker restarted
+/// without persistence lost it (a warning with its fix); and the empty session the check
+/// creates to find out is removed, so the agent still subscribes when it comes back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_agents_session_is_checked_only_while_it_is_stopped_and_left_as_found() {
+    let mut broker = Mosquitto::start();
+    let receiver = Receiver::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let spec = Pipeline {
+        broker_port: broker.port,
+        client_id: "agent-session",
+        receiver_port: receiver.port,
+        ..Pipeline::default()
+    }
+    .yaml();
+    let mut agent = Agent::start(dir.path(), &spec);
+    agent.wait_ready().await;
+    let running = doctor(&agent.config, &agent.data_dir);
+    assert!(
+        running.check("source")["detail"]
+            .as_str()
+            .unwrap()
+            .contains("the agent runs"),
+        "{}",
+        running.text
+    );
+    assert_eq!(agent.terminate().code(), Some(0));
+
+    let kept = doctor(&agent.config, &agent.data_dir);
+    assert_eq!(kept.status("source"), "ok", "{}", kept.text);
+    assert!(
+        kept.check("source")["detail"]
+            .as_str()
+            .unwrap()
+            .contains("keeps the agent's persistent session"),
+        "{}",
+        kept.text
+    );
+
+    // A broker without persistence, restarted: the session and what it held are gone.
+    broker.restart();
+    let lost = doctor(&agent.config, &agent.data_dir);
+    assert_eq!(lost.status("source"), "warning", "{}", lost.text);
+    assert!(lost.fix("source").contains("persistence"), "{}", lost.text);
+    assert_eq!(lost.code, 1, "{}", lost.text);
+
+    // The check left no empty session behind: the agent subscribes again and delivers.
+    agent.restart();
+    agent.wait_ready().await;
+    let mut publisher = Publisher::connect(broker.port, "publisher-session");
+    eventually(
+        std::time::Duration::from_secs(20),
+        "a reading through the agent after the check",
+        async || {
+            publisher
+                .send(
+                    "sensors/s1/temperature",
+                    reading("s1", 21.5, 1_795_608_000_000),
+                )
+                .await;
+            publisher.flush().await;
+            tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+            (!receiver.accepted().is_empty()).then_some(())
+        },
+    )
+    .await;
 }

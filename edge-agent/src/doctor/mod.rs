@@ -220,7 +220,7 @@ pub fn run(options: &Options) -> Report {
         Ok(rt) => {
             let (upstream, date) = rt.block_on(network::upstream(&config, options.timeout));
             checks.push(local::clock(date));
-            checks.push(rt.block_on(network::source(&config, options.timeout)));
+            checks.push(rt.block_on(network::source(&config, &options.data_dir, options.timeout)));
             checks.push(upstream);
             checks.push(network::certificates(&config));
             if let Some(model) = local::model(&config, &options.data_dir, &rt) {

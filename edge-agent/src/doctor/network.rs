@@ -3,8 +3,10 @@
 //! configured CA, credentials accepted, without sending data) and the certificates in use.
 //!
 //! The broker is probed under a client id of its own (`<clientId>-doctor`, clean session),
-//! so a running agent keeps its session and nothing queued for it is touched.
+//! so a running agent keeps its session and nothing queued for it is touched; the agent's
+//! own session is looked at only while no agent runs (see [`session`]).
 
+use std::path::Path;
 use std::time::{Duration, Instant, SystemTime};
 
 use rumqttc::{
@@ -14,6 +16,7 @@ use rumqttc::{
 use super::{Check, age};
 use crate::config::{AgentConfig, SinkSettings, TlsMaterial};
 use crate::credentials::expiry;
+use crate::datadir::lock::{DirLock, Mode};
 use crate::diagnostics;
 use crate::sink::http::HttpClient;
 use crate::source::tls::{Connect, mqtt_options};
@@ -22,8 +25,9 @@ use crate::source::tls::{Connect, mqtt_options};
 /// alert).
 const EXPIRY_WARNING: Duration = Duration::from_secs(14 * 86_400);
 
-/// The source broker, unless the agent runs it (embedded).
-pub(super) async fn source(config: &AgentConfig, timeout: Duration) -> Check {
+/// The source broker, unless the agent runs it (embedded), and the agent's persistent
+/// session there.
+pub(super) async fn source(config: &AgentConfig, data_dir: &Path, timeout: Duration) -> Check {
     const NAME: &str = "source";
     let s = &config.source;
     if let Some(listen) = s.embedded_listen {
@@ -49,13 +53,130 @@ pub(super) async fn source(config: &AgentConfig, timeout: Duration) -> Check {
         field: "spec.source.mqtt",
     };
     let mut check = probe.run(NAME, timeout).await;
-    if check.status == super::Status::Ok {
-        check.detail.push_str(&format!(
-            "; the agent keeps a persistent session as {:?} (readings wait at the broker while it is down)",
-            s.client_id
-        ));
+    if check.status != super::Status::Ok {
+        return check;
+    }
+    let (warning, text) = session(config, data_dir, timeout).await;
+    check.detail.push_str("; ");
+    check.detail.push_str(&text);
+    if warning {
+        check.status = super::Status::Warning;
+        check.fix = "give the broker persistence (mosquitto: persistence true) so it keeps the \
+                     agent's session and its readings across a restart"
+            .into();
     }
     check
+}
+
+/// Whether the broker keeps the agent's persistent session: (warning, what was found).
+///
+/// Asked under the agent's own client id, so only while no agent holds the queue (its
+/// lock is held meanwhile, so none can start): a running agent is never disconnected.
+/// Nothing is acknowledged, so whatever the broker delivers in those milliseconds comes
+/// again to the agent. When there is no session the probe has just created an empty one,
+/// which would keep the agent from subscribing; it is removed at once with a clean-session
+/// connection.
+async fn session(config: &AgentConfig, data_dir: &Path, timeout: Duration) -> (bool, String) {
+    let s = &config.source;
+    let lock = match DirLock::try_acquire(data_dir, Mode::Agent) {
+        Ok(Some(lock)) => lock,
+        Ok(None) => {
+            return (
+                false,
+                format!(
+                    "the agent runs (it holds the queue) and uses its session as {:?}",
+                    s.client_id
+                ),
+            );
+        }
+        Err(e) => return (false, format!("session not checked: {e}")),
+    };
+    let connect = |clean: bool| {
+        let mut options = mqtt_options(&Connect {
+            client_id: &s.client_id,
+            host: &s.host,
+            port: s.port,
+            tls: s.tls,
+            material: &s.tls_material,
+            username: s.username.as_deref(),
+            password: s.password.as_deref(),
+            keep_alive: s.keep_alive,
+        })
+        .ok()?;
+        options.set_clean_session(clean);
+        options.set_manual_acks(true);
+        Some(options)
+    };
+    let Some(options) = connect(false) else {
+        return (false, "session not checked".into());
+    };
+    let present = connack(options, timeout).await;
+    let text = match present {
+        Some(true) => {
+            drop(lock);
+            return (
+                false,
+                format!(
+                    "the broker keeps the agent's persistent session as {:?}",
+                    s.client_id
+                ),
+            );
+        }
+        Some(false) => {
+            // Remove the empty session this probe created.
+            if let Some(options) = connect(true) {
+                let _ = connack(options, timeout).await;
+            }
+            "the broker has no session for the agent"
+        }
+        None => return (false, "session not checked (no answer)".into()),
+    };
+    drop(lock);
+    let ran_before = data_dir.join(crate::queue::store::DB_FILE).exists();
+    if ran_before {
+        (
+            true,
+            format!(
+                "{text}: readings published while the agent is down are not kept (the broker lost it)"
+            ),
+        )
+    } else {
+        (
+            false,
+            format!("{text} yet (the agent creates it when it first connects)"),
+        )
+    }
+}
+
+/// Connects with `options` and disconnects: whether the broker had a session (`None` when
+/// it did not answer in time).
+async fn connack(options: rumqttc::MqttOptions, timeout: Duration) -> Option<bool> {
+    let (client, mut events) = AsyncClient::new(options, 4);
+    let present = tokio::time::timeout(timeout, async {
+        loop {
+            match events.poll().await {
+                Ok(Event::Incoming(Packet::ConnAck(ack))) => return Some(ack.session_present),
+                Ok(_) => {}
+                Err(_) => return None,
+            }
+        }
+    })
+    .await
+    .ok()
+    .flatten();
+    if present.is_some() {
+        let _ = client.disconnect().await;
+        // Drive the event loop until the DISCONNECT is written.
+        let _ = tokio::time::timeout(Duration::from_secs(2), async {
+            while let Ok(event) = events.poll().await {
+                if matches!(event, Event::Outgoing(rumqttc::Outgoing::Disconnect)) {
+                    break;
+                }
+            }
+        })
+        .await;
+    }
+    present
 }
 
 /// The upstream, and the `Date` it answered with (for the clock check).
