@@ -55,30 +55,44 @@ fn writes(cluster: &Cluster) -> f64 {
         .sum()
 }
 
-/// Write requests the API server has completed so far, by user, from its audit log (read
-/// line by line: at this scale the log is large).
+/// Write requests the API server has completed so far, by user, from its audit logs
+/// (read line by line: at this scale they are large, and rotated).
 fn writes_by_user(cluster: &Cluster) -> std::collections::BTreeMap<String, u64> {
     use std::io::BufRead;
     let mut by_user = std::collections::BTreeMap::new();
-    let Ok(file) = std::fs::File::open(cluster.dir().join("logs/audit.log")) else {
-        return by_user;
-    };
-    for line in std::io::BufReader::new(file).lines().map_while(Result::ok) {
-        if !line.contains("\"ResponseComplete\"") {
-            continue;
-        }
-        let Ok(event) = serde_json::from_str::<serde_json::Value>(&line) else {
+    // The API server rotates its audit log (audit-<time>.log beside audit.log): read all.
+    let logs = cluster.dir().join("logs");
+    let files: Vec<std::path::PathBuf> = std::fs::read_dir(&logs)
+        .map(|entries| {
+            entries
+                .filter_map(Result::ok)
+                .map(|e| e.path())
+                .filter(|p| {
+                    p.file_name()
+                        .and_then(|n| n.to_str())
+                        .is_some_and(|n| n.starts_with("audit") && n.ends_with(".log"))
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    for path in files {
+        let Ok(file) = std::fs::File::open(&path) else {
             continue;
         };
-        if matches!(
-            event["verb"].as_str(),
-            Some("create" | "update" | "patch" | "delete")
-        ) {
-            let user = event["user"]["username"]
-                .as_str()
-                .unwrap_or("?")
-                .to_string();
-            *by_user.entry(user).or_default() += 1;
+        for line in std::io::BufReader::new(file).lines().map_while(Result::ok) {
+            if !line.contains("\"ResponseComplete\"") {
+                continue;
+            }
+            let Ok(event) = serde_json::from_str::<serde_json::Value>(&line) else {
+                continue;
+            };
+            if matches!(
+                event["verb"].as_str(),
+                Some("create" | "update" | "patch" | "delete")
+            ) {
+                let user = event["user"]["username"].as_str().unwrap_or("?").to_string();
+                *by_user.entry(user).or_default() += 1;
+            }
         }
     }
     by_user
