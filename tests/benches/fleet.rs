@@ -90,7 +90,10 @@ fn writes_by_user(cluster: &Cluster) -> std::collections::BTreeMap<String, u64> 
                 event["verb"].as_str(),
                 Some("create" | "update" | "patch" | "delete")
             ) {
-                let user = event["user"]["username"].as_str().unwrap_or("?").to_string();
+                let user = event["user"]["username"]
+                    .as_str()
+                    .unwrap_or("?")
+                    .to_string();
                 *by_user.entry(user).or_default() += 1;
             }
         }
