@@ -933,6 +933,28 @@ pub struct Sink {
     /// Publish batches to an upstream MQTT broker.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub mqtt: Option<MqttSink>,
+    /// A cap on what the sink sends (request bodies or MQTT payloads, as they go out, after
+    /// compression), for metered and thin links: a backlog drains at this rate instead of
+    /// saturating the link for everyone else on the site.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rate_limit: Option<RateLimit>,
+}
+
+/// A token bucket on the bytes a sink sends (`sink.rateLimit`).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+#[schemars(extend("x-kubernetes-validations" = [
+    {"rule": "quantity(self.bytesPerSecond).isGreaterThan(quantity('0'))", "message": "bytesPerSecond must be > 0", "fieldPath": ".bytesPerSecond"},
+    {"rule": "!has(self.burst) || quantity(self.burst).isGreaterThan(quantity('0'))", "message": "burst must be > 0", "fieldPath": ".burst"}
+]))]
+pub struct RateLimit {
+    /// Bytes per second on average, e.g. `16Ki` (a quantity: `Ki`, `Mi`, ... or a number).
+    pub bytes_per_second: Size,
+    /// Bytes that may go out at once after a quiet time (default: one second's worth). A
+    /// batch larger than the burst still goes, once the bucket is full, and the time it
+    /// takes is paid for after it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub burst: Option<Size>,
 }
 
 /// An HTTP ingest API. Each request is a JSON array of records with an `Idempotency-Key`

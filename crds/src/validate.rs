@@ -625,6 +625,22 @@ impl Validator {
     }
 
     fn sink(&mut self, s: &Sink) {
+        if let Some(r) = &s.rate_limit {
+            let sizes = [
+                (
+                    "spec.sink.rateLimit.bytesPerSecond",
+                    Some(&r.bytes_per_second),
+                ),
+                ("spec.sink.rateLimit.burst", r.burst.as_ref()),
+            ];
+            for (path, size) in sizes {
+                match size.map(|s| parse_size(&s.0)) {
+                    Some(Ok(0)) => self.err(path, "must be > 0"),
+                    Some(Err(e)) => self.err(path, e.to_string()),
+                    _ => {}
+                }
+            }
+        }
         match (&s.http, &s.mqtt) {
             (Some(h), None) => {
                 self.url("spec.sink.http.url", &h.url, &["http", "https"]);

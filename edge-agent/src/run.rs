@@ -309,12 +309,21 @@ pub async fn run_with_metrics(
     tracing::info!(dir = %options.data_dir.display(), "queue open");
 
     let sync_stop = CancellationToken::new();
-    let sync_ctx = SyncContext::new(
+    let mut sync_ctx = SyncContext::new(
         queue.clone(),
         metrics.clone(),
         health.clone(),
         sync_stop.clone(),
     );
+    if let Some(limit) = &config.spec.sink.rate_limit {
+        let rate = limit.bytes_per_second.to_bytes().unwrap_or(u64::MAX);
+        let burst = limit
+            .burst
+            .as_ref()
+            .and_then(|b| b.to_bytes().ok())
+            .unwrap_or(rate);
+        sync_ctx = sync_ctx.with_rate_limit(rate, burst);
+    }
     let sync_task = tokio::spawn(sink::run(sink, sync_ctx));
 
     let (source, messages, source_task) = source::start(

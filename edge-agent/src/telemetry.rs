@@ -144,6 +144,10 @@ pub struct Metrics {
     pub queue_capacity_bytes: IntGauge,
     /// 1 when the last upstream request succeeded.
     pub upstream_up: IntGauge,
+    /// `sink.rateLimit` in bytes per second (0: none).
+    pub sink_rate_limit: IntGauge,
+    /// Seconds the sink waited for `sink.rateLimit`.
+    pub sink_throttled_seconds: Counter,
     /// `edge_agent_upstream_last_error_info{error}`: the last failure while the upstream is
     /// down (one series, gone once it is up again).
     pub upstream_last_error: IntGaugeVec,
@@ -453,6 +457,20 @@ impl Metrics {
                     "edge_agent_upstream_up",
                     "1 when the last upstream request succeeded.",
                 ),
+            )?,
+            sink_rate_limit: gauge(
+                r,
+                opts(
+                    "edge_agent_sink_rate_limit_bytes_per_second",
+                    "The sink's cap on bytes sent per second (sink.rateLimit; 0: none).",
+                ),
+            )?,
+            sink_throttled_seconds: register(
+                r,
+                Counter::with_opts(opts(
+                    "edge_agent_sink_throttled_seconds_total",
+                    "Seconds the sink waited for sink.rateLimit before sending.",
+                ))?,
             )?,
             upstream_last_error: register(
                 r,

@@ -955,3 +955,75 @@ async fn fallback_then_agent(name: &'static str, kill: bool) {
         assert_eq!(twice, 0, "no reading stored twice after a handover");
     }
 }
+
+/// `sink.rateLimit` on a metered link: a backlog drains at the configured rate, not at
+/// the link's. Checked on what the receiver got and when: by any moment, the bytes
+/// received since the first request stay within the burst plus the rate times the time
+/// since (plus one request in flight), and the agent counts the time it waited.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rate_limited_sink_drains_a_backlog_at_the_configured_rate() {
+    const RATE: usize = 16 * 1024;
+    let broker = Mosquitto::start();
+    let mut receiver = Receiver::down();
+    let dir = tempfile::tempdir().unwrap();
+    prepare_session(broker.port, "agent-metered", &[TOPIC]).await;
+    let yaml = Pipeline {
+        broker_port: broker.port,
+        client_id: "agent-metered",
+        receiver_port: receiver.port,
+        batch_size: 20,
+        ..Pipeline::default()
+    }
+    .yaml()
+    .replace(
+        "  sink:\n",
+        "  sink:\n    rateLimit: {bytesPerSecond: 16Ki, burst: 8Ki}\n",
+    );
+    let mut agent = Agent::start(dir.path(), &yaml);
+    agent.wait_ready().await;
+    assert_eq!(
+        agent.metric(&series("edge_agent_sink_rate_limit_bytes_per_second", &[])),
+        RATE as f64
+    );
+    const N: i64 = 600;
+    let stream = stream_readings(broker.port, "publisher-metered", N);
+    stream.await.unwrap();
+    agent
+        .wait_metric(
+            &series("edge_agent_queue_records", &[]),
+            N as f64,
+            Duration::from_secs(20),
+        )
+        .await;
+    receiver.resume().await;
+    let twice = every_streamed_reading(&receiver, N, "the backlog through the cap").await;
+    assert_eq!(twice, 0);
+
+    let requests: Vec<_> = receiver
+        .requests()
+        .into_iter()
+        .filter(|r| r.status == 200)
+        .collect();
+    let total: usize = requests.iter().map(|r| r.bytes).sum();
+    let largest = requests.iter().map(|r| r.bytes).max().unwrap_or(0);
+    let first = requests[0].at;
+    let mut received = 0usize;
+    for r in &requests {
+        received += r.bytes;
+        let allowed = (8 * 1024 + largest) as f64 + (r.at - first).as_secs_f64() * RATE as f64;
+        assert!(
+            received as f64 <= allowed,
+            "{received} bytes by {:?}, the cap allows {allowed:.0}",
+            r.at - first
+        );
+    }
+    let took = (requests.last().unwrap().at - first).as_secs_f64();
+    eprintln!(
+        "{total} bytes in {took:.1} s: {:.0} B/s",
+        total as f64 / took
+    );
+    assert!(
+        agent.metric(&series("edge_agent_sink_throttled_seconds_total", &[])) > 1.0,
+        "the agent waited for the cap"
+    );
+}

@@ -229,6 +229,7 @@ impl HttpSink {
         }
         let key = self.idempotency_key(&batch);
         let body = self.encode(&batch);
+        ctx.throttle(body.len()).await?;
         let started = Instant::now();
         let mut request = self
             .client
@@ -249,6 +250,8 @@ impl HttpSink {
         // traffic in the bandwidth panels).
         if response.as_ref().map_or_else(|e| !e.is_connect(), |_| true) {
             ctx.metrics.sent_bytes.inc_by(body.len() as u64);
+        } else {
+            ctx.refund(body.len());
         }
         let outcome = match response {
             Ok(resp) => {

@@ -88,6 +88,55 @@ pub struct SyncContext {
     /// Cancelled at shutdown.
     pub stop: CancellationToken,
     upstream: std::sync::Mutex<UpstreamClock>,
+    /// `sink.rateLimit`, when set.
+    limit: std::sync::Mutex<Option<TokenBucket>>,
+}
+
+/// A token bucket of bytes: `rate` per second, at most `burst` saved up. It may go into
+/// debt for one item larger than the burst, which the following items pay for.
+#[derive(Debug)]
+pub struct TokenBucket {
+    rate: f64,
+    burst: f64,
+    tokens: f64,
+    last: Instant,
+}
+
+impl TokenBucket {
+    /// A full bucket.
+    pub fn new(bytes_per_second: u64, burst: u64) -> Self {
+        let burst = burst.max(1) as f64;
+        Self {
+            rate: bytes_per_second.max(1) as f64,
+            burst,
+            tokens: burst,
+            last: Instant::now(),
+        }
+    }
+
+    fn refill(&mut self, now: Instant) {
+        let elapsed = now.saturating_duration_since(self.last).as_secs_f64();
+        self.tokens = (self.tokens + elapsed * self.rate).min(self.burst);
+        self.last = now;
+    }
+
+    /// How long to wait before `bytes` may go (zero: now, and they are taken).
+    pub fn take(&mut self, bytes: usize, now: Instant) -> Duration {
+        self.refill(now);
+        // An item larger than the burst goes once the bucket is full.
+        let need = (bytes as f64).min(self.burst);
+        if self.tokens >= need {
+            self.tokens -= bytes as f64;
+            Duration::ZERO
+        } else {
+            Duration::from_secs_f64((need - self.tokens) / self.rate)
+        }
+    }
+
+    /// Gives back `bytes` taken for something that never went out.
+    pub fn refund(&mut self, bytes: usize) {
+        self.tokens = (self.tokens + bytes as f64).min(self.burst);
+    }
 }
 
 impl SyncContext {
@@ -105,6 +154,52 @@ impl SyncContext {
             health,
             stop,
             upstream: std::sync::Mutex::new(UpstreamClock { down_since: None }),
+            limit: std::sync::Mutex::new(None),
+        }
+    }
+
+    /// Caps what the sink sends at `bytes_per_second` (`sink.rateLimit`).
+    pub fn with_rate_limit(self, bytes_per_second: u64, burst: u64) -> Self {
+        self.metrics
+            .sink_rate_limit
+            .set(bytes_per_second.min(i64::MAX as u64) as i64);
+        *self.limit.lock().unwrap_or_else(|p| p.into_inner()) =
+            Some(TokenBucket::new(bytes_per_second, burst));
+        self
+    }
+
+    /// Waits until `bytes` may go out under `sink.rateLimit` (at once without one); the
+    /// wait counts in `edge_agent_sink_throttled_seconds_total`.
+    pub async fn throttle(&self, bytes: usize) -> Result<(), Stopped> {
+        loop {
+            let wait = {
+                let mut limit = self.limit.lock().unwrap_or_else(|p| p.into_inner());
+                match limit.as_mut() {
+                    None => return Ok(()),
+                    Some(bucket) => bucket.take(bytes, Instant::now()),
+                }
+            };
+            if wait.is_zero() {
+                return Ok(());
+            }
+            let started = Instant::now();
+            let result = self.pause(wait).await;
+            self.metrics
+                .sink_throttled_seconds
+                .inc_by(started.elapsed().as_secs_f64());
+            result?;
+        }
+    }
+
+    /// Gives back what [`SyncContext::throttle`] took for bytes that never went out.
+    pub fn refund(&self, bytes: usize) {
+        if let Some(bucket) = self
+            .limit
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .as_mut()
+        {
+            bucket.refund(bytes);
         }
     }
 
@@ -294,6 +389,30 @@ pub fn backoff(attempt: u32, initial: Duration, max: Duration) -> Duration {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_bucket_holds_the_rate_over_time_and_lets_one_large_item_through() {
+        let t0 = Instant::now();
+        let at = |ms: u64| t0 + Duration::from_millis(ms);
+        let mut bucket = TokenBucket {
+            rate: 1000.0,
+            burst: 500.0,
+            tokens: 500.0,
+            last: t0,
+        };
+        assert_eq!(bucket.take(400, at(0)), Duration::ZERO, "within the burst");
+        // 100 left: 300 more need 200 ms.
+        assert_eq!(bucket.take(300, at(0)), Duration::from_millis(200));
+        assert_eq!(bucket.take(300, at(200)), Duration::ZERO);
+        // Larger than the burst: waits for a full bucket (500 ms), then goes into debt.
+        assert_eq!(bucket.take(2000, at(200)), Duration::from_millis(500));
+        assert_eq!(bucket.take(2000, at(700)), Duration::ZERO);
+        // The debt (1500 bytes) is paid before the next 100 go: 1.6 s.
+        assert_eq!(bucket.take(100, at(700)), Duration::from_millis(1600));
+        // A refund never fills beyond the burst.
+        bucket.refund(10_000);
+        assert_eq!(bucket.tokens, 500.0);
+    }
 
     #[test]
     fn backoff_grows_is_capped_and_jittered() {

@@ -97,6 +97,7 @@ impl MqttSink {
             self.conn = None;
         }
         let payload = batch.json_array();
+        ctx.throttle(payload.len()).await?;
         let qos = if self.settings.qos == 0 {
             QoS::AtMostOnce
         } else {
@@ -111,6 +112,8 @@ impl MqttSink {
         // traffic in the bandwidth panels).
         if result.as_ref().map_or_else(|(_, sent)| *sent, |()| true) {
             ctx.metrics.sent_bytes.inc_by(payload.len() as u64);
+        } else {
+            ctx.refund(payload.len());
         }
         ctx.metrics
             .sync_duration
