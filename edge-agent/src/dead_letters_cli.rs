@@ -63,6 +63,9 @@ pub fn run(
         println!("no queue in {}", dir.display());
         return Ok(ExitCode::SUCCESS);
     };
+    // An encrypted queue is read only with its keys (`--config` names them).
+    keys.check(&conn)
+        .with_context(|| format!("the queue in {} (pass --config)", dir.display()))?;
     match command {
         DeadLetterCommand::List => list(&conn, dir)?,
         DeadLetterCommand::Show { id } => match dead::body(&conn, id, keys)? {

@@ -199,6 +199,12 @@ impl Keyring {
     /// The plain value of a stored one: unchanged when it was never sealed, decrypted and
     /// authenticated when it was.
     pub fn open<'a>(&self, kind: Kind, stored: &'a [u8]) -> Result<Cow<'a, [u8]>, SealError> {
+        // Without keys every value is plain: a queue holding sealed values does not open
+        // without them ([`Keyring::verify`]), and saved inference state is raw bytes that
+        // may begin like anything.
+        if !self.is_enabled() {
+            return Ok(Cow::Borrowed(stored));
+        }
         let Some(sealed) = Sealed::parse(stored)? else {
             return Ok(Cow::Borrowed(stored));
         };
@@ -308,12 +314,12 @@ struct Sealed<'a> {
 }
 
 impl<'a> Sealed<'a> {
-    /// `None` for a plain value.
+    /// `None` for a plain value (one that does not begin with the magic bytes).
     fn parse(stored: &'a [u8]) -> Result<Option<Self>, SealError> {
-        if stored.first() != Some(&0) {
+        if !stored.starts_with(&MAGIC) {
             return Ok(None);
         }
-        if stored.len() < MAGIC.len() + 2 || stored[..MAGIC.len()] != MAGIC {
+        if stored.len() < MAGIC.len() + 2 {
             return Err(SealError::Malformed);
         }
         let kind = stored[MAGIC.len()];
@@ -454,6 +460,10 @@ mod tests {
         assert_eq!(none.seal(Kind::Record, b"{}").unwrap().as_ref(), b"{}");
         let k = ring(&[("a", 1)]);
         assert_eq!(k.open(Kind::Record, b"[1]").unwrap().as_ref(), b"[1]");
+        // Raw state bytes (an inference window of zeros) are plain, with or without keys.
+        let zeros = [0u8; 16];
+        assert_eq!(none.open(Kind::State, &zeros).unwrap().as_ref(), zeros);
+        assert_eq!(k.open(Kind::State, &zeros).unwrap().as_ref(), zeros);
     }
 
     #[test]

@@ -33,9 +33,14 @@ use crate::queue::now_ms;
 use crate::sink::backoff;
 use crate::telemetry::Metrics;
 
-/// Messages waiting for the ingest loop. Above the broker's in-flight window, so the
-/// event loop (and its keep-alives) never waits on ingest in practice.
+/// Messages waiting for the ingest loop. When it is full, messages wait in the driver
+/// (see [`HELD_LIMIT`]) and the event loop goes on sending acknowledgements and
+/// keep-alives: a connection never drops because ingest is behind.
 const MESSAGE_CAPACITY: usize = 4096;
+/// Messages the driver holds while the channel to ingest is full. The broker's in-flight
+/// window (unacknowledged messages) bounds them in practice; past this the driver waits
+/// for ingest again instead of reading more (a broker without a window).
+const HELD_LIMIT: usize = 65_536;
 /// Requests (acknowledgements) waiting for the event loop.
 const REQUEST_CAPACITY: usize = 4096;
 /// Room for the fixed header, the topic (at most 64 KiB) and the packet id on top of the
@@ -165,6 +170,7 @@ pub fn start(
     let driver = Driver {
         events,
         tx,
+        held: std::collections::VecDeque::new(),
         filters,
         generation: generation.clone(),
         metrics,
@@ -181,6 +187,8 @@ pub fn start(
 struct Driver {
     events: EventLoop,
     tx: mpsc::Sender<Message>,
+    /// Messages received while the channel to ingest was full, oldest first.
+    held: std::collections::VecDeque<Message>,
     filters: Vec<SubscribeFilter>,
     generation: Arc<AtomicU64>,
     metrics: Arc<Metrics>,
@@ -199,9 +207,41 @@ impl Driver {
         let mut failures = 0u32;
         let mut intake_open = true;
         loop {
-            let event = tokio::select! {
-                event = self.events.poll() => event,
-                () = self.updates.changed() => {
+            // Held messages go first, as the channel makes room; meanwhile the event loop
+            // keeps running (acknowledgements, keep-alives), unless the driver holds so
+            // many that it waits for ingest instead.
+            let hold_full = self.held.len() >= HELD_LIMIT;
+            enum Next {
+                Event(Result<Event, ConnectionError>),
+                Room(bool),
+                Update,
+            }
+            let next = tokio::select! {
+                biased;
+                permit = self.tx.reserve(), if intake_open && !self.held.is_empty() => {
+                    match permit {
+                        Ok(permit) => {
+                            if let Some(message) = self.held.pop_front() {
+                                permit.send(message);
+                            }
+                            Next::Room(true)
+                        }
+                        Err(_) => Next::Room(false),
+                    }
+                }
+                event = self.events.poll(), if !hold_full || !intake_open => Next::Event(event),
+                () = self.updates.changed() => Next::Update,
+            };
+            let event = match next {
+                Next::Event(event) => event,
+                Next::Room(open) => {
+                    if !open {
+                        intake_open = false;
+                        self.held.clear();
+                    }
+                    continue;
+                }
+                Next::Update => {
                     self.reconnect();
                     continue;
                 }
@@ -230,8 +270,8 @@ impl Driver {
                     };
                     // Once intake is closed (shutting down) messages stay unacknowledged
                     // and the broker redelivers them to the next run.
-                    if intake_open && self.tx.send(message).await.is_err() {
-                        intake_open = false;
+                    if intake_open {
+                        self.forward(message, &mut intake_open);
                     }
                 }
                 Ok(Event::Incoming(Incoming::SubAck(ack))) => {
@@ -294,6 +334,19 @@ impl Driver {
                     tokio::time::sleep(delay).await;
                 }
             }
+        }
+    }
+
+    /// Hands `message` to ingest, or holds it (in order) while the channel is full.
+    fn forward(&mut self, message: Message, intake_open: &mut bool) {
+        if !self.held.is_empty() {
+            self.held.push_back(message);
+            return;
+        }
+        match self.tx.try_send(message) {
+            Ok(()) => {}
+            Err(mpsc::error::TrySendError::Full(message)) => self.held.push_back(message),
+            Err(mpsc::error::TrySendError::Closed(_)) => *intake_open = false,
         }
     }
 
