@@ -234,10 +234,7 @@ fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
                 }
                 config.uid = Some(uid);
             }
-            let runtime = tokio::runtime::Builder::new_multi_thread()
-                .enable_all()
-                .build()
-                .context("starting the async runtime")?;
+            let runtime = runtime()?;
             runtime.block_on(async {
                 let stop = CancellationToken::new();
                 tokio::spawn(stop_on_signal(stop.clone()));
@@ -314,10 +311,7 @@ fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
                 listen,
                 seed: rand::random(),
             };
-            let runtime = tokio::runtime::Builder::new_multi_thread()
-                .enable_all()
-                .build()
-                .context("starting the async runtime")?;
+            let runtime = runtime()?;
             let summary = runtime.block_on(demo::run(options))?;
             if summary.backlog > 0 || summary.lost() > 0 {
                 eprintln!(
@@ -405,10 +399,7 @@ fn fallback(
     if config.uid.is_none() {
         config.uid = edge_agent::queue::owner::recorded(&data_dir);
     }
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-        .context("starting the async runtime")?;
+    let runtime = runtime()?;
     runtime.block_on(async {
         let stop = CancellationToken::new();
         tokio::spawn(stop_on_signal(stop.clone()));
@@ -441,6 +432,14 @@ fn fallback(
         run(config, options, stop).await?;
         Ok(ExitCode::SUCCESS)
     })
+}
+
+/// The multi-threaded runtime `run`, `fallback` and `demo` run on.
+fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("starting the async runtime")
 }
 
 /// Cancels `stop` on SIGTERM or SIGINT.

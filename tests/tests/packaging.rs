@@ -200,29 +200,23 @@ fn systemd_analyze(args: &[&str], unit: &std::path::Path) -> (bool, String) {
     (out.status.success(), text)
 }
 
-#[test]
-fn systemd_unit_is_valid_and_hardened() {
-    let text = read("deploy/systemd/edge-agent.service");
+/// Checks a unit of `deploy/systemd`: it carries every `wanted` directive, and systemd
+/// loads it (as `name`, so an instance of a template) without a word and rates its
+/// exposure at most `threshold` (systemd's 0-10 scale, times 10). The binary is not
+/// installed here, so ExecStart points at /bin/true in the copy under test; everything
+/// else is verbatim.
+fn check_unit(file: &str, name: &str, wanted: &[&str], threshold: u32) {
+    let text = read(file);
     let directives: Vec<&str> = text
         .lines()
         .filter(|l| !l.starts_with('#') && l.contains('='))
         .collect();
-    for wanted in [
-        "ExecStart=/usr/local/bin/edge-agent run --config /etc/edgepipe/pipeline.yaml --data-dir /var/lib/edgepipe",
-        "DynamicUser=yes",
-        "StateDirectory=edgepipe",
-        "ProtectSystem=strict",
-        "NoNewPrivileges=yes",
-        "Restart=always",
-    ] {
-        assert!(directives.contains(&wanted), "missing {wanted}");
+    for wanted in wanted {
+        assert!(directives.contains(wanted), "{file}: missing {wanted}");
     }
-
-    // systemd checks the unit as it would load it. The binary is not installed here, so
-    // ExecStart points at /bin/true in the copy under test; everything else is verbatim.
-    let dir = std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join("systemd-unit");
+    let dir = std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join(format!("systemd-{name}"));
     std::fs::create_dir_all(&dir).expect("temp dir");
-    let unit = dir.join("edge-agent.service");
+    let unit = dir.join(name);
     std::fs::write(
         &unit,
         text.replace(
@@ -234,51 +228,52 @@ fn systemd_unit_is_valid_and_hardened() {
     let (ok, out) = systemd_analyze(&["verify"], &unit);
     assert!(
         ok && out.trim().is_empty(),
-        "systemd-analyze verify:\n{out}"
+        "systemd-analyze verify {file}:\n{out}"
     );
-    // Exposure on systemd's 0-10 scale, times 10: at most 2.0 ("OK").
-    let (ok, out) = systemd_analyze(&["security", "--offline=true", "--threshold=20"], &unit);
-    assert!(ok, "systemd-analyze security:\n{out}");
+    let (ok, out) = systemd_analyze(
+        &[
+            "security",
+            "--offline=true",
+            &format!("--threshold={threshold}"),
+        ],
+        &unit,
+    );
+    assert!(ok, "systemd-analyze security {file}:\n{out}");
+}
+
+#[test]
+fn systemd_unit_is_valid_and_hardened() {
+    check_unit(
+        "deploy/systemd/edge-agent.service",
+        "edge-agent.service",
+        &[
+            "ExecStart=/usr/local/bin/edge-agent run --config /etc/edgepipe/pipeline.yaml --data-dir /var/lib/edgepipe",
+            "DynamicUser=yes",
+            "StateDirectory=edgepipe",
+            "ProtectSystem=strict",
+            "NoNewPrivileges=yes",
+            "Restart=always",
+        ],
+        20,
+    );
 }
 
 #[test]
 fn the_fallback_unit_is_valid_and_hardened() {
-    let text = read("deploy/systemd/edgepipe-fallback@.service");
-    let directives: Vec<&str> = text
-        .lines()
-        .filter(|l| !l.starts_with('#') && l.contains('='))
-        .collect();
-    for wanted in [
-        "ExecStart=/usr/local/bin/edge-agent fallback --data-dir /var/lib/edgepipe/%I --grace 2m --listen 127.0.0.1:0",
-        "User=65532",
-        "ReadWritePaths=/var/lib/edgepipe/%I",
-        "ProtectSystem=strict",
-        "NoNewPrivileges=yes",
-        "Restart=on-failure",
-    ] {
-        assert!(directives.contains(&wanted), "missing {wanted}");
-    }
+    check_unit(
+        "deploy/systemd/edgepipe-fallback@.service",
+        "edgepipe-fallback@factory-line1.service",
+        &[
+            "ExecStart=/usr/local/bin/edge-agent fallback --data-dir /var/lib/edgepipe/%I --grace 2m --listen 127.0.0.1:0",
+            "User=65532",
+            "ReadWritePaths=/var/lib/edgepipe/%I",
+            "ProtectSystem=strict",
+            "NoNewPrivileges=yes",
+            "Restart=on-failure",
+        ],
+        25,
+    );
     // `--grace 2m` is what the agent's duration parser reads.
     let grace = edge_crds::units::parse_duration("2m");
     assert!(grace.is_ok(), "--grace 2m: {grace:?}");
-
-    // Loaded as an instance, as systemd would: ExecStart points at /bin/true here.
-    let dir = std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join("systemd-fallback");
-    std::fs::create_dir_all(&dir).expect("temp dir");
-    let unit = dir.join("edgepipe-fallback@factory-line1.service");
-    std::fs::write(
-        &unit,
-        text.replace(
-            "ExecStart=/usr/local/bin/edge-agent ",
-            "ExecStart=/bin/true ",
-        ),
-    )
-    .expect("write unit");
-    let (ok, out) = systemd_analyze(&["verify"], &unit);
-    assert!(
-        ok && out.trim().is_empty(),
-        "systemd-analyze verify:\n{out}"
-    );
-    let (ok, out) = systemd_analyze(&["security", "--offline=true", "--threshold=25"], &unit);
-    assert!(ok, "systemd-analyze security:\n{out}");
 }

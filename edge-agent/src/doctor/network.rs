@@ -227,43 +227,34 @@ async fn http_upstream(
     };
     let host = url.host_str().unwrap_or_default().to_string();
     let port = url.port_or_known_default().unwrap_or(443);
+    let failed = |detail: String, fix: &str| {
+        (
+            Check::failed(NAME, detail, fix.to_string()).timed(started),
+            None,
+        )
+    };
     let resolved =
         match tokio::time::timeout(timeout, tokio::net::lookup_host((host.as_str(), port))).await {
             Ok(Ok(addrs)) => addrs.collect::<Vec<_>>(),
             Ok(Err(e)) => {
-                return (
-                    Check::failed(
-                        NAME,
-                        format!("{shown}: cannot resolve {host}: {e}"),
-                        "check the node's DNS (/etc/resolv.conf) or spec.sink.http.url",
-                    )
-                    .timed(started),
-                    None,
+                return failed(
+                    format!("{shown}: cannot resolve {host}: {e}"),
+                    "check the node's DNS (/etc/resolv.conf) or spec.sink.http.url",
                 );
             }
             Err(_) => {
-                return (
-                    Check::failed(
-                        NAME,
-                        format!("{shown}: resolving {host} took longer than {timeout:?}"),
-                        "check the node's DNS (/etc/resolv.conf)",
-                    )
-                    .timed(started),
-                    None,
+                return failed(
+                    format!("{shown}: resolving {host} took longer than {timeout:?}"),
+                    "check the node's DNS (/etc/resolv.conf)",
                 );
             }
         };
     let client = match HttpClient::new(http) {
         Ok(c) => c,
         Err(e) => {
-            return (
-                Check::failed(
-                    NAME,
-                    format!("{shown}: {e}"),
-                    "fix spec.sink.http.tls (the CA bundle, or the client certificate and key)",
-                )
-                .timed(started),
-                None,
+            return failed(
+                format!("{shown}: {e}"),
+                "fix spec.sink.http.tls (the CA bundle, or the client certificate and key)",
             );
         }
     };
@@ -281,25 +272,12 @@ async fn http_upstream(
                 "check the upstream and the network path to it"
             };
             let addrs: Vec<String> = resolved.iter().map(ToString::to_string).collect();
-            return (
-                Check::failed(
-                    NAME,
-                    format!("{shown} ({}): {cause}", addrs.join(", ")),
-                    fix,
-                )
-                .timed(started),
-                None,
-            );
+            return failed(format!("{shown} ({}): {cause}", addrs.join(", ")), fix);
         }
         Err(_) => {
-            return (
-                Check::failed(
-                    NAME,
-                    format!("{shown}: no answer within {timeout:?}"),
-                    "check the upstream, the node's firewall and proxy",
-                )
-                .timed(started),
-                None,
+            return failed(
+                format!("{shown}: no answer within {timeout:?}"),
+                "check the upstream, the node's firewall and proxy",
             );
         }
     };

@@ -546,12 +546,20 @@ impl Store {
 
     /// Deletes a batch the sink accepted; returns how many records were deleted.
     pub fn ack(&mut self, batch: &Batch) -> Result<u64, QueueError> {
+        self.delete_records(batch.first_seq, batch.last_seq, true)
+    }
+
+    /// Deletes the records of `first..=last` in one transaction with the counters (and
+    /// the range of the batch being sent, when `unpin`); returns how many were deleted.
+    fn delete_records(&mut self, first: u64, last: u64, unpin: bool) -> Result<u64, QueueError> {
         let tx = self.conn.transaction()?;
-        let (n, b) = delete_range(&tx, batch.first_seq, batch.last_seq)?;
-        tx.execute(
-            "DELETE FROM meta WHERE key IN ('batch_first', 'batch_last')",
-            [],
-        )?;
+        let (n, b) = delete_range(&tx, first, last)?;
+        if unpin {
+            tx.execute(
+                "DELETE FROM meta WHERE key IN ('batch_first', 'batch_last')",
+                [],
+            )?;
+        }
         save_counts(
             &tx,
             self.records.saturating_sub(n),
@@ -701,17 +709,7 @@ impl Store {
                 Ok(std::borrow::Cow::Borrowed(_)) => None,
                 Err(e @ (SealError::Tampered { .. } | SealError::Malformed)) => {
                     tracing::error!(seq, error = %e, "dropping a queued record that cannot be read");
-                    let tx = self.conn.transaction()?;
-                    let (n, b) = delete_range(&tx, seq, seq)?;
-                    save_counts(
-                        &tx,
-                        self.records.saturating_sub(n),
-                        self.bytes.saturating_sub(b),
-                    )?;
-                    tx.commit()?;
-                    self.records -= n.min(self.records);
-                    self.bytes -= b.min(self.bytes);
-                    self.unreadable += n;
+                    self.unreadable += self.delete_records(seq, seq, false)?;
                     continue;
                 }
                 Err(e) => return Err(e.into()),
