@@ -154,11 +154,19 @@ impl Pipeline {
     pub fn state_fingerprint(config: &AgentConfig) -> i64 {
         use sha2::{Digest, Sha256};
         let inference_window = config.spec.inference.as_ref().map(|i| i.window);
-        let described = serde_json::to_vec(&(
+        let processors = (
             &config.spec.processors,
             config.source.max_devices,
             inference_window,
-        ))
+        );
+        // Switching encryption on discards state saved in clear (raw inference windows
+        // could begin like a sealed value); without encryption the fingerprint is as it
+        // always was.
+        let described = if config.buffer.keys.is_enabled() {
+            serde_json::to_vec(&(processors, "sealed"))
+        } else {
+            serde_json::to_vec(&processors)
+        }
         .unwrap_or_default();
         let digest = Sha256::digest(&described);
         let mut first = [0u8; 8];

@@ -228,6 +228,14 @@ impl Keyring {
         let recorded = self.check_recorded(conn)?;
         for (id, used) in &recorded {
             if !used {
+                let prefix = header(Kind::State, id);
+                let discarded = conn.execute(
+                    "DELETE FROM state WHERE substr(value, 1, ?1) = ?2",
+                    params![prefix.len() as i64, prefix],
+                )?;
+                if discarded > 0 {
+                    tracing::warn!(key = %id, entries = discarded, "saved processor state sealed with a key no longer listed was discarded");
+                }
                 conn.execute("DELETE FROM queue_keys WHERE id = ?1", [id])?;
                 tracing::info!(key = %id, "queue key retired: nothing sealed with it is left");
             }
@@ -355,10 +363,12 @@ fn push_header(out: &mut Vec<u8>, kind: Kind, id: &str) {
     out.extend_from_slice(id.as_bytes());
 }
 
-/// Whether anything stored is still sealed with key `id` (scans the tables: runs only
-/// when a key was removed from the configuration).
+/// Whether a record or dead letter stored is still sealed with key `id` (scans the
+/// tables: runs only when a key was removed from the configuration). Saved processor
+/// state does not count: without its key it is discarded (see [`Keyring::verify`]), as
+/// after a change of the processors.
 fn still_used(conn: &Connection, id: &str) -> Result<bool, SealError> {
-    let probes: [(&str, Kind); 3] = [
+    let probes: [(&str, Kind); 2] = [
         (
             "SELECT 1 FROM records WHERE substr(body, 1, ?1) = ?2 LIMIT 1",
             Kind::Record,
@@ -366,10 +376,6 @@ fn still_used(conn: &Connection, id: &str) -> Result<bool, SealError> {
         (
             "SELECT 1 FROM dead_letters WHERE substr(body, 1, ?1) = ?2 LIMIT 1",
             Kind::DeadLetter,
-        ),
-        (
-            "SELECT 1 FROM state WHERE substr(value, 1, ?1) = ?2 LIMIT 1",
-            Kind::State,
         ),
     ];
     for (sql, kind) in probes {

@@ -1222,3 +1222,36 @@ fn switching_encryption_on_keeps_the_plain_backlog_and_tampering_is_caught() {
     s.append(&[&[record("t1", 3.0)]], 3).unwrap();
     assert_eq!(seqs(&s.take_batch(10, true).unwrap().unwrap()), vec![3]);
 }
+
+/// Encryption switched off with only saved state sealed: the queue opens, the sealed state
+/// is discarded (as after a change of the processors) and the key retired.
+#[test]
+fn switching_encryption_off_discards_sealed_state_and_keeps_going() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut s = open(dir.path(), sealed(&[("a", 1)]));
+    s.load_state(7).unwrap();
+    let r = [record("t1", 1.0)];
+    let state = [change("p/x", Some(b"{}"))];
+    s.append_units(
+        &[UnitRef {
+            records: &r,
+            state: &state,
+            delivery: None,
+        }],
+        1,
+    )
+    .unwrap();
+    let batch = s.take_batch(10, true).unwrap().unwrap();
+    s.ack(&batch).unwrap();
+    drop(s);
+    let plain = settings(1 << 20, WhenFull::DropOldest, Durability::Fsync);
+    let mut s = open(dir.path(), plain.clone());
+    assert!(
+        s.load_state(7).unwrap().rows.is_empty(),
+        "sealed state discarded"
+    );
+    drop(s);
+    // The key is retired: nothing refers to it any more.
+    let conn = dead::open(dir.path(), false).unwrap().unwrap();
+    assert!(Keyring::default().check(&conn).unwrap().is_empty());
+}
