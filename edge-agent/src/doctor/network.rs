@@ -36,18 +36,10 @@ pub(super) async fn source(config: &AgentConfig, data_dir: &Path, timeout: Durat
             format!("embedded broker: the agent runs it on {listen} (nothing to reach)"),
         );
     }
+    let probe_id = format!("{}-doctor", s.client_id);
     let probe = MqttProbe {
         url: &s.url,
-        connect: Connect {
-            client_id: &format!("{}-doctor", s.client_id),
-            host: &s.host,
-            port: s.port,
-            tls: s.tls,
-            material: &s.tls_material,
-            username: s.username.as_deref(),
-            password: s.password.as_deref(),
-            keep_alive: s.keep_alive,
-        },
+        connect: source_connect(s, &probe_id),
         subscribe: &s.topics,
         qos: s.qos,
         field: "spec.source.mqtt",
@@ -66,6 +58,20 @@ pub(super) async fn source(config: &AgentConfig, data_dir: &Path, timeout: Durat
             .into();
     }
     check
+}
+
+/// How to connect to the source broker of `s` as `client_id`.
+fn source_connect<'a>(s: &'a crate::config::SourceSettings, client_id: &'a str) -> Connect<'a> {
+    Connect {
+        client_id,
+        host: &s.host,
+        port: s.port,
+        tls: s.tls,
+        material: &s.tls_material,
+        username: s.username.as_deref(),
+        password: s.password.as_deref(),
+        keep_alive: s.keep_alive,
+    }
 }
 
 /// Whether the broker keeps the agent's persistent session: (warning, what was found).
@@ -92,17 +98,7 @@ async fn session(config: &AgentConfig, data_dir: &Path, timeout: Duration) -> (b
         Err(e) => return (false, format!("session not checked: {e}")),
     };
     let connect = |clean: bool| {
-        let mut options = mqtt_options(&Connect {
-            client_id: &s.client_id,
-            host: &s.host,
-            port: s.port,
-            tls: s.tls,
-            material: &s.tls_material,
-            username: s.username.as_deref(),
-            password: s.password.as_deref(),
-            keep_alive: s.keep_alive,
-        })
-        .ok()?;
+        let mut options = mqtt_options(&source_connect(s, &s.client_id)).ok()?;
         options.set_clean_session(clean);
         options.set_manual_acks(true);
         Some(options)
