@@ -8,6 +8,7 @@ use super::{Check, age, bytes};
 use crate::config::AgentConfig;
 use crate::inference::{ModelLocation, SourceSettings, prepare};
 use crate::queue::inspect::inspect;
+use crate::queue::store::{DB_FILE, files_bytes};
 use crate::queue::{QueueError, now_ms};
 
 /// Below this much free space the queue cannot take a burst.
@@ -60,7 +61,7 @@ pub(super) fn data_dir(dir: &Path, config: Option<&AgentConfig>) -> Check {
             .timed(started);
         }
     };
-    let queued = queue_file_bytes(dir);
+    let queued = files_bytes(&dir.join(DB_FILE));
     let mut detail = format!(
         "{}: writable, {fs}, {} free of {}",
         dir.display(),
@@ -112,14 +113,6 @@ fn filesystem(dir: &Path) -> Option<String> {
         }
     }
     best.map(|(_, fs)| fs)
-}
-
-fn queue_file_bytes(dir: &Path) -> u64 {
-    ["queue.db", "queue.db-wal"]
-        .iter()
-        .filter_map(|f| std::fs::metadata(dir.join(f)).ok())
-        .map(|m| m.len())
-        .sum()
 }
 
 /// Integrity, keys, backlog and its age, dead letters.

@@ -8,7 +8,7 @@ use rusqlite::{Connection, OpenFlags};
 
 use super::dead::{self, DeadLetterStats};
 use super::seal::{Keyring, SealError};
-use super::store::{DB_FILE, QueueError};
+use super::store::{DB_FILE, QueueError, files_bytes};
 
 /// What a queue file holds.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -63,14 +63,7 @@ pub fn inspect(dir: &Path, keys: &Keyring) -> Result<Option<Inspection>, QueueEr
             rusqlite::Error::QueryReturnedNoRows => Ok(None),
             e => Err(e),
         })?;
-    let file_bytes = ["", "-wal"]
-        .iter()
-        .filter_map(|suffix| {
-            std::fs::metadata(dir.join(format!("{DB_FILE}{suffix}")))
-                .ok()
-                .map(|m| m.len())
-        })
-        .sum();
+    let file_bytes = files_bytes(&path);
     Ok(Some(Inspection {
         integrity,
         records: records.max(0) as u64,

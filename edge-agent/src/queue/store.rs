@@ -340,14 +340,9 @@ impl Store {
 
     /// Bytes the queue's files take on disk (the database and its WAL).
     pub fn file_bytes(&self) -> u64 {
-        let Some(path) = self.conn.path() else {
-            return 0;
-        };
-        ["", "-wal"]
-            .iter()
-            .filter_map(|suffix| std::fs::metadata(format!("{path}{suffix}")).ok())
-            .map(|m| m.len())
-            .sum()
+        self.conn
+            .path()
+            .map_or(0, |path| files_bytes(Path::new(path)))
     }
 
     /// Marks the file closed cleanly (the next start skips the integrity check) and
@@ -726,6 +721,16 @@ impl Store {
     pub fn take_unreadable(&mut self) -> u64 {
         std::mem::take(&mut self.unreadable)
     }
+}
+
+/// Bytes the queue file at `db` and its WAL take on disk (0 for what does not exist).
+pub fn files_bytes(db: &Path) -> u64 {
+    let wal = format!("{}-wal", db.display());
+    [db, Path::new(&wal)]
+        .iter()
+        .filter_map(|p| std::fs::metadata(p).ok())
+        .map(|m| m.len())
+        .sum()
 }
 
 /// Deletes the oldest records until at least `need` bytes are freed (or the table is
