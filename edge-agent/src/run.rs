@@ -42,7 +42,7 @@ use crate::queue::{
     Committed, DeliveryId, Queue, QueueConfig, QueueError, StoreSettings, UnitContent, now_ms,
 };
 use crate::sink::{self, Sink, SyncContext};
-use crate::source::mqtt::{self as source, Message, SourceConnection, SourceHandle};
+use crate::source::mqtt::{self as source, Message, Receipt, SourceConnection, SourceHandle};
 use crate::source::tls::TlsError;
 use crate::telemetry::{Metrics, MetricsError, init_labels};
 
@@ -508,9 +508,9 @@ fn report_fallback(lock: &DirLock, options: &RunOptions, metrics: &Metrics) {
 /// One acknowledgement to send once its turn comes.
 enum PendingAck {
     /// After the unit's commit.
-    AfterCommit(oneshot::Receiver<Committed>, Message),
+    AfterCommit(oneshot::Receiver<Committed>, Receipt),
     /// Right away (a malformed message).
-    Now(Message),
+    Now(Receipt),
 }
 
 /// Sends acknowledgements in arrival order, each once its unit is committed. A unit that
@@ -523,12 +523,12 @@ async fn acknowledge_in_order(
 ) {
     while let Some(p) = pending.recv().await {
         match p {
-            PendingAck::Now(m) => source.ack(&m).await,
+            PendingAck::Now(m) => source.ack(m).await,
             PendingAck::AfterCommit(done, m) => {
                 if done.await.is_err() {
                     break;
                 }
-                source.ack(&m).await;
+                source.ack(m).await;
             }
         }
     }
@@ -609,7 +609,7 @@ impl Ingest {
                 && (self.submitted_before(id) || self.queue.delivered(id).await?)
             {
                 self.metrics.messages_redelivered.inc();
-                self.ack(PendingAck::Now(m));
+                self.ack(PendingAck::Now(m.receipt()));
                 continue;
             }
             fresh.push(m);
@@ -702,13 +702,13 @@ impl Ingest {
                         .with_label_values(&[reason.as_str()])
                         .inc();
                     tracing::debug!(topic = %m.publish.topic, %reason, "skipping a malformed message");
-                    self.ack(PendingAck::Now(m));
+                    self.ack(PendingAck::Now(m.receipt()));
                 }
                 Ok(_) => {
                     let mut unit = units.next().unwrap_or_default();
                     unit.delivery = self.submitting(&m);
                     let done = self.submit(unit, m.received).await?;
-                    self.ack(PendingAck::AfterCommit(done, m));
+                    self.ack(PendingAck::AfterCommit(done, m.receipt()));
                 }
             }
         }
@@ -737,14 +737,14 @@ impl Ingest {
                     delivery: self.submitting(&m),
                 };
                 let done = self.submit(unit, m.received).await?;
-                self.ack(PendingAck::AfterCommit(done, m));
+                self.ack(PendingAck::AfterCommit(done, m.receipt()));
             }
             Err(reason) => {
                 self.metrics
                     .messages_invalid
                     .with_label_values(&[reason.as_str()])
                     .inc();
-                self.ack(PendingAck::Now(m));
+                self.ack(PendingAck::Now(m.receipt()));
             }
         }
         Ok(())

@@ -313,19 +313,19 @@ async fn f1_kill_9_under_an_inference_pipeline_scores_every_full_window_once() {
 /// A burst of 400,000 QoS 1 readings at full speed from four publishers at once, which
 /// saturate the agent, the agent killed with SIGKILL the moment the last one arrives: the
 /// source never loses its connection (its event loop keeps sending acknowledgements and
-/// keep-alives while ingest is behind), nothing is lost, and the readings stored twice
-/// (committed, their PUBACK lost with the process, delivered again) stay within the
-/// broker's in-flight window (1000 here).
+/// keep-alives while ingest is behind), nothing is lost, the readings stored twice
+/// (committed, their PUBACK lost with the process, delivered again) stay under 1,000
+/// (acknowledgements leave as their commits complete), and memory stays flat. The broker
+/// is no help here: Mosquitto sent the agent more than 14,000 messages past its in-flight
+/// window of 1,000, so what bounds memory is the source's own budget.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_burst_killed_at_its_last_reading_loses_nothing_and_stores_few_twice() {
     burst_killed_at_its_last_reading("agent-burst", "[]", 4).await;
 }
 
 /// The same burst through an inference pipeline (every reading's window scored; the
-/// threshold is above any score), from one publisher (about 8,000 readings a second):
-/// memory stays as flat, nothing is lost. Saturated by four publishers it stores nothing
-/// twice either, but its peak RSS reached 101 MiB in 2 of 7 runs (BENCHMARKS.md, "Under a
-/// burst"), above this test's bound.
+/// threshold is above any score), from four publishers at once: memory stays as flat,
+/// nothing is lost.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_burst_through_inference_killed_at_its_last_reading_loses_nothing() {
     let model = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
@@ -334,13 +334,14 @@ async fn a_burst_through_inference_killed_at_its_last_reading_loses_nothing() {
         "[]\n  inference:\n    model: {{path: {:?}}}\n    window: 16\n    threshold: 1.0e30\n    normalize: {{mean: 200000, std: 100000}}",
         model.display().to_string()
     );
-    burst_killed_at_its_last_reading("agent-burst-inference", &processors, 1).await;
+    burst_killed_at_its_last_reading("agent-burst-inference", &processors, 4).await;
 }
 
 /// `publishers` publish a quarter (or all) of the burst each, at once.
 async fn burst_killed_at_its_last_reading(client: &str, processors: &str, publishers: u64) {
     let n: u64 = 400_000;
-    const IN_FLIGHT: usize = 1000;
+    // Readings committed and not yet acknowledged at the kill: a few commit groups.
+    const STORED_TWICE_MAX: usize = 1000;
     let broker = Mosquitto::start();
     let receiver = Receiver::start().await;
     receiver.forget_records();
@@ -360,8 +361,8 @@ async fn burst_killed_at_its_last_reading(client: &str, processors: &str, publis
     agent.wait_ready().await;
     let started = Instant::now();
     let port = broker.port;
-    // Four publishers at once are faster than the agent commits: the broker's in-flight
-    // window stays full for the whole burst.
+    // Four publishers at once are faster than the agent commits: the source's budget
+    // stays full for much of the burst.
     let publishing: Vec<_> = (0..publishers)
         .map(|k| {
             let publisher = format!("{client}-pub{k}");
@@ -372,17 +373,21 @@ async fn burst_killed_at_its_last_reading(client: &str, processors: &str, publis
     let received = series("edge_agent_messages_received_total", &[]);
     let connections = series("edge_agent_mqtt_connections_total", &[]);
     let deadline = Instant::now() + Duration::from_secs(600);
-    let mut peak = 0;
+    let mut largest = agent.memory();
     while agent.metric(&received) < n as f64 {
         agent.assert_running();
-        peak = peak.max(agent.peak_rss_bytes());
+        let now = agent.memory();
+        if now.resident > largest.resident {
+            largest = now;
+        }
         assert!(Instant::now() < deadline, "the burst did not arrive");
         tokio::time::sleep(Duration::from_millis(2)).await;
     }
     let connected = agent.metric(&connections);
+    let peak = agent.peak_rss_bytes();
     agent.kill();
     eprintln!(
-        "{client}: {n} readings in {:.1?}; agent peak RSS {:.1} MiB; {connected} source connection(s)",
+        "{client}: {n} readings in {:.1?}; agent peak RSS {:.1} MiB (largest sample: {largest}); {connected} source connection(s)",
         started.elapsed(),
         peak as f64 / 1048576.0
     );
@@ -409,11 +414,19 @@ async fn burst_killed_at_its_last_reading(client: &str, processors: &str, publis
                 "{client}: {twice} readings stored twice; redeliveries recognised after the restart: {}",
                 agent.metric(&series("edge_agent_messages_redelivered_total", &[]))
             );
-            assert!(twice <= IN_FLIGHT, "{twice} readings stored twice");
+            assert!(twice <= STORED_TWICE_MAX, "{twice} readings stored twice");
             // Memory does not grow with the burst: 200 bytes a message kept after its
-            // commit (as acknowledgements trailing commits once did) would add 80 MB here.
+            // commit (as acknowledgements trailing commits once did) would add 80 MB here,
+            // and each held message pinning its 8 KiB read buffer once added 60 MB. The
+            // heap and stacks are what grow; the binary's pages (30-50 MiB of a debug
+            // build) do not, so the bound is on the anonymous part, and the whole stays
+            // within half the pod's default limit.
             assert!(
-                peak < 96 * 1024 * 1024,
+                largest.anonymous < 64 * 1024 * 1024,
+                "{largest} during a burst of {n}"
+            );
+            assert!(
+                peak < 128 * 1024 * 1024,
                 "peak RSS {peak} bytes during a burst of {n}"
             );
             return;

@@ -4,8 +4,8 @@
 //!
 //! Each test reproduces a finding of the security review and proves it fixed: device ids
 //! with control characters and 65 KB ids, a 17 MiB message followed by good readings,
-//! 1,500 long device ids plus more devices than `maxDevices`, and a PNG decompression
-//! bomb sent to an image pipeline.
+//! 1,500 long device ids plus more devices than `maxDevices`, a PNG decompression bomb
+//! sent to an image pipeline, and a flood of 1 MiB messages faster than ingest.
 
 mod common;
 
@@ -392,5 +392,71 @@ spec:
     assert!(
         peak < POD_LIMIT_BYTES / 2,
         "peak RSS {peak} bytes: the bomb was decoded"
+    );
+}
+
+/// 400 messages of 1 MiB each, published at once, arrive far faster than the agent parses
+/// them, and the broker does not hold them back (Mosquitto sent more than its in-flight
+/// window). What the source has read and ingest has not taken in stays within its budget
+/// (16 MiB): the agent reads no more until ingest catches up, instead of holding the
+/// whole burst (400 MiB, over the pod's limit). Every reading arrives, on one connection.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_flood_of_large_messages_is_read_no_faster_than_ingest_takes_it_in() {
+    let broker = Mosquitto::start();
+    let receiver = Receiver::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    prepare_session(broker.port, "agent-flood", &[TOPIC]).await;
+    let yaml = Pipeline {
+        broker_port: broker.port,
+        client_id: "agent-flood",
+        receiver_port: receiver.port,
+        extra_source: "    maxPayloadSize: 2Mi",
+        batch_size: 100,
+        ..Pipeline::default()
+    }
+    .yaml();
+    let mut agent = Agent::start(dir.path(), &yaml);
+    agent.wait_ready().await;
+    let at_ready = agent.memory();
+    let n = 400;
+    let pad = "x".repeat(1 << 20);
+    let mut publisher = Publisher::connect(broker.port, "agent-flood-pub");
+    for i in 0..n {
+        let payload = serde_json::json!({
+            "device_id": "flood",
+            "value": f64::from(i),
+            "timestamp": T0 + i64::from(i),
+            "pad": pad,
+        });
+        publisher
+            .send("sensors/flood/temperature", payload.to_string())
+            .await;
+        if i % 20 == 19 {
+            publisher.flush().await;
+        }
+    }
+    publisher.flush().await;
+    eventually(
+        Duration::from_secs(300),
+        "every reading of the flood",
+        async || (values(&receiver.accepted()).len() >= n as usize).then_some(()),
+    )
+    .await;
+    let after = agent.memory();
+    println!("a flood of {n} messages of 1 MiB: at ready {at_ready}; after {after}");
+    assert_eq!(
+        values(&receiver.accepted()),
+        (0..n).map(i64::from).collect::<BTreeSet<_>>(),
+        "every reading"
+    );
+    assert_eq!(
+        agent.metric(&series("edge_agent_mqtt_connections_total", &[])),
+        1.0,
+        "the source reconnected under the flood"
+    );
+    assert!(
+        after.peak < POD_LIMIT_BYTES / 2,
+        "peak RSS {} bytes under a flood of {n} MiB",
+        after.peak
     );
 }

@@ -923,7 +923,7 @@ async fn a_pipeline_created_again_does_not_send_the_deleted_ones_queue() {
         .await;
     publisher.flush().await;
     let record = eventually(
-        Duration::from_secs(30),
+        WAIT,
         "the new pipeline's reading at the receiver",
         async || receiver.accepted().into_iter().next(),
     )

@@ -5,8 +5,14 @@
 //!
 //! One task drives the rumqttc event loop: it reconnects with jittered, capped backoff,
 //! subscribes again whenever the broker has no session for us, and forwards each message
-//! to the ingest loop through a bounded channel. Acknowledgements go back through a
-//! [`SourceHandle`]; one for a message received on an earlier connection is not sent (the
+//! to the ingest loop through a bounded channel. What it has read and ingest has not yet
+//! taken in is bounded in bytes (see [`BUDGET_BYTES`]), whatever the broker's in-flight
+//! window: past it the task stops reading and TCP holds the broker back. Acknowledgements
+//! go back through a [`SourceHandle`] as [`Receipt`]s (the payload is gone by then) to the
+//! same task, which writes all that are waiting at once, ahead of reading more: through
+//! the client's request channel they left one per event-loop turn, each turn also reading
+//! ten messages, so they fell ever further behind a busy broker. One for a message
+//! received on an earlier connection is not sent (the
 //! broker redelivers that message on the new connection, where it is acknowledged), so a
 //! stale acknowledgement can never release a different message that reused its packet id.
 //! New credentials (a rotated password or certificate, see [`crate::credentials`]) end the
@@ -16,11 +22,13 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
+use bytes::Bytes;
 use rumqttc::{
-    AsyncClient, ConnectionError, Event, EventLoop, Incoming, MqttOptions, Outgoing, Publish, QoS,
-    Request, StateError, Subscribe, SubscribeFilter, SubscribeReasonCode, mqttbytes,
+    AsyncClient, ConnectionError, Event, EventLoop, Incoming, MqttOptions, Outgoing, Packet,
+    PubAck, Publish, QoS, Request, StateError, Subscribe, SubscribeFilter, SubscribeReasonCode,
+    mqttbytes,
 };
-use tokio::sync::mpsc;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc};
 use tokio::task::JoinHandle;
 
 use super::oversized;
@@ -34,15 +42,24 @@ use crate::sink::backoff;
 use crate::telemetry::Metrics;
 
 /// Messages waiting for the ingest loop. When it is full, messages wait in the driver
-/// (see [`HELD_LIMIT`]) and the event loop goes on sending acknowledgements and
-/// keep-alives: a connection never drops because ingest is behind.
+/// and the event loop goes on sending acknowledgements and keep-alives: a connection
+/// never drops because ingest is behind.
 const MESSAGE_CAPACITY: usize = 4096;
-/// Messages the driver holds while the channel to ingest is full. The broker's in-flight
-/// window (unacknowledged messages) bounds them in practice; past this the driver waits
-/// for ingest again instead of reading more (a broker without a window).
-const HELD_LIMIT: usize = 65_536;
-/// Requests (acknowledgements) waiting for the event loop.
-const REQUEST_CAPACITY: usize = 4096;
+/// Bytes of messages read from the broker and not yet taken in by ingest (payload, topic
+/// and bookkeeping), in the channel and held by the driver. Past it the driver stops
+/// reading until ingest catches up. A broker's in-flight window does not bound this:
+/// Mosquitto 2.0 sent more than 14,000 unacknowledged messages past a window of 1,000.
+/// Raised to one message of the largest size when `maxPayloadSize` is above it.
+const BUDGET_BYTES: usize = 16 * 1024 * 1024;
+/// Room for held messages kept once they are all handed on.
+const HELD_KEPT: usize = 1024;
+/// What a message costs beyond its payload and topic: the message itself and the
+/// allocations behind it.
+const MESSAGE_OVERHEAD: usize = std::mem::size_of::<Message>() + 64;
+/// Requests (subscriptions, the disconnect) waiting for the event loop.
+const REQUEST_CAPACITY: usize = 64;
+/// Acknowledgements waiting for the driver.
+const ACK_CAPACITY: usize = 4096;
 /// Room for the fixed header, the topic (at most 64 KiB) and the packet id on top of the
 /// payload limit.
 const PACKET_OVERHEAD: usize = 64 * 1024 + 8;
@@ -51,7 +68,8 @@ const INITIAL_BACKOFF: Duration = Duration::from_millis(100);
 /// Largest reconnect delay.
 const MAX_BACKOFF: Duration = Duration::from_secs(30);
 
-/// One message from the source broker.
+/// One message from the source broker. Its bytes count against the source's budget until
+/// it is turned into its [`Receipt`].
 pub struct Message {
     /// The MQTT publish.
     pub publish: Publish,
@@ -61,25 +79,43 @@ pub struct Message {
     pub received_ms: i64,
     /// The connection it arrived on.
     generation: u64,
+    /// Its share of [`BUDGET_BYTES`], returned when it is dropped.
+    _budget: OwnedSemaphorePermit,
+}
+
+impl Message {
+    /// What acknowledging this message takes; the payload and its budget are released.
+    pub fn receipt(self) -> Receipt {
+        Receipt {
+            pkid: self.publish.pkid,
+            qos: self.publish.qos,
+            generation: self.generation,
+        }
+    }
+}
+
+/// A message already taken in, waiting for its acknowledgement.
+pub struct Receipt {
+    pkid: u16,
+    qos: QoS,
+    generation: u64,
 }
 
 /// Sends acknowledgements on the source connection.
 #[derive(Clone)]
 pub struct SourceHandle {
     client: AsyncClient,
-    generation: Arc<AtomicU64>,
+    acks: mpsc::Sender<Receipt>,
 }
 
 impl SourceHandle {
-    /// Acknowledges `message` (QoS 1) unless its connection is gone.
-    pub async fn ack(&self, message: &Message) {
-        if message.publish.qos == QoS::AtMostOnce
-            || message.generation != self.generation.load(Ordering::Acquire)
-        {
+    /// Acknowledges the message of `receipt` (QoS 1) unless its connection is gone.
+    pub async fn ack(&self, receipt: Receipt) {
+        if receipt.qos == QoS::AtMostOnce {
             return;
         }
-        if let Err(e) = self.client.ack(&message.publish).await {
-            tracing::debug!(error = %e, "acknowledgement not sent: the source loop stopped");
+        if self.acks.send(receipt).await.is_err() {
+            tracing::debug!("acknowledgement not sent: the source loop stopped");
         }
     }
 
@@ -157,6 +193,7 @@ pub fn start(
     events.network_options.set_tcp_nodelay(true);
     let generation = Arc::new(AtomicU64::new(0));
     let (tx, rx) = mpsc::channel(MESSAGE_CAPACITY);
+    let (acks_tx, acks) = mpsc::channel(ACK_CAPACITY);
     let qos = if settings.qos == 0 {
         QoS::AtMostOnce
     } else {
@@ -167,10 +204,16 @@ pub fn start(
         .iter()
         .map(|t| SubscribeFilter::new(t.clone(), qos))
         .collect();
+    let budget = BUDGET_BYTES.max(incoming.saturating_add(MESSAGE_OVERHEAD));
     let driver = Driver {
         events,
         tx,
         held: std::collections::VecDeque::new(),
+        budget: Arc::new(Semaphore::new(budget)),
+        budget_bytes: budget,
+        waiting: None,
+        acks,
+        ack_batch: Vec::new(),
         filters,
         generation: generation.clone(),
         metrics,
@@ -181,7 +224,41 @@ pub fn start(
         updates,
     };
     let task = tokio::spawn(driver.run());
-    Ok((SourceHandle { client, generation }, rx, task))
+    Ok((
+        SourceHandle {
+            client,
+            acks: acks_tx,
+        },
+        rx,
+        task,
+    ))
+}
+
+/// A message read from the broker, before it has its share of the budget.
+struct Arrival {
+    publish: Publish,
+    received: Instant,
+    received_ms: i64,
+    generation: u64,
+}
+
+impl Arrival {
+    /// Its share of a budget of `budget` bytes: its payload and topic and the bookkeeping,
+    /// at most the whole budget.
+    fn cost(&self, budget: usize) -> u32 {
+        let bytes = self.publish.payload.len() + self.publish.topic.len() + MESSAGE_OVERHEAD;
+        u32::try_from(bytes.min(budget)).unwrap_or(u32::MAX)
+    }
+
+    fn into_message(self, budget: OwnedSemaphorePermit) -> Message {
+        Message {
+            publish: self.publish,
+            received: self.received,
+            received_ms: self.received_ms,
+            generation: self.generation,
+            _budget: budget,
+        }
+    }
 }
 
 struct Driver {
@@ -189,6 +266,17 @@ struct Driver {
     tx: mpsc::Sender<Message>,
     /// Messages received while the channel to ingest was full, oldest first.
     held: std::collections::VecDeque<Message>,
+    /// Bytes of messages not yet taken in by ingest may still read ([`BUDGET_BYTES`]).
+    budget: Arc<Semaphore>,
+    /// The budget's size.
+    budget_bytes: usize,
+    /// A message read while the budget was spent: the driver reads nothing more until the
+    /// budget has room for it.
+    waiting: Option<Arrival>,
+    /// Acknowledgements to write.
+    acks: mpsc::Receiver<Receipt>,
+    /// The ones being written now.
+    ack_batch: Vec<Receipt>,
     filters: Vec<SubscribeFilter>,
     generation: Arc<AtomicU64>,
     metrics: Arc<Metrics>,
@@ -206,30 +294,52 @@ impl Driver {
     async fn run(mut self) {
         let mut failures = 0u32;
         let mut intake_open = true;
+        let mut acks_open = true;
         loop {
             // Held messages go first, as the channel makes room; meanwhile the event loop
-            // keeps running (acknowledgements, keep-alives), unless the driver holds so
-            // many that it waits for ingest instead.
-            let hold_full = self.held.len() >= HELD_LIMIT;
+            // keeps running (acknowledgements, keep-alives), unless the budget is spent:
+            // then it waits for ingest to take messages in.
             enum Next {
                 Event(Result<Event, ConnectionError>),
                 Room(bool),
+                Budget(OwnedSemaphorePermit),
+                Acks,
                 Update,
             }
+            let cost = self
+                .waiting
+                .as_ref()
+                .map_or(0, |a| a.cost(self.budget_bytes));
             let next = tokio::select! {
                 biased;
+                n = self.acks.recv_many(&mut self.ack_batch, ACK_CAPACITY), if acks_open => {
+                    // None: every handle is gone, there is nothing more to acknowledge.
+                    acks_open = n > 0;
+                    Next::Acks
+                }
                 permit = self.tx.reserve(), if intake_open && !self.held.is_empty() => {
                     match permit {
                         Ok(permit) => {
                             if let Some(message) = self.held.pop_front() {
                                 permit.send(message);
                             }
+                            // A burst's backlog does not keep its memory.
+                            if self.held.is_empty() {
+                                self.held.shrink_to(HELD_KEPT);
+                            }
                             Next::Room(true)
                         }
                         Err(_) => Next::Room(false),
                     }
                 }
-                event = self.events.poll(), if !hold_full || !intake_open => Next::Event(event),
+                budget = self.budget.clone().acquire_many_owned(cost), if intake_open && self.waiting.is_some() => {
+                    match budget {
+                        Ok(budget) => Next::Budget(budget),
+                        // Never closed.
+                        Err(_) => Next::Room(false),
+                    }
+                }
+                event = self.events.poll(), if self.waiting.is_none() || !intake_open => Next::Event(event),
                 () = self.updates.changed() => Next::Update,
             };
             let event = match next {
@@ -238,7 +348,18 @@ impl Driver {
                     if !open {
                         intake_open = false;
                         self.held.clear();
+                        self.waiting = None;
                     }
+                    continue;
+                }
+                Next::Budget(budget) => {
+                    if let Some(arrival) = self.waiting.take() {
+                        self.forward(arrival.into_message(budget), &mut intake_open);
+                    }
+                    continue;
+                }
+                Next::Acks => {
+                    self.write_acks().await;
                     continue;
                 }
                 Next::Update => {
@@ -261,17 +382,28 @@ impl Driver {
                             .push_front(Request::Subscribe(subscribe));
                     }
                 }
-                Ok(Event::Incoming(Incoming::Publish(publish))) => {
-                    let message = Message {
+                Ok(Event::Incoming(Incoming::Publish(mut publish))) => {
+                    // Once intake is closed (shutting down) messages stay unacknowledged
+                    // and the broker redelivers them to the next run.
+                    if !intake_open {
+                        continue;
+                    }
+                    // The payload is a slice of the connection's read buffer; kept as it
+                    // is, one message pins a whole buffer (8 KiB) for as long as it waits.
+                    publish.payload = Bytes::copy_from_slice(&publish.payload);
+                    let arrival = Arrival {
                         publish,
                         received: Instant::now(),
                         received_ms: now_ms(),
                         generation: self.generation.load(Ordering::Acquire),
                     };
-                    // Once intake is closed (shutting down) messages stay unacknowledged
-                    // and the broker redelivers them to the next run.
-                    if intake_open {
-                        self.forward(message, &mut intake_open);
+                    match self
+                        .budget
+                        .clone()
+                        .try_acquire_many_owned(arrival.cost(self.budget_bytes))
+                    {
+                        Ok(budget) => self.forward(arrival.into_message(budget), &mut intake_open),
+                        Err(_) => self.waiting = Some(arrival),
                     }
                 }
                 Ok(Event::Incoming(Incoming::SubAck(ack))) => {
@@ -334,6 +466,31 @@ impl Driver {
                     tokio::time::sleep(delay).await;
                 }
             }
+        }
+    }
+
+    /// Writes the acknowledgements in `ack_batch` of messages received on this connection,
+    /// then flushes once. One that cannot be written is not retried: the connection is
+    /// broken, and the broker redelivers the message on the next one.
+    async fn write_acks(&mut self) {
+        let generation = self.generation.load(Ordering::Acquire);
+        let Some(network) = self.events.network.as_mut() else {
+            self.ack_batch.clear();
+            return;
+        };
+        let mut result = Ok(());
+        for receipt in self.ack_batch.drain(..) {
+            if receipt.generation == generation && result.is_ok() {
+                result = network
+                    .write(Packet::PubAck(PubAck::new(receipt.pkid)))
+                    .await;
+            }
+        }
+        if let Err(e) = match result {
+            Ok(()) => network.flush().await,
+            Err(e) => Err(e),
+        } {
+            tracing::debug!(error = %e, "acknowledgements not written: the connection broke");
         }
     }
 

@@ -171,14 +171,27 @@ impl Agent {
 
     /// The agent's peak resident memory so far (`VmHWM` of `/proc/<pid>/status`), bytes.
     pub fn peak_rss_bytes(&self) -> u64 {
+        self.memory().peak
+    }
+
+    /// The agent's memory now, from `/proc/<pid>/status`.
+    pub fn memory(&self) -> Memory {
         let pid = self.child.as_ref().expect("agent running").id();
         let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("proc status");
-        status
-            .lines()
-            .find_map(|l| l.strip_prefix("VmHWM:"))
-            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
-            .expect("VmHWM in /proc/<pid>/status")
-            * 1024
+        let field = |name: &str| {
+            status
+                .lines()
+                .find_map(|l| l.strip_prefix(name)?.strip_prefix(':'))
+                .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+                .unwrap_or_else(|| panic!("{name} in /proc/{pid}/status"))
+        };
+        Memory {
+            peak: field("VmHWM") * 1024,
+            resident: field("VmRSS") * 1024,
+            anonymous: field("RssAnon") * 1024,
+            file: field("RssFile") * 1024,
+            threads: field("Threads"),
+        }
     }
 
     /// The agent's log so far.
@@ -269,4 +282,34 @@ pub fn parse_metrics(text: &str) -> BTreeMap<String, f64> {
             Some((series.to_string(), value.parse().ok()?))
         })
         .collect()
+}
+
+/// An agent's memory, bytes (threads: a count), from `/proc/<pid>/status`.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Memory {
+    /// Peak resident set so far (`VmHWM`).
+    pub peak: u64,
+    /// Resident set now (`VmRSS`).
+    pub resident: u64,
+    /// Anonymous (heap, stacks) part of it (`RssAnon`).
+    pub anonymous: u64,
+    /// File-backed part of it (`RssFile`: the binary's pages, mapped files).
+    pub file: u64,
+    /// Threads now.
+    pub threads: u64,
+}
+
+impl std::fmt::Display for Memory {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let mib = |b: u64| b as f64 / 1048576.0;
+        write!(
+            f,
+            "{:.1} MiB resident ({:.1} MiB anonymous, {:.1} MiB file-backed), {} threads; peak {:.1} MiB",
+            mib(self.resident),
+            mib(self.anonymous),
+            mib(self.file),
+            self.threads,
+            mib(self.peak)
+        )
+    }
 }

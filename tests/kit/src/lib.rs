@@ -26,7 +26,7 @@ pub mod receiver;
 
 use std::path::{Path, PathBuf};
 
-pub use agent::{Agent, http_get, parse_metrics};
+pub use agent::{Agent, Memory, http_get, parse_metrics};
 pub use mqtt::{Mosquitto, Publisher, Received, Subscriber, prepare_session};
 pub use poll::{eventually, poll};
 pub use ports::free_port;
