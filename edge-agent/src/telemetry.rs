@@ -126,6 +126,8 @@ pub struct Metrics {
     pub queue_bytes: IntGauge,
     /// Age of the oldest record in the queue (0 when empty).
     pub queue_oldest_age_seconds: prometheus::Gauge,
+    /// Expected seconds to drain the queue at the recent delivery rate.
+    pub queue_drain_seconds: prometheus::Gauge,
     /// Inference windows evicted for new devices.
     pub inference_windows_evicted: IntCounter,
     /// Redelivered messages already committed, acknowledged without processing.
@@ -395,6 +397,13 @@ impl Metrics {
                     "Age of the oldest record in the queue (0 when empty).",
                 ))?,
             )?,
+            queue_drain_seconds: register(
+                r,
+                prometheus::Gauge::with_opts(opts(
+                    "edge_agent_queue_drain_seconds",
+                    "Expected seconds to send what the queue holds, at the rate records were acknowledged upstream over the last 30 s (rate caps included): 0 when empty, +Inf when too little was delivered to tell.",
+                ))?,
+            )?,
             inference_windows_evicted: counter(
                 r,
                 opts(
@@ -648,6 +657,7 @@ mod tests {
             "edge_agent_queue_records",
             "edge_agent_queue_bytes",
             "edge_agent_queue_oldest_age_seconds",
+            "edge_agent_queue_drain_seconds",
             "edge_agent_queue_capacity_bytes",
             "edge_agent_upstream_up",
             "edge_agent_mqtt_connected",

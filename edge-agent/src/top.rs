@@ -895,6 +895,12 @@ pub fn render(view: &View) -> Vec<String> {
         {
             let _ = write!(backlog, ", oldest {}", duration(age));
         }
+        if let Some(eta) = view.total("edge_agent_queue_drain_seconds")
+            && records > 0.0
+            && eta.is_finite()
+        {
+            let _ = write!(backlog, ", drains in {}", duration(eta));
+        }
         out.push(line("backlog", backlog));
         let capacity = view
             .total("edge_agent_queue_capacity_bytes")
@@ -1077,6 +1083,7 @@ edge_agent_records_dropped_total{pipeline="factory/line1",reason="max_age"} 0
 edge_agent_queue_records{pipeline="factory/line1"} 100
 edge_agent_queue_bytes{pipeline="factory/line1"} 10240
 edge_agent_queue_oldest_age_seconds{pipeline="factory/line1"} 2.5
+edge_agent_queue_drain_seconds{pipeline="factory/line1"} 90
 edge_agent_queue_capacity_bytes{pipeline="factory/line1"} 1048576
 edge_agent_dead_letter_records{pipeline="factory/line1"} 0
 edge_agent_dead_letter_bytes{pipeline="factory/line1"} 0
@@ -1308,7 +1315,7 @@ edge_agent_inference_duration_seconds_count{pipeline="factory/line1"} 0
         assert_eq!(find("outlook"), "outlook             —");
         assert_eq!(
             find("backlog"),
-            "backlog             100 records, 10.0 KiB, oldest 2.5s"
+            "backlog             100 records, 10.0 KiB, oldest 2.5s, drains in 1m 30s"
         );
         assert_eq!(
             find("inference latency"),

@@ -995,9 +995,39 @@ async fn a_rate_limited_sink_drains_a_backlog_at_the_configured_rate() {
             Duration::from_secs(20),
         )
         .await;
+    let drain = series("edge_agent_queue_drain_seconds", &[]);
+    assert_eq!(
+        agent.metric(&drain),
+        f64::INFINITY,
+        "nothing delivered yet: no estimate"
+    );
     receiver.resume().await;
+    // Half way through, the estimate of the time left is checked against the time the
+    // rest then takes.
+    let (estimate, at_half) = eventually(
+        Duration::from_secs(120),
+        "half the backlog through",
+        async || {
+            let estimate = agent.metric(&drain);
+            (receiver.accepted().len() as i64 >= N / 2)
+                .then_some((estimate, std::time::Instant::now()))
+        },
+    )
+    .await;
     let twice = every_streamed_reading(&receiver, N, "the backlog through the cap").await;
     assert_eq!(twice, 0);
+    let left = (receiver.requests().last().unwrap().at - at_half).as_secs_f64();
+    eprintln!("half way: {estimate:.1} s to drain expected, {left:.1} s taken");
+    assert!(
+        estimate.is_finite() && estimate >= left / 2.0 && estimate <= left * 2.0,
+        "{estimate} s expected half way, {left:.1} s taken"
+    );
+    eventually(
+        Duration::from_secs(10),
+        "no estimate once drained",
+        async || (agent.metric(&drain) == 0.0).then_some(()),
+    )
+    .await;
 
     let requests: Vec<_> = receiver
         .requests()

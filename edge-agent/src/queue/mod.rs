@@ -19,6 +19,7 @@
 //! dead-lettered or expired) or for [`DISK_FULL_HOLD`], whichever comes first.
 
 pub mod dead;
+mod drain;
 mod file;
 pub mod inspect;
 pub mod owner;
@@ -46,6 +47,7 @@ pub use store::{
     UnitOutcome, UnitRef,
 };
 
+use self::drain::DrainRate;
 use self::reserve::Reserve;
 use crate::http::{Health, Loop};
 use crate::record::Record;
@@ -276,6 +278,7 @@ impl Queue {
                     max_age,
                     last_expire: Instant::now(),
                     refusing: false,
+                    drain: DrainRate::default(),
                 };
                 writer.publish_stats();
                 runtime.block_on(writer.run(appends_rx, commands_rx, shutdown_writer));
@@ -478,6 +481,8 @@ struct Writer {
     last_expire: Instant,
     /// New records are being refused while the drain uses the reserve.
     refusing: bool,
+    /// Records acknowledged upstream lately, for the expected time to drain.
+    drain: DrainRate,
 }
 
 impl Writer {
@@ -554,6 +559,9 @@ impl Writer {
             }
             Command::Ack { batch, reply } => {
                 let result = self.with_space(|store| store.ack(&batch));
+                if let Ok(n) = &result {
+                    self.drain.delivered(Instant::now(), *n);
+                }
                 let _ = reply.send(result);
                 self.after_space_freed();
             }
@@ -810,6 +818,9 @@ impl Writer {
             .oldest_ms
             .map_or(0.0, |t| (now_ms() - t).max(0) as f64 / 1000.0);
         self.metrics.queue_oldest_age_seconds.set(age);
+        self.metrics
+            .queue_drain_seconds
+            .set(self.drain.seconds(Instant::now(), stats.records));
         gauge(
             &self.metrics.dead_letter_records,
             stats.dead_letters.records,
