@@ -955,6 +955,46 @@ pub struct RateLimit {
     /// takes is paid for after it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub burst: Option<Size>,
+    /// Other caps by time of day, in UTC, for metered plans: the first window that holds
+    /// the current time applies; outside every window, `bytesPerSecond` does.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 24))]
+    pub schedule: Vec<RateWindow>,
+}
+
+/// A cap for part of the day (`sink.rateLimit.schedule[]`).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+#[schemars(extend("x-kubernetes-validations" = [
+    {"rule": "self.from != self.to", "message": "to must differ from from (a window cannot be empty or the whole day)", "fieldPath": ".to"}
+]))]
+pub struct RateWindow {
+    /// Start of the window, `HH:MM` in UTC.
+    #[schemars(regex(pattern = r"^([01][0-9]|2[0-3]):[0-5][0-9]$"), length(max = 5))]
+    pub from: String,
+    /// End of the window, `HH:MM` in UTC, not included; earlier than `from` for a window
+    /// that runs past midnight (`22:00` to `06:00`).
+    #[schemars(regex(pattern = r"^([01][0-9]|2[0-3]):[0-5][0-9]$"), length(max = 5))]
+    pub to: String,
+    /// The cap in this window; `0` sends nothing until it ends.
+    pub bytes_per_second: Size,
+}
+
+impl RateWindow {
+    /// `from` and `to` as minutes since midnight, if both are `HH:MM`.
+    pub fn minutes(&self) -> Option<(u16, u16)> {
+        Some((minute_of_day(&self.from)?, minute_of_day(&self.to)?))
+    }
+}
+
+/// `HH:MM` (00:00 to 23:59) as minutes since midnight.
+pub fn minute_of_day(text: &str) -> Option<u16> {
+    let (h, m) = text.split_once(':')?;
+    if h.len() != 2 || m.len() != 2 {
+        return None;
+    }
+    let (h, m): (u16, u16) = (h.parse().ok()?, m.parse().ok()?);
+    (h < 24 && m < 60).then_some(h * 60 + m)
 }
 
 /// An HTTP ingest API. Each request is a JSON array of records with an `Idempotency-Key`

@@ -640,6 +640,29 @@ impl Validator {
                     _ => {}
                 }
             }
+            if r.schedule.len() > 24 {
+                self.err("spec.sink.rateLimit.schedule", "at most 24 windows");
+            }
+            for (i, w) in r.schedule.iter().enumerate() {
+                let path = format!("spec.sink.rateLimit.schedule[{i}]");
+                for (field, text) in [("from", &w.from), ("to", &w.to)] {
+                    if minute_of_day(text).is_none() {
+                        self.err(
+                            format!("{path}.{field}"),
+                            format!("{text:?} is not a time of day as HH:MM (00:00 to 23:59)"),
+                        );
+                    }
+                }
+                if w.from == w.to {
+                    self.err(
+                        format!("{path}.to"),
+                        "must differ from from (a window cannot be empty or the whole day)",
+                    );
+                }
+                if let Err(e) = parse_size(&w.bytes_per_second.0) {
+                    self.err(format!("{path}.bytesPerSecond"), e.to_string());
+                }
+            }
         }
         match (&s.http, &s.mqtt) {
             (Some(h), None) => {

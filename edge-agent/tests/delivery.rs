@@ -1057,3 +1057,78 @@ async fn a_rate_limited_sink_drains_a_backlog_at_the_configured_rate() {
         "the agent waited for the cap"
     );
 }
+
+/// A window of `sink.rateLimit.schedule` with a cap of 0, holding the current time and
+/// ending at the next minute: nothing goes out while it lasts (the receiver is up, the
+/// readings queued, the agent waiting on the cap), and everything goes once it ends.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_scheduled_window_of_zero_holds_the_queue_until_it_ends() {
+    let second_of_day = |now: std::time::SystemTime| {
+        now.duration_since(std::time::UNIX_EPOCH).unwrap().as_secs() % 86_400
+    };
+    // At least 20 s of the window left once the agent runs.
+    while second_of_day(std::time::SystemTime::now()) % 60 > 30 {
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let second = second_of_day(std::time::SystemTime::now());
+    let minute = |m: u64| format!("{:02}:{:02}", (m / 60) % 24, m % 60);
+    let (from, to) = (
+        minute((second / 60 + 1439) % 1440),
+        minute((second / 60 + 1) % 1440),
+    );
+    let window_ends = std::time::Instant::now() + Duration::from_secs(60 - second % 60);
+    let broker = Mosquitto::start();
+    let receiver = Receiver::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    prepare_session(broker.port, "agent-scheduled", &[TOPIC]).await;
+    let yaml = Pipeline {
+        broker_port: broker.port,
+        client_id: "agent-scheduled",
+        receiver_port: receiver.port,
+        batch_size: 20,
+        ..Pipeline::default()
+    }
+    .yaml()
+    .replace(
+        "  sink:\n",
+        &format!(
+            "  sink:\n    rateLimit:\n      bytesPerSecond: 1Mi\n      schedule:\n        - {{from: \"{from}\", to: \"{to}\", bytesPerSecond: \"0\"}}\n"
+        ),
+    );
+    let mut agent = Agent::start(dir.path(), &yaml);
+    agent.wait_ready().await;
+    const N: i64 = 100;
+    stream_readings(broker.port, "publisher-scheduled", N)
+        .await
+        .unwrap();
+    let cap = series("edge_agent_sink_rate_limit_bytes_per_second", &[]);
+    let throttled = series("edge_agent_sink_throttled_seconds_total", &[]);
+    agent
+        .wait_metric(
+            &series("edge_agent_queue_records", &[]),
+            N as f64,
+            Duration::from_secs(20),
+        )
+        .await;
+    // Until just before the window ends: the cap reads 0, the sink waits, nothing arrives.
+    while std::time::Instant::now() + Duration::from_secs(3) < window_ends {
+        assert_eq!(agent.metric(&cap), 0.0, "the window's cap");
+        assert!(
+            receiver.requests().is_empty(),
+            "sent in a window of 0: {:?}",
+            receiver.requests().len()
+        );
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    assert!(
+        agent.metric(&throttled) > 5.0,
+        "the sink waited on the window"
+    );
+    let twice = every_streamed_reading(&receiver, N, "the queue once the window ended").await;
+    assert_eq!(twice, 0);
+    assert!(
+        receiver.requests()[0].at >= window_ends - Duration::from_secs(1),
+        "the first request left before the window ended"
+    );
+    assert_eq!(agent.metric(&cap), 1048576.0, "the cap outside the window");
+}

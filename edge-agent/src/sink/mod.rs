@@ -8,6 +8,7 @@
 
 pub mod http;
 pub mod mqtt;
+pub mod schedule;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -16,6 +17,7 @@ use rand::Rng;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
+use self::schedule::RateSchedule;
 use crate::http::{Health, Loop};
 use crate::queue::{Batch, Queue, QueueError};
 use crate::telemetry::Metrics;
@@ -89,7 +91,14 @@ pub struct SyncContext {
     pub stop: CancellationToken,
     upstream: std::sync::Mutex<UpstreamClock>,
     /// `sink.rateLimit`, when set.
-    limit: std::sync::Mutex<Option<TokenBucket>>,
+    limit: std::sync::Mutex<Option<Limit>>,
+}
+
+/// `sink.rateLimit`: the bucket, and the cap it runs at by time of day.
+#[derive(Debug)]
+struct Limit {
+    bucket: TokenBucket,
+    schedule: RateSchedule,
 }
 
 /// A token bucket of bytes: `rate` per second, at most `burst` saved up. It may go into
@@ -112,6 +121,13 @@ impl TokenBucket {
             tokens: burst,
             last: Instant::now(),
         }
+    }
+
+    /// Runs at `bytes_per_second` from `now` on (what was saved up at the old rate stays,
+    /// within the burst).
+    pub fn set_rate(&mut self, bytes_per_second: u64, now: Instant) {
+        self.refill(now);
+        self.rate = bytes_per_second.max(1) as f64;
     }
 
     fn refill(&mut self, now: Instant) {
@@ -158,32 +174,51 @@ impl SyncContext {
         }
     }
 
-    /// Caps what the sink sends at `bytes_per_second` (`sink.rateLimit`).
-    pub fn with_rate_limit(self, bytes_per_second: u64, burst: u64) -> Self {
-        self.metrics
-            .sink_rate_limit
-            .set(bytes_per_second.min(i64::MAX as u64) as i64);
-        *self.limit.lock().unwrap_or_else(|p| p.into_inner()) =
-            Some(TokenBucket::new(bytes_per_second, burst));
+    /// Caps what the sink sends (`sink.rateLimit`): at `schedule`'s cap for the time of
+    /// day, with `burst`.
+    pub fn with_rate_limit(self, schedule: RateSchedule, burst: u64) -> Self {
+        let (rate, _) = schedule.at(RateSchedule::second_of_day_now());
+        self.set_rate_gauge(rate);
+        *self.limit.lock().unwrap_or_else(|p| p.into_inner()) = Some(Limit {
+            bucket: TokenBucket::new(rate, burst),
+            schedule,
+        });
         self
     }
 
+    fn set_rate_gauge(&self, rate: u64) {
+        self.metrics
+            .sink_rate_limit
+            .set(rate.min(i64::MAX as u64) as i64);
+    }
+
     /// Waits until `bytes` may go out under `sink.rateLimit` (at once without one); the
-    /// wait counts in `edge_agent_sink_throttled_seconds_total`.
+    /// wait counts in `edge_agent_sink_throttled_seconds_total`. A wait ends early when the
+    /// cap changes with the time of day; under a cap of 0 it lasts until the cap changes.
     pub async fn throttle(&self, bytes: usize) -> Result<(), Stopped> {
         loop {
             let wait = {
                 let mut limit = self.limit.lock().unwrap_or_else(|p| p.into_inner());
-                match limit.as_mut() {
-                    None => return Ok(()),
-                    Some(bucket) => bucket.take(bytes, Instant::now()),
+                let Some(limit) = limit.as_mut() else {
+                    return Ok(());
+                };
+                let now = Instant::now();
+                let (rate, change) = limit.schedule.at(RateSchedule::second_of_day_now());
+                self.set_rate_gauge(rate);
+                if rate == 0 {
+                    change
+                } else {
+                    limit.bucket.set_rate(rate, now);
+                    limit.bucket.take(bytes, now).min(change)
                 }
             };
             if wait.is_zero() {
                 return Ok(());
             }
+            // In steps, so the throttled time counts as it passes and a long wait (a
+            // window of 0) sees a new cap as soon as it applies.
             let started = Instant::now();
-            let result = self.pause(wait).await;
+            let result = self.pause(wait.min(BEAT)).await;
             self.metrics
                 .sink_throttled_seconds
                 .inc_by(started.elapsed().as_secs_f64());
@@ -193,7 +228,7 @@ impl SyncContext {
 
     /// Gives back what [`SyncContext::throttle`] took for bytes that never went out.
     pub fn refund(&self, bytes: usize) {
-        if let Some(bucket) = self
+        if let Some(Limit { bucket, .. }) = self
             .limit
             .lock()
             .unwrap_or_else(|p| p.into_inner())
