@@ -657,9 +657,10 @@ impl Ingest {
     /// cycle: the source task blocks handing a message to a busy ingest loop, so it stops
     /// polling the MQTT event loop, so acknowledgements stop leaving, so the acknowledger
     /// blocks, so this channel fills, so the ingest loop blocks here and never takes the
-    /// message the source task holds. Its length is still bounded: an entry is a message
-    /// the broker has delivered and not had acknowledged, at most the broker's in-flight
-    /// window, and the queue's own capacity holds ingest back when commits stall.
+    /// message the source task holds. Its length is still bounded: an entry is the receipt
+    /// (about 50 bytes) of a unit waiting for its commit, which the queue's capacity
+    /// bounds, or of a committed one waiting for the source task, which writes
+    /// acknowledgements ahead of reading more.
     fn ack(&self, ack: PendingAck) {
         let _ = self.acks.send(ack);
     }

@@ -53,8 +53,8 @@ use crate::http::{Health, Loop};
 use crate::record::Record;
 use crate::telemetry::Metrics;
 
-/// Units waiting for the writer; with the broker's in-flight window below this, ingest
-/// never waits for the channel.
+/// Units waiting for the writer. When commits fall behind, ingest waits for room here,
+/// and the source stops reading once its byte budget is spent.
 const APPEND_CAPACITY: usize = 2048;
 /// Requests from the sink waiting for the writer.
 const COMMAND_CAPACITY: usize = 16;
