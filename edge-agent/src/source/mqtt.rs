@@ -12,9 +12,9 @@
 //! same task, which writes all that are waiting at once, ahead of reading more: through
 //! the client's request channel they left one per event-loop turn, each turn also reading
 //! ten messages, so they fell ever further behind a busy broker. One for a message
-//! received on an earlier connection is not sent (the
-//! broker redelivers that message on the new connection, where it is acknowledged), so a
-//! stale acknowledgement can never release a different message that reused its packet id.
+//! received on an earlier connection is not sent (the broker redelivers that message on
+//! the new connection, where it is acknowledged), so a stale acknowledgement can never
+//! release a different message that reused its packet id.
 //! New credentials (a rotated password or certificate, see [`crate::credentials`]) end the
 //! connection the same way and the client reconnects with them.
 
