@@ -316,29 +316,7 @@ pub async fn run_with_metrics(
         sync_stop.clone(),
     );
     if let Some(limit) = &config.spec.sink.rate_limit {
-        let rate = limit.bytes_per_second.to_bytes().unwrap_or(u64::MAX);
-        let burst = limit
-            .burst
-            .as_ref()
-            .and_then(|b| b.to_bytes().ok())
-            .unwrap_or(rate);
-        // Validated at load: every window has two times of day and a size.
-        let windows = limit
-            .schedule
-            .iter()
-            .filter_map(|w| {
-                let (from, to) = w.minutes()?;
-                Some(sink::schedule::Window {
-                    from,
-                    to,
-                    bytes_per_second: w.bytes_per_second.to_bytes().ok()?,
-                })
-            })
-            .collect();
-        let schedule = sink::schedule::RateSchedule {
-            base: rate,
-            windows,
-        };
+        let (schedule, burst) = sink::schedule::RateSchedule::of(limit);
         sync_ctx = sync_ctx.with_rate_limit(schedule, burst);
     }
     let sync_task = tokio::spawn(sink::run(sink, sync_ctx));

@@ -146,7 +146,8 @@ pub struct Metrics {
     pub queue_capacity_bytes: IntGauge,
     /// 1 when the last upstream request succeeded.
     pub upstream_up: IntGauge,
-    /// `sink.rateLimit` in bytes per second (0: none).
+    /// The cap of `sink.rateLimit` in force, in bytes per second (0: none, or a window of
+    /// 0).
     pub sink_rate_limit: IntGauge,
     /// Seconds the sink waited for `sink.rateLimit`.
     pub sink_throttled_seconds: Counter,
@@ -471,7 +472,7 @@ impl Metrics {
                 r,
                 opts(
                     "edge_agent_sink_rate_limit_bytes_per_second",
-                    "The sink's cap on bytes sent per second (sink.rateLimit; 0: none).",
+                    "The sink's cap on bytes sent per second in force (sink.rateLimit and its schedule; 0: no cap, or a window of 0).",
                 ),
             )?,
             sink_throttled_seconds: register(

@@ -3,6 +3,8 @@
 
 use std::time::Duration;
 
+use edge_crds::spec::RateLimit;
+
 /// Seconds in a day.
 const DAY: u32 = 86_400;
 
@@ -38,6 +40,30 @@ pub struct RateSchedule {
 }
 
 impl RateSchedule {
+    /// The schedule of `limit`, and its burst (default: one second at the base cap).
+    /// `limit` is validated at load: every size and time of day parses.
+    pub fn of(limit: &RateLimit) -> (Self, u64) {
+        let base = limit.bytes_per_second.to_bytes().unwrap_or(u64::MAX);
+        let burst = limit
+            .burst
+            .as_ref()
+            .and_then(|b| b.to_bytes().ok())
+            .unwrap_or(base);
+        let windows = limit
+            .schedule
+            .iter()
+            .filter_map(|w| {
+                let (from, to) = w.minutes()?;
+                Some(Window {
+                    from,
+                    to,
+                    bytes_per_second: w.bytes_per_second.to_bytes().ok()?,
+                })
+            })
+            .collect();
+        (Self { base, windows }, burst)
+    }
+
     /// The cap at `second` of the UTC day (0..86,400), and how long until the next window
     /// starts or ends (when the cap may change; a day when nothing changes).
     pub fn at(&self, second: u32) -> (u64, Duration) {
@@ -59,11 +85,7 @@ impl RateSchedule {
 
     /// The second of the UTC day now.
     pub fn second_of_day_now() -> u32 {
-        let since_epoch = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .unwrap_or_default()
-            .as_secs();
-        (since_epoch % u64::from(DAY)) as u32
+        (crate::queue::now_ms() / 1000).rem_euclid(i64::from(DAY)) as u32
     }
 }
 

@@ -488,7 +488,7 @@ impl Driver {
         }
         if let Err(e) = match result {
             Ok(()) => network.flush().await,
-            Err(e) => Err(e),
+            failed => failed,
         } {
             tracing::debug!(error = %e, "acknowledgements not written: the connection broke");
         }
