@@ -464,7 +464,10 @@ async fn logs_are_json_lines_when_asked_and_never_colored_in_a_file() {
     let mut text_agent = Agent::start(text_dir.path(), &yaml("agent-text-logs"));
     text_agent.wait_ready().await;
 
-    let log = json_agent.log_text();
+    // Readiness can come before the last line of the start-up.
+    let log = json_agent
+        .wait_log(r#""message":"agent running""#, Duration::from_secs(20))
+        .await;
     let lines: Vec<&str> = log.lines().filter(|l| !l.trim().is_empty()).collect();
     assert!(lines.len() >= 3, "{log}");
     for line in &lines {
@@ -480,8 +483,9 @@ async fn logs_are_json_lines_when_asked_and_never_colored_in_a_file() {
             .any(|l| l.contains(r#""message":"agent running""#)),
         "{log}"
     );
-    let text = text_agent.log_text();
-    assert!(text.contains("agent running"), "{text}");
+    let text = text_agent
+        .wait_log("agent running", Duration::from_secs(20))
+        .await;
     assert!(
         !text.contains('\u{1b}'),
         "escape sequences in a log file:\n{text}"

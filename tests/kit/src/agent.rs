@@ -234,6 +234,23 @@ impl Agent {
         }
     }
 
+    /// Waits until the agent's log contains `needle`.
+    pub async fn wait_log(&mut self, needle: &str, timeout: Duration) -> String {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let log = self.log_text();
+            if log.contains(needle) {
+                return log;
+            }
+            self.assert_running();
+            assert!(
+                Instant::now() < deadline,
+                "{needle:?} not logged within {timeout:?}:\n{log}"
+            );
+            tokio::time::sleep(Duration::from_millis(25)).await;
+        }
+    }
+
     /// Waits until the series `series` reaches at least `value`.
     pub async fn wait_metric(&mut self, series: &str, value: f64, timeout: Duration) {
         let deadline = Instant::now() + timeout;
