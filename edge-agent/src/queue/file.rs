@@ -47,15 +47,14 @@ pub(super) struct OpenFile {
 pub(super) fn open_checked(path: &Path, durability: Durability) -> Result<OpenFile, QueueError> {
     let conn = Connection::open(path)?;
     conn.busy_timeout(std::time::Duration::from_secs(5))?;
-    let tables: i64 = conn.query_row("SELECT count(*) FROM sqlite_master", [], |r| r.get(0))?;
-    // A new file has nothing to check.
-    let checked = tables > 0 && !closed_cleanly(&conn);
+    let checked = !closed_cleanly(&conn);
     if checked {
         let check: String = conn.query_row("PRAGMA quick_check", [], |r| r.get(0))?;
         if check != "ok" {
             return Err(QueueError::Corrupt(check));
         }
     }
+    let tables: i64 = conn.query_row("SELECT count(*) FROM sqlite_master", [], |r| r.get(0))?;
     if tables == 0 {
         // Only possible before the first table: lets the file shrink as the queue drains.
         conn.pragma_update(None, "auto_vacuum", "INCREMENTAL")?;

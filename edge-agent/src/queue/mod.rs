@@ -403,7 +403,7 @@ fn open(config: &QueueConfig, metrics: &Metrics) -> Result<Store, QueueError> {
     if opened.checked {
         tracing::info!(
             seconds = started.elapsed().as_secs_f64(),
-            "checked the queue file's integrity: it was not closed cleanly"
+            "checked the queue file's integrity: it was new or not closed cleanly"
         );
     }
     metrics
