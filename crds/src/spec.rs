@@ -938,6 +938,43 @@ pub struct Sink {
     /// saturating the link for everyone else on the site.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub rate_limit: Option<RateLimit>,
+    /// How a backlog drains once the upstream is back. Urgent records (anomalies,
+    /// classifications, readings that crossed a `threshold`) always go first.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub backlog: Option<BacklogDrain>,
+}
+
+/// How a backlog drains (`sink.backlog`).
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct BacklogDrain {
+    /// `liveFirst` (default): records queued after the upstream last failed go ahead of
+    /// those that waited through the outage, which drain oldest first in the background.
+    /// `oldestFirst`: every routine record in `seq` order.
+    #[serde(default)]
+    pub order: BacklogOrder,
+    /// With `liveFirst`, the percent of the bytes sent that the backlog gets while live
+    /// batches are also ready (default 20). With 0 the backlog goes only when no live
+    /// batch is ready.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(max = 100))]
+    pub share_percent: Option<u8>,
+}
+
+impl BacklogDrain {
+    /// The backlog's share when none is set.
+    pub const DEFAULT_SHARE_PERCENT: u8 = 20;
+}
+
+/// Which routine records go first while a backlog drains (`sink.backlog.order`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub enum BacklogOrder {
+    /// Live records first, the backlog with its share.
+    #[default]
+    LiveFirst,
+    /// Everything in `seq` order.
+    OldestFirst,
 }
 
 /// A token bucket on the bytes a sink sends (`sink.rateLimit`).

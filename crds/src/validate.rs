@@ -625,6 +625,11 @@ impl Validator {
     }
 
     fn sink(&mut self, s: &Sink) {
+        if let Some(share) = s.backlog.as_ref().and_then(|b| b.share_percent)
+            && share > 100
+        {
+            self.err("spec.sink.backlog.sharePercent", "must be 0 to 100");
+        }
         if let Some(r) = &s.rate_limit {
             let sizes = [
                 (

@@ -18,7 +18,7 @@ use crate::inference::{InferenceError, InferenceStage};
 use crate::parse::PayloadParser;
 use crate::process::Processors;
 use crate::queue::{StateChange, UnitContent};
-use crate::record::Reading;
+use crate::record::{Reading, RecordKind};
 use crate::run::inference_metrics;
 use crate::telemetry::Metrics;
 
@@ -110,7 +110,13 @@ impl Pipeline {
             if let Some(margin) = outcome.threshold_margin {
                 self.actions.on_threshold(reading, margin, *at);
             }
-            unit.records.extend(outcome.records);
+            let urgent = outcome.threshold_crossed;
+            unit.records
+                .extend(outcome.records.into_iter().map(|mut record| {
+                    // Only the reading itself: an aggregate it joined is routine.
+                    record.urgent = urgent && record.kind == RecordKind::Reading;
+                    record
+                }));
         }
         units
     }

@@ -71,6 +71,19 @@ pub struct Record {
     pub stats: Option<BTreeMap<String, f64>>,
     /// Top-k classes and scores (classification records).
     pub labels: Option<Vec<(String, f64)>>,
+    /// A reading that passed a `threshold` processor: it travels in the urgent lane (see
+    /// [`Record::lane`]).
+    pub urgent: bool,
+}
+
+/// The queue lane a record waits in: urgent records go upstream before routine ones,
+/// whatever the backlog. The value is what the queue file stores.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Lane {
+    /// Readings and aggregates.
+    Routine = 0,
+    /// Anomalies, classifications and readings that crossed a threshold.
+    Urgent = 1,
 }
 
 impl Record {
@@ -85,6 +98,17 @@ impl Record {
             score: None,
             stats: None,
             labels: None,
+            urgent: false,
+        }
+    }
+
+    /// The lane the record waits in: anomalies, classifications and readings that crossed
+    /// a threshold are urgent, readings and aggregates routine.
+    pub fn lane(&self) -> Lane {
+        match self.kind {
+            RecordKind::Anomaly | RecordKind::Classification => Lane::Urgent,
+            _ if self.urgent => Lane::Urgent,
+            RecordKind::Reading | RecordKind::Aggregate => Lane::Routine,
         }
     }
 }

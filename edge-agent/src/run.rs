@@ -319,6 +319,9 @@ pub async fn run_with_metrics(
         let (schedule, burst) = sink::schedule::RateSchedule::of(limit);
         sync_ctx = sync_ctx.with_rate_limit(schedule, burst);
     }
+    if let Some(backlog) = &config.spec.sink.backlog {
+        sync_ctx = sync_ctx.with_backlog(backlog);
+    }
     let sync_task = tokio::spawn(sink::run(sink, sync_ctx));
 
     let (source, messages, source_task) = source::start(

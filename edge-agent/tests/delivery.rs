@@ -1132,3 +1132,218 @@ async fn a_scheduled_window_of_zero_holds_the_queue_until_it_ends() {
     );
     assert_eq!(agent.metric(&cap), 1048576.0, "the cap outside the window");
 }
+
+/// A thin link after an outage: 100 sensors at 1 Hz behind a 64 kbit/s [`Link`], cut for
+/// a minute, then restored. Anomalies queued during the outage all arrive before any
+/// reading of the backlog; readings published once the agent is through again arrive
+/// within a few seconds while the backlog drains behind them; what the agent sends stays within its cap
+/// plus the burst; every reading arrives exactly once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn after_an_outage_on_a_thin_link_anomalies_and_live_readings_overtake_the_backlog() {
+    const DEVICES: usize = 100;
+    const OUTAGE: usize = 60;
+    const AFTER: usize = 40;
+    const RATE: f64 = 7000.0;
+    const BURST: usize = 2048;
+    // (device, second) of a spike: every window of 16 holding one is an anomaly.
+    const SPIKES: [(usize, usize); 4] = [(3, 20), (50, 40), (7, OUTAGE + 8), (60, OUTAGE + 18)];
+    let broker = Mosquitto::start();
+    let receiver = Receiver::start().await;
+    let link = Link::start(receiver.port, 8000).await;
+    link.cut();
+    let model = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../tests/models/anomaly_autoencoder.tflite");
+    let yaml = format!(
+        r#"apiVersion: edgepipe.dev/v1alpha1
+kind: EdgePipeline
+metadata: {{name: thin, namespace: factory}}
+spec:
+  source:
+    mqtt: {{url: "mqtt://127.0.0.1:{broker}", topics: ["{TOPIC}"], qos: 1, clientId: agent-thin}}
+    format: {{value: value, device: device_id, timestamp: timestamp}}
+  inference:
+    model: {{path: {model:?}}}
+    window: 16
+    threshold: 0.8
+    normalize: {{mean: 20.0, std: 3.5}}
+  processors: []
+  sink:
+    rateLimit: {{bytesPerSecond: "{RATE}", burst: "{BURST}"}}
+    http:
+      url: http://127.0.0.1:{link}/ingest
+      batchSize: 200
+      flushInterval: 1s
+      timeout: 10s
+      compression: gzip
+      retry: {{initialBackoff: 100ms, maxBackoff: 1s}}
+"#,
+        broker = broker.port,
+        model = model.display().to_string(),
+        link = link.port,
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let mut agent = Agent::start(dir.path(), &yaml);
+    agent.wait_ready().await;
+
+    // Like the model's training data: 20 + 5 sin(2 pi f t / 16 + phase), and +21 at a spike.
+    let value = |d: usize, t: usize| {
+        let f = 0.6 + 0.2 * (d % 5) as f64;
+        let spike = if SPIKES.contains(&(d, t)) { 21.0 } else { 0.0 };
+        20.0 + 5.0 * (2.0 * std::f64::consts::PI * f * t as f64 / 16.0 + d as f64 * 0.9).sin()
+            + spike
+    };
+    let base_ms = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as i64;
+    let second_of: BTreeMap<String, usize> = (0..OUTAGE + AFTER)
+        .map(|t| (format_timestamp_ms(base_ms + t as i64 * 1000), t))
+        .collect();
+    let mut publisher = Publisher::connect(broker.port, "publisher-thin");
+    let started = tokio::time::Instant::now();
+    let mut published_at = Vec::new();
+    let mut restored_at = None;
+    for t in 0..OUTAGE + AFTER {
+        // One second per round of readings: the pace of the sensors, not a wait for a result.
+        tokio::time::sleep_until(started + Duration::from_secs(t as u64)).await;
+        if t == OUTAGE {
+            link.restore();
+            restored_at = Some(std::time::Instant::now());
+        }
+        published_at.push(std::time::Instant::now());
+        for d in 0..DEVICES {
+            let device = format!("s{d}");
+            publisher
+                .send(
+                    &format!("sensors/{device}/temperature"),
+                    reading(&device, value(d, t), base_ms + t as i64 * 1000),
+                )
+                .await;
+        }
+    }
+    publisher.flush().await;
+    let restored_at = restored_at.unwrap();
+
+    let total = DEVICES * (OUTAGE + AFTER);
+    eventually(
+        Duration::from_secs(180),
+        "every reading delivered",
+        async || {
+            let readings = receiver
+                .accepted()
+                .iter()
+                .filter(|r| r["kind"] == "reading")
+                .count();
+            (readings >= total).then_some(())
+        },
+    )
+    .await;
+
+    // Exactly once by (node, seq), and every reading there.
+    let requests: Vec<Request> = receiver
+        .requests()
+        .into_iter()
+        .filter(|r| r.status == 200)
+        .collect();
+    let mut seen = BTreeSet::new();
+    for r in requests.iter().flat_map(|r| &r.records) {
+        let id = (r["node"].to_string(), r["seq"].as_u64().expect("seq"));
+        assert!(seen.insert(id), "delivered twice: {r}");
+    }
+    let second = |r: &Value| second_of[r["timestamp"].as_str().expect("timestamp")];
+    let readings: BTreeSet<(String, usize)> = requests
+        .iter()
+        .flat_map(|r| &r.records)
+        .filter(|r| r["kind"] == "reading")
+        .map(|r| (r["device"].as_str().unwrap().to_string(), second(r)))
+        .collect();
+    assert_eq!(readings.len(), total, "every reading, once");
+
+    // Every anomaly of the outage before the first reading of the backlog.
+    let first_backlog = requests
+        .iter()
+        .position(|q| {
+            q.records
+                .iter()
+                .any(|r| r["kind"] == "reading" && second(r) < OUTAGE)
+        })
+        .expect("the backlog arrived");
+    let anomalies: Vec<(usize, String, usize)> = requests
+        .iter()
+        .enumerate()
+        .flat_map(|(i, q)| q.records.iter().map(move |r| (i, r)))
+        .filter(|(_, r)| r["kind"] == "anomaly")
+        .map(|(i, r)| (i, r["device"].as_str().unwrap().to_string(), second(r)))
+        .collect();
+    for (d, t) in SPIKES {
+        assert!(
+            anomalies
+                .iter()
+                .any(|(_, dev, s)| *dev == format!("s{d}") && *s == t),
+            "the spike of s{d} at {t} s is an anomaly: {anomalies:?}"
+        );
+    }
+    for (i, device, t) in &anomalies {
+        if *t < OUTAGE {
+            assert!(
+                *i < first_backlog,
+                "the anomaly of {device} at {t} s came in request {i}, the backlog from {first_backlog}"
+            );
+        }
+    }
+
+    // Live readings: a bounded delay, while the backlog was still draining. The agent
+    // learns that the link is back from its first request that gets through: what was
+    // published before then waited through the outage like the rest of the backlog.
+    let back = requests[0].at;
+    let last_backlog = requests
+        .iter()
+        .rev()
+        .find(|q| {
+            q.records
+                .iter()
+                .any(|r| r["kind"] == "reading" && second(r) < OUTAGE)
+        })
+        .unwrap()
+        .at;
+    let mut delays: Vec<f64> = Vec::new();
+    let mut overtaking = 0;
+    for q in &requests {
+        for r in q.records.iter().filter(|r| r["kind"] == "reading") {
+            let t = second(r);
+            if published_at[t] > back {
+                delays.push((q.at - published_at[t]).as_secs_f64());
+                overtaking += usize::from(q.at < last_backlog);
+            }
+        }
+    }
+    delays.sort_by(f64::total_cmp);
+    let pct = |p: f64| delays[((delays.len() - 1) as f64 * p) as usize];
+    let drained = (last_backlog - restored_at).as_secs_f64();
+    eprintln!(
+        "backlog drained {drained:.1} s after the link returned; live readings: p50 {:.2} s, p99 {:.2} s, max {:.2} s; {overtaking} overtook the backlog",
+        pct(0.5),
+        pct(0.99),
+        pct(1.0)
+    );
+    assert!(pct(1.0) < 8.0, "a live reading took {:.1} s", pct(1.0));
+    assert!(
+        overtaking >= 10 * DEVICES,
+        "only {overtaking} live readings arrived before the backlog's last ({drained:.1} s)"
+    );
+
+    // Within the cap: by any moment, the burst plus the rate since the first request (plus
+    // the request in flight).
+    let largest = requests.iter().map(|r| r.bytes).max().unwrap_or(0);
+    let first = requests[0].at;
+    let mut sent = 0usize;
+    for r in &requests {
+        sent += r.bytes;
+        let allowed = (BURST + largest) as f64 + (r.at - first).as_secs_f64() * RATE;
+        assert!(
+            sent as f64 <= allowed,
+            "{sent} bytes by {:?}, the cap allows {allowed:.0}",
+            r.at - first
+        );
+    }
+}

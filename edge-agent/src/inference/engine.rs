@@ -353,6 +353,7 @@ impl Inference {
                     score: Some(f64::from(s.score)),
                     stats: Some(s.stats.to_map()),
                     labels: None,
+                    urgent: true,
                 };
                 Some((s.index, record))
             })
@@ -402,6 +403,7 @@ impl Inference {
             score: scores.top.first().map(|(_, s)| *s),
             stats: None,
             labels: Some(scores.top),
+            urgent: true,
         })
     }
 

@@ -91,6 +91,7 @@ impl Window {
             score: None,
             stats: Some(stats),
             labels: None,
+            urgent: false,
         }
     }
 }

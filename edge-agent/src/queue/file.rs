@@ -108,12 +108,33 @@ pub(super) fn open_checked(path: &Path, durability: Durability) -> Result<OpenFi
             )));
         }
     }
+    ensure_lanes(&conn)?;
     // Open from here on until closed cleanly; this mark must reach the disk whatever the
     // durability, or a power cut could skip the next check.
     conn.pragma_update(None, "synchronous", "FULL")?;
     set_meta(&conn, CLEAN_KEY, 0)?;
     conn.pragma_update(None, "synchronous", sync)?;
     Ok(OpenFile { conn, checked })
+}
+
+/// Adds the records' lane (see [`crate::record::Lane`]) to a file from before lanes, and
+/// the index of urgent records. Older agents read such a file as before (they send every
+/// lane in `seq` order), so the schema version stays.
+fn ensure_lanes(conn: &Connection) -> Result<(), QueueError> {
+    let has_lane: bool = conn.query_row(
+        "SELECT count(*) > 0 FROM pragma_table_info('records') WHERE name = 'lane'",
+        [],
+        |r| r.get(0),
+    )?;
+    if !has_lane {
+        conn.execute_batch(
+            "BEGIN;
+             ALTER TABLE records ADD COLUMN lane INTEGER NOT NULL DEFAULT 0;
+             CREATE INDEX IF NOT EXISTS records_urgent ON records (seq) WHERE lane = 1;
+             COMMIT;",
+        )?;
+    }
+    Ok(())
 }
 
 fn migrate_to_v2(conn: &Connection) -> Result<(), QueueError> {

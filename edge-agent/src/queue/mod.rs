@@ -43,8 +43,8 @@ use tokio_util::sync::CancellationToken;
 pub use dead::{DeadLetter, DeadLetterStats};
 pub use state::{DeliveryId, SavedState, StateChange};
 pub use store::{
-    AppendReport, Batch, DeadLettered, QueueError, QueueStats, Store, StoreSettings, StoredRecord,
-    UnitOutcome, UnitRef,
+    AppendReport, Batch, DeadLettered, Prefer, QueueError, QueueStats, Store, StoreSettings,
+    StoredRecord, UnitOutcome, UnitRef,
 };
 
 use self::drain::DrainRate;
@@ -149,8 +149,10 @@ enum Command {
     TakeBatch {
         limit: usize,
         allow_partial: bool,
+        prefer: Prefer,
         reply: oneshot::Sender<Result<Option<Batch>, QueueError>>,
     },
+    MarkBacklog,
     Ack {
         batch: Batch,
         reply: oneshot::Sender<Result<u64, QueueError>>,
@@ -341,18 +343,28 @@ impl Queue {
         Ok(SubmitPermit(permit))
     }
 
-    /// The batch to send next (see [`Store::take_batch`]).
+    /// The batch to send next (see [`Store::take_batch_preferring`]).
     pub async fn take_batch(
         &self,
         limit: usize,
         allow_partial: bool,
+        prefer: Prefer,
     ) -> Result<Option<Batch>, QueueError> {
         self.request(|reply| Command::TakeBatch {
             limit,
             allow_partial,
+            prefer,
             reply,
         })
         .await
+    }
+
+    /// Marks what is queued as the backlog (see [`Store::mark_backlog`]).
+    pub async fn mark_backlog(&self) -> Result<(), QueueError> {
+        self.commands
+            .send(Command::MarkBacklog)
+            .await
+            .map_err(|_| QueueError::Stopped)
     }
 
     /// Deletes a batch the sink accepted; returns how many records were deleted.
@@ -546,11 +558,13 @@ impl Writer {
             Command::TakeBatch {
                 limit,
                 allow_partial,
+                prefer,
                 reply,
             } => {
                 // Taking a batch records its range on disk; on a full disk it needs the
                 // reserve like a delete does, or the queue could never drain.
-                let result = self.with_space(|store| store.take_batch(limit, allow_partial));
+                let result = self
+                    .with_space(|store| store.take_batch_preferring(limit, allow_partial, prefer));
                 let unreadable = self.store.take_unreadable();
                 if unreadable > 0 {
                     self.metrics.dropped("unreadable", unreadable);
@@ -576,6 +590,7 @@ impl Writer {
                 let _ = reply.send(result);
                 self.after_space_freed();
             }
+            Command::MarkBacklog => self.store.mark_backlog(),
             Command::LoadState { fingerprint, reply } => {
                 let _ = reply.send(self.store.load_state(fingerprint));
             }

@@ -20,7 +20,7 @@ use super::file::{
 use super::seal::{Keyring, Kind, SealError};
 use super::seq::SeqCeiling;
 use super::state::{self, DeliveryId, SavedState, StateChange};
-use crate::record::{Record, UpstreamRecord};
+use crate::record::{Lane, Record, UpstreamRecord};
 
 /// File name of the queue database inside the data directory.
 pub const DB_FILE: &str = "queue.db";
@@ -143,15 +143,30 @@ pub struct StoredRecord {
     pub body: Vec<u8>,
 }
 
-/// A run of the oldest records, sent upstream as one request.
+/// A run of records of one lane, sent upstream as one request.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Batch {
+    /// The lane its records wait in.
+    pub lane: Lane,
     /// First `seq` of the batch's range.
     pub first_seq: u64,
     /// Last `seq` of the batch's range.
     pub last_seq: u64,
-    /// The records still in the queue within the range, in `seq` order.
+    /// The records of the lane still in the queue within the range, in `seq` order.
     pub records: Vec<StoredRecord>,
+    /// Routine records queued before the backlog mark (see [`Store::mark_backlog`]).
+    pub backlog: bool,
+}
+
+/// Which routine records [`Store::take_batch`] takes first when both the backlog
+/// (records queued before the last [`Store::mark_backlog`]) and live records wait.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Prefer {
+    /// The backlog, oldest first: records go in `seq` order.
+    Backlog,
+    /// Live records, oldest first among them; the backlog goes when no live batch is
+    /// ready.
+    Live,
 }
 
 impl Batch {
@@ -210,6 +225,8 @@ pub struct Store {
     state_clock: i64,
     /// Records dropped as unreadable, not yet reported.
     unreadable: u64,
+    /// Routine records below this `seq` are the backlog.
+    live_from: u64,
 }
 
 /// One unit for [`Store::append_units`].
@@ -291,6 +308,8 @@ impl Store {
                 data_version,
                 state_clock,
                 unreadable: 0,
+                // Whatever waits at start waited through the restart.
+                live_from: next_seq,
             },
             moved_aside,
             checked,
@@ -423,7 +442,7 @@ impl Store {
         let tx = self.conn.transaction()?;
         {
             let mut insert = tx.prepare_cached(
-                "INSERT INTO records (seq, enqueued_ms, size, body) VALUES (?1, ?2, ?3, ?4)",
+                "INSERT INTO records (seq, enqueued_ms, size, body, lane) VALUES (?1, ?2, ?3, ?4, ?5)",
             )?;
             for unit in units {
                 let mut bodies = Vec::with_capacity(unit.records.len());
@@ -437,10 +456,10 @@ impl Store {
                     );
                     let json = serde_json::to_vec(&up)?;
                     let body = self.settings.keys.seal(Kind::Record, &json)?.into_owned();
-                    bodies.push((seq, body));
+                    bodies.push((seq, body, record.lane()));
                     seq += 1;
                 }
-                let size: u64 = bodies.iter().map(|(_, b)| b.len() as u64).sum();
+                let size: u64 = bodies.iter().map(|(_, b, _)| b.len() as u64).sum();
                 let n = bodies.len() as u64;
                 if bytes + size > max {
                     match self.settings.when_full {
@@ -469,8 +488,14 @@ impl Store {
                         }
                     }
                 }
-                for (seq, body) in &bodies {
-                    insert.execute(params![*seq as i64, now_ms, body.len() as i64, body])?;
+                for (seq, body, lane) in &bodies {
+                    insert.execute(params![
+                        *seq as i64,
+                        now_ms,
+                        body.len() as i64,
+                        body,
+                        *lane as i64
+                    ])?;
                 }
                 next_seq = seq;
                 records += n;
@@ -498,62 +523,197 @@ impl Store {
         Ok(report)
     }
 
-    /// The batch to send next: the batch already being sent (its range is kept across
-    /// restarts so every retry carries the same records and key), else the oldest `limit`
-    /// records if there are that many, or fewer when `allow_partial`. The returned batch
-    /// is remembered as the one being sent until [`Store::ack`] or [`Store::dead_letter`].
+    /// The batch to send next, oldest first: see [`Store::take_batch_preferring`].
     pub fn take_batch(
         &mut self,
         limit: usize,
         allow_partial: bool,
     ) -> Result<Option<Batch>, QueueError> {
+        self.take_batch_preferring(limit, allow_partial, Prefer::Backlog)
+    }
+
+    /// The batch to send next:
+    /// 1. the urgent batch already being sent (each lane's range is kept across restarts
+    ///    so every retry carries the same records and key);
+    /// 2. else the oldest urgent records, however few;
+    /// 3. else the routine batch already being sent;
+    /// 4. else routine records, the part `prefer` names first: the oldest (however few
+    ///    while they start in the backlog, which nothing joins; else `limit` of them, or
+    ///    fewer when `allow_partial`), or the oldest live ones (likewise `limit`, or fewer
+    ///    when `allow_partial`).
+    ///
+    /// The returned batch is remembered as the one being sent until [`Store::ack`] or
+    /// [`Store::dead_letter`].
+    pub fn take_batch_preferring(
+        &mut self,
+        limit: usize,
+        allow_partial: bool,
+        prefer: Prefer,
+    ) -> Result<Option<Batch>, QueueError> {
         self.refresh()?;
-        if let Some((first, last)) = self.pinned()? {
-            let records = self.read_range(first, last, i64::MAX)?;
-            if !records.is_empty() {
-                return Ok(Some(Batch {
-                    first_seq: first,
-                    last_seq: last,
-                    records,
-                }));
-            }
-            self.unpin()?;
+        if let Some(batch) = self.pinned_batch(Lane::Urgent)? {
+            return Ok(Some(batch));
         }
-        if self.records == 0 || (!allow_partial && (self.records as usize) < limit) {
+        let limit = limit.max(1);
+        if self.records > 0 {
+            let urgent = self.read_range(Lane::Urgent, 0, u64::MAX, limit as i64)?;
+            if !urgent.is_empty() {
+                return self.pin(Lane::Urgent, urgent, false);
+            }
+        }
+        if let Some(batch) = self.pinned_batch(Lane::Routine)? {
+            return Ok(Some(batch));
+        }
+        if self.records == 0 {
             return Ok(None);
         }
-        let records = self.read_range(0, u64::MAX, limit.max(1) as i64)?;
+        let order = match prefer {
+            Prefer::Backlog => [Prefer::Backlog, Prefer::Live],
+            Prefer::Live => [Prefer::Live, Prefer::Backlog],
+        };
+        let mut records = Vec::new();
+        for part in order {
+            records = match part {
+                Prefer::Backlog => self.oldest_routine(limit, allow_partial)?,
+                Prefer::Live => self.live_routine(limit, allow_partial)?,
+            };
+            if !records.is_empty() {
+                break;
+            }
+        }
+        let backlog = records.first().is_some_and(|r| r.seq < self.live_from);
+        self.pin(Lane::Routine, records, backlog)
+    }
+
+    /// The oldest routine records: however few while they start in the backlog (nothing
+    /// joins it), else `limit` of them, or fewer when `allow_partial`.
+    fn oldest_routine(
+        &mut self,
+        limit: usize,
+        allow_partial: bool,
+    ) -> Result<Vec<StoredRecord>, QueueError> {
+        let backlog = self.live_from > 1 && self.has_backlog()?;
+        if !allow_partial && !backlog && (self.records as usize) < limit {
+            // No full batch can be there (the common case while records trickle in).
+            return Ok(Vec::new());
+        }
+        let records = self.read_range(Lane::Routine, 0, u64::MAX, limit as i64)?;
+        Ok(if backlog || allow_partial || records.len() >= limit {
+            records
+        } else {
+            Vec::new()
+        })
+    }
+
+    /// The oldest live routine records: `limit` of them, or fewer when `allow_partial`.
+    fn live_routine(
+        &mut self,
+        limit: usize,
+        allow_partial: bool,
+    ) -> Result<Vec<StoredRecord>, QueueError> {
+        if !allow_partial && (self.records as usize) < limit {
+            return Ok(Vec::new());
+        }
+        let records = self.read_range(Lane::Routine, self.live_from, u64::MAX, limit as i64)?;
+        Ok(if allow_partial || records.len() >= limit {
+            records
+        } else {
+            Vec::new()
+        })
+    }
+
+    /// Whether routine records older than the backlog mark wait.
+    fn has_backlog(&self) -> Result<bool, QueueError> {
+        Ok(self.conn.query_row(
+            "SELECT EXISTS (SELECT 1 FROM records WHERE seq < ?1 AND lane = 0)",
+            [self.live_from as i64],
+            |r| r.get(0),
+        )?)
+    }
+
+    /// Marks every routine record queued so far as the backlog: from now on records
+    /// queued later are live (see [`Prefer`]). The sink marks it when the upstream fails,
+    /// so what arrives after the link returns can go ahead of what waited through the
+    /// outage.
+    pub fn mark_backlog(&mut self) {
+        self.live_from = self.next_seq;
+    }
+
+    /// The batch of `lane` being sent, if any of its records are still queued (else it is
+    /// forgotten).
+    fn pinned_batch(&mut self, lane: Lane) -> Result<Option<Batch>, QueueError> {
+        let Some((first, last)) = self.pinned(lane)? else {
+            return Ok(None);
+        };
+        let records = self.read_range(lane, first, last, i64::MAX)?;
+        if records.is_empty() {
+            self.unpin(lane)?;
+            return Ok(None);
+        }
+        Ok(Some(Batch {
+            lane,
+            first_seq: first,
+            last_seq: last,
+            records,
+            backlog: lane == Lane::Routine && first < self.live_from,
+        }))
+    }
+
+    /// Remembers `records` as the batch of `lane` being sent.
+    fn pin(
+        &mut self,
+        lane: Lane,
+        records: Vec<StoredRecord>,
+        backlog: bool,
+    ) -> Result<Option<Batch>, QueueError> {
         let (Some(first), Some(last)) = (records.first(), records.last()) else {
             return Ok(None);
         };
         let batch = Batch {
+            lane,
             first_seq: first.seq,
             last_seq: last.seq,
             records,
+            backlog,
         };
+        let (first_key, last_key) = pin_keys(lane);
         self.conn.execute(
-            "INSERT INTO meta (key, value) VALUES ('batch_first', ?1), ('batch_last', ?2)
+            "INSERT INTO meta (key, value) VALUES (?1, ?2), (?3, ?4)
              ON CONFLICT (key) DO UPDATE SET value = excluded.value",
-            params![batch.first_seq as i64, batch.last_seq as i64],
+            params![
+                first_key,
+                batch.first_seq as i64,
+                last_key,
+                batch.last_seq as i64
+            ],
         )?;
         Ok(Some(batch))
     }
 
     /// Deletes a batch the sink accepted; returns how many records were deleted.
     pub fn ack(&mut self, batch: &Batch) -> Result<u64, QueueError> {
-        self.delete_records(batch.first_seq, batch.last_seq, true)
+        self.delete_records(
+            Some(batch.lane),
+            batch.first_seq,
+            batch.last_seq,
+            Some(batch.lane),
+        )
     }
 
-    /// Deletes the records of `first..=last` in one transaction with the counters (and
-    /// the range of the batch being sent, when `unpin`); returns how many were deleted.
-    fn delete_records(&mut self, first: u64, last: u64, unpin: bool) -> Result<u64, QueueError> {
+    /// Deletes the records of `first..=last` (of `lane`, or all) in one transaction with
+    /// the counters (and the range of the batch of `unpin` being sent); returns how many
+    /// were deleted.
+    fn delete_records(
+        &mut self,
+        lane: Option<Lane>,
+        first: u64,
+        last: u64,
+        unpin: Option<Lane>,
+    ) -> Result<u64, QueueError> {
         let tx = self.conn.transaction()?;
-        let (n, b) = delete_range(&tx, first, last)?;
-        if unpin {
-            tx.execute(
-                "DELETE FROM meta WHERE key IN ('batch_first', 'batch_last')",
-                [],
-            )?;
+        let (n, b) = delete_range(&tx, lane, first, last)?;
+        if let Some(lane) = unpin {
+            unpin_in(&tx, lane)?;
         }
         save_counts(
             &tx,
@@ -576,7 +736,7 @@ impl Store {
         now_ms: i64,
     ) -> Result<DeadLettered, QueueError> {
         let tx = self.conn.transaction()?;
-        let (n, b) = delete_range(&tx, batch.first_seq, batch.last_seq)?;
+        let (n, b) = delete_range(&tx, Some(batch.lane), batch.first_seq, batch.last_seq)?;
         let cap = self.settings.max_dead_letter_bytes;
         let rejection = dead::Rejection {
             status,
@@ -585,10 +745,7 @@ impl Store {
         };
         let Inserted { overflow, .. } =
             dead::insert(&tx, batch, n, &rejection, cap, &self.settings.keys)?;
-        tx.execute(
-            "DELETE FROM meta WHERE key IN ('batch_first', 'batch_last')",
-            [],
-        )?;
+        unpin_in(&tx, batch.lane)?;
         let held = dead::stats(&tx)?;
         save_counts(
             &tx,
@@ -657,40 +814,51 @@ impl Store {
         dead::list(&self.conn)
     }
 
-    fn pinned(&self) -> Result<Option<(u64, u64)>, QueueError> {
+    fn pinned(&self, lane: Lane) -> Result<Option<(u64, u64)>, QueueError> {
         let get = |key: &str| -> Result<Option<i64>, QueueError> {
             Ok(self
                 .conn
                 .query_row("SELECT value FROM meta WHERE key = ?1", [key], |r| r.get(0))
                 .optional()?)
         };
-        Ok(match (get("batch_first")?, get("batch_last")?) {
+        let (first, last) = pin_keys(lane);
+        Ok(match (get(first)?, get(last)?) {
             (Some(f), Some(l)) if f <= l => Some((f as u64, l as u64)),
             _ => None,
         })
     }
 
-    fn unpin(&self) -> Result<(), QueueError> {
-        self.conn.execute(
-            "DELETE FROM meta WHERE key IN ('batch_first', 'batch_last')",
-            [],
-        )?;
-        Ok(())
+    #[cfg(test)]
+    pub(super) fn unpin_for_test(&self, lane: Lane) {
+        self.unpin(lane).unwrap();
     }
 
-    /// The records of `first..=last` (at most `limit`), opened. A record that fails
-    /// authentication (changed on disk) cannot be sent: it is deleted and counted (see
-    /// [`Store::take_unreadable`]) instead of wedging the queue.
+    fn unpin(&self, lane: Lane) -> Result<(), QueueError> {
+        unpin_in(&self.conn, lane)
+    }
+
+    /// The records of `lane` in `first..=last` (at most `limit`), opened. A record that
+    /// fails authentication (changed on disk) cannot be sent: it is deleted and counted
+    /// (see [`Store::take_unreadable`]) instead of wedging the queue.
     fn read_range(
         &mut self,
+        lane: Lane,
         first: u64,
         last: u64,
         limit: i64,
     ) -> Result<Vec<StoredRecord>, QueueError> {
         let rows: Vec<(u64, Vec<u8>)> = {
-            let mut stmt = self.conn.prepare_cached(
-                "SELECT seq, body FROM records WHERE seq BETWEEN ?1 AND ?2 ORDER BY seq LIMIT ?3",
-            )?;
+            // `lane = 1` in these words lets SQLite use the partial index of urgent
+            // records; routine ones are read along the table itself.
+            let sql = match lane {
+                Lane::Urgent => {
+                    "SELECT seq, body FROM records WHERE lane = 1 AND seq BETWEEN ?1 AND ?2 ORDER BY seq LIMIT ?3"
+                }
+                Lane::Routine => {
+                    "SELECT seq, body FROM records WHERE seq BETWEEN ?1 AND ?2 AND lane = 0 ORDER BY seq LIMIT ?3"
+                }
+            };
+            let mut stmt = self.conn.prepare_cached(sql)?;
             let rows = stmt.query_map(
                 params![first as i64, last.min(i64::MAX as u64) as i64, limit],
                 |r| Ok((r.get::<_, i64>(0)? as u64, r.get::<_, Vec<u8>>(1)?)),
@@ -704,7 +872,7 @@ impl Store {
                 Ok(std::borrow::Cow::Borrowed(_)) => None,
                 Err(e @ (SealError::Tampered { .. } | SealError::Malformed)) => {
                     tracing::error!(seq, error = %e, "dropping a queued record that cannot be read");
-                    self.unreadable += self.delete_records(seq, seq, false)?;
+                    self.unreadable += self.delete_records(None, seq, seq, None)?;
                     continue;
                 }
                 Err(e) => return Err(e.into()),
@@ -764,16 +932,44 @@ fn evict_oldest(conn: &Connection, need: u64) -> Result<(u64, u64), QueueError> 
     Ok((deleted, freed))
 }
 
-/// Deletes the records of a range; returns (records, bytes) deleted.
-fn delete_range(conn: &Connection, first: u64, last: u64) -> Result<(u64, u64), QueueError> {
+/// The `meta` keys of the range of the batch of a lane being sent. Each lane has its
+/// own, so urgent records can go while a routine batch waits to be sent again unchanged
+/// (the routine keys are those of files from before lanes).
+fn pin_keys(lane: Lane) -> (&'static str, &'static str) {
+    match lane {
+        Lane::Routine => ("batch_first", "batch_last"),
+        Lane::Urgent => ("urgent_first", "urgent_last"),
+    }
+}
+
+/// Forgets the batch of `lane` being sent.
+fn unpin_in(conn: &Connection, lane: Lane) -> Result<(), QueueError> {
+    let (first, last) = pin_keys(lane);
+    conn.execute(
+        "DELETE FROM meta WHERE key IN (?1, ?2)",
+        params![first, last],
+    )?;
+    Ok(())
+}
+
+/// Deletes the records of a range (of `lane`, or all); returns (records, bytes) deleted.
+fn delete_range(
+    conn: &Connection,
+    lane: Option<Lane>,
+    first: u64,
+    last: u64,
+) -> Result<(u64, u64), QueueError> {
+    // -1 matches every lane.
+    let lane = lane.map_or(-1, |l| l as i64);
     let (n, b): (i64, i64) = conn.query_row(
-        "SELECT count(*), coalesce(sum(size), 0) FROM records WHERE seq BETWEEN ?1 AND ?2",
-        params![first as i64, last as i64],
+        "SELECT count(*), coalesce(sum(size), 0) FROM records
+         WHERE seq BETWEEN ?1 AND ?2 AND (?3 = -1 OR lane = ?3)",
+        params![first as i64, last as i64, lane],
         |r| Ok((r.get(0)?, r.get(1)?)),
     )?;
     conn.execute(
-        "DELETE FROM records WHERE seq BETWEEN ?1 AND ?2",
-        params![first as i64, last as i64],
+        "DELETE FROM records WHERE seq BETWEEN ?1 AND ?2 AND (?3 = -1 OR lane = ?3)",
+        params![first as i64, last as i64, lane],
     )?;
     Ok((n.max(0) as u64, b.max(0) as u64))
 }

@@ -15,7 +15,7 @@ use super::seal::{Keyring, SealError};
 use super::seq::{HWM_FILE, SEQ_BLOCK};
 use super::store::DB_FILE;
 use super::*;
-use crate::record::{Reading, Record, UpstreamRecord};
+use crate::record::{Lane, Reading, Record, UpstreamRecord};
 
 fn settings(max_bytes: u64, when_full: WhenFull, durability: Durability) -> StoreSettings {
     StoreSettings {
@@ -277,7 +277,15 @@ fn a_partial_batch_keeps_its_range_until_acknowledged_even_across_restarts() {
     drop(s);
     let mut s = open(dir.path(), st);
     let after_restart = s.take_batch(5, false).unwrap().unwrap();
-    assert_eq!(after_restart, first);
+    assert_eq!(
+        Batch {
+            backlog: false,
+            ..after_restart.clone()
+        },
+        first,
+        "the same batch, now part of the backlog"
+    );
+    assert!(after_restart.backlog);
     s.ack(&after_restart).unwrap();
     let next = s.take_batch(5, true).unwrap().unwrap();
     assert_eq!(seqs(&next), vec![3, 4]);
@@ -628,7 +636,11 @@ async fn completions_resolve_after_commit_in_submission_order() {
         100
     );
     assert_eq!(metrics.ingest_to_durable.get_sample_count(), 200);
-    let batch = queue.take_batch(1000, true).await.unwrap().unwrap();
+    let batch = queue
+        .take_batch(1000, true, Prefer::Backlog)
+        .await
+        .unwrap()
+        .unwrap();
     assert_eq!(batch.records.len(), 100);
     assert_eq!(metrics.queue_records.get(), 100);
     queue.ack(batch).await.unwrap();
@@ -665,7 +677,11 @@ async fn under_block_a_message_is_acknowledged_only_once_space_frees() {
     assert_eq!(a.await.unwrap(), Committed::Stored);
     assert_eq!(b.await.unwrap(), Committed::Stored);
     // A round trip through the writer proves it has seen `c` and kept it pending.
-    let batch = queue.take_batch(1, false).await.unwrap().unwrap();
+    let batch = queue
+        .take_batch(1, false, Prefer::Backlog)
+        .await
+        .unwrap()
+        .unwrap();
     assert!(
         c.try_recv().is_err(),
         "acknowledged while the queue is full"
@@ -681,7 +697,7 @@ async fn under_block_a_message_is_acknowledged_only_once_space_frees() {
     );
     done.shutdown().await;
     assert!(matches!(
-        queue.take_batch(1, true).await,
+        queue.take_batch(1, true, Prefer::Backlog).await,
         Err(QueueError::Stopped)
     ));
 }
@@ -1144,6 +1160,7 @@ fn rotation_keeps_the_backlog_readable_and_retires_the_old_key() {
         first_seq: 1,
         last_seq: 1,
         records: batch.records[..1].to_vec(),
+        ..batch.clone()
     };
     s.ack(&first).unwrap();
     drop(s);
@@ -1213,6 +1230,7 @@ fn switching_encryption_on_keeps_the_plain_backlog_and_tampering_is_caught() {
         first_seq: 1,
         last_seq: 1,
         records: batch.records[..1].to_vec(),
+        ..batch.clone()
     })
     .unwrap();
     // The changed record is dropped and counted; the queue goes on.
@@ -1254,4 +1272,173 @@ fn switching_encryption_off_discards_sealed_state_and_keeps_going() {
     // The key is retired: nothing refers to it any more.
     let conn = dead::open(dir.path(), false).unwrap().unwrap();
     assert!(Keyring::default().check(&conn).unwrap().is_empty());
+}
+
+fn urgent(device: &str, value: f64) -> Record {
+    Record {
+        urgent: true,
+        ..record(device, value)
+    }
+}
+
+#[test]
+fn urgent_records_go_first_and_a_routine_range_around_them_leaves_them_alone() {
+    let dir = tempfile::tempdir().unwrap();
+    let st = settings(1 << 20, WhenFull::DropOldest, Durability::Fsync);
+    let mut s = open(dir.path(), st.clone());
+    let routine: Vec<Record> = (0..5).map(|i| record("t1", f64::from(i))).collect();
+    s.append(&[&routine, &[urgent("t2", 100.0)], &[record("t1", 5.0)]], 1)
+        .unwrap();
+
+    let first = s.take_batch(10, false).unwrap().unwrap();
+    assert_eq!((first.lane, seqs(&first)), (Lane::Urgent, vec![6]));
+    // Taken but not acknowledged: a restart sends the same urgent batch again.
+    drop(s);
+    let mut s = open(dir.path(), st);
+    let again = s.take_batch(10, false).unwrap().unwrap();
+    assert_eq!(again, first);
+    assert_eq!(s.ack(&again).unwrap(), 1);
+
+    let rest = s.take_batch(10, true).unwrap().unwrap();
+    assert_eq!(rest.lane, Lane::Routine);
+    assert_eq!(seqs(&rest), vec![1, 2, 3, 4, 5, 7]);
+    assert_eq!((rest.first_seq, rest.last_seq), (1, 7));
+    assert_eq!(s.ack(&rest).unwrap(), 6);
+    assert_eq!(s.stats().unwrap(), QueueStats::default());
+
+    // A routine range acknowledged while an urgent record inside it waits keeps it.
+    s.append(
+        &[&[record("t1", 1.0), urgent("t2", 1.0), record("t1", 2.0)]],
+        2,
+    )
+    .unwrap();
+    let urgent_batch = s.take_batch(10, true).unwrap().unwrap();
+    let routine_range = Batch {
+        lane: Lane::Routine,
+        first_seq: 8,
+        last_seq: 10,
+        records: Vec::new(),
+        backlog: false,
+    };
+    s.unpin_for_test(Lane::Routine);
+    assert_eq!(s.ack(&routine_range).unwrap(), 2);
+    assert_eq!(s.stats().unwrap().records, 1);
+    assert_eq!(
+        s.take_batch(10, true).unwrap().unwrap().records,
+        urgent_batch.records
+    );
+    s.ack(&urgent_batch).unwrap();
+
+    // A routine batch waiting to be sent again (unchanged, under its key) lets an urgent
+    // record pass, then comes back as it was.
+    s.append(&[&[record("t1", 1.0), record("t1", 2.0)]], 3)
+        .unwrap();
+    let waiting = s.take_batch(10, true).unwrap().unwrap();
+    s.append(&[&[urgent("t2", 1.0), record("t1", 3.0)]], 4)
+        .unwrap();
+    let passing = s.take_batch(10, true).unwrap().unwrap();
+    assert_eq!((passing.lane, seqs(&passing)), (Lane::Urgent, vec![13]));
+    s.ack(&passing).unwrap();
+    assert_eq!(s.take_batch(10, true).unwrap().unwrap(), waiting);
+}
+
+#[test]
+fn live_records_go_ahead_of_the_backlog_which_still_drains_oldest_first() {
+    let dir = tempfile::tempdir().unwrap();
+    let st = settings(1 << 20, WhenFull::DropOldest, Durability::Fsync);
+    let mut s = open(dir.path(), st.clone());
+    let outage: Vec<Record> = (0..6).map(|i| record("t1", f64::from(i))).collect();
+    s.append(&[&outage], 1).unwrap();
+    s.mark_backlog();
+    let live: Vec<Record> = (0..3).map(|i| record("t2", f64::from(i))).collect();
+    s.append(&[&live], 2).unwrap();
+
+    let b = s
+        .take_batch_preferring(2, false, Prefer::Live)
+        .unwrap()
+        .unwrap();
+    assert_eq!((seqs(&b), b.backlog), (vec![7, 8], false));
+    s.ack(&b).unwrap();
+    // One live record is not a full batch: the backlog goes, oldest first.
+    let b = s
+        .take_batch_preferring(2, false, Prefer::Live)
+        .unwrap()
+        .unwrap();
+    assert_eq!((seqs(&b), b.backlog), (vec![1, 2], true));
+    s.ack(&b).unwrap();
+    // Its flush interval passed: the partial live batch goes.
+    let b = s
+        .take_batch_preferring(2, true, Prefer::Live)
+        .unwrap()
+        .unwrap();
+    assert_eq!((seqs(&b), b.backlog), (vec![9], false));
+    s.ack(&b).unwrap();
+    // Preferring the backlog takes it even when live ones wait.
+    s.append(&[&[record("t2", 9.0), record("t2", 9.0)]], 3)
+        .unwrap();
+    let b = s
+        .take_batch_preferring(2, false, Prefer::Backlog)
+        .unwrap()
+        .unwrap();
+    assert_eq!((seqs(&b), b.backlog), (vec![3, 4], true));
+    s.ack(&b).unwrap();
+
+    // After a restart everything queued is backlog, and the backlog's tail goes however
+    // short it is.
+    drop(s);
+    let mut s = open(dir.path(), st);
+    s.append(&[&[record("t3", 1.0)]], 4).unwrap();
+    let b = s
+        .take_batch_preferring(3, false, Prefer::Live)
+        .unwrap()
+        .unwrap();
+    assert_eq!((seqs(&b), b.backlog), (vec![5, 6, 10], true));
+    s.ack(&b).unwrap();
+    let b = s
+        .take_batch_preferring(3, false, Prefer::Backlog)
+        .unwrap()
+        .unwrap();
+    assert_eq!((seqs(&b), b.backlog), (vec![11, 12], true));
+    s.ack(&b).unwrap();
+    assert!(
+        s.take_batch_preferring(3, false, Prefer::Live)
+            .unwrap()
+            .is_none()
+    );
+    s.append(&[&[record("t3", 1.0)]], 5).unwrap();
+    assert!(
+        s.take_batch_preferring(3, false, Prefer::Live)
+            .unwrap()
+            .is_none(),
+        "a live record waits for a full batch or the flush interval"
+    );
+}
+
+#[test]
+fn a_file_from_before_lanes_opens_and_its_pinned_batch_is_routine() {
+    let dir = tempfile::tempdir().unwrap();
+    let st = settings(1 << 20, WhenFull::DropOldest, Durability::Fsync);
+    let mut s = open(dir.path(), st.clone());
+    s.append(
+        &[&[record("t1", 1.0), record("t1", 2.0), record("t1", 3.0)]],
+        1,
+    )
+    .unwrap();
+    s.close().unwrap();
+    let conn = rusqlite::Connection::open(dir.path().join(DB_FILE)).unwrap();
+    conn.execute_batch(
+        "DROP INDEX records_urgent;
+         ALTER TABLE records DROP COLUMN lane;
+         INSERT INTO meta (key, value) VALUES ('batch_first', 1), ('batch_last', 2);",
+    )
+    .unwrap();
+    drop(conn);
+
+    let mut s = open(dir.path(), st);
+    let b = s.take_batch(10, true).unwrap().unwrap();
+    assert_eq!((b.lane, seqs(&b)), (Lane::Routine, vec![1, 2]));
+    s.ack(&b).unwrap();
+    s.append(&[&[urgent("t2", 1.0)]], 2).unwrap();
+    let b = s.take_batch(10, true).unwrap().unwrap();
+    assert_eq!((b.lane, seqs(&b)), (Lane::Urgent, vec![4]));
 }

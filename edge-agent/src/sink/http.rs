@@ -32,6 +32,7 @@ use crate::config::HttpSettings;
 use crate::credentials::Updates;
 use crate::diagnostics;
 use crate::queue::Batch;
+use crate::record::Lane;
 
 /// Longest `Retry-After` honoured.
 const MAX_RETRY_AFTER: Duration = Duration::from_secs(3600);
@@ -210,9 +211,14 @@ impl HttpSink {
         self.settings.flush_interval
     }
 
-    /// The idempotency key of a batch: stable across retries and restarts.
+    /// The idempotency key of a batch: stable across retries and restarts. Ranges of
+    /// the two lanes may overlap, so an urgent batch's key says its lane.
     pub fn idempotency_key(&self, batch: &Batch) -> String {
-        format!("{}/{}-{}", self.key_prefix, batch.first_seq, batch.last_seq)
+        let (prefix, first, last) = (&self.key_prefix, batch.first_seq, batch.last_seq);
+        match batch.lane {
+            Lane::Routine => format!("{prefix}/{first}-{last}"),
+            Lane::Urgent => format!("{prefix}/urgent/{first}-{last}"),
+        }
     }
 
     /// Sends `batch` once: on success or rejection the batch leaves the queue; on a

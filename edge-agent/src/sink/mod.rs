@@ -1,5 +1,11 @@
-//! Sync: the loop that takes the oldest batch from the queue, sends it upstream and
+//! Sync: the loop that takes the next batch from the queue, sends it upstream and
 //! deletes it only once the upstream accepted it.
+//!
+//! Which batch is next: urgent records (anomalies, classifications, readings that crossed
+//! a threshold) before routine ones; among routine ones, with `sink.backlog.order:
+//! liveFirst`, records queued since the upstream last failed before the backlog that waited
+//! through the outage, which keeps its share of the bytes (see [`Drain`]). Each part goes
+//! oldest first.
 //!
 //! Two sinks: [`http`] (POST a JSON array to an ingest API) and [`mqtt`] (publish it with
 //! QoS 1 to an upstream broker). Both retry the same batch with capped exponential backoff
@@ -9,6 +15,7 @@
 pub mod http;
 pub mod mqtt;
 pub mod schedule;
+pub mod wire;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -19,7 +26,8 @@ use tokio_util::sync::CancellationToken;
 
 use self::schedule::RateSchedule;
 use crate::http::{Health, Loop};
-use crate::queue::{Batch, Queue, QueueError};
+use crate::queue::{Batch, Prefer, Queue, QueueError};
+use crate::record::Lane;
 use crate::telemetry::Metrics;
 
 /// How often a waiting sync loop beats its heartbeat.
@@ -92,6 +100,62 @@ pub struct SyncContext {
     upstream: std::sync::Mutex<UpstreamClock>,
     /// `sink.rateLimit`, when set.
     limit: std::sync::Mutex<Option<Limit>>,
+    /// `sink.backlog`.
+    drain: Drain,
+}
+
+/// `sink.backlog` as the sync loop applies it: which part of the routine records to ask
+/// the queue for first, by what each part was sent.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Drain {
+    live_first: bool,
+    share_percent: u64,
+    live_bytes: u64,
+    backlog_bytes: u64,
+}
+
+impl Drain {
+    /// Live first, the backlog with `share_percent` of the bytes while both wait; or,
+    /// without `live_first`, oldest first.
+    pub fn new(live_first: bool, share_percent: u8) -> Self {
+        Self {
+            live_first,
+            share_percent: u64::from(share_percent.min(100)),
+            live_bytes: 0,
+            backlog_bytes: 0,
+        }
+    }
+
+    /// What to ask for next.
+    pub fn prefer(&self) -> Prefer {
+        let total = self.live_bytes + self.backlog_bytes;
+        if !self.live_first || self.backlog_bytes * 100 < self.share_percent * total {
+            Prefer::Backlog
+        } else {
+            Prefer::Live
+        }
+    }
+
+    /// Counts a delivered batch.
+    pub fn sent(&mut self, lane: Lane, backlog: bool, bytes: u64) {
+        match (lane, backlog) {
+            (Lane::Urgent, _) => {}
+            (Lane::Routine, true) => self.backlog_bytes += bytes,
+            (Lane::Routine, false) => self.live_bytes += bytes,
+        }
+    }
+
+    /// Forgets what was sent (a new backlog begins).
+    pub fn restart(&mut self) {
+        self.live_bytes = 0;
+        self.backlog_bytes = 0;
+    }
+}
+
+impl Default for Drain {
+    fn default() -> Self {
+        Self::new(true, edge_crds::BacklogDrain::DEFAULT_SHARE_PERCENT)
+    }
 }
 
 /// `sink.rateLimit`: the bucket, and the cap it runs at by time of day.
@@ -171,7 +235,18 @@ impl SyncContext {
             stop,
             upstream: std::sync::Mutex::new(UpstreamClock { down_since: None }),
             limit: std::sync::Mutex::new(None),
+            drain: Drain::default(),
         }
+    }
+
+    /// Drains a backlog as `sink.backlog` says.
+    pub fn with_backlog(mut self, spec: &edge_crds::BacklogDrain) -> Self {
+        self.drain = Drain::new(
+            spec.order == edge_crds::BacklogOrder::LiveFirst,
+            spec.share_percent
+                .unwrap_or(edge_crds::BacklogDrain::DEFAULT_SHARE_PERCENT),
+        );
+        self
     }
 
     /// Caps what the sink sends (`sink.rateLimit`): at `schedule`'s cap for the time of
@@ -371,6 +446,7 @@ pub async fn run(mut sink: Sink, ctx: SyncContext) {
     let mut stats = ctx.queue.stats();
     let mut flush_due = Instant::now() + flush;
     let mut attempt = 0u32;
+    let mut drain = ctx.drain.clone();
     loop {
         ctx.health.beat(Loop::Sync);
         if ctx.stop.is_cancelled() {
@@ -379,15 +455,36 @@ pub async fn run(mut sink: Sink, ctx: SyncContext) {
         let allow_partial = Instant::now() >= flush_due;
         // Changes from here on wake the wait below.
         stats.mark_unchanged();
-        match ctx.queue.take_batch(batch_size, allow_partial).await {
-            Ok(Some(batch)) => match sink.deliver(batch, attempt, &ctx).await {
-                Ok(Delivery::Done) => {
-                    attempt = 0;
-                    flush_due = Instant::now() + flush;
+        let prefer = drain.prefer();
+        match ctx
+            .queue
+            .take_batch(batch_size, allow_partial, prefer)
+            .await
+        {
+            Ok(Some(batch)) => {
+                let (lane, backlog) = (batch.lane, batch.backlog);
+                let bytes: u64 = batch.records.iter().map(|r| r.body.len() as u64).sum();
+                match sink.deliver(batch, attempt, &ctx).await {
+                    Ok(Delivery::Done) => {
+                        attempt = 0;
+                        drain.sent(lane, backlog, bytes);
+                        // A partial routine batch restarts the wait for the next one;
+                        // urgent batches do not hold routine ones back.
+                        if lane == Lane::Routine {
+                            flush_due = Instant::now() + flush;
+                        }
+                    }
+                    Ok(Delivery::Retry) => {
+                        attempt = attempt.saturating_add(1);
+                        // What arrives from now on is live once the upstream is back.
+                        drain.restart();
+                        if ctx.queue.mark_backlog().await.is_err() {
+                            return;
+                        }
+                    }
+                    Err(Stopped) => return,
                 }
-                Ok(Delivery::Retry) => attempt = attempt.saturating_add(1),
-                Err(Stopped) => return,
-            },
+            }
             Ok(None) => {
                 let has_records = stats.borrow().records > 0;
                 tokio::select! {
@@ -447,6 +544,33 @@ mod tests {
         // A refund never fills beyond the burst.
         bucket.refund(10_000);
         assert_eq!(bucket.tokens, 500.0);
+    }
+
+    #[test]
+    fn the_backlog_keeps_its_share_of_the_bytes_while_live_batches_are_ready() {
+        let mut d = Drain::new(true, 20);
+        assert_eq!(d.prefer(), Prefer::Live);
+        d.sent(Lane::Routine, false, 800);
+        assert_eq!(d.prefer(), Prefer::Backlog, "0 of 800 bytes is below 20%");
+        d.sent(Lane::Routine, true, 100);
+        assert_eq!(d.prefer(), Prefer::Backlog, "100 of 900");
+        d.sent(Lane::Routine, true, 100);
+        assert_eq!(d.prefer(), Prefer::Live, "200 of 1000");
+        d.sent(Lane::Urgent, false, 10_000);
+        assert_eq!(d.prefer(), Prefer::Live, "urgent batches take no share");
+        d.sent(Lane::Routine, false, 1);
+        d.restart();
+        assert_eq!(
+            d.prefer(),
+            Prefer::Live,
+            "a new backlog starts the shares again"
+        );
+
+        let mut none = Drain::new(true, 0);
+        none.sent(Lane::Routine, false, 1 << 20);
+        assert_eq!(none.prefer(), Prefer::Live);
+        let oldest = Drain::new(false, 20);
+        assert_eq!(oldest.prefer(), Prefer::Backlog);
     }
 
     #[test]

@@ -10,12 +10,14 @@
 //! - [`operator`]: the `edge-operator` binary as the chart runs it, as its ServiceAccount;
 //! - [`cluster`]: a real Kubernetes control plane (etcd, kube-apiserver,
 //!   kube-controller-manager, kube-scheduler) with kwok's simulated nodes, and kubectl;
+//! - [`link`]: a thin network link (a TCP proxy with a bandwidth cap) that can be cut;
 //! - [`pki`]: a private CA and certificates made with openssl;
 //! - [`ports`], [`poll`]: race-free loopback ports and polling with deadlines;
 //! - [`process`]: background processes that never outlive the test.
 
 pub mod agent;
 pub mod cluster;
+pub mod link;
 pub mod mqtt;
 pub mod operator;
 pub mod pki;
@@ -27,6 +29,7 @@ pub mod receiver;
 use std::path::{Path, PathBuf};
 
 pub use agent::{Agent, Memory, http_get, parse_metrics};
+pub use link::Link;
 pub use mqtt::{Mosquitto, Publisher, Received, Subscriber, prepare_session};
 pub use poll::{eventually, poll};
 pub use ports::free_port;

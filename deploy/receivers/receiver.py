@@ -1,0 +1,148 @@
+#!/usr/bin/env python3
+"""Example receiver for the Edgepipe HTTP sink (see ../wire-format.md).
+
+Accepts POSTed batches in wire format v1 or v2, gzipped or not, turns v2 back into v1
+records, drops what it has already seen (a batch by its Idempotency-Key, a record by its
+pipeline, node and seq) and prints each new record as one JSON line on stdout.
+
+    python3 receiver.py [--host 127.0.0.1] [--port 8080]
+
+Python 3 standard library only. An example, not an ingest service: what it has seen is
+kept in memory and forgotten on restart, and requests are handled one at a time.
+"""
+
+import argparse
+import datetime
+import gzip
+import json
+import sys
+from http.server import BaseHTTPRequestHandler, HTTPServer
+
+V2_FORMAT = "edgepipe.v2"
+MAX_BODY = 64 << 20
+EPOCH = datetime.datetime(1970, 1, 1, tzinfo=datetime.timezone.utc)
+
+
+class Rejected(Exception):
+    """A request the agent should not send again as it is."""
+
+    def __init__(self, status, reason):
+        super().__init__(reason)
+        self.status = status
+        self.reason = reason
+
+
+def timestamp(ms):
+    """Unix milliseconds as a v1 timestamp: RFC 3339, UTC, milliseconds."""
+    d = EPOCH + datetime.timedelta(milliseconds=ms)
+    return (f"{d.year:04d}-{d.month:02d}-{d.day:02d}T"
+            f"{d.hour:02d}:{d.minute:02d}:{d.second:02d}.{ms % 1000:03d}Z")
+
+
+def from_v2(doc):
+    """The v1 records of a v2 batch, in seq order."""
+    records = []
+    for g in doc["groups"]:
+        n = len(g["seq"])
+        stats = g.get("stats", {})
+        columns = [g["t"]] + [g[c] for c in ("value", "score", "labels") if c in g]
+        if any(not isinstance(c, list) or len(c) != n for c in columns + list(stats.values())):
+            raise ValueError("a column's length differs from seq's")
+        for i in range(n):
+            r = {"pipeline": doc["pipeline"], "node": doc["node"], "device": g["device"],
+                 "topic": g["topic"], "kind": g["kind"]}
+            if g.get("value", [None] * n)[i] is not None:
+                r["value"] = g["value"][i]
+            r["timestamp"] = timestamp(g["t"][i])
+            r["seq"] = g["seq"][i]
+            if g.get("score", [None] * n)[i] is not None:
+                r["score"] = g["score"][i]
+            s = {name: col[i] for name, col in stats.items() if col[i] is not None}
+            if s:
+                r["stats"] = s
+            if g.get("labels", [None] * n)[i] is not None:
+                r["labels"] = g["labels"][i]
+            records.append(r)
+    records.sort(key=lambda r: r["seq"])
+    return records
+
+
+class Handler(BaseHTTPRequestHandler):
+    seen_batches = set()  # Idempotency-Key values
+    seen_records = set()  # (pipeline, node, seq)
+
+    def do_POST(self):
+        try:
+            records = self.read_batch()
+        except Rejected as e:
+            return self.reply(e.status, e.reason)
+        key = self.headers.get("Idempotency-Key")
+        if key is not None and key in self.seen_batches:
+            return self.reply(200, "duplicate batch")
+        new = 0
+        for r in records:
+            ident = (r["pipeline"], r["node"], r["seq"])
+            if ident not in self.seen_records:
+                self.seen_records.add(ident)
+                print(json.dumps(r, ensure_ascii=False, separators=(",", ":")), flush=True)
+                new += 1
+        if key is not None:
+            self.seen_batches.add(key)
+        self.reply(200, f"{new} new records, {len(records) - new} duplicates")
+
+    def read_batch(self):
+        """The batch's records as v1 objects, or Rejected (400, 413 and 415 make the
+        agent dead-letter the batch instead of retrying it)."""
+        length = self.headers.get("Content-Length")
+        if length is None or not length.isdigit():
+            raise Rejected(411, "Content-Length required")
+        if int(length) > MAX_BODY:
+            raise Rejected(413, "batch too large")
+        body = self.rfile.read(int(length))
+        encoding = self.headers.get("Content-Encoding", "identity").strip().lower()
+        if encoding == "gzip":
+            try:
+                body = gzip.decompress(body)
+            except (OSError, EOFError) as e:
+                raise Rejected(400, f"gzip: {e}")
+        elif encoding != "identity":
+            raise Rejected(415, f"unsupported Content-Encoding {encoding!r}")
+        # The body names its format (an array is v1); the header, when sent, must agree.
+        declared = self.headers.get("Edgepipe-Format")
+        try:
+            doc = json.loads(body)
+            if isinstance(doc, list) and declared in (None, "v1"):
+                records = doc
+            elif isinstance(doc, dict) and declared in (None, "v2"):
+                if doc.get("format") != V2_FORMAT:
+                    raise Rejected(415, f"unknown batch format {doc.get('format')!r}")
+                records = from_v2(doc)
+            else:
+                raise Rejected(415, f"not a batch of format {declared!r}")
+            for r in records:
+                hash((r["pipeline"], r["node"], r["seq"]))
+        except (ValueError, KeyError, IndexError, TypeError, AttributeError, OverflowError) as e:
+            raise Rejected(400, f"malformed batch: {e!r}")
+        return records
+
+    def reply(self, status, text):
+        body = (text + "\n").encode()
+        self.send_response(status)
+        self.send_header("Content-Type", "text/plain; charset=utf-8")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+
+def main():
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--host", default="127.0.0.1")
+    p.add_argument("--port", type=int, default=8080)
+    args = p.parse_args()
+    server = HTTPServer((args.host, args.port), Handler)
+    print(f"listening on {args.host}:{args.port}", file=sys.stderr)
+    server.serve_forever()
+
+
+if __name__ == "__main__":
+    main()
