@@ -110,12 +110,19 @@ pub fn preflight(config: &AgentConfig) -> Vec<String> {
 }
 
 fn build_sink(config: &AgentConfig) -> Result<Sink, RunError> {
+    let format = config.spec.sink.format.unwrap_or_default();
     match &config.sink {
         SinkSettings::Http(http) => sink::http::HttpSink::new(http, &config.pipeline, &config.node)
-            .map(|s| Sink::Http(Box::new(s)))
+            .map(|s| Sink::Http(Box::new(s.with_format(format))))
             .map_err(|e| RunError::Sink(format!("spec.sink.http: {e}"))),
         SinkSettings::Mqtt(mqtt) => sink::mqtt::MqttSink::new(mqtt)
-            .map(|s| Sink::Mqtt(Box::new(s)))
+            .map(|s| {
+                Sink::Mqtt(Box::new(s.with_format(
+                    format,
+                    &config.pipeline,
+                    &config.node,
+                )))
+            })
             .map_err(|e| RunError::Sink(format!("spec.sink.mqtt: {e}"))),
     }
 }

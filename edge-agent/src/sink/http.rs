@@ -27,6 +27,7 @@ use reqwest::header::{
 };
 use tokio::time::Instant;
 
+use super::wire::{FORMAT_HEADER, WireFormat, Writer};
 use super::{Delivery, Stopped, SyncContext, backoff};
 use crate::config::HttpSettings;
 use crate::credentials::Updates;
@@ -55,6 +56,7 @@ pub struct HttpSink {
     client: HttpClient,
     settings: HttpSettings,
     key_prefix: String,
+    writer: Writer,
     updates: Updates<HttpClient>,
 }
 
@@ -193,8 +195,19 @@ impl HttpSink {
             client: HttpClient::new(settings)?,
             settings: settings.clone(),
             key_prefix: format!("{pipeline}/{node}"),
+            writer: Writer {
+                format: WireFormat::V1,
+                pipeline: pipeline.to_string(),
+                node: node.to_string(),
+            },
             updates: Updates::none(),
         })
+    }
+
+    /// Writes batches in `format` (`sink.format`).
+    pub fn with_format(mut self, format: WireFormat) -> Self {
+        self.writer.format = format;
+        self
     }
 
     /// Takes new clients (new credentials) from `updates` from now on.
@@ -234,7 +247,7 @@ impl HttpSink {
             self.client = client;
         }
         let key = self.idempotency_key(&batch);
-        let body = self.encode(&batch);
+        let (format, body) = self.encode(&batch);
         ctx.throttle(body.len()).await?;
         let started = Instant::now();
         let mut request = self
@@ -247,6 +260,9 @@ impl HttpSink {
             .body(body.clone());
         if self.settings.gzip {
             request = request.header(CONTENT_ENCODING, "gzip");
+        }
+        if format == WireFormat::V2 {
+            request = request.header(FORMAT_HEADER, format.as_str());
         }
         let response = tokio::select! {
             _ = ctx.stop.cancelled() => return Err(Stopped),
@@ -356,20 +372,22 @@ impl HttpSink {
         }
     }
 
-    fn encode(&self, batch: &Batch) -> Vec<u8> {
-        let json = batch.json_array();
+    /// The request body of `batch` (gzip when configured) and its format.
+    fn encode(&self, batch: &Batch) -> (WireFormat, Vec<u8>) {
+        let (format, json) = self.writer.body(batch);
         if !self.settings.gzip {
-            return json;
+            return (format, json);
         }
         let mut gz = GzEncoder::new(Vec::with_capacity(json.len() / 4), Compression::default());
         // Writing into a Vec cannot fail.
-        match gz.write_all(&json).and_then(|()| gz.finish()) {
+        let body = match gz.write_all(&json).and_then(|()| gz.finish()) {
             Ok(body) => body,
             Err(e) => {
                 tracing::error!(error = %e, "gzip");
                 json
             }
-        }
+        };
+        (format, body)
     }
 }
 

@@ -1,4 +1,4 @@
-//! The MQTT sink: publishes each batch as one JSON array to a topic of an upstream broker
+//! The MQTT sink: publishes each batch (a JSON array, or a v2 object with `sink.format: v2`) to a topic of an upstream broker
 //! and deletes it from the queue only after the broker's PUBACK (QoS 1).
 //!
 //! The connection is driven only while a batch is in flight. On any error the client is
@@ -11,6 +11,7 @@ use std::time::Duration;
 use rumqttc::{AsyncClient, Event, EventLoop, Incoming, MqttOptions, Outgoing, QoS};
 use tokio::time::Instant;
 
+use super::wire::{WireFormat, Writer};
 use super::{Delivery, Stopped, SyncContext, backoff};
 use crate::config::MqttSinkSettings;
 use crate::credentials::Updates;
@@ -32,6 +33,7 @@ pub struct MqttSink {
     settings: MqttSinkSettings,
     options: MqttOptions,
     conn: Option<Connection>,
+    writer: Writer,
     updates: Updates<MqttOptions>,
 }
 
@@ -48,8 +50,19 @@ impl MqttSink {
             settings: settings.clone(),
             options: Self::options(settings)?,
             conn: None,
+            writer: Writer::default(),
             updates: Updates::none(),
         })
+    }
+
+    /// Writes batches in `format` (`sink.format`); v2 names `pipeline` and `node` once.
+    pub fn with_format(mut self, format: WireFormat, pipeline: &str, node: &str) -> Self {
+        self.writer = Writer {
+            format,
+            pipeline: pipeline.to_string(),
+            node: node.to_string(),
+        };
+        self
     }
 
     /// The connection options of `settings` (credentials and TLS included).
@@ -96,7 +109,7 @@ impl MqttSink {
             self.options = options;
             self.conn = None;
         }
-        let payload = batch.json_array();
+        let (_, payload) = self.writer.body(&batch);
         ctx.throttle(payload.len()).await?;
         let qos = if self.settings.qos == 0 {
             QoS::AtMostOnce

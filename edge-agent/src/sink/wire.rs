@@ -24,27 +24,8 @@ pub const V2_FORMAT: &str = "edgepipe.v2";
 /// The HTTP header that names the format of a v2 body (`Edgepipe-Format: v2`).
 pub const FORMAT_HEADER: &str = "Edgepipe-Format";
 
-/// How a batch is encoded (`v1` or `v2` in YAML).
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
-pub enum WireFormat {
-    /// A JSON array of records.
-    #[default]
-    #[serde(rename = "v1")]
-    V1,
-    /// One columnar object per batch (`edgepipe.v2`).
-    #[serde(rename = "v2")]
-    V2,
-}
-
-impl WireFormat {
-    /// `v1` or `v2`, as in YAML and in the [`FORMAT_HEADER`] header.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Self::V1 => "v1",
-            Self::V2 => "v2",
-        }
-    }
-}
+/// How a batch is encoded (`sink.format`: `v1` or `v2`).
+pub use edge_crds::WireFormat;
 
 /// Why a batch could not be encoded or decoded.
 #[derive(Debug, thiserror::Error)]
@@ -82,6 +63,32 @@ pub enum WireError {
         len: usize,
         expected: usize,
     },
+}
+
+/// The format a sink writes and the identity v2 states once per batch.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Writer {
+    /// `sink.format`.
+    pub format: WireFormat,
+    /// `namespace/name`.
+    pub pipeline: String,
+    /// Node name.
+    pub node: String,
+}
+
+impl Writer {
+    /// The body of `batch` and the format it is in. A batch v2 cannot hold (a record that
+    /// is not an upstream record of this pipeline and node) goes as v1, logged: every
+    /// retry would fail the same way, and every receiver of v2 reads v1 too.
+    pub fn body(&self, batch: &Batch) -> (WireFormat, Vec<u8>) {
+        match encode(self.format, &self.pipeline, &self.node, batch) {
+            Ok(body) => (self.format, body),
+            Err(e) => {
+                tracing::warn!(first = batch.first_seq, last = batch.last_seq, error = %e, "this batch goes as v1");
+                (WireFormat::V1, batch.json_array())
+            }
+        }
+    }
 }
 
 /// Encodes `batch` for the upstream. v1 is the stored bodies as one JSON array; v2 needs

@@ -3,6 +3,10 @@
 //! (2xx, 5xx, 429 with `Retry-After`, 400 for some bodies, 401 for a header value, a
 //! redirect elsewhere), and can stop listening and come back on the same port.
 //!
+//! A body in the compact format (`Edgepipe-Format: v2`) is read back into the records of
+//! v1 ([`v2_to_v1`], written from `deploy/wire-format.md`, not from the agent's code), so
+//! every test sees records the same way.
+//!
 //! With [`ServerTls`] it serves HTTPS (rustls, ring) with a certificate of the test PKI
 //! and, given a client CA, requires every client to present a certificate signed by it;
 //! handshakes it refuses are recorded with rustls' reason.
@@ -316,6 +320,15 @@ async fn handle(req: HttpRequest<Incoming>, state: &Mutex<State>) -> Response<Fu
     } else {
         body
     };
+    let v2 = headers.get("edgepipe-format").is_some_and(|f| f == "v2");
+    let json = if v2 {
+        match v2_to_v1(&json) {
+            Some(records) => serde_json::to_vec(&records).unwrap_or_default(),
+            None => return response(400, None),
+        }
+    } else {
+        json
+    };
     #[derive(serde::Deserialize)]
     struct Identity {
         seq: u64,
@@ -375,4 +388,71 @@ fn response(status: u16, retry_after: Option<u64>) -> Response<Full<Bytes>> {
         r.headers_mut().insert("retry-after", secs.into());
     }
     r
+}
+
+/// The v1 records of a v2 batch (`deploy/wire-format.md`), or `None` if it is not one.
+pub fn v2_to_v1(body: &[u8]) -> Option<Vec<Value>> {
+    let batch: Value = serde_json::from_slice(body).ok()?;
+    if batch["format"] != "edgepipe.v2" {
+        return None;
+    }
+    let mut out = Vec::new();
+    for group in batch["groups"].as_array()? {
+        let seqs = group["seq"].as_array()?;
+        let times = group["t"].as_array()?;
+        if times.len() != seqs.len() {
+            return None;
+        }
+        for (i, (seq, t)) in seqs.iter().zip(times).enumerate() {
+            let mut r = serde_json::Map::new();
+            r.insert("pipeline".into(), batch["pipeline"].clone());
+            r.insert("node".into(), batch["node"].clone());
+            for field in ["device", "topic", "kind"] {
+                r.insert(field.into(), group[field].clone());
+            }
+            r.insert("seq".into(), seq.clone());
+            r.insert("timestamp".into(), Value::String(rfc3339_ms(t.as_i64()?)));
+            for column in ["value", "score", "labels"] {
+                let cell = &group[column][i];
+                if !cell.is_null() {
+                    r.insert(column.into(), cell.clone());
+                }
+            }
+            if let Some(stats) = group["stats"].as_object() {
+                let row: serde_json::Map<String, Value> = stats
+                    .iter()
+                    .filter(|(_, values)| !values[i].is_null())
+                    .map(|(name, values)| (name.clone(), values[i].clone()))
+                    .collect();
+                if !row.is_empty() {
+                    r.insert("stats".into(), Value::Object(row));
+                }
+            }
+            out.push(Value::Object(r));
+        }
+    }
+    out.sort_by_key(|r| r["seq"].as_u64());
+    Some(out)
+}
+
+/// Unix milliseconds as RFC 3339 UTC with milliseconds, as v1 writes `timestamp`.
+fn rfc3339_ms(ms: i64) -> String {
+    let (secs, millis) = (ms.div_euclid(1000), ms.rem_euclid(1000));
+    let (days, sod) = (secs.div_euclid(86_400), secs.rem_euclid(86_400));
+    // Days since the epoch to a civil date (Howard Hinnant's algorithm).
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = doy - (153 * mp + 2) / 5 + 1;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 };
+    let y = yoe + era * 400 + i64::from(m <= 2);
+    format!(
+        "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}.{millis:03}Z",
+        sod / 3600,
+        (sod % 3600) / 60,
+        sod % 60
+    )
 }
