@@ -408,6 +408,11 @@ pub struct Inference {
     #[serde(default = "default_top_k")]
     pub top_k: u32,
 
+    /// Classification task: how an image becomes the model's input. Default: RGB values in
+    /// [0, 1] after a bilinear resize to the model's size.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub input: Option<ImageInput>,
+
     /// An inference that takes longer than this is abandoned and counted; the data path
     /// keeps going.
     #[serde(default = "default_inference_timeout")]
@@ -483,6 +488,47 @@ pub struct ConfigMapKey {
     pub name: String,
     /// Key holding the model (use `binaryData` for binary files).
     pub key: String,
+}
+
+/// How an image becomes a classification model's input (`inference.input`): resized to
+/// the model's height and width with `resize`, each RGB value scaled to [0, 1], then
+/// `(x - mean) / std` per channel. MobileNet's [-1, 1]: `mean: [0.5], std: [0.5]`;
+/// ImageNet statistics: `mean: [0.485, 0.456, 0.406], std: [0.229, 0.224, 0.225]`;
+/// [0, 255]: `std: [0.00392156862745098]` (1/255).
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+#[schemars(extend("x-kubernetes-validations" = [
+    {"rule": "!has(self.mean) || size(self.mean) == 1 || size(self.mean) == 3", "message": "mean takes one value for every channel or three (R, G, B)", "fieldPath": ".mean"},
+    {"rule": "!has(self.std) || size(self.std) == 1 || size(self.std) == 3", "message": "std takes one value for every channel or three (R, G, B)", "fieldPath": ".std"},
+    {"rule": "!has(self.std) || self.std.all(s, s > 0.0)", "message": "std values must be > 0", "fieldPath": ".std"}
+]))]
+pub struct ImageInput {
+    /// Subtracted from each channel after scaling to [0, 1]: one value, or R, G, B
+    /// (default 0).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 3))]
+    pub mean: Vec<f64>,
+    /// Then each channel is divided by it: one value, or R, G, B (default 1).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 3))]
+    pub std: Vec<f64>,
+    /// The filter that resizes the image to the model's size (default `bilinear`, which
+    /// matches Pillow's `BILINEAR` that most reference pre-processing uses).
+    #[serde(default)]
+    pub resize: ResizeFilter,
+}
+
+/// How an image is resized (`inference.input.resize`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub enum ResizeFilter {
+    /// Linear interpolation, area-aware when shrinking (Pillow's `BILINEAR`).
+    #[default]
+    Bilinear,
+    /// The nearest pixel.
+    Nearest,
+    /// Cubic interpolation (Catmull-Rom).
+    Bicubic,
 }
 
 /// Normalisation applied to each reading before inference: either `(x - mean) / std` or

@@ -411,6 +411,30 @@ impl Validator {
         if inf.top_k == 0 {
             self.err("spec.inference.topK", "must be > 0");
         }
+        if let Some(input) = &inf.input {
+            if inf.task != InferenceTask::Classification {
+                self.err(
+                    "spec.inference.input",
+                    "only for task: classification (readings use normalize)",
+                );
+            }
+            for (field, values) in [("mean", &input.mean), ("std", &input.std)] {
+                let path = format!("spec.inference.input.{field}");
+                if !matches!(values.len(), 0 | 1 | 3) {
+                    self.err(
+                        &path,
+                        "takes one value for every channel or three (R, G, B)",
+                    );
+                }
+                let bad = values
+                    .iter()
+                    .find(|v| !v.is_finite() || (field == "std" && **v <= 0.0));
+                if let Some(v) = bad {
+                    let rule = if field == "std" { "> 0" } else { "finite" };
+                    self.err(&path, format!("{v} is not {rule}"));
+                }
+            }
+        }
         self.duration("spec.inference.timeout", &inf.timeout, true);
         match (inf.task, encoding) {
             (InferenceTask::Classification, PayloadEncoding::Json) => self.err(

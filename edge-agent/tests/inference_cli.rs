@@ -139,3 +139,47 @@ fn test_runs_golden_vectors_and_fails_on_divergence() {
     assert_eq!(code, 0, "{out}");
     assert!(out.contains("10 vectors") && out.contains("PASS"), "{out}");
 }
+
+/// The stock MobileNet through `model inspect` (its ops verified, MEAN among them) and
+/// `model test` against LiteRT's golden vectors; its ONNX export against onnxruntime's.
+#[test]
+fn inspect_and_test_take_the_stock_mobilenet() {
+    let (code, out) = model(&["inspect", &path("mobilenet_v2_035_96.tflite")]);
+    assert_eq!(code, 0, "{out}");
+    for op in [
+        "CONV_2D",
+        "DEPTHWISE_CONV_2D",
+        "ADD",
+        "MEAN",
+        "FULLY_CONNECTED",
+        "SOFTMAX",
+    ] {
+        assert!(
+            out.lines()
+                .any(|l| l.trim_start().starts_with(op)
+                    && l.contains("yes (verified against LiteRT)")),
+            "{op}:\n{out}"
+        );
+    }
+    assert!(
+        out.contains("input [1, 96, 96, 3] -> output [1, 3]"),
+        "{out}"
+    );
+    for (model_file, golden) in [
+        (
+            "mobilenet_v2_035_96.tflite",
+            "mobilenet_v2_035_96.golden.json",
+        ),
+        (
+            "mobilenet_v2_035_96.onnx",
+            "mobilenet_v2_035_96.onnx.golden.json",
+        ),
+    ] {
+        let (code, out) = self::model(&["test", &path(model_file), "--golden", &path(golden)]);
+        assert_eq!(code, 0, "{model_file}: {out}");
+        assert!(
+            out.contains("10 vectors") && out.contains("PASS"),
+            "{model_file}: {out}"
+        );
+    }
+}

@@ -325,11 +325,31 @@ async fn refused_models_are_counted_and_readings_keep_flowing() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn camera_frames_are_classified_and_labelled_upstream_and_locally() {
+    frames_are_classified("image_classifier", "", "images/golden.json").await;
+}
+
+/// The stock MobileNetV2 (its pooling a MEAN, its input in [-1, 1]) behind the same path:
+/// every frame's record carries LiteRT's top-3, in LiteRT's order.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn camera_frames_are_classified_by_the_stock_mobilenet() {
+    frames_are_classified(
+        "mobilenet_v2_035_96",
+        "    input: {mean: [0.5], std: [0.5]}\n",
+        "images_mobilenet/golden.json",
+    )
+    .await;
+}
+
+/// Publishes every image of `images_golden` (and one payload that is not an image) as a
+/// camera frame to an agent classifying with the fixture `model`: each becomes a
+/// classification record upstream and a local label action with the reference top-1 (the
+/// whole top-3 order where the golden file has scores for the agent's own resize).
+async fn frames_are_classified(model: &str, input: &str, images_golden: &str) {
     let broker = Mosquitto::start();
     let receiver = Receiver::start().await;
     let inference = format!(
-        "    model: {{path: {}}}\n    task: classification\n    labelsFile: image_classifier.labels.txt\n    topK: 3\n    golden: {{file: image_classifier.golden.json}}\n    timeout: 10s\n",
-        yaml_path(&fixture("image_classifier.tflite"))
+        "    model: {{path: {}}}\n    task: classification\n    labelsFile: {model}.labels.txt\n    topK: 3\n    golden: {{file: {model}.golden.json}}\n    timeout: 10s\n{input}",
+        yaml_path(&fixture(&format!("{model}.tflite")))
     );
     let agent = Agent::start(&pipeline(
         broker.port,
@@ -352,7 +372,7 @@ async fn camera_frames_are_classified_and_labelled_upstream_and_locally() {
     let labels = MqttPeer::connect("labels-subscriber", broker.port);
     labels.subscribe("labels/#").await;
     let camera = MqttPeer::connect("camera", broker.port);
-    let golden: Value = serde_json::from_slice(&fixture_bytes("images/golden.json")).unwrap();
+    let golden: Value = serde_json::from_slice(&fixture_bytes(images_golden)).unwrap();
     let images = golden["images"].as_array().unwrap();
     for (i, image) in images.iter().enumerate() {
         let file = image["file"].as_str().unwrap();
@@ -376,6 +396,24 @@ async fn camera_frames_are_classified_and_labelled_upstream_and_locally() {
         let top = r["labels"].as_array().unwrap();
         assert_eq!(top.len(), 3);
         assert_eq!(top[0]["label"], image["top1"], "{}", image["file"]);
+        if let Some(scores) = image["softmax_image_triangle"].as_array() {
+            let names: Vec<&str> = golden["labels"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|l| l.as_str().unwrap())
+                .collect();
+            let mut order: Vec<usize> = (0..scores.len()).collect();
+            order.sort_by(|a, b| {
+                scores[*b]
+                    .as_f64()
+                    .unwrap()
+                    .total_cmp(&scores[*a].as_f64().unwrap())
+            });
+            let want: Vec<&str> = order.iter().map(|i| names[*i]).collect();
+            let got: Vec<&str> = top.iter().map(|t| t["label"].as_str().unwrap()).collect();
+            assert_eq!(got, want, "{}", image["file"]);
+        }
     }
     assert!(eventually(Duration::from_secs(20), || labels.messages().len() >= n).await);
     for (topic, body) in labels.messages() {

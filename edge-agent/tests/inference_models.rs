@@ -7,8 +7,9 @@ mod inference_common;
 use std::time::Duration;
 
 use edge_agent::inference::{
-    GoldenSet, Model, ModelFiles, ModelFormat, OpSupport, Skip, compare, image_input, op_support,
-    prepare, read_contents,
+    GoldenSet, Inference, InferenceMetrics, InferenceSettings, Model, ModelFiles, ModelFormat,
+    OpSupport, Preprocess, Skip, SourceSettings, compare, image_input, op_support, prepare,
+    read_contents,
 };
 use inference_common::*;
 use serde_json::Value;
@@ -186,7 +187,7 @@ fn committed_images_classify_as_the_reference_interpreter_says() {
     assert_eq!(images.len(), 6);
     for image in images {
         let file = image["file"].as_str().unwrap();
-        let input = image_input(&fixture_bytes(file), 32, 32).unwrap();
+        let input = image_input(&fixture_bytes(file), 32, 32, &Preprocess::default()).unwrap();
         let out = model.run_single(&input).unwrap();
         let want: Vec<f32> = image["softmax"]
             .as_array()
@@ -450,4 +451,213 @@ async fn windows_evicted_for_too_many_devices_are_counted() {
         before + 3,
         "the three new devices took the places of the old"
     );
+}
+
+/// The MEAN fixtures: one MEAN op each over axes [1, 2], [1, 2] keeping dims, [3], [-1]
+/// keeping dims (a negative axis as the file holds it) and every axis; inputs with
+/// fractional values, outputs from LiteRT. tract-tflite rounded a float MEAN to an integer
+/// and panicked on a negative axis before the patch in `vendor/tract-tflite`.
+#[test]
+fn mean_matches_litert_over_every_axis_and_keep_dims() {
+    assert_eq!(op_support("MEAN"), OpSupport::Verified);
+    for name in [
+        "mean_axes12",
+        "mean_axes12_keepdims",
+        "mean_axis3",
+        "mean_axis_neg1_keepdims",
+        "mean_all_axes",
+    ] {
+        let file = format!("{name}.tflite");
+        let bytes = fixture_bytes(&file);
+        let contents = read_contents(&bytes).unwrap();
+        let ops: Vec<&str> = contents.ops.iter().map(|o| o.name.as_str()).collect();
+        assert_eq!(ops, ["MEAN"], "{file}");
+        let model = Model::load(&bytes).unwrap_or_else(|e| panic!("{file}: {e}"));
+        let golden =
+            GoldenSet::from_json(&fixture_bytes(&format!("{name}.golden.json")), None).unwrap();
+        let max = golden
+            .check(model.row_len(), |x| model.run_single(x))
+            .unwrap_or_else(|e| panic!("{file}: {e}"));
+        assert!(max <= 1e-6, "{file}: max error {max}");
+        assert!(
+            golden
+                .vectors
+                .iter()
+                .flat_map(|v| &v.output)
+                .any(|o| o.fract().abs() > 1e-3),
+            "{file}: outputs an integer rounding would change"
+        );
+    }
+}
+
+/// A stock Keras MobileNetV2 (alpha 0.35, 96x96, float32; its global average pooling is
+/// a MEAN) against LiteRT, and its ONNX export against onnxruntime, one input at a time
+/// and batched.
+#[test]
+fn the_stock_mobilenet_matches_litert_and_its_onnx_export_onnxruntime() {
+    let manifest: Value = serde_json::from_slice(&fixture_bytes("manifest.json")).unwrap();
+    let file = "mobilenet_v2_035_96.tflite";
+    let bytes = fixture_bytes(file);
+    let contents = read_contents(&bytes).unwrap();
+    let ops: Vec<&str> = contents.ops.iter().map(|o| o.name.as_str()).collect();
+    let expected: Vec<&str> = manifest[file]["tflite_ops"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v.as_str().unwrap())
+        .collect();
+    assert_eq!(ops, expected);
+    assert!(ops.contains(&"MEAN"), "the stock export pools with MEAN");
+    assert!(
+        ops.iter().all(|o| op_support(o) == OpSupport::Verified),
+        "{ops:?}"
+    );
+    let model = Model::load(&bytes).unwrap();
+    assert_eq!(
+        (model.input_shape.clone(), model.output_shape.clone()),
+        (vec![1, 96, 96, 3], vec![1, 3])
+    );
+    matches_golden_single_and_batched(&model, "mobilenet_v2_035_96.golden.json", file);
+
+    let onnx = fixture_bytes("mobilenet_v2_035_96.onnx");
+    let contents = read_contents(&onnx).unwrap();
+    assert_eq!(contents.format, ModelFormat::Onnx);
+    assert!(
+        contents
+            .ops
+            .iter()
+            .all(|o| contents.support(&o.name).runs()),
+        "{:?}",
+        contents.ops
+    );
+    let model = Model::load(&onnx).unwrap();
+    assert_eq!(model.input_shape, vec![1, 96, 96, 3]);
+    matches_golden_single_and_batched(
+        &model,
+        "mobilenet_v2_035_96.onnx.golden.json",
+        "mobilenet_v2_035_96.onnx",
+    );
+}
+
+/// MobileNet's pre-processing (`inference.input: {mean: [0.5], std: [0.5]}`, [-1, 1]).
+fn mobilenet_input() -> Preprocess {
+    Preprocess::new(&edge_crds::ImageInput {
+        mean: vec![0.5],
+        std: vec![0.5],
+        ..Default::default()
+    })
+}
+
+/// The committed 128x128 images through the agent's decoder, resize and [-1, 1] scaling:
+/// the top-1 label is LiteRT's on every image (LiteRT after Pillow's resize), and the
+/// scores match LiteRT's on the same triangle-filtered input within 1e-5.
+#[test]
+fn mobilenet_images_classify_as_litert_says() {
+    let golden: Value =
+        serde_json::from_slice(&fixture_bytes("images_mobilenet/golden.json")).unwrap();
+    let tolerance = golden["tolerance_image_triangle"].as_f64().unwrap();
+    let model = Model::load(&fixture_bytes("mobilenet_v2_035_96.tflite")).unwrap();
+    let images = golden["images"].as_array().unwrap();
+    assert_eq!(images.len(), 6);
+    for image in images {
+        let file = image["file"].as_str().unwrap();
+        let input = image_input(&fixture_bytes(file), 96, 96, &mobilenet_input()).unwrap();
+        let out = model.run_single(&input).unwrap();
+        let top1 = out
+            .iter()
+            .enumerate()
+            .max_by(|a, b| a.1.total_cmp(b.1))
+            .map(|(i, _)| i)
+            .unwrap();
+        assert_eq!(top1 as u64, image["top1_index"].as_u64().unwrap(), "{file}");
+        let want: Vec<f32> = image["softmax_image_triangle"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|v| v.as_f64().unwrap() as f32)
+            .collect();
+        compare(0, &out, &want, tolerance).unwrap_or_else(|e| panic!("{file}: {e}"));
+    }
+}
+
+/// The MobileNet runs in the agent's inference from each kind of model source: a path, a
+/// ConfigMap projected by the kubelet, and a URL checked against its sha256; each time its
+/// golden vectors are checked at load and an image gets LiteRT's top-1.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_mobilenet_loads_from_a_path_a_config_map_and_a_url() {
+    let model = fixture_bytes("mobilenet_v2_035_96.tflite");
+    let sha = sha256_hex(&model);
+    let server = FileServer::start(vec![
+        ("/models/mobilenet.tflite".to_string(), model),
+        (
+            "/models/mobilenet.golden.json".to_string(),
+            fixture_bytes("mobilenet_v2_035_96.golden.json"),
+        ),
+        (
+            "/models/mobilenet.labels.txt".to_string(),
+            fixture_bytes("mobilenet_v2_035_96.labels.txt"),
+        ),
+    ])
+    .await;
+    let cm = tempfile::tempdir().unwrap();
+    project(
+        cm.path(),
+        1,
+        &[
+            ("model.tflite", "mobilenet_v2_035_96.tflite"),
+            ("golden.json", "mobilenet_v2_035_96.golden.json"),
+            ("labels.txt", "mobilenet_v2_035_96.labels.txt"),
+        ],
+    );
+    let sources = [
+        (
+            serde_json::json!({"path": fixture("mobilenet_v2_035_96.tflite")}),
+            "mobilenet_v2_035_96.golden.json",
+            "mobilenet_v2_035_96.labels.txt",
+        ),
+        (
+            serde_json::json!({"configMap": {"name": "mobilenet", "key": "model.tflite"}}),
+            "golden.json",
+            "labels.txt",
+        ),
+        (
+            serde_json::json!({"url": format!("{}/models/mobilenet.tflite", server.base), "sha256": sha}),
+            "mobilenet.golden.json",
+            "mobilenet.labels.txt",
+        ),
+    ];
+    let image = "images_mobilenet/circle_0.png";
+    for (source, golden, labels) in sources {
+        let data = tempfile::tempdir().unwrap();
+        let spec = spec(serde_json::json!({
+            "model": source,
+            "task": "classification",
+            "labelsFile": labels,
+            "topK": 3,
+            "input": {"mean": [0.5], "std": [0.5]},
+            "golden": {"file": golden, "tolerance": 1e-4},
+            "timeout": "10s",
+        }));
+        let metrics = InferenceMetrics::standalone().unwrap();
+        let mut settings = SourceSettings::new(data.path());
+        settings.config_map_dir = cm.path().to_path_buf();
+        let mut settings = InferenceSettings::new(spec, settings, 100);
+        settings.poll_interval = Duration::from_millis(50);
+        let mut inference = Inference::start(settings, metrics).unwrap();
+        assert!(
+            inference
+                .wait_for_generation(1, Duration::from_secs(60))
+                .await,
+            "{source}: {:?}",
+            inference.status()
+        );
+        let record = inference
+            .classify("cam1", "cameras/cam1/frame", 0, &fixture_bytes(image))
+            .await
+            .unwrap_or_else(|| panic!("{source}: no record"));
+        let labels = record.labels.unwrap();
+        let names: Vec<&str> = labels.iter().map(|(l, _)| l.as_str()).collect();
+        assert_eq!(names[0], "circle", "{source}: {labels:?}");
+        assert_eq!(names.len(), 3);
+    }
 }

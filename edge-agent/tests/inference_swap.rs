@@ -7,8 +7,6 @@
 mod inference_common;
 
 use std::fs;
-use std::os::unix::fs::symlink;
-use std::path::Path;
 use std::time::Duration;
 
 use edge_agent::inference::{
@@ -19,22 +17,6 @@ use inference_common::*;
 
 const DEVICES: usize = 6;
 const WINDOW: usize = 16;
-
-/// Projects `files` (key -> fixture) as a new version of the ConfigMap directory `dir`.
-fn project(dir: &Path, version: u32, files: &[(&str, &str)]) {
-    let data = dir.join(format!("..v{version}"));
-    fs::create_dir(&data).unwrap();
-    for (key, fixture_name) in files {
-        fs::write(data.join(key), fixture_bytes(fixture_name)).unwrap();
-        let link = dir.join(key);
-        if fs::symlink_metadata(&link).is_err() {
-            symlink(Path::new("..data").join(key), &link).unwrap();
-        }
-    }
-    let tmp = dir.join("..data_tmp");
-    symlink(format!("..v{version}"), &tmp).unwrap();
-    fs::rename(&tmp, dir.join("..data")).unwrap();
-}
 
 fn round(t: usize) -> Vec<Reading> {
     (0..DEVICES)

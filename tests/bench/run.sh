@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Runs the Edgepipe benchmarks B1–B9 and writes a Markdown table to stdout and to
+# Runs the Edgepipe benchmarks B1–B9 and B11 and writes a Markdown table to stdout and to
 # target/bench/results.md. Every row carries a baseline measured in the same run and the
 # ratio to it, so results from a noisy machine still compare.
 #
@@ -62,7 +62,9 @@ if [[ $run_b8 -eq 1 ]]; then
   cargo bench --no-run -p edge-operator --bench operator >&2
 fi
 if [[ $# -eq 0 || ${#agent_benches[@]} -gt 0 ]]; then
-  cargo bench -q -p edge-agent --bench pipeline -- "${agent_benches[@]}" 2>"$out/pipeline.log" \
+  # B11 starts its agent through the test kit, which runs the binary in EDGEPIPE_BIN_DIR.
+  EDGEPIPE_BIN_DIR="$PWD/target/release" \
+    cargo bench -q -p edge-agent --bench pipeline -- "${agent_benches[@]}" 2>"$out/pipeline.log" \
     | grep '^|' | tee -a "$results" || status=1
 fi
 if [[ $run_b8 -eq 1 ]]; then

@@ -1,4 +1,5 @@
-//! The Edgepipe benchmark harness (issue 8, B1–B7; B8 is `operator/benches/operator.rs`).
+//! The Edgepipe benchmark harness (B1–B7 and B11; B8 is `operator/benches/operator.rs`,
+//! B9 `tests/benches/fleet.rs`).
 //!
 //! Every benchmark measures a baseline in the same run and prints one or more Markdown
 //! table rows `| bench | measured | baseline | ratio | goal |` on stdout, so a noisy machine
@@ -12,6 +13,7 @@ mod core;
 mod drain;
 mod infer;
 mod ingest;
+mod thin;
 mod util;
 
 use std::path::Path;
@@ -38,7 +40,7 @@ fn main() {
         .map(|a| a.to_lowercase())
         .collect();
     if wanted.is_empty() {
-        wanted = ["b1", "b2", "b3", "b4", "b5", "b6", "b7"]
+        wanted = ["b1", "b2", "b3", "b4", "b5", "b6", "b7", "b11"]
             .map(String::from)
             .to_vec();
     }
@@ -98,6 +100,7 @@ async fn run_one(name: &str, dir: &Path) -> util::BenchResult<Vec<String>> {
             Ok(rows)
         }
         "b7" => action::b7(dir).await,
+        "b11" => thin::b11(dir).await,
         other => Err(format!("unknown benchmark {other}")),
     }
 }

@@ -1,11 +1,13 @@
 //! Image classification helpers: a JPEG or PNG payload becomes the model's
-//! `[1, H, W, 3]` float32 input (decode to RGB8, bilinear resize to the model's size,
-//! `/ 255`), and the model's class scores become the top-k labels.
+//! `[1, H, W, 3]` float32 input (decode to RGB8, resize to the model's size, `/ 255`, then
+//! `(x - mean) / std` per channel as `inference.input` says), and the model's class scores
+//! become the top-k labels.
 //!
-//! The resize is `image`'s Triangle filter, the closest match to Pillow's bilinear
+//! The default resize is `image`'s Triangle filter, the closest match to Pillow's bilinear
 //! downscale that reference pre-processing usually uses (measured on the fixtures:
 //! within 1/255 on most pixels, top-1 unchanged).
 
+use edge_crds::{ImageInput, ResizeFilter};
 use image::imageops::FilterType;
 
 /// Upper bound on decoded image dimensions.
@@ -38,9 +40,49 @@ pub fn image_size(input_shape: &[usize]) -> Result<(u32, u32), ImageError> {
     }
 }
 
+/// How pixels become model input (`inference.input`), ready to apply.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Preprocess {
+    filter: FilterType,
+    /// Per channel, R, G, B.
+    mean: [f32; 3],
+    std: [f32; 3],
+}
+
+impl Default for Preprocess {
+    /// RGB values in [0, 1], bilinear resize.
+    fn default() -> Self {
+        Self::new(&ImageInput::default())
+    }
+}
+
+impl Preprocess {
+    /// From `inference.input` (validated: one or three values, `std` > 0).
+    pub fn new(input: &ImageInput) -> Self {
+        let channel = |values: &[f64], c: usize, default: f64| match values {
+            [] => default,
+            [v] => *v,
+            many => many.get(c).copied().unwrap_or(default),
+        };
+        let mean = [0, 1, 2].map(|c| channel(&input.mean, c, 0.0) as f32);
+        let std = [0, 1, 2].map(|c| channel(&input.std, c, 1.0) as f32);
+        let filter = match input.resize {
+            ResizeFilter::Bilinear => FilterType::Triangle,
+            ResizeFilter::Nearest => FilterType::Nearest,
+            ResizeFilter::Bicubic => FilterType::CatmullRom,
+        };
+        Self { filter, mean, std }
+    }
+}
+
 /// Decodes `payload` and returns the flattened `[1, height, width, 3]` input, RGB order,
-/// values in `[0, 1]`.
-pub fn image_input(payload: &[u8], height: u32, width: u32) -> Result<Vec<f32>, ImageError> {
+/// values as `preprocess` says.
+pub fn image_input(
+    payload: &[u8],
+    height: u32,
+    width: u32,
+    preprocess: &Preprocess,
+) -> Result<Vec<f32>, ImageError> {
     let reader = image::ImageReader::new(std::io::Cursor::new(payload))
         .with_guessed_format()
         .map_err(|e| ImageError::Decode(e.to_string()))?;
@@ -64,12 +106,14 @@ pub fn image_input(payload: &[u8], height: u32, width: u32) -> Result<Vec<f32>, 
     let resized = if rgb.dimensions() == (width, height) {
         rgb
     } else {
-        image::imageops::resize(&rgb, width, height, FilterType::Triangle)
+        image::imageops::resize(&rgb, width, height, preprocess.filter)
     };
+    let (mean, std) = (preprocess.mean, preprocess.std);
     Ok(resized
         .as_raw()
         .iter()
-        .map(|p| f32::from(*p) / 255.0)
+        .enumerate()
+        .map(|(i, p)| (f32::from(*p) / 255.0 - mean[i % 3]) / std[i % 3])
         .collect())
 }
 
@@ -127,8 +171,84 @@ mod tests {
                 .join("../tests/models/hostile/png-bomb.png"),
         )
         .expect("tests/models/hostile/png-bomb.png (make_png_bomb.py writes it)");
-        let err = image_input(&bomb, 96, 96).expect_err("the bomb decodes");
+        let err = image_input(&bomb, 96, 96, &Preprocess::default()).expect_err("the bomb decodes");
         assert!(err.to_string().contains("limit"), "{err}");
+    }
+
+    /// A PNG one pixel high with these pixels.
+    fn png(pixels: &[[u8; 3]]) -> Vec<u8> {
+        let img = image::RgbImage::from_fn(pixels.len() as u32, 1, |x, _| {
+            image::Rgb(pixels[x as usize])
+        });
+        let mut out = std::io::Cursor::new(Vec::new());
+        img.write_to(&mut out, image::ImageFormat::Png).unwrap();
+        out.into_inner()
+    }
+
+    #[test]
+    fn mean_and_std_per_channel_as_the_model_families_expect() {
+        let bytes = png(&[[0, 0, 0], [255, 255, 255], [10, 128, 245]]);
+        let run = |input: ImageInput| image_input(&bytes, 1, 3, &Preprocess::new(&input)).unwrap();
+        let unit = run(ImageInput::default());
+        assert_eq!(
+            &unit[..6],
+            &[0.0, 0.0, 0.0, 1.0, 1.0, 1.0],
+            "[0, 1] by default"
+        );
+        let mobilenet = run(ImageInput {
+            mean: vec![0.5],
+            std: vec![0.5],
+            ..ImageInput::default()
+        });
+        assert_eq!(
+            &mobilenet[..6],
+            &[-1.0, -1.0, -1.0, 1.0, 1.0, 1.0],
+            "[-1, 1]"
+        );
+        let imagenet = run(ImageInput {
+            mean: vec![0.485, 0.456, 0.406],
+            std: vec![0.229, 0.224, 0.225],
+            ..ImageInput::default()
+        });
+        let expected = [
+            (10.0 / 255.0 - 0.485) / 0.229,
+            (128.0 / 255.0 - 0.456) / 0.224,
+            (245.0 / 255.0 - 0.406) / 0.225,
+        ];
+        for (got, want) in imagenet[6..].iter().zip(expected) {
+            assert!((f64::from(*got) - want).abs() < 1e-6, "{got} vs {want}");
+        }
+        let raw = run(ImageInput {
+            std: vec![1.0 / 255.0],
+            ..ImageInput::default()
+        });
+        for (got, want) in raw[6..].iter().zip([10.0, 128.0, 245.0]) {
+            assert!((got - want).abs() < 1e-4, "{got} vs {want}");
+        }
+    }
+
+    #[test]
+    fn the_resize_filter_is_the_one_asked_for() {
+        // Black, white, black, white shrunk to two pixels: bilinear averages, nearest picks.
+        let bytes = png(&[[0; 3], [255; 3], [0; 3], [255; 3]]);
+        let with = |resize| {
+            let input = ImageInput {
+                resize,
+                ..ImageInput::default()
+            };
+            image_input(&bytes, 1, 2, &Preprocess::new(&input)).unwrap()
+        };
+        let bilinear = with(ResizeFilter::Bilinear);
+        assert!(
+            bilinear.iter().all(|v| *v > 0.2 && *v < 0.8),
+            "{bilinear:?}"
+        );
+        let nearest = with(ResizeFilter::Nearest);
+        assert!(
+            nearest.iter().all(|v| *v == 0.0 || *v == 1.0),
+            "{nearest:?}"
+        );
+        assert_ne!(with(ResizeFilter::Bicubic), nearest);
     }
 
     #[test]
@@ -136,7 +256,7 @@ mod tests {
         assert_eq!(image_size(&[1, 32, 24, 3]).unwrap(), (32, 24));
         assert!(image_size(&[1, 16]).is_err());
         assert!(matches!(
-            image_input(b"not an image", 4, 4),
+            image_input(b"not an image", 4, 4, &Preprocess::default()),
             Err(ImageError::Decode(_))
         ));
     }

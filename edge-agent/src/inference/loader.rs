@@ -15,7 +15,7 @@ use std::time::Duration;
 
 use edge_crds::{Inference as InferenceSpec, InferenceTask};
 
-use super::classify::{image_size, parse_labels};
+use super::classify::{Preprocess, image_size, parse_labels};
 use super::golden::{GoldenError, GoldenSet};
 use super::model::{LoadError, Model};
 use super::source::{ModelFiles, ModelLocation, SourceError};
@@ -31,6 +31,8 @@ pub struct Prepared {
     pub model: Model,
     /// Class labels (classification).
     pub labels: Vec<String>,
+    /// How images become input (classification).
+    pub preprocess: Preprocess,
     /// SHA-256 of the model file.
     pub sha256: String,
     /// Where it came from.
@@ -106,6 +108,7 @@ pub fn prepare(files: &ModelFiles, spec: &InferenceSpec) -> Result<Prepared, Pre
     Ok(Prepared {
         model,
         labels,
+        preprocess: spec.input.as_ref().map(Preprocess::new).unwrap_or_default(),
         sha256: files.sha256.clone(),
         origin: files.origin.clone(),
         golden_error,

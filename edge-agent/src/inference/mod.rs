@@ -24,7 +24,7 @@ mod worker;
 
 use prometheus::{Histogram, IntCounter, IntCounterVec, IntGaugeVec};
 
-pub use classify::{image_input, image_size, parse_labels, top_k};
+pub use classify::{Preprocess, image_input, image_size, parse_labels, top_k};
 pub use download::{MAX_REDIRECTS, RedirectRefused, file_url, follow_redirect};
 pub use engine::{
     BatchScores, Inference, InferenceError, InferenceHold, InferenceSettings, ModelControl, Scored,

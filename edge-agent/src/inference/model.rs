@@ -3,8 +3,10 @@
 //! runs under `catch_unwind` (some malformed or unusual models make tract's loader panic),
 //! the graph is optimised once, a batch variant with a symbolic batch dimension is built
 //! when the model allows it, and both plans are warmed up before the model is handed out.
+//! The batch-1 plan keeps its run state from one call to the next ([`Runner`]).
 
 use std::panic::{AssertUnwindSafe, catch_unwind};
+use std::sync::Mutex;
 
 use tract_tflite::internal::tract_core::ops::source::TypedSource;
 use tract_tflite::prelude::*;
@@ -81,8 +83,43 @@ pub struct Model {
     pub input_shape: Vec<usize>,
     /// Output shape as loaded (batch 1).
     pub output_shape: Vec<usize>,
-    single: Plan,
+    single: Runner,
     batched: Option<Plan>,
+}
+
+/// The batch-1 plan with the run state it keeps between calls. Building a state per call
+/// (what `SimplePlan::run` does) allocates every node's state and dominated a small
+/// model's call (B6); a state is reusable because each run resets its turn. A run that
+/// fails or panics leaves no state behind: the next call builds a fresh one.
+struct Runner {
+    plan: Plan,
+    state: Mutex<Option<TypedSimpleState>>,
+}
+
+impl Runner {
+    fn new(plan: Plan) -> Self {
+        Self {
+            plan,
+            state: Mutex::new(None),
+        }
+    }
+
+    fn run(&self, shape: &[usize], input: &[f32]) -> Result<Vec<f32>, RunError> {
+        let mut cached = self.state.lock().unwrap_or_else(|p| p.into_inner());
+        let result = guarded(|| -> TractResult<Vec<f32>> {
+            let state = match cached.as_mut() {
+                Some(state) => state,
+                None => cached.insert(self.plan.spawn()?),
+            };
+            let tensor = Tensor::from_shape(shape, input)?;
+            let out = state.run(tvec!(tensor.into()))?;
+            first_output(&out)
+        });
+        if !matches!(result, Ok(Ok(_))) {
+            *cached = None;
+        }
+        outcome(result)
+    }
 }
 
 impl std::fmt::Debug for Model {
@@ -141,7 +178,7 @@ impl Model {
             contents,
             input_shape,
             output_shape,
-            single,
+            single: Runner::new(single),
             batched,
         };
         model.warm_up()?;
@@ -183,9 +220,7 @@ impl Model {
             _ => {
                 let mut out = Vec::with_capacity(rows * self.output_len());
                 for row in input.chunks(row_len) {
-                    out.extend(
-                        self.check_output(run_plan(&self.single, &self.input_shape, row)?, 1)?,
-                    );
+                    out.extend(self.check_output(self.single.run(&self.input_shape, row)?, 1)?);
                 }
                 Ok(out)
             }
@@ -200,7 +235,7 @@ impl Model {
                 want: self.row_len(),
             });
         }
-        self.check_output(run_plan(&self.single, &self.input_shape, row)?, 1)
+        self.check_output(self.single.run(&self.input_shape, row)?, 1)
     }
 
     /// Drops the batch plan when its results differ from the batch-1 plan's on `rows`
@@ -355,18 +390,26 @@ fn io_shapes(model: &TypedModel) -> Result<(Vec<usize>, Vec<usize>), LoadError> 
 }
 
 fn run_plan(plan: &Plan, shape: &[usize], input: &[f32]) -> Result<Vec<f32>, RunError> {
-    let result = guarded(|| -> TractResult<Vec<f32>> {
+    outcome(guarded(|| -> TractResult<Vec<f32>> {
         let tensor = Tensor::from_shape(shape, input)?;
-        let out = plan.run(tvec!(tensor.into()))?;
-        let first = out
-            .first()
-            .ok_or_else(|| anyhow::anyhow!("the model returned no output"))?;
-        Ok(first
-            .to_plain_array_view::<f32>()?
-            .iter()
-            .copied()
-            .collect())
-    });
+        first_output(&plan.run(tvec!(tensor.into()))?)
+    }))
+}
+
+/// The values of a run's first output.
+fn first_output(out: &[TValue]) -> TractResult<Vec<f32>> {
+    let first = out
+        .first()
+        .ok_or_else(|| anyhow::anyhow!("the model returned no output"))?;
+    Ok(first
+        .to_plain_array_view::<f32>()?
+        .iter()
+        .copied()
+        .collect())
+}
+
+/// A guarded run as a [`RunError`].
+fn outcome(result: Result<TractResult<Vec<f32>>, String>) -> Result<Vec<f32>, RunError> {
     match result {
         Ok(Ok(v)) => Ok(v),
         Ok(Err(e)) => Err(RunError::Tract(format!("{e:#}"))),

@@ -173,7 +173,8 @@ fn classify(
     metrics: &InferenceMetrics,
 ) -> Result<Vec<(String, f64)>, Skip> {
     let (h, w) = image_size(&p.model.input_shape).map_err(|e| Skip::Failed(e.to_string()))?;
-    let input = std::panic::catch_unwind(|| image_input(payload, h, w))
+    let preprocess = &p.preprocess;
+    let input = std::panic::catch_unwind(|| image_input(payload, h, w, preprocess))
         .map_err(|_| Skip::InvalidImage("the image decoder panicked".into()))?
         .map_err(|e| Skip::InvalidImage(e.to_string()))?;
     let started = Instant::now();

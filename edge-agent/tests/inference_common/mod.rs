@@ -221,3 +221,24 @@ pub fn sha256_hex(bytes: &[u8]) -> String {
     use sha2::Digest;
     hex::encode(sha2::Sha256::digest(bytes))
 }
+
+/// Projects `files` (key -> fixture) as version `version` of the ConfigMap directory `dir`,
+/// the way the kubelet does: the files in `..v<version>`, `..data` switched to it at
+/// once, and each key a symlink through `..data`.
+pub fn project(dir: &std::path::Path, version: u32, files: &[(&str, &str)]) {
+    use std::fs;
+    use std::os::unix::fs::symlink;
+    use std::path::Path;
+    let data = dir.join(format!("..v{version}"));
+    fs::create_dir(&data).unwrap();
+    for (key, fixture_name) in files {
+        fs::write(data.join(key), fixture_bytes(fixture_name)).unwrap();
+        let link = dir.join(key);
+        if fs::symlink_metadata(&link).is_err() {
+            symlink(Path::new("..data").join(key), &link).unwrap();
+        }
+    }
+    let tmp = dir.join("..data_tmp");
+    symlink(format!("..v{version}"), &tmp).unwrap();
+    fs::rename(&tmp, dir.join("..data")).unwrap();
+}
