@@ -62,7 +62,11 @@ fn reference(model: &PathBuf, golden: &PathBuf) -> BenchResult<(f64, f64)> {
 
 pub fn b6() -> BenchResult<Vec<String>> {
     let mut rows = Vec::new();
-    for name in ["anomaly_autoencoder", "image_classifier"] {
+    for name in [
+        "anomaly_autoencoder",
+        "image_classifier",
+        "mobilenet_v2_035_96",
+    ] {
         let dir = workspace().join("tests/models");
         let model_path = dir.join(format!("{name}.tflite"));
         let golden_path = dir.join(format!("{name}.golden.json"));
@@ -99,21 +103,29 @@ pub fn b6() -> BenchResult<Vec<String>> {
         };
         let (tflite, err) = reference(&model_path, &golden_path)?;
         let ratio = single / tflite;
+        let met = |ok: bool| if ok { "met" } else { "**missed**" };
         let batch_text = batched.map_or_else(
             || "no batch plan".to_string(),
             |b| {
                 format!(
-                    "batched x{BATCH}: {:.1} µs/window (ratio {:.2})",
+                    "batched x{BATCH}: {:.1} µs/window (ratio {:.2}, goal ≤ 1.0 {})",
                     b * 1e6,
-                    b / tflite
+                    b / tflite,
+                    met(b / tflite <= 1.0)
                 )
             },
         );
+        // Batch 1: at most 2x TFLite for the small models, 1.5x for the MobileNet.
+        let goal = if name.starts_with("mobilenet") {
+            1.5
+        } else {
+            2.0
+        };
         rows.push(format!(
-            "| B6 inference {name} (tract-tflite via edge_agent::inference::Model) | batch 1: {:.1} µs/window; {batch_text} | TFLite ai-edge-litert 2.3.0 (Python, 1 thread, XNNPACK): {:.1} µs/window (max err vs golden {err:.1e}) | {ratio:.2} | ≤ 1 {} |",
+            "| B6 inference {name} (tract-tflite via edge_agent::inference::Model) | batch 1: {:.1} µs/window; {batch_text} | TFLite ai-edge-litert 2.3.0 (Python, 1 thread, XNNPACK): {:.1} µs/window (max err vs golden {err:.1e}) | {ratio:.2} | batch 1 ≤ {goal} {} |",
             single * 1e6,
             tflite * 1e6,
-            if ratio <= 1.0 { "met" } else { "**missed**" },
+            met(ratio <= goal),
         ));
     }
     Ok(rows)
