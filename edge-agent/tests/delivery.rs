@@ -1143,55 +1143,18 @@ async fn after_an_outage_on_a_thin_link_anomalies_and_live_readings_overtake_the
     const DEVICES: usize = 100;
     const OUTAGE: usize = 60;
     const AFTER: usize = 40;
-    const RATE: f64 = 7000.0;
-    const BURST: usize = 2048;
     // (device, second) of a spike: every window of 16 holding one is an anomaly.
     const SPIKES: [(usize, usize); 4] = [(3, 20), (50, 40), (7, OUTAGE + 8), (60, OUTAGE + 18)];
     let broker = Mosquitto::start();
     let receiver = Receiver::start().await;
-    let link = Link::start(receiver.port, 8000).await;
+    let link = Link::start(receiver.port, scenario::LINK).await;
     link.cut();
-    let model = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("../tests/models/anomaly_autoencoder.tflite");
-    let yaml = format!(
-        r#"apiVersion: edgepipe.dev/v1alpha1
-kind: EdgePipeline
-metadata: {{name: thin, namespace: factory}}
-spec:
-  source:
-    mqtt: {{url: "mqtt://127.0.0.1:{broker}", topics: ["{TOPIC}"], qos: 1, clientId: agent-thin}}
-    format: {{value: value, device: device_id, timestamp: timestamp}}
-  inference:
-    model: {{path: {model:?}}}
-    window: 16
-    threshold: 0.8
-    normalize: {{mean: 20.0, std: 3.5}}
-  processors: []
-  sink:
-    rateLimit: {{bytesPerSecond: "{RATE}", burst: "{BURST}"}}
-    http:
-      url: http://127.0.0.1:{link}/ingest
-      batchSize: 200
-      flushInterval: 1s
-      timeout: 10s
-      compression: gzip
-      retry: {{initialBackoff: 100ms, maxBackoff: 1s}}
-"#,
-        broker = broker.port,
-        model = model.display().to_string(),
-        link = link.port,
-    );
+    let model = workspace_root().join("tests/models/anomaly_autoencoder.tflite");
+    let yaml = scenario::thin_link_pipeline(broker.port, "agent-thin", &model, "v1", link.port);
     let dir = tempfile::tempdir().unwrap();
     let mut agent = Agent::start(dir.path(), &yaml);
     agent.wait_ready().await;
 
-    // Like the model's training data: 20 + 5 sin(2 pi f t / 16 + phase), and +21 at a spike.
-    let value = |d: usize, t: usize| {
-        let f = 0.6 + 0.2 * (d % 5) as f64;
-        let spike = if SPIKES.contains(&(d, t)) { 21.0 } else { 0.0 };
-        20.0 + 5.0 * (2.0 * std::f64::consts::PI * f * t as f64 / 16.0 + d as f64 * 0.9).sin()
-            + spike
-    };
     let base_ms = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .unwrap()
@@ -1212,11 +1175,11 @@ spec:
         }
         published_at.push(std::time::Instant::now());
         for d in 0..DEVICES {
-            let device = format!("s{d}");
+            let value = scenario::sensor_value(d, t, SPIKES.contains(&(d, t)));
             publisher
                 .send(
-                    &format!("sensors/{device}/temperature"),
-                    reading(&device, value(d, t), base_ms + t as i64 * 1000),
+                    &format!("sensors/s{d}/temperature"),
+                    scenario::sensor_payload(d, value, base_ms + t as i64 * 1000),
                 )
                 .await;
         }
@@ -1339,7 +1302,8 @@ spec:
     let mut sent = 0usize;
     for r in &requests {
         sent += r.bytes;
-        let allowed = (BURST + largest) as f64 + (r.at - first).as_secs_f64() * RATE;
+        let allowed = (scenario::BURST as usize + largest) as f64
+            + (r.at - first).as_secs_f64() * scenario::RATE as f64;
         assert!(
             sent as f64 <= allowed,
             "{sent} bytes by {:?}, the cap allows {allowed:.0}",

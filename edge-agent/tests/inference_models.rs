@@ -176,6 +176,16 @@ async fn inference_runs_an_onnx_model_from_its_path() {
     }
 }
 
+/// The index of the best score.
+fn top1(scores: &[f32]) -> usize {
+    scores
+        .iter()
+        .enumerate()
+        .max_by(|a, b| a.1.total_cmp(b.1))
+        .map(|(i, _)| i)
+        .unwrap()
+}
+
 #[test]
 fn committed_images_classify_as_the_reference_interpreter_says() {
     let golden: Value = serde_json::from_slice(&fixture_bytes("images/golden.json")).unwrap();
@@ -196,12 +206,7 @@ fn committed_images_classify_as_the_reference_interpreter_says() {
             .map(|v| v.as_f64().unwrap() as f32)
             .collect();
         compare(0, &out, &want, tolerance).unwrap_or_else(|e| panic!("{file}: {e}"));
-        let top1 = out
-            .iter()
-            .enumerate()
-            .max_by(|a, b| a.1.total_cmp(b.1))
-            .map(|(i, _)| i)
-            .unwrap();
+        let top1 = top1(&out);
         assert_eq!(top1 as u64, image["top1_index"].as_u64().unwrap(), "{file}");
     }
 }
@@ -563,12 +568,7 @@ fn mobilenet_images_classify_as_litert_says() {
         let file = image["file"].as_str().unwrap();
         let input = image_input(&fixture_bytes(file), 96, 96, &mobilenet_input()).unwrap();
         let out = model.run_single(&input).unwrap();
-        let top1 = out
-            .iter()
-            .enumerate()
-            .max_by(|a, b| a.1.total_cmp(b.1))
-            .map(|(i, _)| i)
-            .unwrap();
+        let top1 = top1(&out);
         assert_eq!(top1 as u64, image["top1_index"].as_u64().unwrap(), "{file}");
         let want: Vec<f32> = image["softmax_image_triangle"]
             .as_array()

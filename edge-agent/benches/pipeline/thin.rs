@@ -13,14 +13,13 @@ use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
 use edge_agent::record::format_timestamp_ms;
-use edge_testkit::{Agent, Link, Mosquitto, Publisher, Receiver};
+use edge_testkit::{Agent, Link, Mosquitto, Publisher, Receiver, scenario};
 use serde_json::Value;
 
 use crate::util::{BenchResult, percentile};
 
 const DEVICES: usize = 100;
-const RATE: f64 = 7000.0;
-const LINK: u64 = 8000;
+const RATE: f64 = scenario::RATE as f64;
 
 pub async fn b11(dir: &std::path::Path) -> BenchResult<Vec<String>> {
     let outage = ((600.0 * crate::scale()) as usize).max(60);
@@ -40,47 +39,13 @@ async fn run(dir: &std::path::Path, format: &str, outage: usize) -> BenchResult<
         .collect();
     let broker = Mosquitto::start();
     let receiver = Receiver::start().await;
-    let link = Link::start(receiver.port, LINK).await;
+    let link = Link::start(receiver.port, scenario::LINK).await;
     link.cut();
     let model = crate::util::workspace().join("tests/models/anomaly_autoencoder.tflite");
-    let yaml = format!(
-        r#"apiVersion: edgepipe.dev/v1alpha1
-kind: EdgePipeline
-metadata: {{name: thin, namespace: bench}}
-spec:
-  source:
-    mqtt: {{url: "mqtt://127.0.0.1:{broker}", topics: ["sensors/+/temperature"], qos: 1, clientId: agent-b11}}
-    format: {{value: value, device: device_id, timestamp: timestamp}}
-  inference:
-    model: {{path: {model:?}}}
-    window: 16
-    threshold: 0.8
-    normalize: {{mean: 20.0, std: 3.5}}
-  processors: []
-  sink:
-    format: {format}
-    rateLimit: {{bytesPerSecond: "{RATE}", burst: "2048"}}
-    http:
-      url: http://127.0.0.1:{link}/ingest
-      batchSize: 200
-      flushInterval: 1s
-      timeout: 10s
-      compression: gzip
-      retry: {{initialBackoff: 100ms, maxBackoff: 1s}}
-"#,
-        broker = broker.port,
-        model = model.display().to_string(),
-        link = link.port,
-    );
+    let yaml = scenario::thin_link_pipeline(broker.port, "agent-b11", &model, format, link.port);
     let mut agent = Agent::start(dir, &yaml);
     agent.wait_ready().await;
 
-    let value = |d: usize, t: usize| {
-        let f = 0.6 + 0.2 * (d % 5) as f64;
-        let spike = if spikes.contains(&(d, t)) { 21.0 } else { 0.0 };
-        20.0 + 5.0 * (2.0 * std::f64::consts::PI * f * t as f64 / 16.0 + d as f64 * 0.9).sin()
-            + spike
-    };
     let base_ms = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_err(|e| e.to_string())?
@@ -120,11 +85,8 @@ spec:
         second_of.insert(format_timestamp_ms(base_ms + t as i64 * 1000), t);
         published_at.push(Instant::now());
         for d in 0..DEVICES {
-            let payload = format!(
-                r#"{{"device_id":"s{d}","value":{},"timestamp":{}}}"#,
-                value(d, t),
-                base_ms + t as i64 * 1000
-            );
+            let value = scenario::sensor_value(d, t, spikes.contains(&(d, t)));
+            let payload = scenario::sensor_payload(d, value, base_ms + t as i64 * 1000);
             publisher
                 .send(&format!("sensors/s{d}/temperature"), payload)
                 .await;

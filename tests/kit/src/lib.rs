@@ -13,6 +13,7 @@
 //! - [`link`]: a thin network link (a TCP proxy with a bandwidth cap) that can be cut;
 //! - [`pki`]: a private CA and certificates made with openssl;
 //! - [`ports`], [`poll`]: race-free loopback ports and polling with deadlines;
+//! - [`scenario`]: the thin-link scenario of the sink tests and benchmark B11;
 //! - [`process`]: background processes that never outlive the test.
 
 pub mod agent;
@@ -25,6 +26,7 @@ pub mod poll;
 pub mod ports;
 pub mod process;
 pub mod receiver;
+pub mod scenario;
 
 use std::path::{Path, PathBuf};
 
