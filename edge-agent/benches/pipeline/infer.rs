@@ -37,8 +37,9 @@ fn python() -> PathBuf {
     )
 }
 
-/// The reference interpreter's seconds per window and its largest error on the goldens.
-fn reference(model: &PathBuf, golden: &PathBuf) -> BenchResult<(f64, f64)> {
+/// The reference interpreter's seconds per window (with XNNPACK, and with its plain
+/// kernels) and its largest error on the goldens.
+fn reference(model: &PathBuf, golden: &PathBuf) -> BenchResult<(f64, f64, f64)> {
     let out = Command::new(python())
         .arg(workspace().join("tests/bench/tflite_ref.py"))
         .arg(model)
@@ -57,7 +58,8 @@ fn reference(model: &PathBuf, golden: &PathBuf) -> BenchResult<(f64, f64)> {
     }
     let v: serde_json::Value = serde_json::from_slice(&out.stdout).map_err(|e| e.to_string())?;
     let per = v["per_call_s"].as_f64().ok_or("no per_call_s")?;
-    Ok((per, v["max_abs_err"].as_f64().unwrap_or(f64::NAN)))
+    let plain = v["plain_per_call_s"].as_f64().unwrap_or(f64::NAN);
+    Ok((per, plain, v["max_abs_err"].as_f64().unwrap_or(f64::NAN)))
 }
 
 pub fn b6() -> BenchResult<Vec<String>> {
@@ -101,7 +103,7 @@ pub fn b6() -> BenchResult<Vec<String>> {
         } else {
             None
         };
-        let (tflite, err) = reference(&model_path, &golden_path)?;
+        let (tflite, plain, err) = reference(&model_path, &golden_path)?;
         let ratio = single / tflite;
         let met = |ok: bool| if ok { "met" } else { "**missed**" };
         let batch_text = batched.map_or_else(
@@ -122,9 +124,11 @@ pub fn b6() -> BenchResult<Vec<String>> {
             2.0
         };
         rows.push(format!(
-            "| B6 inference {name} (tract-tflite via edge_agent::inference::Model) | batch 1: {:.1} µs/window; {batch_text} | TFLite ai-edge-litert 2.3.0 (Python, 1 thread, XNNPACK): {:.1} µs/window (max err vs golden {err:.1e}) | {ratio:.2} | batch 1 ≤ {goal} {} |",
+            "| B6 inference {name} (tract-tflite via edge_agent::inference::Model) | batch 1: {:.1} µs/window; {batch_text} | TFLite ai-edge-litert 2.3.0 (Python, 1 thread, XNNPACK): {:.1} µs/window (max err vs golden {err:.1e}); its plain kernels (no delegate): {:.1} µs/window, tract/plain {:.2} | {ratio:.2} | batch 1 ≤ {goal} {} |",
             single * 1e6,
             tflite * 1e6,
+            plain * 1e6,
+            single / plain,
             met(ratio <= goal),
         ));
     }
