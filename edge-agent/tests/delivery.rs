@@ -1035,18 +1035,8 @@ async fn a_rate_limited_sink_drains_a_backlog_at_the_configured_rate() {
         .filter(|r| r.status == 200)
         .collect();
     let total: usize = requests.iter().map(|r| r.bytes).sum();
-    let largest = requests.iter().map(|r| r.bytes).max().unwrap_or(0);
     let first = requests[0].at;
-    let mut received = 0usize;
-    for r in &requests {
-        received += r.bytes;
-        let allowed = (8 * 1024 + largest) as f64 + (r.at - first).as_secs_f64() * RATE as f64;
-        assert!(
-            received as f64 <= allowed,
-            "{received} bytes by {:?}, the cap allows {allowed:.0}",
-            r.at - first
-        );
-    }
+    assert_within_cap(&requests, 8 * 1024, RATE as f64);
     let took = (requests.last().unwrap().at - first).as_secs_f64();
     eprintln!(
         "{total} bytes in {took:.1} s: {:.0} B/s",
@@ -1295,18 +1285,22 @@ async fn after_an_outage_on_a_thin_link_anomalies_and_live_readings_overtake_the
         "only {overtaking} live readings arrived before the backlog's last ({drained:.1} s)"
     );
 
-    // Within the cap: by any moment, the burst plus the rate since the first request (plus
-    // the request in flight).
+    assert_within_cap(&requests, scenario::BURST as usize, scenario::RATE as f64);
+}
+
+/// What the receiver got stays within a cap: by the arrival of any request, the bytes
+/// received since the first request are at most the burst plus the rate times the time
+/// since (plus the largest request, which may be in flight when the bucket refills).
+fn assert_within_cap(requests: &[Request], burst: usize, bytes_per_second: f64) {
     let largest = requests.iter().map(|r| r.bytes).max().unwrap_or(0);
     let first = requests[0].at;
-    let mut sent = 0usize;
-    for r in &requests {
-        sent += r.bytes;
-        let allowed = (scenario::BURST as usize + largest) as f64
-            + (r.at - first).as_secs_f64() * scenario::RATE as f64;
+    let mut received = 0usize;
+    for r in requests {
+        received += r.bytes;
+        let allowed = (burst + largest) as f64 + (r.at - first).as_secs_f64() * bytes_per_second;
         assert!(
-            sent as f64 <= allowed,
-            "{sent} bytes by {:?}, the cap allows {allowed:.0}",
+            received as f64 <= allowed,
+            "{received} bytes by {:?}, the cap allows {allowed:.0}",
             r.at - first
         );
     }
