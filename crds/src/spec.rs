@@ -991,8 +991,9 @@ pub struct Sink {
     /// How each batch is written: `v1` (default), a JSON array of records, each with its
     /// pipeline, node, device, topic and kind; or `v2`, one object per batch that names
     /// pipeline and node once and groups the records of each device, topic and kind into
-    /// columns (about a quarter of v1's bytes for readings). Specified in
-    /// `deploy/wire-format.md`.
+    /// columns (about a quarter of v1's bytes for readings); or `v3`, v2's groups and
+    /// columns in binary with numbers as varint differences, for metered links. Specified
+    /// in `deploy/wire-format.md`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub format: Option<WireFormat>,
 }
@@ -1007,14 +1008,19 @@ pub enum WireFormat {
     /// One columnar object per batch (`"format": "edgepipe.v2"`).
     #[serde(rename = "v2")]
     V2,
+    /// v2's groups and columns in binary (`EPv3`): numbers as varint differences, for
+    /// metered links.
+    #[serde(rename = "v3")]
+    V3,
 }
 
 impl WireFormat {
-    /// `v1` or `v2`, as in YAML and in the `Edgepipe-Format` header.
+    /// `v1`, `v2` or `v3`, as in YAML and in the `Edgepipe-Format` header.
     pub fn as_str(self) -> &'static str {
         match self {
             Self::V1 => "v1",
             Self::V2 => "v2",
+            Self::V3 => "v3",
         }
     }
 }

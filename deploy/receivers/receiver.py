@@ -1,8 +1,8 @@
 #!/usr/bin/env python3
 """Example receiver for the Edgepipe HTTP sink (see ../wire-format.md).
 
-Accepts POSTed batches in wire format v1 or v2, gzipped or not, turns v2 back into v1
-records, drops what it has already seen (a batch by its Idempotency-Key, a record by its
+Accepts POSTed batches in wire format v1, v2 or v3, gzipped or not, turns v2 and v3 back
+into v1 records, drops what it has already seen (a batch by its Idempotency-Key, a record by its
 pipeline, node and seq) and prints each new record as one JSON line on stdout.
 
     python3 receiver.py [--host 127.0.0.1] [--port 8080]
@@ -15,10 +15,12 @@ import argparse
 import datetime
 import gzip
 import json
+import struct
 import sys
 from http.server import BaseHTTPRequestHandler, HTTPServer
 
 V2_FORMAT = "edgepipe.v2"
+V3_MAGIC = b"EPv3"
 MAX_BODY = 64 << 20
 EPOCH = datetime.datetime(1970, 1, 1, tzinfo=datetime.timezone.utc)
 
@@ -67,6 +69,136 @@ def from_v2(doc):
     return records
 
 
+class V3Reader:
+    """A cursor over a v3 body; every read checks what is left."""
+
+    def __init__(self, body):
+        self.body = body
+        self.at = 0
+        self.strings = []
+
+    def take(self, n):
+        if n > len(self.body) - self.at:
+            raise ValueError(f"v3: the batch ends too soon at byte {self.at}")
+        chunk = self.body[self.at:self.at + n]
+        self.at += n
+        return chunk
+
+    def varint(self):
+        value = 0
+        for shift in range(0, 70, 7):
+            b = self.take(1)[0]
+            value |= (b & 0x7F) << shift
+            if b < 0x80:
+                if value >= 1 << 64:
+                    break
+                return value
+        raise ValueError(f"v3: a varint longer than 64 bits at byte {self.at}")
+
+    def zigzag(self):
+        v = self.varint()
+        return (v >> 1) ^ -(v & 1)
+
+    def text(self):
+        return self.take(self.varint()).decode("utf-8")
+
+    def string(self):
+        k = self.varint()
+        if k == 0:
+            s = self.text()
+            self.strings.append(s)
+            return s
+        if k > len(self.strings):
+            raise ValueError(f"v3: no string {k - 1}")
+        return self.strings[k - 1]
+
+    def tag(self, n):
+        """(column tag without its bitmap bit, which of the n records have the field)."""
+        tag = self.take(1)[0]
+        if tag == 0:
+            return 0, [False] * n
+        if not tag & 0x10:
+            return tag, [True] * n
+        bits = self.take((n + 7) // 8)
+        return tag & 0x0F, [bool(bits[i // 8] >> (i % 8) & 1) for i in range(n)]
+
+    def numbers(self, n):
+        tag, present = self.tag(n)
+        if tag == 0:
+            return [None] * n
+        if tag == 1:
+            scale = self.take(1)[0]
+            if scale > 9:
+                raise ValueError(f"v3: decimal scale {scale}")
+        elif tag != 2:
+            raise ValueError(f"v3: unknown column tag {tag}")
+        out, m = [], 0
+        for has in present:
+            if not has:
+                out.append(None)
+            elif tag == 1:
+                m = wrap64(m + self.zigzag())
+                # int / int is correctly rounded in Python: the sent double, bit for bit.
+                out.append(m / 10 ** scale)
+            else:
+                out.append(struct.unpack("<d", self.take(8))[0])
+        return out
+
+
+def wrap64(n):
+    """n in 64-bit two's complement."""
+    n &= (1 << 64) - 1
+    return n - (1 << 64) if n >= 1 << 63 else n
+
+
+def from_v3(body):
+    """The v1 records of a v3 batch, in seq order."""
+    if body[:4] != V3_MAGIC:
+        raise ValueError("not a v3 batch")
+    r = V3Reader(body)
+    r.at = 4
+    pipeline, node = r.string(), r.string()
+    records = []
+    for _ in range(r.varint()):
+        device, topic, kind = r.string(), r.string(), r.string()
+        n = r.varint()
+        if n > len(body):
+            raise ValueError("v3: more records than bytes")
+        seqs, seq = [], 0
+        for _ in range(n):
+            seq = (seq + r.varint()) & ((1 << 64) - 1)
+            seqs.append(seq)
+        times, t = [], 0
+        for _ in range(n):
+            t = wrap64(t + r.zigzag())
+            times.append(t)
+        value, score = r.numbers(n), r.numbers(n)
+        stats = [(r.string(), r.numbers(n)) for _ in range(r.varint())]
+        tag, present = r.tag(n)
+        if tag not in (0, 3):
+            raise ValueError(f"v3: unknown labels tag {tag}")
+        labels = [json.loads(r.text()) if has else None for has in present]
+        for i in range(n):
+            rec = {"pipeline": pipeline, "node": node, "device": device, "topic": topic,
+                   "kind": kind}
+            if value[i] is not None:
+                rec["value"] = value[i]
+            rec["timestamp"] = timestamp(times[i])
+            rec["seq"] = seqs[i]
+            if score[i] is not None:
+                rec["score"] = score[i]
+            s = {name: col[i] for name, col in stats if col[i] is not None}
+            if s:
+                rec["stats"] = s
+            if labels[i] is not None:
+                rec["labels"] = labels[i]
+            records.append(rec)
+    if r.at != len(body):
+        raise ValueError(f"v3: {len(body) - r.at} bytes after the last group")
+    records.sort(key=lambda rec: rec["seq"])
+    return records
+
+
 class Handler(BaseHTTPRequestHandler):
     seen_batches = set()  # Idempotency-Key values
     seen_records = set()  # (pipeline, node, seq)
@@ -110,6 +242,8 @@ class Handler(BaseHTTPRequestHandler):
         # The body names its format (an array is v1); the header, when sent, must agree.
         declared = self.headers.get("Edgepipe-Format")
         try:
+            if body[:4] == V3_MAGIC and declared in (None, "v3"):
+                return self.checked(from_v3(body))
             doc = json.loads(body)
             if isinstance(doc, list) and declared in (None, "v1"):
                 records = doc
@@ -119,10 +253,15 @@ class Handler(BaseHTTPRequestHandler):
                 records = from_v2(doc)
             else:
                 raise Rejected(415, f"not a batch of format {declared!r}")
-            for r in records:
-                hash((r["pipeline"], r["node"], r["seq"]))
+            return self.checked(records)
         except (ValueError, KeyError, IndexError, TypeError, AttributeError, OverflowError) as e:
             raise Rejected(400, f"malformed batch: {e!r}")
+
+    @staticmethod
+    def checked(records):
+        """records, if each has the fields it is deduplicated by."""
+        for r in records:
+            hash((r["pipeline"], r["node"], r["seq"]))
         return records
 
     def reply(self, status, text):

@@ -10,6 +10,7 @@ use std::time::Duration;
 
 use common::*;
 use edge_agent::record::format_timestamp_ms;
+use edge_testkit::process::Process;
 use serde_json::Value;
 
 const TOPIC: &str = "sensors/+/temperature";
@@ -1306,25 +1307,26 @@ fn assert_within_cap(requests: &[Request], burst: usize, bytes_per_second: f64) 
     }
 }
 
-/// `sink.format: v2` end to end: two agents on the same stream, one writing v1 and one
-/// v2, deliver the same records (the receiver reads v2 back into v1 records as
-/// `deploy/wire-format.md` says), every v2 request says its format, and v2 takes less than
-/// half of v1's bytes.
+/// `sink.format: v2` and `v3` end to end: three agents on the same stream, writing v1,
+/// v2 and v3, deliver the same records (the receiver reads v2 and v3 back into v1 records
+/// as `deploy/wire-format.md` says), every request says its format, v2 takes less than
+/// half of v1's bytes and v3 less than half of v2's.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn the_compact_format_carries_the_same_records_in_fewer_bytes() {
+async fn the_compact_formats_carry_the_same_records_in_fewer_bytes() {
     const N: i64 = 1000;
+    const FORMATS: [&str; 3] = ["v1", "v2", "v3"];
     let broker = Mosquitto::start();
-    let (v1, v2) = (Receiver::start().await, Receiver::start().await);
-    let (d1, d2) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let mut receivers = Vec::new();
     let mut agents = Vec::new();
-    for (client, receiver, dir, format) in [
-        ("agent-format-v1", &v1, &d1, "v1"),
-        ("agent-format-v2", &v2, &d2, "v2"),
-    ] {
-        prepare_session(broker.port, client, &[TOPIC]).await;
+    let mut dirs = Vec::new();
+    for format in FORMATS {
+        let receiver = Receiver::start().await;
+        let dir = tempfile::tempdir().unwrap();
+        let client = format!("agent-format-{format}");
+        prepare_session(broker.port, &client, &[TOPIC]).await;
         let yaml = Pipeline {
             broker_port: broker.port,
-            client_id: client,
+            client_id: &client,
             receiver_port: receiver.port,
             batch_size: 100,
             ..Pipeline::default()
@@ -1334,37 +1336,179 @@ async fn the_compact_format_carries_the_same_records_in_fewer_bytes() {
         let mut agent = Agent::start(dir.path(), &yaml);
         agent.wait_ready().await;
         agents.push(agent);
+        receivers.push(receiver);
+        dirs.push(dir);
     }
     stream_readings(broker.port, "publisher-formats", N)
         .await
         .unwrap();
-    assert_eq!(
-        every_streamed_reading(&v1, N, "every reading in v1").await,
-        0
-    );
-    assert_eq!(
-        every_streamed_reading(&v2, N, "every reading in v2").await,
-        0
-    );
+    for (format, receiver) in FORMATS.iter().zip(&receivers) {
+        let what = format!("every reading in {format}");
+        assert_eq!(every_streamed_reading(receiver, N, &what).await, 0);
+    }
 
     let by_seq = |r: &Receiver| {
         let mut records = r.accepted();
         records.sort_by_key(|r| r["seq"].as_u64());
         records
     };
-    assert_eq!(by_seq(&v2), by_seq(&v1), "the same records");
-    let format = |q: &Request| q.headers.get("edgepipe-format").cloned();
-    assert!(v1.requests().iter().all(|q| format(q).is_none()));
-    assert!(
-        v2.requests()
-            .iter()
-            .all(|q| format(q).as_deref() == Some("v2"))
-    );
-    let bytes = |r: &Receiver| r.requests().iter().map(|q| q.bytes).sum::<usize>();
-    let (b1, b2) = (bytes(&v1), bytes(&v2));
+    let header = |q: &Request| q.headers.get("edgepipe-format").cloned();
+    let mut bytes = Vec::new();
+    for (format, receiver) in FORMATS.iter().zip(&receivers) {
+        assert_eq!(
+            by_seq(receiver),
+            by_seq(&receivers[0]),
+            "the same records in {format}"
+        );
+        let expected = (*format != "v1").then(|| format.to_string());
+        assert!(receiver.requests().iter().all(|q| header(q) == expected));
+        bytes.push(receiver.requests().iter().map(|q| q.bytes).sum::<usize>());
+    }
+    let (b1, b2, b3) = (bytes[0], bytes[1], bytes[2]);
     eprintln!(
-        "{N} readings: v1 {b1} bytes, v2 {b2} bytes ({:.2})",
-        b2 as f64 / b1 as f64
+        "{N} readings: v1 {b1} bytes, v2 {b2} bytes ({:.2}), v3 {b3} bytes ({:.2})",
+        b2 as f64 / b1 as f64,
+        b3 as f64 / b1 as f64
     );
     assert!(b2 * 2 < b1, "v2 {b2} bytes, v1 {b1}");
+    assert!(b3 * 2 < b2, "v3 {b3} bytes, v2 {b2}");
+}
+
+/// `deploy/receivers/receiver.py`, the example receiver of the wire formats, on a free
+/// port; what it prints (one JSON record a line) goes to its log.
+struct ExampleReceiver {
+    port: u16,
+    process: Process,
+    _dir: tempfile::TempDir,
+}
+
+impl ExampleReceiver {
+    async fn start() -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let port = free_port();
+        let mut command = std::process::Command::new(tool("python3"));
+        command
+            .arg(workspace_root().join("deploy/receivers/receiver.py"))
+            .args(["--port", &port.to_string()]);
+        let process = Process::spawn("receiver.py", &command, &dir.path().join("receiver.log"));
+        let log = process.log().to_path_buf();
+        eventually(
+            Duration::from_secs(20),
+            "receiver.py listening",
+            async || {
+                std::fs::read_to_string(&log)
+                    .ok()
+                    .filter(|l| l.contains("listening on"))
+            },
+        )
+        .await;
+        Self {
+            port,
+            process,
+            _dir: dir,
+        }
+    }
+
+    /// The records it printed.
+    fn records(&self) -> Vec<Value> {
+        std::fs::read_to_string(self.process.log())
+            .unwrap_or_default()
+            .lines()
+            .filter(|l| l.starts_with('{'))
+            .map(|l| serde_json::from_str(l).expect("a printed record is JSON"))
+            .collect()
+    }
+}
+
+/// The example receiver reads what real agents send in every format (v1, v2 gzipped, v3)
+/// and prints the records the test receiver gets from a v1 agent on the same stream:
+/// fractional readings, values no short decimal holds, in the same order by `seq`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_example_receiver_reads_every_format() {
+    const N: i64 = 600;
+    let broker = Mosquitto::start();
+    let reference = Receiver::start().await;
+    let mut examples = Vec::new();
+    let mut agents = Vec::new();
+    let mut dirs = Vec::new();
+    for (i, (format, gzip)) in [
+        ("v1", false),
+        ("v1", true),
+        ("v2", true),
+        ("v3", false),
+        ("v3", false),
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        // The first agent feeds the reference; the others one example receiver each.
+        let port = if i == 0 {
+            reference.port
+        } else {
+            let example = ExampleReceiver::start().await;
+            let port = example.port;
+            examples.push((format, example));
+            port
+        };
+        let client = format!("agent-example-{i}");
+        prepare_session(broker.port, &client, &[TOPIC]).await;
+        let dir = tempfile::tempdir().unwrap();
+        let yaml = Pipeline {
+            broker_port: broker.port,
+            client_id: &client,
+            receiver_port: port,
+            batch_size: 64,
+            extra_sink: if gzip { "      compression: gzip" } else { "" },
+            ..Pipeline::default()
+        }
+        .yaml()
+        .replace("  sink:\n", &format!("  sink:\n    format: {format}\n"));
+        let mut agent = Agent::start(dir.path(), &yaml);
+        agent.wait_ready().await;
+        agents.push(agent);
+        dirs.push(dir);
+    }
+    let mut publisher = Publisher::connect(broker.port, "publisher-example");
+    for i in 0..N {
+        let device = format!("x{}", i % 7);
+        // Three decimals, as sensors send them; every 50th a value that needs all 17
+        // digits (v3 writes its column as doubles); one far beyond any decimal.
+        let value = match i {
+            _ if i == N / 2 => 1e21,
+            _ if i % 50 == 49 => i as f64 / 3.0,
+            _ => ((i as f64 * 0.013 - 4.0) * 1000.0).round() / 1000.0,
+        };
+        publisher
+            .send(
+                &format!("sensors/{device}/temperature"),
+                reading(&device, value, T0 + i * 250),
+            )
+            .await;
+    }
+    publisher.flush().await;
+
+    let expected = eventually(
+        Duration::from_secs(60),
+        "every reading at the reference",
+        async || {
+            let mut got = reference.accepted();
+            got.sort_by_key(|r| r["seq"].as_u64());
+            got.dedup_by_key(|r| r["seq"].as_u64());
+            (got.len() == N as usize).then_some(got)
+        },
+    )
+    .await;
+    for (format, example) in &examples {
+        let printed = eventually(
+            Duration::from_secs(60),
+            "every reading printed",
+            async || {
+                let mut printed = example.records();
+                printed.sort_by_key(|r| r["seq"].as_u64());
+                (printed.len() >= N as usize).then_some(printed)
+            },
+        )
+        .await;
+        assert_eq!(printed, expected, "records printed from {format}");
+    }
 }

@@ -297,6 +297,83 @@ spec:
     assert!(agent.metric(&series("edge_agent_records_synced_total", &[])) >= 30.0);
 }
 
+/// Over MQTT there is no header: a v2 or v3 batch says what it is by its first bytes
+/// (`{` and `EPv3`), and reads back into the records of v1.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_mqtt_sink_publishes_compact_batches_that_name_their_format() {
+    let edge = Mosquitto::start();
+    let cloud = Mosquitto::start();
+    let upstream = Subscriber::connect(cloud.port, "cloud-ingest-compact", "cloud/#").await;
+    let mut agents = Vec::new();
+    let mut dirs = Vec::new();
+    for format in ["v2", "v3"] {
+        let client = format!("agent-mqtt-sink-{format}");
+        prepare_session(edge.port, &client, &[TOPIC]).await;
+        let dir = tempfile::tempdir().unwrap();
+        let yaml = format!(
+            r#"apiVersion: edgepipe.dev/v1alpha1
+kind: EdgePipeline
+metadata: {{name: test, namespace: factory}}
+spec:
+  source:
+    mqtt: {{url: "mqtt://127.0.0.1:{edge}", topics: ["{TOPIC}"], clientId: {client}}}
+  sink:
+    format: {format}
+    mqtt: {{url: "mqtt://127.0.0.1:{cloud}", topic: "cloud/{format}", batchSize: 7, flushInterval: 100ms}}
+"#,
+            edge = edge.port,
+            cloud = cloud.port
+        );
+        let mut agent = Agent::start(dir.path(), &yaml);
+        agent.wait_ready().await;
+        agents.push(agent);
+        dirs.push(dir);
+    }
+    let mut publisher = Publisher::connect(edge.port, "agent-mqtt-compact-pub");
+    for i in 0..30 {
+        publisher
+            .send(
+                "sensors/a/temperature",
+                reading("a", i as f64 / 4.0, T0 + i),
+            )
+            .await;
+    }
+    publisher.flush().await;
+    let records = |format: &str| {
+        let mut out: Vec<Value> = Vec::new();
+        for (topic, payload) in upstream.messages() {
+            if topic != format!("cloud/{format}") {
+                continue;
+            }
+            let batch = match format {
+                "v2" => {
+                    assert_eq!(payload.first(), Some(&b'{'));
+                    receiver::v2_to_v1(&payload)
+                }
+                _ => {
+                    assert!(payload.starts_with(b"EPv3"));
+                    receiver::v3_to_v1(&payload)
+                }
+            };
+            out.extend(batch.expect("a batch of its format"));
+        }
+        out.sort_by_key(|r| r["seq"].as_u64());
+        out.dedup_by_key(|r| r["seq"].as_u64());
+        out
+    };
+    let v2 = eventually(Duration::from_secs(15), "30 records in v2", async || {
+        Some(records("v2")).filter(|r| r.len() == 30)
+    })
+    .await;
+    let v3 = eventually(Duration::from_secs(15), "30 records in v3", async || {
+        Some(records("v3")).filter(|r| r.len() == 30)
+    })
+    .await;
+    assert_eq!(v3, v2);
+    let values: Vec<f64> = v3.iter().filter_map(|r| r["value"].as_f64()).collect();
+    assert_eq!(values, (0..30).map(|i| i as f64 / 4.0).collect::<Vec<_>>());
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_broker_down_at_start_keeps_the_agent_live_but_not_ready_until_it_connects() {
     let broker_port = free_port();

@@ -255,13 +255,13 @@ impl HttpSink {
             .client
             .post(&self.settings.url)
             .headers(self.client.headers.clone())
-            .header(CONTENT_TYPE, "application/json")
+            .header(CONTENT_TYPE, content_type(format))
             .header("Idempotency-Key", key.as_str())
             .body(body.clone());
         if self.settings.gzip {
             request = request.header(CONTENT_ENCODING, "gzip");
         }
-        if format == WireFormat::V2 {
+        if format != WireFormat::V1 {
             request = request.header(FORMAT_HEADER, format.as_str());
         }
         let response = tokio::select! {
@@ -388,6 +388,14 @@ impl HttpSink {
             }
         };
         (format, body)
+    }
+}
+
+/// `Content-Type` of a batch: JSON for v1 and v2, bytes for v3.
+fn content_type(format: WireFormat) -> &'static str {
+    match format {
+        WireFormat::V1 | WireFormat::V2 => "application/json",
+        WireFormat::V3 => "application/octet-stream",
     }
 }
 

@@ -3,8 +3,9 @@
 //! v1 is a JSON array of [`UpstreamRecord`] objects, each repeating the pipeline, node,
 //! device, topic and kind. v2 (`"format":"edgepipe.v2"`) names the pipeline and node once
 //! and puts the records of each (device, topic, kind) into columns, which removes most of
-//! that repetition. Every v1 record can be rebuilt exactly from v2 ([`decode_v2`]). Both
-//! formats are specified in `deploy/wire-format.md`.
+//! that repetition. v3 ([`v3`]) is v2's groups and columns in binary, for metered links.
+//! Every v1 record can be rebuilt exactly from v2 and v3 ([`decode_v2`], [`decode_v3`]).
+//! The formats are specified in `deploy/wire-format.md`.
 //!
 //! The queue stores each record as its v1 JSON, so v1 is the stored bodies joined and v2
 //! re-reads them. The drain runs at hundreds of thousands of records a second, so the
@@ -15,6 +16,10 @@ use std::borrow::Cow;
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 
 use serde::{Deserialize, Serialize};
+
+pub mod v3;
+
+pub use v3::{V3_MAGIC, decode as decode_v3};
 
 use crate::queue::Batch;
 use crate::record::{LabelScore, RecordKind, UpstreamRecord, format_timestamp_ms};
@@ -55,6 +60,9 @@ pub enum WireError {
     /// A `format` other than [`V2_FORMAT`].
     #[error("unknown batch format {0:?}: expected \"edgepipe.v2\"")]
     UnknownFormat(String),
+    /// A v3 body that does not follow the format.
+    #[error("v3 batch, byte {at}: {what}")]
+    Binary { at: usize, what: String },
     /// A column whose length differs from the group's `seq`.
     #[error("group {group}: column {column} has {len} entries, seq has {expected}")]
     Column {
@@ -91,7 +99,7 @@ impl Writer {
     }
 }
 
-/// Encodes `batch` for the upstream. v1 is the stored bodies as one JSON array; v2 needs
+/// Encodes `batch` for the upstream. v1 is the stored bodies as one JSON array; v2 and v3 need
 /// every stored body to be an [`UpstreamRecord`] of `pipeline` and `node` whose timestamp
 /// is in the form [`UpstreamRecord::new`] writes.
 pub fn encode(
@@ -103,6 +111,7 @@ pub fn encode(
     match format {
         WireFormat::V1 => Ok(batch.json_array()),
         WireFormat::V2 => encode_v2(pipeline, node, batch),
+        WireFormat::V3 => v3::encode(pipeline, node, batch),
     }
 }
 
@@ -146,7 +155,13 @@ struct Row<'a> {
     t: i64,
 }
 
-fn encode_v2(pipeline: &str, node: &str, batch: &Batch) -> Result<Vec<u8>, WireError> {
+/// The records of `batch` read in place, and their groups: the indices of the records of
+/// each (device, topic, kind), groups in the order of their first record, each in batch
+/// order. Every record must be an upstream record of `pipeline` and `node` whose timestamp
+/// [`format_timestamp_ms`] writes back exactly.
+type Grouped<'a> = (Vec<Row<'a>>, Vec<Vec<usize>>);
+
+fn grouped<'a>(pipeline: &str, node: &str, batch: &'a Batch) -> Result<Grouped<'a>, WireError> {
     let mut rows = Vec::with_capacity(batch.records.len());
     for stored in &batch.records {
         let seq = stored.seq;
@@ -173,8 +188,6 @@ fn encode_v2(pipeline: &str, node: &str, batch: &Batch) -> Result<Vec<u8>, WireE
         };
         rows.push(Row { view, t });
     }
-
-    // Groups in the order of their first record; each lists its records in batch order.
     let mut index: HashMap<(&str, &str, RecordKind), usize> = HashMap::new();
     let mut groups: Vec<Vec<usize>> = Vec::new();
     for (i, row) in rows.iter().enumerate() {
@@ -185,6 +198,20 @@ fn encode_v2(pipeline: &str, node: &str, batch: &Batch) -> Result<Vec<u8>, WireE
         });
         groups[g].push(i);
     }
+    Ok((rows, groups))
+}
+
+/// The statistic names some member of a group has, in sorted order.
+fn stat_names<'r>(rows: &'r [Row<'_>], members: &[usize]) -> BTreeSet<&'r str> {
+    members
+        .iter()
+        .filter_map(|&i| rows[i].view.stats.as_ref())
+        .flat_map(|s| s.keys().map(|k| &**k))
+        .collect()
+}
+
+fn encode_v2(pipeline: &str, node: &str, batch: &Batch) -> Result<Vec<u8>, WireError> {
+    let (rows, groups) = grouped(pipeline, node, batch)?;
 
     // v2 is smaller than v1: half of v1 is a fair first guess.
     let v1_len: usize = batch.records.iter().map(|r| r.body.len()).sum();
@@ -216,11 +243,7 @@ fn encode_v2(pipeline: &str, node: &str, batch: &Batch) -> Result<Vec<u8>, WireE
         if has(|v| v.score.is_some()) {
             column(&mut out, "score", &rows, members, |r| r.view.score)?;
         }
-        let names: BTreeSet<&str> = members
-            .iter()
-            .filter_map(|&i| rows[i].view.stats.as_ref())
-            .flat_map(|s| s.keys().map(|k| &**k))
-            .collect();
+        let names = stat_names(&rows, members);
         if !names.is_empty() {
             out.extend_from_slice(b",\"stats\":{");
             for (n, name) in names.iter().enumerate() {
@@ -619,6 +642,45 @@ mod tests {
     }
 
     #[test]
+    fn v1_records_come_back_exactly_from_v3() {
+        let records = mixed();
+        let batch = batch_of(&records);
+        let bytes = encode(WireFormat::V3, PIPELINE, NODE, &batch).unwrap();
+        assert_eq!(&bytes[..4], V3_MAGIC);
+        assert_eq!(decode_v3(&bytes).unwrap(), records);
+        let rebuilt = batch_of(&decode_v3(&bytes).unwrap());
+        assert_eq!(rebuilt.json_array(), batch.json_array());
+        // Every shorter body is refused, never misread.
+        for n in 0..bytes.len() {
+            assert!(decode_v3(&bytes[..n]).is_err(), "{n} bytes");
+        }
+        let mut longer = bytes.clone();
+        longer.push(0);
+        let err = decode_v3(&longer).unwrap_err();
+        assert!(
+            err.to_string().contains("1 bytes after the last group"),
+            "{err}"
+        );
+        let err = decode_v3(br#"{"format":"edgepipe.v2"}"#).unwrap_err();
+        assert!(matches!(&err, WireError::UnknownFormat(f) if f == "{\"fo"));
+    }
+
+    #[test]
+    fn v3_refuses_what_v2_refuses() {
+        let mut other = reading(2, "t1", 0, 1.0);
+        other.pipeline = "factory/other".into();
+        let batch = batch_of(&[reading(1, "t1", 0, 1.0), other]);
+        let err = encode(WireFormat::V3, PIPELINE, NODE, &batch).unwrap_err();
+        assert!(matches!(err, WireError::Identity { seq: 2, .. }), "{err}");
+        let writer = Writer {
+            format: WireFormat::V3,
+            pipeline: PIPELINE.into(),
+            node: NODE.into(),
+        };
+        assert_eq!(writer.body(&batch), (WireFormat::V1, batch.json_array()));
+    }
+
+    #[test]
     fn groups_follow_first_appearance_and_keep_batch_order() {
         let records = mixed();
         let doc: serde_json::Value = serde_json::from_slice(&v2(&records)).unwrap();
@@ -704,6 +766,30 @@ mod tests {
         );
         assert_eq!(String::from_utf8(v2(&records)).unwrap(), expected);
         assert_eq!(records[0].timestamp, "2025-11-25T12:00:00.123Z");
+
+        // The same batch in v3, as deploy/wire-format.md shows it.
+        let v3 = encode(WireFormat::V3, PIPELINE, NODE, &batch_of(&records)).unwrap();
+        let hex: Vec<String> = v3
+            .chunks(16)
+            .map(|line| {
+                line.iter()
+                    .map(|b| format!("{b:02x}"))
+                    .collect::<Vec<_>>()
+                    .join(" ")
+            })
+            .collect();
+        let doc = include_str!("../../../deploy/wire-format.md");
+        let shown = doc
+            .split_once("The v2 example above in v3")
+            .and_then(|(_, rest)| rest.split_once("```\n"))
+            .and_then(|(head, rest)| Some((head, rest.split_once("\n```")?.0)))
+            .unwrap();
+        assert_eq!(shown.1, hex.join("\n"), "the hex in deploy/wire-format.md");
+        assert!(
+            shown.0.contains(&format!(", {} bytes", v3.len())),
+            "{}",
+            shown.0
+        );
     }
 
     #[test]
@@ -803,6 +889,8 @@ mod tests {
         assert_eq!(serde_json::to_string(&WireFormat::V1).unwrap(), r#""v1""#);
         assert!(serde_json::from_str::<WireFormat>(r#""V2""#).is_err());
         assert_eq!(WireFormat::V2.as_str(), "v2");
+        let f: WireFormat = serde_json::from_str(r#""v3""#).unwrap();
+        assert_eq!(f.as_str(), "v3");
     }
 
     #[test]
@@ -864,14 +952,23 @@ mod tests {
         let batch = batch_of(records);
         let v1 = encode(WireFormat::V1, PIPELINE, NODE, &batch).unwrap();
         let v2 = encode(WireFormat::V2, PIPELINE, NODE, &batch).unwrap();
+        let v3 = encode(WireFormat::V3, PIPELINE, NODE, &batch).unwrap();
         assert_eq!(decode_v2(&v2).unwrap(), records);
+        assert_eq!(decode_v3(&v3).unwrap(), records);
         let ratio = v2.len() as f64 / v1.len() as f64;
         let (g1, g2) = (gzip_len(&v1), gzip_len(&v2));
         eprintln!(
-            "{name}: v1 {} B, v2 {} B, v2/v1 {ratio:.3}; gzip: v1 {g1} B, v2 {g2} B, v2/v1 {:.3}",
+            "{name}: v1 {} B, v2 {} B, v3 {} B, v2/v1 {ratio:.3}; gzip: v1 {g1} B, v2 {g2} B, v2/v1 {:.3}",
             v1.len(),
             v2.len(),
+            v3.len(),
             g2 as f64 / g1 as f64
+        );
+        assert!(
+            v3.len() * 2 < v2.len(),
+            "v3 {} B, v2 {} B",
+            v3.len(),
+            v2.len()
         );
         ratio
     }

@@ -3,9 +3,9 @@
 //! (2xx, 5xx, 429 with `Retry-After`, 400 for some bodies, 401 for a header value, a
 //! redirect elsewhere), and can stop listening and come back on the same port.
 //!
-//! A body in the compact format (`Edgepipe-Format: v2`) is read back into the records of
-//! v1 ([`v2_to_v1`], written from `deploy/wire-format.md`, not from the agent's code), so
-//! every test sees records the same way.
+//! A body in a compact format (`Edgepipe-Format: v2` or `v3`) is read back into the
+//! records of v1 ([`v2_to_v1`], [`v3_to_v1`], written from `deploy/wire-format.md`, not
+//! from the agent's code), so every test sees records the same way.
 //!
 //! With [`ServerTls`] it serves HTTPS (rustls, ring) with a certificate of the test PKI
 //! and, given a client CA, requires every client to present a certificate signed by it;
@@ -320,14 +320,15 @@ async fn handle(req: HttpRequest<Incoming>, state: &Mutex<State>) -> Response<Fu
     } else {
         body
     };
-    let v2 = headers.get("edgepipe-format").is_some_and(|f| f == "v2");
-    let json = if v2 {
-        match v2_to_v1(&json) {
-            Some(records) => serde_json::to_vec(&records).unwrap_or_default(),
-            None => return response(400, None),
-        }
-    } else {
-        json
+    let decoded = match headers.get("edgepipe-format").map(String::as_str) {
+        Some("v2") => v2_to_v1(&json),
+        Some("v3") => v3_to_v1(&json),
+        _ => None,
+    };
+    let json = match decoded {
+        Some(records) => serde_json::to_vec(&records).unwrap_or_default(),
+        None if headers.contains_key("edgepipe-format") => return response(400, None),
+        None => json,
     };
     #[derive(serde::Deserialize)]
     struct Identity {
@@ -430,6 +431,176 @@ pub fn v2_to_v1(body: &[u8]) -> Option<Vec<Value>> {
             }
             out.push(Value::Object(r));
         }
+    }
+    out.sort_by_key(|r| r["seq"].as_u64());
+    Some(out)
+}
+
+/// The v1 records of a v3 batch (`deploy/wire-format.md`), or `None` if it is not one.
+pub fn v3_to_v1(body: &[u8]) -> Option<Vec<Value>> {
+    struct Cursor<'a> {
+        b: &'a [u8],
+        strings: Vec<String>,
+    }
+    impl Cursor<'_> {
+        fn bytes(&mut self, n: usize) -> Option<&[u8]> {
+            if n > self.b.len() {
+                return None;
+            }
+            let (head, rest) = self.b.split_at(n);
+            self.b = rest;
+            Some(head)
+        }
+        fn u8(&mut self) -> Option<u8> {
+            Some(self.bytes(1)?[0])
+        }
+        fn varint(&mut self) -> Option<u64> {
+            let mut v = 0u64;
+            for shift in (0..70).step_by(7) {
+                let b = self.u8()?;
+                v |= u64::from(b & 0x7f).checked_shl(shift)?;
+                if b < 0x80 {
+                    return Some(v);
+                }
+            }
+            None
+        }
+        fn zigzag(&mut self) -> Option<i64> {
+            let v = self.varint()?;
+            Some((v >> 1) as i64 ^ -((v & 1) as i64))
+        }
+        fn text(&mut self) -> Option<String> {
+            let n = usize::try_from(self.varint()?).ok()?;
+            String::from_utf8(self.bytes(n)?.to_vec()).ok()
+        }
+        fn string(&mut self) -> Option<String> {
+            match self.varint()? {
+                0 => {
+                    let s = self.text()?;
+                    self.strings.push(s.clone());
+                    Some(s)
+                }
+                k => self.strings.get(usize::try_from(k - 1).ok()?).cloned(),
+            }
+        }
+        /// (tag without the bitmap bit, which records have the field).
+        fn tag(&mut self, n: usize) -> Option<(u8, Vec<bool>)> {
+            let tag = self.u8()?;
+            if tag == 0 {
+                return Some((0, vec![false; n]));
+            }
+            if tag & 0x10 == 0 {
+                return Some((tag, vec![true; n]));
+            }
+            let bits = self.bytes(n.div_ceil(8))?.to_vec();
+            Some((
+                tag & 0x0f,
+                (0..n).map(|i| bits[i / 8] >> (i % 8) & 1 == 1).collect(),
+            ))
+        }
+        fn numbers(&mut self, n: usize) -> Option<Vec<Option<f64>>> {
+            let (tag, present) = self.tag(n)?;
+            let scale = match tag {
+                0 => return Some(vec![None; n]),
+                1 => Some(10f64.powi(i32::from(self.u8()?))),
+                2 => None,
+                _ => return None,
+            };
+            let mut m = 0i64;
+            let mut out = Vec::with_capacity(n);
+            for has in present {
+                out.push(if !has {
+                    None
+                } else if let Some(p) = scale {
+                    m = m.wrapping_add(self.zigzag()?);
+                    Some(m as f64 / p)
+                } else {
+                    Some(f64::from_le_bytes(self.bytes(8)?.try_into().ok()?))
+                });
+            }
+            Some(out)
+        }
+    }
+
+    let rest = body.strip_prefix(b"EPv3")?;
+    let mut c = Cursor {
+        b: rest,
+        strings: Vec::new(),
+    };
+    let pipeline = c.string()?;
+    let node = c.string()?;
+    let mut out = Vec::new();
+    for _ in 0..c.varint()? {
+        let (device, topic, kind) = (c.string()?, c.string()?, c.string()?);
+        let n = usize::try_from(c.varint()?)
+            .ok()
+            .filter(|&n| n <= body.len())?;
+        let mut seq = 0u64;
+        let seqs: Vec<u64> = (0..n)
+            .map(|_| {
+                seq = seq.wrapping_add(c.varint()?);
+                Some(seq)
+            })
+            .collect::<Option<_>>()?;
+        let mut t = 0i64;
+        let times: Vec<i64> = (0..n)
+            .map(|_| {
+                t = t.wrapping_add(c.zigzag()?);
+                Some(t)
+            })
+            .collect::<Option<_>>()?;
+        let value = c.numbers(n)?;
+        let score = c.numbers(n)?;
+        let mut stats = Vec::new();
+        for _ in 0..c.varint()? {
+            let name = c.string()?;
+            stats.push((name, c.numbers(n)?));
+        }
+        let (tag, present) = c.tag(n)?;
+        let labels: Vec<Option<Value>> = match tag {
+            0 => vec![None; n],
+            3 => present
+                .into_iter()
+                .map(|has| {
+                    if has {
+                        serde_json::from_str(&c.text()?).ok().map(Some)
+                    } else {
+                        Some(None)
+                    }
+                })
+                .collect::<Option<_>>()?,
+            _ => return None,
+        };
+        for i in 0..n {
+            let mut r = serde_json::Map::new();
+            r.insert("pipeline".into(), pipeline.clone().into());
+            r.insert("node".into(), node.clone().into());
+            r.insert("device".into(), device.clone().into());
+            r.insert("topic".into(), topic.clone().into());
+            r.insert("kind".into(), kind.clone().into());
+            r.insert("seq".into(), seqs[i].into());
+            r.insert("timestamp".into(), rfc3339_ms(times[i]).into());
+            if let Some(v) = value[i] {
+                r.insert("value".into(), v.into());
+            }
+            if let Some(v) = score[i] {
+                r.insert("score".into(), v.into());
+            }
+            let row: serde_json::Map<String, Value> = stats
+                .iter()
+                .filter_map(|(name, col)| Some((name.clone(), col[i]?.into())))
+                .collect();
+            if !row.is_empty() {
+                r.insert("stats".into(), Value::Object(row));
+            }
+            if let Some(l) = &labels[i] {
+                r.insert("labels".into(), l.clone());
+            }
+            out.push(Value::Object(r));
+        }
+    }
+    if !c.b.is_empty() {
+        return None;
     }
     out.sort_by_key(|r| r["seq"].as_u64());
     Some(out)
