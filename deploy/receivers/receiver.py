@@ -1,9 +1,10 @@
 #!/usr/bin/env python3
 """Example receiver for the Edgepipe HTTP sink (see ../wire-format.md).
 
-Accepts POSTed batches in wire format v1, v2 or v3, gzipped or not, turns v2 and v3 back
-into v1 records, drops what it has already seen (a batch by its Idempotency-Key, a record by its
-pipeline, node and seq) and prints each new record as one JSON line on stdout.
+Accepts POSTed batches in wire format v1, v2 or v3, plain or gzipped (or zstd on Python
+3.14 and later: earlier ones answer 415), turns v2 and v3 back into v1 records, drops what
+it has already seen (a batch by its Idempotency-Key, a record by its pipeline, node and
+seq) and prints each new record as one JSON line on stdout.
 
     python3 receiver.py [--host 127.0.0.1] [--port 8080]
 
@@ -18,6 +19,11 @@ import json
 import struct
 import sys
 from http.server import BaseHTTPRequestHandler, HTTPServer
+
+try:  # Python 3.14 and later
+    from compression import zstd
+except ImportError:
+    zstd = None
 
 V2_FORMAT = "edgepipe.v2"
 V3_MAGIC = b"EPv3"
@@ -237,8 +243,14 @@ class Handler(BaseHTTPRequestHandler):
                 body = gzip.decompress(body)
             except (OSError, EOFError) as e:
                 raise Rejected(400, f"gzip: {e}")
+        elif encoding == "zstd" and zstd is not None:
+            try:
+                body = zstd.decompress(body)
+            except zstd.ZstdError as e:
+                raise Rejected(400, f"zstd: {e}")
         elif encoding != "identity":
-            raise Rejected(415, f"unsupported Content-Encoding {encoding!r}")
+            hint = " (zstd needs Python 3.14 or later)" if encoding == "zstd" else ""
+            raise Rejected(415, f"unsupported Content-Encoding {encoding!r}{hint}")
         # The body names its format (an array is v1); the header, when sent, must agree.
         declared = self.headers.get("Edgepipe-Format")
         try:

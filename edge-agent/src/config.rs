@@ -136,8 +136,8 @@ pub struct HttpSettings {
     pub flush_interval: Duration,
     /// Request timeout.
     pub timeout: Duration,
-    /// gzip the request body.
-    pub gzip: bool,
+    /// Request body compression.
+    pub compression: edge_crds::Compression,
     /// Extra headers (name, resolved value).
     pub headers: Vec<(String, String)>,
     /// TLS material (custom CA, client certificate).

@@ -1374,6 +1374,68 @@ async fn the_compact_formats_carry_the_same_records_in_fewer_bytes() {
     assert!(b3 * 2 < b2, "v3 {b3} bytes, v2 {b2}");
 }
 
+/// `compression: zstd`: two agents on the same stream, gzip and zstd, deliver the same
+/// records; every zstd request says `Content-Encoding: zstd`, and takes a small part of the
+/// uncompressed bytes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn zstd_carries_the_same_records_as_gzip() {
+    const N: i64 = 1000;
+    let broker = Mosquitto::start();
+    let mut receivers = Vec::new();
+    let mut agents = Vec::new();
+    let mut dirs = Vec::new();
+    for compression in ["gzip", "zstd"] {
+        let receiver = Receiver::start().await;
+        let dir = tempfile::tempdir().unwrap();
+        let client = format!("agent-compression-{compression}");
+        prepare_session(broker.port, &client, &[TOPIC]).await;
+        let extra = format!("      compression: {compression}");
+        let yaml = Pipeline {
+            broker_port: broker.port,
+            client_id: &client,
+            receiver_port: receiver.port,
+            batch_size: 100,
+            extra_sink: &extra,
+            ..Pipeline::default()
+        }
+        .yaml();
+        let mut agent = Agent::start(dir.path(), &yaml);
+        agent.wait_ready().await;
+        agents.push(agent);
+        receivers.push(receiver);
+        dirs.push(dir);
+    }
+    stream_readings(broker.port, "publisher-compression", N)
+        .await
+        .unwrap();
+    for (compression, receiver) in ["gzip", "zstd"].iter().zip(&receivers) {
+        let what = format!("every reading with {compression}");
+        assert_eq!(every_streamed_reading(receiver, N, &what).await, 0);
+        assert!(receiver.requests().iter().all(|q| {
+            q.headers.get("content-encoding").map(String::as_str) == Some(compression)
+        }));
+    }
+    let by_seq = |r: &Receiver| {
+        let mut records = r.accepted();
+        records.sort_by_key(|r| r["seq"].as_u64());
+        records
+    };
+    assert_eq!(by_seq(&receivers[1]), by_seq(&receivers[0]));
+    let wire = |r: &Receiver| r.requests().iter().map(|q| q.bytes).sum::<usize>();
+    let plain: usize = receivers[1]
+        .accepted()
+        .iter()
+        .map(|r| serde_json::to_vec(r).unwrap().len() + 1)
+        .sum();
+    let (gz, zs) = (wire(&receivers[0]), wire(&receivers[1]));
+    eprintln!(
+        "{N} readings: about {plain} bytes of JSON, gzip {gz} ({:.3}), zstd {zs} ({:.3})",
+        gz as f64 / plain as f64,
+        zs as f64 / plain as f64
+    );
+    assert!(zs * 4 < plain, "zstd {zs} bytes of about {plain}");
+}
+
 /// `deploy/receivers/receiver.py`, the example receiver of the wire formats, on a free
 /// port; what it prints (one JSON record a line) goes to its log.
 struct ExampleReceiver {

@@ -12,8 +12,9 @@ use edge_agent::process::Processors;
 use edge_agent::queue::seal::Keyring;
 use edge_agent::queue::{Batch, Store, StoreSettings, StoredRecord};
 use edge_agent::record::{Lane, Record, UpstreamRecord};
+use edge_agent::sink::http;
 use edge_agent::sink::wire::{self, WireFormat};
-use edge_crds::{Durability, EdgePipelineSpec, WhenFull, parse_pipeline};
+use edge_crds::{Compression, Durability, EdgePipelineSpec, WhenFull, parse_pipeline};
 
 use crate::scaled;
 use crate::util::{self, BenchResult};
@@ -232,13 +233,16 @@ pub fn b2(dir: &Path) -> BenchResult<Vec<String>> {
     Ok(rows)
 }
 
-/// Upstream bytes of records in batches: v1 JSON, v1 gzip, v2 JSON and v3.
+/// Upstream bytes of records in batches: v1 JSON, v1 gzip, v1 zstd, v2 JSON, v3 and v3
+/// zstd.
 #[derive(Clone, Copy, Default)]
 struct Upstream {
     json: usize,
     gz: usize,
+    zstd: usize,
     v2: usize,
     v3: usize,
+    v3_zstd: usize,
 }
 
 fn upstream_bytes(records: &[Record], batch_size: usize) -> Upstream {
@@ -274,6 +278,15 @@ fn upstream_bytes(records: &[Record], batch_size: usize) -> Upstream {
         let size = |f| wire::encode(f, "factory/line1", "edge-1", &batch).map_or(0, |v| v.len());
         up.v2 += size(WireFormat::V2);
         up.v3 += size(WireFormat::V3);
+        let zstd = |body: &[u8]| {
+            http::compress(Compression::Zstd, body)
+                .ok()
+                .flatten()
+                .map_or(0, |(_, z)| z.len())
+        };
+        up.zstd += zstd(&body);
+        up.v3_zstd +=
+            wire::encode(WireFormat::V3, "factory/line1", "edge-1", &batch).map_or(0, |v| zstd(&v));
     }
     up
 }
@@ -319,15 +332,19 @@ pub fn b4() -> BenchResult<Vec<String>> {
         let base = upstream_bytes(&out, 500);
         let share = |n: usize| 100.0 * n as f64 / raw as f64;
         rows.push(format!(
-            "| B4 bandwidth, {scenario}: no processors (baseline) | {readings} readings, {raw} raw bytes -> {} bytes upstream ({:.1}%), gzip {} ({:.1}%), v2 {} ({:.1}%), v3 {} ({:.1}%) | 100% | 1.00 | — |",
+            "| B4 bandwidth, {scenario}: no processors (baseline) | {readings} readings, {raw} raw bytes -> {} bytes upstream ({:.1}%), gzip {} ({:.1}%), zstd {} ({:.1}%), v2 {} ({:.1}%), v3 {} ({:.1}%), v3+zstd {} ({:.1}%) | 100% | 1.00 | — |",
             base.json,
             share(base.json),
             base.gz,
             share(base.gz),
+            base.zstd,
+            share(base.zstd),
             base.v2,
             share(base.v2),
             base.v3,
             share(base.v3),
+            base.v3_zstd,
+            share(base.v3_zstd),
         ));
         let aggregate = "  processors:\n    - aggregate: {window: 60s, functions: [mean, min, max, count, last]}\n";
         // Batches of 500 records (the default batchSize), and for the aggregate also one
@@ -365,15 +382,19 @@ pub fn b4() -> BenchResult<Vec<String>> {
                 )
             };
             rows.push(format!(
-                "| B4 bandwidth, {scenario}: {name} | {records} records, {} bytes upstream = {:.2}% of raw (gzip {} = {:.2}%; v2 {} = {:.2}%; v3 {} = {:.2}%) | no processors: {} bytes | {:.4} | {goal} |",
+                "| B4 bandwidth, {scenario}: {name} | {records} records, {} bytes upstream = {:.2}% of raw (gzip {} = {:.2}%; zstd {} = {:.2}%; v2 {} = {:.2}%; v3 {} = {:.2}%; v3+zstd {} = {:.2}%) | no processors: {} bytes | {:.4} | {goal} |",
                 up.json,
                 share(up.json),
                 up.gz,
                 share(up.gz),
+                up.zstd,
+                share(up.zstd),
                 up.v2,
                 share(up.v2),
                 up.v3,
                 share(up.v3),
+                up.v3_zstd,
+                share(up.v3_zstd),
                 base.json,
                 up.json as f64 / base.json as f64,
             ));

@@ -88,8 +88,12 @@ fn a_bare_spec_gets_defaults_and_expanded_urls() {
         panic!("http sink")
     };
     assert_eq!(
-        (h.url.as_str(), h.batch_size, h.gzip),
-        ("https://ingest.example.com/batch", 500, true)
+        (h.url.as_str(), h.batch_size, h.compression),
+        (
+            "https://ingest.example.com/batch",
+            500,
+            edge_crds::Compression::Gzip
+        )
     );
     assert_eq!(
         (h.flush_interval, h.timeout),

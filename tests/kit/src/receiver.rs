@@ -308,6 +308,7 @@ async fn handle(req: HttpRequest<Incoming>, state: &Mutex<State>) -> Response<Fu
         Err(_) => return response(400, None),
     };
     let bytes = body.len();
+    let zstd = req_encoding_is(&headers, "zstd");
     let json = if gzip {
         let mut out = Vec::new();
         if flate2::read::GzDecoder::new(&body[..])
@@ -317,6 +318,11 @@ async fn handle(req: HttpRequest<Incoming>, state: &Mutex<State>) -> Response<Fu
             return response(400, None);
         }
         out
+    } else if zstd {
+        match zstd::stream::decode_all(&body[..]) {
+            Ok(out) => out,
+            Err(_) => return response(400, None),
+        }
     } else {
         body
     };
@@ -380,6 +386,12 @@ async fn handle(req: HttpRequest<Incoming>, state: &Mutex<State>) -> Response<Fu
         r.headers_mut().insert(hyper::header::LOCATION, to);
     }
     r
+}
+
+fn req_encoding_is(headers: &BTreeMap<String, String>, encoding: &str) -> bool {
+    headers
+        .get("content-encoding")
+        .is_some_and(|e| e == encoding)
 }
 
 fn response(status: u16, retry_after: Option<u64>) -> Response<Full<Bytes>> {
