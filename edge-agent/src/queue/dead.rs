@@ -14,7 +14,7 @@ use rusqlite::{Connection, OpenFlags, OptionalExtension, Transaction, params};
 use serde::Deserialize;
 use serde_json::value::RawValue;
 
-use super::file::add_counts;
+use super::file::{add_counts, has_column};
 use super::seal::{Keyring, Kind};
 use super::store::{Batch, DB_FILE, QueueError};
 
@@ -120,8 +120,8 @@ pub(super) fn insert(
     let json = batch.json_array();
     let body = keys.seal(Kind::DeadLetter, &json)?;
     tx.execute(
-        "INSERT INTO dead_letters (at_ms, first_seq, last_seq, records, status, reason, body)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+        "INSERT INTO dead_letters (at_ms, first_seq, last_seq, records, status, reason, body, lane)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
         params![
             now_ms,
             batch.first_seq as i64,
@@ -129,7 +129,8 @@ pub(super) fn insert(
             records as i64,
             status,
             reason,
-            body.as_ref()
+            body.as_ref(),
+            batch.lane as i64
         ],
     )?;
     let mut held = stats(tx)?;
@@ -189,9 +190,10 @@ pub fn body(conn: &Connection, id: i64, keys: &Keyring) -> Result<Option<Vec<u8>
     }
 }
 
-/// Puts the selected dead letters' records back into the queue under their own `seq`
-/// (enqueued now, so `maxAge` counts from the replay) and deletes the dead letters, in one
-/// transaction. A record whose `seq` is already queued is not duplicated.
+/// Puts the selected dead letters' records back into the queue under their own `seq` and
+/// in their lane (an urgent batch's records are urgent again), enqueued now so `maxAge`
+/// counts from the replay, and deletes the dead letters, in one transaction. A record
+/// whose `seq` is already queued is not duplicated.
 pub fn replay(
     conn: &mut Connection,
     which: Selection<'_>,
@@ -200,21 +202,38 @@ pub fn replay(
 ) -> Result<Handled, QueueError> {
     let tx = conn.transaction()?;
     let mut done = Handled::default();
+    // A file no agent with lanes has opened yet has neither column: every record is
+    // routine there.
+    let lanes = has_column(&tx, "records", "lane")? && has_column(&tx, "dead_letters", "lane")?;
     for id in selected(&tx, which)? {
         let Some(body) = body(&tx, id, keys)? else {
             continue;
         };
+        let lane: i64 = if lanes {
+            tx.query_row("SELECT lane FROM dead_letters WHERE id = ?1", [id], |r| {
+                r.get(0)
+            })?
+        } else {
+            0
+        };
         let records = split(&body)
             .map_err(|e| QueueError::Corrupt(format!("dead letter {id}: its body: {e}")))?;
         {
-            let mut insert = tx.prepare_cached(
+            let mut insert = tx.prepare_cached(if lanes {
+                "INSERT OR IGNORE INTO records (seq, enqueued_ms, size, body, lane)
+                 VALUES (?1, ?2, ?3, ?4, ?5)"
+            } else {
                 "INSERT OR IGNORE INTO records (seq, enqueued_ms, size, body)
-                 VALUES (?1, ?2, ?3, ?4)",
-            )?;
+                 VALUES (?1, ?2, ?3, ?4)"
+            })?;
             for (seq, record) in &records {
                 let stored = keys.seal(Kind::Record, record)?;
                 let size = stored.len() as i64;
-                let n = insert.execute(params![*seq as i64, now_ms, size, stored.as_ref()])? as u64;
+                let n = if lanes {
+                    insert.execute(params![*seq as i64, now_ms, size, stored.as_ref(), lane])?
+                } else {
+                    insert.execute(params![*seq as i64, now_ms, size, stored.as_ref()])?
+                } as u64;
                 done.records += n;
                 if n > 0 {
                     add_counts(&tx, 1, stored.len() as u64)?;

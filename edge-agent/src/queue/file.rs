@@ -117,16 +117,12 @@ pub(super) fn open_checked(path: &Path, durability: Durability) -> Result<OpenFi
     Ok(OpenFile { conn, checked })
 }
 
-/// Adds the records' lane (see [`crate::record::Lane`]) to a file from before lanes, and
-/// the index of urgent records. Older agents read such a file as before (they send every
-/// lane in `seq` order), so the schema version stays.
+/// Adds the records' lane (see [`crate::record::Lane`]) to a file from before lanes, with
+/// the index of urgent records, and the lane of each dead letter (a replay puts its
+/// records back in it). Older agents read such a file as before (they send every lane in
+/// `seq` order), so the schema version stays.
 fn ensure_lanes(conn: &Connection) -> Result<(), QueueError> {
-    let has_lane: bool = conn.query_row(
-        "SELECT count(*) > 0 FROM pragma_table_info('records') WHERE name = 'lane'",
-        [],
-        |r| r.get(0),
-    )?;
-    if !has_lane {
+    if !has_column(conn, "records", "lane")? {
         conn.execute_batch(
             "BEGIN;
              ALTER TABLE records ADD COLUMN lane INTEGER NOT NULL DEFAULT 0;
@@ -134,7 +130,22 @@ fn ensure_lanes(conn: &Connection) -> Result<(), QueueError> {
              COMMIT;",
         )?;
     }
+    if !has_column(conn, "dead_letters", "lane")? {
+        conn.execute(
+            "ALTER TABLE dead_letters ADD COLUMN lane INTEGER NOT NULL DEFAULT 0",
+            [],
+        )?;
+    }
     Ok(())
+}
+
+/// Whether `table` has `column` (a file written by an older agent may not).
+pub(super) fn has_column(conn: &Connection, table: &str, column: &str) -> Result<bool, QueueError> {
+    Ok(conn.query_row(
+        "SELECT count(*) > 0 FROM pragma_table_info(?1) WHERE name = ?2",
+        [table, column],
+        |r| r.get(0),
+    )?)
 }
 
 fn migrate_to_v2(conn: &Connection) -> Result<(), QueueError> {

@@ -1281,6 +1281,38 @@ fn urgent(device: &str, value: f64) -> Record {
     }
 }
 
+/// A dead-lettered urgent batch is urgent again once replayed: it goes ahead of the
+/// routine records that waited meanwhile, as an urgent batch; a routine one stays routine.
+#[test]
+fn a_replayed_dead_letter_keeps_its_lane() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut s = open(
+        dir.path(),
+        settings(1 << 20, WhenFull::DropOldest, Durability::Fsync),
+    );
+    s.append(&[&[urgent("t2", 100.0)], &[record("t1", 1.0)]], 1)
+        .unwrap();
+    let anomaly = s.take_batch(10, false).unwrap().unwrap();
+    assert_eq!((anomaly.lane, seqs(&anomaly)), (Lane::Urgent, vec![1]));
+    s.dead_letter(&anomaly, 422, "schema", 2).unwrap();
+    let reading = s.take_batch(10, true).unwrap().unwrap();
+    assert_eq!((reading.lane, seqs(&reading)), (Lane::Routine, vec![2]));
+    s.dead_letter(&reading, 422, "schema", 3).unwrap();
+    let waiting: Vec<Record> = (0..3).map(|i| record("t1", f64::from(i))).collect();
+    s.append(&[&waiting], 4).unwrap();
+
+    let mut cli = dead::open(dir.path(), true).unwrap().unwrap();
+    let done = dead::replay(&mut cli, Selection::All, 99, &Keyring::default()).unwrap();
+    assert_eq!((done.batches, done.records), (2, 2));
+    assert!(s.refresh().unwrap());
+    let first = s.take_batch(10, false).unwrap().unwrap();
+    assert_eq!((first.lane, seqs(&first)), (Lane::Urgent, vec![1]));
+    assert_eq!(first.records, anomaly.records, "byte for byte");
+    s.ack(&first).unwrap();
+    let rest = s.take_batch(10, true).unwrap().unwrap();
+    assert_eq!((rest.lane, seqs(&rest)), (Lane::Routine, vec![2, 3, 4, 5]));
+}
+
 #[test]
 fn urgent_records_go_first_and_a_routine_range_around_them_leaves_them_alone() {
     let dir = tempfile::tempdir().unwrap();
