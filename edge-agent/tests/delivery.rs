@@ -1307,6 +1307,55 @@ fn assert_within_cap(requests: &[Request], burst: usize, bytes_per_second: f64) 
     }
 }
 
+/// Agents on one stream, one per sink variant, each syncing to its own receiver: the test
+/// pipeline (batches of 100) with a variant's lines added under `spec.sink` and under
+/// `spec.sink.http`.
+struct Variants {
+    receivers: Vec<Receiver>,
+    _agents: Vec<Agent>,
+    _dirs: Vec<tempfile::TempDir>,
+}
+
+impl Variants {
+    /// Starts one receiver and agent per `(label, sink lines, http lines)`, each ready.
+    async fn start(broker: &Mosquitto, what: &str, variants: &[(&str, String, String)]) -> Self {
+        let mut v = Variants {
+            receivers: Vec::new(),
+            _agents: Vec::new(),
+            _dirs: Vec::new(),
+        };
+        for (label, sink, http) in variants {
+            let receiver = Receiver::start().await;
+            let dir = tempfile::tempdir().unwrap();
+            let client = format!("agent-{what}-{label}");
+            prepare_session(broker.port, &client, &[TOPIC]).await;
+            let yaml = Pipeline {
+                broker_port: broker.port,
+                client_id: &client,
+                receiver_port: receiver.port,
+                batch_size: 100,
+                extra_sink: http,
+                ..Pipeline::default()
+            }
+            .yaml()
+            .replace("  sink:\n", &format!("  sink:\n{sink}\n"));
+            let mut agent = Agent::start(dir.path(), &yaml);
+            agent.wait_ready().await;
+            v._agents.push(agent);
+            v.receivers.push(receiver);
+            v._dirs.push(dir);
+        }
+        v
+    }
+}
+
+/// What `receiver` accepted, in `seq` order.
+fn by_seq(receiver: &Receiver) -> Vec<Value> {
+    let mut records = receiver.accepted();
+    records.sort_by_key(|r| r["seq"].as_u64());
+    records
+}
+
 /// `sink.format: v2` and `v3` end to end: three agents on the same stream, writing v1,
 /// v2 and v3, deliver the same records (the receiver reads v2 and v3 back into v1 records
 /// as `deploy/wire-format.md` says), every request says its format, v2 takes less than
@@ -1316,45 +1365,20 @@ async fn the_compact_formats_carry_the_same_records_in_fewer_bytes() {
     const N: i64 = 1000;
     const FORMATS: [&str; 3] = ["v1", "v2", "v3"];
     let broker = Mosquitto::start();
-    let mut receivers = Vec::new();
-    let mut agents = Vec::new();
-    let mut dirs = Vec::new();
-    for format in FORMATS {
-        let receiver = Receiver::start().await;
-        let dir = tempfile::tempdir().unwrap();
-        let client = format!("agent-format-{format}");
-        prepare_session(broker.port, &client, &[TOPIC]).await;
-        let yaml = Pipeline {
-            broker_port: broker.port,
-            client_id: &client,
-            receiver_port: receiver.port,
-            batch_size: 100,
-            ..Pipeline::default()
-        }
-        .yaml()
-        .replace("  sink:\n", &format!("  sink:\n    format: {format}\n"));
-        let mut agent = Agent::start(dir.path(), &yaml);
-        agent.wait_ready().await;
-        agents.push(agent);
-        receivers.push(receiver);
-        dirs.push(dir);
-    }
+    let formats = FORMATS.map(|f| (f, format!("    format: {f}"), String::new()));
+    let variants = Variants::start(&broker, "format", &formats).await;
+    let receivers = &variants.receivers;
     stream_readings(broker.port, "publisher-formats", N)
         .await
         .unwrap();
-    for (format, receiver) in FORMATS.iter().zip(&receivers) {
+    for (format, receiver) in FORMATS.iter().zip(receivers) {
         let what = format!("every reading in {format}");
         assert_eq!(every_streamed_reading(receiver, N, &what).await, 0);
     }
 
-    let by_seq = |r: &Receiver| {
-        let mut records = r.accepted();
-        records.sort_by_key(|r| r["seq"].as_u64());
-        records
-    };
     let header = |q: &Request| q.headers.get("edgepipe-format").cloned();
     let mut bytes = Vec::new();
-    for (format, receiver) in FORMATS.iter().zip(&receivers) {
+    for (format, receiver) in FORMATS.iter().zip(receivers) {
         assert_eq!(
             by_seq(receiver),
             by_seq(&receivers[0]),
@@ -1381,45 +1405,20 @@ async fn the_compact_formats_carry_the_same_records_in_fewer_bytes() {
 async fn zstd_carries_the_same_records_as_gzip() {
     const N: i64 = 1000;
     let broker = Mosquitto::start();
-    let mut receivers = Vec::new();
-    let mut agents = Vec::new();
-    let mut dirs = Vec::new();
-    for compression in ["gzip", "zstd"] {
-        let receiver = Receiver::start().await;
-        let dir = tempfile::tempdir().unwrap();
-        let client = format!("agent-compression-{compression}");
-        prepare_session(broker.port, &client, &[TOPIC]).await;
-        let extra = format!("      compression: {compression}");
-        let yaml = Pipeline {
-            broker_port: broker.port,
-            client_id: &client,
-            receiver_port: receiver.port,
-            batch_size: 100,
-            extra_sink: &extra,
-            ..Pipeline::default()
-        }
-        .yaml();
-        let mut agent = Agent::start(dir.path(), &yaml);
-        agent.wait_ready().await;
-        agents.push(agent);
-        receivers.push(receiver);
-        dirs.push(dir);
-    }
+    let compressions =
+        ["gzip", "zstd"].map(|c| (c, String::new(), format!("      compression: {c}")));
+    let variants = Variants::start(&broker, "compression", &compressions).await;
+    let receivers = &variants.receivers;
     stream_readings(broker.port, "publisher-compression", N)
         .await
         .unwrap();
-    for (compression, receiver) in ["gzip", "zstd"].iter().zip(&receivers) {
+    for (compression, receiver) in ["gzip", "zstd"].iter().zip(receivers) {
         let what = format!("every reading with {compression}");
         assert_eq!(every_streamed_reading(receiver, N, &what).await, 0);
         assert!(receiver.requests().iter().all(|q| {
             q.headers.get("content-encoding").map(String::as_str) == Some(compression)
         }));
     }
-    let by_seq = |r: &Receiver| {
-        let mut records = r.accepted();
-        records.sort_by_key(|r| r["seq"].as_u64());
-        records
-    };
     assert_eq!(by_seq(&receivers[1]), by_seq(&receivers[0]));
     let wire = |r: &Receiver| r.requests().iter().map(|q| q.bytes).sum::<usize>();
     let plain: usize = receivers[1]

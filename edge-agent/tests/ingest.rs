@@ -245,6 +245,28 @@ async fn a_threshold_crossing_publishes_a_local_action_on_the_source_broker() {
     );
 }
 
+/// A pipeline from the broker on `edge` to an MQTT sink on `cloud` publishing to `topic`
+/// in batches of 7, with `sink_lines` added under `spec.sink`.
+fn mqtt_sink_pipeline(
+    edge: u16,
+    client: &str,
+    cloud: u16,
+    topic: &str,
+    sink_lines: &str,
+) -> String {
+    format!(
+        r#"apiVersion: edgepipe.dev/v1alpha1
+kind: EdgePipeline
+metadata: {{name: test, namespace: factory}}
+spec:
+  source:
+    mqtt: {{url: "mqtt://127.0.0.1:{edge}", topics: ["{TOPIC}"], clientId: {client}}}
+  sink:
+{sink_lines}    mqtt: {{url: "mqtt://127.0.0.1:{cloud}", topic: "{topic}", batchSize: 7, flushInterval: 100ms}}
+"#
+    )
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_mqtt_sink_publishes_json_batches_upstream() {
     let edge = Mosquitto::start();
@@ -252,18 +274,12 @@ async fn the_mqtt_sink_publishes_json_batches_upstream() {
     let dir = tempfile::tempdir().unwrap();
     prepare_session(edge.port, "agent-mqtt-sink", &[TOPIC]).await;
     let upstream = Subscriber::connect(cloud.port, "cloud-ingest", "cloud/#").await;
-    let yaml = format!(
-        r#"apiVersion: edgepipe.dev/v1alpha1
-kind: EdgePipeline
-metadata: {{name: test, namespace: factory}}
-spec:
-  source:
-    mqtt: {{url: "mqtt://127.0.0.1:{edge}", topics: ["{TOPIC}"], clientId: agent-mqtt-sink}}
-  sink:
-    mqtt: {{url: "mqtt://127.0.0.1:{cloud}", topic: "cloud/{{pipeline}}/{{node}}", batchSize: 7, flushInterval: 100ms}}
-"#,
-        edge = edge.port,
-        cloud = cloud.port
+    let yaml = mqtt_sink_pipeline(
+        edge.port,
+        "agent-mqtt-sink",
+        cloud.port,
+        "cloud/{pipeline}/{node}",
+        "",
     );
     let mut agent = Agent::start(dir.path(), &yaml);
     let mut publisher = Publisher::connect(edge.port, "agent-mqtt-sink-pub");
@@ -310,19 +326,12 @@ async fn the_mqtt_sink_publishes_compact_batches_that_name_their_format() {
         let client = format!("agent-mqtt-sink-{format}");
         prepare_session(edge.port, &client, &[TOPIC]).await;
         let dir = tempfile::tempdir().unwrap();
-        let yaml = format!(
-            r#"apiVersion: edgepipe.dev/v1alpha1
-kind: EdgePipeline
-metadata: {{name: test, namespace: factory}}
-spec:
-  source:
-    mqtt: {{url: "mqtt://127.0.0.1:{edge}", topics: ["{TOPIC}"], clientId: {client}}}
-  sink:
-    format: {format}
-    mqtt: {{url: "mqtt://127.0.0.1:{cloud}", topic: "cloud/{format}", batchSize: 7, flushInterval: 100ms}}
-"#,
-            edge = edge.port,
-            cloud = cloud.port
+        let yaml = mqtt_sink_pipeline(
+            edge.port,
+            &client,
+            cloud.port,
+            &format!("cloud/{format}"),
+            &format!("    format: {format}\n"),
         );
         let mut agent = Agent::start(dir.path(), &yaml);
         agent.wait_ready().await;
