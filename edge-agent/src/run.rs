@@ -17,7 +17,6 @@
 //! key), let the writer commit what it received, send the acknowledgements of everything
 //! committed, disconnect from the broker, stop serving metrics.
 
-use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex, PoisonError};
@@ -545,8 +544,39 @@ struct Ingest {
     health: Arc<Health>,
     metrics: Arc<Metrics>,
     /// The last delivery submitted under each packet id by this run (committed or still
-    /// waiting to be): at most one entry per packet id, 64 Ki in all.
-    submitted: Mutex<HashMap<u16, i64>>,
+    /// waiting to be).
+    submitted: Mutex<Submitted>,
+}
+
+/// The hash of the last delivery submitted under each packet id: one slot per id, 512 KiB
+/// once the broker has used them all (a hash map of the same took about 2 MiB), allocated
+/// zeroed so that ids never used cost nothing.
+struct Submitted {
+    hashes: Vec<i64>,
+    /// Bit `pkid % 64` of word `pkid / 64`: whether the slot holds a delivery.
+    used: Vec<u64>,
+}
+
+impl Default for Submitted {
+    fn default() -> Self {
+        Self {
+            hashes: vec![0; 1 << 16],
+            used: vec![0; (1 << 16) / 64],
+        }
+    }
+}
+
+impl Submitted {
+    fn insert(&mut self, id: DeliveryId) {
+        let pkid = usize::from(id.pkid);
+        self.hashes[pkid] = id.hash;
+        self.used[pkid / 64] |= 1 << (pkid % 64);
+    }
+
+    fn contains(&self, id: DeliveryId) -> bool {
+        let pkid = usize::from(id.pkid);
+        self.used[pkid / 64] & (1 << (pkid % 64)) != 0 && self.hashes[pkid] == id.hash
+    }
 }
 
 impl Ingest {
@@ -628,7 +658,7 @@ impl Ingest {
         self.submitted
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
-            .insert(id.pkid, id.hash);
+            .insert(id);
         Some(id)
     }
 
@@ -637,8 +667,7 @@ impl Ingest {
         self.submitted
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
-            .get(&id.pkid)
-            == Some(&id.hash)
+            .contains(id)
     }
 
     /// Hands a message to the acknowledger, never waiting. A bounded channel here closed a
@@ -824,5 +853,23 @@ mod tests {
         assert_eq!(take_waiting(9, &mut rx, 64), [9, 3, 4, 5]);
         // Nothing waits: a batch of one, at once.
         assert_eq!(take_waiting(7, &mut rx, 64), [7]);
+    }
+
+    #[test]
+    fn the_submitted_table_holds_the_last_delivery_of_each_packet_id() {
+        let id = |pkid, hash| DeliveryId { pkid, hash };
+        let mut t = Submitted::default();
+        assert!(!t.contains(id(7, 0)), "an empty slot is not hash 0");
+        t.insert(id(7, 0));
+        assert!(t.contains(id(7, 0)));
+        assert!(!t.contains(id(7, 1)));
+        t.insert(id(7, -5));
+        assert!(
+            t.contains(id(7, -5)) && !t.contains(id(7, 0)),
+            "the last one only"
+        );
+        t.insert(id(u16::MAX, 42));
+        assert!(t.contains(id(u16::MAX, 42)));
+        assert!(!t.contains(id(u16::MAX - 1, 42)) && !t.contains(id(63, -5)));
     }
 }
