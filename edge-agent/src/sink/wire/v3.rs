@@ -116,7 +116,8 @@ pub(super) fn encode(pipeline: &str, node: &str, batch: &Batch) -> Result<Vec<u8
     Ok(out)
 }
 
-/// Appends a number column: its tag, the decimal scale, presence and the values.
+/// Appends a number column: its tag (with the presence bitmap if needed), the decimal
+/// scale and the values.
 fn numbers(out: &mut Vec<u8>, cells: &[Option<f64>]) {
     if cells.iter().all(Option::is_none) {
         out.push(ABSENT);
