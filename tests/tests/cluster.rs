@@ -1061,3 +1061,36 @@ fn the_agent_pod_is_restricted_except_for_its_queue_hostpath() {
     assert!(admitted, "the rest of the agent pod is restricted: {error}");
     assert_never_forbidden(fleet);
 }
+
+/// kwok plays the kubelet of each simulated node to the end: it renews the node's Lease
+/// in `kube-node-lease` as a kubelet does. Without leases the node lifecycle controller
+/// marked every node Unknown once its grace period ran out after start, unreadied every
+/// pod, and the cluster flapped for the rest of the run (rollouts stalled, B9 never
+/// came to rest).
+#[test]
+fn the_simulated_nodes_renew_their_leases_as_kubelets_do() {
+    let fleet = fleet();
+    let cluster = &fleet.cluster;
+    let _guard = cluster.guard();
+    let renewed = |node: &str| -> Option<String> {
+        let out = cluster.kubectl(&["get", "lease", node, "-n", "kube-node-lease", "-o", "json"]);
+        let lease: Value = serde_json::from_slice(&out.stdout).ok()?;
+        assert_eq!(lease["spec"]["leaseDurationSeconds"], 40, "{lease}");
+        Some(lease["spec"]["renewTime"].as_str()?.to_string())
+    };
+    let nodes: Vec<String> = (1..=6)
+        .map(|i| format!("edge-{i}"))
+        .chain(["server-1".to_string()])
+        .collect();
+    let first: Vec<String> = nodes
+        .iter()
+        .map(|node| poll(WAIT, &format!("a lease of {node}"), || renewed(node)))
+        .collect();
+    for (node, first) in nodes.iter().zip(first) {
+        poll(WAIT, &format!("{node} renewing its lease"), || {
+            renewed(node).filter(|now| *now != first)
+        });
+        let ready = condition(&cluster.get_json(&["node", node]), "Ready");
+        assert_eq!(ready.map(|c| c.0).as_deref(), Some("True"), "{node}");
+    }
+}

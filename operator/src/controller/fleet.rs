@@ -17,11 +17,14 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use kube::runtime::reflector::{ObjectRef, Store};
 
 use super::{Context, StoredPipeline};
-use crate::render::{CONFIG_HASH_ANNOTATION, CONFIG_VOLUME, mounted_revision};
+use crate::render::{CONFIG_HASH_ANNOTATION, mounted_revision};
 use crate::status::{AgentPod, Fleet, node_offline};
 
 /// Label naming the pipeline of an agent pod.
 const INSTANCE_LABEL: &str = "app.kubernetes.io/instance";
+/// Where a cached agent pod keeps the ConfigMap its configuration volume mounts. Only in
+/// the operator's cache: nothing is written to the API server under this name.
+const CACHED_REVISION: &str = "edgepipe.dev/cached-revision";
 /// Upper bound on the nodes whose offline state is remembered between changes.
 const MAX_TRACKED_NODES: usize = 65_536;
 
@@ -68,35 +71,39 @@ impl Context {
     }
 }
 
-/// Reduces an agent pod to its identity, labels, config hash, node, configuration volume
-/// and Ready condition.
+/// Reduces an agent pod to its identity, its pipeline's label, config hash, node, the
+/// configuration revision it mounts and Ready condition. The revision is kept as the
+/// cache-only annotation [`CACHED_REVISION`] rather than as the pod's `Volume` (over 3 KB
+/// in memory even when nearly empty): thousands of agent pods are cached.
 pub fn summarize_pod(pod: &mut Pod) {
     let meta = std::mem::take(&mut pod.metadata);
-    let hash = meta
+    let spec = pod.spec.take().unwrap_or_default();
+    let mut annotations = BTreeMap::new();
+    if let Some(hash) = meta
         .annotations
-        .as_ref()
-        .and_then(|a| a.get(CONFIG_HASH_ANNOTATION))
-        .cloned();
+        .and_then(|mut a| a.remove(CONFIG_HASH_ANNOTATION))
+    {
+        annotations.insert(CONFIG_HASH_ANNOTATION.to_string(), hash);
+    }
+    if let Some(revision) = mounted_revision(&spec) {
+        annotations.insert(CACHED_REVISION.to_string(), revision.to_string());
+    }
+    let labels = meta
+        .labels
+        .and_then(|mut l| l.remove_entry(INSTANCE_LABEL))
+        .map(|instance| BTreeMap::from([instance]));
     pod.metadata = ObjectMeta {
         name: meta.name,
         namespace: meta.namespace,
         uid: meta.uid,
         resource_version: meta.resource_version,
-        labels: meta.labels,
+        labels,
         deletion_timestamp: meta.deletion_timestamp,
-        annotations: hash.map(|h| BTreeMap::from([(CONFIG_HASH_ANNOTATION.to_string(), h)])),
+        annotations: (!annotations.is_empty()).then_some(annotations),
         ..ObjectMeta::default()
     };
-    let spec = pod.spec.take().unwrap_or_default();
     pod.spec = Some(PodSpec {
         node_name: spec.node_name,
-        volumes: Some(
-            spec.volumes
-                .into_iter()
-                .flatten()
-                .filter(|v| v.name == CONFIG_VOLUME)
-                .collect(),
-        ),
         ..PodSpec::default()
     });
     let ready: Vec<PodCondition> = pod
@@ -158,9 +165,13 @@ pub fn pipeline_of_pod(pod: &Pod) -> Option<ObjectRef<StoredPipeline>> {
     Some(ObjectRef::new(name).within(namespace))
 }
 
-/// The configuration revision an agent pod mounts.
+/// The configuration revision a cached agent pod mounts (see [`summarize_pod`]).
 pub fn revision_of_pod(pod: &Pod) -> Option<&str> {
-    pod.spec.as_ref().and_then(mounted_revision)
+    pod.metadata
+        .annotations
+        .as_ref()?
+        .get(CACHED_REVISION)
+        .map(String::as_str)
 }
 
 /// The pipelines with an agent pod (in the cache) on `node`.
@@ -207,6 +218,8 @@ impl OfflineChanges {
 #[cfg(test)]
 mod tests {
     use k8s_openapi::api::core::v1::{ConfigMapVolumeSource, Container, Taint, Volume};
+
+    use crate::render::CONFIG_VOLUME;
 
     use super::*;
 
@@ -297,10 +310,10 @@ mod tests {
             metadata: ObjectMeta {
                 name: Some("line1-agent-x".to_string()),
                 namespace: Some("factory".to_string()),
-                labels: Some(BTreeMap::from([(
-                    INSTANCE_LABEL.to_string(),
-                    "line1".to_string(),
-                )])),
+                labels: Some(BTreeMap::from([
+                    (INSTANCE_LABEL.to_string(), "line1".to_string()),
+                    ("pod-template-generation".to_string(), "3".to_string()),
+                ])),
                 annotations: Some(BTreeMap::from([
                     (CONFIG_HASH_ANNOTATION.to_string(), "abc".to_string()),
                     ("other".to_string(), "x".repeat(1000)),
@@ -357,9 +370,13 @@ mod tests {
         assert_eq!(seen.config_hash.as_deref(), Some("abc"));
         assert_eq!(
             pod.metadata.annotations.map(|a| a.len()),
-            Some(1),
-            "only the config hash is kept"
+            Some(2),
+            "only the config hash and the revision are kept"
         );
-        assert!(pod.spec.is_some_and(|s| s.containers.is_empty()));
+        assert_eq!(pod.metadata.labels.map(|l| l.len()), Some(1));
+        assert!(
+            pod.spec
+                .is_some_and(|s| s.containers.is_empty() && s.volumes.is_none())
+        );
     }
 }

@@ -134,6 +134,28 @@ pub fn summarize_secret(secret: &mut PartialObjectMeta<Secret>) {
     meta.finalizers = None;
 }
 
+/// Drops what no reconcile reads and what costs most in a cache of thousands of owned
+/// objects: their `managedFields` (every field the operator applies, kept as JSON).
+fn summarize_owned<K>(object: &mut PartialObjectMeta<K>) {
+    object.metadata.managed_fields = None;
+}
+
+/// Drops what no reconcile reads from a cached pipeline: its `managedFields` and the
+/// whole manifest `kubectl apply` leaves in `kubectl.kubernetes.io/last-applied-configuration`.
+pub fn summarize_pipeline(pipeline: &mut StoredPipeline) {
+    let meta = &mut pipeline.metadata;
+    meta.managed_fields = None;
+    if let Some(annotations) = meta.annotations.as_mut() {
+        annotations.remove(LAST_APPLIED);
+        if annotations.is_empty() {
+            meta.annotations = None;
+        }
+    }
+}
+
+/// Where client-side `kubectl apply` keeps the manifest it applied.
+const LAST_APPLIED: &str = "kubectl.kubernetes.io/last-applied-configuration";
+
 /// The model ConfigMaps (labelled `edgepipe.dev/model=true`) as [`models::summarize`]
 /// reduces them, cached and forwarded like the Secrets.
 fn model_config_maps(
@@ -250,6 +272,7 @@ pub async fn run(
     // The EdgePipeline cache; readiness turns true when its first full list is in.
     let (cache, writer) = reflector::store();
     let pipeline_events = watcher(pipelines, watcher::Config::default().any_semantic())
+        .modify(summarize_pipeline)
         .default_backoff()
         .reflect(writer)
         .inspect(move |event| {
@@ -282,12 +305,14 @@ pub async fn run(
     controller
         .owns_stream(
             watcher(daemon_sets, managed.clone())
+                .modify(summarize_owned)
                 .default_backoff()
                 .reflect(daemon_sets_writer)
                 .touched_objects(),
         )
         .owns_stream(
             watcher(config_maps, managed)
+                .modify(summarize_owned)
                 .default_backoff()
                 .reflect(config_maps_writer)
                 .touched_objects(),
@@ -318,4 +343,50 @@ pub async fn run(
     metrics.count_pipelines_from(None);
     tracing::info!("controller stopped");
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeMap;
+
+    use k8s_openapi::apimachinery::pkg::apis::meta::v1::{FieldsV1, ManagedFieldsEntry};
+
+    use super::*;
+
+    #[test]
+    fn a_cached_pipeline_drops_managed_fields_and_the_applied_manifest_only() {
+        let mut pipeline = StoredPipeline {
+            metadata: ObjectMeta {
+                name: Some("line1".to_string()),
+                annotations: Some(BTreeMap::from([
+                    (LAST_APPLIED.to_string(), "{\"spec\":{}}".repeat(100)),
+                    ("team".to_string(), "plant-a".to_string()),
+                ])),
+                managed_fields: Some(vec![ManagedFieldsEntry {
+                    manager: Some("kubectl-client-side-apply".to_string()),
+                    fields_v1: Some(FieldsV1(serde_json::json!({"f:spec": {}}))),
+                    ..ManagedFieldsEntry::default()
+                }]),
+                ..ObjectMeta::default()
+            },
+            spec: serde_json::json!({"source": {}}),
+            status: None,
+        };
+        let spec = pipeline.spec.clone();
+        summarize_pipeline(&mut pipeline);
+        assert!(pipeline.metadata.managed_fields.is_none());
+        assert_eq!(
+            pipeline.metadata.annotations,
+            Some(BTreeMap::from([(
+                "team".to_string(),
+                "plant-a".to_string()
+            )]))
+        );
+        assert_eq!(pipeline.spec, spec);
+
+        pipeline.metadata.annotations =
+            Some(BTreeMap::from([(LAST_APPLIED.to_string(), String::new())]));
+        summarize_pipeline(&mut pipeline);
+        assert_eq!(pipeline.metadata.annotations, None);
+    }
 }

@@ -221,8 +221,8 @@ impl Cluster {
             .arg("--kube-api-burst=400")
             .arg("--concurrent-daemonset-syncs=8")
             // A loaded 2-core machine may renew 50 simulated nodes' leases late; a short
-            // grace period would flap them NotReady and mark their pods unready for good
-            // (kwok readies a pod once). `set_node_ready` does not wait for it.
+            // grace period would flap them NotReady and mark their pods unready.
+            // `set_node_ready` does not wait for it.
             .arg("--node-monitor-grace-period=2m")
             .arg("--v=1");
         cluster.spawn("kube-controller-manager", &controllers);
@@ -242,6 +242,10 @@ impl Cluster {
             .arg("--bind-address=127.0.0.1")
             .arg(format!("--secure-port={}", free_port()))
             .arg("--leader-elect=false")
+            // Its default 50 requests a second would bind a fleet of 5,000 agent pods in
+            // no less than 100 s; the same room as the controller-manager's.
+            .arg("--kube-api-qps=200")
+            .arg("--kube-api-burst=400")
             .arg("--v=1");
         cluster.spawn("kube-scheduler", &scheduler);
 
@@ -260,6 +264,12 @@ impl Cluster {
             ))
             .arg("--cidr=10.244.0.1/16")
             .arg("--node-ip=127.0.0.1")
+            // kwok keeps no node Lease unless told to (its Stages then heartbeat node
+            // status only every 10 to 20 minutes), so the node lifecycle controller
+            // marked every node Unknown once the grace period ran out after start and
+            // its pods unready; kwok readied them again, and the cluster never rested.
+            // A kubelet's lease: 40 s, renewed every 10 s.
+            .arg("--node-lease-duration-seconds=40")
             .arg(format!("--server-address=127.0.0.1:{}", free_port()));
         cluster.spawn("kwok", &kwok);
 
