@@ -10,27 +10,27 @@
 use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex};
 
-use k8s_openapi::api::core::v1::{
-    Node, NodeCondition, NodeSpec, NodeStatus, Pod, PodCondition, PodSpec, PodStatus,
-};
+use std::borrow::Cow;
+
+use k8s_openapi::NamespaceResourceScope;
+use k8s_openapi::api::core::v1::{Node, NodeCondition, NodeSpec, NodeStatus, Pod};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
+use kube::Resource;
 use kube::runtime::reflector::{ObjectRef, Store};
+use serde::Deserialize;
 
 use super::{Context, StoredPipeline};
-use crate::render::{CONFIG_HASH_ANNOTATION, mounted_revision};
+use crate::render::{CONFIG_HASH_ANNOTATION, CONFIG_VOLUME};
 use crate::status::{AgentPod, Fleet, node_offline};
 
 /// Label naming the pipeline of an agent pod.
 const INSTANCE_LABEL: &str = "app.kubernetes.io/instance";
-/// Where a cached agent pod keeps the ConfigMap its configuration volume mounts. Only in
-/// the operator's cache: nothing is written to the API server under this name.
-const CACHED_REVISION: &str = "edgepipe.dev/cached-revision";
 /// Upper bound on the nodes whose offline state is remembered between changes.
 const MAX_TRACKED_NODES: usize = 65_536;
 
 impl Context {
     /// The agent pods of the pipeline `namespace/name` in the cache.
-    pub(super) fn agent_pods(&self, namespace: &str, name: &str) -> Vec<Arc<Pod>> {
+    pub(super) fn agent_pods(&self, namespace: &str, name: &str) -> Vec<Arc<CachedPod>> {
         self.pods
             .state()
             .into_iter()
@@ -52,7 +52,7 @@ impl Context {
         let agents: Vec<AgentPod> = self
             .agent_pods(namespace, name)
             .iter()
-            .map(|pod| AgentPod::of(pod))
+            .map(|pod| AgentPod::from(pod.as_ref()))
             .collect();
         let offline_nodes = agents
             .iter()
@@ -71,23 +71,125 @@ impl Context {
     }
 }
 
-/// Reduces an agent pod to its identity, its pipeline's label, config hash, node, the
-/// configuration revision it mounts and Ready condition. The revision is kept as the
-/// cache-only annotation [`CACHED_REVISION`] rather than as the pod's `Volume` (over 3 KB
-/// in memory even when nearly empty): thousands of agent pods are cached.
-pub fn summarize_pod(pod: &mut Pod) {
+/// An agent pod as the controller caches it: decoded from the API server's JSON into
+/// only the fields it reads. A `k8s_openapi` `Pod` takes over 2 KB in memory even when
+/// nearly empty (and its `Volume` over 3 KB); a fleet has thousands of agent pods.
+#[derive(Clone, Debug, Default, Deserialize)]
+pub struct CachedPod {
+    /// The pod's metadata, reduced by [`summarize_pod`].
+    pub metadata: ObjectMeta,
+    /// The node and the configuration volume.
+    #[serde(default)]
+    pub spec: CachedPodSpec,
+    /// The Ready condition.
+    #[serde(default)]
+    pub status: CachedPodStatus,
+}
+
+/// What the cache keeps of a pod's spec.
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct CachedPodSpec {
+    /// The node it is bound to.
+    #[serde(default)]
+    pub node_name: Option<String>,
+    /// Its volumes; [`summarize_pod`] keeps only the configuration volume.
+    #[serde(default)]
+    pub volumes: Vec<CachedVolume>,
+}
+
+/// A volume's name and the ConfigMap it mounts, if it mounts one.
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct CachedVolume {
+    /// The volume's name.
+    pub name: String,
+    /// The ConfigMap it mounts.
+    #[serde(default)]
+    pub config_map: Option<NameRef>,
+}
+
+/// A reference by name.
+#[derive(Clone, Debug, Default, Deserialize)]
+pub struct NameRef {
+    /// The name.
+    #[serde(default)]
+    pub name: String,
+}
+
+/// What the cache keeps of a pod's status.
+#[derive(Clone, Debug, Default, Deserialize)]
+pub struct CachedPodStatus {
+    /// Its conditions; [`summarize_pod`] keeps only Ready.
+    #[serde(default)]
+    pub conditions: Vec<CachedCondition>,
+}
+
+/// A condition's type and status.
+#[derive(Clone, Debug, Default, Deserialize)]
+pub struct CachedCondition {
+    /// The condition's type.
+    #[serde(rename = "type")]
+    pub type_: String,
+    /// `True`, `False` or `Unknown`.
+    pub status: String,
+}
+
+impl Resource for CachedPod {
+    type DynamicType = ();
+    type Scope = NamespaceResourceScope;
+
+    fn kind(dt: &()) -> Cow<'_, str> {
+        Pod::kind(dt)
+    }
+
+    fn group(dt: &()) -> Cow<'_, str> {
+        Pod::group(dt)
+    }
+
+    fn version(dt: &()) -> Cow<'_, str> {
+        Pod::version(dt)
+    }
+
+    fn plural(dt: &()) -> Cow<'_, str> {
+        Pod::plural(dt)
+    }
+
+    fn meta(&self) -> &ObjectMeta {
+        &self.metadata
+    }
+
+    fn meta_mut(&mut self) -> &mut ObjectMeta {
+        &mut self.metadata
+    }
+}
+
+impl From<&CachedPod> for AgentPod {
+    fn from(pod: &CachedPod) -> Self {
+        Self {
+            node: pod.spec.node_name.clone(),
+            ready: pod
+                .status
+                .conditions
+                .iter()
+                .any(|c| c.type_ == "Ready" && c.status == "True"),
+            config_hash: pod
+                .metadata
+                .annotations
+                .as_ref()
+                .and_then(|a| a.get(CONFIG_HASH_ANNOTATION).cloned()),
+        }
+    }
+}
+
+/// Reduces a cached agent pod to its identity, its pipeline's label, config hash, node,
+/// configuration volume and Ready condition.
+pub fn summarize_pod(pod: &mut CachedPod) {
     let meta = std::mem::take(&mut pod.metadata);
-    let spec = pod.spec.take().unwrap_or_default();
-    let mut annotations = BTreeMap::new();
-    if let Some(hash) = meta
+    let annotations = meta
         .annotations
-        .and_then(|mut a| a.remove(CONFIG_HASH_ANNOTATION))
-    {
-        annotations.insert(CONFIG_HASH_ANNOTATION.to_string(), hash);
-    }
-    if let Some(revision) = mounted_revision(&spec) {
-        annotations.insert(CACHED_REVISION.to_string(), revision.to_string());
-    }
+        .and_then(|mut a| a.remove_entry(CONFIG_HASH_ANNOTATION))
+        .map(|hash| BTreeMap::from([hash]));
     let labels = meta
         .labels
         .and_then(|mut l| l.remove_entry(INSTANCE_LABEL))
@@ -99,30 +201,13 @@ pub fn summarize_pod(pod: &mut Pod) {
         resource_version: meta.resource_version,
         labels,
         deletion_timestamp: meta.deletion_timestamp,
-        annotations: (!annotations.is_empty()).then_some(annotations),
+        annotations,
         ..ObjectMeta::default()
     };
-    pod.spec = Some(PodSpec {
-        node_name: spec.node_name,
-        ..PodSpec::default()
-    });
-    let ready: Vec<PodCondition> = pod
-        .status
-        .take()
-        .and_then(|s| s.conditions)
-        .into_iter()
-        .flatten()
-        .filter(|c| c.type_ == "Ready")
-        .map(|c| PodCondition {
-            type_: c.type_,
-            status: c.status,
-            ..PodCondition::default()
-        })
-        .collect();
-    pod.status = Some(PodStatus {
-        conditions: Some(ready),
-        ..PodStatus::default()
-    });
+    pod.spec.volumes.retain(|v| v.name == CONFIG_VOLUME);
+    pod.spec.volumes.shrink_to_fit();
+    pod.status.conditions.retain(|c| c.type_ == "Ready");
+    pod.status.conditions.shrink_to_fit();
 }
 
 /// Reduces a node to its name, its Ready condition's status and its taints.
@@ -159,30 +244,31 @@ pub fn summarize_node(node: &mut Node) {
 }
 
 /// The pipeline an agent pod belongs to.
-pub fn pipeline_of_pod(pod: &Pod) -> Option<ObjectRef<StoredPipeline>> {
+pub fn pipeline_of_pod(pod: &CachedPod) -> Option<ObjectRef<StoredPipeline>> {
     let name = pod.metadata.labels.as_ref()?.get(INSTANCE_LABEL)?;
     let namespace = pod.metadata.namespace.as_deref()?;
     Some(ObjectRef::new(name).within(namespace))
 }
 
-/// The configuration revision a cached agent pod mounts (see [`summarize_pod`]).
-pub fn revision_of_pod(pod: &Pod) -> Option<&str> {
-    pod.metadata
-        .annotations
-        .as_ref()?
-        .get(CACHED_REVISION)
-        .map(String::as_str)
+/// The configuration revision a cached agent pod mounts.
+pub fn revision_of_pod(pod: &CachedPod) -> Option<&str> {
+    pod.spec
+        .volumes
+        .iter()
+        .find(|v| v.name == CONFIG_VOLUME)
+        .and_then(|v| v.config_map.as_ref())
+        .map(|cm| cm.name.as_str())
 }
 
 /// The pipelines with an agent pod (in the cache) on `node`.
-pub fn pipelines_on_node(pods: &Store<Pod>, node: &Node) -> Vec<ObjectRef<StoredPipeline>> {
+pub fn pipelines_on_node(pods: &Store<CachedPod>, node: &Node) -> Vec<ObjectRef<StoredPipeline>> {
     let Some(name) = node.metadata.name.as_deref() else {
         return vec![];
     };
     let mut found: Vec<ObjectRef<StoredPipeline>> = pods
         .state()
         .iter()
-        .filter(|pod| pod.spec.as_ref().and_then(|s| s.node_name.as_deref()) == Some(name))
+        .filter(|pod| pod.spec.node_name.as_deref() == Some(name))
         .filter_map(|pod| pipeline_of_pod(pod))
         .collect();
     found.sort_by(|a, b| (&a.namespace, &a.name).cmp(&(&b.namespace, &b.name)));
@@ -217,9 +303,9 @@ impl OfflineChanges {
 
 #[cfg(test)]
 mod tests {
-    use k8s_openapi::api::core::v1::{ConfigMapVolumeSource, Container, Taint, Volume};
-
-    use crate::render::CONFIG_VOLUME;
+    use k8s_openapi::api::core::v1::{
+        ConfigMapVolumeSource, Container, PodCondition, PodSpec, PodStatus, Taint, Volume,
+    };
 
     use super::*;
 
@@ -306,7 +392,7 @@ mod tests {
 
     #[test]
     fn a_summarized_pod_keeps_its_pipeline_node_revision_and_readiness() {
-        let mut pod = Pod {
+        let pod = Pod {
             metadata: ObjectMeta {
                 name: Some("line1-agent-x".to_string()),
                 namespace: Some("factory".to_string()),
@@ -358,25 +444,27 @@ mod tests {
                 ..PodStatus::default()
             }),
         };
+        // As the watch decodes it: from the API server's JSON.
+        let mut pod: CachedPod =
+            serde_json::from_value(serde_json::to_value(&pod).expect("a pod serializes"))
+                .expect("a pod decodes as cached");
         summarize_pod(&mut pod);
         assert_eq!(
             pipeline_of_pod(&pod),
             Some(ObjectRef::new("line1").within("factory"))
         );
         assert_eq!(revision_of_pod(&pod), Some("line1-agent-0123456789"));
-        let seen = crate::status::AgentPod::of(&pod);
+        let seen = AgentPod::from(&pod);
         assert_eq!(seen.node.as_deref(), Some("edge-1"));
         assert!(seen.ready);
         assert_eq!(seen.config_hash.as_deref(), Some("abc"));
         assert_eq!(
             pod.metadata.annotations.map(|a| a.len()),
-            Some(2),
-            "only the config hash and the revision are kept"
+            Some(1),
+            "only the config hash is kept"
         );
         assert_eq!(pod.metadata.labels.map(|l| l.len()), Some(1));
-        assert!(
-            pod.spec
-                .is_some_and(|s| s.containers.is_empty() && s.volumes.is_none())
-        );
+        assert_eq!(pod.spec.volumes.len(), 1, "only the configuration volume");
+        assert_eq!(pod.status.conditions.len(), 1, "only Ready");
     }
 }

@@ -14,7 +14,7 @@ use std::sync::Arc;
 
 use futures::{StreamExt, TryStreamExt};
 use k8s_openapi::api::apps::v1::DaemonSet;
-use k8s_openapi::api::core::v1::{ConfigMap, Node, Pod, Secret};
+use k8s_openapi::api::core::v1::{ConfigMap, Node, Secret};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use kube::api::ListParams;
 use kube::core::PartialObjectMeta;
@@ -28,7 +28,7 @@ use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
-use super::fleet::{self, OfflineChanges};
+use super::fleet::{self, CachedPod, OfflineChanges};
 use super::models;
 use super::{CONCURRENCY, Context, Error, StoredPipeline, error_policy_stored, reconcile_stored};
 use crate::policy::{TenantPolicy, secret_references};
@@ -235,7 +235,7 @@ pub async fn run(
     // only when no pod in the cache mounts it. The nodes are not waited for: without
     // them (RBAC may not grant them) no node counts as offline.
     let pod_events = watcher(
-        scoped::<Pod>(&client, ns),
+        scoped::<CachedPod>(&client, ns),
         watcher::Config::default().labels(MANAGED_BY_SELECTOR),
     )
     .modify(fleet::summarize_pod);

@@ -7,7 +7,7 @@ use std::time::Duration;
 use edge_crds::EdgePipelineStatus;
 use edge_crds::status::{CONDITION_PROGRESSING, CONDITION_STALLED};
 use k8s_openapi::api::apps::v1::DaemonSet;
-use k8s_openapi::api::core::v1::{Node, Pod};
+use k8s_openapi::api::core::v1::Node;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 
@@ -31,27 +31,6 @@ pub struct AgentPod {
     pub ready: bool,
     /// The `edgepipe.dev/config-hash` of its template.
     pub config_hash: Option<String>,
-}
-
-impl AgentPod {
-    /// The pod as the status sees it.
-    pub fn of(pod: &Pod) -> Self {
-        Self {
-            node: pod.spec.as_ref().and_then(|s| s.node_name.clone()),
-            ready: pod
-                .status
-                .as_ref()
-                .and_then(|s| s.conditions.as_ref())
-                .into_iter()
-                .flatten()
-                .any(|c| c.type_ == "Ready" && c.status == "True"),
-            config_hash: pod
-                .metadata
-                .annotations
-                .as_ref()
-                .and_then(|a| a.get(crate::render::CONFIG_HASH_ANNOTATION).cloned()),
-        }
-    }
 }
 
 /// Taint the node lifecycle controller puts on a node whose kubelet stopped reporting.
