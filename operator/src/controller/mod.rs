@@ -49,7 +49,7 @@ pub use fleet::{
 pub use models::{MODEL_DIGEST, content_digest, summarize};
 pub use report::event_for;
 use report::write_status;
-pub use stored::StoredPipeline;
+pub use stored::{JsonText, StoredPipeline};
 pub use watch::{Settings, pipelines_using_model, pipelines_using_secret, run};
 
 use std::collections::HashMap;

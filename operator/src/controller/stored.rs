@@ -26,10 +26,58 @@ pub struct StoredPipeline {
     pub metadata: ObjectMeta,
     /// The spec, not decoded.
     #[serde(default)]
-    pub spec: Value,
+    pub spec: JsonText,
     /// The status, not decoded.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub status: Option<Value>,
+    pub status: Option<JsonText>,
+}
+
+/// A JSON value kept as its compact text. The controller caches every pipeline and
+/// decodes one only when it reconciles it or looks into it; as a `serde_json::Value` a
+/// spec costs several times its text in memory (every small object a B-tree node).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct JsonText(Box<str>);
+
+impl JsonText {
+    /// The value (`null` if the text is not JSON, which [`JsonText`] never builds).
+    pub fn value(&self) -> Value {
+        serde_json::from_str(&self.0).unwrap_or(Value::Null)
+    }
+
+    /// The text.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl Default for JsonText {
+    fn default() -> Self {
+        Self::from(&Value::Null)
+    }
+}
+
+impl From<&Value> for JsonText {
+    fn from(value: &Value) -> Self {
+        Self(value.to_string().into_boxed_str())
+    }
+}
+
+impl From<Value> for JsonText {
+    fn from(value: Value) -> Self {
+        Self::from(&value)
+    }
+}
+
+impl Serialize for JsonText {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        self.value().serialize(serializer)
+    }
+}
+
+impl<'de> Deserialize<'de> for JsonText {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        Value::deserialize(deserializer).map(Self::from)
+    }
 }
 
 impl StoredPipeline {
@@ -37,18 +85,19 @@ impl StoredPipeline {
     pub fn from_pipeline(pipeline: &EdgePipeline) -> Self {
         Self {
             metadata: pipeline.metadata.clone(),
-            spec: serde_json::to_value(&pipeline.spec).unwrap_or_default(),
+            spec: JsonText::from(serde_json::to_value(&pipeline.spec).unwrap_or_default()),
             status: pipeline
                 .status
                 .as_ref()
-                .and_then(|status| serde_json::to_value(status).ok()),
+                .and_then(|status| serde_json::to_value(status).ok())
+                .map(JsonText::from),
         }
     }
 
     /// The pipeline, decoded with the strict API types; or the first field they reject,
     /// with its path (`spec.source.mqtt.sessionExpiry: unknown field `sessionExpiry`, ...`).
     pub fn decode(&self) -> Result<EdgePipeline, FieldError> {
-        let spec = serde_path_to_error::deserialize(&self.spec).map_err(|error| {
+        let spec = serde_path_to_error::deserialize(self.spec.value()).map_err(|error| {
             let path = error.path().to_string();
             let path = if path == "." {
                 "spec".to_string()
@@ -74,7 +123,7 @@ impl StoredPipeline {
     pub fn status(&self) -> Option<EdgePipelineStatus> {
         self.status
             .as_ref()
-            .and_then(|status| serde_json::from_value(status.clone()).ok())
+            .and_then(|status| serde_json::from_str(status.as_str()).ok())
     }
 }
 
@@ -120,8 +169,10 @@ mod tests {
                 namespace: Some("factory".to_string()),
                 ..ObjectMeta::default()
             },
-            spec,
-            status: Some(json!({"desiredNodes": 2, "futureField": true})),
+            spec: JsonText::from(spec),
+            status: Some(JsonText::from(
+                json!({"desiredNodes": 2, "futureField": true}),
+            )),
         }
     }
 

@@ -59,6 +59,7 @@ pub fn pipelines_using_model(
 ) -> Vec<ObjectRef<StoredPipeline>> {
     pipelines_in_namespace_of(pipelines, &cm.metadata, |p, name| {
         p.spec
+            .value()
             .pointer("/inference/model/configMap/name")
             .and_then(Value::as_str)
             == Some(name)
@@ -369,7 +370,7 @@ mod tests {
                 }]),
                 ..ObjectMeta::default()
             },
-            spec: serde_json::json!({"source": {}}),
+            spec: serde_json::json!({"source": {}}).into(),
             status: None,
         };
         let spec = pipeline.spec.clone();
