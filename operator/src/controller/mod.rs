@@ -38,6 +38,7 @@ mod children;
 mod fleet;
 mod models;
 mod report;
+mod settle;
 mod stored;
 mod watch;
 
@@ -183,6 +184,7 @@ pub struct Context {
     secrets: Store<PartialObjectMeta<Secret>>,
     pods: Store<CachedPod>,
     nodes: Store<Node>,
+    settling: settle::Settling,
 }
 
 /// What reconcile last applied for a pipeline, and the versions the API server gave back.
@@ -218,6 +220,7 @@ impl Context {
             secrets: reflector::store().0,
             pods: reflector::store().0,
             nodes: reflector::store().0,
+            settling: settle::Settling::default(),
         }
     }
 
@@ -383,14 +386,22 @@ pub async fn reconcile(pipeline: Arc<EdgePipeline>, ctx: Arc<Context>) -> Result
     result
 }
 
-/// Reconciles one pipeline as the API server stores it: decoded with the strict API
-/// types, it is reconciled by [`reconcile`]; one that does not decode (a field this
+/// Reconciles one pipeline as the API server stores it, at most once a second while its
+/// spec does not change (see [`settle`]): decoded with the strict API types, it is
+/// reconciled by [`reconcile`]; one that does not decode (a field this
 /// operator does not know) gets the `Invalid` condition naming the field and an Event,
 /// and its running agents are left untouched.
 pub async fn reconcile_stored(
     stored: Arc<StoredPipeline>,
     ctx: Arc<Context>,
 ) -> Result<Action, Error> {
+    let generation = stored.metadata.generation;
+    if let Some(wait) = ctx
+        .settling
+        .defer(&key_of(&stored), generation, Instant::now())
+    {
+        return Ok(Action::requeue(wait));
+    }
     let error = match stored.decode() {
         Ok(pipeline) => return reconcile(Arc::new(pipeline), ctx).await,
         Err(error) => error,
