@@ -11,7 +11,7 @@ use std::time::Duration;
 use common::api::{Seen, internal_error, not_found, respond};
 use common::cluster::{
     DS_PATH, STATUS_PATH, UID, cluster_pipeline, cm_path, condition, config_hash, daemon_set,
-    expect_no_children, no_models, pipeline_with_status, reconciled, run,
+    expect_no_children, no_models, pipeline_with_status, reconciled, run, run_with,
 };
 use common::default_options;
 use edge_crds::EdgePipelineStatus;
@@ -348,6 +348,76 @@ async fn an_unchanged_pipeline_applies_its_objects_and_writes_no_status() {
         },
     )
     .await;
+}
+
+/// Once a pipeline's objects are applied and the caches show them unchanged, a reconcile
+/// (a pod or DaemonSet status change) applies nothing and reads the DaemonSet for the
+/// status from the API server's watch cache (`resourceVersion=0`), not from etcd.
+#[tokio::test]
+async fn an_unchanged_pipeline_reads_its_daemon_set_from_the_watch_cache() {
+    let p = cluster_pipeline(3, "", None);
+    let rendered = render(&p, &default_options()).expect("renders");
+    let revision = rendered.config_map.metadata.name.clone().expect("a name");
+    let applied_ds = serde_json::to_value(&rendered.daemon_set).expect("json");
+    let live = daemon_set(&applied_ds, 4, 4, 2, 2, 2);
+    let live_ds: DaemonSet = serde_json::from_value(live.clone()).expect("DaemonSet");
+    let status = compute(
+        &p,
+        Ok(()),
+        Some(&live_ds),
+        &Time(Timestamp::from_second(1_800_000_000).expect("time")),
+    );
+    let p = cluster_pipeline(3, "", Some(status));
+    let cm_at = cm_path(&p);
+    let mut applied_cm = serde_json::to_value(&rendered.config_map).expect("json");
+    applied_cm["metadata"]["resourceVersion"] = json!("7");
+    let (daemon_sets, mut ds_writer) = reflector::store::<PartialObjectMeta<DaemonSet>>();
+    let (config_maps, mut cm_writer) = reflector::store::<PartialObjectMeta<ConfigMap>>();
+    let cached = |name: &str, generation: Option<i64>, version: &str| ObjectMeta {
+        name: Some(name.to_string()),
+        namespace: Some("factory".to_string()),
+        generation,
+        resource_version: Some(version.to_string()),
+        ..ObjectMeta::default()
+    };
+    let cached_ds = cached("line1-agent", Some(4), "8");
+    let cached_cm = cached(&revision, None, "7");
+    let live2 = live.clone();
+    let seen = run_with(
+        no_models(),
+        move |ctx| ctx.with_owned(daemon_sets, config_maps),
+        move |mut api| async move {
+            expect_no_children(&mut api, &cm_at).await;
+            api.expect_apply(&cm_at, Some(applied_cm)).await;
+            api.expect_apply(DS_PATH, Some(live)).await;
+            let (seen, send) = api.expect(Method::GET, DS_PATH).await;
+            assert!(seen.has_query("resourceVersion", "0"), "{:?}", seen.query);
+            respond(send, StatusCode::OK, live2);
+            api
+        },
+        |ctx, _metrics| async move {
+            reconciled(p.clone(), &ctx)
+                .await
+                .expect("the first reconcile applies");
+            ds_writer.apply_watcher_event(&watcher::Event::Apply(PartialObjectMeta::<DaemonSet> {
+                metadata: cached_ds,
+                ..PartialObjectMeta::default()
+            }));
+            cm_writer.apply_watcher_event(&watcher::Event::Apply(PartialObjectMeta::<ConfigMap> {
+                metadata: cached_cm,
+                ..PartialObjectMeta::default()
+            }));
+            reconciled(p, &ctx)
+                .await
+                .expect("the second reconcile reads");
+        },
+    )
+    .await;
+    let writes = seen.iter().filter(|s| s.method != Method::GET).count();
+    assert_eq!(
+        writes, 2,
+        "the two applies of the first reconcile, nothing after"
+    );
 }
 
 #[tokio::test]

@@ -34,6 +34,44 @@
 //! leaving the cache makes the next reconcile apply again; the DaemonSet's status moving
 //! during a rollout does not.
 
+/// Implements `kube::Resource` for `$cached`, a form in which the controller decodes and
+/// caches objects of the API type `$api` (fewer fields, or some left undecoded): the same
+/// kind, group, version and plural, and its own `metadata`.
+macro_rules! resource_as {
+    ($cached:ty, $api:ty) => {
+        impl kube::Resource for $cached {
+            type DynamicType = ();
+            type Scope = k8s_openapi::NamespaceResourceScope;
+
+            fn kind(dt: &()) -> std::borrow::Cow<'_, str> {
+                <$api as kube::Resource>::kind(dt)
+            }
+
+            fn group(dt: &()) -> std::borrow::Cow<'_, str> {
+                <$api as kube::Resource>::group(dt)
+            }
+
+            fn version(dt: &()) -> std::borrow::Cow<'_, str> {
+                <$api as kube::Resource>::version(dt)
+            }
+
+            fn plural(dt: &()) -> std::borrow::Cow<'_, str> {
+                <$api as kube::Resource>::plural(dt)
+            }
+
+            fn meta(&self) -> &k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta {
+                &self.metadata
+            }
+
+            fn meta_mut(
+                &mut self,
+            ) -> &mut k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta {
+                &mut self.metadata
+            }
+        }
+    };
+}
+
 mod children;
 mod fleet;
 mod models;
@@ -62,7 +100,7 @@ use k8s_openapi::api::apps::v1::DaemonSet;
 use k8s_openapi::api::core::v1::{ConfigMap, Node, Secret};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use k8s_openapi::jiff::Timestamp;
-use kube::api::{Patch, PatchParams};
+use kube::api::{GetParams, Patch, PatchParams};
 use kube::core::PartialObjectMeta;
 use kube::runtime::controller::Action;
 use kube::runtime::events::{Recorder, Reporter};
@@ -596,7 +634,7 @@ async fn status_after_apply(
                 .clone()
                 .unwrap_or_default();
             if ctx.unchanged(key, &namespace, child, &revision, &digest) {
-                (None, read_daemon_set(daemon_sets, child).await?)
+                (None, observe_daemon_set(daemon_sets, child).await?)
             } else {
                 if let Some(message) =
                     children::conflict(pipeline, ctx, &namespace, &revision, child).await?
@@ -685,6 +723,21 @@ async fn read_daemon_set(api: &Api<DaemonSet>, name: &str) -> Result<Option<Daem
             name: name.to_string(),
             source,
         })
+}
+
+/// The DaemonSet `name`, if it exists, as the API server's watch cache has it
+/// (`resourceVersion=0`: no quorum read from etcd). For the status of a pipeline whose
+/// objects are unchanged, which is reconciled because a watch event from that same cache
+/// said its DaemonSet or agents changed: the cache is at least as new as that event.
+async fn observe_daemon_set(api: &Api<DaemonSet>, name: &str) -> Result<Option<DaemonSet>, Error> {
+    match api.get_with(name, &GetParams::any()).await {
+        Ok(daemon_set) => Ok(Some(daemon_set)),
+        Err(kube::Error::Api(status)) if status.is_not_found() => Ok(None),
+        Err(source) => Err(Error::ReadDaemonSet {
+            name: name.to_string(),
+            source,
+        }),
+    }
 }
 
 /// The time stamped on changed conditions, to the second (as the API stores it).

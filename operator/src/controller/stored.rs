@@ -10,12 +10,8 @@
 //! with the strict types; one that does not decode gets the `Invalid` condition naming
 //! the field, and the others go on.
 
-use std::borrow::Cow;
-
 use edge_crds::{EdgePipeline, EdgePipelineStatus, FieldError};
-use k8s_openapi::NamespaceResourceScope;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
-use kube::Resource;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
@@ -127,34 +123,7 @@ impl StoredPipeline {
     }
 }
 
-impl Resource for StoredPipeline {
-    type DynamicType = ();
-    type Scope = NamespaceResourceScope;
-
-    fn kind(dt: &()) -> Cow<'_, str> {
-        EdgePipeline::kind(dt)
-    }
-
-    fn group(dt: &()) -> Cow<'_, str> {
-        EdgePipeline::group(dt)
-    }
-
-    fn version(dt: &()) -> Cow<'_, str> {
-        EdgePipeline::version(dt)
-    }
-
-    fn plural(dt: &()) -> Cow<'_, str> {
-        EdgePipeline::plural(dt)
-    }
-
-    fn meta(&self) -> &ObjectMeta {
-        &self.metadata
-    }
-
-    fn meta_mut(&mut self) -> &mut ObjectMeta {
-        &mut self.metadata
-    }
-}
+resource_as!(StoredPipeline, EdgePipeline);
 
 #[cfg(test)]
 mod tests {
