@@ -14,7 +14,7 @@ use common::cluster::{
     expect_no_children, no_models, pipeline_with_status, reconciled, run, run_with,
 };
 use common::default_options;
-use edge_crds::EdgePipelineStatus;
+use edge_crds::{EdgePipeline, EdgePipelineStatus};
 use edge_operator::controller::{
     Error, REQUEUE, StoredPipeline, content_digest, error_policy, pipelines_using_model, summarize,
 };
@@ -319,8 +319,9 @@ async fn a_pipeline_that_stays_invalid_publishes_nothing_new() {
     .await;
 }
 
-#[tokio::test]
-async fn an_unchanged_pipeline_applies_its_objects_and_writes_no_status() {
+/// A pipeline (generation 3) whose status already says what its DaemonSet shows, and
+/// that DaemonSet as the API server answers (generation 4, 2 of 2 agents ready).
+fn steady_pipeline() -> (EdgePipeline, Value) {
     let p = cluster_pipeline(3, "", None);
     let rendered =
         serde_json::to_value(render(&p, &default_options()).expect("renders").daemon_set)
@@ -333,7 +334,12 @@ async fn an_unchanged_pipeline_applies_its_objects_and_writes_no_status() {
         Some(&live_ds),
         &Time(Timestamp::from_second(1_800_000_000).expect("time")),
     );
-    let p = cluster_pipeline(3, "", Some(status));
+    (cluster_pipeline(3, "", Some(status)), live)
+}
+
+#[tokio::test]
+async fn an_unchanged_pipeline_applies_its_objects_and_writes_no_status() {
+    let (p, live) = steady_pipeline();
     let cm_at = cm_path(&p);
     run(
         no_models(),
@@ -355,19 +361,9 @@ async fn an_unchanged_pipeline_applies_its_objects_and_writes_no_status() {
 /// status from the API server's watch cache (`resourceVersion=0`), not from etcd.
 #[tokio::test]
 async fn an_unchanged_pipeline_reads_its_daemon_set_from_the_watch_cache() {
-    let p = cluster_pipeline(3, "", None);
+    let (p, live) = steady_pipeline();
     let rendered = render(&p, &default_options()).expect("renders");
     let revision = rendered.config_map.metadata.name.clone().expect("a name");
-    let applied_ds = serde_json::to_value(&rendered.daemon_set).expect("json");
-    let live = daemon_set(&applied_ds, 4, 4, 2, 2, 2);
-    let live_ds: DaemonSet = serde_json::from_value(live.clone()).expect("DaemonSet");
-    let status = compute(
-        &p,
-        Ok(()),
-        Some(&live_ds),
-        &Time(Timestamp::from_second(1_800_000_000).expect("time")),
-    );
-    let p = cluster_pipeline(3, "", Some(status));
     let cm_at = cm_path(&p);
     let mut applied_cm = serde_json::to_value(&rendered.config_map).expect("json");
     applied_cm["metadata"]["resourceVersion"] = json!("7");
