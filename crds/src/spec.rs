@@ -35,6 +35,9 @@ use crate::units::{Duration, Size};
         printcolumn = r#"{"name":"Ready","type":"string","jsonPath":".status.conditions[?(@.type==\"Ready\")].status"}"#,
         printcolumn = r#"{"name":"Nodes","type":"integer","jsonPath":".status.readyNodes","description":"Nodes whose agent is ready"}"#,
         printcolumn = r#"{"name":"Offline","type":"integer","jsonPath":".status.offlineNodes","description":"Nodes of this pipeline that are NotReady or unreachable"}"#,
+        printcolumn = r#"{"name":"Down","type":"integer","jsonPath":".status.fleet.upstreamDown","description":"Online agents whose upstream is down"}"#,
+        printcolumn = r#"{"name":"Backlog","type":"string","jsonPath":".status.fleet.backlog","description":"Bytes queued on all nodes"}"#,
+        printcolumn = r#"{"name":"Oldest","type":"string","jsonPath":".status.fleet.oldestBacklog","description":"Age of the oldest queued record on any node"}"#,
         printcolumn = r#"{"name":"Desired","type":"integer","jsonPath":".status.desiredNodes","priority":1}"#,
         printcolumn = r#"{"name":"Age","type":"date","jsonPath":".metadata.creationTimestamp"}"#
     )

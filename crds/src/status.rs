@@ -56,6 +56,76 @@ pub struct EdgePipelineStatus {
     /// while an object with the agent's name belongs to someone else.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub conditions: Vec<Condition>,
+    /// The agents as they report themselves: each keeps its node's record (a Lease
+    /// `<name>-agent.<node>` in this namespace) up to date. Absent while no agent reports.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fleet: Option<FleetStatus>,
+}
+
+/// The fleet of a pipeline as its agents report it.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct FleetStatus {
+    /// Nodes whose agent has a record.
+    #[serde(default)]
+    pub reporting: i32,
+    /// Nodes whose agent is offline: its record not renewed for 3 heartbeat intervals, or
+    /// its node NotReady.
+    #[serde(default)]
+    pub offline: i32,
+    /// Online agents whose upstream is down (their last delivery failed).
+    #[serde(default)]
+    pub upstream_down: i32,
+    /// Online agents whose oldest queued record waits longer than 2 heartbeat intervals.
+    #[serde(default)]
+    pub backlogged: i32,
+    /// Records queued on all nodes.
+    #[serde(default)]
+    pub backlog_records: i64,
+    /// Bytes queued on all nodes.
+    #[serde(default)]
+    pub backlog_bytes: i64,
+    /// `backlogBytes` for people: `12.5 MiB`.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub backlog: String,
+    /// Age in seconds of the oldest queued record on any node.
+    #[serde(default)]
+    pub oldest_backlog_seconds: i64,
+    /// `oldestBacklogSeconds` for people: `3m20s`; empty without a backlog.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub oldest_backlog: String,
+    /// Records dropped on all nodes since their agents started.
+    #[serde(default)]
+    pub dropped_records: i64,
+    /// The models the agents run, by SHA-256, with how many nodes run each; sorted.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 10))]
+    pub models: Vec<ModelCount>,
+    /// At most 5 nodes that need a look, worst first: offline, upstream down, backlogged.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 5))]
+    pub worst: Vec<NodeReport>,
+}
+
+/// How many nodes run one model.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ModelCount {
+    /// The model's SHA-256 (hex).
+    pub sha256: String,
+    /// Nodes whose agent runs it.
+    pub nodes: i32,
+}
+
+/// A node that needs a look, and why.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct NodeReport {
+    /// The node's name.
+    pub node: String,
+    /// Why: `offline: no heartbeat for 2m5s`, `upstream down for 4m`, `backlog 1.2 MiB,
+    /// oldest 3m`.
+    pub reason: String,
 }
 
 impl EdgePipelineStatus {

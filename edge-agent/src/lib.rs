@@ -2,7 +2,8 @@
 //!
 //! MQTT in -> [`parse`] -> inference -> [`process`] -> [`queue`] (durable SQLite) -> sink,
 //! with local actions published straight from inference and the processors. Never links
-//! a Kubernetes client: the pipeline comes from a file (`edge-agent run --config`).
+//! a Kubernetes client: the pipeline comes from a file (`edge-agent run --config`); what it
+//! tells the cluster, its node's fleet record ([`heartbeat`]), is one HTTP request a write.
 
 pub mod actions;
 pub mod broker;
@@ -12,6 +13,7 @@ pub mod datadir;
 pub mod demo;
 pub mod diagnostics;
 pub mod doctor;
+pub mod heartbeat;
 pub mod http;
 pub mod inference;
 pub mod parse;

@@ -1,6 +1,6 @@
 //! The running agent: wires the source, the pipeline of one reading, the queue, the sink,
-//! the local actions and the metrics endpoint together, and shuts them down in the order
-//! that loses nothing.
+//! the local actions, the metrics endpoint and the node's fleet record
+//! ([`crate::heartbeat`]) together, and shuts them down in the order that loses nothing.
 //!
 //! Ingest: the loop takes the next MQTT message together with every one already waiting
 //! behind it (up to [`MAX_BATCH`]; it never waits for more). Each is counted and parsed,
@@ -329,6 +329,10 @@ pub async fn run_with_metrics(
         sync_ctx = sync_ctx.with_backlog(backlog);
     }
     let sync_task = tokio::spawn(sink::run(sink, sync_ctx));
+    // The node's fleet record (after the sync context, which counts the upstream as up
+    // until a request fails): a report to the cluster in any mode, never in the way.
+    let heartbeat_stop = CancellationToken::new();
+    let heartbeat_task = crate::heartbeat::start(&config, &metrics, &heartbeat_stop);
 
     let (source, messages, source_task) = source::start(
         &config.source,
@@ -408,6 +412,10 @@ pub async fn run_with_metrics(
     }
     sync_stop.cancel();
     let _ = sync_task.await;
+    heartbeat_stop.cancel();
+    if let Some(task) = heartbeat_task {
+        let _ = task.await;
+    }
     writer.shutdown().await;
     let _ = acker.await;
     source.disconnect().await;

@@ -45,6 +45,8 @@ pub const CERTIFICATE_USES: [&str; 6] = [
     "embedded_server",
     "embedded_client_ca",
 ];
+/// Outcomes of a write of the node's fleet record (`edge_agent_heartbeats_total{outcome}`).
+pub const HEARTBEAT_OUTCOMES: [&str; 2] = ["ok", "failed"];
 /// Record kinds (`edge_agent_records_enqueued_total{kind}`).
 pub const RECORD_KINDS: [&str; 4] = ["reading", "aggregate", "anomaly", "classification"];
 
@@ -160,6 +162,11 @@ pub struct Metrics {
     pub mqtt_connected: IntGauge,
     /// Connections to the source broker established (the first and every reconnect).
     pub mqtt_connections: IntCounter,
+    /// Writes of the node's fleet record (see [`crate::heartbeat`]), by outcome (one of
+    /// [`HEARTBEAT_OUTCOMES`]).
+    pub heartbeats: IntCounterVec,
+    /// When the node's fleet record was last written, unix seconds (0: never).
+    pub heartbeat_last_success: IntGauge,
     /// Always 1, labelled with the agent version.
     pub build_info: IntGaugeVec,
     /// Duration of upstream requests.
@@ -516,6 +523,21 @@ impl Metrics {
                     "Connections to the source broker established (the first and every reconnect).",
                 ),
             )?,
+            heartbeats: counter_vec(
+                r,
+                opts(
+                    "edge_agent_heartbeats_total",
+                    "Writes of the node's fleet record (a Lease) to the Kubernetes API server, by outcome: ok, failed (unreachable, timed out or refused; retried with backoff).",
+                ),
+                "outcome",
+            )?,
+            heartbeat_last_success: gauge(
+                r,
+                opts(
+                    "edge_agent_heartbeat_last_success_timestamp_seconds",
+                    "When the node's fleet record was last written, unix seconds (0: never).",
+                ),
+            )?,
             build_info: register(
                 r,
                 IntGaugeVec::new(
@@ -569,6 +591,7 @@ impl Metrics {
         init_labels(&metrics.actions_suppressed, &ACTION_SUPPRESSIONS);
         init_labels(&metrics.sync_requests, &SYNC_OUTCOMES);
         init_labels(&metrics.records_enqueued, &RECORD_KINDS);
+        init_labels(&metrics.heartbeats, &HEARTBEAT_OUTCOMES);
         for use_ in CREDENTIAL_USES {
             for result in RELOAD_RESULTS {
                 metrics
@@ -662,6 +685,8 @@ mod tests {
             "edge_agent_queue_capacity_bytes",
             "edge_agent_upstream_up",
             "edge_agent_mqtt_connected",
+            "edge_agent_heartbeats_total",
+            "edge_agent_heartbeat_last_success_timestamp_seconds",
             "edge_agent_sync_duration_seconds_bucket",
             "edge_agent_ingest_to_durable_seconds_count",
             "edge_agent_inference_duration_seconds_sum",
@@ -680,6 +705,12 @@ mod tests {
         }
         for outcome in SYNC_OUTCOMES {
             assert!(text.contains(&format!("outcome=\"{outcome}\"")));
+        }
+        for outcome in HEARTBEAT_OUTCOMES {
+            let series = format!(
+                "edge_agent_heartbeats_total{{outcome=\"{outcome}\",pipeline=\"factory/line1\"}} 0"
+            );
+            assert!(text.contains(&series), "{series} missing");
         }
         assert!(text.contains(&format!(
             "edge_agent_build_info{{pipeline=\"factory/line1\",version=\"{}\"}} 1",

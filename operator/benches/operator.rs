@@ -41,6 +41,7 @@ fn main() {
         model_version: None,
         secrets_digest: None,
         avoid_control_plane: true,
+        agent_access: None,
     };
     let now = Time(Timestamp::now());
     let rss_before = rss_kib("VmRSS");

@@ -10,6 +10,7 @@ use clap::{Parser, Subcommand};
 use edge_operator::controller::{self, Settings};
 use edge_operator::leader::{self, LeaseSettings};
 use edge_operator::policy::{self, TenantPolicy};
+use edge_operator::render::AgentAccess;
 use edge_operator::server::{self, Readiness};
 use edge_operator::telemetry::Metrics;
 use edge_operator::{RenderOptions, render};
@@ -41,6 +42,15 @@ struct ImageArgs {
     /// Image of the agent pods (their init container too).
     #[arg(long, value_name = "IMAGE", default_value_t = edge_operator::default_agent_image())]
     agent_image: String,
+    /// The ClusterRole that grants agents their fleet records (Leases): each pipeline
+    /// gets a ServiceAccount bound to it in its namespace, and its agents report their
+    /// state with that account's token. Without it agents report nothing.
+    #[arg(long, value_name = "NAME")]
+    agent_cluster_role: Option<String>,
+    /// How often each agent renews its fleet record.
+    #[arg(long, value_name = "SECONDS", default_value_t = edge_crds::fleet::DEFAULT_INTERVAL_SECONDS,
+          value_parser = clap::value_parser!(u64).range(1..=3600))]
+    heartbeat_seconds: u64,
 }
 
 impl ImageArgs {
@@ -50,6 +60,13 @@ impl ImageArgs {
             model_version: None,
             secrets_digest: None,
             avoid_control_plane: !policy.control_plane,
+            agent_access: self
+                .agent_cluster_role
+                .clone()
+                .map(|cluster_role| AgentAccess {
+                    cluster_role,
+                    heartbeat_seconds: self.heartbeat_seconds,
+                }),
         }
     }
 }

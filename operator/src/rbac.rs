@@ -76,6 +76,11 @@ fn rule(
 ///   operator can already create pods that mount any Secret of a watched namespace, so
 ///   this grants it nothing it could not reach before.
 /// - Events (`events.k8s.io`): `create`, and `patch` for repeated events (a series).
+/// - With the agents' fleet records (`--agent-cluster-role`): ServiceAccounts and
+///   RoleBindings: `get` (who holds one of the agent's name), `create`/`patch` (each
+///   pipeline's agent account and its binding); ClusterRoles: `bind`, granted only for
+///   the agents' ClusterRole (`resourceNames`), which binding it requires; Leases:
+///   `list`/`watch` (the agents' records, by label).
 /// - Leases (`coordination.k8s.io`) in the lease namespace: `get`, `create`, `patch`.
 pub fn required_permissions() -> Vec<Permission> {
     use Scope::*;
@@ -104,6 +109,20 @@ pub fn required_permissions() -> Vec<Permission> {
         rule(Cluster, "", "secrets", &["get", "list", "watch"]),
         rule(ClusterScoped, "", "nodes", &["list", "watch"]),
         rule(Cluster, "events.k8s.io", "events", &["create", "patch"]),
+        rule(Cluster, "", "serviceaccounts", &["get", "create", "patch"]),
+        rule(
+            Cluster,
+            "rbac.authorization.k8s.io",
+            "rolebindings",
+            &["get", "create", "patch"],
+        ),
+        rule(
+            Cluster,
+            "rbac.authorization.k8s.io",
+            "clusterroles",
+            &["bind"],
+        ),
+        rule(Cluster, "coordination.k8s.io", "leases", &["list", "watch"]),
         rule(
             LeaseNamespace,
             "coordination.k8s.io",

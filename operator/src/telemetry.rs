@@ -1,5 +1,6 @@
 //! The operator's Prometheus metrics, registered into an explicit registry (no globals)
-//! and exposed on `/metrics` by [`crate::server`]. Every label value is a static string.
+//! and exposed on `/metrics` by [`crate::server`]. Label values are static strings, but
+//! for the namespace and name of a pipeline in the fleet series.
 //!
 //! - `edge_operator_reconciliations_total{result="success|error"}`
 //! - `edge_operator_reconcile_duration_seconds` (histogram)
@@ -7,12 +8,18 @@
 //!   pipelines whose condition is `True`, counted from the controller's cache when scraped
 //! - `edge_operator_offline_agents`: agents on offline (NotReady or unreachable) nodes,
 //!   summed over the pipelines' `status.offlineNodes`, counted the same way
+//! - `edge_operator_fleet_agents{namespace,pipeline,state="reporting|offline|upstream_down|backlogged"}`,
+//!   `edge_operator_fleet_backlog_bytes{namespace,pipeline}` and
+//!   `edge_operator_fleet_oldest_backlog_seconds{namespace,pipeline}`: each pipeline's
+//!   `status.fleet` (the agents' own reports), for the dashboard and the alert rules;
+//!   only pipelines whose agents report have these series
 //! - `edge_operator_build_info{version}`: always 1
 
 use std::sync::RwLock;
 use std::time::Duration;
 
 use edge_crds::EdgePipelineStatus;
+use edge_crds::status::FleetStatus;
 use edge_crds::status::{
     CONDITION_CONFLICT, CONDITION_DEGRADED, CONDITION_INVALID, CONDITION_PROGRESSING,
     CONDITION_READY, CONDITION_STALLED,
@@ -59,6 +66,9 @@ pub struct Metrics {
     reconcile_duration: Histogram,
     pipelines: IntGaugeVec,
     offline_agents: IntGauge,
+    fleet_agents: IntGaugeVec,
+    fleet_backlog_bytes: IntGaugeVec,
+    fleet_oldest_backlog: IntGaugeVec,
     pipelines_source: RwLock<Option<Store<StoredPipeline>>>,
 }
 
@@ -93,6 +103,27 @@ impl Metrics {
             "edge_operator_offline_agents",
             "Agents on nodes that are NotReady or unreachable, summed over EdgePipelines.",
         )?;
+        let fleet_agents = IntGaugeVec::new(
+            Opts::new(
+                "edge_operator_fleet_agents",
+                "Agents of an EdgePipeline by the state they report (status.fleet).",
+            ),
+            &["namespace", "pipeline", "state"],
+        )?;
+        let fleet_backlog_bytes = IntGaugeVec::new(
+            Opts::new(
+                "edge_operator_fleet_backlog_bytes",
+                "Bytes queued on the nodes of an EdgePipeline, as its agents report.",
+            ),
+            &["namespace", "pipeline"],
+        )?;
+        let fleet_oldest_backlog = IntGaugeVec::new(
+            Opts::new(
+                "edge_operator_fleet_oldest_backlog_seconds",
+                "Age of the oldest record queued on any node of an EdgePipeline.",
+            ),
+            &["namespace", "pipeline"],
+        )?;
         let build_info = IntGaugeVec::new(
             Opts::new(
                 "edge_operator_build_info",
@@ -104,6 +135,9 @@ impl Metrics {
         registry.register(Box::new(reconcile_duration.clone()))?;
         registry.register(Box::new(pipelines.clone()))?;
         registry.register(Box::new(offline_agents.clone()))?;
+        registry.register(Box::new(fleet_agents.clone()))?;
+        registry.register(Box::new(fleet_backlog_bytes.clone()))?;
+        registry.register(Box::new(fleet_oldest_backlog.clone()))?;
         registry.register(Box::new(build_info.clone()))?;
 
         build_info
@@ -121,6 +155,9 @@ impl Metrics {
             reconcile_duration,
             pipelines,
             offline_agents,
+            fleet_agents,
+            fleet_backlog_bytes,
+            fleet_oldest_backlog,
             pipelines_source: RwLock::new(None),
         })
     }
@@ -162,15 +199,58 @@ impl Metrics {
         self.offline_agents.set(offline);
     }
 
+    /// Sets the fleet series from each pipeline's `status.fleet` (`namespace`, `name`,
+    /// fleet); the series of pipelines not given are removed.
+    pub fn observe_fleets<'a>(
+        &self,
+        fleets: impl IntoIterator<Item = (&'a str, &'a str, &'a FleetStatus)>,
+    ) {
+        self.fleet_agents.reset();
+        self.fleet_backlog_bytes.reset();
+        self.fleet_oldest_backlog.reset();
+        for (namespace, name, fleet) in fleets {
+            for (state, count) in [
+                ("reporting", fleet.reporting),
+                ("offline", fleet.offline),
+                ("upstream_down", fleet.upstream_down),
+                ("backlogged", fleet.backlogged),
+            ] {
+                self.fleet_agents
+                    .with_label_values(&[namespace, name, state])
+                    .set(i64::from(count));
+            }
+            self.fleet_backlog_bytes
+                .with_label_values(&[namespace, name])
+                .set(fleet.backlog_bytes);
+            self.fleet_oldest_backlog
+                .with_label_values(&[namespace, name])
+                .set(fleet.oldest_backlog_seconds);
+        }
+    }
+
     /// The metrics in the Prometheus text format.
     pub fn encode(&self) -> Result<String, prometheus::Error> {
         let store = self.pipelines_source.read().ok().and_then(|s| s.clone());
         match store {
             Some(store) => {
                 let state = store.state();
-                self.observe_pipelines(state.iter().filter_map(|p| p.status()));
+                let statuses: Vec<(String, String, EdgePipelineStatus)> = state
+                    .iter()
+                    .filter_map(|p| {
+                        let namespace = p.metadata.namespace.clone().unwrap_or_default();
+                        let name = p.metadata.name.clone().unwrap_or_default();
+                        Some((namespace, name, p.status()?))
+                    })
+                    .collect();
+                self.observe_fleets(statuses.iter().filter_map(|(ns, name, s)| {
+                    Some((ns.as_str(), name.as_str(), s.fleet.as_ref()?))
+                }));
+                self.observe_pipelines(statuses.into_iter().map(|(_, _, status)| status));
             }
-            None => self.observe_pipelines([]),
+            None => {
+                self.observe_pipelines([]);
+                self.observe_fleets([]);
+            }
         }
         TextEncoder::new().encode_to_string(&self.registry.gather())
     }

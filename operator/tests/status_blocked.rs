@@ -106,6 +106,7 @@ fn a_blocked_pipeline_keeps_the_counts_last_observed_and_recovers() {
         config_revision: Some("line1-agent-0123456789".to_string()),
         last_progress_time: Some(at(1)),
         conditions: vec![],
+        fleet: None,
     };
     let status = compute_blocked(&ep(Some(ready)), &refused(), &at(5));
     assert_eq!(

@@ -96,6 +96,8 @@ fn default_values_render_the_operator_and_nothing_optional() {
         "RoleBinding",
         "Service",
         "ServiceAccount",
+        "ValidatingAdmissionPolicy",
+        "ValidatingAdmissionPolicyBinding",
     ]);
     assert_eq!(kinds, expected);
 }
@@ -120,6 +122,8 @@ fn every_feature_on_renders_every_template() {
         "Service",
         "ServiceAccount",
         "ServiceMonitor",
+        "ValidatingAdmissionPolicy",
+        "ValidatingAdmissionPolicyBinding",
     ]);
     assert_eq!(kinds, expected);
 }
@@ -350,7 +354,11 @@ fn release_names_and_labels_are_consistent() {
         );
         let namespaced = !matches!(
             object.kind(),
-            "ClusterRole" | "ClusterRoleBinding" | "CustomResourceDefinition"
+            "ClusterRole"
+                | "ClusterRoleBinding"
+                | "CustomResourceDefinition"
+                | "ValidatingAdmissionPolicy"
+                | "ValidatingAdmissionPolicyBinding"
         );
         assert_eq!(
             object.value["metadata"].get("namespace").is_some(),

@@ -28,7 +28,16 @@ fn operator_container(render: &Rendered) -> &Value {
 fn grants(rules: &Value) -> BTreeSet<(String, String, String)> {
     let mut out = BTreeSet::new();
     for rule in rules.as_array().expect("rules is a list") {
-        assert!(rule.get("resourceNames").is_none(), "{rule}");
+        // Only binding is granted by name: of the agents' ClusterRole alone.
+        if let Some(names) = rule.get("resourceNames") {
+            assert_eq!(
+                rule["resources"],
+                serde_json::json!(["clusterroles"]),
+                "{rule}"
+            );
+            assert_eq!(rule["verbs"], serde_json::json!(["bind"]), "{rule}");
+            assert_eq!(names, &serde_json::json!([AGENT_ROLE]), "{rule}");
+        }
         assert!(rule.get("nonResourceURLs").is_none(), "{rule}");
         for group in strings(&rule["apiGroups"]) {
             for resource in strings(&rule["resources"]) {
@@ -86,11 +95,19 @@ fn named<'a>(render: &'a Rendered, kind: &str, name: &str) -> &'a Value {
 /// The operator's ClusterRole (namespaced resources) and its read-only one for Nodes.
 const ROLE: &str = "edgepipe-edge-operator";
 const NODES_ROLE: &str = "edgepipe-edge-operator-nodes";
+/// The ClusterRole each pipeline's agent ServiceAccount is bound to (its fleet record).
+const AGENT_ROLE: &str = "edgepipe-edge-operator-agent";
 
 #[test]
 fn cluster_roles_grant_exactly_what_the_operator_uses() {
     let render = default_render();
-    assert_eq!(render.all("ClusterRole").len(), 2);
+    assert_eq!(render.all("ClusterRole").len(), 3);
+    let agents = named(render, "ClusterRole", AGENT_ROLE);
+    assert_eq!(
+        agents["rules"],
+        json!([{"apiGroups": ["coordination.k8s.io"], "resources": ["leases"], "verbs": ["create", "patch"]}]),
+        "agents may only create and patch Leases (the admission policy narrows it to their own)"
+    );
     let role = named(render, "ClusterRole", ROLE);
     assert_same_grants("ClusterRole", grants(&role["rules"]), Scope::Cluster);
     let nodes = named(render, "ClusterRole", NODES_ROLE);
@@ -237,6 +254,8 @@ fn operator_and_agent_images_follow_the_app_version() {
             &format!("--agent-image=ghcr.io/edgepipe/edge-agent:{version}"),
             "--listen=0.0.0.0:8080",
             "--policy-file=/etc/edge-operator/policy.yaml",
+            "--agent-cluster-role=edgepipe-edge-operator-agent",
+            "--heartbeat-seconds=30",
         ]
     );
     // The chart's defaults are the operator's own defaults.
@@ -256,6 +275,8 @@ fn operator_and_agent_images_follow_the_app_version() {
              0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef",
             "--listen=0.0.0.0:9090",
             "--policy-file=/etc/edge-operator/policy.yaml",
+            "--agent-cluster-role=edgepipe-edge-operator-agent",
+            "--heartbeat-seconds=15",
             "--namespace=factory",
             "--leader-elect",
             &format!("--lease-name={RELEASE}-edge-operator"),
@@ -331,6 +352,7 @@ fn monitors_select_the_operator_and_every_agent() {
         model_version: None,
         secrets_digest: None,
         avoid_control_plane: true,
+        agent_access: None,
     };
     let agents = edge_operator::render(&pipeline, &options).expect("the operator renders it");
     let daemon_set = serde_json::to_value(&agents.daemon_set).expect("DaemonSet serializes");

@@ -209,6 +209,7 @@ async fn a_change_rolls_node_by_node_through_an_immutable_revision() {
                 model_version: None,
                 secrets_digest: None,
                 avoid_control_plane: true,
+                agent_access: None,
             },
         )
         .expect("renders");

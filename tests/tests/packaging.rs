@@ -76,6 +76,7 @@ fn dockerfile_builds_both_images_as_non_root_distroless() {
         model_version: None,
         secrets_digest: None,
         avoid_control_plane: true,
+        agent_access: None,
     };
     let agents = edge_operator::render(&pipeline, &options).expect("the operator renders it");
     let pod =

@@ -20,7 +20,8 @@ use std::sync::Arc;
 
 use edge_crds::EdgePipeline;
 use k8s_openapi::api::apps::v1::DaemonSet;
-use k8s_openapi::api::core::v1::ConfigMap;
+use k8s_openapi::api::core::v1::{ConfigMap, ServiceAccount};
+use k8s_openapi::api::rbac::v1::RoleBinding;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use kube::api::{DeleteParams, Preconditions, PropagationPolicy};
 use kube::core::PartialObjectMeta;
@@ -130,6 +131,49 @@ pub async fn conflict(
         namespace,
         child,
         &holder(daemon_set.as_ref(), uid),
+    ))
+}
+
+/// The Conflict message when the agents' ServiceAccount or RoleBinding (both named
+/// `name`) exists and is not this pipeline's. Read from the API server (they are not
+/// cached): this runs only when the pipeline's objects are applied.
+pub async fn access_conflict(
+    pipeline: &EdgePipeline,
+    ctx: &Context,
+    namespace: &str,
+    name: &str,
+) -> Result<Option<String>, Error> {
+    let uid = pipeline.metadata.uid.as_deref();
+    let read = |kind: &'static str| {
+        move |source| Error::ReadObject {
+            kind,
+            name: name.to_string(),
+            source,
+        }
+    };
+    let accounts: Api<ServiceAccount> = Api::namespaced(ctx.client.clone(), namespace);
+    let account = accounts
+        .get_metadata_opt(name)
+        .await
+        .map_err(read("ServiceAccount"))?;
+    if let Some(message) = conflict_message(
+        "ServiceAccount",
+        namespace,
+        name,
+        &holder(account.as_ref().map(|a| &a.metadata), uid),
+    ) {
+        return Ok(Some(message));
+    }
+    let bindings: Api<RoleBinding> = Api::namespaced(ctx.client.clone(), namespace);
+    let binding = bindings
+        .get_metadata_opt(name)
+        .await
+        .map_err(read("RoleBinding"))?;
+    Ok(conflict_message(
+        "RoleBinding",
+        namespace,
+        name,
+        &holder(binding.as_ref().map(|b| &b.metadata), uid),
     ))
 }
 

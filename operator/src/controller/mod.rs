@@ -75,6 +75,7 @@ macro_rules! resource_as {
 mod children;
 mod fleet;
 mod models;
+mod records;
 mod report;
 mod settle;
 mod stored;
@@ -86,6 +87,7 @@ pub use fleet::{
     summarize_pod,
 };
 pub use models::{MODEL_DIGEST, content_digest, summarize};
+pub use records::{CachedLease, pipeline_of_lease, summarize_lease};
 pub use report::event_for;
 use report::write_status;
 pub use stored::{JsonText, StoredPipeline};
@@ -97,7 +99,8 @@ use std::time::{Duration, Instant};
 
 use edge_crds::{EdgePipeline, EdgePipelineStatus, FieldError};
 use k8s_openapi::api::apps::v1::DaemonSet;
-use k8s_openapi::api::core::v1::{ConfigMap, Node, Secret};
+use k8s_openapi::api::core::v1::{ConfigMap, Node, Secret, ServiceAccount};
+use k8s_openapi::api::rbac::v1::RoleBinding;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use k8s_openapi::jiff::Timestamp;
 use kube::api::{GetParams, Patch, PatchParams};
@@ -157,6 +160,16 @@ pub enum Error {
     #[error("applying DaemonSet {name} failed: {source}")]
     ApplyDaemonSet {
         /// DaemonSet name.
+        name: String,
+        /// API error.
+        source: kube::Error,
+    },
+    /// Server-side apply of the agents' ServiceAccount or its RoleBinding failed.
+    #[error("applying {kind} {name} failed: {source}")]
+    ApplyAccess {
+        /// `ServiceAccount` or `RoleBinding`.
+        kind: &'static str,
+        /// Its name.
         name: String,
         /// API error.
         source: kube::Error,
@@ -222,6 +235,7 @@ pub struct Context {
     secrets: Store<PartialObjectMeta<Secret>>,
     pods: Store<CachedPod>,
     nodes: Store<Node>,
+    leases: Store<CachedLease>,
     settling: settle::Settling,
 }
 
@@ -258,6 +272,7 @@ impl Context {
             secrets: reflector::store().0,
             pods: reflector::store().0,
             nodes: reflector::store().0,
+            leases: reflector::store().0,
             settling: settle::Settling::default(),
         }
     }
@@ -269,6 +284,13 @@ impl Context {
     pub fn with_fleet(mut self, pods: Store<CachedPod>, nodes: Store<Node>) -> Self {
         self.pods = pods;
         self.nodes = nodes;
+        self
+    }
+
+    /// Gives the context the cache of the agents' fleet records
+    /// ([`records::summarize_lease`]). Without it no pipeline has `status.fleet`.
+    pub fn with_records(mut self, leases: Store<CachedLease>) -> Self {
+        self.leases = leases;
         self
     }
 
@@ -527,13 +549,15 @@ async fn apply(pipeline: &EdgePipeline, ctx: &Context) -> Result<Action, Error> 
         errors.extend(violations);
         ctx.forget(&key);
         children::remove_agents(pipeline, ctx, &namespace, &child, &daemon_sets).await?;
-        Outcome::Done(status::compute_forbidden(pipeline, &errors, &now()))
+        Outcome::Done(status::compute_forbidden(pipeline, &errors, &now()), None)
     };
 
     let (status, result) = match outcome {
-        Outcome::Done(status) => {
+        Outcome::Done(status, recheck) => {
             let next = status::stall_check_in(&status, pipeline.spec.progress_deadline(), &now())
-                .map_or(REQUEUE, |due| due.min(REQUEUE));
+                .into_iter()
+                .chain(recheck)
+                .fold(REQUEUE, Duration::min);
             (status, Ok(Action::requeue(next)))
         }
         Outcome::Waiting(status) => (status, Ok(Action::requeue(CONFLICT_RECHECK))),
@@ -556,7 +580,8 @@ async fn apply(pipeline: &EdgePipeline, ctx: &Context) -> Result<Action, Error> 
 /// whether it failed (and is retried with backoff) or waits for a conflict to go away or
 /// a missing Secret key to appear.
 enum Outcome {
-    Done(EdgePipelineStatus),
+    /// The status, and when a fleet record expires (if one does before the next requeue).
+    Done(EdgePipelineStatus, Option<Duration>),
     Waiting(EdgePipelineStatus),
     Failed(EdgePipelineStatus, Error),
 }
@@ -652,6 +677,44 @@ async fn status_after_apply(
                     let blocked = Blocked::ApplyFailed { message };
                     Outcome::Failed(status::compute_blocked(pipeline, &blocked, &now()), error)
                 };
+                if let Some((account, binding)) = &rendered.access {
+                    let access = account.metadata.name.as_deref().unwrap_or_default();
+                    if let Some(message) =
+                        children::access_conflict(pipeline, ctx, &namespace, access).await?
+                    {
+                        ctx.forget(key);
+                        let blocked = Blocked::Conflict { message };
+                        return Ok(Outcome::Waiting(status::compute_blocked(
+                            pipeline,
+                            &blocked,
+                            &now(),
+                        )));
+                    }
+                    let accounts: Api<ServiceAccount> =
+                        Api::namespaced(ctx.client.clone(), &namespace);
+                    if let Err(source) = accounts.patch(access, &ssa, &Patch::Apply(account)).await
+                    {
+                        let message = refusal(&source);
+                        let error = Error::ApplyAccess {
+                            kind: "ServiceAccount",
+                            name: access.to_string(),
+                            source,
+                        };
+                        return Ok(failed(message, error));
+                    }
+                    let bindings: Api<RoleBinding> =
+                        Api::namespaced(ctx.client.clone(), &namespace);
+                    if let Err(source) = bindings.patch(access, &ssa, &Patch::Apply(binding)).await
+                    {
+                        let message = refusal(&source);
+                        let error = Error::ApplyAccess {
+                            kind: "RoleBinding",
+                            name: access.to_string(),
+                            source,
+                        };
+                        return Ok(failed(message, error));
+                    }
+                }
                 let config_maps: Api<ConfigMap> = Api::namespaced(ctx.client.clone(), &namespace);
                 let config_map = match config_maps
                     .patch(&revision, &ssa, &Patch::Apply(&rendered.config_map))
@@ -706,13 +769,21 @@ async fn status_after_apply(
         Some(errors) => Err(errors.as_slice()),
         None => Ok(()),
     };
-    Ok(Outcome::Done(status::compute_fleet(
-        pipeline,
-        validation,
-        daemon_set.as_ref(),
-        &ctx.fleet(&namespace, &name),
-        &now(),
-    )))
+    let fleet = ctx.fleet(&namespace, &name);
+    let now = now();
+    let mut status = status::compute_fleet(pipeline, validation, daemon_set.as_ref(), &fleet, &now);
+    let nodes = fleet
+        .agents
+        .iter()
+        .filter_map(|agent| agent.node.as_deref())
+        .collect();
+    let records = ctx.records(&namespace, &name, &nodes);
+    let at = now.0.as_second();
+    status.fleet = status::fleet::summarize(&records, &fleet.offline_nodes, at);
+    // Looked at again when a record would expire, so a silent agent counts as offline.
+    let recheck = status::fleet::next_expiry(&records, at)
+        .map(|expiry| Duration::from_secs(u64::try_from(expiry - at).unwrap_or(0) + 1));
+    Ok(Outcome::Done(status, recheck))
 }
 
 /// The DaemonSet `name`, if it exists.

@@ -5,7 +5,9 @@
 //! offline or comes back; model ConfigMaps labelled `edgepipe.dev/model=true` (cached as
 //! metadata and a digest of their content) and every Secret (metadata only, without
 //! annotations: the watch never receives a Secret's data), each mapped to the pipelines
-//! that use it. A reconcile reads the data of the Secrets its pipeline references, once
+//! that use it; the agents' fleet records (Leases labelled
+//! `app.kubernetes.io/managed-by=edge-agent`, when agents have access to write them),
+//! each mapped to its pipeline. A reconcile reads the data of the Secrets its pipeline references, once
 //! they opted in, to hash it (see [`super`]). EdgePipelines are watched as stored
 //! ([`StoredPipeline`]) so that one the strict types reject never breaks the watch of the
 //! others.
@@ -30,11 +32,13 @@ use tokio_util::sync::CancellationToken;
 
 use super::fleet::{self, CachedPod, OfflineChanges};
 use super::models;
+use super::records::{self, CachedLease};
 use super::{CONCURRENCY, Context, Error, StoredPipeline, error_policy_stored, reconcile_stored};
 use crate::policy::{TenantPolicy, secret_references};
 use crate::render::{FIELD_MANAGER, MANAGED_BY_SELECTOR, MODEL_SELECTOR, RenderOptions};
 use crate::server::Readiness;
 use crate::telemetry::Metrics;
+use edge_crds::fleet::RECORD_SELECTOR;
 
 /// Changes of a watched object buffered between its watch and the controller.
 const WATCH_EVENTS: usize = 64;
@@ -244,11 +248,27 @@ pub async fn run(
     let node_events = watcher(Api::<Node>::all(client.clone()), watcher::Config::default())
         .modify(fleet::summarize_node);
     let (nodes, node_rx, node_watch) = cached(node_events, "nodes");
+    // The agents' fleet records, when agents have access to write them. Not waited for:
+    // a pipeline without records has no `status.fleet` until they arrive.
+    let (leases, lease_rx, lease_watch) = if settings.render.agent_access.is_some() {
+        let lease_events = watcher(
+            scoped::<CachedLease>(&client, ns),
+            watcher::Config::default().labels(RECORD_SELECTOR),
+        )
+        .modify(records::summarize_lease);
+        let (leases, rx, task) = cached(lease_events, "fleet records");
+        (leases, rx, Some(task))
+    } else {
+        (reflector::store().0, mpsc::channel(1).1, None)
+    };
     let abort = || {
         model_watch.abort();
         secret_watch.abort();
         pod_watch.abort();
         node_watch.abort();
+        if let Some(task) = &lease_watch {
+            task.abort();
+        }
     };
     let synced = async {
         (
@@ -296,7 +316,8 @@ pub async fn run(
         Context::new(client, settings.render, reporter, metrics.clone(), models)
             .with_owned(owned_daemon_sets, owned_config_maps)
             .with_policy(settings.policy, secrets)
-            .with_fleet(pods.clone(), nodes),
+            .with_fleet(pods.clone(), nodes)
+            .with_records(leases),
     );
 
     let model_cache = cache.clone();
@@ -325,6 +346,9 @@ pub async fn run(
             pipelines_using_secret(&secret_cache, &secret)
         })
         .watches_stream(into_stream(pod_rx), |pod| fleet::pipeline_of_pod(&pod))
+        .watches_stream(into_stream(lease_rx), |lease| {
+            records::pipeline_of_lease(&lease)
+        })
         .watches_stream(into_stream(node_rx), move |node| {
             if offline_changes.changed(&node) {
                 fleet::pipelines_on_node(&pods, &node)

@@ -24,7 +24,8 @@ use edge_crds::{EdgePipeline, FieldError, parse_pipeline, validate};
 use k8s_openapi::api::apps::v1::{
     DaemonSet, DaemonSetSpec, DaemonSetUpdateStrategy, RollingUpdateDaemonSet,
 };
-use k8s_openapi::api::core::v1::{ConfigMap, PodTemplateSpec};
+use k8s_openapi::api::core::v1::{ConfigMap, PodTemplateSpec, ServiceAccount};
+use k8s_openapi::api::rbac::v1::{RoleBinding, RoleRef, Subject};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta, OwnerReference};
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use kube::{Resource, ResourceExt};
@@ -86,6 +87,23 @@ pub struct RenderOptions {
     /// tenant policy's default: control-plane nodes of k3s are not tainted, so a
     /// pipeline without a node selector would otherwise run there too).
     pub avoid_control_plane: bool,
+    /// The agents' access to the API server for their fleet records ([`AgentAccess`]);
+    /// without it the agents have no ServiceAccount token and report nothing.
+    pub agent_access: Option<AgentAccess>,
+}
+
+/// How the agents reach the API server to keep their fleet records
+/// ([`edge_crds::fleet`]): each pipeline gets a ServiceAccount `edgepipe-agent.<name>` (its token
+/// only projected into the agent pods, bound to the pod and its node) and a RoleBinding
+/// of it to `cluster_role`, which grants `create` and `patch` on Leases; the API server
+/// (the chart's ValidatingAdmissionPolicy) lets a token write only the record of its own
+/// pipeline on its own node.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct AgentAccess {
+    /// The ClusterRole bound to each pipeline's agent ServiceAccount in its namespace.
+    pub cluster_role: String,
+    /// How often each agent renews its record, in seconds.
+    pub heartbeat_seconds: u64,
 }
 
 /// The objects reconcile applies for one pipeline.
@@ -95,16 +113,31 @@ pub struct Rendered {
     pub config_map: ConfigMap,
     /// `<name>-agent`, running the agent.
     pub daemon_set: DaemonSet,
+    /// `edgepipe-agent.<name>`: the agents' ServiceAccount and its RoleBinding, with
+    /// [`RenderOptions::agent_access`].
+    pub access: Option<(ServiceAccount, RoleBinding)>,
 }
 
 impl Rendered {
-    /// The objects as multi-document YAML, ConfigMap first.
+    /// The objects as multi-document YAML, in the order they are applied: the
+    /// ServiceAccount and RoleBinding (if any), the ConfigMap, the DaemonSet.
     pub fn to_yaml(&self) -> Result<String, RenderError> {
         let cm = serde_saphyr::to_string(&self.config_map)
             .map_err(|e| RenderError::Serialize(e.to_string()))?;
         let ds = serde_saphyr::to_string(&self.daemon_set)
             .map_err(|e| RenderError::Serialize(e.to_string()))?;
-        Ok(format!("---\n{cm}---\n{ds}"))
+        let mut yaml = String::new();
+        if let Some((account, binding)) = &self.access {
+            for object in [
+                serde_saphyr::to_string(account),
+                serde_saphyr::to_string(binding),
+            ] {
+                let object = object.map_err(|e| RenderError::Serialize(e.to_string()))?;
+                yaml.push_str("---\n");
+                yaml.push_str(&object);
+            }
+        }
+        Ok(format!("{yaml}---\n{cm}---\n{ds}"))
     }
 
     /// A digest of both objects: equal digests, identical objects to apply.
@@ -114,6 +147,7 @@ impl Rendered {
         for object in [
             serde_json::to_vec(&self.config_map),
             serde_json::to_vec(&self.daemon_set),
+            serde_json::to_vec(&self.access),
         ] {
             hasher.update(object.map_err(|e| RenderError::Serialize(e.to_string()))?);
         }
@@ -329,6 +363,10 @@ pub fn render(pipeline: &EdgePipeline, options: &RenderOptions) -> Result<Render
         .max_unavailable
         .clone()
         .unwrap_or(IntOrString::Int(1));
+    let access = options
+        .agent_access
+        .as_ref()
+        .map(|access| agent_access(&meta, access));
     let daemon_set = DaemonSet {
         metadata: meta,
         spec: Some(DaemonSetSpec {
@@ -352,5 +390,40 @@ pub fn render(pipeline: &EdgePipeline, options: &RenderOptions) -> Result<Render
     Ok(Rendered {
         config_map,
         daemon_set,
+        access,
     })
+}
+
+/// The ServiceAccount of a pipeline's agents and its RoleBinding to the ClusterRole that
+/// grants their fleet records. The ServiceAccount mounts no token by itself: the pod
+/// projects one (see [`pod`]).
+fn agent_access(meta: &ObjectMeta, access: &AgentAccess) -> (ServiceAccount, RoleBinding) {
+    let pipeline = meta
+        .labels
+        .as_ref()
+        .and_then(|l| l.get("app.kubernetes.io/instance"));
+    let meta = ObjectMeta {
+        name: pipeline.map(|p| edge_crds::fleet::account_name(p)),
+        ..meta.clone()
+    };
+    let account = ServiceAccount {
+        metadata: meta.clone(),
+        automount_service_account_token: Some(false),
+        ..ServiceAccount::default()
+    };
+    let binding = RoleBinding {
+        metadata: meta.clone(),
+        role_ref: RoleRef {
+            api_group: "rbac.authorization.k8s.io".to_string(),
+            kind: "ClusterRole".to_string(),
+            name: access.cluster_role.clone(),
+        },
+        subjects: Some(vec![Subject {
+            kind: "ServiceAccount".to_string(),
+            name: meta.name.clone().unwrap_or_default(),
+            namespace: meta.namespace.clone(),
+            api_group: None,
+        }]),
+    };
+    (account, binding)
 }

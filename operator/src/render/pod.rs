@@ -1,5 +1,6 @@
 //! The agent pod: container, probes, environment, volumes (the configuration revision,
-//! the queue, the model, the referenced Secrets) and the hard-coded hardening.
+//! the queue, the model, the referenced Secrets, the API credentials of its fleet
+//! record) and the hard-coded hardening.
 //!
 //! The queue lives in a hostPath directory so it survives restarts and upgrades. The
 //! kubelet creates that directory owned by root, so a tiny init container (the agent
@@ -9,12 +10,14 @@
 
 use std::collections::BTreeMap;
 
-use edge_crds::{EdgePipeline, PIPELINE_UID_ENV};
+use edge_crds::{EdgePipeline, PIPELINE_UID_ENV, fleet};
 use k8s_openapi::api::core::v1::{
-    Affinity, Capabilities, ConfigMapVolumeSource, Container, ContainerPort, EmptyDirVolumeSource,
-    EnvVar, EnvVarSource, HTTPGetAction, HostPathVolumeSource, NodeAffinity, NodeSelector,
-    NodeSelectorRequirement, NodeSelectorTerm, ObjectFieldSelector, PodSecurityContext, PodSpec,
-    Probe, ResourceRequirements, SeccompProfile, SecurityContext, Volume, VolumeMount,
+    Affinity, Capabilities, ConfigMapProjection, ConfigMapVolumeSource, Container, ContainerPort,
+    EmptyDirVolumeSource, EnvVar, EnvVarSource, HTTPGetAction, HostPathVolumeSource, KeyToPath,
+    NodeAffinity, NodeSelector, NodeSelectorRequirement, NodeSelectorTerm, ObjectFieldSelector,
+    PodSecurityContext, PodSpec, Probe, ProjectedVolumeSource, ResourceRequirements,
+    SeccompProfile, SecurityContext, ServiceAccountTokenProjection, Volume, VolumeMount,
+    VolumeProjection,
 };
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
@@ -28,6 +31,8 @@ use super::{
 pub const AGENT_CONTAINER: &str = "edge-agent";
 /// Name of the volume holding the agent's configuration revision.
 pub const CONFIG_VOLUME: &str = "config";
+/// Name of the volume holding the agent's API credentials (for its fleet record).
+pub const API_VOLUME: &str = "api";
 /// Name of the init container preparing the queue directory.
 pub const INIT_CONTAINER: &str = "prepare-data-dir";
 /// Seconds the agent gets to drain (stop ingest, commit, stop sync) on SIGTERM.
@@ -179,6 +184,26 @@ pub(super) fn pod_spec(
         volumes.push(volume);
         mounts.push(volume_mount);
     }
+    let service_account = options.agent_access.as_ref().map(|access| {
+        let pipeline = pipeline.metadata.name.clone().unwrap_or_default();
+        let (volume, volume_mount) = api_credentials();
+        volumes.push(volume);
+        mounts.push(volume_mount);
+        for (name, value) in [
+            (
+                fleet::LEASE_ENV,
+                fleet::lease_name(&pipeline, "$(NODE_NAME)"),
+            ),
+            (fleet::INTERVAL_ENV, access.heartbeat_seconds.to_string()),
+        ] {
+            env.push(EnvVar {
+                name: name.to_string(),
+                value: Some(value),
+                value_from: None,
+            });
+        }
+        fleet::account_name(&pipeline)
+    });
 
     let agent = Container {
         name: AGENT_CONTAINER.to_string(),
@@ -232,7 +257,10 @@ pub(super) fn pod_spec(
     };
 
     PodSpec {
+        // No token of the namespace's default account: with agent access, only the
+        // projected token of the pipeline's own account (bound to this pod and its node).
         automount_service_account_token: Some(false),
+        service_account_name: service_account,
         enable_service_links: Some(false),
         termination_grace_period_seconds: Some(TERMINATION_GRACE_SECONDS),
         security_context: Some(PodSecurityContext {
@@ -345,6 +373,43 @@ fn field_env(name: &str, field_path: &str) -> EnvVar {
             ..EnvVarSource::default()
         }),
     }
+}
+
+/// The volume holding the agent's API credentials for its fleet record: a ServiceAccount
+/// token the kubelet projects and rotates (for the API server's audience, bound to the
+/// pod, valid an hour) and the cluster's CA, mounted read-only at
+/// [`fleet::CREDENTIALS_DIR`].
+fn api_credentials() -> (Volume, VolumeMount) {
+    let volume = Volume {
+        name: API_VOLUME.to_string(),
+        projected: Some(ProjectedVolumeSource {
+            sources: Some(vec![
+                VolumeProjection {
+                    service_account_token: Some(ServiceAccountTokenProjection {
+                        path: "token".to_string(),
+                        expiration_seconds: Some(3600),
+                        audience: None,
+                    }),
+                    ..VolumeProjection::default()
+                },
+                VolumeProjection {
+                    config_map: Some(ConfigMapProjection {
+                        name: "kube-root-ca.crt".to_string(),
+                        items: Some(vec![KeyToPath {
+                            key: "ca.crt".to_string(),
+                            path: "ca.crt".to_string(),
+                            mode: None,
+                        }]),
+                        optional: None,
+                    }),
+                    ..VolumeProjection::default()
+                },
+            ]),
+            default_mode: None,
+        }),
+        ..Volume::default()
+    };
+    (volume, mount(API_VOLUME, fleet::CREDENTIALS_DIR, true))
 }
 
 fn mount(volume: &str, path: &str, read_only: bool) -> VolumeMount {

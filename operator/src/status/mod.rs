@@ -15,6 +15,7 @@
 //! condition's status changes, so a periodic reconcile of an unchanged pipeline writes
 //! nothing.
 
+pub mod fleet;
 mod rollout;
 mod transitions;
 
@@ -471,6 +472,8 @@ fn finish(
         config_revision: rollout.revision.clone(),
         last_progress_time: previous.and_then(|p| p.last_progress_time.clone()),
         conditions,
+        // Kept until the reconcile that reads the agents' records replaces it.
+        fleet: previous.and_then(|p| p.fleet.clone()),
     }
 }
 

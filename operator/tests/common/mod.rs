@@ -48,6 +48,7 @@ pub fn default_options() -> RenderOptions {
         model_version: None,
         secrets_digest: None,
         avoid_control_plane: true,
+        agent_access: None,
     }
 }
 

@@ -554,6 +554,36 @@ impl Cluster {
         path
     }
 
+    /// A token of ServiceAccount `namespace/name` bound to the pod `pod` (and so to its
+    /// node: the API server puts the node's name in the token's user info), as the
+    /// kubelet projects one into the pod: `(token file, kubeconfig using it)`.
+    pub fn pod_token(&self, namespace: &str, name: &str, pod: &str) -> (PathBuf, PathBuf) {
+        let token = self.kubectl_ok(&[
+            "create",
+            "token",
+            name,
+            "-n",
+            namespace,
+            "--bound-object-kind=Pod",
+            &format!("--bound-object-name={pod}"),
+            "--duration=1h",
+        ]);
+        let token = token.trim();
+        assert!(
+            !token.is_empty(),
+            "TokenRequest for {namespace}/{name} bound to {pod} gave no token"
+        );
+        let file = self.dir.join(format!("token-{namespace}-{pod}"));
+        std::fs::write(&file, token).expect("write token");
+        let kubeconfig = self.dir.join(format!("token-{namespace}-{pod}.kubeconfig"));
+        std::fs::write(
+            &kubeconfig,
+            kubeconfig_text(&self.server, &self.ca_file(), &format!("token: {token}")),
+        )
+        .expect("write kubeconfig");
+        (file, kubeconfig)
+    }
+
     /// The audit log so far: one JSON event per request made by a ServiceAccount (the
     /// operator, the controllers), at the ResponseComplete stage.
     pub fn audit_events(&self) -> Vec<Value> {
