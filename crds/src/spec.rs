@@ -92,9 +92,10 @@ pub struct EdgePipelineSpec {
     #[serde(default)]
     pub agent: AgentSettings,
 
-    /// Cluster only: how a change reaches the nodes. The agents are replaced node by node
-    /// (`agent.maxUnavailable` at a time); this says when a rollout counts as stalled.
-    /// Not part of the agent's configuration: changing it rolls nothing.
+    /// Cluster only: how a change reaches the nodes. The operator replaces the agents node
+    /// by node (`maxUnavailable` at a time), canary nodes first if asked, and pauses a
+    /// rollout whose new agents fail. Not part of the agent's configuration: changing it
+    /// rolls nothing.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub rollout: Option<RolloutSettings>,
 }
@@ -1290,7 +1291,7 @@ pub struct AgentSettings {
     #[serde(default = "default_metrics_port")]
     pub metrics_port: i32,
     /// How many nodes may have their agent down during a rollout (a number or a
-    /// percentage). Agents are never surged: two agents must not share a node's queue.
+    /// percentage); `rollout.maxUnavailable` wins when both are set.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub max_unavailable: Option<IntOrString>,
     /// Log filter of the agent, e.g. `info` or `edge_agent=debug`.
@@ -1354,20 +1355,67 @@ fn default_metrics_port() -> i32 {
 /// How a change of the pipeline is rolled out (cluster only).
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
+#[schemars(extend("x-kubernetes-validations" = [
+    {"rule": "!has(self.maxUnavailable) || (type(self.maxUnavailable) == int ? self.maxUnavailable >= 1 : self.maxUnavailable.matches('^([1-9][0-9]?|100)%$'))",
+     "message": "maxUnavailable must be at least 1, or a percentage from 1% to 100%"}
+]))]
 pub struct RolloutSettings {
     /// How long a rollout may go without progress (one more node updated or ready) before
-    /// the pipeline gets the `Stalled` condition, reason `ProgressDeadlineExceeded`. The
-    /// rollout itself goes on; offline nodes never count against it.
+    /// the pipeline gets the `Stalled` condition, reason `ProgressDeadlineExceeded`; also
+    /// how long a new agent may take to become ready before the rollout pauses itself
+    /// (reason `RolloutFailed`). Offline nodes never count against it.
     #[serde(default = "default_progress_deadline")]
     pub progress_deadline: Duration,
+    /// How many nodes may have their agent down at once during a rollout: a number (at
+    /// least 1) or a percentage of the pipeline's nodes (`25%`, rounded up). Default:
+    /// `agent.maxUnavailable`, else 1. Agents are never surged: two agents must not share
+    /// a node's queue.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_unavailable: Option<IntOrString>,
+    /// Hold every node on the revision it runs: no agent is replaced while this is true
+    /// (a node that joins still gets the current revision). Setting it to false resumes a
+    /// rollout, also one that paused itself.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub paused: Option<bool>,
+    /// Try a new revision on a few nodes first: the others follow only once the canary
+    /// agents are ready and healthy for `soak`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub canary: Option<CanarySettings>,
 }
 
 impl Default for RolloutSettings {
     fn default() -> Self {
         Self {
             progress_deadline: default_progress_deadline(),
+            max_unavailable: None,
+            paused: None,
+            canary: None,
         }
     }
+}
+
+/// The nodes that take a new revision first, and how long they must stay healthy.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+#[schemars(extend("x-kubernetes-validations" = [
+    {"rule": "has(self.nodeSelector) != has(self.count)", "message": "set exactly one of nodeSelector and count"}
+]))]
+pub struct CanarySettings {
+    /// The canary nodes: the pipeline's nodes with all of these labels.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub node_selector: Option<BTreeMap<String, String>>,
+    /// Or this many canary nodes: the first of the pipeline's online nodes by name.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1))]
+    pub count: Option<i32>,
+    /// How long every canary agent must stay ready, without a restart and with its
+    /// upstream failing no more than the other nodes', before the other nodes follow.
+    #[serde(default = "default_soak")]
+    pub soak: Duration,
+}
+
+fn default_soak() -> Duration {
+    Duration::new("5m")
 }
 
 fn default_progress_deadline() -> Duration {
@@ -1375,6 +1423,23 @@ fn default_progress_deadline() -> Duration {
 }
 
 impl EdgePipelineSpec {
+    /// `spec.rollout.maxUnavailable`, else `spec.agent.maxUnavailable`, else 1.
+    pub fn max_unavailable(&self) -> IntOrString {
+        self.rollout
+            .as_ref()
+            .and_then(|r| r.max_unavailable.clone())
+            .or_else(|| self.agent.max_unavailable.clone())
+            .unwrap_or(IntOrString::Int(1))
+    }
+
+    /// `spec.rollout.paused`.
+    pub fn rollout_paused(&self) -> bool {
+        self.rollout
+            .as_ref()
+            .and_then(|r| r.paused)
+            .unwrap_or(false)
+    }
+
     /// `spec.rollout.progressDeadline`, or its default (10 minutes) when absent or
     /// unparsable (validation reports the latter).
     pub fn progress_deadline(&self) -> std::time::Duration {

@@ -15,6 +15,9 @@ pub const CONDITION_DEGRADED: &str = "Degraded";
 pub const CONDITION_INVALID: &str = "Invalid";
 /// Condition type: a rollout made no progress within `spec.rollout.progressDeadline`.
 pub const CONDITION_STALLED: &str = "Stalled";
+/// Condition type: the rollout is held, by `spec.rollout.paused` (reason `Paused`) or
+/// by itself because new agents failed (reason `RolloutFailed`). Present only while True.
+pub const CONDITION_PAUSED: &str = "Paused";
 /// Condition type: an object with the agent's name exists that this pipeline does not
 /// control; the operator leaves it untouched. Present only while True.
 pub const CONDITION_CONFLICT: &str = "Conflict";
@@ -56,10 +59,39 @@ pub struct EdgePipelineStatus {
     /// while an object with the agent's name belongs to someone else.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub conditions: Vec<Condition>,
+    /// The rollout as the operator drives it (canary, waves, pause). Absent while
+    /// nothing is rolled out.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rollout: Option<RolloutStatus>,
     /// The agents as they report themselves: each keeps its node's record (a Lease
     /// `<name>-agent.<node>` in this namespace) up to date. Absent while no agent reports.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub fleet: Option<FleetStatus>,
+}
+
+/// Where the rollout of the current revision stands.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct RolloutStatus {
+    /// `Canary` (the canary nodes are updated, or soak), `Rolling` (the other nodes follow,
+    /// `maxUnavailable` at a time), `Paused` (`spec.rollout.paused`) or `Failed` (new agents
+    /// failed: the rollout paused itself).
+    pub phase: String,
+    /// What the rollout waits for, or why it stopped.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub message: String,
+    /// The canary nodes, sorted; at most 10.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 10))]
+    pub canary_nodes: Vec<String>,
+    /// The nodes whose new agent failed, sorted; at most 10.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 10))]
+    pub failed_nodes: Vec<String>,
+    /// The `metadata.generation` at which the rollout paused itself: it stays paused until
+    /// the spec changes (a fixed spec, or `rollout.paused: false`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub failed_generation: Option<i64>,
 }
 
 /// The fleet of a pipeline as its agents report it.

@@ -11,6 +11,8 @@ mod transport;
 use std::fmt;
 
 pub use self::transport::file_next_to_model;
+use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
+
 use crate::redact;
 use crate::spec::*;
 use crate::units::{parse_duration, parse_size};
@@ -74,6 +76,26 @@ pub fn validate(spec: &EdgePipelineSpec) -> Result<(), Vec<FieldError>> {
             &rollout.progress_deadline,
             true,
         );
+        if let Some(max) = &rollout.max_unavailable {
+            v.max_unavailable("spec.rollout.maxUnavailable", max);
+        }
+        if let Some(canary) = &rollout.canary {
+            let selector = canary.node_selector.as_ref().filter(|s| !s.is_empty());
+            match (selector, canary.count) {
+                (Some(_), Some(_)) | (None, None) => v.err(
+                    "spec.rollout.canary",
+                    "set exactly one of nodeSelector and count",
+                ),
+                (None, Some(count)) if count < 1 => {
+                    v.err("spec.rollout.canary.count", "must be at least 1")
+                }
+                _ => {}
+            }
+            v.duration("spec.rollout.canary.soak", &canary.soak, false);
+        }
+    }
+    if let Some(max) = &spec.agent.max_unavailable {
+        v.max_unavailable("spec.agent.maxUnavailable", max);
     }
     // One message per field: a golden file that is a URL is not also a bad file name.
     for e in crate::names::check_spec(spec) {
@@ -106,6 +128,23 @@ impl Validator {
             Ok(v) if positive && v.is_zero() => self.err(path, "must be > 0"),
             Ok(_) => {}
             Err(e) => self.err(path, e.to_string()),
+        }
+    }
+
+    /// A count of at least 1, or a percentage from `1%` to `100%`.
+    fn max_unavailable(&mut self, path: &str, max: &IntOrString) {
+        match max {
+            IntOrString::Int(n) if *n >= 1 => {}
+            IntOrString::Int(_) => self.err(path, "must be at least 1"),
+            IntOrString::String(s) => {
+                let percent = s.strip_suffix('%').and_then(|p| p.parse::<u32>().ok());
+                if !percent.is_some_and(|p| (1..=100).contains(&p)) {
+                    self.err(
+                        path,
+                        format!("{s:?} is not a number or a percentage from 1% to 100%"),
+                    );
+                }
+            }
         }
     }
 

@@ -14,6 +14,7 @@ pub mod leader;
 pub mod policy;
 pub mod rbac;
 pub mod render;
+pub mod rollout;
 pub mod server;
 pub mod status;
 pub mod telemetry;

@@ -64,7 +64,8 @@ fn rule(
 ///   `create`/`patch`, `delete` (as DaemonSets).
 /// - Pods: `list`/`watch` (the agent pods, by label): which node each agent is on,
 ///   whether it is ready, and which configuration revision it mounts (a revision is
-///   deleted only when no pod uses it).
+///   deleted only when no pod uses it); `delete`: the rollout replaces outdated agents
+///   itself (the DaemonSet is on `OnDelete`), only this pipeline's, each by its uid.
 /// - Nodes (cluster-scoped, granted cluster-wide in every mode): `list`/`watch`, to tell
 ///   an agent on an offline node (NotReady, unreachable) from a failing one.
 /// - Secrets: `list`/`watch`, only ever asked for as metadata (`PartialObjectMetadata`,
@@ -105,7 +106,7 @@ pub fn required_permissions() -> Vec<Permission> {
             "configmaps",
             &["get", "list", "watch", "create", "patch", "delete"],
         ),
-        rule(Cluster, "", "pods", &["list", "watch"]),
+        rule(Cluster, "", "pods", &["list", "watch", "delete"]),
         rule(Cluster, "", "secrets", &["get", "list", "watch"]),
         rule(ClusterScoped, "", "nodes", &["list", "watch"]),
         rule(Cluster, "events.k8s.io", "events", &["create", "patch"]),

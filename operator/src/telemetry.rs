@@ -173,6 +173,10 @@ impl Metrics {
     /// The cache `edge_operator_pipelines` is counted from (the running controller's);
     /// `None` while this replica is not the leader.
     pub fn count_pipelines_from(&self, store: Option<Store<StoredPipeline>>) {
+        if store.is_none() {
+            // A replica that stops leading reports no pipeline's fleet.
+            self.observe_fleets([]);
+        }
         if let Ok(mut source) = self.pipelines_source.write() {
             *source = store;
         }
@@ -247,10 +251,7 @@ impl Metrics {
                 }));
                 self.observe_pipelines(statuses.into_iter().map(|(_, _, status)| status));
             }
-            None => {
-                self.observe_pipelines([]);
-                self.observe_fleets([]);
-            }
+            None => self.observe_pipelines([]),
         }
         TextEncoder::new().encode_to_string(&self.registry.gather())
     }

@@ -10,7 +10,6 @@ use edge_operator::render::{
 };
 use k8s_openapi::api::apps::v1::DaemonSet;
 use k8s_openapi::api::core::v1::{Container, PodSpec};
-use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use serde_json::{Value, json};
 
 fn rendered(p: &EdgePipeline) -> Rendered {
@@ -125,22 +124,10 @@ fn spec_fields_map_into_the_daemon_set() {
             expected: json!({"requests": {"cpu": "100m"}, "limits": {"memory": "1Gi"}}),
         },
         Row {
-            name: "default maxUnavailable",
-            extra: "",
-            pointer: "/spec/updateStrategy",
-            expected: json!({"type": "RollingUpdate", "rollingUpdate": {"maxSurge": 0, "maxUnavailable": 1}}),
-        },
-        Row {
-            name: "maxUnavailable number",
+            name: "the operator rolls the agents out itself",
             extra: "  agent: {maxUnavailable: 3}\n",
-            pointer: "/spec/updateStrategy/rollingUpdate",
-            expected: json!({"maxSurge": 0, "maxUnavailable": 3}),
-        },
-        Row {
-            name: "maxUnavailable percent",
-            extra: "  agent: {maxUnavailable: 20%}\n",
-            pointer: "/spec/updateStrategy/rollingUpdate",
-            expected: json!({"maxSurge": 0, "maxUnavailable": "20%"}),
+            pointer: "/spec/updateStrategy",
+            expected: json!({"type": "OnDelete"}),
         },
         Row {
             name: "nodeSelector",
@@ -581,16 +568,22 @@ fn invalid_pipelines_are_refused_with_field_paths() {
 }
 
 #[test]
-fn max_unavailable_is_the_spec_value_and_surge_is_never_used() {
-    let r = rendered(&pipeline("  agent: {maxUnavailable: 2}\n"));
-    let rolling = r
-        .daemon_set
-        .spec
-        .and_then(|s| s.update_strategy)
-        .and_then(|u| u.rolling_update)
-        .expect("rolling");
-    assert_eq!(rolling.max_surge, Some(IntOrString::Int(0)));
-    assert_eq!(rolling.max_unavailable, Some(IntOrString::Int(2)));
+fn every_pod_carries_a_digest_of_its_template() {
+    let hash = |spec: &str| {
+        ds_json(&rendered(&pipeline(spec)))
+            .pointer("/spec/template/metadata/annotations/edgepipe.dev~1template-hash")
+            .and_then(|v| v.as_str().map(str::to_string))
+            .expect("a template hash")
+    };
+    let base = hash("");
+    assert_eq!(base.len(), 16);
+    assert_eq!(base, hash(""), "the same spec, the same template");
+    assert_ne!(base, hash("  agent: {logLevel: debug}\n"), "another pod");
+    assert_eq!(
+        base,
+        hash("  rollout: {maxUnavailable: 3, paused: true}\n"),
+        "how a change is rolled out is not part of the pod"
+    );
 }
 
 #[test]

@@ -193,7 +193,16 @@ fn conditions_follow_the_rollout() {
         ),
     ];
     for (name, daemon_set, conditions, (desired, ready, updated)) in cases {
-        let status = compute(&ep(7, None), Ok(()), daemon_set.as_ref(), &at(0));
+        // The case's budget is the pipeline's maxUnavailable (the DaemonSet is on
+        // OnDelete; the fixture keeps it beside the counts).
+        let mut pipeline = ep(7, None);
+        pipeline.spec.agent.max_unavailable = daemon_set
+            .as_ref()
+            .and_then(|d| d.spec.as_ref())
+            .and_then(|s| s.update_strategy.as_ref())
+            .and_then(|u| u.rolling_update.as_ref())
+            .and_then(|r| r.max_unavailable.clone());
+        let status = compute(&pipeline, Ok(()), daemon_set.as_ref(), &at(0));
         assert_eq!(summary(&status), expect(&conditions), "{name}");
         assert_eq!(
             (

@@ -107,6 +107,7 @@ fn a_blocked_pipeline_keeps_the_counts_last_observed_and_recovers() {
         last_progress_time: Some(at(1)),
         conditions: vec![],
         fleet: None,
+        rollout: None,
     };
     let status = compute_blocked(&ep(Some(ready)), &refused(), &at(5));
     assert_eq!(

@@ -33,6 +33,7 @@ fn ep(status: Option<EdgePipelineStatus>) -> EdgePipeline {
     p.metadata.generation = Some(1);
     p.spec.rollout = Some(RolloutSettings {
         progress_deadline: units::Duration::new("60s"),
+        ..RolloutSettings::default()
     });
     p.status = status;
     p

@@ -266,13 +266,15 @@ fn every_example_applies_with_kubectl_and_runs_on_the_nodes_it_selects() {
             "{file}: no Created Event: {events}"
         );
 
-        // Printer columns: every one filled in.
+        // Printer columns: every one filled in, but the fleet's (DOWN, BACKLOG, OLDEST),
+        // which stay empty until an agent reports: no agent process runs on a simulated
+        // node (`fleet_records.rs` fills them).
         let table = cluster.kubectl_ok(&["get", "epl", name, "-n", namespace, "-o", "wide"]);
-        let mut lines = table.lines();
-        let header: Vec<&str> = lines.next().expect("header").split_whitespace().collect();
-        let row: Vec<&str> = lines.next().expect("row").split_whitespace().collect();
-        assert_eq!(header.len(), row.len(), "{table}");
-        let columns: BTreeMap<&str, &str> = header.into_iter().zip(row).collect();
+        let columns = printer_columns(&table);
+        for (column, value) in &columns {
+            let fleet = ["DOWN", "BACKLOG", "OLDEST"].contains(column);
+            assert!(fleet || !value.is_empty(), "{column} is empty:\n{table}");
+        }
         assert!(!table.contains("<none>"), "{table}");
         assert_eq!(columns["READY"], "True", "{table}");
         assert_eq!(columns["NODES"], placed.len().to_string(), "{table}");
@@ -952,6 +954,14 @@ fn agent_pod_dry_run(
 ) -> (bool, String) {
     let mut spec = template["spec"].clone();
     mutate(&mut spec);
+    // The pod runs as the pipeline's agent ServiceAccount: one of that name must exist
+    // in the namespace for the pod to reach Pod Security admission at all.
+    if let Some(account) = spec["serviceAccountName"].as_str() {
+        let exists = cluster.kubectl(&["get", "serviceaccount", account, "-n", namespace]);
+        if !exists.status.success() {
+            cluster.kubectl_ok(&["create", "serviceaccount", account, "-n", namespace]);
+        }
+    }
     let pod = serde_json::json!({
         "apiVersion": "v1",
         "kind": "Pod",
@@ -996,6 +1006,30 @@ fn violations(error: &str) -> Vec<String> {
     }
     out.push(list[start..].trim().to_string());
     out
+}
+
+/// The columns of a one-row `kubectl get` table, by header, read at the header's
+/// positions (a column may be empty).
+fn printer_columns(table: &str) -> BTreeMap<&str, &str> {
+    let mut lines = table.lines();
+    let header = lines.next().expect("header");
+    let row = lines.next().expect("row");
+    let starts: Vec<(usize, &str)> = header
+        .split_whitespace()
+        .map(|name| {
+            let offset = name.as_ptr() as usize - header.as_ptr() as usize;
+            (offset, name)
+        })
+        .collect();
+    starts
+        .iter()
+        .enumerate()
+        .map(|(i, (start, name))| {
+            let end = starts.get(i + 1).map_or(row.len(), |(next, _)| *next);
+            let value = row.get(*start..end.min(row.len())).unwrap_or("").trim();
+            (*name, value)
+        })
+        .collect()
 }
 
 /// The agent pod under Pod Security admission of the real API server: at `baseline` its

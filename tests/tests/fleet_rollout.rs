@@ -15,6 +15,12 @@
 //!   column, the `edge_operator_offline_agents` metric) and its unready agent does not
 //!   make the pipeline Degraded or not Ready; it counts again once the node is back.
 //!
+//! - the operator drives rollouts itself (the DaemonSet is on `OnDelete`): a canary
+//!   node takes a new revision first and the others follow only after its soak; a
+//!   canary whose new agent fails pauses the rollout (`Paused`, reason `RolloutFailed`,
+//!   a Warning Event) until the spec is fixed; `rollout.paused` holds every node until it
+//!   is false again; an offline node is skipped and updated when it comes back.
+//!
 //! One cluster serves the tests of this file; each has its own namespace and its own
 //! nodes (selected by a label), so taking a node offline touches only its test.
 
@@ -43,18 +49,28 @@ struct Fleet {
 }
 
 /// The shared cluster: three nodes for each test (`rollout-*`, `stall-*`, `offline-*`,
-/// labelled `edgepipe.dev/site=<test>`), the chart installed and the operator running.
+/// `failing-*`, `paused-*`, `catchup-*`; four `canary-*`), labelled
+/// `edgepipe.dev/site=<test>`, the chart installed and the operator running.
 fn fleet() -> &'static Fleet {
     static FLEET: OnceLock<Fleet> = OnceLock::new();
     FLEET.get_or_init(|| {
-        let nodes: Vec<Node> = ["rollout", "stall", "offline"]
-            .iter()
-            .flat_map(|site| {
-                (1..=3).map(move |i| {
-                    Node::new(&format!("{site}-{i}")).label("edgepipe.dev/site", site)
-                })
-            })
-            .collect();
+        let mut nodes: Vec<Node> = [
+            "rollout", "stall", "offline", "failing", "paused", "catchup",
+        ]
+        .iter()
+        .flat_map(|site| {
+            (1..=3).map(move |i| Node::new(&format!("{site}-{i}")).label("edgepipe.dev/site", site))
+        })
+        .collect();
+        // The canary site: four nodes, the second one labelled as the canary.
+        nodes.extend((1..=4).map(|i| {
+            let node = Node::new(&format!("canary-{i}")).label("edgepipe.dev/site", "canary");
+            if i == 2 {
+                node.label("edgepipe.dev/canary", "true")
+            } else {
+                node
+            }
+        }));
         let cluster = Cluster::start("fleet-rollout", &nodes);
         {
             let _guard = cluster.guard();
@@ -511,4 +527,281 @@ fn a_node_that_goes_offline_is_counted_apart_and_the_pipeline_stays_ready() {
         (ready.0.as_str(), ready.1.as_str()),
         ("True", "AllAgentsReady")
     );
+}
+
+/// The agent pod of pipeline `namespace/name` on `node`, as JSON, if there is one (not
+/// being deleted).
+fn pod_on(cluster: &Cluster, namespace: &str, name: &str, node: &str) -> Option<Value> {
+    let pods = cluster.get_json(&[
+        "pods",
+        "-n",
+        namespace,
+        "-l",
+        &format!("app.kubernetes.io/instance={name}"),
+        "--field-selector",
+        &format!("spec.nodeName={node}"),
+    ]);
+    pods["items"]
+        .as_array()?
+        .iter()
+        .find(|p| p["metadata"]["deletionTimestamp"].is_null())
+        .cloned()
+}
+
+/// Seconds since the epoch of an RFC 3339 time in `value`.
+fn seconds(value: &Value) -> i64 {
+    value
+        .as_str()
+        .and_then(|t| t.parse::<k8s_openapi::jiff::Timestamp>().ok())
+        .map(|t| t.as_second())
+        .unwrap_or_else(|| panic!("a time: {value}"))
+}
+
+fn ready_since(pod: &Value) -> i64 {
+    let ready = pod["status"]["conditions"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .find(|c| c["type"] == "Ready" && c["status"] == "True")
+        .unwrap_or_else(|| panic!("a ready pod: {pod}"));
+    seconds(&ready["lastTransitionTime"])
+}
+
+/// The revision each node's agent mounts, by node.
+fn revisions(cluster: &Cluster, namespace: &str, name: &str) -> BTreeMap<String, String> {
+    agents(cluster, namespace, name)
+        .into_iter()
+        .map(|(_, node, revision, _)| (node, revision))
+        .collect()
+}
+
+#[test]
+fn a_canary_takes_a_new_revision_first_and_the_others_follow_once_it_soaked() {
+    let fleet = fleet();
+    let cluster = &fleet.cluster;
+    let _guard = cluster.guard();
+    let (site, name) = ("canary", "line4");
+    let rollout = "  rollout:\n    maxUnavailable: 2\n    canary: {nodeSelector: {edgepipe.dev/canary: \"true\"}, soak: 20s}\n";
+    cluster.namespace(site);
+    cluster.apply(&pipeline(site, name, 100, rollout));
+    cluster.wait_pipeline_ready(site, name);
+    let old = cluster.agent_revision(site, name);
+
+    cluster.apply(&pipeline(site, name, 200, rollout));
+    let new = poll(WAIT, "the DaemonSet on the new revision", || {
+        let revision = cluster.agent_revision(site, name);
+        (revision != old).then_some(revision)
+    });
+    // The canary node first, alone.
+    let canary = poll(
+        WAIT,
+        "the canary agent on the new revision and ready",
+        || {
+            let pod = pod_on(cluster, site, name, "canary-2")?;
+            (revision_of(&pod).as_deref() == Some(new.as_str()) && ready(&pod)).then_some(pod)
+        },
+    );
+    let phase = poll(WAIT, "status.rollout in its canary phase", || {
+        let s = status(cluster, site, name);
+        (s["rollout"]["phase"] == "Canary").then_some(s)
+    });
+    assert_eq!(
+        phase["rollout"]["canaryNodes"],
+        json!(["canary-2"]),
+        "{phase}"
+    );
+    let others = revisions(cluster, site, name);
+    for node in ["canary-1", "canary-3", "canary-4"] {
+        assert_eq!(
+            others.get(node),
+            Some(&old),
+            "{node} waits for the canary: {others:?}"
+        );
+    }
+
+    // The others follow once the canary soaked, two at a time.
+    poll(WAIT, "every agent on the new revision and ready", || {
+        let now = agents(cluster, site, name);
+        (now.len() == 4 && now.iter().all(|a| a.2 == new && a.3)).then_some(())
+    });
+    cluster.wait_pipeline_ready(site, name);
+    let soaked = ready_since(&canary) + 20;
+    for node in ["canary-1", "canary-3", "canary-4"] {
+        let pod = pod_on(cluster, site, name, node).expect("an agent");
+        let created = seconds(&pod["metadata"]["creationTimestamp"]);
+        assert!(
+            created >= soaked,
+            "{node}'s new agent was created at {created}, before the canary soaked ({soaked})"
+        );
+    }
+    let done = status(cluster, site, name);
+    assert!(done.get("rollout").is_none(), "{done}");
+}
+
+#[test]
+fn a_failing_canary_pauses_the_rollout_until_the_spec_is_fixed() {
+    let fleet = fleet();
+    let cluster = &fleet.cluster;
+    let _guard = cluster.guard();
+    let (site, name) = ("failing", "line5");
+    let rollout = "  rollout: {progressDeadline: 15s, canary: {count: 1, soak: 5s}}\n";
+    cluster.namespace(site);
+    let good = pipeline(site, name, 100, rollout);
+    cluster.apply(&good);
+    cluster.wait_pipeline_ready(site, name);
+    let old = cluster.agent_revision(site, name);
+
+    // The new agents never pass their readiness probe (see NEVER_READY_TOLERATION).
+    let bad = format!(
+        "{rollout}  tolerations:\n    - {{key: {NEVER_READY_TOLERATION}, operator: Exists}}\n"
+    );
+    cluster.apply(&pipeline(site, name, 100, &bad));
+    let (_, reason, message) = poll(WAIT, "Paused=True", || {
+        cluster
+            .pipeline_condition(site, name, "Paused")
+            .filter(|c| c.0 == "True")
+    });
+    assert_eq!(reason, "RolloutFailed", "{message}");
+    assert!(
+        message.contains("failing-1: not ready within the progress deadline"),
+        "{message}"
+    );
+    let s = status(cluster, site, name);
+    assert_eq!(s["rollout"]["phase"], "Failed", "{s}");
+    assert_eq!(s["rollout"]["failedNodes"], json!(["failing-1"]), "{s}");
+    let warnings = cluster.get_json(&[
+        "events",
+        "-n",
+        site,
+        "--field-selector",
+        &format!("involvedObject.name={name},type=Warning"),
+    ]);
+    assert!(
+        warnings.to_string().contains("RolloutFailed"),
+        "a Warning Event: {warnings}"
+    );
+    // Only the canary took the bad revision; the others run the old one, ready.
+    let now = agents(cluster, site, name);
+    for (_, node, revision, is_ready) in &now {
+        if node == "failing-1" {
+            assert_ne!(revision, &old, "{now:?}");
+        } else {
+            assert!(revision == &old && *is_ready, "{node}: {now:?}");
+        }
+    }
+
+    // `kubectl apply` of the good spec: the rollout goes on, back to the old revision.
+    cluster.apply(&good);
+    cluster.wait_pipeline_ready(site, name);
+    assert_eq!(cluster.agent_revision(site, name), old);
+    poll(WAIT, "no Paused condition", || {
+        cluster
+            .pipeline_condition(site, name, "Paused")
+            .is_none()
+            .then_some(())
+    });
+    let now = agents(cluster, site, name);
+    assert!(
+        now.len() == 3 && now.iter().all(|a| a.2 == old && a.3),
+        "{now:?}"
+    );
+}
+
+#[test]
+fn a_paused_fleet_does_not_move_until_it_is_resumed() {
+    let fleet = fleet();
+    let cluster = &fleet.cluster;
+    let _guard = cluster.guard();
+    let (site, name) = ("paused", "line6");
+    cluster.namespace(site);
+    cluster.apply(&pipeline(site, name, 100, ""));
+    cluster.wait_pipeline_ready(site, name);
+    let old = cluster.agent_revision(site, name);
+
+    cluster.apply(&pipeline(site, name, 200, "  rollout: {paused: true}\n"));
+    let (_, reason, _) = poll(WAIT, "Paused=True for the new generation", || {
+        let object = cluster.get_json(&["epl", name, "-n", site]);
+        let observed = object["status"]["observedGeneration"] == object["metadata"]["generation"];
+        cluster
+            .pipeline_condition(site, name, "Paused")
+            .filter(|c| observed && c.0 == "True")
+    });
+    assert_eq!(reason, "Paused");
+    let new = cluster.agent_revision(site, name);
+    assert_ne!(new, old, "the DaemonSet has the new template");
+    let progressing = cluster
+        .pipeline_condition(site, name, "Progressing")
+        .expect("Progressing");
+    assert_eq!(
+        (progressing.0.as_str(), progressing.1.as_str()),
+        ("False", "Paused")
+    );
+    // However long it stays paused, no agent is replaced. (The operator reconciles on
+    // every pod event and at least once a second while one is due: 10 s is plenty.)
+    let before = agents(cluster, site, name);
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while std::time::Instant::now() < deadline {
+        let now = agents(cluster, site, name);
+        assert_eq!(now, before, "a paused fleet moved");
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    assert!(before.iter().all(|a| a.2 == old && a.3), "{before:?}");
+
+    // Resumed: the rollout completes.
+    cluster.apply(&pipeline(site, name, 200, "  rollout: {paused: false}\n"));
+    poll(WAIT, "every agent on the new revision and ready", || {
+        let now = agents(cluster, site, name);
+        (now.len() == 3 && now.iter().all(|a| a.2 == new && a.3)).then_some(())
+    });
+    cluster.wait_pipeline_ready(site, name);
+    assert!(cluster.pipeline_condition(site, name, "Paused").is_none());
+}
+
+#[test]
+fn offline_nodes_are_skipped_and_updated_when_they_come_back() {
+    let fleet = fleet();
+    let cluster = &fleet.cluster;
+    let _guard = cluster.guard();
+    let (site, name) = ("catchup", "line7");
+    cluster.namespace(site);
+    cluster.apply(&pipeline(site, name, 100, ""));
+    cluster.wait_pipeline_ready(site, name);
+    let old = cluster.agent_revision(site, name);
+
+    cluster.set_node_ready("catchup-3", false);
+    poll(WAIT, "the offline node in the status", || {
+        (status(cluster, site, name)["offlineNodes"] == 1).then_some(())
+    });
+    cluster.apply(&pipeline(site, name, 200, ""));
+    let new = poll(WAIT, "the DaemonSet on the new revision", || {
+        let revision = cluster.agent_revision(site, name);
+        (revision != old).then_some(revision)
+    });
+    // The online nodes are updated without waiting for the offline one.
+    poll(WAIT, "the online agents on the new revision", || {
+        let now = revisions(cluster, site, name);
+        (now.get("catchup-1") == Some(&new) && now.get("catchup-2") == Some(&new)).then_some(())
+    });
+    poll(WAIT, "Ready with a node offline", || {
+        cluster
+            .pipeline_condition(site, name, "Ready")
+            .filter(|c| c.0 == "True" && c.1 == "OnlineAgentsReady")
+    });
+    assert_eq!(
+        revisions(cluster, site, name).get("catchup-3"),
+        Some(&old),
+        "the offline node keeps its revision"
+    );
+
+    // Back: it is updated too.
+    cluster.set_node_ready("catchup-3", true);
+    poll(
+        WAIT,
+        "the returning node's agent on the new revision",
+        || {
+            let pod = pod_on(cluster, site, name, "catchup-3")?;
+            (revision_of(&pod).as_deref() == Some(new.as_str()) && ready(&pod)).then_some(())
+        },
+    );
+    cluster.wait_pipeline_ready(site, name);
 }

@@ -136,6 +136,17 @@ fn start_operator_metrics() -> Operator {
     metrics.reconciled(ReconcileResult::Success, Duration::from_millis(12));
     metrics.reconciled(ReconcileResult::Success, Duration::from_millis(30));
     metrics.reconciled(ReconcileResult::Error, Duration::from_millis(5));
+    // One pipeline's fleet as its agents report it (what a leader computes from their
+    // records: `fleet_records.rs` checks that against a real control plane).
+    let fleet = edge_crds::status::FleetStatus {
+        reporting: 3,
+        upstream_down: 1,
+        backlogged: 1,
+        backlog_bytes: 4096,
+        oldest_backlog_seconds: 120,
+        ..edge_crds::status::FleetStatus::default()
+    };
+    metrics.observe_fleets([("factory", "line1", &fleet)]);
     let port = free_port();
     let shutdown = tokio_util::sync::CancellationToken::new();
     let listener = rt

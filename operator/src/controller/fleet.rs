@@ -11,12 +11,12 @@ use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex};
 
 use k8s_openapi::api::core::v1::{Node, NodeCondition, NodeSpec, NodeStatus, Pod};
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, Time};
 use kube::runtime::reflector::{ObjectRef, Store};
 use serde::Deserialize;
 
 use super::{Context, StoredPipeline};
-use crate::render::{CONFIG_HASH_ANNOTATION, CONFIG_VOLUME};
+use crate::render::{CONFIG_HASH_ANNOTATION, CONFIG_VOLUME, TEMPLATE_HASH_ANNOTATION};
 use crate::status::{AgentPod, Fleet, node_offline};
 
 /// Label naming the pipeline of an agent pod.
@@ -115,20 +115,105 @@ pub struct NameRef {
 
 /// What the cache keeps of a pod's status.
 #[derive(Clone, Debug, Default, Deserialize)]
+#[serde(rename_all = "camelCase")]
 pub struct CachedPodStatus {
     /// Its conditions; [`summarize_pod`] keeps only Ready.
     #[serde(default)]
     pub conditions: Vec<CachedCondition>,
+    /// Its containers' restarts and waiting reasons (for the rollout).
+    #[serde(default)]
+    pub container_statuses: Vec<CachedContainerStatus>,
 }
 
 /// A condition's type and status.
 #[derive(Clone, Debug, Default, Deserialize)]
+#[serde(rename_all = "camelCase")]
 pub struct CachedCondition {
     /// The condition's type.
     #[serde(rename = "type")]
     pub type_: String,
     /// `True`, `False` or `Unknown`.
     pub status: String,
+    /// When the status last changed.
+    #[serde(default)]
+    pub last_transition_time: Option<Time>,
+}
+
+/// What the rollout reads of a container's status.
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct CachedContainerStatus {
+    /// How often it restarted.
+    #[serde(default)]
+    pub restart_count: i32,
+    /// Its state: only why it waits, if it does.
+    #[serde(default)]
+    pub state: Option<CachedContainerState>,
+}
+
+/// A container's state, as far as the rollout reads it.
+#[derive(Clone, Debug, Default, Deserialize)]
+pub struct CachedContainerState {
+    /// Set while the container waits.
+    #[serde(default)]
+    pub waiting: Option<CachedWaiting>,
+}
+
+/// Why a container waits.
+#[derive(Clone, Debug, Default, Deserialize)]
+pub struct CachedWaiting {
+    /// `CrashLoopBackOff`, `ImagePullBackOff`, `ContainerCreating`...
+    #[serde(default)]
+    pub reason: Option<String>,
+}
+
+/// Waiting reasons of a container that will not run without a change.
+const FAILING_REASONS: [&str; 5] = [
+    "CrashLoopBackOff",
+    "ImagePullBackOff",
+    "ErrImagePull",
+    "CreateContainerConfigError",
+    "InvalidImageName",
+];
+
+impl From<&CachedPod> for crate::rollout::Agent {
+    fn from(pod: &CachedPod) -> Self {
+        let ready = pod.status.conditions.iter().find(|c| c.type_ == "Ready");
+        Self {
+            name: pod.metadata.name.clone().unwrap_or_default(),
+            uid: pod.metadata.uid.clone().unwrap_or_default(),
+            node: pod.spec.node_name.clone().unwrap_or_default(),
+            template: pod
+                .metadata
+                .annotations
+                .as_ref()
+                .and_then(|a| a.get(TEMPLATE_HASH_ANNOTATION).cloned()),
+            ready: ready.is_some_and(|c| c.status == "True"),
+            ready_since: ready
+                .and_then(|c| c.last_transition_time.as_ref())
+                .map(|t| t.0.as_second()),
+            created: pod
+                .metadata
+                .creation_timestamp
+                .as_ref()
+                .map(|t| t.0.as_second()),
+            restarts: pod
+                .status
+                .container_statuses
+                .iter()
+                .map(|c| c.restart_count)
+                .max()
+                .unwrap_or(0),
+            crash_looping: pod.status.container_statuses.iter().any(|c| {
+                c.state
+                    .as_ref()
+                    .and_then(|s| s.waiting.as_ref())
+                    .and_then(|w| w.reason.as_deref())
+                    .is_some_and(|r| FAILING_REASONS.contains(&r))
+            }),
+            deleting: pod.metadata.deletion_timestamp.is_some(),
+        }
+    }
 }
 
 resource_as!(CachedPod, Pod);
@@ -157,8 +242,11 @@ pub fn summarize_pod(pod: &mut CachedPod) {
     let meta = std::mem::take(&mut pod.metadata);
     let annotations = meta
         .annotations
-        .and_then(|mut a| a.remove_entry(CONFIG_HASH_ANNOTATION))
-        .map(|hash| BTreeMap::from([hash]));
+        .map(|mut a| {
+            a.retain(|k, _| k == CONFIG_HASH_ANNOTATION || k == TEMPLATE_HASH_ANNOTATION);
+            a
+        })
+        .filter(|a| !a.is_empty());
     let labels = meta
         .labels
         .and_then(|mut l| l.remove_entry(INSTANCE_LABEL))
@@ -170,6 +258,7 @@ pub fn summarize_pod(pod: &mut CachedPod) {
         resource_version: meta.resource_version,
         labels,
         deletion_timestamp: meta.deletion_timestamp,
+        creation_timestamp: meta.creation_timestamp,
         annotations,
         ..ObjectMeta::default()
     };
@@ -177,6 +266,7 @@ pub fn summarize_pod(pod: &mut CachedPod) {
     pod.spec.volumes.shrink_to_fit();
     pod.status.conditions.retain(|c| c.type_ == "Ready");
     pod.status.conditions.shrink_to_fit();
+    pod.status.container_statuses.shrink_to_fit();
 }
 
 /// Reduces a node to its name, its Ready condition's status and its taints.

@@ -80,6 +80,7 @@ mod report;
 mod settle;
 mod stored;
 mod watch;
+mod waves;
 
 pub use children::{Holder, conflict_message, holder, unused_revisions};
 pub use fleet::{
@@ -174,10 +175,10 @@ pub enum Error {
         /// API error.
         source: kube::Error,
     },
-    /// Reading the metadata of the agent's ConfigMap or DaemonSet (who controls it) failed.
+    /// Reading the metadata of one of the agent's objects (who controls it) failed.
     #[error("reading {kind} {name} failed: {source}")]
     ReadObject {
-        /// `ConfigMap` or `DaemonSet`.
+        /// `ConfigMap`, `DaemonSet`, `ServiceAccount` or `RoleBinding`.
         kind: &'static str,
         /// Its name.
         name: String,
@@ -200,16 +201,20 @@ pub enum Error {
         /// API error.
         source: kube::Error,
     },
-    /// Deleting the agents of a pipeline outside the tenant policy failed.
+    /// Deleting the agents of a pipeline outside the tenant policy, or an outdated agent
+    /// pod a rollout replaces, failed.
     #[error("removing {kind} {name} failed: {source}")]
     Remove {
-        /// `DaemonSet` or `ConfigMap`.
+        /// `DaemonSet`, `ConfigMap` or `Pod`.
         kind: &'static str,
         /// Its name.
         name: String,
         /// API error.
         source: kube::Error,
     },
+    /// Listing the canary nodes of a rollout (by their labels) failed.
+    #[error("listing the canary nodes failed: {0}")]
+    ListNodes(#[source] kube::Error),
     /// Patching `/status` failed.
     #[error("patching the status failed: {0}")]
     PatchStatus(#[source] kube::Error),
@@ -781,8 +786,17 @@ async fn status_after_apply(
     let at = now.0.as_second();
     status.fleet = status::fleet::summarize(&records, &fleet.offline_nodes, at);
     // Looked at again when a record would expire, so a silent agent counts as offline.
-    let recheck = status::fleet::next_expiry(&records, at)
+    let expiry = status::fleet::next_expiry(&records, at)
         .map(|expiry| Duration::from_secs(u64::try_from(expiry - at).unwrap_or(0) + 1));
+    // The rollout goes on only for a valid spec applied to this pipeline's DaemonSet.
+    let step = match daemon_set
+        .as_ref()
+        .filter(|ds| errors.is_none() && children::controlled_by(&ds.metadata, pipeline))
+    {
+        Some(ds) => ctx.drive_rollout(pipeline, ds, &mut status, &now).await?,
+        None => None,
+    };
+    let recheck = [expiry, step].into_iter().flatten().min();
     Ok(Outcome::Done(status, recheck))
 }
 

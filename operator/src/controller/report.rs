@@ -133,6 +133,16 @@ pub fn event_for(transition: &Transition, child: &str) -> Event {
             "Apply",
             message.clone(),
         ),
+        Transition::Paused { reason, message } => (
+            if reason == status::reason::ROLLOUT_FAILED {
+                EventType::Warning
+            } else {
+                EventType::Normal
+            },
+            reason.as_str(),
+            "Rollout",
+            message.clone(),
+        ),
         Transition::Stalled { message } => (
             EventType::Warning,
             status::reason::PROGRESS_DEADLINE_EXCEEDED,

@@ -21,13 +21,10 @@ use std::collections::BTreeMap;
 use edge_crds::manifest::ManifestError;
 use edge_crds::validate::describe;
 use edge_crds::{EdgePipeline, FieldError, parse_pipeline, validate};
-use k8s_openapi::api::apps::v1::{
-    DaemonSet, DaemonSetSpec, DaemonSetUpdateStrategy, RollingUpdateDaemonSet,
-};
+use k8s_openapi::api::apps::v1::{DaemonSet, DaemonSetSpec, DaemonSetUpdateStrategy};
 use k8s_openapi::api::core::v1::{ConfigMap, PodTemplateSpec, ServiceAccount};
 use k8s_openapi::api::rbac::v1::{RoleBinding, RoleRef, Subject};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta, OwnerReference};
-use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use kube::{Resource, ResourceExt};
 
 use crate::datadir::{DataDirError, host_data_dir};
@@ -50,6 +47,9 @@ pub const MODEL_LABEL: &str = "edgepipe.dev/model";
 pub const MODEL_SELECTOR: &str = "edgepipe.dev/model=true";
 /// Pod annotation holding the hash of the configuration and the model reference.
 pub const CONFIG_HASH_ANNOTATION: &str = "edgepipe.dev/config-hash";
+/// Annotation of the agent pod template (and so of each agent pod): a digest of the whole
+/// template, which tells the rollout an agent on the current template from an outdated one.
+pub const TEMPLATE_HASH_ANNOTATION: &str = "edgepipe.dev/template-hash";
 /// Where the agent's ConfigMap (the revision of its pod) is mounted, as a directory.
 pub const CONFIG_DIR: &str = "/etc/edgepipe";
 /// The key of the agent's ConfigMap holding the configuration.
@@ -332,7 +332,7 @@ pub fn render(pipeline: &EdgePipeline, options: &RenderOptions) -> Result<Render
         ),
         ("app.kubernetes.io/instance".to_string(), name.clone()),
     ]);
-    let template = PodTemplateSpec {
+    let mut template = PodTemplateSpec {
         metadata: Some(ObjectMeta {
             labels: Some(labels(&name)),
             annotations: Some(
@@ -357,12 +357,17 @@ pub fn render(pipeline: &EdgePipeline, options: &RenderOptions) -> Result<Render
             pipeline, &data_dir, &revision, &config, options,
         )),
     };
-    let max_unavailable = pipeline
-        .spec
-        .agent
-        .max_unavailable
-        .clone()
-        .unwrap_or(IntOrString::Int(1));
+    // The operator replaces the agents itself (canary, waves, pause: see
+    // `crate::rollout`); the DaemonSet controller only recreates the pods it deletes. Each
+    // pod carries a hash of its template, which tells a current agent from an outdated one.
+    let template_hash = template_hash(&template)?;
+    if let Some(annotations) = template
+        .metadata
+        .as_mut()
+        .and_then(|m| m.annotations.as_mut())
+    {
+        annotations.insert(TEMPLATE_HASH_ANNOTATION.to_string(), template_hash);
+    }
     let access = options
         .agent_access
         .as_ref()
@@ -376,11 +381,8 @@ pub fn render(pipeline: &EdgePipeline, options: &RenderOptions) -> Result<Render
             },
             template,
             update_strategy: Some(DaemonSetUpdateStrategy {
-                type_: Some("RollingUpdate".to_string()),
-                rolling_update: Some(RollingUpdateDaemonSet {
-                    max_surge: Some(IntOrString::Int(0)),
-                    max_unavailable: Some(max_unavailable),
-                }),
+                type_: Some("OnDelete".to_string()),
+                rolling_update: None,
             }),
             revision_history_limit: Some(5),
             ..DaemonSetSpec::default()
@@ -392,6 +394,14 @@ pub fn render(pipeline: &EdgePipeline, options: &RenderOptions) -> Result<Render
         daemon_set,
         access,
     })
+}
+
+/// A digest of a pod template (16 hex digits of its SHA-256): equal digests, the same
+/// pod.
+fn template_hash(template: &PodTemplateSpec) -> Result<String, RenderError> {
+    use sha2::{Digest, Sha256};
+    let bytes = serde_json::to_vec(template).map_err(|e| RenderError::Serialize(e.to_string()))?;
+    Ok(hex::encode(&Sha256::digest(bytes)[..8]))
 }
 
 /// The ServiceAccount of a pipeline's agents and its RoleBinding to the ClusterRole that

@@ -16,6 +16,7 @@
 //! nothing.
 
 pub mod fleet;
+mod paused;
 mod rollout;
 mod transitions;
 
@@ -30,6 +31,7 @@ use edge_crds::{EdgePipeline, EdgePipelineStatus, FieldError};
 use k8s_openapi::api::apps::v1::DaemonSet;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 
+pub use paused::with_rollout;
 pub use rollout::{AgentPod, Fleet, UNREACHABLE_TAINT, node_offline, stall_check_in};
 use rollout::{Rollout, human, last_progress, seconds_between};
 pub use transitions::{Transition, transitions};
@@ -71,6 +73,10 @@ pub mod reason {
     pub const SECRET_MISSING: &str = "SecretMissing";
     /// Conflict: the object exists and has no controller, or another controller.
     pub const NOT_CONTROLLED: &str = "NotControlled";
+    /// Paused/Progressing/Ready/Stalled: `spec.rollout.paused` holds the rollout.
+    pub const PAUSED: &str = "Paused";
+    /// Paused/Progressing/Ready: new agents failed and the rollout paused itself.
+    pub const ROLLOUT_FAILED: &str = "RolloutFailed";
 }
 
 /// Why the operator did not apply the objects of a valid pipeline.
@@ -124,7 +130,7 @@ pub fn compute_fleet(
         pipeline.metadata.generation,
         pipeline.status.as_ref(),
         validation,
-        Rollout::of(daemon_set, fleet),
+        Rollout::of(daemon_set, fleet, Some(&pipeline.spec.max_unavailable())),
         pipeline.spec.progress_deadline(),
         now,
     )
@@ -143,7 +149,7 @@ pub fn compute_from(
         generation,
         previous,
         validation,
-        Rollout::of(daemon_set, &Fleet::default()),
+        Rollout::of(daemon_set, &Fleet::default(), None),
         edge_crds::RolloutSettings::default()
             .progress_deadline
             .to_std()
@@ -472,8 +478,10 @@ fn finish(
         config_revision: rollout.revision.clone(),
         last_progress_time: previous.and_then(|p| p.last_progress_time.clone()),
         conditions,
-        // Kept until the reconcile that reads the agents' records replaces it.
+        // Kept until the reconcile that reads the agents' records (or plans the rollout)
+        // replaces them.
         fleet: previous.and_then(|p| p.fleet.clone()),
+        rollout: previous.and_then(|p| p.rollout.clone()),
     }
 }
 

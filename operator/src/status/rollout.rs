@@ -79,7 +79,11 @@ pub(super) struct Rollout {
 }
 
 impl Rollout {
-    pub(super) fn of(daemon_set: Option<&DaemonSet>, fleet: &Fleet) -> Self {
+    pub(super) fn of(
+        daemon_set: Option<&DaemonSet>,
+        fleet: &Fleet,
+        max_unavailable: Option<&IntOrString>,
+    ) -> Self {
         let Some(ds) = daemon_set else {
             return Self::default();
         };
@@ -90,13 +94,6 @@ impl Rollout {
             (None, Some(_)) => true,
             _ => false,
         };
-        let max_unavailable = ds
-            .spec
-            .as_ref()
-            .and_then(|s| s.update_strategy.as_ref())
-            .and_then(|u| u.rolling_update.as_ref())
-            .and_then(|r| r.max_unavailable.clone())
-            .unwrap_or(IntOrString::Int(1));
         let template = ds.spec.as_ref().map(|s| &s.template);
         let template_hash = template
             .and_then(|t| t.metadata.as_ref())
@@ -129,7 +126,7 @@ impl Rollout {
             ready: status.number_ready,
             updated: status.updated_number_scheduled.unwrap_or(0),
             observed,
-            allowed_unavailable: resolve_max_unavailable(&max_unavailable, desired),
+            allowed_unavailable: crate::rollout::resolve(max_unavailable, desired),
             offline_unready,
             offline_outdated,
             offline: offline.into_iter().collect(),
@@ -146,22 +143,6 @@ impl Rollout {
     pub(super) fn online_not_ready(&self) -> i32 {
         (self.desired - self.ready - self.offline_unready).max(0)
     }
-}
-
-/// `maxUnavailable` as a number of agents, rounding percentages up like the DaemonSet
-/// controller, and at least 1.
-fn resolve_max_unavailable(value: &IntOrString, desired: i32) -> i32 {
-    let n = match value {
-        IntOrString::Int(n) => *n,
-        IntOrString::String(s) => match s
-            .strip_suffix('%')
-            .and_then(|p| p.trim().parse::<i64>().ok())
-        {
-            Some(percent) => ((i64::from(desired) * percent + 99) / 100) as i32,
-            None => 1,
-        },
-    };
-    n.max(1)
 }
 
 /// When the rollout last made progress: `now` when it did since `previous` (a new

@@ -2,7 +2,8 @@
 
 use edge_crds::EdgePipelineStatus;
 use edge_crds::status::{
-    CONDITION_CONFLICT, CONDITION_DEGRADED, CONDITION_INVALID, CONDITION_READY, CONDITION_STALLED,
+    CONDITION_CONFLICT, CONDITION_DEGRADED, CONDITION_INVALID, CONDITION_PAUSED, CONDITION_READY,
+    CONDITION_STALLED,
 };
 
 use super::reason;
@@ -40,6 +41,13 @@ pub enum Transition {
     /// An object with the agent's name turned out not to be this pipeline's.
     Conflict {
         /// The Conflict condition's message.
+        message: String,
+    },
+    /// The rollout was paused: by `spec.rollout.paused`, or by itself (new agents failed).
+    Paused {
+        /// The Paused condition's reason: `Paused` or `RolloutFailed`.
+        reason: String,
+        /// The Paused condition's message.
         message: String,
     },
     /// A rollout made no progress within the progress deadline.
@@ -115,6 +123,19 @@ pub fn transitions(
                 message: c.message.clone(),
             });
         }
+    }
+    let was_paused_for = |why: &str| {
+        previous
+            .and_then(|p| p.condition(CONDITION_PAUSED))
+            .is_some_and(|c| c.status == "True" && c.reason == why)
+    };
+    if let Some(c) = is(CONDITION_PAUSED)
+        && !was_paused_for(&c.reason)
+    {
+        out.push(Transition::Paused {
+            reason: c.reason.clone(),
+            message: c.message.clone(),
+        });
     }
     if let Some(c) = is(CONDITION_STALLED)
         && !was(CONDITION_STALLED)
