@@ -5,7 +5,8 @@
 //!   projects that account's token;
 //! - real agent binaries on the host, one per simulated node, each with a token bound to
 //!   its agent pod (what the kubelet projects), keep their node's record: one agent
-//!   delivers, the other's upstream is down with a backlog; `status.fleet`, the
+//!   delivers, one's upstream is down, one has a backlog behind a capped link;
+//!   `status.fleet`, the
 //!   `kubectl get epl` columns and the operator's metrics say so, and an agent killed
 //!   with `kill -9` turns offline once its record expires;
 //! - the API server (the chart's ValidatingAdmissionPolicy) lets an agent's token write
@@ -37,7 +38,7 @@ struct Fleet {
 fn fleet() -> &'static Fleet {
     static FLEET: OnceLock<Fleet> = OnceLock::new();
     FLEET.get_or_init(|| {
-        let nodes: Vec<Node> = (1..=2)
+        let nodes: Vec<Node> = (1..=3)
             .map(|i| Node::new(&format!("{SITE}-{i}")).label("edgepipe.dev/site", SITE))
             .collect();
         let cluster = Cluster::start("fleet-records", &nodes);
@@ -71,7 +72,7 @@ spec:
   nodeSelector: {{edgepipe.dev/site: {SITE}}}
 "#
     ));
-    poll(WAIT, "an agent pod on each node", || {
+    poll(WAIT, "an agent pod on each of the 3 nodes", || {
         let pods = cluster.get_json(&[
             "pods",
             "-n",
@@ -91,7 +92,7 @@ spec:
             })
             .collect();
         pods.sort_by(|a, b| a.1.cmp(&b.1));
-        (pods.len() == 2).then_some(pods)
+        (pods.len() == 3).then_some(pods)
     })
 }
 
@@ -100,14 +101,15 @@ fn fleet_status(cluster: &Cluster, name: &str) -> Value {
 }
 
 /// The host agent standing in for pipeline `pipeline`'s pod `pod` on `node`: its own
-/// broker topic, the given upstream, the pod's token, a 1 s heartbeat.
+/// broker topic, the given upstream (and `sink_extra` in its sink), the pod's token, a
+/// 1 s heartbeat.
 fn host_agent(
     cluster: &Cluster,
     dir: &std::path::Path,
     pipeline: &str,
     (pod, node): &(String, String),
     broker: u16,
-    upstream: u16,
+    (upstream, sink_extra): (u16, &str),
 ) -> Agent {
     let (token, _) = cluster.pod_token(SITE, &format!("edgepipe-agent.{pipeline}"), pod);
     let config = format!(
@@ -124,7 +126,7 @@ spec:
       batchSize: 5
       flushInterval: 100ms
       retry: {{initialBackoff: 50ms, maxBackoff: 500ms}}
-"#
+{sink_extra}"#
     );
     let lease = format!("edgepipe-agent.{pipeline}.{node}");
     let dir = dir.join(node);
@@ -196,7 +198,7 @@ async fn agents_report_their_state_into_the_fleet_status() {
         "line",
         &pods[0],
         broker.port,
-        receiver.port,
+        (receiver.port, ""),
     );
     let mut stuck = host_agent(
         cluster,
@@ -204,10 +206,24 @@ async fn agents_report_their_state_into_the_fleet_status() {
         "line",
         &pods[1],
         broker.port,
-        dead.port,
+        (dead.port, ""),
+    );
+    // The third delivers, but through a link capped far below what it receives: a backlog
+    // that waits while its upstream is up.
+    let mut thin = host_agent(
+        cluster,
+        dir.path(),
+        "line",
+        &pods[2],
+        broker.port,
+        (
+            receiver.port,
+            "    rateLimit: {bytesPerSecond: \"64\", burst: \"64\"}\n",
+        ),
     );
     delivering.wait_ready().await;
     stuck.wait_ready().await;
+    thin.wait_ready().await;
 
     let mut publisher = Publisher::connect(broker.port, "sensors");
     for (_, node) in &pods {
@@ -220,18 +236,32 @@ async fn agents_report_their_state_into_the_fleet_status() {
     }
     publisher.flush().await;
 
-    let (good, bad) = (&pods[0].1, &pods[1].1);
+    let (good, bad, behind) = (&pods[0].1, &pods[1].1, &pods[2].1);
     let fleet = poll(
         WAIT,
-        "status.fleet with one upstream down and a backlog",
+        "status.fleet with one upstream down and one backlog",
         || {
             let fleet = fleet_status(cluster, "line");
-            (fleet["reporting"] == 2
+            (fleet["reporting"] == 3
                 && fleet["upstreamDown"] == 1
+                && fleet["backlogged"] == 1
                 && fleet["backlogRecords"].as_i64() >= Some(20)
                 && fleet["offline"] == 0)
                 .then_some(fleet)
         },
+    );
+    let backlogged = fleet["worst"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|w| w["node"] == behind.as_str())
+        .unwrap_or_else(|| panic!("{behind} among the worst: {fleet}"));
+    assert!(
+        backlogged["reason"]
+            .as_str()
+            .unwrap()
+            .starts_with("backlog "),
+        "{fleet}"
     );
     assert!(fleet["backlogBytes"].as_i64() > Some(0), "{fleet}");
     assert_eq!(fleet["worst"][0]["node"], bad.as_str(), "{fleet}");
@@ -245,9 +275,8 @@ async fn agents_report_their_state_into_the_fleet_status() {
             .all(|w| w["node"] != good.as_str()),
         "the delivering node is fine: {fleet}"
     );
-    assert_eq!(
-        receiver.accepted().len(),
-        20,
+    assert!(
+        receiver.accepted().len() >= 20,
         "the delivering agent sent its readings"
     );
 

@@ -29,7 +29,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
-use edge_testkit::cluster::{Cluster, NEVER_READY_TOLERATION, Node};
+use edge_testkit::cluster::{CRASH_LOOP_TOLERATION, Cluster, NEVER_READY_TOLERATION, Node};
 use edge_testkit::operator::Operator;
 use edge_testkit::poll;
 use edge_tests::helm::{self, NAMESPACE};
@@ -405,6 +405,17 @@ fn a_rollout_that_never_gets_ready_is_stalled_and_the_others_keep_their_revision
         degraded.0, "False",
         "one agent down is what maxUnavailable allows"
     );
+    // The new agent missed the deadline: the rollout paused itself too.
+    let (_, reason, message) = poll(WAIT, "Paused=True", || {
+        cluster
+            .pipeline_condition(site, name, "Paused")
+            .filter(|c| c.0 == "True")
+    });
+    assert_eq!(reason, "RolloutFailed", "{message}");
+    assert!(
+        message.contains("not ready within the progress deadline"),
+        "{message}"
+    );
     let warnings = cluster.get_json(&[
         "events",
         "-n",
@@ -644,16 +655,17 @@ fn a_failing_canary_pauses_the_rollout_until_the_spec_is_fixed() {
     let cluster = &fleet.cluster;
     let _guard = cluster.guard();
     let (site, name) = ("failing", "line5");
-    let rollout = "  rollout: {progressDeadline: 15s, canary: {count: 1, soak: 5s}}\n";
+    let rollout = "  rollout: {canary: {count: 1, soak: 5s}}\n";
     cluster.namespace(site);
     let good = pipeline(site, name, 100, rollout);
     cluster.apply(&good);
     cluster.wait_pipeline_ready(site, name);
     let old = cluster.agent_revision(site, name);
 
-    // The new agents never pass their readiness probe (see NEVER_READY_TOLERATION).
+    // The new agents crash-loop (see CRASH_LOOP_TOLERATION): the rollout pauses at once,
+    // without waiting for the progress deadline (10 minutes).
     let bad = format!(
-        "{rollout}  tolerations:\n    - {{key: {NEVER_READY_TOLERATION}, operator: Exists}}\n"
+        "{rollout}  tolerations:\n    - {{key: {CRASH_LOOP_TOLERATION}, operator: Exists}}\n"
     );
     cluster.apply(&pipeline(site, name, 100, &bad));
     let (_, reason, message) = poll(WAIT, "Paused=True", || {
@@ -662,10 +674,7 @@ fn a_failing_canary_pauses_the_rollout_until_the_spec_is_fixed() {
             .filter(|c| c.0 == "True")
     });
     assert_eq!(reason, "RolloutFailed", "{message}");
-    assert!(
-        message.contains("failing-1: not ready within the progress deadline"),
-        "{message}"
-    );
+    assert!(message.contains("failing-1: crash-looping"), "{message}");
     let s = status(cluster, site, name);
     assert_eq!(s["rollout"]["phase"], "Failed", "{s}");
     assert_eq!(s["rollout"]["failedNodes"], json!(["failing-1"]), "{s}");

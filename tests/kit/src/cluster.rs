@@ -252,7 +252,11 @@ impl Cluster {
         let ready_again = dir.join("kwok-ready-again.yaml");
         std::fs::write(&ready_again, READY_AGAIN_STAGE).expect("kwok stage");
         let never_ready = dir.join("kwok-never-ready.yaml");
-        std::fs::write(&never_ready, NEVER_READY_STAGE).expect("kwok stage");
+        std::fs::write(
+            &never_ready,
+            format!("{NEVER_READY_STAGE}---\n{CRASH_LOOP_STAGE}"),
+        )
+        .expect("kwok stages");
         let mut kwok = Command::new(tool("kwok"));
         kwok.arg(format!("--kubeconfig={}", cluster.kubeconfig.display()))
             .arg(format!("--config={}", tool("stages.yaml").display()))
@@ -722,6 +726,54 @@ spec:
         status: "False"
         type: Ready
         reason: NeverReady
+"#;
+
+/// A pod that tolerates this taint key (any operator, value or effect) crash-loops on a
+/// simulated node: its agent container waits in `CrashLoopBackOff` after 4 restarts, as
+/// an agent that exits at start (a configuration it refuses, a model it cannot load).
+pub const CRASH_LOOP_TOLERATION: &str = "edgepipe.dev/crash-loop";
+
+/// Like [`NEVER_READY_STAGE`], for the pods of [`CRASH_LOOP_TOLERATION`]. The phase stays
+/// Pending so that kwok's own stages never pick the pod up; the container status is what
+/// the kubelet reports for a crash loop.
+const CRASH_LOOP_STAGE: &str = r#"apiVersion: kwok.x-k8s.io/v1alpha1
+kind: Stage
+metadata:
+  name: pod-crash-loop
+spec:
+  resourceRef:
+    apiGroup: v1
+    kind: Pod
+  weight: 100
+  selector:
+    matchExpressions:
+    - key: '.metadata.deletionTimestamp'
+      operator: 'DoesNotExist'
+    - key: '.status.phase'
+      operator: 'In'
+      values: ['Pending']
+    - key: '.spec.tolerations.[] | select( .key == "edgepipe.dev/crash-loop" ) | .key'
+      operator: 'In'
+      values: ['edgepipe.dev/crash-loop']
+  next:
+    statusTemplate: |
+      phase: Pending
+      conditions:
+      - lastTransitionTime: {{ .metadata.creationTimestamp | Quote }}
+        status: "False"
+        type: Ready
+        reason: ContainersNotReady
+      containerStatuses:
+      - name: edge-agent
+        image: edge-agent
+        imageID: ""
+        ready: false
+        started: false
+        restartCount: 4
+        state:
+          waiting:
+            reason: CrashLoopBackOff
+            message: back-off 1m20s restarting failed container
 "#;
 
 /// Audit every request of a ServiceAccount (the operator under test runs as one) with
