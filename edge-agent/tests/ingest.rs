@@ -577,3 +577,64 @@ async fn logs_are_json_lines_when_asked_and_never_colored_in_a_file() {
         "escape sequences in a log file:\n{text}"
     );
 }
+
+/// The node's fleet record is a report, never a dependency: with the API server
+/// unreachable the agent is ready, ingests and delivers every reading, and only counts
+/// the failed writes (retried with backoff).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unreachable_api_server_touches_neither_ingest_nor_readiness() {
+    let broker = Mosquitto::start();
+    let receiver = Receiver::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let pki = pki::Pki::new(&dir.path().join("pki"));
+    let token = dir.path().join("token");
+    std::fs::write(&token, "a-token").unwrap();
+    let api = format!("https://127.0.0.1:{}", free_port());
+    let yaml = Pipeline {
+        broker_port: broker.port,
+        client_id: "agent-fleet-record",
+        receiver_port: receiver.port,
+        batch_size: 5,
+        ..Pipeline::default()
+    }
+    .yaml();
+    let mut agent = Agent::start_with_env(
+        dir.path(),
+        &yaml,
+        &[
+            ("NODE_NAME", "edge-1"),
+            ("POD_NAMESPACE", "factory"),
+            ("EDGEPIPE_FLEET_LEASE", "edgepipe-agent.test.edge-1"),
+            ("EDGEPIPE_HEARTBEAT_SECONDS", "1"),
+            ("EDGEPIPE_KUBE_API", &api),
+            ("EDGEPIPE_KUBE_TOKEN_FILE", token.to_str().unwrap()),
+            ("EDGEPIPE_KUBE_CA_FILE", &pki.path("ca.crt")),
+        ],
+    );
+    agent.wait_ready().await;
+    let failed = series("edge_agent_heartbeats_total", &[("outcome", "failed")]);
+    agent
+        .wait_metric(&failed, 2.0, Duration::from_secs(30))
+        .await;
+
+    let mut publisher = Publisher::connect(broker.port, "agent-fleet-record-pub");
+    for i in 0..20 {
+        publisher
+            .send(
+                "sensors/a/temperature",
+                reading("a", f64::from(i), T0 + i64::from(i)),
+            )
+            .await;
+    }
+    publisher.flush().await;
+    let synced = series("edge_agent_records_synced_total", &[]);
+    agent
+        .wait_metric(&synced, 20.0, Duration::from_secs(30))
+        .await;
+    assert_eq!(values(&receiver.accepted()).len(), 20);
+    assert_eq!(agent.get("/readyz").map(|(code, _)| code), Some(200));
+    assert_eq!(agent.get("/livez").map(|(code, _)| code), Some(200));
+    let ok = series("edge_agent_heartbeats_total", &[("outcome", "ok")]);
+    assert_eq!(agent.metric(&ok), 0.0);
+    agent.assert_running();
+}

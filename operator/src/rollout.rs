@@ -200,7 +200,10 @@ pub fn plan(
             // canary_down / canary_n > others_down / others_n, without floats.
             let failing_more = canary_down * others_n > others_down * canary_n;
             match soaked_at {
-                _ if restarted => Some("a canary agent restarted".to_string()),
+                _ if restarted => Some(
+                    "a canary agent restarted (delete its pod to soak it again, or fix the spec)"
+                        .to_string(),
+                ),
                 _ if failing_more => {
                     Some("the canary nodes' upstream fails more than the other nodes'".to_string())
                 }

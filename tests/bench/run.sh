@@ -1,11 +1,12 @@
 #!/usr/bin/env bash
-# Runs the Edgepipe benchmarks B1–B9 and B11 and writes a Markdown table to stdout and to
+# Runs the Edgepipe benchmarks B1–B11 and writes a Markdown table to stdout and to
 # target/bench/results.md. Every row carries a baseline measured in the same run and the
 # ratio to it, so results from a noisy machine still compare.
 #
 #   tests/bench/run.sh            # all benchmarks
 #   tests/bench/run.sh b1 b7 b8   # a selection
 #   B9_PIPELINES=200 tests/bench/run.sh b9   # B9 (real control plane, kwok) on a smaller fleet
+#   tests/bench/run.sh b10        # B10: 1,000 agents keeping their fleet records
 #   BENCH_SCALE=0.2 tests/bench/run.sh   # fewer messages (quick look)
 #
 # Needs: /usr/sbin/mosquitto and mosquitto_sub (apt mosquitto, mosquitto-clients), python3
@@ -27,13 +28,16 @@ fi
 agent_benches=()
 run_b8=1
 run_b9=1
+run_b10=1
 if [[ $# -gt 0 ]]; then
   run_b8=0
   run_b9=0
+  run_b10=0
   for b in "$@"; do
     case "$b" in
       b8|B8) run_b8=1 ;;
       b9|B9) run_b9=1 ;;
+      b10|B10) run_b10=1 ;;
       *) agent_benches+=("$b") ;;
     esac
   done
@@ -77,6 +81,13 @@ if [[ $run_b9 -eq 1 ]]; then
   cargo build -q --release -p edge-operator >&2
   EDGEPIPE_BIN_DIR="$PWD/target/release" cargo bench -q --profile dev -p edge-tests --bench fleet \
     2>"$out/fleet.log" \
+    | grep '^|' | tee -a "$results" || status=1
+fi
+if [[ $run_b10 -eq 1 ]]; then
+  tests/scripts/install-deps.sh >&2
+  cargo build -q --release -p edge-operator >&2
+  EDGEPIPE_BIN_DIR="$PWD/target/release" cargo bench -q --profile dev -p edge-tests --bench records \
+    2>"$out/records.log" \
     | grep '^|' | tee -a "$results" || status=1
 fi
 echo >&2

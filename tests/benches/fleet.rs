@@ -16,6 +16,7 @@ use std::time::{Duration, Instant};
 use edge_testkit::cluster::{Cluster, Node};
 use edge_testkit::operator::Operator;
 use edge_testkit::poll;
+use edge_testkit::process::{peak_rss, usage};
 use edge_tests::helm::{self, NAMESPACE};
 
 const SITES: usize = 10;
@@ -99,39 +100,6 @@ fn writes_by_user(cluster: &Cluster) -> std::collections::BTreeMap<String, u64> 
         }
     }
     by_user
-}
-
-/// The highest RSS of a process so far (the kernel's `VmHWM`), in bytes: catches a peak
-/// between two polls.
-fn high_water_mark(pid: u32) -> u64 {
-    std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .unwrap_or_default()
-        .lines()
-        .find_map(|l| l.strip_prefix("VmHWM:"))
-        .and_then(|v| v.split_whitespace().next()?.parse::<u64>().ok())
-        .unwrap_or(0)
-        * 1024
-}
-
-/// (RSS bytes, CPU seconds) of a process.
-fn usage(pid: u32) -> (u64, f64) {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
-    let rss_kb: u64 = status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.split_whitespace().next()?.parse().ok())
-        .unwrap_or(0);
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
-    let fields: Vec<&str> = stat
-        .rsplit_once(')')
-        .map(|(_, rest)| rest.split_whitespace().collect())
-        .unwrap_or_default();
-    // utime and stime are fields 14 and 15 of stat, 12 and 13 after the command name.
-    let ticks: f64 = fields
-        .get(11..13)
-        .map(|t| t.iter().filter_map(|v| v.parse::<f64>().ok()).sum())
-        .unwrap_or(0.0);
-    (rss_kb * 1024, ticks / 100.0)
 }
 
 fn pipeline_yaml(i: usize) -> String {
@@ -268,9 +236,9 @@ fn main() {
     let manifests: Vec<String> = (0..count).map(pipeline_yaml).collect();
     let started = Instant::now();
     let applied_in = apply_at_once(&cluster, &manifests);
-    let mut peak_rss = idle_rss;
+    let mut peak = idle_rss;
     let ready_in = poll(Duration::from_secs(1800), "every pipeline Ready", || {
-        peak_rss = peak_rss.max(usage(pid).0);
+        peak = peak.max(usage(pid).0);
         let list = cluster.get_json(&["epl", "-n", "fleet"]);
         let ready = list["items"]
             .as_array()?
@@ -290,7 +258,7 @@ fn main() {
     let by_user_before = writes_by_user(&cluster);
     let rest_started = Instant::now();
     while rest_started.elapsed() < rest {
-        peak_rss = peak_rss.max(usage(pid).0);
+        peak = peak.max(usage(pid).0);
         std::thread::sleep(Duration::from_millis(500));
     }
     let rest_minutes = rest_started.elapsed().as_secs_f64() / 60.0;
@@ -312,7 +280,7 @@ fn main() {
         .map_or(0, |(_, n)| *n) as f64
         / rest_minutes;
     let (end_rss, _) = usage(pid);
-    peak_rss = peak_rss.max(end_rss).max(high_water_mark(pid));
+    peak = peak.max(end_rss).max(peak_rss(pid));
     let mib = |b: u64| b as f64 / 1048576.0;
 
     println!(
@@ -325,9 +293,9 @@ fn main() {
     );
     println!(
         "| B9 operator peak RSS | {:.1} MiB | idle, no pipeline: {:.1} MiB | {:.2}x | ≤ 64 MB |",
-        mib(peak_rss),
+        mib(peak),
         mib(idle_rss),
-        mib(peak_rss) / mib(idle_rss).max(0.1)
+        mib(peak) / mib(idle_rss).max(0.1)
     );
     println!(
         "| B9 operator CPU to reconcile all | {:.1} s | idle: {:.1} s | — | — |",
