@@ -138,6 +138,10 @@ impl HttpClient {
                 return Err(HttpSinkError::Tls("no certificate in the CA bundle".into()));
             }
             builder = builder.tls_certs_only(certs);
+        } else if settings.url.starts_with("http://") {
+            // Plain HTTP needs no roots: a device without a system CA store (a minimal
+            // image, a stripped-down OS) still runs (it follows no redirect to HTTPS).
+            builder = builder.tls_certs_only(Vec::new());
         }
         match (&settings.tls_material.cert, &settings.tls_material.key) {
             (Some(cert), Some(key)) => {

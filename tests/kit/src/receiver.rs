@@ -131,6 +131,8 @@ impl ServerTls {
 /// The test receiver.
 pub struct Receiver {
     pub port: u16,
+    /// The address it listens on: loopback, or every interface for containers.
+    host: &'static str,
     state: Arc<Mutex<State>>,
     server: Option<tokio::task::JoinHandle<()>>,
     tls: Option<ServerTls>,
@@ -148,10 +150,20 @@ impl Receiver {
     pub fn down() -> Self {
         Self {
             port: crate::free_port(),
+            host: "127.0.0.1",
             state: Arc::default(),
             server: None,
             tls: None,
         }
+    }
+
+    /// A receiver listening on every interface, so that containers reach it through
+    /// their network's gateway (`host.docker.internal`).
+    pub async fn start_for_containers() -> Self {
+        let mut r = Self::down();
+        r.host = "0.0.0.0";
+        r.resume().await;
+        r
     }
 
     /// An HTTPS receiver listening on a free port.
@@ -181,7 +193,7 @@ impl Receiver {
     /// Starts listening (again) on the same port.
     pub async fn resume(&mut self) {
         assert!(self.server.is_none(), "already listening");
-        let listener = TcpListener::bind(("127.0.0.1", self.port))
+        let listener = TcpListener::bind((self.host, self.port))
             .await
             .expect("bind the receiver port");
         let state = self.state.clone();
