@@ -80,4 +80,11 @@ pub mod annotation {
     pub const VERSION: &str = "agent.edgepipe.dev/version";
     /// `true` while the agent runs as the node's fallback (no pod).
     pub const FALLBACK: &str = "agent.edgepipe.dev/fallback";
+    /// How long the node's last fallback run on this queue lasted, in seconds; absent
+    /// when the node never ran it in fallback.
+    pub const FALLBACK_LAST_SECONDS: &str = "agent.edgepipe.dev/fallback-last-seconds";
+    /// RFC 3339: when that run ended.
+    pub const FALLBACK_LAST_END: &str = "agent.edgepipe.dev/fallback-last-end";
+    /// `true` when that run ran another revision of the pipeline than the agent's.
+    pub const FALLBACK_LAST_OUTDATED: &str = "agent.edgepipe.dev/fallback-last-outdated";
 }

@@ -137,6 +137,26 @@ pub struct FleetStatus {
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[schemars(length(max = 5))]
     pub worst: Vec<NodeReport>,
+    /// The nodes that ran the pipeline in fallback (cut off from the control plane, the
+    /// agent pod not started) in the last 24 hours, the most recent first; at most 5.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 5))]
+    pub fallback_runs: Vec<FallbackReport>,
+}
+
+/// A node's last run of the pipeline in fallback, as its agent reports it.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct FallbackReport {
+    /// The node's name.
+    pub node: String,
+    /// How long the fallback ran, in seconds.
+    pub seconds: i64,
+    /// When it stopped (RFC 3339).
+    pub ended: String,
+    /// It ran another revision of the pipeline than the one the node runs now.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub outdated: bool,
 }
 
 /// How many nodes run one model.

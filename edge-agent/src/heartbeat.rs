@@ -335,6 +335,9 @@ struct Snapshot {
     dropped: u64,
     model_sha256: Option<String>,
     fallback: bool,
+    /// The node's last fallback run on this queue: (seconds, end in unix seconds,
+    /// another revision), when there was one.
+    fallback_last: Option<(i64, i64, bool)>,
 }
 
 impl Snapshot {
@@ -365,6 +368,13 @@ impl Snapshot {
             dropped,
             model_sha256,
             fallback: metrics.fallback_active.get() == 1,
+            fallback_last: (metrics.fallback_last_end.get() > 0).then(|| {
+                (
+                    metrics.fallback_last_seconds.get(),
+                    metrics.fallback_last_end.get(),
+                    metrics.fallback_last_outdated.get() == 1,
+                )
+            }),
         }
     }
 }
@@ -421,6 +431,15 @@ impl Observed {
         a.insert(annotation::VERSION, env!("CARGO_PKG_VERSION").into());
         if s.fallback {
             a.insert(annotation::FALLBACK, "true".into());
+        }
+        if let Some((seconds, end, outdated)) = s.fallback_last {
+            a.insert(annotation::FALLBACK_LAST_SECONDS, seconds.to_string());
+            if let Ok(end) = OffsetDateTime::from_unix_timestamp(end) {
+                a.insert(annotation::FALLBACK_LAST_END, rfc3339(end));
+            }
+            if outdated {
+                a.insert(annotation::FALLBACK_LAST_OUTDATED, "true".into());
+            }
         }
         a
     }

@@ -6,6 +6,7 @@
 //! - real agent binaries on the host, one per simulated node, each with a token bound to
 //!   its agent pod (what the kubelet projects), keep their node's record: one agent
 //!   delivers, one's upstream is down, one has a backlog behind a capped link;
+//!   one ran in fallback for a while before (the node's fallback run is reported);
 //!   `status.fleet`, the
 //!   `kubectl get epl` columns and the operator's metrics say so, and an agent killed
 //!   with `kill -9` turns offline once its record expires;
@@ -222,6 +223,17 @@ async fn agents_report_their_state_into_the_fleet_status() {
         ),
     );
     delivering.wait_ready().await;
+    // The node of the delivering agent was cut off from the control plane a while: the
+    // node's fallback ran the pipeline it stored (`edge-agent fallback`), until the agent
+    // came back. Its record says so.
+    delivering.terminate();
+    let fallback_dir = dir.path().join("fallback");
+    std::fs::create_dir_all(&fallback_dir).unwrap();
+    let mut fallback = Agent::start_fallback(&fallback_dir, &delivering.data_dir);
+    fallback.wait_ready().await;
+    fallback.terminate();
+    delivering.restart();
+    delivering.wait_ready().await;
     stuck.wait_ready().await;
     thin.wait_ready().await;
 
@@ -264,6 +276,11 @@ async fn agents_report_their_state_into_the_fleet_status() {
         "{fleet}"
     );
     assert!(fleet["backlogBytes"].as_i64() > Some(0), "{fleet}");
+    assert_eq!(fleet["fallbackRuns"][0]["node"], good.as_str(), "{fleet}");
+    assert!(
+        fleet["fallbackRuns"][0]["seconds"].as_i64() >= Some(0),
+        "{fleet}"
+    );
     assert_eq!(fleet["worst"][0]["node"], bad.as_str(), "{fleet}");
     let reason = fleet["worst"][0]["reason"].as_str().unwrap();
     assert!(reason.starts_with("upstream down since "), "{reason}");

@@ -113,9 +113,26 @@ fn a_fresh_agent_without_model_or_fallback_leaves_those_annotations_out() {
         annotation::LAST_SYNC,
         annotation::MODEL_SHA256,
         annotation::FALLBACK,
+        annotation::FALLBACK_LAST_SECONDS,
+        annotation::FALLBACK_LAST_END,
+        annotation::FALLBACK_LAST_OUTDATED,
     ] {
         assert!(!a.contains_key(absent), "{absent}: {a:?}");
     }
+}
+
+#[test]
+fn a_node_that_ran_in_fallback_says_for_how_long_when_and_with_which_revision() {
+    let m = metrics();
+    m.fallback_last_seconds.set(754);
+    m.fallback_last_end.set(1_796_445_000);
+    let a = Observed::new(Snapshot::of(&m), STARTED).annotations();
+    assert_eq!(a[annotation::FALLBACK_LAST_SECONDS], "754");
+    assert_eq!(a[annotation::FALLBACK_LAST_END], "2026-12-05T04:30:00Z");
+    assert!(!a.contains_key(annotation::FALLBACK_LAST_OUTDATED), "{a:?}");
+    m.fallback_last_outdated.set(1);
+    let a = Observed::new(Snapshot::of(&m), STARTED).annotations();
+    assert_eq!(a[annotation::FALLBACK_LAST_OUTDATED], "true");
 }
 
 #[test]

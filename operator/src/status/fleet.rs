@@ -10,6 +10,9 @@
 //! *backlogged* when its oldest queued record waits longer than 2 intervals: a healthy
 //! agent delivers within seconds.
 //!
+//! A node that ran the pipeline in fallback (its agent reports the last run) is listed
+//! in `fallbackRuns` for 24 hours after the run ended.
+//!
 //! Everything here is a function of the records and the time, so identical records give
 //! an identical status; times in reasons are instants (`since ...`), not ages, so a
 //! status does not change by itself while nothing happens.
@@ -18,7 +21,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 
 use edge_crds::fleet::{DEFAULT_INTERVAL_SECONDS, OFFLINE_AFTER_INTERVALS, annotation};
-use edge_crds::status::{FleetStatus, ModelCount, NodeReport};
+use edge_crds::status::{FallbackReport, FleetStatus, ModelCount, NodeReport};
 use k8s_openapi::jiff::Timestamp;
 
 use super::rollout::human;
@@ -27,6 +30,8 @@ use super::rollout::human;
 pub const MAX_WORST: usize = 5;
 /// At most this many models in `status.fleet.models` (the most common).
 pub const MAX_MODELS: usize = 10;
+/// Fallback runs ended longer ago than this are no longer reported.
+pub const FALLBACK_HORIZON_SECONDS: i64 = 24 * 3600;
 
 /// One agent's record as the operator reads it.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -51,6 +56,9 @@ pub struct AgentRecord {
     pub dropped_records: i64,
     /// SHA-256 of its model.
     pub model: Option<String>,
+    /// The node's last fallback run: (seconds, end in seconds since the epoch, another
+    /// revision).
+    pub fallback_last: Option<(i64, i64, bool)>,
 }
 
 impl AgentRecord {
@@ -93,6 +101,15 @@ impl AgentRecord {
                 .get(annotation::MODEL_SHA256)
                 .filter(|v| !v.is_empty())
                 .cloned(),
+            fallback_last: time(annotation::FALLBACK_LAST_END).map(|end| {
+                (
+                    number(annotation::FALLBACK_LAST_SECONDS),
+                    end,
+                    annotations
+                        .get(annotation::FALLBACK_LAST_OUTDATED)
+                        .is_some_and(|v| v == "true"),
+                )
+            }),
         }
     }
 
@@ -199,6 +216,31 @@ pub fn summarize(
             sha256: sha256.to_string(),
             nodes,
         })
+        .collect();
+    let mut fallback: Vec<(i64, FallbackReport)> = records
+        .iter()
+        .filter_map(|r| {
+            let (seconds, end, outdated) = r.fallback_last?;
+            (now - end <= FALLBACK_HORIZON_SECONDS).then(|| {
+                let node = r.node.clone();
+                let ended = instant(end);
+                (
+                    end,
+                    FallbackReport {
+                        node,
+                        seconds,
+                        ended,
+                        outdated,
+                    },
+                )
+            })
+        })
+        .collect();
+    fallback.sort_by(|a, b| b.0.cmp(&a.0).then(a.1.node.cmp(&b.1.node)));
+    fleet.fallback_runs = fallback
+        .into_iter()
+        .take(MAX_WORST)
+        .map(|(_, report)| report)
         .collect();
     models.sort_by(|a, b| b.nodes.cmp(&a.nodes).then(a.sha256.cmp(&b.sha256)));
     models.truncate(MAX_MODELS);
@@ -416,6 +458,47 @@ mod tests {
         assert_eq!(record.dropped_records, 0, "a negative count reads as 0");
         assert_eq!(record.model.as_deref(), Some("abc"));
         assert_eq!(record.expires(), Some(NOW + 6));
+    }
+
+    #[test]
+    fn fallback_runs_of_the_last_day_are_listed_most_recent_first() {
+        let run = |node: &str, ended_ago: i64, outdated: bool| AgentRecord {
+            fallback_last: Some((600, NOW - ended_ago, outdated)),
+            ..record(node)
+        };
+        let records = [
+            run("old", 25 * 3600, false),
+            run("yesterday", 20 * 3600, true),
+            run("today", 60, false),
+            record("never"),
+        ];
+        let fleet = summarize(&records, &BTreeSet::new(), NOW).unwrap();
+        let runs: Vec<(&str, i64, bool)> = fleet
+            .fallback_runs
+            .iter()
+            .map(|r| (r.node.as_str(), r.seconds, r.outdated))
+            .collect();
+        assert_eq!(runs, vec![("today", 600, false), ("yesterday", 600, true)]);
+        assert_eq!(fleet.fallback_runs[0].ended, "2027-01-15T07:59:00Z");
+        assert_eq!(
+            fleet.offline, 0,
+            "a fallback run in the past is no problem now"
+        );
+
+        let annotations = BTreeMap::from(
+            [
+                (annotation::FALLBACK_LAST_SECONDS, "754"),
+                (annotation::FALLBACK_LAST_END, "2026-12-05T04:30:00Z"),
+                (annotation::FALLBACK_LAST_OUTDATED, "true"),
+            ]
+            .map(|(k, v)| (k.to_string(), v.to_string())),
+        );
+        let read = AgentRecord::from_lease("n".to_string(), Some(NOW), None, &annotations);
+        let end = "2026-12-05T04:30:00Z"
+            .parse::<Timestamp>()
+            .unwrap()
+            .as_second();
+        assert_eq!(read.fallback_last, Some((754, end, true)));
     }
 
     #[test]
