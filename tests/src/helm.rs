@@ -10,6 +10,9 @@ use std::sync::OnceLock;
 
 use serde_json::Value;
 
+use edge_testkit::cluster::Cluster;
+use edge_testkit::operator::Operator;
+
 use crate::{tool, workspace_root};
 
 /// The chart, relative to the workspace root.
@@ -284,3 +287,24 @@ pub fn first_difference(a: &Value, b: &Value, at: String) -> Option<String> {
         _ => Some(if at.is_empty() { "/".to_string() } else { at }),
     }
 }
+
+/// Installs the chart on `cluster` (waiting for its objects), then runs the operator as
+/// the chart's Deployment does (its ServiceAccount, its arguments: see
+/// [`Operator::from_deployment`]) and waits until it is ready.
+pub fn install_and_run_operator(cluster: &Cluster) -> Operator {
+    {
+        let _guard = cluster.guard();
+        let install = install_on(cluster.kubeconfig(), &[], &["--wait", "--timeout", "120s"]);
+        assert!(install.success, "helm install: {}", install.stderr);
+    }
+    let operator = Operator::from_deployment(cluster, NAMESPACE, DEPLOYMENT, "operator-0");
+    edge_testkit::poll(
+        std::time::Duration::from_secs(180),
+        "the operator's /readyz",
+        || operator.ready().then_some(()),
+    );
+    operator
+}
+
+/// The operator Deployment the chart creates for release [`RELEASE`].
+pub const DEPLOYMENT: &str = "edgepipe-edge-operator";

@@ -20,7 +20,7 @@ use edge_testkit::cluster::{Cluster, Node, condition};
 use edge_testkit::operator::Operator;
 use edge_testkit::{Agent, Mosquitto, Publisher, Receiver, eventually, poll};
 use edge_tests::api::{rust_layer, schema_layer};
-use edge_tests::helm::{self, NAMESPACE};
+use edge_tests::helm;
 use edge_tests::workspace_root;
 use futures::StreamExt;
 use k8s_openapi::api::core::v1::Pod;
@@ -28,8 +28,6 @@ use kube::runtime::watcher;
 use kube::{Api, Client};
 use serde_json::Value;
 
-/// The operator Deployment the chart creates for release `edgepipe`.
-const DEPLOYMENT: &str = "edgepipe-edge-operator";
 const WAIT: Duration = Duration::from_secs(120);
 
 struct Fleet {
@@ -51,16 +49,7 @@ fn fleet() -> &'static Fleet {
             .taint("edgepipe.dev/edge", "true", "NoSchedule");
         nodes.push(Node::new("server-1"));
         let cluster = Cluster::start("operator", &nodes);
-        {
-            let _guard = cluster.guard();
-            let install =
-                helm::install_on(cluster.kubeconfig(), &[], &["--wait", "--timeout", "120s"]);
-            assert!(install.success, "helm install: {}", install.stderr);
-        }
-        let operator = Operator::from_deployment(&cluster, NAMESPACE, DEPLOYMENT, "operator-0");
-        poll(WAIT, "the operator's /readyz", || {
-            operator.ready().then_some(())
-        });
+        let operator = helm::install_and_run_operator(&cluster);
         Fleet { cluster, operator }
     })
 }
@@ -653,13 +642,7 @@ fn an_invalid_spec_is_reported_and_the_running_agents_are_left_alone() {
         "the Invalid condition does not name the field: {message}"
     );
     poll(WAIT, "a Warning Event Invalid", || {
-        let events = cluster.get_json(&[
-            "events",
-            "-n",
-            namespace,
-            "--field-selector",
-            &format!("involvedObject.name={name},type=Warning"),
-        ]);
+        let events = cluster.warning_events(namespace, name);
         events["items"]
             .as_array()?
             .iter()

@@ -23,10 +23,9 @@ use edge_testkit::mqtt::{Mosquitto, Publisher};
 use edge_testkit::operator::Operator;
 use edge_testkit::poll;
 use edge_testkit::receiver::Receiver;
-use edge_tests::helm::{self, NAMESPACE};
+use edge_tests::helm;
 use serde_json::Value;
 
-const DEPLOYMENT: &str = "edgepipe-edge-operator";
 const WAIT: Duration = Duration::from_secs(180);
 /// The namespace of the pipelines, and the label value of their nodes.
 const SITE: &str = "records";
@@ -43,16 +42,7 @@ fn fleet() -> &'static Fleet {
             .map(|i| Node::new(&format!("{SITE}-{i}")).label("edgepipe.dev/site", SITE))
             .collect();
         let cluster = Cluster::start("fleet-records", &nodes);
-        {
-            let _guard = cluster.guard();
-            let install =
-                helm::install_on(cluster.kubeconfig(), &[], &["--wait", "--timeout", "120s"]);
-            assert!(install.success, "helm install: {}", install.stderr);
-        }
-        let operator = Operator::from_deployment(&cluster, NAMESPACE, DEPLOYMENT, "operator-0");
-        poll(WAIT, "the operator's /readyz", || {
-            operator.ready().then_some(())
-        });
+        let operator = helm::install_and_run_operator(&cluster);
         cluster.namespace(SITE);
         Fleet { cluster, operator }
     })

@@ -32,15 +32,13 @@ use std::time::Duration;
 use edge_testkit::cluster::{CRASH_LOOP_TOLERATION, Cluster, NEVER_READY_TOLERATION, Node};
 use edge_testkit::operator::Operator;
 use edge_testkit::poll;
-use edge_tests::helm::{self, NAMESPACE};
+use edge_tests::helm;
 use futures::StreamExt;
 use k8s_openapi::api::core::v1::Pod;
 use kube::runtime::watcher;
 use kube::{Api, Client};
 use serde_json::{Value, json};
 
-/// The operator Deployment the chart creates for release `edgepipe`.
-const DEPLOYMENT: &str = "edgepipe-edge-operator";
 const WAIT: Duration = Duration::from_secs(180);
 
 struct Fleet {
@@ -72,16 +70,7 @@ fn fleet() -> &'static Fleet {
             }
         }));
         let cluster = Cluster::start("fleet-rollout", &nodes);
-        {
-            let _guard = cluster.guard();
-            let install =
-                helm::install_on(cluster.kubeconfig(), &[], &["--wait", "--timeout", "120s"]);
-            assert!(install.success, "helm install: {}", install.stderr);
-        }
-        let operator = Operator::from_deployment(&cluster, NAMESPACE, DEPLOYMENT, "operator-0");
-        poll(WAIT, "the operator's /readyz", || {
-            operator.ready().then_some(())
-        });
+        let operator = helm::install_and_run_operator(&cluster);
         Fleet { cluster, operator }
     })
 }
@@ -416,13 +405,7 @@ fn a_rollout_that_never_gets_ready_is_stalled_and_the_others_keep_their_revision
         message.contains("not ready within the progress deadline"),
         "{message}"
     );
-    let warnings = cluster.get_json(&[
-        "events",
-        "-n",
-        site,
-        "--field-selector",
-        &format!("involvedObject.name={name},type=Warning"),
-    ]);
+    let warnings = cluster.warning_events(site, name);
     assert!(
         warnings.to_string().contains("ProgressDeadlineExceeded"),
         "a Warning Event: {warnings}"
@@ -678,13 +661,7 @@ fn a_failing_canary_pauses_the_rollout_until_the_spec_is_fixed() {
     let s = status(cluster, site, name);
     assert_eq!(s["rollout"]["phase"], "Failed", "{s}");
     assert_eq!(s["rollout"]["failedNodes"], json!(["failing-1"]), "{s}");
-    let warnings = cluster.get_json(&[
-        "events",
-        "-n",
-        site,
-        "--field-selector",
-        &format!("involvedObject.name={name},type=Warning"),
-    ]);
+    let warnings = cluster.warning_events(site, name);
     assert!(
         warnings.to_string().contains("RolloutFailed"),
         "a Warning Event: {warnings}"

@@ -83,13 +83,7 @@ fn wait_true(cluster: &Cluster, namespace: &str, name: &str, type_: &str, reason
 
 /// The Warning Events about pipeline `name`: `(reason, note)`.
 fn warnings(cluster: &Cluster, namespace: &str, name: &str) -> Vec<(String, String)> {
-    let events = cluster.get_json(&[
-        "events",
-        "-n",
-        namespace,
-        "--field-selector",
-        &format!("involvedObject.name={name},type=Warning"),
-    ]);
+    let events = cluster.warning_events(namespace, name);
     events["items"]
         .as_array()
         .into_iter()

@@ -22,12 +22,10 @@ use edge_operator::render::{
 use edge_testkit::cluster::{Cluster, Node};
 use edge_testkit::operator::Operator;
 use edge_testkit::poll;
-use edge_tests::helm::{self, NAMESPACE};
+use edge_tests::helm;
 use k8s_openapi::api::core::v1::Secret;
 use serde_json::Value;
 
-/// The operator Deployment the chart creates for release `edgepipe`.
-const DEPLOYMENT: &str = "edgepipe-edge-operator";
 const SITE: &str = "rotate";
 const NAME: &str = "line1";
 const WAIT: Duration = Duration::from_secs(180);
@@ -140,12 +138,7 @@ fn a_secret_rotation_rolls_the_agents() {
     ];
     let cluster = Cluster::start("secret-rotation", &nodes);
     let _guard = cluster.guard();
-    let install = helm::install_on(cluster.kubeconfig(), &[], &["--wait", "--timeout", "120s"]);
-    assert!(install.success, "helm install: {}", install.stderr);
-    let operator = Operator::from_deployment(&cluster, NAMESPACE, DEPLOYMENT, "operator-0");
-    poll(WAIT, "the operator's /readyz", || {
-        operator.ready().then_some(())
-    });
+    let operator = helm::install_and_run_operator(&cluster);
 
     cluster.namespace(SITE);
     cluster.apply(SECRET);

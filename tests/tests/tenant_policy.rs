@@ -109,13 +109,7 @@ fn wait_forbidden(cluster: &Cluster, name: &str) -> String {
 }
 
 fn warning_reasons(cluster: &Cluster, name: &str) -> Vec<String> {
-    let events = cluster.get_json(&[
-        "events",
-        "-n",
-        TENANT,
-        "--field-selector",
-        &format!("involvedObject.name={name},type=Warning"),
-    ]);
+    let events = cluster.warning_events(TENANT, name);
     events["items"]
         .as_array()
         .into_iter()

@@ -100,8 +100,7 @@ use std::time::{Duration, Instant};
 
 use edge_crds::{EdgePipeline, EdgePipelineStatus, FieldError};
 use k8s_openapi::api::apps::v1::DaemonSet;
-use k8s_openapi::api::core::v1::{ConfigMap, Node, Secret, ServiceAccount};
-use k8s_openapi::api::rbac::v1::RoleBinding;
+use k8s_openapi::api::core::v1::{ConfigMap, Node, Secret};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use k8s_openapi::jiff::Timestamp;
 use kube::api::{GetParams, Patch, PatchParams};
@@ -695,28 +694,11 @@ async fn status_after_apply(
                             &now(),
                         )));
                     }
-                    let accounts: Api<ServiceAccount> =
-                        Api::namespaced(ctx.client.clone(), &namespace);
-                    if let Err(source) = accounts.patch(access, &ssa, &Patch::Apply(account)).await
-                    {
-                        let message = refusal(&source);
-                        let error = Error::ApplyAccess {
-                            kind: "ServiceAccount",
-                            name: access.to_string(),
-                            source,
-                        };
-                        return Ok(failed(message, error));
-                    }
-                    let bindings: Api<RoleBinding> =
-                        Api::namespaced(ctx.client.clone(), &namespace);
-                    if let Err(source) = bindings.patch(access, &ssa, &Patch::Apply(binding)).await
-                    {
-                        let message = refusal(&source);
-                        let error = Error::ApplyAccess {
-                            kind: "RoleBinding",
-                            name: access.to_string(),
-                            source,
-                        };
+                    let applied = match apply_access(ctx, &namespace, access, account).await {
+                        Ok(()) => apply_access(ctx, &namespace, access, binding).await,
+                        failure => failure,
+                    };
+                    if let Err((message, error)) = applied {
                         return Ok(failed(message, error));
                     }
                 }
@@ -798,6 +780,37 @@ async fn status_after_apply(
     };
     let recheck = [expiry, step].into_iter().flatten().min();
     Ok(Outcome::Done(status, recheck))
+}
+
+/// Server-side applies one of the agents' access objects (the ServiceAccount or its
+/// RoleBinding, both named `name`); a refusal comes with the API server's message.
+async fn apply_access<K>(
+    ctx: &Context,
+    namespace: &str,
+    name: &str,
+    object: &K,
+) -> Result<(), (String, Error)>
+where
+    K: k8s_openapi::Resource
+        + Resource<DynamicType = (), Scope = k8s_openapi::NamespaceResourceScope>
+        + Clone
+        + serde::Serialize
+        + serde::de::DeserializeOwned
+        + std::fmt::Debug,
+{
+    let api: Api<K> = Api::namespaced(ctx.client.clone(), namespace);
+    let ssa = PatchParams::apply(FIELD_MANAGER).force();
+    match api.patch(name, &ssa, &Patch::Apply(object)).await {
+        Ok(_) => Ok(()),
+        Err(source) => Err((
+            refusal(&source),
+            Error::ApplyAccess {
+                kind: <K as k8s_openapi::Resource>::KIND,
+                name: name.to_string(),
+                source,
+            },
+        )),
+    }
 }
 
 /// The DaemonSet `name`, if it exists.

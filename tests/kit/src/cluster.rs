@@ -588,6 +588,18 @@ impl Cluster {
         (file, kubeconfig)
     }
 
+    /// The Warning Events of the object `name` in `namespace`, as `kubectl get events`
+    /// lists them (JSON).
+    pub fn warning_events(&self, namespace: &str, name: &str) -> Value {
+        self.get_json(&[
+            "events",
+            "-n",
+            namespace,
+            "--field-selector",
+            &format!("involvedObject.name={name},type=Warning"),
+        ])
+    }
+
     /// The audit log so far: one JSON event per request made by a ServiceAccount (the
     /// operator, the controllers), at the ResponseComplete stage.
     pub fn audit_events(&self) -> Vec<Value> {
