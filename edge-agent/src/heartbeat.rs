@@ -252,6 +252,16 @@ pub fn start(
     }
 }
 
+/// Whether the API server would take the record `settings` names from this agent: one
+/// server-side dry run (nothing is stored), for `edge-agent doctor`. `Err` says why not.
+pub async fn probe(settings: Settings) -> Result<(), String> {
+    let body = record(&settings, &Annotations::new(), OffsetDateTime::now_utc());
+    Writer::new(settings)
+        .dry_run(&body)
+        .await
+        .map_err(|e| e.to_string())
+}
+
 /// Keeps the record `settings` names up to date with `metrics` until `stop`. Now is the
 /// agent's start (the first `upstream-since`).
 pub fn spawn(settings: Settings, metrics: Arc<Metrics>, stop: CancellationToken) -> JoinHandle<()> {

@@ -149,6 +149,7 @@ async fn a_healthy_setup_is_all_ok_and_a_dead_broker_is_named_with_its_fix() {
             "clock",
             "source",
             "upstream",
+            "fleet-record",
             "certificates"
         ]
     );
@@ -186,7 +187,7 @@ async fn a_healthy_setup_is_all_ok_and_a_dead_broker_is_named_with_its_fix() {
         shown.starts_with("edge-agent doctor: pipeline site/doctor on node edge-test\n"),
         "{shown}"
     );
-    assert!(shown.ends_with("7 ok, 0 warning, 0 failed\n"), "{shown}");
+    assert!(shown.ends_with("8 ok, 0 warning, 0 failed\n"), "{shown}");
 
     broker.stop();
     let down = doctor(&config, &data);

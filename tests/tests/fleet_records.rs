@@ -12,7 +12,8 @@
 //!   with `kill -9` turns offline once its record expires;
 //! - the API server (the chart's ValidatingAdmissionPolicy) lets an agent's token write
 //!   only its own pipeline's record of its own node: another node's record, a record
-//!   labelled for another node and any other Lease of the namespace are denied.
+//!   labelled for another node and any other Lease of the namespace are denied; and
+//!   `edge-agent doctor` finds the same by a server-side dry run.
 
 use std::sync::OnceLock;
 use std::time::Duration;
@@ -417,6 +418,62 @@ spec: {{holderIdentity: {node}, leaseDurationSeconds: 90}}
             "expected a denial with {message:?} for\n{manifest}\ngot: {stderr}"
         );
     }
+    // `edge-agent doctor` in the pod asks the API server the same by a dry run: its own
+    // record is accepted, another node's refused with the policy's message.
+    let (token, _) = cluster.pod_token(SITE, "edgepipe-agent.guarded", own_pod);
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("pipeline.yaml");
+    std::fs::write(
+        &config,
+        format!(
+            "apiVersion: edgepipe.dev/v1alpha1\nkind: EdgePipeline\nmetadata: {{name: guarded, namespace: {SITE}}}\nspec:\n  source:\n    mqtt: {{url: \"mqtt://127.0.0.1:1\", topics: [\"sensors/#\"]}}\n  sink:\n    http: {{url: \"http://127.0.0.1:1/ingest\"}}\n"
+        ),
+    )
+    .unwrap();
+    let doctor = |lease: &str| -> Value {
+        let out = std::process::Command::new(edge_testkit::workspace_bin("edge-agent"))
+            .args([
+                "doctor",
+                "--output",
+                "json",
+                "--timeout",
+                "2s",
+                "--node-name",
+                own_node,
+            ])
+            .arg("--config")
+            .arg(&config)
+            .arg("--data-dir")
+            .arg(dir.path().join("data"))
+            .env("POD_NAMESPACE", SITE)
+            .env("EDGEPIPE_FLEET_LEASE", lease)
+            .env("EDGEPIPE_KUBE_API", cluster.server())
+            .env("EDGEPIPE_KUBE_TOKEN_FILE", &token)
+            .env("EDGEPIPE_KUBE_CA_FILE", cluster.ca_file())
+            .output()
+            .expect("edge-agent doctor");
+        let report: Value = serde_json::from_slice(&out.stdout).expect("doctor's JSON");
+        report["checks"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|c| c["name"] == "fleet-record")
+            .cloned()
+            .expect("a fleet-record check")
+    };
+    let own = doctor(&format!("edgepipe-agent.guarded.{own_node}"));
+    assert_eq!(own["status"], "ok", "{own}");
+    assert!(own["detail"].as_str().unwrap().contains("dry run"), "{own}");
+    let other = doctor(&format!("edgepipe-agent.guarded.{other_node}"));
+    assert_eq!(other["status"], "failed", "{other}");
+    assert!(
+        other["detail"]
+            .as_str()
+            .unwrap()
+            .contains("may write only its own record"),
+        "{other}"
+    );
+
     // Nor may it delete a record (RBAC grants no delete; the policy refuses it anyway).
     let out = cluster.kubectl_as(
         &kubeconfig,

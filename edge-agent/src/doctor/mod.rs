@@ -1,7 +1,7 @@
 //! `edge-agent doctor`: every check a technician on site would otherwise do by hand, each
 //! with `ok`, `warning` or `failed` and a one-line fix. The manifest, the data directory
-//! and its filesystem, the queue file, the clock, the source broker, the upstream, every
-//! certificate in use and the model. Read-only towards the agent: it can run beside a
+//! and its filesystem, the queue file, the clock, the source broker, the upstream, the
+//! node's fleet record (a server-side dry run), every certificate in use and the model. Read-only towards the agent: it can run beside a
 //! running agent (`kubectl exec` into the pod; the pod's environment tells it where the
 //! configuration and the data are), never takes over the agent's MQTT session and never
 //! sends data upstream.
@@ -62,7 +62,7 @@ impl Status {
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
 pub struct Check {
     /// Which check (stable, for tools): `manifest`, `data-dir`, `queue`, `clock`,
-    /// `source`, `upstream`, `certificates`, `model`.
+    /// `source`, `upstream`, `fleet-record`, `certificates`, `model`.
     pub name: &'static str,
     /// Its outcome.
     pub status: Status,
@@ -222,6 +222,7 @@ pub fn run(options: &Options) -> Report {
             checks.push(local::clock(date));
             checks.push(rt.block_on(network::source(&config, &options.data_dir, options.timeout)));
             checks.push(upstream);
+            checks.push(rt.block_on(network::fleet_record(&config)));
             checks.push(network::certificates(&config));
             if let Some(model) = local::model(&config, &options.data_dir, &rt) {
                 checks.push(model);

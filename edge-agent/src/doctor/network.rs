@@ -18,6 +18,7 @@ use crate::config::{AgentConfig, SinkSettings, TlsMaterial};
 use crate::credentials::expiry;
 use crate::datadir::lock::{DirLock, Mode};
 use crate::diagnostics;
+use crate::heartbeat;
 use crate::sink::http::HttpClient;
 use crate::source::tls::{Connect, mqtt_options};
 
@@ -479,6 +480,54 @@ type ReadExpiry = fn(&[u8]) -> Result<i64, expiry::ExpiryError>;
 
 /// Every certificate in use: client certificates (their leaf) and CA bundles (their
 /// earliest), of the source, the sink and the embedded broker.
+/// The node's fleet record ([`crate::heartbeat`]): not configured outside a pod with
+/// agent access (ok); otherwise one server-side dry run of the agent's own write, which
+/// the API server authenticates, authorizes and admits without storing anything. A
+/// refusal fails (the operator's fleet view goes without this node); an unreachable API
+/// server is a warning (the pipeline delivers all the same).
+pub(super) async fn fleet_record(config: &AgentConfig) -> Check {
+    const NAME: &str = "fleet-record";
+    let started = Instant::now();
+    let env = |name: &str| std::env::var(name).ok();
+    let settings = match heartbeat::Settings::from_env(&config.name, &config.node, &env) {
+        Ok(settings) => settings,
+        Err(heartbeat::Disabled::NoLease) => {
+            return Check::ok(
+                NAME,
+                "not kept here (no EDGEPIPE_FLEET_LEASE: outside a pod with agent access)",
+            )
+            .timed(started);
+        }
+        Err(why) => {
+            return Check::failed(
+                NAME,
+                format!("not kept: {why}"),
+                "the operator sets these variables in the agent pod; compare them with the pod's spec",
+            )
+            .timed(started);
+        }
+    };
+    let what = format!("Lease {}/{}", settings.namespace, settings.lease);
+    let api = diagnostics::url(&settings.api);
+    match heartbeat::probe(settings).await {
+        Ok(()) => Check::ok(
+            NAME,
+            format!("the API server {api} accepts {what} (dry run)"),
+        ),
+        Err(e) if e.contains("answered") => Check::failed(
+            NAME,
+            format!("the API server {api} refuses {what}: {e}"),
+            "an agent may write only its own node's record: check the pod's node and EDGEPIPE_FLEET_LEASE, and the chart's agent ClusterRole and admission policy",
+        ),
+        Err(e) => Check::warning(
+            NAME,
+            format!("cannot write {what} to {api}: {e}"),
+            "the pipeline delivers all the same; check the token and CA in /var/run/secrets/edgepipe.dev/api and the way to the API server",
+        ),
+    }
+    .timed(started)
+}
+
 pub(super) fn certificates(config: &AgentConfig) -> Check {
     const NAME: &str = "certificates";
     let sink = match &config.sink {

@@ -62,6 +62,18 @@ impl Writer {
 
     /// Applies `record`: one request.
     pub(super) async fn write(&mut self, record: &Value) -> Result<(), WriteError> {
+        let url = self.settings.url();
+        self.send(url, record).await
+    }
+
+    /// Applies `record` as a server-side dry run (`dryRun=All`): the API server
+    /// authenticates, authorizes and admits it, and stores nothing.
+    pub(super) async fn dry_run(&mut self, record: &Value) -> Result<(), WriteError> {
+        let url = format!("{}&dryRun=All", self.settings.url());
+        self.send(url, record).await
+    }
+
+    async fn send(&mut self, url: String, record: &Value) -> Result<(), WriteError> {
         let client = self.client().await?;
         let path = &self.settings.token_file;
         let token = tokio::fs::read_to_string(path)
@@ -77,7 +89,7 @@ impl Writer {
             .ok_or_else(|| WriteError::BadToken { path: path.clone() })?;
         bearer.set_sensitive(true);
         let response = client
-            .patch(self.settings.url())
+            .patch(url)
             .header(CONTENT_TYPE, "application/apply-patch+yaml")
             .header(AUTHORIZATION, bearer)
             .body(record.to_string())
