@@ -665,9 +665,22 @@ async fn status_after_apply(
             if ctx.unchanged(key, &namespace, child, &revision, &digest) {
                 (None, observe_daemon_set(daemon_sets, child).await?)
             } else {
-                if let Some(message) =
-                    children::conflict(pipeline, ctx, &namespace, &revision, child).await?
-                {
+                // Every object of the agent's name must be absent or this pipeline's.
+                let access = rendered
+                    .access
+                    .as_ref()
+                    .and_then(|(account, _)| account.metadata.name.as_deref());
+                let conflict =
+                    match children::conflict(pipeline, ctx, &namespace, &revision, child).await? {
+                        None => match access {
+                            Some(access) => {
+                                children::access_conflict(pipeline, ctx, &namespace, access).await?
+                            }
+                            None => None,
+                        },
+                        found => found,
+                    };
+                if let Some(message) = conflict {
                     ctx.forget(key);
                     let blocked = Blocked::Conflict { message };
                     return Ok(Outcome::Waiting(status::compute_blocked(
@@ -682,18 +695,7 @@ async fn status_after_apply(
                     Outcome::Failed(status::compute_blocked(pipeline, &blocked, &now()), error)
                 };
                 if let Some((account, binding)) = &rendered.access {
-                    let access = account.metadata.name.as_deref().unwrap_or_default();
-                    if let Some(message) =
-                        children::access_conflict(pipeline, ctx, &namespace, access).await?
-                    {
-                        ctx.forget(key);
-                        let blocked = Blocked::Conflict { message };
-                        return Ok(Outcome::Waiting(status::compute_blocked(
-                            pipeline,
-                            &blocked,
-                            &now(),
-                        )));
-                    }
+                    let access = access.unwrap_or_default();
                     let applied = match apply_access(ctx, &namespace, access, account).await {
                         Ok(()) => apply_access(ctx, &namespace, access, binding).await,
                         failure => failure,
