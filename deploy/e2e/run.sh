@@ -116,7 +116,7 @@ echo "agent received $received message(s)"
 
 log "an invalid spec sets Invalid and leaves the running agents alone"
 generation="$(kubectl -n "$NS" get ds "$AGENT" -o jsonpath='{.metadata.generation}')"
-kubectl -n "$NS" patch ep "$PIPELINE" --type merge -p '{"spec":{"source":{"mqtt":{"topics":["sensors/#/bad"]}}}}'
+kubectl -n "$NS" patch epl "$PIPELINE" --type merge -p '{"spec":{"source":{"mqtt":{"topics":["sensors/#/bad"]}}}}'
 kubectl -n "$NS" wait --for=condition=Invalid "epl/$PIPELINE" --timeout "$TIMEOUT" || fail "Invalid not set"
 kubectl -n "$NS" get epl "$PIPELINE" -o jsonpath='{.status.conditions[?(@.type=="Invalid")].message}' \
     | grep -q 'spec.source.mqtt.topics\[0\]' || fail "Invalid message does not name the field"
@@ -127,7 +127,7 @@ kubectl -n "$NS" wait --for=condition=Invalid=false "epl/$PIPELINE" --timeout "$
 kubectl -n "$NS" wait --for=condition=Ready "epl/$PIPELINE" --timeout "$TIMEOUT" || fail "not Ready again"
 
 log "deleting the pipeline garbage-collects its DaemonSet and ConfigMap"
-kubectl -n "$NS" delete ep "$PIPELINE" --wait
+kubectl -n "$NS" delete epl "$PIPELINE" --wait
 kubectl -n "$NS" wait --for=delete "ds/$AGENT" "configmap/$AGENT" --timeout "$TIMEOUT" || fail "children not deleted"
 
 log "e2e passed on $K3S_IMAGE"

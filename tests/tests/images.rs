@@ -14,92 +14,16 @@
 //! platforms of the Dockerfile are cross-compiled by its builder stage, never run here.
 
 use std::collections::BTreeSet;
-use std::process::{Command, Output};
-use std::sync::OnceLock;
+use std::process::Command;
 use std::time::Duration;
 
 use edge_testkit::agent::http_get;
+use edge_testkit::images::{BASE, DOCKER, MOSQUITTO, run_ok as ok};
 use edge_testkit::mqtt::Publisher;
 use edge_testkit::receiver::Receiver;
-use edge_testkit::{free_port, poll, workspace_bin, workspace_root};
+use edge_testkit::{free_port, poll, workspace_root};
 
-/// Debian's docker client, the engine's own version (another `docker` on PATH may be a
-/// newer client without BuildKit's plugin).
-const DOCKER: &str = "/usr/bin/docker";
-const BASE: &str = "edgepipe-local/debian:bookworm";
-const MOSQUITTO: &str = "edgepipe-local/mosquitto:2";
 const WAIT: Duration = Duration::from_secs(120);
-
-fn run(program: &str, args: &[&str], envs: &[(&str, &str)]) -> Output {
-    Command::new(program)
-        .args(args)
-        .envs(envs.iter().copied())
-        .output()
-        .unwrap_or_else(|e| panic!("{program} {args:?}: {e}"))
-}
-
-fn ok(program: &str, args: &[&str], envs: &[(&str, &str)]) -> String {
-    let out = run(program, args, envs);
-    assert!(
-        out.status.success(),
-        "{program} {args:?} failed:\n{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
-}
-
-/// The images of this build, built once per test binary: `(agent, operator)` tags.
-fn images() -> &'static (String, String) {
-    static IMAGES: OnceLock<(String, String)> = OnceLock::new();
-    IMAGES.get_or_init(|| {
-        let engine = run(DOCKER, &["info"], &[]);
-        assert!(
-            engine.status.success(),
-            "these tests need the Docker engine and root: run tests/scripts/install-deps.sh as root ({})",
-            String::from_utf8_lossy(&engine.stderr)
-        );
-        for image in [BASE, MOSQUITTO] {
-            assert!(
-                run(DOCKER, &["image", "inspect", image], &[]).status.success(),
-                "{image} is missing: tests/scripts/install-deps.sh builds it"
-            );
-        }
-        let context = tempfile::tempdir().expect("tempdir");
-        std::fs::create_dir(context.path().join("bin")).expect("bin");
-        for binary in ["edge-agent", "edge-operator"] {
-            std::fs::copy(workspace_bin(binary), context.path().join("bin").join(binary))
-                .unwrap_or_else(|e| panic!("{binary}: {e} (build it first)"));
-        }
-        let dockerfile = workspace_root().join("deploy/docker/Dockerfile");
-        let build = |target: &str| {
-            let tag = format!("edgepipe-test/edge-{target}:dev");
-            ok(
-                DOCKER,
-                &[
-                    "build",
-                    "-q",
-                    "-f",
-                    dockerfile.to_str().unwrap(),
-                    "--target",
-                    target,
-                    "--build-arg",
-                    &format!("BUILDER_IMAGE={BASE}"),
-                    "--build-arg",
-                    &format!("RUNTIME_IMAGE={BASE}"),
-                    "--build-arg",
-                    "BINARIES=prebuilt",
-                    "-t",
-                    &tag,
-                    context.path().to_str().unwrap(),
-                ],
-                &[("DOCKER_BUILDKIT", "1")],
-            );
-            tag
-        };
-        (build("agent"), build("operator"))
-    })
-}
 
 fn inspect(image: &str, format: &str) -> String {
     ok(
@@ -113,7 +37,7 @@ fn inspect(image: &str, format: &str) -> String {
 
 #[test]
 fn the_images_build_without_a_registry_and_run_non_root_on_a_read_only_root() {
-    let (agent, operator) = images();
+    let (agent, operator) = edge_testkit::images::build();
     let version = env!("CARGO_PKG_VERSION");
     for (image, binary) in [(agent, "edge-agent"), (operator, "edge-operator")] {
         assert_eq!(inspect(image, "{{.Config.User}}"), "65532:65532", "{image}");
@@ -213,7 +137,7 @@ fn distinct_values(receiver: &Receiver) -> BTreeSet<i64> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn compose_runs_a_device_and_a_killed_agent_loses_nothing() {
-    let (agent, _) = images();
+    let (agent, _) = edge_testkit::images::build();
     let receiver = Receiver::start_for_containers().await;
     let dir = tempfile::tempdir().expect("tempdir");
     let pipeline = dir.path().join("pipeline.yaml");
@@ -261,7 +185,7 @@ spec:
             override_file.display().to_string(),
         ],
         env: vec![
-            ("EDGEPIPE_AGENT_IMAGE".into(), agent.clone()),
+            ("EDGEPIPE_AGENT_IMAGE".into(), agent.to_string()),
             ("EDGEPIPE_MOSQUITTO_IMAGE".into(), MOSQUITTO.into()),
             ("EDGEPIPE_MQTT_PORT".into(), mqtt_port.to_string()),
             ("EDGEPIPE_METRICS_PORT".into(), metrics_port.to_string()),

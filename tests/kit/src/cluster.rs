@@ -93,6 +93,15 @@ impl Node {
     }
 }
 
+/// How a control plane starts beyond the defaults of [`Cluster::start`].
+#[derive(Clone, Debug, Default)]
+pub struct Options {
+    /// An address of this host the API server also serves on (`--bind-address=0.0.0.0`,
+    /// `--advertise-address`, in its certificate), so pods of a real node reach it through
+    /// the `kubernetes` Service ([`crate::node::RealNode`]). `None`: loopback only.
+    pub advertise: Option<String>,
+}
+
 /// A running control plane. Dropping it stops every component.
 pub struct Cluster {
     dir: PathBuf,
@@ -106,6 +115,11 @@ impl Cluster {
     /// Starts a control plane with `nodes`, each Ready before this returns. `name` names
     /// the directory under `target/cluster/` (logs, certificates, kubeconfigs).
     pub fn start(name: &str, nodes: &[Node]) -> Cluster {
+        Cluster::start_with(name, nodes, &Options::default())
+    }
+
+    /// [`Cluster::start`] with `options`.
+    pub fn start_with(name: &str, nodes: &[Node], options: &Options) -> Cluster {
         let started = Instant::now();
         let stamp = SystemTime::now()
             .duration_since(UNIX_EPOCH)
@@ -115,7 +129,7 @@ impl Cluster {
             .join("cluster")
             .join(format!("{name}-{}-{stamp}", std::process::id()));
         std::fs::create_dir_all(dir.join("logs")).expect("cluster directory");
-        let pki = cluster_pki(&dir.join("pki"));
+        let pki = cluster_pki(&dir.join("pki"), options.advertise.as_deref());
 
         let api_port = free_port();
         let server = format!("https://127.0.0.1:{api_port}");
@@ -154,8 +168,20 @@ impl Cluster {
         let mut apiserver = Command::new(tool("kube-apiserver"));
         apiserver
             .arg(format!("--etcd-servers=http://127.0.0.1:{etcd_port}"))
-            .arg("--bind-address=127.0.0.1")
-            .arg("--advertise-address=127.0.0.1")
+            .arg(match options.advertise {
+                Some(_) => "--bind-address=0.0.0.0",
+                None => "--bind-address=127.0.0.1",
+            })
+            .arg(format!(
+                "--advertise-address={}",
+                options.advertise.as_deref().unwrap_or("127.0.0.1")
+            ))
+            // For `kubectl logs` and `exec` on a real node's pods.
+            .arg(format!(
+                "--kubelet-client-certificate={}",
+                pki.path("admin.crt")
+            ))
+            .arg(format!("--kubelet-client-key={}", pki.path("admin.key")))
             .arg(format!("--secure-port={api_port}"))
             .arg(format!("--tls-cert-file={}", pki.path("apiserver.crt")))
             .arg(format!(
@@ -814,15 +840,18 @@ pub fn condition(object: &Value, type_: &str) -> Option<(String, String, String)
 }
 
 /// The certificates and keys of one cluster.
-fn cluster_pki(dir: &Path) -> Pki {
+fn cluster_pki(dir: &Path, advertise: Option<&str>) -> Pki {
     let pki = Pki::new(dir);
+    let extra = advertise.map(|ip| format!(",IP:{ip}")).unwrap_or_default();
     pki.cert(
         "apiserver",
         "/CN=kube-apiserver",
         &[
-            "subjectAltName=IP:127.0.0.1,IP:10.96.0.1,DNS:localhost,DNS:kubernetes,\
-             DNS:kubernetes.default,DNS:kubernetes.default.svc,\
-             DNS:kubernetes.default.svc.cluster.local",
+            &format!(
+                "subjectAltName=IP:127.0.0.1,IP:10.96.0.1{extra},DNS:localhost,DNS:kubernetes,\
+                 DNS:kubernetes.default,DNS:kubernetes.default.svc,\
+                 DNS:kubernetes.default.svc.cluster.local"
+            ),
             "extendedKeyUsage=serverAuth",
         ],
     );
@@ -856,7 +885,8 @@ fn write_kubeconfig(dir: &Path, name: &str, server: &str, pki: &Pki) -> PathBuf 
     path
 }
 
-fn kubeconfig_text(server: &str, ca: &Path, user: &str) -> String {
+/// A kubeconfig for `server`, trusting `ca`, with the `user` entry's YAML body.
+pub(crate) fn kubeconfig_text(server: &str, ca: &Path, user: &str) -> String {
     format!(
         "apiVersion: v1
 kind: Config

@@ -10,6 +10,9 @@
 //! - [`operator`]: the `edge-operator` binary as the chart runs it, as its ServiceAccount;
 //! - [`cluster`]: a real Kubernetes control plane (etcd, kube-apiserver,
 //!   kube-controller-manager, kube-scheduler) with kwok's simulated nodes, and kubectl;
+//! - [`images`]: the agent and operator images of this build, without a registry;
+//! - [`node`]: a real node (containerd, CNI, kubelet, kube-proxy) joined to that control
+//!   plane, its images imported from the Docker engine;
 //! - [`link`]: a thin network link (a TCP proxy with a bandwidth cap) that can be cut;
 //! - [`pki`]: a private CA and certificates made with openssl;
 //! - [`ports`], [`poll`]: race-free loopback ports and polling with deadlines;
@@ -18,8 +21,10 @@
 
 pub mod agent;
 pub mod cluster;
+pub mod images;
 pub mod link;
 pub mod mqtt;
+pub mod node;
 pub mod operator;
 pub mod pki;
 pub mod poll;

@@ -22,6 +22,14 @@ impl Pki {
         pki
     }
 
+    /// The PKI already in `dir` (its CA made by [`Pki::new`]), to sign more leaves.
+    pub fn open(dir: &Path) -> Pki {
+        assert!(dir.join("ca.crt").is_file(), "no CA in {}", dir.display());
+        Pki {
+            dir: dir.to_path_buf(),
+        }
+    }
+
     /// `<name>.key` and `<name>.crt`, valid for 7 days: the CA itself (`name == "ca"`,
     /// self-signed), or a leaf signed by it with `extensions`.
     pub fn cert(&self, name: &str, subject: &str, extensions: &[&str]) {

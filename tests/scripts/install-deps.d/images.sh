@@ -3,7 +3,8 @@
 # engine, started here when it does not run), docker-compose (Compose v1) and
 # debootstrap; a Debian bookworm base made with debootstrap (cached as a tarball in
 # tests/.tools/images) imported as edgepipe-local/debian:bookworm, and a Mosquitto image
-# built from it (tests/docker/mosquitto.Dockerfile). Needs root. Idempotent.
+# built from it (tests/docker/mosquitto.Dockerfile); the pod sandbox image of the real node
+# (tests/docker/pause), and the packages that node needs. Needs root. Idempotent.
 set -euo pipefail
 ROOT="$(cd "$(dirname "$0")/../../.." && pwd)"
 export PATH="$PATH:/usr/sbin:/sbin"
@@ -15,6 +16,10 @@ missing=()
 command -v dockerd >/dev/null 2>&1 || missing+=(docker.io)
 command -v docker-compose >/dev/null 2>&1 || missing+=(docker-compose)
 command -v debootstrap >/dev/null 2>&1 || missing+=(debootstrap)
+# The real node (tests/kit/src/node.rs): CNI plugins, and conntrack for kube-proxy;
+# containerd and runc come with docker.io.
+[ -x /usr/lib/cni/bridge ] || missing+=(containernetworking-plugins)
+command -v conntrack >/dev/null 2>&1 || missing+=(conntrack)
 if [ ${#missing[@]} -gt 0 ]; then
     echo "install-deps: apt-get install ${missing[*]}"
     apt-get update -qq >/dev/null
@@ -46,4 +51,12 @@ if ! "$DOCKER" image inspect edgepipe-local/mosquitto:2 >/dev/null 2>&1; then
     echo "install-deps: edgepipe-local/mosquitto:2 from $BASE"
     DOCKER_BUILDKIT=1 "$DOCKER" build -q -t edgepipe-local/mosquitto:2 \
         -f "$ROOT/tests/docker/mosquitto.Dockerfile" "$ROOT/tests/docker" >/dev/null
+fi
+if ! "$DOCKER" image inspect edgepipe-local/pause:3.10 >/dev/null 2>&1; then
+    echo "install-deps: edgepipe-local/pause:3.10 from tests/docker/pause"
+    context="$(mktemp -d)"
+    cp "$ROOT/tests/docker/pause/Dockerfile" "$context/"
+    gcc -static -Os -s -o "$context/pause" "$ROOT/tests/docker/pause/pause.c"
+    DOCKER_BUILDKIT=1 "$DOCKER" build -q -t edgepipe-local/pause:3.10 "$context" >/dev/null
+    rm -rf "$context"
 fi

@@ -2,7 +2,7 @@
 # Builds the real Kubernetes control plane the cluster tests run, from the Go module proxy
 # only: kube-apiserver, kube-controller-manager, kube-scheduler and kubectl (k8s.io/kubernetes
 # with its staging modules at the matching v0.x.y), etcd (go.etcd.io/etcd/server/v3) and
-# kwok (sigs.k8s.io/kwok, simulated nodes). The versions are pinned by the builder modules
+# kwok (sigs.k8s.io/kwok, simulated nodes), and kubelet and kube-proxy for the real node. The versions are pinned by the builder modules
 # under tests/k8s/ (go.mod + go.sum); binaries are cached under tests/.tools/k8s/<tool>-<version>/
 # and linked into tests/.tools/bin, so a second run only checks that they are there.
 #
@@ -43,7 +43,7 @@ need() {
         local started=$SECONDS
         echo "install-deps: building $module ($(basename "$dir")) from the Go module proxy"
         case "$module" in
-        kubernetes)
+        kubernetes | node)
             local major minor flags=""
             major="${K8S_VERSION#v}"; major="${major%%.*}"
             minor="${K8S_VERSION#v*.}"; minor="${minor%%.*}"
@@ -52,7 +52,7 @@ need() {
                 flags="$flags -X $pkg.gitMinor=$minor -X $pkg.gitTreeState=clean"
                 flags="$flags -X $pkg.buildDate=1970-01-01T00:00:00Z"
             done
-            build kubernetes "$dir" "-s -w$flags"
+            build "$module" "$dir" "-s -w$flags"
             ;;
         etcd) build etcd "$dir" "-s -w" ;;
         kwok)
@@ -80,3 +80,8 @@ need() {
 need kubernetes "$TOOLS/k8s/kubernetes-$K8S_VERSION" kube-apiserver kube-controller-manager kube-scheduler kubectl
 need etcd "$TOOLS/k8s/etcd-$ETCD_VERSION" etcd
 need kwok "$TOOLS/k8s/kwok-$KWOK_VERSION" kwok stages.yaml
+# The real node (tests/kit/src/node.rs): kubelet and kube-proxy of the control plane's
+# release, from their own builder module so the control plane's cache stays valid.
+NODE_VERSION="$(pinned node k8s.io/kubernetes)"
+[ "$NODE_VERSION" = "$K8S_VERSION" ] || { echo "install-deps: tests/k8s/node pins $NODE_VERSION, the control plane $K8S_VERSION" >&2; exit 1; }
+need node "$TOOLS/k8s/node-$NODE_VERSION" kubelet kube-proxy
