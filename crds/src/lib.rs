@@ -5,6 +5,7 @@
 //! [`crd()`] (the generated CustomResourceDefinition). Without it, no Kubernetes client is
 //! linked: the edge agent uses the crate that way.
 
+pub mod fallback;
 pub mod fleet;
 #[cfg(feature = "logging")]
 pub mod logging;

@@ -1,7 +1,9 @@
 //! The agent's data directory: `edge-agent prepare-data-dir` (the agent pod's init
 //! container) hands it (a hostPath the kubelet creates owned by root) to the agent user;
 //! [`lock`] keeps one writer on it; [`store_pipeline`] keeps the pipeline it runs in it;
-//! [`fallback`] records what the node's fallback did with it.
+//! [`fallback`] records what the node's fallback did with it; [`snapshot`] keeps what
+//! the fallback needs besides the pipeline (the pod's environment, its mounted files);
+//! [`unit`] installs and disarms the node's fallback unit.
 //!
 //! `prepare-data-dir` It changes
 //! the owner of that one directory, not recursively and only when it differs, so it needs
@@ -10,6 +12,8 @@
 
 pub mod fallback;
 pub mod lock;
+pub mod snapshot;
+pub mod unit;
 
 use std::io;
 use std::os::unix::fs::MetadataExt;

@@ -71,7 +71,8 @@ enum Command {
         /// so the fallbacks of several pipelines on one node never collide).
         #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:0")]
         listen: SocketAddr,
-        /// Node name written into every record (default: $NODE_NAME, then the hostname).
+        /// Node name written into every record (default: $NODE_NAME, then the node name
+        /// the agent kept for the fallback, then the hostname).
         #[arg(long, value_name = "NAME", env = "NODE_NAME")]
         node_name: Option<String>,
     },
@@ -96,6 +97,46 @@ enum Command {
         /// Owner group id.
         #[arg(long)]
         gid: u32,
+    },
+    /// Install the node's fallback for a pipeline (the agent pod's init container when the
+    /// chart enables `agent.fallback`): copy this binary to BIN_DIR, write the systemd
+    /// template unit to UNIT_DIR and enable the pipeline's instance for the next boot.
+    InstallFallback {
+        /// The node's systemd unit directory, as mounted.
+        #[arg(long, value_name = "DIR")]
+        unit_dir: PathBuf,
+        /// The node's fallback binary directory, as mounted.
+        #[arg(long, value_name = "DIR")]
+        bin_dir: PathBuf,
+        /// That directory's path on the node (what the unit runs).
+        #[arg(long, value_name = "DIR", default_value = edge_crds::fallback::HOST_BIN_DIR)]
+        host_bin_dir: PathBuf,
+        /// The pipeline's namespace.
+        #[arg(long)]
+        namespace: String,
+        /// The pipeline's name.
+        #[arg(long)]
+        name: String,
+        /// How long the fallback leaves the agent pod to start after a boot (e.g. 2m).
+        #[arg(long, value_name = "DURATION", default_value = "2m", value_parser = parse_duration)]
+        grace: std::time::Duration,
+    },
+    /// Disarm the node's fallback for a deleted pipeline (the operator's disarm Job):
+    /// disable its unit, set the stored pipeline aside, remove the kept Secrets, and stop
+    /// a fallback running it.
+    DisarmFallback {
+        /// The node's systemd unit directory, as mounted: disable the instance there.
+        #[arg(long, value_name = "DIR", required_unless_present = "data_dir")]
+        unit_dir: Option<PathBuf>,
+        /// The pipeline's data directory, as mounted: set its stored pipeline aside.
+        #[arg(long, value_name = "DIR")]
+        data_dir: Option<PathBuf>,
+        /// The pipeline's namespace.
+        #[arg(long)]
+        namespace: String,
+        /// The pipeline's name.
+        #[arg(long)]
+        name: String,
     },
     /// Inspect a TFLite model or check it against golden vectors.
     Model {
@@ -253,7 +294,7 @@ fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
             grace,
             listen,
             node_name,
-        } => fallback(data_dir, grace, listen, node_name.unwrap_or_else(hostname)),
+        } => fallback(data_dir, grace, listen, node_name),
         Command::Check { config, node_name } => {
             let node = node_name.unwrap_or_else(hostname);
             let env = |name: &str| std::env::var(name).ok();
@@ -293,6 +334,53 @@ fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
                 "already owned by"
             };
             println!("{} {what} {uid}:{gid}", path.display());
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::InstallFallback {
+            unit_dir,
+            bin_dir,
+            host_bin_dir,
+            namespace,
+            name,
+            grace,
+        } => {
+            use edge_agent::datadir::unit;
+            let paths = unit::Paths {
+                unit_dir,
+                bin_dir,
+                host_bin_dir,
+            };
+            let changed = unit::install(&paths, &namespace, &name, grace)
+                .context("installing the node's fallback")?;
+            let instance = edge_crds::fallback::unit_name(&namespace, &name);
+            if changed.is_empty() {
+                println!("{instance}: installed and enabled already");
+            }
+            for path in changed {
+                println!("{instance}: wrote {path}");
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::DisarmFallback {
+            unit_dir,
+            data_dir,
+            namespace,
+            name,
+        } => {
+            let done = edge_agent::datadir::unit::disarm(
+                unit_dir.as_deref(),
+                data_dir.as_deref(),
+                &namespace,
+                &name,
+            )
+            .context("disarming the node's fallback")?;
+            let instance = edge_crds::fallback::unit_name(&namespace, &name);
+            if done.is_empty() {
+                println!("{instance}: nothing armed");
+            }
+            for step in done {
+                println!("{instance}: {step}");
+            }
             Ok(ExitCode::SUCCESS)
         }
         Command::Model { command } => model_cli::run(command),
@@ -378,17 +466,31 @@ fn fallback(
     data_dir: PathBuf,
     grace: std::time::Duration,
     listen: SocketAddr,
-    node: String,
+    node: Option<String>,
 ) -> anyhow::Result<ExitCode> {
     let path = data_dir.join(edge_agent::datadir::STORED_PIPELINE);
-    if !path.exists() {
-        println!(
-            "no stored pipeline in {}: nothing to run (an agent keeps one there once it ran)",
-            data_dir.display()
-        );
-        return Ok(ExitCode::SUCCESS);
-    }
-    let mut config = match AgentConfig::load(&path, &node) {
+    let text = match std::fs::read_to_string(&path) {
+        Ok(text) => text,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            println!(
+                "no stored pipeline in {}: nothing to run (an agent keeps one there once it ran)",
+                data_dir.display()
+            );
+            return Ok(ExitCode::SUCCESS);
+        }
+        Err(e) => return Err(anyhow::Error::new(e).context(format!("reading {}", path.display()))),
+    };
+    // What the agent's pod gave it (environment, mounted Secrets and model), when it kept
+    // a snapshot for the fallback; the process environment wins over it.
+    let snapshot = edge_agent::datadir::snapshot::Snapshot::load(&data_dir);
+    let kept = |name: &str| snapshot.as_ref().and_then(|s| s.env.get(name).cloned());
+    let env = |name: &str| std::env::var(name).ok().or_else(|| kept(name));
+    let node = node.or_else(|| kept("NODE_NAME")).unwrap_or_else(hostname);
+    let text = match &snapshot {
+        Some(snapshot) => snapshot.map_paths(&text),
+        None => text,
+    };
+    let mut config = match AgentConfig::from_text(&text, &node, &env) {
         Ok(c) => c,
         Err(e) => {
             eprintln!("{}: invalid pipeline:\n{e}", path.display());

@@ -18,7 +18,7 @@
 //! committed, disconnect from the broker, stop serving metrics.
 
 use std::net::SocketAddr;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
@@ -218,6 +218,32 @@ pub async fn run(
     run_with_metrics(config, options, metrics, stop).await
 }
 
+/// An armed agent ([`edge_crds::fallback::ARMED_ENV`]) keeps what the node's fallback
+/// needs in `dir`; one that is not removes it. A failure is logged: the agent runs on, the
+/// node's fallback may then lack a Secret.
+fn keep_fallback_snapshot(dir: &Path) {
+    use crate::datadir::snapshot;
+    use edge_crds::fallback::{ARMED, ARMED_ENV};
+    let armed = std::env::var(ARMED_ENV).is_ok_and(|v| v == ARMED);
+    let kept = if armed {
+        snapshot::take(dir, Path::new("/"))
+    } else {
+        snapshot::clear(dir)
+    };
+    match kept {
+        Ok(()) if armed => tracing::info!(
+            dir = %dir.display(),
+            "kept the pipeline's environment and mounted files for the node's fallback"
+        ),
+        Ok(()) => {}
+        Err(e) => tracing::warn!(
+            error = %e,
+            armed,
+            "keeping the node's fallback snapshot in the data directory"
+        ),
+    }
+}
+
 /// [`run`] with metrics (from [`metrics_for`]) the caller keeps reading while the agent
 /// runs, as `edge-agent demo` does for its live view.
 pub async fn run_with_metrics(
@@ -242,6 +268,7 @@ pub async fn run_with_metrics(
         Mode::Fallback => Some(start_fallback_record(&lock, &options, &metrics, &stop)),
         Mode::Agent => {
             report_fallback(&lock, &options, &metrics);
+            keep_fallback_snapshot(lock.dir());
             None
         }
     };

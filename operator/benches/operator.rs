@@ -42,6 +42,7 @@ fn main() {
         secrets_digest: None,
         avoid_control_plane: true,
         agent_access: None,
+        fallback: None,
     };
     let now = Time(Timestamp::now());
     let rss_before = rss_kib("VmRSS");

@@ -20,7 +20,7 @@ pub mod status;
 pub mod telemetry;
 
 pub use policy::TenantPolicy;
-pub use rbac::{Permission, required_permissions};
+pub use rbac::{Permission, fallback_permissions, required_permissions};
 pub use render::{MODEL_MOUNT_DIR, RenderOptions, Rendered, render};
 
 /// The default agent image: the agent released with this operator.

@@ -10,7 +10,7 @@ use clap::{Parser, Subcommand};
 use edge_operator::controller::{self, Settings};
 use edge_operator::leader::{self, LeaseSettings};
 use edge_operator::policy::{self, TenantPolicy};
-use edge_operator::render::AgentAccess;
+use edge_operator::render::{AgentAccess, FallbackInstall};
 use edge_operator::server::{self, Readiness};
 use edge_operator::telemetry::Metrics;
 use edge_operator::{RenderOptions, render};
@@ -51,6 +51,16 @@ struct ImageArgs {
     #[arg(long, value_name = "SECONDS", default_value_t = edge_crds::fleet::DEFAULT_INTERVAL_SECONDS,
           value_parser = clap::value_parser!(u64).range(1..=3600))]
     heartbeat_seconds: u64,
+    /// Arm each pipeline's node fallback for a reboot without the control plane: the
+    /// agent pods install the agent binary and the systemd unit `edgepipe-fallback@.service`
+    /// into this directory of their node (its systemd unit directory) and enable the
+    /// pipeline's instance; a deleted pipeline's fallback is disarmed on each node.
+    #[arg(long, value_name = "DIR")]
+    fallback_unit_dir: Option<String>,
+    /// How long the node's fallback leaves the agent pod to start after a boot.
+    #[arg(long, value_name = "SECONDS", default_value_t = 120,
+          value_parser = clap::value_parser!(u64).range(1..=86400))]
+    fallback_grace_seconds: u64,
 }
 
 impl ImageArgs {
@@ -66,6 +76,13 @@ impl ImageArgs {
                 .map(|cluster_role| AgentAccess {
                     cluster_role,
                     heartbeat_seconds: self.heartbeat_seconds,
+                }),
+            fallback: self
+                .fallback_unit_dir
+                .clone()
+                .map(|unit_dir| FallbackInstall {
+                    unit_dir,
+                    grace_seconds: self.fallback_grace_seconds,
                 }),
         }
     }
@@ -195,6 +212,7 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
         render: args.images.options(&policy),
         instance: Some(identity.clone()),
         policy,
+        own_namespace: args.lease_namespace.clone(),
     };
 
     let result = if args.leader_elect {

@@ -50,6 +50,18 @@ fn rule(
     }
 }
 
+/// What the node fallback adds (`--fallback-unit-dir`, chart value `agent.fallback`):
+/// EdgePipelines `patch` (adding and releasing the finalizer
+/// `edgepipe.dev/disarm-fallback`), and Jobs `create` in the lease namespace (the
+/// operator's own: one Job per node of a deleted pipeline disarms its fallback).
+pub fn fallback_permissions() -> Vec<Permission> {
+    use Scope::*;
+    vec![
+        rule(Cluster, "edgepipe.dev", "edgepipelines", &["patch"]),
+        rule(LeaseNamespace, "batch", "jobs", &["create"]),
+    ]
+}
+
 /// Every permission the operator uses, and nothing more:
 /// - EdgePipelines: `list`/`watch` (the controller's cache; `list` also checks at start
 ///   that the CRD is installed); their `/status`: `patch`.

@@ -52,7 +52,14 @@ fn grants(rules: &Value) -> BTreeSet<(String, String, String)> {
 
 /// The operator's own list of the permissions it uses, as triples, for one scope.
 fn required(scope: Scope) -> BTreeSet<(String, String, String)> {
-    edge_operator::required_permissions()
+    as_triples(edge_operator::required_permissions(), scope)
+}
+
+fn as_triples(
+    permissions: Vec<edge_operator::Permission>,
+    scope: Scope,
+) -> BTreeSet<(String, String, String)> {
+    permissions
         .into_iter()
         .filter(|p| p.scope == scope)
         .flat_map(|p| {
@@ -129,6 +136,31 @@ fn cluster_roles_grant_exactly_what_the_operator_uses() {
     }
     let pod = &render.one("Deployment")["spec"]["template"]["spec"];
     assert_eq!(pod["serviceAccountName"], account["metadata"]["name"]);
+}
+
+#[test]
+fn the_node_fallback_adds_exactly_its_own_permissions() {
+    let render = helm::render(&[], &["agent.fallback.enabled=true"]).expect("renders");
+    for (kind, name, scope) in [
+        ("ClusterRole", ROLE, Scope::Cluster),
+        (
+            "Role",
+            "edgepipe-edge-operator-leader-election",
+            Scope::LeaseNamespace,
+        ),
+    ] {
+        let mut expected = required(scope);
+        expected.extend(as_triples(edge_operator::fallback_permissions(), scope));
+        let granted = grants(&named(&render, kind, name)["rules"]);
+        assert_eq!(granted, expected, "{kind} {name} with agent.fallback");
+    }
+    let args =
+        strings(&render.one("Deployment")["spec"]["template"]["spec"]["containers"][0]["args"])
+            .join(" ");
+    assert!(
+        args.contains("--fallback-unit-dir=/etc/systemd/system --fallback-grace-seconds=120"),
+        "{args}"
+    );
 }
 
 #[test]
@@ -277,6 +309,8 @@ fn operator_and_agent_images_follow_the_app_version() {
             "--policy-file=/etc/edge-operator/policy.yaml",
             "--agent-cluster-role=edgepipe-edge-operator-agent",
             "--heartbeat-seconds=15",
+            "--fallback-unit-dir=/etc/systemd/system",
+            "--fallback-grace-seconds=60",
             "--namespace=factory",
             "--leader-elect",
             &format!("--lease-name={RELEASE}-edge-operator"),
@@ -353,6 +387,7 @@ fn monitors_select_the_operator_and_every_agent() {
         secrets_digest: None,
         avoid_control_plane: true,
         agent_access: None,
+        fallback: None,
     };
     let agents = edge_operator::render(&pipeline, &options).expect("the operator renders it");
     let daemon_set = serde_json::to_value(&agents.daemon_set).expect("DaemonSet serializes");

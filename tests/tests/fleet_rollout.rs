@@ -215,6 +215,7 @@ async fn a_change_rolls_node_by_node_through_an_immutable_revision() {
                 secrets_digest: None,
                 avoid_control_plane: true,
                 agent_access: None,
+                fallback: None,
             },
         )
         .expect("renders");

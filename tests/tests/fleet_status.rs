@@ -210,6 +210,7 @@ fn revision_of(manifest: &str) -> String {
         secrets_digest: None,
         avoid_control_plane: true,
         agent_access: None,
+        fallback: None,
     };
     let rendered = edge_operator::render(&p, &options).expect("renders");
     rendered.config_map.metadata.name.expect("a name")

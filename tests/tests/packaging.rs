@@ -86,6 +86,7 @@ fn dockerfile_builds_both_images_as_non_root_distroless() {
         secrets_digest: None,
         avoid_control_plane: true,
         agent_access: None,
+        fallback: None,
     };
     let agents = edge_operator::render(&pipeline, &options).expect("the operator renders it");
     let pod =

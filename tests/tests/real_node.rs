@@ -422,3 +422,249 @@ async fn the_chart_and_the_example_run_for_real_on_a_kubelet() {
     ]);
     drop(node);
 }
+
+/// The node's fallback, started the way systemd starts the unit the chart installed:
+/// the unit's `ExecStart` for the pipeline's instance, as its `User` and `Group`. Killed
+/// when dropped.
+struct Fallback(std::process::Child);
+
+impl Fallback {
+    /// Checks that the unit is enabled for `namespace/name` in `units` and that its
+    /// condition (the stored pipeline) holds, then starts it.
+    fn boot(
+        units: &std::path::Path,
+        namespace: &str,
+        name: &str,
+        log: &std::path::Path,
+    ) -> Fallback {
+        let instance = edge_crds::fallback::unit_name(namespace, name);
+        let enabled = units.join("multi-user.target.wants").join(&instance);
+        assert!(enabled.exists(), "{} is not enabled", enabled.display());
+        let unit = std::fs::read_to_string(&enabled).expect("the unit");
+        let field = |key: &str| {
+            unit.lines()
+                .find_map(|l| l.strip_prefix(&format!("{key}=")))
+                .unwrap_or_else(|| panic!("no {key}= in the unit"))
+                .replace("%I", &format!("{namespace}/{name}"))
+        };
+        let condition = field("ConditionPathExists");
+        assert!(
+            std::path::Path::new(&condition).exists(),
+            "the unit's condition {condition} does not hold"
+        );
+        let exec = field("ExecStart");
+        let (user, group) = (field("User"), field("Group"));
+        let out = std::fs::File::create(log).expect("fallback log");
+        let child = std::process::Command::new("setpriv")
+            .args([
+                &format!("--reuid={user}"),
+                &format!("--regid={group}"),
+                "--clear-groups",
+                "--",
+            ])
+            .args(exec.split_whitespace())
+            .env_clear()
+            .env("PATH", "/usr/bin:/bin")
+            .stdout(out.try_clone().expect("log"))
+            .stderr(out)
+            .spawn()
+            .expect("the fallback starts");
+        Fallback(child)
+    }
+}
+
+impl Drop for Fallback {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_rebooted_without_its_control_plane_runs_its_pipeline_in_fallback() {
+    const NAME: &str = "line1-temperature";
+    let (agent_image, operator_image) = images::build();
+    let ip = host_ip();
+    let host_dir = format!("/var/lib/edgepipe/{NS}/{NAME}");
+    let _ = std::fs::remove_dir_all(&host_dir);
+    let cluster = Cluster::start_with(
+        "fallback",
+        &[],
+        &Options {
+            advertise: Some(ip.clone()),
+        },
+    );
+    let _guard = cluster.guard();
+    let mut node = RealNode::join(
+        &cluster,
+        EDGE_NODE,
+        &[("edgepipe.dev/edge", "true")],
+        &[agent_image, operator_image],
+    );
+    // The node's systemd unit directory (this machine runs no systemd: the test starts
+    // the unit the way systemd would at boot).
+    let units = cluster.dir().join("systemd");
+    std::fs::create_dir_all(&units).expect("unit directory");
+    let (operator_repo, operator_tag) = operator_image.split_once(':').expect("a tag");
+    let (agent_repo, agent_tag) = agent_image.split_once(':').expect("a tag");
+    let install = helm::install_on(
+        cluster.kubeconfig(),
+        &[
+            &format!("image.repository={operator_repo}"),
+            &format!("image.tag={operator_tag}"),
+            &format!("agent.image.repository={agent_repo}"),
+            &format!("agent.image.tag={agent_tag}"),
+            &format!("nodeSelector.kubernetes\\.io/hostname={EDGE_NODE}"),
+            "agent.fallback.enabled=true",
+            &format!("agent.fallback.unitDir={}", units.display()),
+            "agent.fallback.graceSeconds=5",
+        ],
+        &["--wait", "--timeout", "180s"],
+    );
+    assert!(install.success, "helm install: {}", install.stderr);
+
+    // The devices' broker runs on the host, as README advises for sites with a fallback:
+    // a broker pod would be down with everything else after the reboot.
+    let broker = edge_testkit::mqtt::Mosquitto::start_for_containers();
+    let receiver = Receiver::start_for_containers().await;
+    let url = format!("http://{ip}:{}/sensor-data/batch", receiver.port);
+    cluster.namespace(NS);
+    cluster.kubectl_ok(&[
+        "create",
+        "secret",
+        "generic",
+        "ingest-token",
+        "-n",
+        NS,
+        "--from-literal=authorization=Bearer fallback",
+    ]);
+    cluster.kubectl_ok(&[
+        "label",
+        "secret",
+        "ingest-token",
+        "-n",
+        NS,
+        "edgepipe.dev/allow-pipelines=true",
+    ]);
+    let pipeline = example(&url, 500).replace(
+        "mqtt://${HOST_IP}:1883",
+        &format!("mqtt://${{HOST_IP}}:{}", broker.port),
+    );
+    cluster.apply(&pipeline);
+    let _diagnose = Diagnose(&cluster);
+    cluster.wait_pipeline_ready(NS, PIPELINE);
+    wait_new_ready_pod(&cluster, "");
+
+    // Armed: the unit enabled, the binary on the node, the snapshot in the queue directory.
+    assert!(
+        std::path::Path::new(edge_crds::fallback::HOST_BIN_DIR)
+            .join("edge-agent")
+            .is_file()
+    );
+    assert!(
+        std::path::Path::new(&host_dir)
+            .join("pipeline.yaml")
+            .is_file()
+    );
+    let kept_token = std::path::Path::new(&host_dir)
+        .join("fallback-snapshot/files/etc/edgepipe-secrets/ingest-token/authorization");
+    assert_eq!(
+        std::fs::read_to_string(&kept_token).expect("the kept Secret"),
+        "Bearer fallback"
+    );
+    let mut primer = Publisher::connect(broker.port, "fallback-primer");
+    primer.send("sensors/t1/temperature", PRIMER).await;
+    primer.flush().await;
+    drop(primer);
+    publish(broker.port, 0..20, Duration::ZERO).await;
+    wait_delivered_once(&receiver, 0..20, "readings before the outage");
+
+    // The site loses its control plane, then its power.
+    cluster.signal_api_server("STOP");
+    node.power_off();
+    publish(broker.port, 20..40, Duration::ZERO).await;
+    node.boot();
+    let fallback_log = cluster.dir().join("logs/fallback.log");
+    let mut fallback = Fallback::boot(&units, NS, NAME, &fallback_log);
+    publish(broker.port, 40..60, Duration::ZERO).await;
+    wait_delivered_once(&receiver, 0..60, "the fallback delivering while cut off");
+    assert!(
+        receiver
+            .requests()
+            .iter()
+            .all(|r| r.headers.get("authorization").map(String::as_str) == Some("Bearer fallback")),
+        "the fallback sends the Secret it kept"
+    );
+    assert!(
+        fallback.0.try_wait().expect("the fallback").is_none(),
+        "the fallback runs"
+    );
+
+    // The control plane is back: the agent pod starts and takes the queue over.
+    cluster.signal_api_server("CONT");
+    let stream = tokio::spawn(publish(broker.port, 60..160, Duration::from_millis(10)));
+    let status = poll(WAIT, "the fallback to hand over and exit", || {
+        fallback.0.try_wait().expect("the fallback")
+    });
+    assert!(
+        status.success(),
+        "the fallback exits 0 after the handover: {status}\n{}",
+        std::fs::read_to_string(&fallback_log).unwrap_or_default()
+    );
+    stream.await.expect("the stream");
+    let (pod, ..) = poll(WAIT, "the agent pod Ready again", || {
+        agent_pod(&cluster).filter(|p| pod_ready(&cluster, &p.0))
+    });
+    wait_delivered_once(&receiver, 0..160, "every reading across the reboot");
+    let metrics = agent_metrics(&cluster, &pod);
+    assert!(
+        metric_sum(&metrics, "edge_agent_fallback_last_duration_seconds") > 0.0,
+        "the agent reports the fallback's run"
+    );
+
+    // Deleting the pipeline disarms the node's fallback through a Job on the node.
+    cluster.kubectl_ok(&["delete", "epl", PIPELINE, "-n", NS, "--wait"]);
+    let jobs = poll(WAIT, "the disarm Job", || {
+        let out = cluster.kubectl_ok(&[
+            "get",
+            "jobs",
+            "-n",
+            helm::NAMESPACE,
+            "-l",
+            &format!("edgepipe.dev/disarm={NS}.{NAME}"),
+            "-o",
+            "name",
+        ]);
+        (!out.trim().is_empty()).then_some(out)
+    });
+    cluster.kubectl_ok(&[
+        "wait",
+        "--for=condition=Complete",
+        jobs.trim(),
+        "-n",
+        helm::NAMESPACE,
+        "--timeout=180s",
+    ]);
+    let instance = edge_crds::fallback::unit_name(NS, NAME);
+    assert!(
+        !units
+            .join("multi-user.target.wants")
+            .join(instance)
+            .exists()
+    );
+    assert!(
+        !std::path::Path::new(&host_dir)
+            .join("pipeline.yaml")
+            .exists()
+    );
+    assert!(
+        std::path::Path::new(&host_dir)
+            .join("pipeline.disarmed.yaml")
+            .exists()
+    );
+    assert!(
+        !std::path::Path::new(&host_dir)
+            .join("fallback-snapshot")
+            .exists()
+    );
+}

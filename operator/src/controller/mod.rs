@@ -73,6 +73,7 @@ macro_rules! resource_as {
 }
 
 mod children;
+mod disarm;
 mod fleet;
 mod models;
 mod records;
@@ -214,6 +215,17 @@ pub enum Error {
     /// Listing the canary nodes of a rollout (by their labels) failed.
     #[error("listing the canary nodes failed: {0}")]
     ListNodes(#[source] kube::Error),
+    /// Adding or releasing the fallback finalizer failed.
+    #[error("updating the finalizers failed: {0}")]
+    Finalizer(#[source] kube::Error),
+    /// Creating the Job that disarms a node's fallback failed.
+    #[error("creating the disarm Job for node {node} failed: {source}")]
+    Disarm {
+        /// The node.
+        node: String,
+        /// API error.
+        source: kube::Error,
+    },
     /// Patching `/status` failed.
     #[error("patching the status failed: {0}")]
     PatchStatus(#[source] kube::Error),
@@ -241,6 +253,8 @@ pub struct Context {
     nodes: Store<Node>,
     leases: Store<CachedLease>,
     settling: settle::Settling,
+    /// The operator's own namespace (disarm Jobs go there), when known.
+    own_namespace: Option<String>,
 }
 
 /// What reconcile last applied for a pipeline, and the versions the API server gave back.
@@ -278,6 +292,7 @@ impl Context {
             nodes: reflector::store().0,
             leases: reflector::store().0,
             settling: settle::Settling::default(),
+            own_namespace: None,
         }
     }
 
@@ -288,6 +303,13 @@ impl Context {
     pub fn with_fleet(mut self, pods: Store<CachedPod>, nodes: Store<Node>) -> Self {
         self.pods = pods;
         self.nodes = nodes;
+        self
+    }
+
+    /// The operator's own namespace: where the Jobs disarming a deleted pipeline's node
+    /// fallbacks run (without it, in the pipeline's namespace).
+    pub fn with_own_namespace(mut self, namespace: Option<String>) -> Self {
+        self.own_namespace = namespace;
         self
     }
 
@@ -459,6 +481,10 @@ pub async fn reconcile_stored(
     stored: Arc<StoredPipeline>,
     ctx: Arc<Context>,
 ) -> Result<Action, Error> {
+    // Deleted: only the fallback finalizer is this operator's to act on.
+    if stored.metadata.deletion_timestamp.is_some() {
+        return disarm::on_delete(&stored.metadata, &ctx).await;
+    }
     let generation = stored.metadata.generation;
     if let Some(wait) = ctx
         .settling
@@ -521,6 +547,9 @@ async fn apply(pipeline: &EdgePipeline, ctx: &Context) -> Result<Action, Error> 
     let namespace = pipeline.namespace().ok_or(Error::MissingNamespace)?;
     let name = pipeline.name_any();
     let child = agent_name(&name);
+    if ctx.render.fallback.is_some() {
+        disarm::ensure_finalizer(&pipeline.metadata, ctx).await?;
+    }
     let mut options = RenderOptions {
         model_version: ctx.model_version(&namespace, pipeline),
         ..ctx.render.clone()

@@ -54,6 +54,8 @@ pub struct Settings {
     pub instance: Option<String>,
     /// What pipelines may ask for.
     pub policy: TenantPolicy,
+    /// The operator's own namespace (where disarm Jobs run), when known.
+    pub own_namespace: Option<String>,
 }
 
 /// The pipelines (in the cache) whose model is the ConfigMap `cm`.
@@ -317,7 +319,8 @@ pub async fn run(
             .with_owned(owned_daemon_sets, owned_config_maps)
             .with_policy(settings.policy, secrets)
             .with_fleet(pods.clone(), nodes)
-            .with_records(leases),
+            .with_records(leases)
+            .with_own_namespace(settings.own_namespace),
     );
 
     let model_cache = cache.clone();

@@ -30,7 +30,10 @@ use kube::{Resource, ResourceExt};
 use crate::datadir::{DataDirError, host_data_dir};
 
 pub use config::{AgentConfig, REVISION_HASH_LEN, agent_config, config_hash, config_revision};
-pub use pod::{CONFIG_VOLUME, CONTROL_PLANE_LABELS, default_resources, is_loopback, listen_port};
+pub use pod::{
+    CONFIG_VOLUME, CONTROL_PLANE_LABELS, FALLBACK_INIT_CONTAINER, default_resources, is_loopback,
+    listen_port, root_without_capabilities,
+};
 pub use secrets::{
     SECRET_FILE_MODE, SECRET_VOLUME_PREFIX, SECRETS_DIGEST_ANNOTATION, SECRETS_DIR, SecretMissing,
     SecretMount, referenced_secrets, secret_file, secret_volumes, secrets_digest,
@@ -59,7 +62,7 @@ pub const DATA_DIR: &str = "/var/lib/edgepipe";
 pub use crate::datadir::HOST_DATA_ROOT;
 /// Where a model ConfigMap is mounted (as a directory). The rendered configuration points
 /// the agent at `<MODEL_MOUNT_DIR>/<key>`.
-pub const MODEL_MOUNT_DIR: &str = "/etc/edgepipe-model";
+pub const MODEL_MOUNT_DIR: &str = edge_crds::fallback::MODEL_DIR;
 /// User and group the agent runs as.
 pub const AGENT_UID: i64 = 65532;
 /// Label of the agent's configuration revisions (ConfigMaps), besides the pipeline's
@@ -90,6 +93,22 @@ pub struct RenderOptions {
     /// The agents' access to the API server for their fleet records ([`AgentAccess`]);
     /// without it the agents have no ServiceAccount token and report nothing.
     pub agent_access: Option<AgentAccess>,
+    /// The node's fallback for a reboot without the control plane ([`FallbackInstall`]);
+    /// without it the agents arm nothing.
+    pub fallback: Option<FallbackInstall>,
+}
+
+/// How the agent pods arm their node's fallback ([`edge_crds::fallback`]): an init
+/// container (`edge-agent install-fallback`, root with no capability) installs the agent
+/// binary under [`edge_crds::fallback::HOST_BIN_DIR`] and the systemd unit in
+/// `unit_dir`, enabled for the pipeline; the agent keeps what the fallback needs in its
+/// data directory.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct FallbackInstall {
+    /// The nodes' systemd unit directory.
+    pub unit_dir: String,
+    /// How long the fallback leaves the agent pod to start after a boot, in seconds.
+    pub grace_seconds: u64,
 }
 
 /// How the agents reach the API server to keep their fleet records

@@ -10,7 +10,7 @@
 
 use std::collections::BTreeMap;
 
-use edge_crds::{EdgePipeline, PIPELINE_UID_ENV, fleet};
+use edge_crds::{EdgePipeline, PIPELINE_UID_ENV, fallback, fleet};
 use k8s_openapi::api::core::v1::{
     Affinity, Capabilities, ConfigMapProjection, ConfigMapVolumeSource, Container, ContainerPort,
     EmptyDirVolumeSource, EnvVar, EnvVarSource, HTTPGetAction, HostPathVolumeSource, KeyToPath,
@@ -24,7 +24,8 @@ use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 
 use super::secrets::secret_volumes;
 use super::{
-    AGENT_UID, AgentConfig, CONFIG_DIR, CONFIG_KEY, DATA_DIR, MODEL_MOUNT_DIR, RenderOptions,
+    AGENT_UID, AgentConfig, CONFIG_DIR, CONFIG_KEY, DATA_DIR, FallbackInstall, MODEL_MOUNT_DIR,
+    RenderOptions,
 };
 
 /// Name of the agent container.
@@ -35,6 +36,13 @@ pub const CONFIG_VOLUME: &str = "config";
 pub const API_VOLUME: &str = "api";
 /// Name of the init container preparing the queue directory.
 pub const INIT_CONTAINER: &str = "prepare-data-dir";
+/// Name of the init container arming the node's fallback (with `agent.fallback`).
+pub const FALLBACK_INIT_CONTAINER: &str = "install-fallback";
+/// Volumes and mount points of the node's unit and binary directories.
+pub const FALLBACK_UNITS_VOLUME: &str = "fallback-units";
+pub const FALLBACK_BIN_VOLUME: &str = "fallback-bin";
+pub const FALLBACK_UNITS_MOUNT: &str = "/host/systemd";
+pub const FALLBACK_BIN_MOUNT: &str = "/host/fallback";
 /// Seconds the agent gets to drain (stop ingest, commit, stop sync) on SIGTERM.
 pub const TERMINATION_GRACE_SECONDS: i64 = 60;
 
@@ -204,6 +212,16 @@ pub(super) fn pod_spec(
         }
         fleet::account_name(&pipeline)
     });
+    let install_fallback = options.fallback.as_ref().map(|install| {
+        env.push(EnvVar {
+            name: fallback::ARMED_ENV.to_string(),
+            value: Some(fallback::ARMED.to_string()),
+            value_from: None,
+        });
+        let (container, host_volumes) = fallback_installer(pipeline, install, &options.agent_image);
+        volumes.extend(host_volumes);
+        container
+    });
 
     let agent = Container {
         name: AGENT_CONTAINER.to_string(),
@@ -274,13 +292,94 @@ pub(super) fn pod_spec(
             }),
             ..PodSecurityContext::default()
         }),
-        init_containers: Some(vec![init]),
+        init_containers: Some(std::iter::once(init).chain(install_fallback).collect()),
         containers: vec![agent],
         volumes: Some(volumes),
         node_selector: (!spec.node_selector.is_empty()).then(|| spec.node_selector.clone()),
         tolerations: (!spec.tolerations.is_empty()).then(|| spec.tolerations.clone()),
         affinity: options.avoid_control_plane.then(not_on_control_plane),
         ..PodSpec::default()
+    }
+}
+
+/// The init container arming the node's fallback (`edge-agent install-fallback`) and
+/// the node's directories it writes: the systemd unit directory and the root-owned
+/// binary directory. Root, to write where root owns, with every capability dropped.
+fn fallback_installer(
+    pipeline: &EdgePipeline,
+    install: &FallbackInstall,
+    image: &str,
+) -> (Container, Vec<Volume>) {
+    let host_dir = |name: &str, path: &str, type_: &str| Volume {
+        name: name.to_string(),
+        host_path: Some(HostPathVolumeSource {
+            path: path.to_string(),
+            type_: Some(type_.to_string()),
+        }),
+        ..Volume::default()
+    };
+    let volumes = vec![
+        host_dir(FALLBACK_UNITS_VOLUME, &install.unit_dir, "Directory"),
+        host_dir(
+            FALLBACK_BIN_VOLUME,
+            fallback::HOST_BIN_DIR,
+            "DirectoryOrCreate",
+        ),
+    ];
+    let mut args: Vec<String> = [
+        "install-fallback",
+        "--unit-dir",
+        FALLBACK_UNITS_MOUNT,
+        "--bin-dir",
+        FALLBACK_BIN_MOUNT,
+        "--host-bin-dir",
+        fallback::HOST_BIN_DIR,
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect();
+    args.extend([
+        "--namespace".to_string(),
+        pipeline.metadata.namespace.clone().unwrap_or_default(),
+        "--name".to_string(),
+        pipeline.metadata.name.clone().unwrap_or_default(),
+        "--grace".to_string(),
+        format!("{}s", install.grace_seconds),
+    ]);
+    let container = Container {
+        name: FALLBACK_INIT_CONTAINER.to_string(),
+        image: Some(image.to_string()),
+        command: Some(vec!["edge-agent".to_string()]),
+        args: Some(args),
+        resources: Some(ResourceRequirements {
+            requests: Some(quantities(&[("cpu", "5m"), ("memory", "16Mi")])),
+            limits: Some(quantities(&[("memory", "64Mi")])),
+            ..ResourceRequirements::default()
+        }),
+        security_context: Some(root_without_capabilities()),
+        volume_mounts: Some(vec![
+            mount(FALLBACK_UNITS_VOLUME, FALLBACK_UNITS_MOUNT, false),
+            mount(FALLBACK_BIN_VOLUME, FALLBACK_BIN_MOUNT, false),
+        ]),
+        ..Container::default()
+    };
+    (container, volumes)
+}
+
+/// Root (to write files root owns on the node), every capability dropped, no privilege
+/// escalation, read-only root filesystem.
+pub fn root_without_capabilities() -> SecurityContext {
+    SecurityContext {
+        allow_privilege_escalation: Some(false),
+        read_only_root_filesystem: Some(true),
+        run_as_non_root: Some(false),
+        run_as_user: Some(0),
+        run_as_group: Some(0),
+        capabilities: Some(Capabilities {
+            drop: Some(vec!["ALL".to_string()]),
+            add: None,
+        }),
+        ..SecurityContext::default()
     }
 }
 

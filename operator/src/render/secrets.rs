@@ -26,7 +26,7 @@ use sha2::{Digest, Sha256};
 use super::RenderError;
 
 /// Where the referenced Secrets are mounted, one directory per Secret.
-pub const SECRETS_DIR: &str = "/etc/edgepipe-secrets";
+pub const SECRETS_DIR: &str = edge_crds::fallback::SECRETS_DIR;
 /// Pod template annotation: the digest of the referenced Secret keys' values.
 pub const SECRETS_DIGEST_ANNOTATION: &str = "edgepipe.dev/secrets-digest";
 /// Mode of the Secret files: readable by their owner (root) and group (the pod's

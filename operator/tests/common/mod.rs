@@ -49,6 +49,7 @@ pub fn default_options() -> RenderOptions {
         secrets_digest: None,
         avoid_control_plane: true,
         agent_access: None,
+        fallback: None,
     }
 }
 

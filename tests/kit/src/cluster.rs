@@ -661,6 +661,15 @@ impl Cluster {
         });
     }
 
+    /// Freezes (`STOP`) or thaws (`CONT`) the API server: to the nodes, the control plane
+    /// is unreachable while it is frozen (connections hang, as over a cut link).
+    pub fn signal_api_server(&self, signal: &str) {
+        let components = self.components.lock().unwrap_or_else(|e| e.into_inner());
+        for process in components.iter().filter(|p| p.name() == "kube-apiserver") {
+            process.signal(signal);
+        }
+    }
+
     /// Prints where the logs are, with the last lines of each component's log.
     pub fn print_logs(&self) {
         eprintln!("cluster logs: {}", self.dir.join("logs").display());

@@ -18,6 +18,8 @@ pub struct Mosquitto {
     persistent: bool,
     /// `user:password` logins; none: anonymous access.
     users: Vec<(String, String)>,
+    /// The address it listens on.
+    host: &'static str,
 }
 
 impl Mosquitto {
@@ -30,6 +32,12 @@ impl Mosquitto {
     /// Starts the broker on `port` (which must be free).
     pub fn start_on(port: u16) -> Self {
         Self::launch(Some(port), false)
+    }
+
+    /// A broker on every interface of this host (on a free port), so containers and pods
+    /// reach it at the host's address.
+    pub fn start_for_containers() -> Self {
+        Self::launch_on("0.0.0.0", None, false, &[])
     }
 
     /// A broker with `persistence true`: persistent sessions and their queued messages
@@ -49,7 +57,17 @@ impl Mosquitto {
     }
 
     fn launch_with(fixed: Option<u16>, persistent: bool, users: &[(&str, &str)]) -> Self {
+        Self::launch_on("127.0.0.1", fixed, persistent, users)
+    }
+
+    fn launch_on(
+        host: &'static str,
+        fixed: Option<u16>,
+        persistent: bool,
+        users: &[(&str, &str)],
+    ) -> Self {
         let mut broker = Self {
+            host,
             port: 0,
             child: None,
             dir: tempfile::tempdir().expect("tempdir"),
@@ -72,9 +90,10 @@ impl Mosquitto {
     fn spawn(&mut self) -> bool {
         let conf = self.dir.path().join("mosquitto.conf");
         let mut text = format!(
-            "listener {} 127.0.0.1\nallow_anonymous {}\nmax_inflight_messages 1000\n\
+            "listener {} {}\nallow_anonymous {}\nmax_inflight_messages 1000\n\
              max_queued_messages 0\nmax_keepalive 60\n",
             self.port,
+            self.host,
             self.users.is_empty()
         );
         if !self.users.is_empty() {

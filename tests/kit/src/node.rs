@@ -52,6 +52,8 @@ pub struct RealNode {
     kubeconfig: PathBuf,
     /// containerd, kubelet, kube-proxy, in start order.
     components: Vec<Process>,
+    /// The kubelet's `--node-labels`.
+    labels: String,
     _lock: File,
 }
 
@@ -125,6 +127,11 @@ impl RealNode {
             run,
             kubeconfig,
             components: Vec::new(),
+            labels: labels
+                .iter()
+                .map(|(k, v)| format!("{k}={v}"))
+                .collect::<Vec<_>>()
+                .join(","),
             _lock: lock,
         };
         node.write_configs(&pki, &proxy_kubeconfig);
@@ -132,7 +139,7 @@ impl RealNode {
         for image in std::iter::once(PAUSE_IMAGE).chain(images.iter().copied()) {
             node.import_image(image);
         }
-        node.start_kubelet(labels);
+        node.start_kubelet();
         node.start_kube_proxy();
         node.wait_ready(cluster);
         eprintln!(
@@ -184,6 +191,37 @@ impl RealNode {
             "importing {image} into the node's containerd failed: {}",
             String::from_utf8_lossy(&import.stderr)
         );
+    }
+
+    /// What a power cut does to the node as far as one machine allows: the kubelet, every
+    /// container of its pods (and their shims) and containerd are killed. kube-proxy
+    /// stays (its rules would come back with it at boot).
+    pub fn power_off(&mut self) {
+        self.stop("kubelet");
+        self.kill_containers();
+        let _ = Command::new("pkill")
+            .args(["-KILL", "-f"])
+            .arg(format!(
+                "containerd-shim.*-address {}",
+                self.socket().display()
+            ))
+            .output();
+        self.stop("containerd");
+    }
+
+    /// Starts containerd and the kubelet again, as a boot does. Pods come back only
+    /// when the kubelet reaches the API server.
+    pub fn boot(&mut self) {
+        self.start_containerd();
+        self.start_kubelet();
+    }
+
+    fn stop(&mut self, name: &str) {
+        if let Some(i) = self.components.iter().position(|p| p.name() == name) {
+            let mut process = self.components.remove(i);
+            process.signal("KILL");
+            process.stop();
+        }
     }
 
     /// Prints where the node's logs are, with the last lines of each component's log and
@@ -345,8 +383,7 @@ conntrack:
         });
     }
 
-    fn start_kubelet(&mut self, labels: &[(&str, &str)]) {
-        let labels: Vec<String> = labels.iter().map(|(k, v)| format!("{k}={v}")).collect();
+    fn start_kubelet(&mut self) {
         let mut kubelet = Command::new(tool("kubelet"));
         kubelet
             .arg(format!(
@@ -361,7 +398,7 @@ conntrack:
             ))
             .arg(format!("--hostname-override={}", self.name))
             .arg(format!("--node-ip={}", self.ip))
-            .arg(format!("--node-labels={}", labels.join(",")))
+            .arg(format!("--node-labels={}", self.labels))
             .arg("--v=1");
         self.spawn("kubelet", &kubelet);
     }
