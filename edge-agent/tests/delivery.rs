@@ -854,6 +854,48 @@ async fn a_fallback_killed_under_a_stream_loses_nothing_to_the_agent_after_it() 
     fallback_then_agent("node-kill", true).await;
 }
 
+/// An armed agent (the chart's `agent.fallback`) keeps its pod environment beside the
+/// queue for the node's fallback; the same agent unarmed removes it, which makes the
+/// installed unit inert (its condition needs the snapshot).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_armed_agent_keeps_its_pod_environment_and_an_unarmed_one_removes_it() {
+    let broker = Mosquitto::start();
+    let receiver = Receiver::start().await;
+    let files = tempfile::tempdir().unwrap();
+    let yaml = Pipeline {
+        broker_port: broker.port,
+        client_id: "agent-armed",
+        receiver_port: receiver.port,
+        ..Pipeline::default()
+    }
+    .yaml();
+    let mut armed = Agent::start_with_env(
+        files.path(),
+        &yaml,
+        &[
+            ("EDGEPIPE_FALLBACK", "armed"),
+            ("NODE_NAME", "edge-7"),
+            ("HOST_IP", "192.0.2.7"),
+        ],
+    );
+    armed.wait_ready().await;
+    let snapshot = armed.data_dir.join("fallback-snapshot/env.json");
+    let env: BTreeMap<String, String> =
+        serde_json::from_slice(&std::fs::read(&snapshot).expect("the snapshot")).unwrap();
+    assert_eq!(env.get("NODE_NAME").map(String::as_str), Some("edge-7"));
+    assert_eq!(env.get("HOST_IP").map(String::as_str), Some("192.0.2.7"));
+    assert_eq!(armed.terminate().code(), Some(0));
+
+    let mut unarmed = Agent::start_on(files.path(), &yaml, &armed.data_dir);
+    unarmed.wait_ready().await;
+    assert!(
+        !armed.data_dir.join("fallback-snapshot").exists(),
+        "an unarmed agent removes the snapshot"
+    );
+    assert!(armed.data_dir.join("pipeline.yaml").exists());
+    assert_eq!(unarmed.terminate().code(), Some(0));
+}
+
 async fn fallback_then_agent(name: &'static str, kill: bool) {
     let broker = Mosquitto::start();
     let receiver = Receiver::start().await;

@@ -447,11 +447,17 @@ impl Fallback {
                 .unwrap_or_else(|| panic!("no {key}= in the unit"))
                 .replace("%I", &format!("{namespace}/{name}"))
         };
-        let condition = field("ConditionPathExists");
-        assert!(
-            std::path::Path::new(&condition).exists(),
-            "the unit's condition {condition} does not hold"
-        );
+        // Every condition must hold, as systemd checks them.
+        for condition in unit
+            .lines()
+            .filter_map(|l| l.strip_prefix("ConditionPathExists="))
+        {
+            let path = condition.replace("%I", &format!("{namespace}/{name}"));
+            assert!(
+                std::path::Path::new(&path).exists(),
+                "the unit's condition {path} does not hold"
+            );
+        }
         let exec = field("ExecStart");
         let (user, group) = (field("User"), field("Group"));
         let out = std::fs::File::create(log).expect("fallback log");

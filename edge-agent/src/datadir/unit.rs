@@ -41,7 +41,13 @@ pub struct Paths {
     pub host_bin_dir: PathBuf,
 }
 
-/// The template unit with the node's binary and `grace`.
+/// The shipped unit's condition, and the one the installed unit adds.
+const SHIPPED_CONDITION: &str = "ConditionPathExists=/var/lib/edgepipe/%I/pipeline.yaml\n";
+
+/// The template unit with the node's binary and `grace`, run only while the agent keeps
+/// a snapshot for it: an agent that is no longer armed (the chart's `agent.fallback`
+/// turned off) removes its snapshot, and the unit turns inert without touching the node's
+/// unit directory.
 pub fn template(host_bin_dir: &Path, grace: Duration) -> String {
     SHIPPED_UNIT
         .replace(
@@ -49,6 +55,15 @@ pub fn template(host_bin_dir: &Path, grace: Duration) -> String {
             &host_bin_dir.join("edge-agent").display().to_string(),
         )
         .replace(SHIPPED_GRACE, &format!("--grace {}s", grace.as_secs()))
+        .replace(
+            SHIPPED_CONDITION,
+            &format!(
+                "{SHIPPED_CONDITION}# Armed: the agent keeps what the fallback needs (removed when the chart's\n\
+                 # agent.fallback is turned off or the pipeline is deleted).\n\
+                 ConditionPathExists=/var/lib/edgepipe/%I/{}/env.json\n",
+                edge_crds::fallback::SNAPSHOT_DIR
+            ),
+        )
 }
 
 /// Installs the binary and the template unit and enables the instance of
@@ -194,6 +209,10 @@ mod tests {
         assert!(unit.contains(
             "ExecStart=/var/lib/edgepipe/.fallback/edge-agent fallback --data-dir /var/lib/edgepipe/%I --grace 30s"
         ));
+        assert!(unit.contains("ConditionPathExists=/var/lib/edgepipe/%I/pipeline.yaml\n"));
+        assert!(
+            unit.contains("ConditionPathExists=/var/lib/edgepipe/%I/fallback-snapshot/env.json\n")
+        );
         let link = paths.unit_dir.join(
             "multi-user.target.wants/edgepipe-fallback@factory-line1\\x2dtemperature.service",
         );
