@@ -183,7 +183,11 @@ pub fn internal_error() -> Value {
 /// Every request must be allowed by [`required_permissions`]. A server-side apply
 /// needs `create` as well as `patch` (it creates a missing object).
 pub fn assert_permitted(seen: &[Seen]) {
-    let permissions = required_permissions();
+    assert_permitted_by(seen, &required_permissions());
+}
+
+/// [`assert_permitted`] against `permissions` (the operator's with an option's added).
+pub fn assert_permitted_by(seen: &[Seen], permissions: &[edge_operator::Permission]) {
     for request in seen {
         let segments: Vec<&str> = request.path.trim_start_matches('/').split('/').collect();
         let (group, rest) = match segments.as_slice() {

@@ -9,6 +9,7 @@ use std::time::Duration;
 use edge_crds::{EdgePipeline, EdgePipelineStatus};
 use edge_operator::controller::{Context, Error, reconcile};
 use edge_operator::render::CONFIG_HASH_ANNOTATION;
+use edge_operator::required_permissions;
 use edge_operator::telemetry::Metrics;
 use http::{Request, Response};
 use k8s_openapi::api::core::v1::ConfigMap;
@@ -20,7 +21,7 @@ use kube::runtime::events::Reporter;
 use kube::runtime::reflector::{self, Store};
 use serde_json::{Value, json};
 
-use super::api::{ApiServer, Seen, assert_permitted, not_found, respond};
+use super::api::{ApiServer, Seen, assert_permitted_by, not_found, respond};
 use super::{default_options, pipeline};
 
 /// The ConfigMap `line1-agent` of operators before configuration revisions.
@@ -147,6 +148,23 @@ where
     T: FnOnce(Arc<Context>, Arc<Metrics>) -> TF,
     TF: Future<Output = ()>,
 {
+    run_permitted(models, configure, &required_permissions(), script, test).await
+}
+
+/// [`run_with`], every request checked against `permissions`.
+pub async fn run_permitted<S, SF, T, TF>(
+    models: Store<PartialObjectMeta<ConfigMap>>,
+    configure: impl FnOnce(Context) -> Context,
+    permissions: &[edge_operator::Permission],
+    script: S,
+    test: T,
+) -> Vec<Seen>
+where
+    S: FnOnce(ApiServer) -> SF,
+    SF: Future<Output = ApiServer> + Send + 'static,
+    T: FnOnce(Arc<Context>, Arc<Metrics>) -> TF,
+    TF: Future<Output = ()>,
+{
     let (harness, server) = harness(models, configure);
     let script = script(server);
     let server = tokio::spawn(async move { script.await.finish().await });
@@ -155,7 +173,7 @@ where
     let seen = server
         .await
         .expect("the scripted API server saw what it expected, and nothing more");
-    assert_permitted(&seen);
+    assert_permitted_by(&seen, permissions);
     seen
 }
 

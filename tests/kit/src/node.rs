@@ -474,6 +474,10 @@ impl Drop for RealNode {
         }
         clean_host(&[&self.dir, &self.run]);
         let _ = std::fs::remove_dir_all(&self.run);
+        // The unpacked images and the pods' volumes (hundreds of MB); the logs stay.
+        for dir in ["containerd", "kubelet"] {
+            let _ = std::fs::remove_dir_all(self.dir.join(dir));
+        }
     }
 }
 
