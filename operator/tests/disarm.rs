@@ -11,7 +11,7 @@ use std::sync::Arc;
 
 use common::api::respond;
 use common::cluster::{cluster_pipeline, no_models, run_permitted};
-use edge_operator::controller::{CachedPod, StoredPipeline, reconcile_stored};
+use edge_operator::controller::{CachedPod, Context, StoredPipeline, reconcile_stored};
 use edge_operator::{fallback_permissions, required_permissions};
 use http::{Method, StatusCode};
 use k8s_openapi::api::core::v1::Node;
@@ -52,6 +52,15 @@ fn agent_pods(nodes: &[&str]) -> reflector::Store<CachedPod> {
     store
 }
 
+/// The context of an operator in `edgepipe-system` with the agent pods on `nodes`.
+fn with_pods_on(nodes: &[&str]) -> impl FnOnce(Context) -> Context {
+    let pods = agent_pods(nodes);
+    move |ctx| {
+        ctx.with_fleet(pods, reflector::store::<Node>().0)
+            .with_own_namespace(Some("edgepipe-system".to_string()))
+    }
+}
+
 fn permissions() -> Vec<edge_operator::Permission> {
     let mut all = required_permissions();
     all.extend(fallback_permissions());
@@ -61,13 +70,9 @@ fn permissions() -> Vec<edge_operator::Permission> {
 #[tokio::test]
 async fn a_deleted_armed_pipeline_gets_a_disarm_job_per_node_then_loses_its_finalizer() {
     let stored = deleted(&["example.com/other", FINALIZER]);
-    let pods = agent_pods(&["edge-1", "edge-2"]);
     run_permitted(
         no_models(),
-        |ctx| {
-            ctx.with_fleet(pods, reflector::store::<Node>().0)
-                .with_own_namespace(Some("edgepipe-system".to_string()))
-        },
+        with_pods_on(&["edge-1", "edge-2"]),
         &permissions(),
         |mut api| async move {
             for node in ["edge-1", "edge-2"] {
@@ -115,13 +120,9 @@ async fn a_deleted_armed_pipeline_gets_a_disarm_job_per_node_then_loses_its_fina
 #[tokio::test]
 async fn a_job_that_exists_already_is_not_an_error() {
     let stored = deleted(&[FINALIZER]);
-    let pods = agent_pods(&["edge-1"]);
     run_permitted(
         no_models(),
-        |ctx| {
-            ctx.with_fleet(pods, reflector::store::<Node>().0)
-                .with_own_namespace(Some("edgepipe-system".to_string()))
-        },
+        with_pods_on(&["edge-1"]),
         &permissions(),
         |mut api| async move {
             let (_, send) = api.expect(Method::POST, JOBS).await;

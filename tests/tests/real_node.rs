@@ -181,6 +181,13 @@ fn wait_delivered_once(receiver: &Receiver, ids: std::ops::Range<u32>, what: &st
     }
 }
 
+/// Publishes [`PRIMER`] on the broker at `port`.
+async fn prime(port: u16) {
+    let mut primer = Publisher::connect(port, "real-node-primer");
+    primer.send("sensors/t1/temperature", PRIMER).await;
+    primer.flush().await;
+}
+
 async fn publish(port: u16, ids: std::ops::Range<u32>, pause: Duration) {
     let mut publisher = Publisher::connect(port, &format!("real-node-{}", ids.start));
     for i in ids {
@@ -192,6 +199,51 @@ async fn publish(port: u16, ids: std::ops::Range<u32>, pause: Duration) {
         }
     }
     publisher.flush().await;
+}
+
+/// `helm install` of the chart with this build's images, the operator on the real node,
+/// and `extra` values; waits for it.
+fn install_chart(cluster: &Cluster, images: (&str, &str), extra: &[&str]) {
+    let (agent_image, operator_image) = images;
+    let (operator_repo, operator_tag) = operator_image.split_once(':').expect("a tag");
+    let (agent_repo, agent_tag) = agent_image.split_once(':').expect("a tag");
+    let mut sets = vec![
+        format!("image.repository={operator_repo}"),
+        format!("image.tag={operator_tag}"),
+        format!("agent.image.repository={agent_repo}"),
+        format!("agent.image.tag={agent_tag}"),
+        format!("nodeSelector.kubernetes\\.io/hostname={EDGE_NODE}"),
+    ];
+    sets.extend(extra.iter().map(|s| s.to_string()));
+    let sets: Vec<&str> = sets.iter().map(String::as_str).collect();
+    let install = helm::install_on(
+        cluster.kubeconfig(),
+        &sets,
+        &["--wait", "--timeout", "180s"],
+    );
+    assert!(install.success, "helm install: {}", install.stderr);
+}
+
+/// The example's namespace and its `ingest-token` Secret (opted in), holding `token`.
+fn ingest_token(cluster: &Cluster, token: &str) {
+    cluster.namespace(NS);
+    cluster.kubectl_ok(&[
+        "create",
+        "secret",
+        "generic",
+        "ingest-token",
+        "-n",
+        NS,
+        &format!("--from-literal=authorization={token}"),
+    ]);
+    cluster.kubectl_ok(&[
+        "label",
+        "secret",
+        "ingest-token",
+        "-n",
+        NS,
+        "edgepipe.dev/allow-pipelines=true",
+    ]);
 }
 
 /// Prints the agent's metrics when the test fails (the node prints the pods' logs).
@@ -233,20 +285,7 @@ async fn the_chart_and_the_example_run_for_real_on_a_kubelet() {
     );
 
     // The chart, with this build's images; the operator on the real node.
-    let (operator_repo, operator_tag) = operator_image.split_once(':').expect("a tag");
-    let (agent_repo, agent_tag) = agent_image.split_once(':').expect("a tag");
-    let install = helm::install_on(
-        cluster.kubeconfig(),
-        &[
-            &format!("image.repository={operator_repo}"),
-            &format!("image.tag={operator_tag}"),
-            &format!("agent.image.repository={agent_repo}"),
-            &format!("agent.image.tag={agent_tag}"),
-            &format!("nodeSelector.kubernetes\\.io/hostname={EDGE_NODE}"),
-        ],
-        &["--wait", "--timeout", "180s"],
-    );
-    assert!(install.success, "helm install: {}", install.stderr);
+    install_chart(&cluster, (agent_image, operator_image), &[]);
     let operator_node = cluster.kubectl_ok(&[
         "get",
         "pods",
@@ -277,24 +316,7 @@ async fn the_chart_and_the_example_run_for_real_on_a_kubelet() {
 
     let receiver = Receiver::start_for_containers().await;
     let url = format!("http://{ip}:{}/sensor-data/batch", receiver.port);
-    cluster.namespace(NS);
-    cluster.kubectl_ok(&[
-        "create",
-        "secret",
-        "generic",
-        "ingest-token",
-        "-n",
-        NS,
-        "--from-literal=authorization=Bearer real-node",
-    ]);
-    cluster.kubectl_ok(&[
-        "label",
-        "secret",
-        "ingest-token",
-        "-n",
-        NS,
-        "edgepipe.dev/allow-pipelines=true",
-    ]);
+    ingest_token(&cluster, "Bearer real-node");
     cluster.apply(&example(&url, 500));
     let _diagnose = Diagnose(&cluster);
     cluster.wait_pipeline_ready(NS, PIPELINE);
@@ -341,10 +363,7 @@ async fn the_chart_and_the_example_run_for_real_on_a_kubelet() {
     assert_eq!(String::from_utf8_lossy(&owner.stdout).trim(), "65532");
 
     // A reading flows from the node's broker through the real pod to the receiver.
-    let mut primer = Publisher::connect(1883, "real-node-primer");
-    primer.send("sensors/t1/temperature", PRIMER).await;
-    primer.flush().await;
-    drop(primer);
+    prime(1883).await;
     publish(1883, 0..20, Duration::ZERO).await;
     wait_delivered_once(&receiver, 0..20, "the first readings at the receiver");
     let metrics = agent_metrics(&cluster, &pod);
@@ -511,47 +530,22 @@ async fn a_node_rebooted_without_its_control_plane_runs_its_pipeline_in_fallback
     // the unit the way systemd would at boot).
     let units = cluster.dir().join("systemd");
     std::fs::create_dir_all(&units).expect("unit directory");
-    let (operator_repo, operator_tag) = operator_image.split_once(':').expect("a tag");
-    let (agent_repo, agent_tag) = agent_image.split_once(':').expect("a tag");
-    let install = helm::install_on(
-        cluster.kubeconfig(),
+    install_chart(
+        &cluster,
+        (agent_image, operator_image),
         &[
-            &format!("image.repository={operator_repo}"),
-            &format!("image.tag={operator_tag}"),
-            &format!("agent.image.repository={agent_repo}"),
-            &format!("agent.image.tag={agent_tag}"),
-            &format!("nodeSelector.kubernetes\\.io/hostname={EDGE_NODE}"),
             "agent.fallback.enabled=true",
             &format!("agent.fallback.unitDir={}", units.display()),
             "agent.fallback.graceSeconds=5",
         ],
-        &["--wait", "--timeout", "180s"],
     );
-    assert!(install.success, "helm install: {}", install.stderr);
 
     // The devices' broker runs on the host, as README advises for sites with a fallback:
     // a broker pod would be down with everything else after the reboot.
     let broker = edge_testkit::mqtt::Mosquitto::start_for_containers();
     let receiver = Receiver::start_for_containers().await;
     let url = format!("http://{ip}:{}/sensor-data/batch", receiver.port);
-    cluster.namespace(NS);
-    cluster.kubectl_ok(&[
-        "create",
-        "secret",
-        "generic",
-        "ingest-token",
-        "-n",
-        NS,
-        "--from-literal=authorization=Bearer fallback",
-    ]);
-    cluster.kubectl_ok(&[
-        "label",
-        "secret",
-        "ingest-token",
-        "-n",
-        NS,
-        "edgepipe.dev/allow-pipelines=true",
-    ]);
+    ingest_token(&cluster, "Bearer fallback");
     let pipeline = example(&url, 500).replace(
         "mqtt://${HOST_IP}:1883",
         &format!("mqtt://${{HOST_IP}}:{}", broker.port),
@@ -578,10 +572,7 @@ async fn a_node_rebooted_without_its_control_plane_runs_its_pipeline_in_fallback
         std::fs::read_to_string(&kept_token).expect("the kept Secret"),
         "Bearer fallback"
     );
-    let mut primer = Publisher::connect(broker.port, "fallback-primer");
-    primer.send("sensors/t1/temperature", PRIMER).await;
-    primer.flush().await;
-    drop(primer);
+    prime(broker.port).await;
     publish(broker.port, 0..20, Duration::ZERO).await;
     wait_delivered_once(&receiver, 0..20, "readings before the outage");
 

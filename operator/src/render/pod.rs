@@ -432,18 +432,11 @@ fn agent_security_context() -> SecurityContext {
 
 /// Root, but only to `chown` one directory: every capability but `CHOWN` is dropped.
 fn init_security_context() -> SecurityContext {
-    SecurityContext {
-        allow_privilege_escalation: Some(false),
-        read_only_root_filesystem: Some(true),
-        run_as_non_root: Some(false),
-        run_as_user: Some(0),
-        run_as_group: Some(0),
-        capabilities: Some(Capabilities {
-            drop: Some(vec!["ALL".to_string()]),
-            add: Some(vec!["CHOWN".to_string()]),
-        }),
-        ..SecurityContext::default()
+    let mut context = root_without_capabilities();
+    if let Some(capabilities) = context.capabilities.as_mut() {
+        capabilities.add = Some(vec!["CHOWN".to_string()]);
     }
+    context
 }
 
 fn http_probe(path: &str, period: i32, failures: i32) -> Probe {
