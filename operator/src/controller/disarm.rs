@@ -39,6 +39,8 @@ pub const DISARM_LABEL: &str = "edgepipe.dev/disarm";
 /// How long a finished disarm Job stays for a look.
 const JOB_TTL_SECONDS: i32 = 3600;
 const UNITS_MOUNT: &str = "/host/systemd";
+/// How long a deleted pipeline waits for the pod cache to be filled.
+const POD_CACHE_WAIT: std::time::Duration = std::time::Duration::from_secs(30);
 
 fn has_finalizer(meta: &ObjectMeta) -> bool {
     meta.finalizers
@@ -100,6 +102,9 @@ pub(super) async fn on_delete(meta: &ObjectMeta, ctx: &Context) -> Result<Action
         meta.namespace.clone().unwrap_or_default(),
         meta.name.clone().unwrap_or_default(),
     );
+    // The nodes come from the cache of agent pods: right after a start it may not hold
+    // them yet (a pipeline deleted while the operator was down).
+    let _ = tokio::time::timeout(POD_CACHE_WAIT, ctx.pods.wait_until_ready()).await;
     let nodes: BTreeSet<String> = ctx
         .agent_pods(&namespace, &name)
         .iter()
@@ -280,7 +285,7 @@ pub fn disarm_job(namespace: &str, name: &str, node: &str, unit_dir: &str, image
                     )],
                     volumes: Some(vec![
                         host("data", &data_dir, "DirectoryOrCreate"),
-                        host("units", unit_dir, "Directory"),
+                        host("units", unit_dir, "DirectoryOrCreate"),
                     ]),
                     ..PodSpec::default()
                 }),

@@ -319,7 +319,13 @@ fn fallback_installer(
         ..Volume::default()
     };
     let volumes = vec![
-        host_dir(FALLBACK_UNITS_VOLUME, &install.unit_dir, "Directory"),
+        // Created where missing: a node without systemd runs its agents all the same (the
+        // unit there is inert), rather than a pod stuck on a mount.
+        host_dir(
+            FALLBACK_UNITS_VOLUME,
+            &install.unit_dir,
+            "DirectoryOrCreate",
+        ),
         host_dir(
             FALLBACK_BIN_VOLUME,
             fallback::HOST_BIN_DIR,
