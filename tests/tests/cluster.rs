@@ -907,12 +907,24 @@ async fn a_pipeline_created_again_does_not_send_the_deleted_ones_queue() {
         )
         .await;
     publisher.flush().await;
-    let record = eventually(
-        WAIT,
-        "the new pipeline's reading at the receiver",
-        async || receiver.accepted().into_iter().next(),
-    )
+    let arrived = tokio::time::timeout(WAIT, async {
+        loop {
+            if let Some(record) = receiver.accepted().into_iter().next() {
+                return record;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    })
     .await;
+    let record = arrived.unwrap_or_else(|_| {
+        panic!(
+            "the new pipeline's reading did not reach the receiver in {WAIT:?} ({} requests)\n\
+             agent log:\n{}\nbroker log:\n{}",
+            receiver.requests().len(),
+            second.log_text(),
+            broker.log_text()
+        )
+    });
     // Records leave in order: the old reading, had it been kept, would have come first.
     assert_eq!(record["device"], "new", "{:?}", receiver.accepted());
     assert!(
