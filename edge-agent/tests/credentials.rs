@@ -220,6 +220,9 @@ async fn https_with_a_private_ca_and_mutual_tls_delivers_only_to_and_from_the_ri
     let tls = tls_lines(&right.path("ca.crt"), identity);
     let agent_dir = tempfile::tempdir().unwrap();
     let yaml = https_pipeline(broker.port, "agent-mtls", &receiver, &tls);
+    // The session exists before the agent does: nothing published before its
+    // subscription is live can be lost.
+    prepare_session(broker.port, "agent-mtls", &["sensors/+/temperature"]).await;
     let mut agent = Agent::start(agent_dir.path(), &yaml);
     agent.wait_ready().await;
     publish(broker.port, "mtls-pub", 0..5).await;
@@ -241,6 +244,9 @@ async fn https_with_a_private_ca_and_mutual_tls_delivers_only_to_and_from_the_ri
     let tls = tls_lines(&wrong.path("ca.crt"), identity);
     let agent_dir = tempfile::tempdir().unwrap();
     let yaml = https_pipeline(broker.port, "agent-wrong-ca", &receiver, &tls);
+    // The session exists before the agent does: nothing published before its
+    // subscription is live can be lost.
+    prepare_session(broker.port, "agent-wrong-ca", &["sensors/+/temperature"]).await;
     let mut agent = Agent::start(agent_dir.path(), &yaml);
     agent.wait_ready().await;
     publish(broker.port, "wrong-ca-pub", 0..5).await;
@@ -256,6 +262,9 @@ async fn https_with_a_private_ca_and_mutual_tls_delivers_only_to_and_from_the_ri
     let tls = tls_lines(&right.path("ca.crt"), None);
     let agent_dir = tempfile::tempdir().unwrap();
     let yaml = https_pipeline(broker.port, "agent-no-cert", &receiver, &tls);
+    // The session exists before the agent does: nothing published before its
+    // subscription is live can be lost.
+    prepare_session(broker.port, "agent-no-cert", &["sensors/+/temperature"]).await;
     let mut agent = Agent::start(agent_dir.path(), &yaml);
     agent.wait_ready().await;
     publish(broker.port, "no-cert-pub", 0..5).await;
