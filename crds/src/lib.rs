@@ -5,6 +5,9 @@
 //! [`crd()`] (the generated CustomResourceDefinition). Without it, no Kubernetes client is
 //! linked: the edge agent uses the crate that way.
 
+// Production code reports failures; it does not panic on them (tests may unwrap).
+#![cfg_attr(not(test), deny(clippy::unwrap_used, clippy::expect_used))]
+
 pub mod fallback;
 pub mod fleet;
 #[cfg(feature = "logging")]
@@ -36,6 +39,7 @@ pub fn crd()
 
 /// The CRD as YAML, exactly as committed in `crds/edgepipelines.yaml`.
 #[cfg(feature = "kube")]
+#[allow(clippy::expect_used, reason = "the CRD is plain strings, maps and lists: serializing it cannot fail")]
 pub fn crd_yaml() -> String {
     let yaml = serde_saphyr::to_string(&crd()).expect("the CRD serializes");
     format!(

@@ -5,6 +5,9 @@
 //! a Kubernetes client: the pipeline comes from a file (`edge-agent run --config`); what it
 //! tells the cluster, its node's fleet record ([`heartbeat`]), is one HTTP request a write.
 
+// Production code reports failures; it does not panic on them (tests may unwrap).
+#![cfg_attr(not(test), deny(clippy::unwrap_used, clippy::expect_used))]
+
 pub mod actions;
 pub mod broker;
 pub mod config;

@@ -3,6 +3,9 @@
 //! `dead-letters`, `model inspect|test` a TFLite model, or try everything at once with
 //! `demo`.
 
+// Production code reports failures; it does not panic on them (tests may unwrap).
+#![cfg_attr(not(test), deny(clippy::unwrap_used, clippy::expect_used))]
+
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;

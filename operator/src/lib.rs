@@ -8,6 +8,9 @@
 //! `/readyz`) and [`telemetry`] (the metrics). [`rbac`] lists the permissions all this
 //! needs.
 
+// Production code reports failures; it does not panic on them (tests may unwrap).
+#![cfg_attr(not(test), deny(clippy::unwrap_used, clippy::expect_used))]
+
 pub mod controller;
 pub mod datadir;
 pub mod leader;

@@ -1,6 +1,9 @@
 //! The `edge-operator` command line: `run` the operator, print the `crd`, and `render` what
 //! the operator would apply for a manifest.
 
+// Production code reports failures; it does not panic on them (tests may unwrap).
+#![cfg_attr(not(test), deny(clippy::unwrap_used, clippy::expect_used))]
+
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
