@@ -39,7 +39,10 @@ pub fn crd()
 
 /// The CRD as YAML, exactly as committed in `crds/edgepipelines.yaml`.
 #[cfg(feature = "kube")]
-#[allow(clippy::expect_used, reason = "the CRD is plain strings, maps and lists: serializing it cannot fail")]
+#[allow(
+    clippy::expect_used,
+    reason = "the CRD is plain strings, maps and lists: serializing it cannot fail"
+)]
 pub fn crd_yaml() -> String {
     let yaml = serde_saphyr::to_string(&crd()).expect("the CRD serializes");
     format!(
