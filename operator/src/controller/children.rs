@@ -212,57 +212,66 @@ pub async fn remove_agents(
     child: &str,
     daemon_sets: &Api<DaemonSet>,
 ) -> Result<(), Error> {
-    let delete = |uid: Option<String>| DeleteParams {
-        preconditions: Some(Preconditions {
-            uid,
-            resource_version: None,
-        }),
-        propagation_policy: Some(PropagationPolicy::Background),
-        ..DeleteParams::default()
-    };
-    // Gone already, or replaced by another object: nothing of this pipeline's to delete.
-    let gone = |error: &kube::Error| matches!(error, kube::Error::Api(status) if status.code == 404 || status.code == 409);
     if let Some(ds) = read_daemon_set(daemon_sets, child).await?
         && controlled_by(&ds.metadata, pipeline)
+        && delete_exact(
+            daemon_sets,
+            "DaemonSet",
+            child,
+            ds.metadata.uid.clone(),
+            Some(PropagationPolicy::Background),
+        )
+        .await?
     {
-        match daemon_sets
-            .delete(child, &delete(ds.metadata.uid.clone()))
-            .await
-        {
-            Ok(_) => {
-                tracing::info!(pipeline = %pipeline.name_any(), %namespace, "removed the agent DaemonSet of a pipeline outside the tenant policy")
-            }
-            Err(error) if gone(&error) => {}
-            Err(source) => {
-                return Err(Error::Remove {
-                    kind: "DaemonSet",
-                    name: child.to_string(),
-                    source,
-                });
-            }
-        }
+        tracing::info!(pipeline = %pipeline.name_any(), %namespace, "removed the agent DaemonSet of a pipeline outside the tenant policy");
     }
     for cm in owned_config_maps(ctx, pipeline, namespace) {
         let Some(name) = cm.metadata.name.clone() else {
             continue;
         };
         let config_maps: Api<ConfigMap> = Api::namespaced(ctx.client.clone(), namespace);
-        match config_maps
-            .delete(&name, &delete(cm.metadata.uid.clone()))
-            .await
-        {
-            Ok(_) => {}
-            Err(error) if gone(&error) => {}
-            Err(source) => {
-                return Err(Error::Remove {
-                    kind: "ConfigMap",
-                    name,
-                    source,
-                });
-            }
-        }
+        delete_exact(
+            &config_maps,
+            "ConfigMap",
+            &name,
+            cm.metadata.uid.clone(),
+            Some(PropagationPolicy::Background),
+        )
+        .await?;
     }
     Ok(())
+}
+
+/// Deletes `name` if it is still the object with `uid` (with `propagation` for its
+/// dependents, if given): `Ok(true)` when deleted, `Ok(false)` when it is gone already or was replaced by another
+/// object (404, 409): nothing of this pipeline's to delete.
+async fn delete_exact<K>(
+    api: &Api<K>,
+    kind: &'static str,
+    name: &str,
+    uid: Option<String>,
+    propagation: Option<PropagationPolicy>,
+) -> Result<bool, Error>
+where
+    K: Resource + Clone + serde::de::DeserializeOwned + std::fmt::Debug,
+{
+    let params = DeleteParams {
+        preconditions: Some(Preconditions {
+            uid,
+            resource_version: None,
+        }),
+        propagation_policy: propagation,
+        ..DeleteParams::default()
+    };
+    match api.delete(name, &params).await {
+        Ok(_) => Ok(true),
+        Err(kube::Error::Api(status)) if status.code == 404 || status.code == 409 => Ok(false),
+        Err(source) => Err(Error::Remove {
+            kind,
+            name: name.to_string(),
+            source,
+        }),
+    }
 }
 
 /// The ConfigMaps in the cache of managed ones that this pipeline controls: its
@@ -345,25 +354,8 @@ pub async fn collect_revisions(
             .iter()
             .find(|cm| cm.metadata.name.as_deref() == Some(name.as_str()))
             .and_then(|cm| cm.metadata.uid.clone());
-        let params = DeleteParams {
-            preconditions: Some(Preconditions {
-                uid,
-                resource_version: None,
-            }),
-            ..DeleteParams::default()
-        };
-        match config_maps.delete(&name, &params).await {
-            Ok(_) => {
-                tracing::info!(pipeline = %pipeline.name_any(), %namespace, configmap = %name, "deleted a configuration revision no agent uses any more");
-            }
-            Err(kube::Error::Api(status)) if status.code == 404 || status.code == 409 => {}
-            Err(source) => {
-                return Err(Error::Remove {
-                    kind: "ConfigMap",
-                    name,
-                    source,
-                });
-            }
+        if delete_exact(&config_maps, "ConfigMap", &name, uid, None).await? {
+            tracing::info!(pipeline = %pipeline.name_any(), %namespace, configmap = %name, "deleted a configuration revision no agent uses any more");
         }
     }
     Ok(())

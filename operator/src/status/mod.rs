@@ -166,13 +166,8 @@ fn compute_inner(
     deadline: Duration,
     now: &Time,
 ) -> EdgePipelineStatus {
-    let c = |type_: &str, status: bool, reason: &str, message: String| Condition {
-        type_: type_.to_string(),
-        status: if status { "True" } else { "False" }.to_string(),
-        reason: reason.to_string(),
-        message: truncate(message, MAX_MESSAGE),
-        observed_generation: generation,
-        last_transition_time: now.clone(),
+    let c = |type_: &str, status: bool, reason: &str, message: String| {
+        condition(type_, status, reason, message, generation, now)
     };
 
     let conditions = match validation {
@@ -336,13 +331,8 @@ pub fn compute_blocked(
 ) -> EdgePipelineStatus {
     let generation = pipeline.metadata.generation;
     let previous = pipeline.status.as_ref();
-    let c = |type_: &str, status: bool, reason: &str, message: String| Condition {
-        type_: type_.to_string(),
-        status: if status { "True" } else { "False" }.to_string(),
-        reason: reason.to_string(),
-        message: truncate(message, MAX_MESSAGE),
-        observed_generation: generation,
-        last_transition_time: now.clone(),
+    let c = |type_: &str, status: bool, reason: &str, message: String| {
+        condition(type_, status, reason, message, generation, now)
     };
     let (why, degraded, conflict) = match blocked {
         Blocked::ApplyFailed { message } => (reason::APPLY_FAILED, message.clone(), None),
@@ -407,13 +397,15 @@ pub fn compute_forbidden(
     now: &Time,
 ) -> EdgePipelineStatus {
     let generation = pipeline.metadata.generation;
-    let c = |type_: &str, status: bool, message: String| Condition {
-        type_: type_.to_string(),
-        status: if status { "True" } else { "False" }.to_string(),
-        reason: reason::FORBIDDEN_BY_POLICY.to_string(),
-        message: truncate(message, MAX_MESSAGE),
-        observed_generation: generation,
-        last_transition_time: now.clone(),
+    let c = |type_: &str, status: bool, message: String| {
+        condition(
+            type_,
+            status,
+            reason::FORBIDDEN_BY_POLICY,
+            message,
+            generation,
+            now,
+        )
     };
     let conditions = vec![
         c(
@@ -482,6 +474,25 @@ fn finish(
         // replaces them.
         fleet: previous.and_then(|p| p.fleet.clone()),
         rollout: previous.and_then(|p| p.rollout.clone()),
+    }
+}
+
+/// One condition of this generation, its message cut to [`MAX_MESSAGE`].
+fn condition(
+    type_: &str,
+    status: bool,
+    reason: &str,
+    message: String,
+    generation: Option<i64>,
+    now: &Time,
+) -> Condition {
+    Condition {
+        type_: type_.to_string(),
+        status: if status { "True" } else { "False" }.to_string(),
+        reason: reason.to_string(),
+        message: truncate(message, MAX_MESSAGE),
+        observed_generation: generation,
+        last_transition_time: now.clone(),
     }
 }
 
