@@ -5,7 +5,7 @@
 //! pipeline without the finalizer is left alone. Every request is checked against the
 //! operator's permissions with the fallback's added.
 
-mod common;
+use crate::common;
 
 use std::sync::Arc;
 

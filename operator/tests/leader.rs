@@ -2,7 +2,7 @@
 //! runs the controller only while leading, releases the Lease on shutdown, and every
 //! request it makes is allowed by `required_permissions()`.
 
-mod common;
+use crate::common;
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};

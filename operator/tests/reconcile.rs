@@ -3,7 +3,7 @@
 //! write), an unchanged one (no status write), a failing API server (capped backoff),
 //! and a model ConfigMap; every request is checked against `required_permissions()`.
 
-mod common;
+use crate::common;
 
 use std::sync::Arc;
 use std::time::Duration;

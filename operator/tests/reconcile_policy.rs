@@ -4,7 +4,7 @@
 //! only once the Secret opted in; a pipeline that stays forbidden writes nothing more.
 //! Every request is checked against `required_permissions()`.
 
-mod common;
+use crate::common;
 
 use std::collections::BTreeMap;
 

@@ -1,7 +1,7 @@
 //! Table tests for every field the operator maps into the agent's ConfigMap and DaemonSet,
 //! and for the hard-coded parts (hardening, volumes, rollout strategy).
 
-mod common;
+use crate::common;
 
 use common::{default_options, pipeline, with_spec};
 use edge_crds::{EdgePipeline, parse_pipeline, validate};

@@ -3,7 +3,7 @@
 //! checked by `kubernetes-validate --strict` against the oldest and newest Kubernetes
 //! versions we support. Regenerate the golden files with `UPDATE_GOLDEN=1`.
 
-mod common;
+use crate::common;
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -44,7 +44,7 @@ fn every_example_matches_its_golden_file() {
     }
     assert!(
         stale.is_empty(),
-        "golden files differ from the rendered examples (UPDATE_GOLDEN=1 cargo test -p edge-operator --test render_golden to accept): {stale:#?}"
+        "golden files differ from the rendered examples (UPDATE_GOLDEN=1 cargo test -p edge-operator --test operator render_golden to accept): {stale:#?}"
     );
 }
 

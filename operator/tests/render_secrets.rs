@@ -3,7 +3,7 @@
 //! odd names and keys refused before they become paths, and the digest of their values
 //! on the pod template only.
 
-mod common;
+use crate::common;
 
 use common::{default_options, pipeline, with_spec};
 use edge_crds::{EdgePipeline, parse_pipeline, validate};

@@ -3,7 +3,7 @@
 //! off control-plane nodes unless the policy allows them, and `edge-operator render`
 //! applies the tenant policy (`--policy-file`) the way the operator does.
 
-mod common;
+use crate::common;
 
 use std::process::Command;
 

@@ -1,7 +1,7 @@
 //! The operator's HTTP endpoint on a real socket: health answers, `/metrics` holds the
 //! operator metrics and passes `promtool check metrics`, and the server stops on shutdown.
 
-mod common;
+use crate::common;
 
 use std::io::Write;
 use std::net::SocketAddr;

@@ -1,7 +1,7 @@
 //! Table tests for the status computed from a pipeline and its DaemonSet, and for the
 //! transitions that publish Events.
 
-mod common;
+use crate::common;
 
 use common::pipeline;
 use edge_crds::{EdgePipeline, EdgePipelineStatus, FieldError};

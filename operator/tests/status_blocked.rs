@@ -2,7 +2,7 @@
 //! server refused, or an object of the agent's name is someone else's), its Events, and
 //! who holds an object of the agent's name.
 
-mod common;
+use crate::common;
 
 use common::pipeline;
 use edge_crds::{EdgePipeline, EdgePipelineStatus};

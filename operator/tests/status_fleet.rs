@@ -3,7 +3,7 @@
 //! for the progress deadline is Stalled, and which configuration revisions may be
 //! deleted.
 
-mod common;
+use crate::common;
 
 use std::collections::BTreeSet;
 use std::time::Duration;
