@@ -216,8 +216,7 @@ pub fn replay(
         } else {
             0
         };
-        let records = split(&body)
-            .map_err(|e| QueueError::Corrupt(format!("dead letter {id}: its body: {e}")))?;
+        let records = split(&body).map_err(|source| QueueError::DeadLetterBody { id, source })?;
         {
             let mut insert = tx.prepare_cached(if lanes {
                 "INSERT OR IGNORE INTO records (seq, enqueued_ms, size, body, lane)

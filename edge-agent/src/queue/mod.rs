@@ -17,7 +17,9 @@
 //! fits, else dropped at once, so ingest keeps its pace (and the broker its memory) while
 //! the sink cannot drain. That lasts until the queue frees space (a batch delivered,
 //! dead-lettered or expired) or for [`DISK_FULL_HOLD`], whichever comes first.
+//! These decisions are a pure state machine (`commit`); the writer performs them.
 
+mod commit;
 pub mod dead;
 mod drain;
 mod file;
@@ -40,6 +42,7 @@ use edge_crds::WhenFull;
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio_util::sync::CancellationToken;
 
+pub use commit::DISK_FULL_HOLD;
 pub use dead::{DeadLetter, DeadLetterStats};
 pub use state::{DeliveryId, SavedState, StateChange};
 pub use store::{
@@ -47,6 +50,7 @@ pub use store::{
     StoredRecord, UnitOutcome, UnitRef,
 };
 
+use self::commit::{Attempt, CommitPolicy, Decision};
 use self::drain::DrainRate;
 use self::reserve::Reserve;
 use crate::http::{Health, Loop};
@@ -65,19 +69,12 @@ const MAX_GROUP: usize = 4096;
 const MAX_GROUP_RECORDS: usize = 512;
 /// How long a small group waits for more units before committing.
 const LINGER: Duration = Duration::from_millis(2);
-/// Failed commits retried before the records are dropped (not under `block`).
-const MAX_COMMIT_ATTEMPTS: u32 = 5;
-/// Longest pause between retries of a failed commit.
-const MAX_RETRY_DELAY: Duration = Duration::from_secs(5);
 /// How often the writer wakes up when idle (heartbeat, gauges, retries).
 const TICK: Duration = Duration::from_secs(1);
 /// Time per tick spent giving drained space back to the file system.
 const SHRINK_BUDGET: Duration = Duration::from_millis(100);
 /// The same once the queue is empty.
 const SHRINK_BUDGET_IDLE: Duration = Duration::from_millis(400);
-/// How long a full disk, once proved, costs each group one commit attempt instead of
-/// the retries with backoff (unless the queue frees space sooner).
-pub const DISK_FULL_HOLD: Duration = Duration::from_secs(30);
 
 /// How the queue is set up.
 #[derive(Clone, Debug)]
@@ -268,6 +265,7 @@ impl Queue {
                         return;
                     }
                 };
+                let policy = CommitPolicy::new(opened.settings().when_full == WhenFull::Block);
                 let writer = Writer {
                     store: opened,
                     reserve,
@@ -275,11 +273,9 @@ impl Queue {
                     health,
                     stats: stats_tx,
                     pending: VecDeque::new(),
-                    stall: None,
-                    disk_full: None,
+                    policy,
                     max_age,
                     last_expire: Instant::now(),
-                    refusing: false,
                     drain: DrainRate::default(),
                 };
                 writer.publish_stats();
@@ -464,18 +460,6 @@ fn claim(config: &QueueConfig, uid: &str, metrics: &Metrics) -> Result<(), Queue
     Ok(())
 }
 
-/// Why pending units are not committed yet.
-#[derive(Clone, Copy, Debug)]
-enum Stall {
-    /// `block` and the queue is full: retried when space frees (and on every tick).
-    Full,
-    /// Commits failed this many times: retried at `retry_at`.
-    Failing {
-        attempts: u32,
-        retry_at: tokio::time::Instant,
-    },
-}
-
 struct Writer {
     store: Store,
     /// Space given back to SQLite when the disk is full.
@@ -485,14 +469,10 @@ struct Writer {
     stats: watch::Sender<QueueStats>,
     /// Units received but not committed yet, in order.
     pending: VecDeque<Unit>,
-    stall: Option<Stall>,
-    /// Since when the disk has proved full (commits given up): one attempt per group
-    /// until the queue frees space or [`DISK_FULL_HOLD`] passes.
-    disk_full: Option<Instant>,
+    /// What to do with them after each attempt (retry, hold, drop).
+    policy: CommitPolicy,
     max_age: Duration,
     last_expire: Instant,
-    /// New records are being refused while the drain uses the reserve.
-    refusing: bool,
     /// Records acknowledged upstream lately, for the expected time to drain.
     drain: DrainRate,
 }
@@ -509,10 +489,7 @@ impl Writer {
         let (mut appends_open, mut commands_open) = (true, true);
         while appends_open || commands_open {
             self.health.beat(Loop::Writer);
-            let retry_at = match self.stall {
-                Some(Stall::Failing { retry_at, .. }) => Some(retry_at),
-                _ => None,
-            };
+            let retry_at = self.policy.retry_at().map(tokio::time::Instant::from_std);
             tokio::select! {
                 biased;
                 _ = shutdown.cancelled() => break,
@@ -630,8 +607,8 @@ impl Writer {
     }
 
     fn after_space_freed(&mut self) {
-        self.disk_full = None;
-        if matches!(self.stall, Some(Stall::Full)) {
+        self.policy.space_freed();
+        if self.policy.is_held() {
             self.commit_pending();
         } else {
             self.publish_stats();
@@ -644,17 +621,17 @@ impl Writer {
                 tracing::info!(
                     "the queue file was changed by another process (dead letters replayed or purged): recounted"
                 );
-                self.disk_full = None;
+                self.policy.space_freed();
             }
             Ok(false) => {}
             Err(e) => tracing::warn!(error = %e, "checking the queue file for changes"),
         }
-        if !matches!(self.stall, Some(Stall::Failing { .. }))
+        if !self.policy.is_failing()
             && let Some(reserve) = self.reserve.as_mut()
         {
             reserve.restore();
         }
-        if self.stall.is_none() && self.disk_full.is_none() {
+        if self.policy.is_settled() {
             // Drained to nothing: the writer has little else to do.
             let idle = self.pending.is_empty() && self.stats.borrow().records == 0;
             let budget = if idle {
@@ -681,141 +658,124 @@ impl Writer {
                 Ok(n) => {
                     tracing::warn!(records = n, "dropped records older than maxAge");
                     self.metrics.dropped("max_age", n);
-                    self.disk_full = None;
+                    self.policy.space_freed();
                 }
                 Err(e) => tracing::warn!(error = %e, "expiring old records"),
             }
         }
-        if matches!(self.stall, Some(Stall::Full)) {
+        if self.policy.is_held() {
             self.commit_pending();
         } else {
             self.publish_stats();
         }
     }
 
-    /// Commits as many pending units as the policy allows, completing each.
+    /// Commits as many pending units as the policy allows, completing each; what is left
+    /// waits as the [`CommitPolicy`] decides.
     fn commit_pending(&mut self) {
         if self.pending.is_empty() {
-            self.stall = None;
+            self.policy.idle();
             return;
         }
+        let now = Instant::now();
         if self.reserve.as_ref().is_some_and(Reserve::in_use) {
-            if !self.refusing {
+            // The drain is using the reserve on a full disk: new records would take its
+            // space and stall it, so they are treated as on a full disk until it is back.
+            let step = self.policy.next(Attempt::Refused, now);
+            if step.report {
                 tracing::warn!(
                     "the disk is full and the drain is using the queue's reserve: new records are not committed until it is back (dropped as disk_full, or left at the broker under block)"
                 );
-                self.refusing = true;
             }
-            self.refuse_while_draining();
-            return;
-        }
-        self.refusing = false;
-        let units: Vec<UnitRef<'_>> = self
-            .pending
-            .iter()
-            .map(|u| UnitRef {
-                records: &u.records,
-                state: &u.state,
-                delivery: u.delivery,
-            })
-            .collect();
-        match self.store.append_units(&units, now_ms()) {
-            Ok(report) => {
-                self.stall = None;
-                if report.evicted > 0 {
-                    self.metrics.dropped("queue_full", report.evicted);
-                }
-                for outcome in report.outcomes {
-                    match outcome {
-                        UnitOutcome::Blocked => {
-                            self.stall = Some(Stall::Full);
-                            break;
-                        }
-                        UnitOutcome::Stored { .. } => {
-                            if let Some(unit) = self.pending.pop_front() {
-                                for record in &unit.records {
-                                    self.metrics
-                                        .records_enqueued
-                                        .with_label_values(&[record.kind.as_str()])
-                                        .inc();
-                                }
-                                self.metrics
-                                    .ingest_to_durable
-                                    .observe(unit.received.elapsed().as_secs_f64());
-                                let _ = unit.done.send(Committed::Stored);
-                            }
-                        }
-                        UnitOutcome::Dropped { records } => {
-                            self.metrics.dropped("queue_full", records);
-                            if let Some(unit) = self.pending.pop_front() {
-                                self.metrics
-                                    .ingest_to_durable
-                                    .observe(unit.received.elapsed().as_secs_f64());
-                                let _ = unit.done.send(Committed::Dropped);
-                            }
-                        }
-                    }
-                }
+            if step.decision == Decision::Hold {
+                return;
             }
-            Err(e) => {
-                let attempts = match self.stall {
-                    Some(Stall::Failing { attempts, .. }) => attempts + 1,
-                    _ => 1,
-                };
-                // Still full after giving up before: drop at once, quietly (counted).
-                let still_full = e.is_disk_full()
-                    && self
-                        .disk_full
-                        .is_some_and(|since| since.elapsed() < DISK_FULL_HOLD);
-                if !still_full {
-                    tracing::warn!(error = %e, attempts, "committing to the queue failed");
-                    if e.is_disk_full() {
-                        self.checkpoint();
-                    }
+            self.drop_pending();
+        } else {
+            let units: Vec<UnitRef<'_>> = self
+                .pending
+                .iter()
+                .map(|u| UnitRef {
+                    records: &u.records,
+                    state: &u.state,
+                    delivery: u.delivery,
+                })
+                .collect();
+            match self.store.append_units(&units, now_ms()) {
+                Ok(report) => {
+                    let blocked = self.complete(report);
+                    self.policy.next(Attempt::Committed { blocked }, now);
                 }
-                let give_up = (still_full || attempts >= MAX_COMMIT_ATTEMPTS)
-                    && self.store.settings().when_full != WhenFull::Block;
-                if give_up {
-                    let n: usize = self.pending.iter().map(|u| u.records.len()).sum();
-                    if !still_full {
-                        tracing::error!(records = n, error = %e, "dropping records the queue cannot store; while the disk stays full, new records are dropped at once (counted as disk_full)");
-                    }
-                    self.metrics.dropped("disk_full", n as u64);
-                    for unit in self.pending.drain(..) {
-                        let _ = unit.done.send(Committed::Dropped);
-                    }
-                    self.stall = None;
-                    if !still_full {
-                        self.disk_full = e.is_disk_full().then(Instant::now);
-                    }
-                } else {
-                    let delay = (Duration::from_millis(100) * 2u32.saturating_pow(attempts - 1))
-                        .min(MAX_RETRY_DELAY);
-                    self.stall = Some(Stall::Failing {
-                        attempts,
-                        retry_at: tokio::time::Instant::now() + delay,
-                    });
-                }
+                Err(e) => self.failed(&e, now),
             }
         }
         self.publish_stats();
     }
 
-    /// The drain is using the reserve on a full disk: new records would take its space
-    /// and stall it, so they are treated as on a full disk (dropped and counted as
-    /// `disk_full`, or under `block` left uncommitted) until the reserve is back.
-    fn refuse_while_draining(&mut self) {
-        if self.store.settings().when_full == WhenFull::Block {
-            self.stall = Some(Stall::Full);
-            return;
+    /// Completes the units a commit settled, in order; returns whether some were left
+    /// waiting for space (`block`).
+    fn complete(&mut self, report: AppendReport) -> bool {
+        if report.evicted > 0 {
+            self.metrics.dropped("queue_full", report.evicted);
         }
+        for outcome in report.outcomes {
+            let committed = match outcome {
+                UnitOutcome::Blocked => return true,
+                UnitOutcome::Stored { .. } => Committed::Stored,
+                UnitOutcome::Dropped { records } => {
+                    self.metrics.dropped("queue_full", records);
+                    Committed::Dropped
+                }
+            };
+            let Some(unit) = self.pending.pop_front() else {
+                continue;
+            };
+            if committed == Committed::Stored {
+                for record in &unit.records {
+                    self.metrics
+                        .records_enqueued
+                        .with_label_values(&[record.kind.as_str()])
+                        .inc();
+                }
+            }
+            self.metrics
+                .ingest_to_durable
+                .observe(unit.received.elapsed().as_secs_f64());
+            let _ = unit.done.send(committed);
+        }
+        false
+    }
+
+    /// Performs what the policy decides after the commit failed with `e`.
+    fn failed(&mut self, e: &QueueError, now: Instant) {
+        let disk_full = e.is_disk_full();
+        let step = self.policy.next(Attempt::Failed { disk_full }, now);
+        let attempts = match step.decision {
+            Decision::Retry { attempts, .. } | Decision::Drop { attempts } => attempts,
+            Decision::Done | Decision::Hold => 0,
+        };
+        if step.report {
+            tracing::warn!(error = %e, attempts, "committing to the queue failed");
+            if disk_full {
+                self.checkpoint();
+            }
+        }
+        if let Decision::Drop { .. } = step.decision {
+            if step.report {
+                let n: usize = self.pending.iter().map(|u| u.records.len()).sum();
+                tracing::error!(records = n, error = %e, "dropping records the queue cannot store; while the disk stays full, new records are dropped at once (counted as disk_full)");
+            }
+            self.drop_pending();
+        }
+    }
+
+    /// Drops every pending unit, counted as `disk_full`.
+    fn drop_pending(&mut self) {
         let n: usize = self.pending.iter().map(|u| u.records.len()).sum();
         self.metrics.dropped("disk_full", n as u64);
         for unit in self.pending.drain(..) {
             let _ = unit.done.send(Committed::Dropped);
         }
-        self.stall = None;
-        self.publish_stats();
     }
 
     fn publish_stats(&self) {

@@ -40,6 +40,12 @@ pub enum QueueError {
     },
     #[error("queue database is corrupt: {0}")]
     Corrupt(String),
+    #[error("queue database is corrupt: dead letter {id}: its body: {source}")]
+    DeadLetterBody {
+        id: i64,
+        #[source]
+        source: serde_json::Error,
+    },
     #[error("encoding a record: {0}")]
     Encode(#[from] serde_json::Error),
     #[error("the queue has stopped")]
@@ -74,7 +80,7 @@ impl QueueError {
 
     pub(super) fn is_corruption(&self) -> bool {
         match self {
-            Self::Corrupt(_) => true,
+            Self::Corrupt(_) | Self::DeadLetterBody { .. } => true,
             Self::Sqlite(e) => matches!(
                 e.sqlite_error_code(),
                 Some(ErrorCode::DatabaseCorrupt | ErrorCode::NotADatabase)
@@ -715,14 +721,7 @@ impl Store {
         if let Some(lane) = unpin {
             unpin_in(&tx, lane)?;
         }
-        save_counts(
-            &tx,
-            self.records.saturating_sub(n),
-            self.bytes.saturating_sub(b),
-        )?;
-        tx.commit()?;
-        self.records -= n.min(self.records);
-        self.bytes -= b.min(self.bytes);
+        commit_removal(tx, &mut self.records, &mut self.bytes, (n, b))?;
         Ok(n)
     }
 
@@ -747,14 +746,7 @@ impl Store {
             dead::insert(&tx, batch, n, &rejection, cap, &self.settings.keys)?;
         unpin_in(&tx, batch.lane)?;
         let held = dead::stats(&tx)?;
-        save_counts(
-            &tx,
-            self.records.saturating_sub(n),
-            self.bytes.saturating_sub(b),
-        )?;
-        tx.commit()?;
-        self.records -= n.min(self.records);
-        self.bytes -= b.min(self.bytes);
+        commit_removal(tx, &mut self.records, &mut self.bytes, (n, b))?;
         self.dead = held;
         Ok(DeadLettered {
             records: n,
@@ -783,14 +775,8 @@ impl Store {
             };
             let n = tx.execute("DELETE FROM records WHERE seq <= ?1", [last.0])? as u64;
             let b: i64 = expired.iter().map(|(_, _, s)| *s).sum();
-            save_counts(
-                &tx,
-                self.records.saturating_sub(n),
-                self.bytes.saturating_sub(b.max(0) as u64),
-            )?;
-            tx.commit()?;
-            self.records -= n.min(self.records);
-            self.bytes -= (b.max(0) as u64).min(self.bytes);
+            let b = b.max(0) as u64;
+            commit_removal(tx, &mut self.records, &mut self.bytes, (n, b))?;
             total += n;
             if expired.len() < rows.len() || rows.len() < SCAN_CHUNK as usize {
                 return Ok(total);
@@ -949,6 +935,21 @@ fn unpin_in(conn: &Connection, lane: Lane) -> Result<(), QueueError> {
         "DELETE FROM meta WHERE key IN (?1, ?2)",
         params![first, last],
     )?;
+    Ok(())
+}
+
+/// Saves the counters less the `removed` (records, bytes) in `tx` and commits it; then
+/// takes them off `records` and `bytes`, which stay as they were if the commit fails.
+fn commit_removal(
+    tx: rusqlite::Transaction<'_>,
+    records: &mut u64,
+    bytes: &mut u64,
+    (n, b): (u64, u64),
+) -> Result<(), QueueError> {
+    save_counts(&tx, records.saturating_sub(n), bytes.saturating_sub(b))?;
+    tx.commit()?;
+    *records -= n.min(*records);
+    *bytes -= b.min(*bytes);
     Ok(())
 }
 

@@ -43,12 +43,22 @@ const REASON_CHARS: usize = 300;
 /// Why the HTTP sink cannot be set up.
 #[derive(Debug, thiserror::Error)]
 pub enum HttpSinkError {
-    #[error("header {name:?}: {reason}")]
-    Header { name: String, reason: String },
+    /// A configured header's name or value is not valid in HTTP.
+    #[error("header {name:?}: {source}")]
+    Header {
+        name: String,
+        #[source]
+        source: Box<dyn std::error::Error + Send + Sync>,
+    },
+    /// The CA bundle, or the client certificate and key, could not be read as PEM.
     #[error("TLS material: {0}")]
-    Tls(String),
-    #[error("HTTP client: {0}")]
-    Client(String),
+    TlsPem(#[source] reqwest::Error),
+    /// The TLS material is incomplete.
+    #[error("TLS material: {0}")]
+    Tls(&'static str),
+    /// The client could not be built (the certificate and key do not match, ...).
+    #[error("HTTP client: {}", diagnostics::chain(.0))]
+    Client(#[source] reqwest::Error),
 }
 
 /// An HTTP ingest API.
@@ -132,10 +142,9 @@ impl HttpClient {
             .connect_timeout(settings.timeout.min(Duration::from_secs(10)))
             .pool_idle_timeout(Duration::from_secs(30));
         if let Some(ca) = &settings.tls_material.ca {
-            let certs = reqwest::Certificate::from_pem_bundle(ca)
-                .map_err(|e| HttpSinkError::Tls(e.to_string()))?;
+            let certs = reqwest::Certificate::from_pem_bundle(ca).map_err(HttpSinkError::TlsPem)?;
             if certs.is_empty() {
-                return Err(HttpSinkError::Tls("no certificate in the CA bundle".into()));
+                return Err(HttpSinkError::Tls("no certificate in the CA bundle"));
             }
             builder = builder.tls_certs_only(certs);
         } else if settings.url.starts_with("http://") {
@@ -148,32 +157,29 @@ impl HttpClient {
                 let mut pem = cert.clone();
                 pem.push(b'\n');
                 pem.extend_from_slice(key);
-                let identity = reqwest::Identity::from_pem(&pem)
-                    .map_err(|e| HttpSinkError::Tls(e.to_string()))?;
+                let identity = reqwest::Identity::from_pem(&pem).map_err(HttpSinkError::TlsPem)?;
                 builder = builder.identity(identity);
             }
             (None, None) => {}
             _ => {
                 return Err(HttpSinkError::Tls(
-                    "a client certificate needs both cert and key".into(),
+                    "a client certificate needs both cert and key",
                 ));
             }
         }
         let mut headers = HeaderMap::new();
         for (name, value) in &settings.headers {
-            let err = |reason: String| HttpSinkError::Header {
+            let err = |source: Box<dyn std::error::Error + Send + Sync>| HttpSinkError::Header {
                 name: name.clone(),
-                reason,
+                source,
             };
-            let n = HeaderName::from_bytes(name.as_bytes()).map_err(|e| err(e.to_string()))?;
-            let mut v = HeaderValue::from_str(value).map_err(|e| err(e.to_string()))?;
+            let n = HeaderName::from_bytes(name.as_bytes()).map_err(|e| err(e.into()))?;
+            let mut v = HeaderValue::from_str(value).map_err(|e| err(e.into()))?;
             v.set_sensitive(true);
             headers.insert(n, v);
         }
         Ok(Self {
-            client: builder
-                .build()
-                .map_err(|e| HttpSinkError::Client(diagnostics::chain(&e)))?,
+            client: builder.build().map_err(HttpSinkError::Client)?,
             headers,
         })
     }
