@@ -3,7 +3,7 @@
 //! just inside the limit), says when the episode is resolved, and keeps quiet during its
 //! cooldown.
 
-mod common;
+use crate::common;
 
 use std::time::{Duration, Instant};
 

@@ -4,7 +4,7 @@
 //! the wrong CA or without a client certificate; a client certificate rotated on disk
 //! while the agent runs, a broken file in between keeping the one in use.
 
-mod common;
+use crate::common;
 
 use std::path::Path;
 use std::sync::atomic::{AtomicUsize, Ordering};

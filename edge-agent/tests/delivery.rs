@@ -3,7 +3,7 @@
 //! retries, kill -9 during a QoS 1 stream, a clean SIGTERM, and a pipeline deleted and
 //! created again under the same name (its queue set aside, or adopted when asked).
 
-mod common;
+use crate::common;
 
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::time::Duration;

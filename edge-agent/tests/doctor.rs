@@ -5,9 +5,9 @@
 //! Also: no arguments are needed when the pod's environment names the files, and the
 //! queue check reads an encrypted queue beside the keys that sealed it.
 
-mod common;
-mod faults;
-mod inference_common;
+use crate::common;
+use crate::faults;
+use crate::inference_common;
 
 use std::path::Path;
 use std::process::Command;

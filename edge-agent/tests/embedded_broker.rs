@@ -5,7 +5,7 @@
 //! users connect and only within their topics, and a taken port stops the agent with a
 //! clear error.
 
-mod common;
+use crate::common;
 
 use std::io::{BufRead, BufReader};
 use std::path::Path;

@@ -2,8 +2,8 @@
 //! runs out of space (ENOSPC), under each `whenFull` policy; F4 a torn WAL and a scribbled
 //! database file. Root only (mount); the tmpfs is unmounted by a guard even on panic.
 
-mod common;
-mod faults;
+use crate::common;
+use crate::faults;
 
 use std::collections::BTreeSet;
 use std::time::{Duration, Instant};

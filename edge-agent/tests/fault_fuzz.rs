@@ -5,8 +5,8 @@
 //! classification takes any status and any `Retry-After` (bounded wait). And for real:
 //! an upstream answering 503 with a huge body does not blow up the agent's memory.
 
-mod common;
-mod faults;
+use crate::common;
+use crate::faults;
 
 use std::time::{Duration, Instant};
 

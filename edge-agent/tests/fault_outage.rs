@@ -4,8 +4,8 @@
 //! agent stays live and ready throughout, and the backlog drains to exactly the published
 //! readings. Root only; the namespace is removed by a guard even on panic.
 
-mod common;
-mod faults;
+use crate::common;
+use crate::faults;
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};

@@ -7,8 +7,8 @@
 //! acknowledged readings, which shows the harness can see a broken promise. Root only
 //! (FUSE mount); the layer is unmounted by a guard even on panic.
 
-mod common;
-mod faults;
+use crate::common;
+use crate::faults;
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};

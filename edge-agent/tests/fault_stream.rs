@@ -4,8 +4,8 @@
 //! dedupe by (node, seq) the receiver holds every published reading once, and no seq ever
 //! carried two different records. `EDGEPIPE_SOAK=1` runs the long variants.
 
-mod common;
-mod faults;
+use crate::common;
+use crate::faults;
 
 use std::time::{Duration, Instant};
 

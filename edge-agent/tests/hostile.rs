@@ -7,7 +7,7 @@
 //! 1,500 long device ids plus more devices than `maxDevices`, a PNG decompression bomb
 //! sent to an image pipeline, and a flood of 1 MiB messages faster than ingest.
 
-mod common;
+use crate::common;
 
 use std::collections::BTreeSet;
 use std::sync::Arc;

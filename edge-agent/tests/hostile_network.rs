@@ -5,8 +5,8 @@
 //! metrics port. In every case the other host receives nothing, nothing is delivered or
 //! cached that should not be, no secret reaches the log, and the sink keeps delivering.
 
-mod common;
-mod inference_common;
+use crate::common;
+use crate::inference_common;
 
 use std::collections::BTreeSet;
 use std::time::Duration;

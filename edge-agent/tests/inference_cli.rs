@@ -1,6 +1,6 @@
 //! `edge-agent model inspect|test` on the fixture models, through the real binary.
 
-mod inference_common;
+use crate::inference_common;
 
 use std::process::Command;
 

@@ -1,7 +1,7 @@
 //! The agent binary end to end with a real Mosquitto broker, a real HTTP receiver and a
 //! real MQTT subscriber (issue 4, tests 2, 4, 5 and 6 at the agent level).
 
-mod inference_common;
+use crate::inference_common;
 
 use std::collections::BTreeSet;
 use std::time::Duration;

@@ -2,7 +2,7 @@
 //! test 1), image classification of the committed PNGs (test 5), refusal of broken
 //! models (test 6), and the timeout / overload paths of the inference thread.
 
-mod inference_common;
+use crate::inference_common;
 
 use std::time::Duration;
 

@@ -4,7 +4,7 @@
 //! atomically. Every window is scored exactly once, by exactly one model; a broken
 //! update (unsupported op, golden mismatch) leaves the running model in place.
 
-mod inference_common;
+use crate::inference_common;
 
 use std::fs;
 use std::time::Duration;

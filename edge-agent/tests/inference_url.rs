@@ -3,7 +3,7 @@
 //! and used; a wrong checksum is refused and counted and nothing is cached; with the
 //! server gone, a restart runs the cached copy.
 
-mod inference_common;
+use crate::inference_common;
 
 use std::time::Duration;
 

@@ -2,7 +2,7 @@
 //! by reason, `block` holding data at the broker, a local action on a threshold, the MQTT
 //! sink, a broker that is down at start, and `edge-agent check`.
 
-mod common;
+use crate::common;
 
 use std::collections::BTreeSet;
 use std::process::Command;

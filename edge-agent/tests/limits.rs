@@ -4,7 +4,7 @@
 //! refused credentials (paused, nothing
 //! dead-lettered), and a corrupt queue file at start.
 
-mod common;
+use crate::common;
 
 use std::collections::BTreeSet;
 use std::process::Command;

@@ -2,7 +2,7 @@
 //! rules rely on is exported from the first scrape (with every label value known up
 //! front), and `promtool check metrics` finds nothing to complain about.
 
-mod common;
+use crate::common;
 
 use std::io::Write;
 use std::process::{Command, Stdio};

@@ -4,7 +4,7 @@
 //! every connection fails (source, sinks, model download), not just that it did; and the
 //! source's TLS files rotated under a running agent.
 
-mod common;
+use crate::common;
 
 use std::path::Path;
 use std::process::{Command, Stdio};
