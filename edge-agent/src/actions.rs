@@ -13,6 +13,9 @@
 //! connection, or with the agent stopping, before it was written). One that is written
 //! is counted in `edge_agent_actions_published_total`, and the time from receiving its
 //! reading to that write in `edge_agent_action_latency_seconds`.
+//!
+//! The pipeline never publishes: it reports what happened as [`Effect`]s, in order, and
+//! ingest hands them to [`Actions::perform`] before it queues the batch's records.
 
 pub mod episodes;
 
@@ -162,7 +165,106 @@ pub struct Actions {
     metrics: Arc<Metrics>,
 }
 
+/// What a reading did that actions may fire on: the pipeline's output, performed by
+/// [`Actions::perform`] in the order the pipeline reports them.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Effect {
+    /// A reading reached the threshold processors, `margin` inside their limits
+    /// (negative: beyond one).
+    Threshold {
+        /// The reading.
+        reading: Reading,
+        /// Distance to the nearest limit.
+        margin: f64,
+        /// Its arrival (monotonic).
+        received: Instant,
+    },
+    /// Inference scored a reading's window.
+    Score {
+        /// The reading that completed the window.
+        reading: Reading,
+        /// The anomaly score.
+        score: f64,
+        /// Its arrival (monotonic).
+        received: Instant,
+    },
+    /// Inference classified an image (`reading.value` is the top score).
+    Classification {
+        /// The image's device, topic and times.
+        reading: Reading,
+        /// The top label.
+        label: String,
+        /// Its arrival (monotonic).
+        received: Instant,
+    },
+}
+
+impl Effect {
+    /// The trigger that actions fire on for this effect.
+    pub fn trigger(&self) -> ActionTrigger {
+        match self {
+            Effect::Threshold { .. } => ActionTrigger::Threshold,
+            Effect::Score { .. } => ActionTrigger::Anomaly,
+            Effect::Classification { .. } => ActionTrigger::Classification,
+        }
+    }
+}
+
+/// The effects of one batch, in order, kept only for the triggers some action fires on
+/// (a pipeline without actions collects nothing).
+#[derive(Debug, Default)]
+pub struct Effects {
+    wanted: Vec<ActionTrigger>,
+    list: Vec<Effect>,
+}
+
+impl Effects {
+    /// Effects of the triggers the actions of `config` fire on.
+    pub fn for_config(config: &AgentConfig) -> Self {
+        let mut wanted: Vec<ActionTrigger> =
+            config.spec.actions.iter().map(|a| a.trigger).collect();
+        wanted.dedup();
+        Self {
+            wanted,
+            list: Vec::new(),
+        }
+    }
+
+    /// Adds the effect `make` builds, if some action fires on `trigger`.
+    pub fn add(&mut self, trigger: ActionTrigger, make: impl FnOnce() -> Effect) {
+        if self.wanted.contains(&trigger) {
+            self.list.push(make());
+        }
+    }
+
+    /// Takes the effects collected so far, in order; the wanted triggers stay.
+    pub fn take(&mut self) -> Vec<Effect> {
+        std::mem::take(&mut self.list)
+    }
+}
+
 impl Actions {
+    /// Fires the actions of `effect`'s trigger.
+    pub fn perform(&mut self, effect: &Effect) {
+        match effect {
+            Effect::Threshold {
+                reading,
+                margin,
+                received,
+            } => self.on_threshold(reading, *margin, *received),
+            Effect::Score {
+                reading,
+                score,
+                received,
+            } => self.on_score(reading, *score, *received),
+            Effect::Classification {
+                reading,
+                label,
+                received,
+            } => self.on_classification(reading, label, reading.value, *received),
+        }
+    }
+
     /// Connects the actions of a pipeline to its source broker on a connection of their
     /// own; returns them and the task driving that connection (it ends after
     /// [`Actions::disconnect`]). No connection is made when the pipeline has no actions.

@@ -1,6 +1,9 @@
-//! What the agent does with the readings it takes in: inference, the processors, the local
-//! actions they trigger and their metrics, turning each reading into the records (possibly
-//! none) that are queued as its unit.
+//! What the agent does with the messages it takes in, one way: a batch of received
+//! messages in (readings in any configured encoding, or images to classify), and out, per
+//! message, the unit to queue (its records, possibly none, and the device state they
+//! change) or why the message was refused, plus the local actions to fire ([`Effect`]s,
+//! in order). Parsing, inference, the processors and their metrics happen here; ingest
+//! only performs what comes out: it fires the effects, queues the units and acknowledges.
 //!
 //! Readings come in batches: whatever arrived while the previous batch was being handled
 //! (see `run`). Inference scores every full window of a batch in one model call, since
@@ -12,35 +15,58 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::Instant;
 
-use crate::actions::Actions;
+use edge_crds::ActionTrigger;
+
+use crate::actions::{Effect, Effects};
 use crate::config::AgentConfig;
 use crate::inference::{InferenceError, InferenceStage};
-use crate::parse::PayloadParser;
+use crate::parse::{InvalidReason, PayloadParser};
 use crate::process::Processors;
 use crate::queue::{StateChange, UnitContent};
 use crate::record::{Reading, RecordKind};
 use crate::run::inference_metrics;
 use crate::telemetry::Metrics;
 
-/// Turns readings into records: inference, the processors, the actions they trigger, and
+/// Turns messages into records and effects: parsing, inference, the processors, and
 /// their metrics.
 pub struct Pipeline {
-    pub(crate) inference: Option<InferenceStage>,
-    pub(crate) parser: PayloadParser,
-    pub(crate) processors: Processors,
-    pub(crate) actions: Actions,
+    inference: Option<InferenceStage>,
+    parser: PayloadParser,
+    processors: Processors,
+    effects: Effects,
     metrics: Arc<Metrics>,
+}
+
+/// A received message as the pipeline takes it.
+#[derive(Clone, Copy, Debug)]
+pub struct Received<'a> {
+    /// The topic it arrived on.
+    pub topic: &'a str,
+    /// Its payload, in the source's encoding (or an image, for classification).
+    pub payload: &'a [u8],
+    /// Its arrival, unix milliseconds.
+    pub received_ms: i64,
+    /// Its arrival, monotonic (action latency is measured from it).
+    pub received: Instant,
+}
+
+/// What a batch became.
+#[derive(Debug, Default)]
+pub struct Handled {
+    /// Per message of the batch, in order: the unit to queue, or why it was refused.
+    pub units: Vec<Result<UnitContent, InvalidReason>>,
+    /// The local actions the batch triggers, in the order they fire.
+    pub effects: Vec<Effect>,
 }
 
 impl Pipeline {
     /// The pipeline of `config` with its `processors` (built first, so a bad processor
-    /// stops the agent before it connects anywhere) and its `actions` (see
-    /// [`Actions::connect`]); URL models are cached under `data_dir`.
+    /// stops the agent before it connects anywhere); URL models are cached under
+    /// `data_dir`.
     pub fn new(
         config: &AgentConfig,
         processors: Processors,
         data_dir: &Path,
-        actions: Actions,
         metrics: Arc<Metrics>,
     ) -> Result<Self, InferenceError> {
         let mut inference = InferenceStage::start(config, data_dir, inference_metrics(&metrics))?;
@@ -53,28 +79,78 @@ impl Pipeline {
             inference,
             parser: PayloadParser::new(&config.spec.source.format, config.source.max_payload_bytes),
             processors,
-            actions,
+            effects: Effects::for_config(config),
             metrics,
         })
     }
 
-    /// The one place readings become records: `records[i]` is the unit of `readings[i]`
-    /// (`received[i]` its arrival). Inference, when configured, scores the whole batch
-    /// first, in one model call, on every raw reading (its anomaly records always travel
-    /// and fire `trigger: anomaly` actions at once); then the processors, reading by
-    /// reading in arrival order, decide which routine readings travel. Per device, both
-    /// see the readings in the order they arrived, so a batch yields exactly the records
-    /// the same readings would one at a time (model scores equal to float rounding).
+    /// The one entry of the pipeline: what a batch of messages becomes (see [`Handled`]).
+    /// Image payloads (classification) are not readings: inference turns each into its
+    /// record directly. Readings are parsed, then go through [`Pipeline::on_readings`]
+    /// together.
+    pub async fn handle(&mut self, batch: &[Received<'_>]) -> Handled {
+        if let Some(stage) = self.inference.as_mut().filter(|s| s.takes_images()) {
+            let mut units = Vec::with_capacity(batch.len());
+            for m in batch {
+                let records = stage
+                    .on_image(
+                        m.topic,
+                        m.payload,
+                        m.received_ms,
+                        m.received,
+                        &mut self.effects,
+                    )
+                    .await;
+                units.push(records.map(|records| UnitContent {
+                    records,
+                    ..UnitContent::default()
+                }));
+            }
+            return Handled {
+                units,
+                effects: self.effects.take(),
+            };
+        }
+        let mut readings = Vec::with_capacity(batch.len());
+        let mut received = Vec::with_capacity(batch.len());
+        let parsed: Vec<Result<(), InvalidReason>> = batch
+            .iter()
+            .map(|m| {
+                let reading = self.parser.parse(m.topic, m.payload, m.received_ms)?;
+                readings.push(reading);
+                received.push(m.received);
+                Ok(())
+            })
+            .collect();
+        let (mut units, effects) = self.on_readings(&readings, &received).await;
+        let mut units = units.drain(..);
+        Handled {
+            units: parsed
+                .into_iter()
+                .map(|p| p.map(|()| units.next().unwrap_or_default()))
+                .collect(),
+            effects,
+        }
+    }
+
+    /// The one place readings become records: `units[i]` is the unit of `readings[i]`
+    /// (`received[i]` its arrival), and the effects are in the order they fire.
+    /// Inference, when configured, scores the whole batch first, in one model call, on
+    /// every raw reading (its anomaly records always travel, and every score is a
+    /// `trigger: anomaly` effect); then the processors, reading by reading in arrival
+    /// order, decide which routine readings travel. Per device, both see the readings in
+    /// the order they arrived, so a batch yields exactly the records and effects the same
+    /// readings would one at a time (model scores equal to float rounding).
     pub async fn on_readings(
         &mut self,
         readings: &[Reading],
         received: &[Instant],
-    ) -> Vec<UnitContent> {
+    ) -> (Vec<UnitContent>, Vec<Effect>) {
         debug_assert_eq!(readings.len(), received.len());
         let mut units: Vec<UnitContent> = match &mut self.inference {
             Some(inference) => {
                 let records = inference
-                    .on_readings(readings, received, &mut self.actions)
+                    .on_readings(readings, received, &mut self.effects)
                     .await;
                 let mut units: Vec<UnitContent> =
                     records.into_iter().map(UnitContent::from).collect();
@@ -108,7 +184,12 @@ impl Pipeline {
                     .dropped("device_evicted", outcome.evicted_devices);
             }
             if let Some(margin) = outcome.threshold_margin {
-                self.actions.on_threshold(reading, margin, *at);
+                self.effects
+                    .add(ActionTrigger::Threshold, || Effect::Threshold {
+                        reading: reading.clone(),
+                        margin,
+                        received: *at,
+                    });
             }
             let urgent = outcome.threshold_crossed;
             unit.records
@@ -118,7 +199,12 @@ impl Pipeline {
                     record
                 }));
         }
-        units
+        (units, self.effects.take())
+    }
+
+    /// When the next aggregate window closes (unix milliseconds), if one is open.
+    pub fn next_deadline_ms(&self) -> Option<i64> {
+        self.processors.next_deadline_ms()
     }
 
     /// Closes the aggregate windows that end at or before `now_ms`: their records and the

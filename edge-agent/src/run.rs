@@ -3,11 +3,12 @@
 //! ([`crate::heartbeat`]) together, and shuts them down in the order that loses nothing.
 //!
 //! Ingest: the loop takes the next MQTT message together with every one already waiting
-//! behind it (up to [`MAX_BATCH`]; it never waits for more). Each is counted and parsed,
-//! the batch's readings are turned into records by [`Pipeline::on_readings`] (one model
-//! call for the batch), each reading's records (possibly none) go to the queue as one
-//! unit, and each message is acknowledged by a separate task, in arrival order, once its
-//! unit is committed. Malformed messages are counted by reason and acknowledged in turn.
+//! behind it (up to [`MAX_BATCH`]; it never waits for more). Each is counted, the batch
+//! goes through [`Pipeline::handle`] (one model call for the batch), which returns each
+//! message's unit and the local actions to fire; ingest fires those, each unit (a
+//! reading's records, possibly none) goes to the queue, and each message is acknowledged
+//! by a separate task, in arrival order, once its unit is committed. Malformed messages
+//! are counted by reason and acknowledged in turn.
 //!
 //! Credentials given as files are watched while the agent runs ([`crate::credentials`]):
 //! the sink and the source pick up rotated tokens, passwords and certificates.
@@ -35,7 +36,7 @@ use crate::datadir::{fallback, store_pipeline};
 use crate::http::{Health, Loop};
 use crate::inference::{InferenceError, InferenceMetrics, InferenceStage};
 use crate::parse::InvalidReason;
-use crate::pipeline::Pipeline;
+use crate::pipeline::{Pipeline, Received};
 use crate::process::{ProcessError, Processors};
 use crate::queue::{
     Committed, DeliveryId, Queue, QueueConfig, QueueError, StoreSettings, UnitContent, now_ms,
@@ -380,15 +381,9 @@ pub async fn run_with_metrics(
     let (ack_tx, ack_rx) = mpsc::unbounded_channel();
     let acker = tokio::spawn(acknowledge_in_order(ack_rx, source.clone()));
 
-    let (actions, actions_task) =
+    let (mut actions, actions_task) =
         Actions::connect(&config, metrics.clone()).map_err(RunError::SourceTls)?;
-    let mut pipeline = Pipeline::new(
-        &config,
-        processors,
-        &options.data_dir,
-        actions,
-        metrics.clone(),
-    )?;
+    let mut pipeline = Pipeline::new(&config, processors, &options.data_dir, metrics.clone())?;
     // The state committed with the readings before a restart, so the restart changes
     // nothing that is forwarded.
     let saved = queue
@@ -427,7 +422,9 @@ pub async fn run_with_metrics(
         metrics: metrics.clone(),
         submitted: Mutex::default(),
     };
-    let result = ingest.run(&mut pipeline, messages, &stop).await;
+    let result = ingest
+        .run(&mut pipeline, &mut actions, messages, &stop)
+        .await;
 
     tracing::info!("shutting down");
     if let Some(watcher) = watcher {
@@ -446,7 +443,7 @@ pub async fn run_with_metrics(
     writer.shutdown().await;
     let _ = acker.await;
     source.disconnect().await;
-    pipeline.actions.disconnect().await;
+    actions.disconnect().await;
     let deadline = tokio::time::Instant::now() + DISCONNECT_TIMEOUT;
     for mut task in std::iter::once(source_task).chain(actions_task) {
         if tokio::time::timeout_at(deadline, &mut task).await.is_err() {
@@ -618,13 +615,14 @@ impl Ingest {
     async fn run(
         self,
         pipeline: &mut Pipeline,
+        actions: &mut Actions,
         mut messages: mpsc::Receiver<Message>,
         stop: &CancellationToken,
     ) -> Result<(), RunError> {
         let mut beat = tokio::time::interval(Duration::from_secs(1));
         loop {
             self.health.beat(Loop::Ingest);
-            let window_closes = pipeline.processors.next_deadline_ms().map(|at| {
+            let window_closes = pipeline.next_deadline_ms().map(|at| {
                 let wait = Duration::from_millis(at.saturating_sub(now_ms()).max(0) as u64);
                 tokio::time::Instant::now() + wait
             });
@@ -634,7 +632,7 @@ impl Ingest {
                 message = messages.recv() => match message {
                     Some(m) => {
                         let batch = take_waiting(m, &mut messages, MAX_BATCH);
-                        self.handle(pipeline, batch).await?;
+                        self.handle(pipeline, actions, batch).await?;
                     }
                     None => break,
                 },
@@ -730,7 +728,15 @@ impl Ingest {
         }
     }
 
-    async fn handle(&self, pipeline: &mut Pipeline, batch: Vec<Message>) -> Result<(), RunError> {
+    /// Performs what the pipeline makes of a batch: fires its effects, queues each
+    /// message's unit (acknowledged once committed) and skips the refused ones (counted,
+    /// acknowledged at once).
+    async fn handle(
+        &self,
+        pipeline: &mut Pipeline,
+        actions: &mut Actions,
+        batch: Vec<Message>,
+    ) -> Result<(), RunError> {
         for m in &batch {
             self.metrics.messages_received.inc();
             self.metrics
@@ -738,34 +744,22 @@ impl Ingest {
                 .inc_by(m.publish.payload.len() as u64);
         }
         let batch = self.without_redeliveries(batch).await?;
-        // Image payloads (classification) are not readings: the inference step turns
-        // them into records directly.
-        if pipeline
-            .inference
-            .as_ref()
-            .is_some_and(|s| s.takes_images())
-        {
-            for m in batch {
-                self.handle_image(pipeline, m).await?;
-            }
-            return Ok(());
-        }
-        let parsed: Vec<_> = batch
+        let received: Vec<Received<'_>> = batch
             .iter()
-            .map(|m| {
-                pipeline
-                    .parser
-                    .parse(&m.publish.topic, &m.publish.payload, m.received_ms)
+            .map(|m| Received {
+                topic: &m.publish.topic,
+                payload: &m.publish.payload,
+                received_ms: m.received_ms,
+                received: m.received,
             })
             .collect();
-        let (readings, received): (Vec<_>, Vec<_>) = parsed
-            .iter()
-            .zip(&batch)
-            .filter_map(|(p, m)| Some((p.as_ref().ok()?.clone(), m.received)))
-            .unzip();
-        let mut units = pipeline.on_readings(&readings, &received).await.into_iter();
-        for (m, parsed) in batch.into_iter().zip(parsed) {
-            match parsed {
+        let handled = pipeline.handle(&received).await;
+        drop(received);
+        for effect in &handled.effects {
+            actions.perform(effect);
+        }
+        for (m, unit) in batch.into_iter().zip(handled.units) {
+            match unit {
                 Err(reason) => {
                     self.metrics
                         .messages_invalid
@@ -774,47 +768,11 @@ impl Ingest {
                     tracing::debug!(topic = %m.publish.topic, %reason, "skipping a malformed message");
                     self.ack(PendingAck::Now(m.receipt()));
                 }
-                Ok(_) => {
-                    let mut unit = units.next().unwrap_or_default();
+                Ok(mut unit) => {
                     unit.delivery = self.submitting(&m);
                     let done = self.submit(unit, m.received).await?;
                     self.ack(PendingAck::AfterCommit(done, m.receipt()));
                 }
-            }
-        }
-        Ok(())
-    }
-
-    async fn handle_image(&self, pipeline: &mut Pipeline, m: Message) -> Result<(), RunError> {
-        let Some(stage) = pipeline.inference.as_mut() else {
-            return Ok(());
-        };
-        let (topic, payload) = (&m.publish.topic, &m.publish.payload);
-        match stage
-            .on_image(
-                topic,
-                payload,
-                m.received_ms,
-                m.received,
-                &mut pipeline.actions,
-            )
-            .await
-        {
-            Ok(records) => {
-                let unit = UnitContent {
-                    records,
-                    state: Vec::new(),
-                    delivery: self.submitting(&m),
-                };
-                let done = self.submit(unit, m.received).await?;
-                self.ack(PendingAck::AfterCommit(done, m.receipt()));
-            }
-            Err(reason) => {
-                self.metrics
-                    .messages_invalid
-                    .with_label_values(&[reason.as_str()])
-                    .inc();
-                self.ack(PendingAck::Now(m.receipt()));
             }
         }
         Ok(())

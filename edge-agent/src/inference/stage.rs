@@ -6,12 +6,12 @@
 use std::path::Path;
 use std::time::Instant;
 
-use edge_crds::{InferenceTask, PayloadEncoding, PayloadFormat};
+use edge_crds::{ActionTrigger, InferenceTask, PayloadEncoding, PayloadFormat};
 
 use super::InferenceMetrics;
 use super::engine::{Inference, InferenceError, InferenceSettings};
 use super::source::SourceSettings;
-use crate::actions::Actions;
+use crate::actions::{Effect, Effects};
 use crate::config::AgentConfig;
 use crate::parse::InvalidReason;
 use crate::record::{Reading, Record};
@@ -95,21 +95,25 @@ impl InferenceStage {
     }
 
     /// Scores the windows of a batch of readings (in arrival order, `received[i]` the
-    /// arrival of `readings[i]`) in one model call. Every score goes to the
-    /// `trigger: anomaly` actions now, in arrival order (they start and end alert
-    /// episodes); each anomaly comes back among the records of its reading, to queue
-    /// whatever the processors do with that reading.
+    /// arrival of `readings[i]`) in one model call. Every score is an effect for the
+    /// `trigger: anomaly` actions, in arrival order (they start and end alert episodes);
+    /// each anomaly comes back among the records of its reading, to queue whatever the
+    /// processors do with that reading.
     pub async fn on_readings(
         &mut self,
         readings: &[Reading],
         received: &[Instant],
-        actions: &mut Actions,
+        effects: &mut Effects,
     ) -> Vec<Vec<Record>> {
         let mut records = vec![Vec::new(); readings.len()];
         let scored = self.inference.scored(readings).await;
         for (index, score) in scored.scores {
             if let (Some(reading), Some(at)) = (readings.get(index), received.get(index)) {
-                actions.on_score(reading, score, *at);
+                effects.add(ActionTrigger::Anomaly, || Effect::Score {
+                    reading: reading.clone(),
+                    score,
+                    received: *at,
+                });
             }
         }
         for (index, record) in scored.anomalies {
@@ -120,7 +124,7 @@ impl InferenceStage {
         records
     }
 
-    /// Classifies an image payload: a classification record, after firing the
+    /// Classifies an image payload: a classification record, and the effect for the
     /// `trigger: classification` actions. An undecodable image or a skipped inference
     /// yields no record (counted in the inference metrics).
     pub async fn on_image(
@@ -129,7 +133,7 @@ impl InferenceStage {
         payload: &[u8],
         received_ms: i64,
         received: Instant,
-        actions: &mut Actions,
+        effects: &mut Effects,
     ) -> Result<Vec<Record>, InvalidReason> {
         let Some(images) = &self.images else {
             return Ok(Vec::new());
@@ -153,7 +157,11 @@ impl InferenceStage {
                 timestamp_ms: received_ms,
                 received_ms,
             };
-            actions.on_classification(&reading, label, *score, received);
+            effects.add(ActionTrigger::Classification, || Effect::Classification {
+                reading,
+                label: label.clone(),
+                received,
+            });
         }
         Ok(vec![record])
     }

@@ -3,8 +3,6 @@
 
 use std::time::Duration;
 
-use rumqttc::{AsyncClient, MqttOptions};
-
 use super::*;
 use crate::record::{Record, RecordKind};
 
@@ -45,12 +43,8 @@ async fn pipeline() -> (Pipeline, Arc<Metrics>) {
     let metrics = Arc::new(crate::run::metrics_for(&config).expect("metrics"));
     let processors =
         Processors::new(&config.spec.processors, config.source.max_devices).expect("processors");
-    // Never connected: the config has no actions to publish.
-    let (client, _events) = AsyncClient::new(MqttOptions::new("test", "127.0.0.1", 1), 10);
     let dir = std::env::temp_dir();
-    let actions = Actions::new(&config, client, metrics.clone());
-    let pipeline =
-        Pipeline::new(&config, processors, &dir, actions, metrics.clone()).expect("pipeline");
+    let pipeline = Pipeline::new(&config, processors, &dir, metrics.clone()).expect("pipeline");
     let loaded = pipeline
         .inference()
         .expect("inference")
@@ -89,13 +83,14 @@ async fn a_batch_gives_the_records_of_one_at_a_time_in_one_model_call() {
     for (r, at) in readings.iter().zip(&received) {
         let mut unit = single
             .on_readings(std::slice::from_ref(r), std::slice::from_ref(at))
-            .await;
+            .await
+            .0;
         assert_eq!(unit.len(), 1);
         one_by_one.push(unit.remove(0));
     }
 
     let (mut batched, batched_metrics) = pipeline().await;
-    let batch = batched.on_readings(&readings, &received).await;
+    let batch = batched.on_readings(&readings, &received).await.0;
     // Each reading's unit carries the same state changes either way.
     let states = |units: &[UnitContent]| -> Vec<Vec<StateChange>> {
         units.iter().map(|u| u.state.clone()).collect()
@@ -180,13 +175,17 @@ async fn a_restart_with_the_committed_state_forwards_what_an_uninterrupted_run_d
     let all: Vec<Vec<Record>> = straight
         .on_readings(&readings, &received)
         .await
+        .0
         .into_iter()
         .map(|u| u.records)
         .collect();
 
     for cut in [1, DEVICES * 10 + 1, DEVICES * 20] {
         let (mut first, _) = pipeline().await;
-        let before = first.on_readings(&readings[..cut], &received[..cut]).await;
+        let before = first
+            .on_readings(&readings[..cut], &received[..cut])
+            .await
+            .0;
         let mut saved = std::collections::BTreeMap::new();
         committed(&before, &mut saved);
         drop(first);
@@ -208,6 +207,7 @@ async fn a_restart_with_the_committed_state_forwards_what_an_uninterrupted_run_d
         let after: Vec<Vec<Record>> = second
             .on_readings(&readings[cut..], &received[cut..])
             .await
+            .0
             .into_iter()
             .map(|u| u.records)
             .collect();
@@ -228,6 +228,7 @@ async fn a_restart_with_the_committed_state_forwards_what_an_uninterrupted_run_d
         let forgetful: Vec<Vec<Record>> = fresh
             .on_readings(&readings[cut..], &received[cut..])
             .await
+            .0
             .into_iter()
             .map(|u| u.records)
             .collect();
