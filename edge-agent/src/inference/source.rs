@@ -379,6 +379,13 @@ fn write_atomically(path: &Path, bytes: &[u8]) -> Result<(), SourceError> {
 mod tests {
     use super::*;
 
+    fn runtime() -> tokio::runtime::Runtime {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap()
+    }
+
     fn spec(path: Option<&str>, url: Option<&str>, sha: Option<&str>) -> ModelSource {
         ModelSource {
             path: path.map(str::to_string),
@@ -402,10 +409,7 @@ mod tests {
             SourceSettings::new(dir.path()),
         )
         .unwrap();
-        let rt = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .unwrap();
+        let rt = runtime();
         let files = loc.fetch(&rt).unwrap();
         assert_eq!(files.model, b"model");
         assert_eq!(files.golden.as_deref(), Some(&b"golden"[..]));
@@ -428,10 +432,7 @@ mod tests {
             settings.clone(),
         )
         .unwrap();
-        let rt = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .unwrap();
+        let rt = runtime();
         let err = loc.fetch(&rt).unwrap_err();
         assert_eq!(err.outcome(), "source_error");
         assert!(
@@ -464,10 +465,7 @@ mod tests {
             SourceSettings::new(dir.path()),
         )
         .unwrap();
-        let rt = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .unwrap();
+        let rt = runtime();
         assert_eq!(loc.fetch(&rt).unwrap().model, b"cached model");
         // A corrupt cache entry is not used: it is removed and a download is attempted.
         fs::write(

@@ -105,35 +105,34 @@ pub fn run(
                 rows,
                 deadline,
                 reply,
-            } => {
-                if reply.is_closed() || Instant::now() > deadline {
-                    continue;
-                }
-                let result = match &current {
-                    None => Err(Skip::NoModel),
-                    Some(p) => score_windows(p, &input, rows, max_batch, deadline, &metrics)
-                        .map(|scores| WindowScores { scores, generation }),
-                };
-                let _ = reply.send(result);
-            }
+            } => answer(reply, deadline, current.as_ref(), |p| {
+                score_windows(p, &input, rows, max_batch, deadline, &metrics)
+                    .map(|scores| WindowScores { scores, generation })
+            }),
             Msg::Image {
                 payload,
                 top_k: k,
                 deadline,
                 reply,
-            } => {
-                if reply.is_closed() || Instant::now() > deadline {
-                    continue;
-                }
-                let result = match &current {
-                    None => Err(Skip::NoModel),
-                    Some(p) => classify(p, &payload, k, &metrics)
-                        .map(|top| ImageScores { top, generation }),
-                };
-                let _ = reply.send(result);
-            }
+            } => answer(reply, deadline, current.as_ref(), |p| {
+                classify(p, &payload, k, &metrics).map(|top| ImageScores { top, generation })
+            }),
         }
     }
+}
+
+/// Replies with `work` done on the current model, unless nobody waits for the answer any
+/// more (the caller gave up, or its deadline passed): then the work is not done at all.
+fn answer<T>(
+    reply: oneshot::Sender<Result<T, Skip>>,
+    deadline: Instant,
+    current: Option<&Prepared>,
+    work: impl FnOnce(&Prepared) -> Result<T, Skip>,
+) {
+    if reply.is_closed() || Instant::now() > deadline {
+        return;
+    }
+    let _ = reply.send(current.map_or(Err(Skip::NoModel), work));
 }
 
 fn score_windows(
