@@ -46,7 +46,11 @@ use crate::units::{Duration, Size};
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 #[schemars(extend("x-kubernetes-validations" = [
     {"rule": "!has(self.processors) || self.processors.all(p, !has(p.aggregate)) || (has(self.processors[size(self.processors) - 1].aggregate) && self.processors.filter(p, has(p.aggregate)).size() == 1)", "message": "aggregate must be the last processor", "fieldPath": ".processors"},
-    {"rule": "!has(self.actions) || !has(self.inference) || self.actions.all(a, !has(a.clearBelow) || a.clearBelow <= self.inference.threshold)", "message": "an action's clearBelow must be <= inference.threshold", "fieldPath": ".actions"}
+    {"rule": "!has(self.actions) || !has(self.inference) || self.actions.all(a, !has(a.clearBelow) || a.clearBelow <= self.inference.threshold)", "message": "an action's clearBelow must be <= inference.threshold", "fieldPath": ".actions"},
+    {"rule": "!has(self.actions) || has(self.inference) || self.actions.all(a, !has(a.trigger) || a.trigger == 'threshold')", "message": "an anomaly or classification action needs spec.inference", "fieldPath": ".actions"},
+    {"rule": "!has(self.actions) || self.actions.all(a, !has(a.trigger) || a.trigger != 'threshold') || (has(self.processors) && self.processors.exists(p, has(p.threshold)))", "message": "a threshold action needs a threshold processor", "fieldPath": ".actions"},
+    {"rule": "!has(self.inference) || !has(self.inference.task) || self.inference.task != 'classification' || (has(self.source.format) && has(self.source.format.encoding) && self.source.format.encoding == 'image')", "message": "task: classification needs source.format.encoding: image", "fieldPath": ".inference.task"},
+    {"rule": "!has(self.inference) || !has(self.source.format) || !has(self.source.format.encoding) || self.source.format.encoding != 'image' || (has(self.inference.task) && self.inference.task == 'classification')", "message": "image payloads need inference.task: classification", "fieldPath": ".inference.task"}
 ]))]
 pub struct EdgePipelineSpec {
     /// Where readings come from: an MQTT broker on (or embedded in) the edge node, and how
@@ -138,6 +142,7 @@ fn default_max_devices() -> u32 {
     {"rule": "has(self.url) || has(self.embedded)", "message": "set url, or embedded to run a broker inside the agent"},
     {"rule": "self.qos == 0 || self.qos == 1", "message": "qos must be 0 or 1"},
     {"rule": "size(self.topics) > 0", "message": "at least one topic is required"},
+    {"rule": "!has(self.passwordFrom) || has(self.username)", "message": "username is required when passwordFrom is set", "fieldPath": ".username"},
     {"rule": "!has(self.embedded) || self.embedded.listen.startsWith('127.') || self.embedded.listen.startsWith('[::1]:') || (has(self.embedded.users) && size(self.embedded.users) > 0) || (has(self.username) && has(self.passwordFrom))", "fieldPath": ".embedded.users", "reason": "FieldValueRequired", "message": "embedded.users is required when embedded.listen is not a loopback address"},
     {"rule": "!has(self.tls) || (has(self.url) && self.url.startsWith('mqtts://'))", "message": "tls is only used with an mqtts:// url", "fieldPath": ".tls"}
 ]))]
@@ -294,6 +299,9 @@ pub struct SecretKeyRef {
 /// TLS client settings.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
+#[schemars(extend("x-kubernetes-validations" = [
+    {"rule": "has(self.cert) == has(self.key)", "message": "cert and key must be set together"}
+]))]
 pub struct Tls {
     /// PEM bundle of CA certificates to trust instead of the system roots.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -367,6 +375,7 @@ pub enum PayloadEncoding {
 #[schemars(extend("x-kubernetes-validations" = [
     {"rule": "self.window > 0", "message": "window must be > 0"},
     {"rule": "self.topK > 0", "message": "topK must be > 0"},
+    {"rule": "!has(self.input) || (has(self.task) && self.task == 'classification')", "message": "input is only for task: classification (readings use normalize)", "fieldPath": ".input"},
     {"rule": "!has(self.labelsFile) || (!self.labelsFile.contains(':') && !self.labelsFile.contains('\\\\') && !self.labelsFile.startsWith('//'))", "message": "labelsFile is a file next to the model, not a URL", "fieldPath": ".labelsFile"}
 ]))]
 pub struct Inference {
@@ -454,7 +463,7 @@ pub enum InferenceTask {
     {"rule": "[has(self.path), has(self.configMap), has(self.url)].filter(x, x).size() == 1", "message": "exactly one of path, configMap or url must be set"},
     {"rule": "!has(self.url) || has(self.sha256)", "message": "url requires sha256"},
     {"rule": "!has(self.sha256) || has(self.url)", "message": "sha256 is only used with url"},
-    {"rule": "!has(self.headers) || has(self.url)", "message": "headers are only used with url", "fieldPath": ".headers"}
+    {"rule": "!has(self.headers) || size(self.headers) == 0 || has(self.url)", "message": "headers are only used with url", "fieldPath": ".headers"}
 ]))]
 pub struct ModelSource {
     /// A model file on the node or in the agent image.
@@ -502,8 +511,8 @@ pub struct ConfigMapKey {
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 #[schemars(extend("x-kubernetes-validations" = [
-    {"rule": "!has(self.mean) || size(self.mean) == 1 || size(self.mean) == 3", "message": "mean takes one value for every channel or three (R, G, B)", "fieldPath": ".mean"},
-    {"rule": "!has(self.std) || size(self.std) == 1 || size(self.std) == 3", "message": "std takes one value for every channel or three (R, G, B)", "fieldPath": ".std"},
+    {"rule": "!has(self.mean) || size(self.mean) == 0 || size(self.mean) == 1 || size(self.mean) == 3", "message": "mean takes one value for every channel or three (R, G, B)", "fieldPath": ".mean"},
+    {"rule": "!has(self.std) || size(self.std) == 0 || size(self.std) == 1 || size(self.std) == 3", "message": "std takes one value for every channel or three (R, G, B)", "fieldPath": ".std"},
     {"rule": "!has(self.std) || self.std.all(s, s > 0.0)", "message": "std values must be > 0", "fieldPath": ".std"}
 ]))]
 pub struct ImageInput {
@@ -563,7 +572,7 @@ pub struct Normalize {
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 #[schemars(extend("x-kubernetes-validations" = [
-    {"rule": "has(self.file) || size(self.vectors) > 0", "message": "set file or vectors"},
+    {"rule": "has(self.file) || (has(self.vectors) && size(self.vectors) > 0)", "message": "set file or vectors"},
     {"rule": "!has(self.file) || (!self.file.contains(':') && !self.file.contains('\\\\') && !self.file.startsWith('//'))", "message": "file is a file next to the model, not a URL", "fieldPath": ".file"}
 ]))]
 pub struct Golden {
@@ -856,7 +865,7 @@ pub struct MqttAction {
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 #[schemars(extend("x-kubernetes-validations" = [
-    {"rule": "quantity(self.maxBytes).isGreaterThan(quantity('0'))", "message": "maxBytes must be > 0"},
+    {"rule": "!quantity(self.maxBytes).isLessThan(quantity('64Ki'))", "message": "maxBytes must be at least 64Ki"},
     {"rule": "duration(self.maxAge) > duration('0s')", "message": "maxAge must be > 0"},
     {"rule": "!has(self.maxDeadLetterBytes) || quantity(self.maxDeadLetterBytes).isGreaterThan(quantity('0'))", "message": "maxDeadLetterBytes must be > 0", "fieldPath": ".maxDeadLetterBytes"},
     {"rule": "!has(self.maxDeadLetterBytes) || !quantity(self.maxDeadLetterBytes).add(quantity(self.maxDeadLetterBytes)).isGreaterThan(quantity(self.maxBytes))", "message": "maxDeadLetterBytes must be at most half of maxBytes", "fieldPath": ".maxDeadLetterBytes"}
@@ -1280,7 +1289,9 @@ fn default_mqtt_batch_size() -> u32 {
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 #[schemars(extend("x-kubernetes-validations" = [
-    {"rule": "self.metricsPort >= 1 && self.metricsPort <= 65535", "message": "metricsPort must be a port number"}
+    {"rule": "self.metricsPort >= 1 && self.metricsPort <= 65535", "message": "metricsPort must be a port number"},
+    {"rule": "!has(self.maxUnavailable) || (self.maxUnavailable == string(self.maxUnavailable) ? self.maxUnavailable.matches('^([1-9][0-9]?|100)%$') : int(self.maxUnavailable) >= 1)",
+     "message": "maxUnavailable must be at least 1, or a percentage from 1% to 100%"}
 ]))]
 pub struct AgentSettings {
     /// CPU and memory requests and limits of the agent container. Defaults to requests of
@@ -1356,7 +1367,7 @@ fn default_metrics_port() -> i32 {
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 #[schemars(extend("x-kubernetes-validations" = [
-    {"rule": "!has(self.maxUnavailable) || (type(self.maxUnavailable) == int ? self.maxUnavailable >= 1 : self.maxUnavailable.matches('^([1-9][0-9]?|100)%$'))",
+    {"rule": "!has(self.maxUnavailable) || (self.maxUnavailable == string(self.maxUnavailable) ? self.maxUnavailable.matches('^([1-9][0-9]?|100)%$') : int(self.maxUnavailable) >= 1)",
      "message": "maxUnavailable must be at least 1, or a percentage from 1% to 100%"}
 ]))]
 pub struct RolloutSettings {
@@ -1398,7 +1409,7 @@ impl Default for RolloutSettings {
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 #[schemars(extend("x-kubernetes-validations" = [
-    {"rule": "has(self.nodeSelector) != has(self.count)", "message": "set exactly one of nodeSelector and count"}
+    {"rule": "(has(self.nodeSelector) && size(self.nodeSelector) > 0) != has(self.count)", "message": "set exactly one of nodeSelector and count"}
 ]))]
 pub struct CanarySettings {
     /// The canary nodes: the pipeline's nodes with all of these labels.

@@ -137,7 +137,11 @@ impl Validator {
             IntOrString::Int(n) if *n >= 1 => {}
             IntOrString::Int(_) => self.err(path, "must be at least 1"),
             IntOrString::String(s) => {
-                let percent = s.strip_suffix('%').and_then(|p| p.parse::<u32>().ok());
+                // Digits without a sign or a leading zero, as the CRD's pattern has it.
+                let percent = s
+                    .strip_suffix('%')
+                    .filter(|p| !p.starts_with('0') && p.bytes().all(|b| b.is_ascii_digit()))
+                    .and_then(|p| p.parse::<u32>().ok());
                 if !percent.is_some_and(|p| (1..=100).contains(&p)) {
                     self.err(
                         path,
@@ -414,23 +418,35 @@ impl Validator {
         }
         self.finite("spec.inference.threshold", inf.threshold);
         if let Some(n) = &inf.normalize {
-            match (n.mean, n.std, n.min, n.max) {
-                (Some(mean), Some(std), None, None) => {
-                    self.finite("spec.inference.normalize.mean", mean);
-                    self.positive("spec.inference.normalize.std", std);
-                }
-                (None, None, Some(min), Some(max)) => {
-                    if self.finite("spec.inference.normalize.min", min)
-                        && self.finite("spec.inference.normalize.max", max)
-                        && max <= min
-                    {
-                        self.err("spec.inference.normalize.max", "must be > min");
-                    }
-                }
-                _ => self.err(
+            let mean_std = n.mean.is_some() && n.std.is_some();
+            let min_max = n.min.is_some() && n.max.is_some();
+            if mean_std == min_max
+                || (mean_std && (n.min.is_some() || n.max.is_some()))
+                || (min_max && (n.mean.is_some() || n.std.is_some()))
+            {
+                self.err(
                     "spec.inference.normalize",
                     "set either mean and std, or min and max",
-                ),
+                );
+            }
+            if let Some(mean) = n.mean {
+                self.finite("spec.inference.normalize.mean", mean);
+            }
+            if let Some(std) = n.std {
+                self.positive("spec.inference.normalize.std", std);
+            }
+            let min_ok = n
+                .min
+                .is_none_or(|x| self.finite("spec.inference.normalize.min", x));
+            let max_ok = n
+                .max
+                .is_none_or(|x| self.finite("spec.inference.normalize.max", x));
+            if let (Some(min), Some(max)) = (n.min, n.max)
+                && min_ok
+                && max_ok
+                && max <= min
+            {
+                self.err("spec.inference.normalize.max", "must be > min");
             }
         }
         if let Some(g) = &inf.golden {
@@ -489,14 +505,29 @@ impl Validator {
     }
 
     fn processor(&mut self, path: &str, p: &Processor) {
-        let Some(kind) = p.kind() else {
+        if p.kind().is_none() {
             self.err(
                 path,
                 "exactly one of significantChange, deadband, range, threshold or aggregate must be set",
             );
-            return;
-        };
-        match kind {
+        }
+        // Every stage that is set is checked, also when more than one is (as the CRD does).
+        let stages = [
+            p.significant_change
+                .as_ref()
+                .map(ProcessorKind::SignificantChange),
+            p.deadband.as_ref().map(ProcessorKind::Deadband),
+            p.range.as_ref().map(ProcessorKind::Range),
+            p.threshold.as_ref().map(ProcessorKind::Threshold),
+            p.aggregate.as_ref().map(ProcessorKind::Aggregate),
+        ];
+        for stage in stages.into_iter().flatten() {
+            self.stage(path, stage);
+        }
+    }
+
+    fn stage(&mut self, path: &str, stage: ProcessorKind<'_>) {
+        match stage {
             ProcessorKind::SignificantChange(sc) => {
                 let path = format!("{path}.significantChange");
                 if sc.window == 0 {
@@ -508,10 +539,14 @@ impl Validator {
             }
             ProcessorKind::Deadband(d) => {
                 let path = format!("{path}.deadband");
-                match (d.absolute, d.percent) {
-                    (Some(a), None) => self.positive(&format!("{path}.absolute"), a),
-                    (None, Some(p)) => self.positive(&format!("{path}.percent"), p),
-                    _ => self.err(&path, "exactly one of absolute or percent must be set"),
+                if d.absolute.is_some() == d.percent.is_some() {
+                    self.err(&path, "exactly one of absolute or percent must be set");
+                }
+                if let Some(a) = d.absolute {
+                    self.positive(&format!("{path}.absolute"), a);
+                }
+                if let Some(p) = d.percent {
+                    self.positive(&format!("{path}.percent"), p);
                 }
                 if let Some(s) = &d.max_silence {
                     self.duration(&format!("{path}.maxSilence"), s, true);
@@ -580,8 +615,9 @@ impl Validator {
         if let Some(clear) = a.clear_below {
             let field = format!("{path}.clearBelow");
             if a.trigger != ActionTrigger::Anomaly {
-                self.err(field, "is only used with trigger: anomaly");
-            } else if self.finite(&field, clear)
+                self.err(&field, "is only used with trigger: anomaly");
+            }
+            if self.finite(&field, clear)
                 && let Some(inference) = &spec.inference
                 && clear > inference.threshold
             {
@@ -594,8 +630,9 @@ impl Validator {
         if let Some(margin) = a.hysteresis {
             let field = format!("{path}.hysteresis");
             if a.trigger != ActionTrigger::Threshold {
-                self.err(field, "is only used with trigger: threshold");
-            } else if self.finite(&field, margin) && margin < 0.0 {
+                self.err(&field, "is only used with trigger: threshold");
+            }
+            if self.finite(&field, margin) && margin < 0.0 {
                 self.err(field, "must be >= 0");
             }
         }
@@ -732,63 +769,72 @@ impl Validator {
                 }
             }
         }
-        match (&s.http, &s.mqtt) {
-            (Some(h), None) => {
-                self.url("spec.sink.http.url", &h.url, &["http", "https"]);
-                if h.batch_size == 0 {
-                    self.err("spec.sink.http.batchSize", "must be > 0");
-                }
-                self.duration("spec.sink.http.flushInterval", &h.flush_interval, true);
-                self.duration("spec.sink.http.timeout", &h.timeout, true);
-                self.duration(
-                    "spec.sink.http.retry.initialBackoff",
-                    &h.retry.initial_backoff,
-                    true,
-                );
-                self.duration(
-                    "spec.sink.http.retry.maxBackoff",
-                    &h.retry.max_backoff,
-                    true,
-                );
-                self.headers("spec.sink.http.headers", &h.headers);
-                for (i, code) in h.dead_letter_on.iter().enumerate() {
-                    if !(400..500).contains(code) || NEVER_DEAD_LETTER.contains(code) {
-                        self.err(
-                            format!("spec.sink.http.deadLetterOn[{i}]"),
-                            format!("{code} is not a content rejection: use a 4xx other than 401, 403, 407, 408 and 429"),
-                        );
-                    }
-                }
-                if let Some(tls) = &h.tls {
-                    self.tls("spec.sink.http.tls", tls);
-                }
-                self.tls_scheme("spec.sink.http.tls", h.tls.as_ref(), Some(&h.url), "https");
-            }
-            (None, Some(m)) => {
-                self.url("spec.sink.mqtt.url", &m.url, &["mqtt", "mqtts"]);
-                if m.topic.is_empty() || m.topic.contains(['+', '#']) {
-                    self.err(
-                        "spec.sink.mqtt.topic",
-                        "must be a topic name without wildcards",
-                    );
-                }
-                if m.qos > 1 {
-                    self.err("spec.sink.mqtt.qos", "must be 0 or 1");
-                }
-                if m.batch_size == 0 {
-                    self.err("spec.sink.mqtt.batchSize", "must be > 0");
-                }
-                self.duration("spec.sink.mqtt.flushInterval", &m.flush_interval, true);
-                if let Some(p) = &m.password_from {
-                    self.value_from("spec.sink.mqtt.passwordFrom", p);
-                }
-                if let Some(tls) = &m.tls {
-                    self.tls("spec.sink.mqtt.tls", tls);
-                }
-                self.tls_scheme("spec.sink.mqtt.tls", m.tls.as_ref(), Some(&m.url), "mqtts");
-            }
-            _ => self.err("spec.sink", "exactly one of http or mqtt must be set"),
+        if s.http.is_some() == s.mqtt.is_some() {
+            self.err("spec.sink", "exactly one of http or mqtt must be set");
         }
+        // Each sink that is set is checked, also when both are (as the CRD does).
+        if let Some(h) = &s.http {
+            self.http_sink(h);
+        }
+        if let Some(m) = &s.mqtt {
+            self.mqtt_sink(m);
+        }
+    }
+
+    fn http_sink(&mut self, h: &HttpSink) {
+        self.url("spec.sink.http.url", &h.url, &["http", "https"]);
+        if h.batch_size == 0 {
+            self.err("spec.sink.http.batchSize", "must be > 0");
+        }
+        self.duration("spec.sink.http.flushInterval", &h.flush_interval, true);
+        self.duration("spec.sink.http.timeout", &h.timeout, true);
+        self.duration(
+            "spec.sink.http.retry.initialBackoff",
+            &h.retry.initial_backoff,
+            true,
+        );
+        self.duration(
+            "spec.sink.http.retry.maxBackoff",
+            &h.retry.max_backoff,
+            true,
+        );
+        self.headers("spec.sink.http.headers", &h.headers);
+        for (i, code) in h.dead_letter_on.iter().enumerate() {
+            if !(400..500).contains(code) || NEVER_DEAD_LETTER.contains(code) {
+                self.err(
+                    format!("spec.sink.http.deadLetterOn[{i}]"),
+                    format!("{code} is not a content rejection: use a 4xx other than 401, 403, 407, 408 and 429"),
+                );
+            }
+        }
+        if let Some(tls) = &h.tls {
+            self.tls("spec.sink.http.tls", tls);
+        }
+        self.tls_scheme("spec.sink.http.tls", h.tls.as_ref(), Some(&h.url), "https");
+    }
+
+    fn mqtt_sink(&mut self, m: &MqttSink) {
+        self.url("spec.sink.mqtt.url", &m.url, &["mqtt", "mqtts"]);
+        if m.topic.is_empty() || m.topic.contains(['+', '#']) {
+            self.err(
+                "spec.sink.mqtt.topic",
+                "must be a topic name without wildcards",
+            );
+        }
+        if m.qos > 1 {
+            self.err("spec.sink.mqtt.qos", "must be 0 or 1");
+        }
+        if m.batch_size == 0 {
+            self.err("spec.sink.mqtt.batchSize", "must be > 0");
+        }
+        self.duration("spec.sink.mqtt.flushInterval", &m.flush_interval, true);
+        if let Some(p) = &m.password_from {
+            self.value_from("spec.sink.mqtt.passwordFrom", p);
+        }
+        if let Some(tls) = &m.tls {
+            self.tls("spec.sink.mqtt.tls", tls);
+        }
+        self.tls_scheme("spec.sink.mqtt.tls", m.tls.as_ref(), Some(&m.url), "mqtts");
     }
 
     fn agent(&mut self, a: &AgentSettings) {
@@ -824,5 +870,7 @@ pub fn check_topic_filter(filter: &str) -> Result<(), String> {
     Ok(())
 }
 
+#[cfg(all(test, feature = "kube"))]
+mod rules_agree;
 #[cfg(test)]
 mod tests;
