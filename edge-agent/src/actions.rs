@@ -42,11 +42,6 @@ const MAX_TOPIC_BYTES: usize = 65_535;
 /// First and largest reconnect delay.
 const BACKOFF: (Duration, Duration) = (Duration::from_millis(100), Duration::from_secs(30));
 
-/// The client id of the actions connection of a source with client id `source`.
-pub fn client_id(source: &str) -> String {
-    format!("{source}-actions")
-}
-
 /// Why a rendered topic is not published.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
 pub enum TopicError {
@@ -273,7 +268,7 @@ impl Actions {
         metrics: Arc<Metrics>,
     ) -> Result<(Self, Option<JoinHandle<()>>), TlsError> {
         let source = &config.source;
-        let client_id = client_id(&source.client_id);
+        let client_id = source.actions_client_id();
         let mut options = mqtt_options(&Connect {
             client_id: &client_id,
             host: &source.host,

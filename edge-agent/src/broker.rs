@@ -97,7 +97,7 @@ impl BrokerSettings {
                 agent,
                 agent_client_ids: vec![
                     source.client_id.clone(),
-                    crate::actions::client_id(&source.client_id),
+                    source.actions_client_id(),
                 ],
                 users: source.embedded_users.clone(),
                 anonymous: listen.ip().is_loopback()

@@ -86,6 +86,13 @@ pub struct SourceSettings {
     pub embedded_tls: Option<TlsMaterial>,
 }
 
+impl SourceSettings {
+    /// The client id of the local actions' own connection to this broker.
+    pub fn actions_client_id(&self) -> String {
+        format!("{}-actions", self.client_id)
+    }
+}
+
 /// A client of the embedded broker.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct EmbeddedUser {

@@ -24,8 +24,8 @@ use crate::parse::{InvalidReason, PayloadParser};
 use crate::process::Processors;
 use crate::queue::{StateChange, UnitContent};
 use crate::record::{Reading, RecordKind};
-use crate::run::inference_metrics;
-use crate::telemetry::Metrics;
+use crate::inference::InferenceMetrics;
+use crate::telemetry::{Metrics, MetricsError, init_labels};
 
 /// Turns messages into records and effects: parsing, inference, the processors, and
 /// their metrics.
@@ -270,6 +270,39 @@ impl Pipeline {
     pub fn inference(&self) -> Option<&InferenceStage> {
         self.inference.as_ref()
     }
+}
+
+/// Registers the agent's metrics with every label value of this pipeline at zero.
+pub fn metrics_for(config: &AgentConfig) -> Result<Metrics, MetricsError> {
+    let metrics = Metrics::new(&config.pipeline)?;
+    let reasons: Vec<&str> = InvalidReason::ALL.iter().map(|r| r.as_str()).collect();
+    init_labels(&metrics.messages_invalid, &reasons);
+    let processors: Vec<&str> = config
+        .spec
+        .processors
+        .iter()
+        .filter_map(|p| p.kind().map(|k| k.metric_name()))
+        .collect();
+    init_labels(&metrics.records_filtered, &processors);
+    // Creates the inference label values, so the series exist with or without a model.
+    let _ = inference_metrics(&metrics);
+    metrics
+        .queue_capacity_bytes
+        .set(config.buffer.max_bytes.min(i64::MAX as u64) as i64);
+    Ok(metrics)
+}
+
+/// The inference engine's handles into the agent's registry.
+pub fn inference_metrics(metrics: &Metrics) -> InferenceMetrics {
+    InferenceMetrics::new(
+        metrics.inferences.clone(),
+        metrics.anomalies.clone(),
+        metrics.inference_duration.clone(),
+        metrics.inference_errors.clone(),
+        metrics.model_loads.clone(),
+        metrics.inference_windows_evicted.clone(),
+        metrics.model_info.clone(),
+    )
 }
 
 /// A state change of `device`'s entry of `owner` (`p` processors, `i` inference).

@@ -34,9 +34,8 @@ use crate::credentials::{self, Client, Updates, Watch, export_expiry};
 use crate::datadir::lock::{DirLock, LockError, Mode, handover_requested};
 use crate::datadir::{fallback, store_pipeline};
 use crate::http::{Health, Loop};
-use crate::inference::{InferenceError, InferenceMetrics, InferenceStage};
-use crate::parse::InvalidReason;
-use crate::pipeline::{Pipeline, Received};
+use crate::inference::{InferenceError, InferenceStage};
+use crate::pipeline::{Pipeline, Received, metrics_for};
 use crate::process::{ProcessError, Processors};
 use crate::queue::{
     Committed, DeliveryId, Queue, QueueConfig, QueueError, StoreSettings, UnitContent, now_ms,
@@ -44,7 +43,7 @@ use crate::queue::{
 use crate::sink::{self, Sink, SyncContext};
 use crate::source::mqtt::{self as source, Message, Receipt, SourceConnection, SourceHandle};
 use crate::source::tls::TlsError;
-use crate::telemetry::{Metrics, MetricsError, init_labels};
+use crate::telemetry::{Metrics, MetricsError};
 
 /// Most messages the ingest loop takes in one turn: those already waiting, never more.
 const MAX_BATCH: usize = 64;
@@ -83,8 +82,10 @@ pub enum RunError {
     SourceTls(TlsError),
     #[error(transparent)]
     Broker(#[from] BrokerError),
-    #[error("sink: {0}")]
-    Sink(String),
+    #[error("sink: spec.sink.http: {0}")]
+    HttpSink(#[source] sink::http::HttpSinkError),
+    #[error("sink: spec.sink.mqtt: {0}")]
+    MqttSink(#[source] TlsError),
     #[error("inference: {0}")]
     Inference(#[from] InferenceError),
     #[error("the data directory's lock: {0}")]
@@ -114,7 +115,7 @@ fn build_sink(config: &AgentConfig) -> Result<Sink, RunError> {
     match &config.sink {
         SinkSettings::Http(http) => sink::http::HttpSink::new(http, &config.pipeline, &config.node)
             .map(|s| Sink::Http(Box::new(s.with_format(format))))
-            .map_err(|e| RunError::Sink(format!("spec.sink.http: {e}"))),
+            .map_err(RunError::HttpSink),
         SinkSettings::Mqtt(mqtt) => sink::mqtt::MqttSink::new(mqtt)
             .map(|s| {
                 Sink::Mqtt(Box::new(s.with_format(
@@ -123,7 +124,7 @@ fn build_sink(config: &AgentConfig) -> Result<Sink, RunError> {
                     &config.node,
                 )))
             })
-            .map_err(|e| RunError::Sink(format!("spec.sink.mqtt: {e}"))),
+            .map_err(RunError::MqttSink),
     }
 }
 
@@ -174,39 +175,6 @@ fn watch_credentials(
         }
     }
     (sink, watches, source_updates)
-}
-
-/// Registers the agent's metrics with every label value of this pipeline at zero.
-pub fn metrics_for(config: &AgentConfig) -> Result<Metrics, MetricsError> {
-    let metrics = Metrics::new(&config.pipeline)?;
-    let reasons: Vec<&str> = InvalidReason::ALL.iter().map(|r| r.as_str()).collect();
-    init_labels(&metrics.messages_invalid, &reasons);
-    let processors: Vec<&str> = config
-        .spec
-        .processors
-        .iter()
-        .filter_map(|p| p.kind().map(|k| k.metric_name()))
-        .collect();
-    init_labels(&metrics.records_filtered, &processors);
-    // Creates the inference label values, so the series exist with or without a model.
-    let _ = inference_metrics(&metrics);
-    metrics
-        .queue_capacity_bytes
-        .set(config.buffer.max_bytes.min(i64::MAX as u64) as i64);
-    Ok(metrics)
-}
-
-/// The inference engine's handles into the agent's registry.
-pub fn inference_metrics(metrics: &Metrics) -> InferenceMetrics {
-    InferenceMetrics::new(
-        metrics.inferences.clone(),
-        metrics.anomalies.clone(),
-        metrics.inference_duration.clone(),
-        metrics.inference_errors.clone(),
-        metrics.model_loads.clone(),
-        metrics.inference_windows_evicted.clone(),
-        metrics.model_info.clone(),
-    )
 }
 
 /// Runs the agent until `stop` is cancelled, then shuts down cleanly.

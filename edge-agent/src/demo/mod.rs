@@ -25,7 +25,8 @@ use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::{AgentConfig, ConfigError};
-use crate::run::{RunError, RunOptions, metrics_for, run_with_metrics};
+use crate::pipeline::metrics_for;
+use crate::run::{RunError, RunOptions, run_with_metrics};
 use crate::telemetry::{DROP_REASONS, Metrics, MetricsError, RECORD_KINDS};
 
 pub use cloud::{Cloud, Stored};

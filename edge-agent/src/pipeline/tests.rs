@@ -40,7 +40,7 @@ sink:
 
 async fn pipeline() -> (Pipeline, Arc<Metrics>) {
     let config = config();
-    let metrics = Arc::new(crate::run::metrics_for(&config).expect("metrics"));
+    let metrics = Arc::new(super::metrics_for(&config).expect("metrics"));
     let processors =
         Processors::new(&config.spec.processors, config.source.max_devices).expect("processors");
     let dir = std::env::temp_dir();
