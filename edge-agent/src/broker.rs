@@ -95,10 +95,7 @@ impl BrokerSettings {
             source_filters: source.topics.clone(),
             access: Access {
                 agent,
-                agent_client_ids: vec![
-                    source.client_id.clone(),
-                    source.actions_client_id(),
-                ],
+                agent_client_ids: vec![source.client_id.clone(), source.actions_client_id()],
                 users: source.embedded_users.clone(),
                 anonymous: listen.ip().is_loopback()
                     && source.embedded_users.is_empty()

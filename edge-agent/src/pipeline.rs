@@ -19,12 +19,12 @@ use edge_crds::ActionTrigger;
 
 use crate::actions::{Effect, Effects};
 use crate::config::AgentConfig;
-use crate::inference::{InferenceError, InferenceStage};
+use crate::inference::{InferenceError, InferenceMetrics, InferenceStage};
 use crate::parse::{InvalidReason, PayloadParser};
 use crate::process::Processors;
 use crate::queue::{StateChange, UnitContent};
 use crate::record::{Reading, RecordKind};
-use crate::inference::InferenceMetrics;
+
 use crate::telemetry::{Metrics, MetricsError, init_labels};
 
 /// Turns messages into records and effects: parsing, inference, the processors, and
