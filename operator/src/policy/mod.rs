@@ -319,7 +319,7 @@ pub enum PolicyError {
     },
     /// The file is not a policy (YAML syntax, unknown key, wrong type).
     #[error("the tenant policy is not valid YAML for the policy: {0}")]
-    Parse(String),
+    Parse(#[source] serde_saphyr::Error),
     /// A value of the policy is wrong; the message names it.
     #[error("tenant policy {0}")]
     Invalid(String),
@@ -340,7 +340,7 @@ impl TenantPolicy {
         let policy: Self = if text.trim().is_empty() {
             Self::default()
         } else {
-            serde_saphyr::from_str(text).map_err(|e| PolicyError::Parse(e.to_string()))?
+            serde_saphyr::from_str(text).map_err(PolicyError::Parse)?
         };
         policy.validate()?;
         Ok(policy)
