@@ -492,10 +492,35 @@ fn every_link_between_pages_reaches_its_file_and_heading() {
             }
         }
     }
+    // The alerts' runbook links point into the docs of this repository.
+    for rules in RULE_FILES {
+        let text = read(Path::new(rules));
+        for (i, line) in text.lines().enumerate() {
+            let Some((_, link)) = line.split_once(REPO_URL) else {
+                continue;
+            };
+            count += 1;
+            let link = link.trim().trim_matches('"');
+            let (file, anchor) = link.split_once('#').unwrap_or((link, ""));
+            let anchors = anchors_of(Path::new(file));
+            if !anchors.is_some_and(|a| anchor.is_empty() || a.iter().any(|x| x == anchor)) {
+                problems.push(format!("{rules}:{}: {link} is not a heading", i + 1));
+            }
+        }
+    }
     println!("{count} links checked");
     assert!(count >= 100, "fewer links than expected: {count}");
     report("broken links", &problems);
 }
+
+/// Files outside the docs that link into them (the alerts' runbook URLs).
+const RULE_FILES: &[&str] = &[
+    "deploy/prometheus/edgepipe-rules.yaml",
+    "charts/edge-operator/files/edgepipe-rules.yaml",
+];
+
+/// How those files address a page of this repository.
+const REPO_URL: &str = "https://github.com/edgepipe/edgepipe/blob/main/";
 
 /// `a/b/../c` -> `a/c`, without touching the file system.
 fn normalize(path: &Path) -> PathBuf {
