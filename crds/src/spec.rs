@@ -107,6 +107,10 @@ pub struct EdgePipelineSpec {
 /// Where readings come from.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
+#[schemars(extend("x-kubernetes-validations" = [
+    {"rule": "!has(self.maxPayloadSize) || quantity(self.maxPayloadSize).isGreaterThan(quantity('0'))", "message": "maxPayloadSize must be > 0", "fieldPath": ".maxPayloadSize"},
+    {"rule": "!has(self.maxPayloadSize) || !quantity(self.maxPayloadSize).isGreaterThan(quantity('16Mi'))", "message": "maxPayloadSize must be at most 16Mi", "fieldPath": ".maxPayloadSize"}
+]))]
 pub struct Source {
     /// The MQTT broker and topics to subscribe to.
     pub mqtt: MqttSource,
@@ -143,6 +147,7 @@ fn default_max_devices() -> u32 {
     {"rule": "self.qos == 0 || self.qos == 1", "message": "qos must be 0 or 1"},
     {"rule": "size(self.topics) > 0", "message": "at least one topic is required"},
     {"rule": "!has(self.passwordFrom) || has(self.username)", "message": "username is required when passwordFrom is set", "fieldPath": ".username"},
+    {"rule": "!has(self.keepAlive) || duration(self.keepAlive) > duration('0s')", "message": "keepAlive must be > 0", "fieldPath": ".keepAlive"},
     {"rule": "!has(self.embedded) || self.embedded.listen.startsWith('127.') || self.embedded.listen.startsWith('[::1]:') || (has(self.embedded.users) && size(self.embedded.users) > 0) || (has(self.username) && has(self.passwordFrom))", "fieldPath": ".embedded.users", "reason": "FieldValueRequired", "message": "embedded.users is required when embedded.listen is not a loopback address"},
     {"rule": "!has(self.tls) || (has(self.url) && self.url.startsWith('mqtts://'))", "message": "tls is only used with an mqtts:// url", "fieldPath": ".tls"}
 ]))]
@@ -151,6 +156,7 @@ pub struct MqttSource {
     /// the agent's environment: inside a pod use `mqtt://${HOST_IP}:1883` to reach a broker
     /// on the node. Defaults to the embedded broker when `embedded` is set.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(regex(pattern = r"^mqtts?://.+"))]
     pub url: Option<String>,
 
     /// Topic filters to subscribe to; MQTT wildcards `+` and `#` are allowed.
@@ -165,6 +171,7 @@ pub struct MqttSource {
     /// MQTT client id. Defaults to `<namespace>-<name>-<node>`, stable across restarts so
     /// the broker keeps the persistent session while the agent restarts.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 128))]
     pub client_id: Option<String>,
 
     /// MQTT username, if the broker requires one.
@@ -375,6 +382,7 @@ pub enum PayloadEncoding {
 #[schemars(extend("x-kubernetes-validations" = [
     {"rule": "self.window > 0", "message": "window must be > 0"},
     {"rule": "self.topK > 0", "message": "topK must be > 0"},
+    {"rule": "!has(self.timeout) || duration(self.timeout) > duration('0s')", "message": "timeout must be > 0", "fieldPath": ".timeout"},
     {"rule": "!has(self.input) || (has(self.task) && self.task == 'classification')", "message": "input is only for task: classification (readings use normalize)", "fieldPath": ".input"},
     {"rule": "!has(self.labelsFile) || (!self.labelsFile.contains(':') && !self.labelsFile.contains('\\\\') && !self.labelsFile.startsWith('//'))", "message": "labelsFile is a file next to the model, not a URL", "fieldPath": ".labelsFile"}
 ]))]
@@ -478,6 +486,7 @@ pub struct ModelSource {
     /// An HTTP(S) URL the agent downloads the model from; cached on the node, used while
     /// offline, and never run unless it matches `sha256`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(regex(pattern = r"^https?://.+"))]
     pub url: Option<String>,
 
     /// Lowercase hex SHA-256 of the file at `url`.
@@ -498,8 +507,10 @@ pub struct ModelSource {
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct ConfigMapKey {
     /// Name of the ConfigMap.
+    #[schemars(length(min = 1))]
     pub name: String,
     /// Key holding the model (use `binaryData` for binary files).
+    #[schemars(length(min = 1))]
     pub key: String,
 }
 
@@ -573,6 +584,7 @@ pub struct Normalize {
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 #[schemars(extend("x-kubernetes-validations" = [
     {"rule": "has(self.file) || (has(self.vectors) && size(self.vectors) > 0)", "message": "set file or vectors"},
+    {"rule": "!has(self.tolerance) || self.tolerance > 0.0", "message": "tolerance must be > 0", "fieldPath": ".tolerance"},
     {"rule": "!has(self.file) || (!self.file.contains(':') && !self.file.contains('\\\\') && !self.file.startsWith('//'))", "message": "file is a file next to the model, not a URL", "fieldPath": ".file"}
 ]))]
 pub struct Golden {
@@ -599,6 +611,9 @@ fn default_tolerance() -> f64 {
 
 /// One golden input and its expected output, both flattened.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[schemars(extend("x-kubernetes-validations" = [
+    {"rule": "size(self.input) > 0 && size(self.output) > 0", "message": "input and output must not be empty"}
+]))]
 pub struct GoldenVector {
     /// Flattened model input.
     pub input: Vec<f32>,
@@ -662,7 +677,8 @@ fn default_sc_window() -> u32 {
 #[schemars(extend("x-kubernetes-validations" = [
     {"rule": "has(self.absolute) != has(self.percent)", "message": "exactly one of absolute or percent must be set"},
     {"rule": "!has(self.absolute) || self.absolute > 0.0", "message": "absolute must be > 0"},
-    {"rule": "!has(self.percent) || self.percent > 0.0", "message": "percent must be > 0"}
+    {"rule": "!has(self.percent) || self.percent > 0.0", "message": "percent must be > 0"},
+    {"rule": "!has(self.maxSilence) || duration(self.maxSilence) > duration('0s')", "message": "maxSilence must be > 0", "fieldPath": ".maxSilence"}
 ]))]
 pub struct Deadband {
     /// Dead band in the value's unit.
@@ -1136,7 +1152,8 @@ pub fn minute_of_day(text: &str) -> Option<u16> {
     {"rule": "self.batchSize > 0", "message": "batchSize must be > 0"},
     {"rule": "duration(self.flushInterval) > duration('0s')", "message": "flushInterval must be > 0"},
     {"rule": "duration(self.timeout) > duration('0s')", "message": "timeout must be > 0"},
-    {"rule": "!has(self.tls) || self.url.startsWith('https://')", "message": "tls is only used with an https:// url", "fieldPath": ".tls"}
+    {"rule": "!has(self.tls) || self.url.startsWith('https://')", "message": "tls is only used with an https:// url", "fieldPath": ".tls"},
+    {"rule": "!has(self.deadLetterOn) || self.deadLetterOn.all(c, c >= 400 && c <= 499 && c != 401 && c != 403 && c != 407 && c != 408 && c != 429)", "message": "deadLetterOn takes 4xx codes other than 401, 403, 407, 408 and 429", "fieldPath": ".deadLetterOn"}
 ]))]
 pub struct HttpSink {
     /// Endpoint URL (`https://` recommended); `${VAR}` is expanded from the environment.
@@ -1218,6 +1235,10 @@ pub struct Header {
 /// Capped exponential backoff with jitter for 5xx, 429, timeouts and connection errors.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
+#[schemars(extend("x-kubernetes-validations" = [
+    {"rule": "!has(self.initialBackoff) || duration(self.initialBackoff) > duration('0s')", "message": "initialBackoff must be > 0", "fieldPath": ".initialBackoff"},
+    {"rule": "!has(self.maxBackoff) || duration(self.maxBackoff) > duration('0s')", "message": "maxBackoff must be > 0", "fieldPath": ".maxBackoff"}
+]))]
 pub struct Retry {
     /// First delay after a failure.
     #[serde(default = "default_initial_backoff")]
@@ -1250,7 +1271,8 @@ fn default_max_backoff() -> Duration {
 #[schemars(extend("x-kubernetes-validations" = [
     {"rule": "self.qos == 0 || self.qos == 1", "message": "qos must be 0 or 1"},
     {"rule": "self.batchSize > 0", "message": "batchSize must be > 0"},
-    {"rule": "!has(self.tls) || self.url.startsWith('mqtts://')", "message": "tls is only used with an mqtts:// url", "fieldPath": ".tls"}
+    {"rule": "!has(self.tls) || self.url.startsWith('mqtts://')", "message": "tls is only used with an mqtts:// url", "fieldPath": ".tls"},
+    {"rule": "duration(self.flushInterval) > duration('0s')", "message": "flushInterval must be > 0"}
 ]))]
 pub struct MqttSink {
     /// Broker URL, `mqtt://` or `mqtts://`; `${VAR}` is expanded from the environment.
@@ -1368,7 +1390,8 @@ fn default_metrics_port() -> i32 {
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 #[schemars(extend("x-kubernetes-validations" = [
     {"rule": "!has(self.maxUnavailable) || (self.maxUnavailable == string(self.maxUnavailable) ? self.maxUnavailable.matches('^([1-9][0-9]?|100)%$') : int(self.maxUnavailable) >= 1)",
-     "message": "maxUnavailable must be at least 1, or a percentage from 1% to 100%"}
+     "message": "maxUnavailable must be at least 1, or a percentage from 1% to 100%"},
+    {"rule": "!has(self.progressDeadline) || duration(self.progressDeadline) > duration('0s')", "message": "progressDeadline must be > 0", "fieldPath": ".progressDeadline"}
 ]))]
 pub struct RolloutSettings {
     /// How long a rollout may go without progress (one more node updated or ready) before
@@ -1479,7 +1502,16 @@ pub enum ProcessorKind<'a> {
 impl Processor {
     /// The stage this processor is, or `None` unless exactly one field is set.
     pub fn kind(&self) -> Option<ProcessorKind<'_>> {
-        let mut kinds = [
+        let mut stages = self.stages();
+        match (stages.next(), stages.next()) {
+            (Some(kind), None) => Some(kind),
+            _ => None,
+        }
+    }
+
+    /// Every stage field that is set (one in a valid processor).
+    pub fn stages(&self) -> impl Iterator<Item = ProcessorKind<'_>> {
+        [
             self.significant_change
                 .as_ref()
                 .map(ProcessorKind::SignificantChange),
@@ -1489,11 +1521,7 @@ impl Processor {
             self.aggregate.as_ref().map(ProcessorKind::Aggregate),
         ]
         .into_iter()
-        .flatten();
-        match (kinds.next(), kinds.next()) {
-            (Some(kind), None) => Some(kind),
-            _ => None,
-        }
+        .flatten()
     }
 }
 

@@ -512,16 +512,7 @@ impl Validator {
             );
         }
         // Every stage that is set is checked, also when more than one is (as the CRD does).
-        let stages = [
-            p.significant_change
-                .as_ref()
-                .map(ProcessorKind::SignificantChange),
-            p.deadband.as_ref().map(ProcessorKind::Deadband),
-            p.range.as_ref().map(ProcessorKind::Range),
-            p.threshold.as_ref().map(ProcessorKind::Threshold),
-            p.aggregate.as_ref().map(ProcessorKind::Aggregate),
-        ];
-        for stage in stages.into_iter().flatten() {
+        for stage in p.stages() {
             self.stage(path, stage);
         }
     }

@@ -102,6 +102,21 @@ const SHARED: &[Shared] = &[
         &[("spec.source.mqtt.topics", "at least one topic is required")],
     ),
     (
+        ("spec.source.mqtt.keepAlive", "keepAlive must be > 0"),
+        &[("spec.source.mqtt.keepAlive", "must be > 0")],
+    ),
+    (
+        ("spec.source.maxPayloadSize", "maxPayloadSize must be > 0"),
+        &[("spec.source.maxPayloadSize", "must be > 0")],
+    ),
+    (
+        (
+            "spec.source.maxPayloadSize",
+            "maxPayloadSize must be at most 16Mi",
+        ),
+        &[("spec.source.maxPayloadSize", "must be at most 16Mi")],
+    ),
+    (
         (
             "spec.source.mqtt.username",
             "username is required when passwordFrom is set",
@@ -133,6 +148,24 @@ const SHARED: &[Shared] = &[
     (
         ("spec.inference", "topK must be > 0"),
         &[("spec.inference.topK", "must be > 0")],
+    ),
+    (
+        ("spec.inference.timeout", "timeout must be > 0"),
+        &[("spec.inference.timeout", "must be > 0")],
+    ),
+    (
+        ("spec.inference.golden.tolerance", "tolerance must be > 0"),
+        &[("spec.inference.golden.tolerance", "must be > 0")],
+    ),
+    (
+        (
+            "spec.inference.golden.vectors[]",
+            "input and output must not be empty",
+        ),
+        &[(
+            "spec.inference.golden.vectors[]",
+            "input and output must not be empty",
+        )],
     ),
     (
         (
@@ -270,6 +303,13 @@ const SHARED: &[Shared] = &[
         &[("spec.processors[].deadband.percent", "must be > 0")],
     ),
     (
+        (
+            "spec.processors[].deadband.maxSilence",
+            "maxSilence must be > 0",
+        ),
+        &[("spec.processors[].deadband.maxSilence", "must be > 0")],
+    ),
+    (
         ("spec.processors[].range", "set min, max or both"),
         &[("spec.processors[].range", "set min, max or both")],
     ),
@@ -390,6 +430,27 @@ const SHARED: &[Shared] = &[
     ),
     (
         (
+            "spec.sink.http.deadLetterOn",
+            "deadLetterOn takes 4xx codes other than 401, 403, 407, 408 and 429",
+        ),
+        &[(
+            "spec.sink.http.deadLetterOn[]",
+            "is not a content rejection",
+        )],
+    ),
+    (
+        (
+            "spec.sink.http.retry.initialBackoff",
+            "initialBackoff must be > 0",
+        ),
+        &[("spec.sink.http.retry.initialBackoff", "must be > 0")],
+    ),
+    (
+        ("spec.sink.http.retry.maxBackoff", "maxBackoff must be > 0"),
+        &[("spec.sink.http.retry.maxBackoff", "must be > 0")],
+    ),
+    (
+        (
             "spec.sink.http.tls",
             "tls is only used with an https:// url",
         ),
@@ -402,6 +463,10 @@ const SHARED: &[Shared] = &[
     (
         ("spec.sink.mqtt", "batchSize must be > 0"),
         &[("spec.sink.mqtt.batchSize", "must be > 0")],
+    ),
+    (
+        ("spec.sink.mqtt", "flushInterval must be > 0"),
+        &[("spec.sink.mqtt.flushInterval", "must be > 0")],
     ),
     (
         (
@@ -469,6 +534,13 @@ const SHARED: &[Shared] = &[
             "set exactly one of nodeSelector and count",
         )],
     ),
+    (
+        (
+            "spec.rollout.progressDeadline",
+            "progressDeadline must be > 0",
+        ),
+        &[("spec.rollout.progressDeadline", "must be > 0")],
+    ),
 ];
 
 /// The message of the `ValueFrom` rule, which both layers report at the `ValueFrom` itself.
@@ -530,10 +602,6 @@ const OPENAPI: &str = "enforced at admission by the OpenAPI schema (pattern, min
 const SYNTAX: &str = "a syntax checked by the one Rust function the agent also uses to \
                       read the value (MQTT topics, payload paths, names that become file \
                       paths); the API server checks the shape only";
-/// Why a `validate()` check has no CEL rule yet, though CEL could express it.
-const NOT_YET: &str = "not mirrored in CEL: the API server accepts it and the operator \
-                       then reports it on the pipeline's status (a candidate for a rule)";
-
 /// `validate()` checks without a CEL rule: (where, a part of the message, why). A path
 /// starting with `*` matches any path that ends with the rest; one ending with `*`, any
 /// path that starts with the rest.
@@ -596,6 +664,18 @@ const VALIDATE_ONLY: &[(&str, &str, &str)] = &[
     ),
     ("spec.sink.http.url", "must start with", OPENAPI),
     ("spec.sink.mqtt.url", "must start with", OPENAPI),
+    ("spec.source.mqtt.url", "must start with", OPENAPI),
+    ("spec.inference.model.url", "must start with", OPENAPI),
+    (
+        "spec.source.mqtt.clientId",
+        "must be 1 to 128 characters",
+        OPENAPI,
+    ),
+    (
+        "spec.inference.model.configMap",
+        "name and key are required",
+        OPENAPI,
+    ),
     (
         "spec.source.mqtt.embedded.users[].username",
         "must not be empty",
@@ -618,46 +698,6 @@ const VALIDATE_ONLY: &[(&str, &str, &str)] = &[
     ("spec.inference.labelsFile", "must be a", SYNTAX),
     ("spec.inference.golden.file", "must not be empty", SYNTAX),
     ("spec.inference.labelsFile", "must not be empty", SYNTAX),
-    // Not (yet) CEL rules.
-    ("spec.source.mqtt.url", "must start with", NOT_YET),
-    ("spec.inference.model.url", "must start with", NOT_YET),
-    ("spec.source.mqtt.keepAlive", "must be > 0", NOT_YET),
-    ("spec.inference.timeout", "must be > 0", NOT_YET),
-    (
-        "spec.processors[].deadband.maxSilence",
-        "must be > 0",
-        NOT_YET,
-    ),
-    (
-        "spec.sink.http.retry.initialBackoff",
-        "must be > 0",
-        NOT_YET,
-    ),
-    ("spec.sink.http.retry.maxBackoff", "must be > 0", NOT_YET),
-    ("spec.sink.mqtt.flushInterval", "must be > 0", NOT_YET),
-    ("spec.rollout.progressDeadline", "must be > 0", NOT_YET),
-    (
-        "spec.source.mqtt.clientId",
-        "must be 1 to 128 characters",
-        NOT_YET,
-    ),
-    ("spec.source.maxPayloadSize", "must be", NOT_YET),
-    ("spec.inference.golden.tolerance", "must be > 0", NOT_YET),
-    (
-        "spec.inference.golden.vectors[]",
-        "must not be empty",
-        NOT_YET,
-    ),
-    (
-        "spec.inference.model.configMap",
-        "name and key are required",
-        NOT_YET,
-    ),
-    (
-        "spec.sink.http.deadLetterOn[]",
-        "is not a content rejection",
-        NOT_YET,
-    ),
 ];
 
 /// Whether a `validate()` error is listed in [`VALIDATE_ONLY`].
@@ -930,6 +970,7 @@ fn source() -> Json {
         opt("username", pick(json!(["agent"]))),
         opt("passwordFrom", value_from()),
         opt("tls", tls()),
+        opt("keepAlive", pick(json!(["30s", "0s"]))),
         opt("embedded", embedded),
     ]);
     object(vec![
@@ -937,6 +978,10 @@ fn source() -> Json {
         opt(
             "format",
             object(vec![opt("encoding", pick(json!(["json", "image"])))]),
+        ),
+        opt(
+            "maxPayloadSize",
+            pick(json!(["0", "64Ki", "16Mi", "16777217", "17Mi"])),
         ),
     ])
 }
@@ -966,12 +1011,13 @@ fn inference() -> Json {
         opt("max", pick(json!([0.0, 1, 10.5]))),
     ]);
     let vector = object(vec![
-        req("input", pick(json!([[1.0]]))),
-        req("output", pick(json!([[0.5]]))),
+        req("input", pick(json!([[1.0], []]))),
+        req("output", pick(json!([[0.5], []]))),
     ]);
     let golden = object(vec![
         opt("file", files.clone()),
         opt("vectors", list(vector, 0..2)),
+        opt("tolerance", pick(json!([0.001, 0, -1.0]))),
     ]);
     let input = object(vec![
         opt("mean", list(pick(json!([0.5, 0])), 0..4)),
@@ -987,6 +1033,7 @@ fn inference() -> Json {
         opt("labelsFile", files),
         opt("topK", pick(json!([0, 1, 3]))),
         opt("input", input),
+        opt("timeout", pick(json!(["1s", "0s"]))),
     ])
 }
 
@@ -1004,6 +1051,7 @@ fn processor() -> Json {
             object(vec![
                 opt("absolute", pick(json!([-1.0, 0, 0.5]))),
                 opt("percent", pick(json!([-1, 0.0, 5]))),
+                opt("maxSilence", pick(json!(["5m", "0s"]))),
             ]),
         ),
         (
@@ -1098,12 +1146,24 @@ fn sink() -> Json {
         opt("timeout", pick(json!(["10s", "0s"]))),
         opt("headers", list(header(), 0..2)),
         opt("tls", tls()),
+        opt(
+            "retry",
+            object(vec![
+                opt("initialBackoff", pick(json!(["500ms", "0s"]))),
+                opt("maxBackoff", pick(json!(["60s", "0ms"]))),
+            ]),
+        ),
+        opt(
+            "deadLetterOn",
+            list(pick(json!([400, 422, 499, 401, 429, 399, 500])), 0..3),
+        ),
     ]);
     let mqtt = object(vec![
         req("url", pick(json!(["mqtt://up:1883", "mqtts://up:8883"]))),
         req("topic", pick(json!(["edge/{pipeline}"]))),
         opt("qos", pick(json!([0, 1, 2]))),
         opt("batchSize", pick(json!([0, 100]))),
+        opt("flushInterval", pick(json!(["5s", "0s"]))),
         opt("username", pick(json!(["u"]))),
         opt("passwordFrom", value_from()),
         opt("tls", tls()),
@@ -1144,6 +1204,7 @@ fn spec() -> Json {
         opt("count", pick(json!([1, 2]))),
     ]);
     let rollout = object(vec![
+        opt("progressDeadline", pick(json!(["10m", "0s"]))),
         opt("maxUnavailable", max_unavailable()),
         opt("canary", canary),
     ]);
