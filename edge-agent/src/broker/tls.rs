@@ -21,6 +21,7 @@ use tokio::sync::Semaphore;
 
 use super::MAX_CONNECTIONS;
 use crate::config::TlsMaterial;
+use crate::source::tls::PemMaterialError;
 
 /// How long a client may take to complete its TLS handshake.
 pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
@@ -29,11 +30,11 @@ pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 #[derive(Debug, thiserror::Error)]
 pub enum ServerTlsError {
     #[error("spec.source.mqtt.embedded.tls.cert: {0}")]
-    Cert(String),
+    Cert(#[source] PemMaterialError),
     #[error("spec.source.mqtt.embedded.tls.key: {0}")]
-    Key(String),
+    Key(#[source] PemMaterialError),
     #[error("spec.source.mqtt.embedded.tls.clientCa: {0}")]
-    ClientCa(String),
+    ClientCa(#[source] PemMaterialError),
     #[error("spec.source.mqtt.embedded.tls: {0}")]
     Rustls(#[from] rustls::Error),
 }
@@ -44,18 +45,18 @@ pub fn server_config(material: &TlsMaterial) -> Result<rustls::ServerConfig, Ser
     let cert = material
         .cert
         .as_deref()
-        .ok_or_else(|| ServerTlsError::Cert("missing".into()))?;
+        .ok_or(ServerTlsError::Cert(PemMaterialError::Missing))?;
     let chain = CertificateDer::pem_slice_iter(cert)
         .collect::<Result<Vec<_>, _>>()
-        .map_err(|e| ServerTlsError::Cert(e.to_string()))?;
+        .map_err(|e| ServerTlsError::Cert(e.into()))?;
     if chain.is_empty() {
-        return Err(ServerTlsError::Cert("no certificate in the PEM".into()));
+        return Err(ServerTlsError::Cert(PemMaterialError::NoCertificate));
     }
     let key = material
         .key
         .as_deref()
-        .ok_or_else(|| ServerTlsError::Key("missing".into()))?;
-    let key = PrivateKeyDer::from_pem_slice(key).map_err(|e| ServerTlsError::Key(e.to_string()))?;
+        .ok_or(ServerTlsError::Key(PemMaterialError::Missing))?;
+    let key = PrivateKeyDer::from_pem_slice(key).map_err(|e| ServerTlsError::Key(e.into()))?;
     let builder = rustls::ServerConfig::builder_with_provider(provider.clone())
         .with_safe_default_protocol_versions()?;
     let builder = match &material.ca {
@@ -63,19 +64,17 @@ pub fn server_config(material: &TlsMaterial) -> Result<rustls::ServerConfig, Ser
         Some(pem) => {
             let mut roots = RootCertStore::empty();
             for cert in CertificateDer::pem_slice_iter(pem) {
-                let cert = cert.map_err(|e| ServerTlsError::ClientCa(e.to_string()))?;
+                let cert = cert.map_err(|e| ServerTlsError::ClientCa(e.into()))?;
                 roots
                     .add(cert)
-                    .map_err(|e| ServerTlsError::ClientCa(e.to_string()))?;
+                    .map_err(|e| ServerTlsError::ClientCa(e.into()))?;
             }
             if roots.is_empty() {
-                return Err(ServerTlsError::ClientCa(
-                    "no certificate in the PEM bundle".into(),
-                ));
+                return Err(ServerTlsError::ClientCa(PemMaterialError::EmptyBundle));
             }
             let verifier = WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider)
                 .build()
-                .map_err(|e| ServerTlsError::ClientCa(e.to_string()))?;
+                .map_err(|e| ServerTlsError::ClientCa(e.into()))?;
             builder.with_client_cert_verifier(verifier)
         }
     };

@@ -7,26 +7,38 @@ use rustls::pki_types::CertificateDer;
 use rustls::pki_types::pem::PemObject;
 
 /// Why no expiry could be read from PEM text.
-#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[derive(Debug, thiserror::Error)]
 pub enum ExpiryError {
     /// The text holds no `CERTIFICATE` block.
     #[error("no certificate in the PEM")]
     Empty,
     /// A block is not valid PEM.
     #[error("not valid PEM: {0}")]
-    Pem(String),
+    Pem(#[source] rustls::pki_types::pem::Error),
     /// A certificate is not valid X.509.
     #[error("not a valid X.509 certificate: {0}")]
-    X509(String),
+    X509(#[source] x509_parser::nom::Err<x509_parser::error::X509Error>),
+}
+
+/// Two errors are equal when they are the same failure and say the same: the PEM
+/// parser's error has no equality of its own.
+impl PartialEq for ExpiryError {
+    fn eq(&self, other: &Self) -> bool {
+        match (self, other) {
+            (Self::Empty, Self::Empty) => true,
+            (Self::Pem(a), Self::Pem(b)) => a.to_string() == b.to_string(),
+            (Self::X509(a), Self::X509(b)) => a == b,
+            _ => false,
+        }
+    }
 }
 
 /// The `notAfter` (unix seconds) of every certificate in `pem`, in order.
 fn not_afters(pem: &[u8]) -> Result<Vec<i64>, ExpiryError> {
     let mut out = Vec::new();
     for der in CertificateDer::pem_slice_iter(pem) {
-        let der = der.map_err(|e| ExpiryError::Pem(e.to_string()))?;
-        let (_, cert) = x509_parser::parse_x509_certificate(&der)
-            .map_err(|e| ExpiryError::X509(e.to_string()))?;
+        let der = der.map_err(ExpiryError::Pem)?;
+        let (_, cert) = x509_parser::parse_x509_certificate(&der).map_err(ExpiryError::X509)?;
         out.push(cert.validity().not_after.timestamp());
     }
     if out.is_empty() {

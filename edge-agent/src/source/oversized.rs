@@ -58,8 +58,12 @@ pub enum ClearError {
     Refused(u8),
     #[error("unexpected packet type {0:#x} before CONNACK")]
     Protocol(u8),
-    #[error("invalid TLS server name {0:?}")]
-    ServerName(String),
+    #[error("invalid TLS server name {name:?}")]
+    ServerName {
+        name: String,
+        #[source]
+        source: rustls::pki_types::InvalidDnsNameError,
+    },
     #[error("timed out")]
     Timeout,
 }
@@ -77,8 +81,12 @@ pub async fn clear(target: &Target, limit: usize) -> Result<u64, ClearError> {
     match &target.tls {
         None => session(tcp, target, limit, deadline).await,
         Some(config) => {
-            let name = ServerName::try_from(target.host.clone())
-                .map_err(|_| ClearError::ServerName(target.host.clone()))?;
+            let name = ServerName::try_from(target.host.clone()).map_err(|source| {
+                ClearError::ServerName {
+                    name: target.host.clone(),
+                    source,
+                }
+            })?;
             let stream = timeout_at(
                 deadline,
                 TlsConnector::from(config.clone()).connect(name, tcp),

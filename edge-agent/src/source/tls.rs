@@ -16,15 +16,39 @@ use crate::config::TlsMaterial;
 #[derive(Debug, thiserror::Error)]
 pub enum TlsError {
     #[error("CA bundle: {0}")]
-    Ca(String),
+    Ca(#[source] PemMaterialError),
     #[error("client certificate: {0}")]
-    Cert(String),
+    Cert(#[source] PemMaterialError),
     #[error("client key: {0}")]
-    Key(String),
+    Key(#[source] PemMaterialError),
     #[error("a client certificate needs both cert and key")]
     HalfIdentity,
     #[error("TLS setup: {0}")]
     Rustls(#[from] rustls::Error),
+}
+
+/// What is wrong with one piece of PEM material (a CA bundle, a certificate chain, a
+/// key); the field it came from is named by the error that holds it.
+#[derive(Debug, thiserror::Error)]
+pub enum PemMaterialError {
+    /// The field is not set.
+    #[error("missing")]
+    Missing,
+    /// A certificate chain without a certificate.
+    #[error("no certificate in the PEM")]
+    NoCertificate,
+    /// A CA bundle without a certificate.
+    #[error("no certificate in the PEM bundle")]
+    EmptyBundle,
+    /// The text is not valid PEM, or holds no item of the kind wanted.
+    #[error(transparent)]
+    Pem(#[from] rustls::pki_types::pem::Error),
+    /// rustls refuses a certificate (a CA that is not a valid trust anchor).
+    #[error(transparent)]
+    Rustls(#[from] rustls::Error),
+    /// No client verifier can be built from the CA bundle.
+    #[error(transparent)]
+    Verifier(#[from] rustls::server::VerifierBuilderError),
 }
 
 /// Makes ring the process-wide rustls provider (idempotent). `main` calls it first thing.
@@ -39,12 +63,12 @@ pub fn client_config(material: &TlsMaterial) -> Result<rustls::ClientConfig, Tls
         Some(pem) => {
             let mut added = 0;
             for cert in CertificateDer::pem_slice_iter(pem) {
-                let cert = cert.map_err(|e| TlsError::Ca(e.to_string()))?;
-                roots.add(cert).map_err(|e| TlsError::Ca(e.to_string()))?;
+                let cert = cert.map_err(|e| TlsError::Ca(e.into()))?;
+                roots.add(cert).map_err(|e| TlsError::Ca(e.into()))?;
                 added += 1;
             }
             if added == 0 {
-                return Err(TlsError::Ca("no certificate in the PEM bundle".into()));
+                return Err(TlsError::Ca(PemMaterialError::EmptyBundle));
             }
         }
         None => {
@@ -65,12 +89,11 @@ pub fn client_config(material: &TlsMaterial) -> Result<rustls::ClientConfig, Tls
         (Some(cert), Some(key)) => {
             let chain = CertificateDer::pem_slice_iter(cert)
                 .collect::<Result<Vec<_>, _>>()
-                .map_err(|e| TlsError::Cert(e.to_string()))?;
+                .map_err(|e| TlsError::Cert(e.into()))?;
             if chain.is_empty() {
-                return Err(TlsError::Cert("no certificate in the PEM".into()));
+                return Err(TlsError::Cert(PemMaterialError::NoCertificate));
             }
-            let key =
-                PrivateKeyDer::from_pem_slice(key).map_err(|e| TlsError::Key(e.to_string()))?;
+            let key = PrivateKeyDer::from_pem_slice(key).map_err(|e| TlsError::Key(e.into()))?;
             builder.with_client_auth_cert(chain, key)?
         }
         (None, None) => builder.with_no_client_auth(),
