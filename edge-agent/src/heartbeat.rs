@@ -39,6 +39,7 @@ use tokio_util::sync::CancellationToken;
 use crate::config::AgentConfig;
 use crate::diagnostics;
 use crate::telemetry::Metrics;
+pub use write::WriteError;
 use write::Writer;
 
 mod write;
@@ -254,12 +255,9 @@ pub fn start(
 
 /// Whether the API server would take the record `settings` names from this agent: one
 /// server-side dry run (nothing is stored), for `edge-agent doctor`. `Err` says why not.
-pub async fn probe(settings: Settings) -> Result<(), String> {
+pub async fn probe(settings: Settings) -> Result<(), WriteError> {
     let body = record(&settings, &Annotations::new(), OffsetDateTime::now_utc());
-    Writer::new(settings)
-        .dry_run(&body)
-        .await
-        .map_err(|e| e.to_string())
+    Writer::new(settings).dry_run(&body).await
 }
 
 /// Keeps the record `settings` names up to date with `metrics` until `stop`. Now is the

@@ -514,7 +514,7 @@ pub(super) async fn fleet_record(config: &AgentConfig) -> Check {
             NAME,
             format!("the API server {api} accepts {what} (dry run)"),
         ),
-        Err(e) if e.contains("answered") => Check::failed(
+        Err(e @ heartbeat::WriteError::Status { .. }) => Check::failed(
             NAME,
             format!("the API server {api} refuses {what}: {e}"),
             "an agent may write only its own node's record: check the pod's node and EDGEPIPE_FLEET_LEASE, and the chart's agent ClusterRole and admission policy",

@@ -20,7 +20,7 @@ const MESSAGE_CHARS: usize = 500;
 
 /// Why a write failed.
 #[derive(Debug, thiserror::Error)]
-pub(super) enum WriteError {
+pub enum WriteError {
     #[error("reading the token {}: {source}", path.display())]
     Token {
         path: PathBuf,
@@ -33,12 +33,17 @@ pub(super) enum WriteError {
         path: PathBuf,
         source: std::io::Error,
     },
-    #[error("the CA bundle {}: {reason}", path.display())]
-    BadCa { path: PathBuf, reason: String },
-    #[error("HTTP client: {0}")]
-    Client(String),
-    #[error("{0}")]
-    Request(String),
+    #[error("the CA bundle {}: {source}", path.display())]
+    BadCa {
+        path: PathBuf,
+        source: reqwest::Error,
+    },
+    #[error("the CA bundle {}: no certificate", path.display())]
+    EmptyCa { path: PathBuf },
+    #[error("HTTP client: {}", diagnostics::chain(.0))]
+    Client(#[source] reqwest::Error),
+    #[error("{}", diagnostics::chain(.0))]
+    Request(#[source] reqwest::Error),
     #[error("the API server answered {status}{}", message.as_deref().map(|m| format!(": {m}")).unwrap_or_default())]
     Status {
         status: reqwest::StatusCode,
@@ -95,7 +100,7 @@ impl Writer {
             .body(record.to_string())
             .send()
             .await
-            .map_err(|e| WriteError::Request(diagnostics::chain(&e)))?;
+            .map_err(WriteError::Request)?;
         let status = response.status();
         let body = response_prefix(response, RESPONSE_LIMIT).await;
         if status.is_success() {
@@ -121,13 +126,13 @@ impl Writer {
         {
             return Ok(client.clone());
         }
-        let bad = |reason: String| WriteError::BadCa {
-            path: path.clone(),
-            reason,
-        };
-        let certs = reqwest::Certificate::from_pem_bundle(&pem).map_err(|e| bad(e.to_string()))?;
+        let certs =
+            reqwest::Certificate::from_pem_bundle(&pem).map_err(|source| WriteError::BadCa {
+                path: path.clone(),
+                source,
+            })?;
         if certs.is_empty() {
-            return Err(bad("no certificate".into()));
+            return Err(WriteError::EmptyCa { path: path.clone() });
         }
         // reqwest's rustls has no provider of its own (a no-op when main installed it).
         crate::source::tls::install_crypto_provider();
@@ -137,7 +142,7 @@ impl Writer {
             .redirect(reqwest::redirect::Policy::none())
             .timeout(REQUEST_TIMEOUT)
             .build()
-            .map_err(|e| WriteError::Client(diagnostics::chain(&e)))?;
+            .map_err(WriteError::Client)?;
         if self.client.is_some() {
             tracing::info!(path = %path.display(), "the API server's CA bundle changed");
         }
