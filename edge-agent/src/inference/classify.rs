@@ -25,7 +25,17 @@ pub enum ImageError {
     InputShape(Vec<usize>),
     /// The payload is not a decodable JPEG or PNG.
     #[error("payload is not a decodable JPEG or PNG image: {0}")]
-    Decode(String),
+    Decode(#[source] image::ImageError),
+    /// The decoded image's RGB copy would be over [`MAX_DECODE_BYTES`].
+    #[error(
+        "payload is not a decodable JPEG or PNG image: a {width}x{height} image is over the {MAX_DECODE_BYTES}-byte decoding limit"
+    )]
+    TooLarge {
+        /// Pixels across.
+        width: u64,
+        /// Pixels down.
+        height: u64,
+    },
 }
 
 /// The `(height, width)` of an NHWC RGB model input shape.
@@ -85,22 +95,21 @@ pub fn image_input(
 ) -> Result<Vec<f32>, ImageError> {
     let reader = image::ImageReader::new(std::io::Cursor::new(payload))
         .with_guessed_format()
-        .map_err(|e| ImageError::Decode(e.to_string()))?;
+        .map_err(|e| ImageError::Decode(e.into()))?;
     let mut reader = reader;
     let mut limits = image::Limits::default();
     limits.max_image_width = Some(MAX_DIMENSION);
     limits.max_image_height = Some(MAX_DIMENSION);
     limits.max_alloc = Some(MAX_DECODE_BYTES);
     reader.limits(limits);
-    let decoded = reader
-        .decode()
-        .map_err(|e| ImageError::Decode(e.to_string()))?;
+    let decoded = reader.decode().map_err(ImageError::Decode)?;
     // The RGB copy (when the image is not RGB8 already) is held to the same bound.
     let (w, h) = (u64::from(decoded.width()), u64::from(decoded.height()));
     if !matches!(decoded, image::DynamicImage::ImageRgb8(_)) && w * h * 3 > MAX_DECODE_BYTES {
-        return Err(ImageError::Decode(format!(
-            "a {w}x{h} image is over the {MAX_DECODE_BYTES}-byte decoding limit"
-        )));
+        return Err(ImageError::TooLarge {
+            width: w,
+            height: h,
+        });
     }
     let rgb = decoded.into_rgb8();
     let resized = if rgb.dimensions() == (width, height) {

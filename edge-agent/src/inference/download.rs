@@ -18,7 +18,6 @@ use reqwest::header::{HeaderMap, HeaderName, HeaderValue, LOCATION};
 use reqwest::{StatusCode, Url};
 
 use super::source::{MAX_MODEL_BYTES, SourceError};
-use crate::diagnostics;
 
 /// Most redirects followed for one download (all within the model's origin).
 pub const MAX_REDIRECTS: usize = 5;
@@ -62,7 +61,10 @@ pub fn follow_redirect(chain: &[Url], next: &Url) -> Result<(), RedirectRefused>
 pub fn file_url(model: &Url, name: &str) -> Result<Url, SourceError> {
     let spec = |message: String| SourceError::Spec(format!("{name:?}: {message}"));
     file_next_to_model(name).map_err(spec)?;
-    let url = model.join(name).map_err(|e| spec(e.to_string()))?;
+    let url = model.join(name).map_err(|source| SourceError::Url {
+        what: format!("{name:?}"),
+        source,
+    })?;
     if url.origin() != model.origin() {
         return Err(spec(format!(
             "resolves to {}, not next to the model at {}",
@@ -86,9 +88,12 @@ impl Downloader {
     pub fn new(timeout: Duration, headers: &[(String, String)]) -> Result<Self, SourceError> {
         let mut map = HeaderMap::new();
         for (name, value) in headers {
-            let bad = |e: String| SourceError::Spec(format!("header {name:?}: {e}"));
-            let n = HeaderName::from_bytes(name.as_bytes()).map_err(|e| bad(e.to_string()))?;
-            let mut v = HeaderValue::from_str(value).map_err(|e| bad(e.to_string()))?;
+            let bad = |source: Box<dyn std::error::Error + Send + Sync>| SourceError::Header {
+                name: name.clone(),
+                source,
+            };
+            let n = HeaderName::from_bytes(name.as_bytes()).map_err(|e| bad(e.into()))?;
+            let mut v = HeaderValue::from_str(value).map_err(|e| bad(e.into()))?;
             v.set_sensitive(true);
             map.append(n, v);
         }
@@ -105,7 +110,7 @@ impl Downloader {
             .timeout(timeout)
             .redirect(policy)
             .build()
-            .map_err(|e| SourceError::Spec(format!("HTTP client: {}", diagnostics::chain(&e))))?;
+            .map_err(SourceError::Client)?;
         Ok(Self {
             client,
             headers: map,
@@ -120,6 +125,10 @@ impl Downloader {
             url: shown.clone(),
             message,
         };
+        let transfer = |source: reqwest::Error| SourceError::Transfer {
+            url: shown.clone(),
+            source,
+        };
         rt.block_on(async {
             let mut response = self
                 .client
@@ -127,7 +136,7 @@ impl Downloader {
                 .headers(self.headers.clone())
                 .send()
                 .await
-                .map_err(|e| err(diagnostics::chain(&e.without_url())))?;
+                .map_err(|e| transfer(e.without_url()))?;
             let status = response.status();
             if status != StatusCode::OK {
                 let location = response
@@ -146,7 +155,7 @@ impl Downloader {
             while let Some(chunk) = response
                 .chunk()
                 .await
-                .map_err(|e| err(diagnostics::chain(&e.without_url())))?
+                .map_err(|e| transfer(e.without_url()))?
             {
                 if (body.len() + chunk.len()) as u64 > MAX_MODEL_BYTES {
                     return Err(SourceError::TooLarge(shown.clone()));

@@ -12,6 +12,7 @@ use std::sync::{Arc, Mutex};
 use std::thread;
 use std::time::{Duration, Instant};
 
+use edge_crds::units::UnitError;
 use edge_crds::{Inference as InferenceSpec, InferenceTask};
 use tokio::sync::oneshot;
 
@@ -61,7 +62,7 @@ pub enum InferenceError {
     Source(#[from] SourceError),
     /// `spec.inference.timeout` does not parse.
     #[error("spec.inference.timeout: {0}")]
-    Timeout(String),
+    Timeout(#[source] UnitError),
     /// A thread could not be started.
     #[error("starting the {0} thread: {1}")]
     Spawn(&'static str, std::io::Error),
@@ -150,10 +151,7 @@ impl Inference {
         metrics: InferenceMetrics,
     ) -> Result<Self, InferenceError> {
         let spec = settings.spec;
-        let timeout = spec
-            .timeout
-            .to_std()
-            .map_err(|e| InferenceError::Timeout(e.to_string()))?;
+        let timeout = spec.timeout.to_std().map_err(InferenceError::Timeout)?;
         let location = location_of(&spec, settings.source.clone())?;
         let status = Arc::new(Mutex::new(ModelStatus::default()));
         let (tx, rx) = mpsc::sync_channel(settings.queue_capacity.max(1));

@@ -37,8 +37,11 @@ pub enum LoadError {
         hint: &'static str,
     },
     /// tract's loader returned an error.
-    #[error("tract could not load the model: {0}")]
-    Load(String),
+    #[error("tract could not load the model: {0:#}")]
+    Load(#[source] TractError),
+    /// The loaded model failed its first run.
+    #[error("tract could not load the model: warm-up run failed: {0}")]
+    WarmUp(#[source] RunError),
     /// The model loads but its inputs or outputs do not fit the agent.
     #[error("{0}")]
     Invalid(String),
@@ -48,7 +51,7 @@ impl LoadError {
     /// Static metric label for this failure.
     pub fn outcome(&self) -> &'static str {
         match self {
-            Self::Format(_) | Self::Load(_) => "load_error",
+            Self::Format(_) | Self::Load(_) | Self::WarmUp(_) => "load_error",
             Self::UnsupportedOps(_) => "unsupported_op",
             Self::Panic { .. } => "panic",
             Self::Invalid(_) => "invalid_model",
@@ -68,8 +71,20 @@ pub enum RunError {
         want: usize,
     },
     /// tract returned an error.
-    #[error("model run failed: {0}")]
-    Tract(String),
+    #[error("model run failed: {0:#}")]
+    Tract(#[source] TractError),
+    /// The model's output does not have the size its shape says.
+    #[error(
+        "model run failed: model returned {got} values for {rows} rows, expected {want} per row"
+    )]
+    OutputSize {
+        /// Values returned.
+        got: usize,
+        /// Rows run.
+        rows: usize,
+        /// Values per row.
+        want: usize,
+    },
     /// tract panicked while running.
     #[error("model run panicked: {0}")]
     Panic(String),
@@ -156,7 +171,7 @@ impl Model {
             message,
             hint,
         })?
-        .map_err(|e| LoadError::Load(format!("{e:#}")))?;
+        .map_err(LoadError::Load)?;
         let (input_shape, output_shape) = io_shapes(&typed)?;
         let single = guarded(|| optimise(typed.clone()))
             .map_err(|message| LoadError::Panic {
@@ -164,7 +179,7 @@ impl Model {
                 message,
                 hint: "",
             })?
-            .map_err(|e| LoadError::Load(format!("{e:#}")))?;
+            .map_err(LoadError::Load)?;
         // A batch variant exists only when the declared batch is 1; if tract cannot
         // re-type the graph with a symbolic batch the model simply runs one row at a time.
         let batched = if input_shape.first() == Some(&1) {
@@ -268,19 +283,18 @@ impl Model {
 
     fn check_output(&self, out: Vec<f32>, rows: usize) -> Result<Vec<f32>, RunError> {
         if out.len() != rows * self.output_len() {
-            return Err(RunError::Tract(format!(
-                "model returned {} values for {rows} rows, expected {} per row",
-                out.len(),
-                self.output_len()
-            )));
+            return Err(RunError::OutputSize {
+                got: out.len(),
+                rows,
+                want: self.output_len(),
+            });
         }
         Ok(out)
     }
 
     fn warm_up(&mut self) -> Result<(), LoadError> {
         let zeros = vec![0.0f32; self.row_len()];
-        self.run_single(&zeros)
-            .map_err(|e| LoadError::Load(format!("warm-up run failed: {e}")))?;
+        self.run_single(&zeros).map_err(LoadError::WarmUp)?;
         if self.batched.is_some() {
             let two = [zeros.as_slice(), zeros.as_slice()].concat();
             if self.run(&two, 2).is_err() {
@@ -412,7 +426,7 @@ fn first_output(out: &[TValue]) -> TractResult<Vec<f32>> {
 fn outcome(result: Result<TractResult<Vec<f32>>, String>) -> Result<Vec<f32>, RunError> {
     match result {
         Ok(Ok(v)) => Ok(v),
-        Ok(Err(e)) => Err(RunError::Tract(format!("{e:#}"))),
+        Ok(Err(e)) => Err(RunError::Tract(e)),
         Err(message) => Err(RunError::Panic(message)),
     }
 }

@@ -55,12 +55,36 @@ impl SourceSettings {
     }
 }
 
+/// Why a URL does not parse (`url::ParseError`, which reqwest does not re-export).
+pub type UrlError = <Url as std::str::FromStr>::Err;
+
 /// Why the model files could not be had.
 #[derive(Debug, thiserror::Error)]
 pub enum SourceError {
     /// The model source in the spec is unusable.
     #[error("model source: {0}")]
     Spec(String),
+    /// A URL of the model source does not parse.
+    #[error("model source: {what}: {source}")]
+    Url {
+        /// Which URL: the spec's `url`, or the name of a file beside the model (as shown).
+        what: String,
+        /// The parse error.
+        #[source]
+        source: UrlError,
+    },
+    /// A configured download header's name or value is not valid in HTTP.
+    #[error("model source: header {name:?}: {source}")]
+    Header {
+        /// The header's name.
+        name: String,
+        /// The invalid name or value.
+        #[source]
+        source: Box<dyn std::error::Error + Send + Sync>,
+    },
+    /// The HTTP client for downloads cannot be built.
+    #[error("model source: HTTP client: {}", crate::diagnostics::chain(.0))]
+    Client(#[source] reqwest::Error),
     /// A file could not be read or written.
     #[error("{}: {source}", path.display())]
     Io {
@@ -72,7 +96,16 @@ pub enum SourceError {
     /// A file is larger than [`MAX_MODEL_BYTES`].
     #[error("{0} is larger than {MAX_MODEL_BYTES} bytes")]
     TooLarge(String),
-    /// A download failed.
+    /// A download failed on the way: connecting, TLS, the request, or the body.
+    #[error("downloading {url}: {}", crate::diagnostics::chain(.source))]
+    Transfer {
+        /// What was downloaded.
+        url: String,
+        /// The error (its URL removed: `url` is the redacted one).
+        #[source]
+        source: reqwest::Error,
+    },
+    /// A download was answered with something other than the file.
     #[error("downloading {url}: {message}")]
     Download {
         /// What was downloaded.
@@ -97,8 +130,13 @@ impl SourceError {
     pub fn outcome(&self) -> &'static str {
         match self {
             Self::ChecksumMismatch { .. } => "checksum_mismatch",
-            Self::Download { .. } => "download_error",
-            Self::Spec(_) | Self::Io { .. } | Self::TooLarge(_) => "source_error",
+            Self::Download { .. } | Self::Transfer { .. } => "download_error",
+            Self::Spec(_)
+            | Self::Url { .. }
+            | Self::Header { .. }
+            | Self::Client(_)
+            | Self::Io { .. }
+            | Self::TooLarge(_) => "source_error",
         }
     }
 }
@@ -174,8 +212,10 @@ impl ModelLocation {
                 dir: settings.config_map_dir.clone(),
             },
             (None, None, Some(url)) => {
-                let url = Url::parse(url)
-                    .map_err(|e| SourceError::Spec(format!("url {:?}: {e}", redact::url(url))))?;
+                let url = Url::parse(url).map_err(|source| SourceError::Url {
+                    what: format!("url {:?}", redact::url(url)),
+                    source,
+                })?;
                 let sha256 = spec
                     .sha256
                     .clone()
