@@ -248,18 +248,28 @@ mod tests {
     }
     use Event::{At, Freed};
 
+    /// A full disk failing the group's commits until the writer gives up on it.
+    fn proved_full(at: u64) -> Vec<Event> {
+        let mut events: Vec<Event> = [(1, 100), (2, 200), (3, 400), (4, 800)]
+            .into_iter()
+            .map(|(attempts, ms)| At(at, FULL, retry(attempts, ms, true)))
+            .collect();
+        events.push(At(at, FULL, drop(MAX_COMMIT_ATTEMPTS, true)));
+        events
+    }
+
     #[test]
     fn the_policy_decides_as_the_table_says() {
-        let cases: &[(&str, bool, &[Event])] = &[
+        let cases: Vec<(&str, bool, Vec<Event>)> = vec![
             (
                 "a commit leaves nothing waiting",
                 false,
-                &[At(0, OK, quiet(Decision::Done))],
+                vec![At(0, OK, quiet(Decision::Done))],
             ),
             (
                 "a failing disk is retried with a doubling delay, then given up",
                 false,
-                &[
+                vec![
                     At(0, IO, retry(1, 100, true)),
                     At(0, IO, retry(2, 200, true)),
                     At(0, IO, retry(3, 400, true)),
@@ -272,50 +282,48 @@ mod tests {
             (
                 "a disk proved full drops each later group at once, quietly, for the hold",
                 false,
-                &[
-                    At(0, FULL, retry(1, 100, true)),
-                    At(0, FULL, retry(2, 200, true)),
-                    At(0, FULL, retry(3, 400, true)),
-                    At(0, FULL, retry(4, 800, true)),
-                    At(1, FULL, drop(5, true)),
-                    At(2, FULL, drop(1, false)),
-                    At(2, OK, quiet(Decision::Done)),
-                    At(30, FULL, drop(1, false)),
-                    // The hold is over: retries again.
-                    At(31, FULL, retry(1, 100, true)),
-                ],
+                [
+                    proved_full(1),
+                    vec![
+                        At(2, FULL, drop(1, false)),
+                        At(2, OK, quiet(Decision::Done)),
+                        At(30, FULL, drop(1, false)),
+                        // The hold is over: retries again.
+                        At(31, FULL, retry(1, 100, true)),
+                    ],
+                ]
+                .concat(),
             ),
             (
                 "freed space ends the hold",
                 false,
-                &[
-                    At(0, FULL, retry(1, 100, true)),
-                    At(0, FULL, retry(2, 200, true)),
-                    At(0, FULL, retry(3, 400, true)),
-                    At(0, FULL, retry(4, 800, true)),
-                    At(0, FULL, drop(5, true)),
-                    Freed,
-                    At(1, FULL, retry(1, 100, true)),
-                ],
+                [
+                    proved_full(0),
+                    vec![Freed, At(1, FULL, retry(1, 100, true))],
+                ]
+                .concat(),
             ),
             (
                 "block never drops; the delay stops growing at its cap",
                 true,
-                &[
-                    At(0, FULL, retry(1, 100, true)),
-                    At(0, FULL, retry(2, 200, true)),
-                    At(0, FULL, retry(3, 400, true)),
-                    At(0, FULL, retry(4, 800, true)),
-                    At(0, FULL, retry(5, 1600, true)),
-                    At(0, FULL, retry(6, 3200, true)),
-                    At(0, FULL, retry(7, 5000, true)),
-                    At(0, FULL, retry(8, 5000, true)),
-                ],
+                [
+                    (1, 100),
+                    (2, 200),
+                    (3, 400),
+                    (4, 800),
+                    (5, 1600),
+                    (6, 3200),
+                    (7, 5000),
+                    (8, 5000),
+                ]
+                .into_iter()
+                .map(|(attempts, ms)| At(0, FULL, retry(attempts, ms, true)))
+                .collect(),
             ),
             (
                 "block waits for space when the queue is full",
                 true,
-                &[
+                vec![
                     At(0, BLOCKED, quiet(Decision::Hold)),
                     // A failure after a hold counts from one.
                     At(0, IO, retry(1, 100, true)),
@@ -325,7 +333,7 @@ mod tests {
             (
                 "refusals while the drain uses the reserve are reported once a spell",
                 false,
-                &[
+                vec![
                     At(0, REFUSED, loud(Decision::Drop { attempts: 0 })),
                     At(0, REFUSED, quiet(Decision::Drop { attempts: 0 })),
                     At(0, OK, quiet(Decision::Done)),
@@ -335,7 +343,7 @@ mod tests {
             (
                 "under block a refusal holds the units",
                 true,
-                &[
+                vec![
                     At(0, REFUSED, loud(Decision::Hold)),
                     At(0, REFUSED, quiet(Decision::Hold)),
                 ],
@@ -343,7 +351,7 @@ mod tests {
         ];
         for (name, block, events) in cases {
             let start = Instant::now();
-            let mut policy = CommitPolicy::new(*block);
+            let mut policy = CommitPolicy::new(block);
             for (i, event) in events.iter().enumerate() {
                 match *event {
                     At(secs, attempt, want) => {

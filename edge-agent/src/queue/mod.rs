@@ -608,6 +608,12 @@ impl Writer {
 
     fn after_space_freed(&mut self) {
         self.policy.space_freed();
+        self.try_held();
+    }
+
+    /// Tries the units held for space again (which publishes the statistics), or only
+    /// publishes the statistics when none are held.
+    fn try_held(&mut self) {
         if self.policy.is_held() {
             self.commit_pending();
         } else {
@@ -663,11 +669,7 @@ impl Writer {
                 Err(e) => tracing::warn!(error = %e, "expiring old records"),
             }
         }
-        if self.policy.is_held() {
-            self.commit_pending();
-        } else {
-            self.publish_stats();
-        }
+        self.try_held();
     }
 
     /// Commits as many pending units as the policy allows, completing each; what is left

@@ -1,13 +1,16 @@
 //! The HTTP sink: POSTs each batch in its wire format (gzip or zstd when configured) with an
 //! `Idempotency-Key` that is the same on every retry of the batch.
 //!
-//! 2xx deletes the batch. A status of `deadLetterOn` (default 400, 413, 415, 422: the
-//! content is refused) moves the batch to the dead-letter table and sync continues with the
-//! next one. Everything else retries the same batch with capped exponential backoff and
-//! jitter: 5xx, 408, 429 (honouring `Retry-After`), timeouts, connection errors, a missing
-//! endpoint (404), and 401, 403 and 407, which are also counted as authentication failures
+//! Each response becomes an [`Outcome`] ([`outcome`], a pure function), which the sync
+//! loop applies. 2xx: accepted, the batch is deleted. A status of `deadLetterOn` (default
+//! 400, 413, 415, 422: the content is refused): rejected, the batch moves to the
+//! dead-letter table and sync continues with the next one. 401, 403 and 407: unauthorized,
+//! retried and counted as authentication failures
 //! (`edge_agent_upstream_auth_failures_total`): an expired token pauses delivery until it is
-//! fixed instead of emptying the queue into dead letters.
+//! fixed instead of emptying the queue into dead letters. Everything else retries the same
+//! batch with capped exponential backoff and jitter: 5xx, 408, 429 (honouring
+//! `Retry-After`), a missing endpoint (404), and timeouts and connection errors
+//! (unreachable).
 //!
 //! Redirects are never followed: the batch and its headers (an API key, a token) go to the
 //! configured URL and nowhere else. A 3xx is a failed attempt like a 5xx (the batch stays
@@ -25,10 +28,9 @@ use reqwest::StatusCode;
 use reqwest::header::{
     CONTENT_ENCODING, CONTENT_TYPE, HeaderMap, HeaderName, HeaderValue, LOCATION, RETRY_AFTER,
 };
-use tokio::time::Instant;
 
 use super::wire::{FORMAT_HEADER, WireFormat, Writer};
-use super::{Delivery, Stopped, SyncContext, backoff};
+use super::{Outcome, Payload, Sent};
 use crate::config::HttpSettings;
 use crate::credentials::Updates;
 use crate::diagnostics;
@@ -64,13 +66,13 @@ pub enum HttpSinkError {
 /// An HTTP ingest API.
 pub struct HttpSink {
     client: HttpClient,
-    settings: HttpSettings,
+    pub(super) settings: HttpSettings,
     key_prefix: String,
     writer: Writer,
-    updates: Updates<HttpClient>,
+    pub(super) updates: Updates<HttpClient>,
 }
 
-/// What one request came to.
+/// How a response's status classifies (see [`outcome`] for the whole answer).
 #[derive(Debug, PartialEq, Eq)]
 pub enum Verdict {
     /// 2xx.
@@ -107,6 +109,52 @@ pub fn verdict(status: StatusCode, retry_after: Option<&str>, dead_letter_on: &[
         .and_then(|v| v.trim().parse::<u64>().ok())
         .map(|s| Duration::from_secs(s).min(MAX_RETRY_AFTER));
     Verdict::Retry(after)
+}
+
+/// Whether [`outcome`] needs the start of the response body (for the reason a failure is
+/// logged and a rejection dead-lettered with): for anything but a success or a redirect.
+pub fn reads_body(status: StatusCode) -> bool {
+    !status.is_success() && !status.is_redirection()
+}
+
+/// What a response came to, from its status, its headers (`Retry-After`, a redirect's
+/// `Location`) and the start of its body (empty unless [`reads_body`]), with
+/// `dead_letter_on` the statuses that reject a batch's content.
+pub fn outcome(
+    status: StatusCode,
+    headers: &HeaderMap,
+    body: &str,
+    dead_letter_on: &[u16],
+) -> Outcome {
+    let header = |name| {
+        headers
+            .get(name)
+            .and_then(|v: &HeaderValue| v.to_str().ok())
+    };
+    let reason = || {
+        if status.is_redirection() {
+            redirect_reason(status, header(LOCATION))
+        } else {
+            summary(status, body)
+        }
+    };
+    let code = status.as_u16();
+    match verdict(status, header(RETRY_AFTER), dead_letter_on) {
+        Verdict::Accepted => Outcome::Accepted,
+        Verdict::Rejected => Outcome::Rejected {
+            status: code,
+            reason: reason(),
+        },
+        Verdict::Unauthorized => Outcome::Unauthorized {
+            status: code,
+            reason: reason(),
+        },
+        Verdict::Retry(retry_after) => Outcome::Unavailable {
+            status: code,
+            retry_after,
+            reason: reason(),
+        },
+    }
 }
 
 /// The first `limit` bytes of a response body, as text; the rest is never buffered, so
@@ -226,14 +274,6 @@ impl HttpSink {
         self
     }
 
-    pub(super) fn batch_size(&self) -> usize {
-        self.settings.batch_size
-    }
-
-    pub(super) fn flush_interval(&self) -> Duration {
-        self.settings.flush_interval
-    }
-
     /// The idempotency key of a batch: stable across retries and restarts. Ranges of
     /// the two lanes may overlap, so an urgent batch's key says its lane.
     pub fn idempotency_key(&self, batch: &Batch) -> String {
@@ -244,155 +284,66 @@ impl HttpSink {
         }
     }
 
-    /// Sends `batch` once: on success or rejection the batch leaves the queue; on a
-    /// retryable failure this waits out the backoff for `attempt` (or `Retry-After`).
-    pub(super) async fn deliver(
-        &mut self,
-        batch: Batch,
-        attempt: u32,
-        ctx: &SyncContext,
-    ) -> Result<Delivery, Stopped> {
+    /// POSTs `payload` (`batch` on the wire) once, with new credentials if there are
+    /// any, and says what came of it.
+    pub(super) async fn send(&mut self, batch: &Batch, payload: &Payload) -> Sent {
         if let Some(client) = self.updates.take() {
             tracing::info!("the HTTP sink sends with the new credentials from now on");
             self.client = client;
         }
-        let key = self.idempotency_key(&batch);
-        let (format, body, encoding) = self.encode(&batch);
-        ctx.throttle(body.len()).await?;
-        let started = Instant::now();
+        let key = self.idempotency_key(batch);
         let mut request = self
             .client
             .client
             .post(&self.settings.url)
             .headers(self.client.headers.clone())
-            .header(CONTENT_TYPE, content_type(format))
+            .header(CONTENT_TYPE, content_type(payload.format))
             .header("Idempotency-Key", key.as_str())
-            .body(body.clone());
-        if let Some(encoding) = encoding {
+            .body(payload.body.clone());
+        if let Some(encoding) = payload.encoding {
             request = request.header(CONTENT_ENCODING, encoding);
         }
-        if format != WireFormat::V1 {
-            request = request.header(FORMAT_HEADER, format.as_str());
+        if payload.format != WireFormat::V1 {
+            request = request.header(FORMAT_HEADER, payload.format.as_str());
         }
-        let response = tokio::select! {
-            _ = ctx.stop.cancelled() => return Err(Stopped),
-            r = request.send() => r,
-        };
-        // On the wire unless the connection was never made (an outage must not look like
-        // traffic in the bandwidth panels).
-        if response.as_ref().map_or_else(|e| !e.is_connect(), |_| true) {
-            ctx.metrics.sent_bytes.inc_by(body.len() as u64);
-        } else {
-            ctx.refund(body.len());
-        }
-        let outcome = match response {
+        match request.send().await {
             Ok(resp) => {
                 let status = resp.status();
-                let header = |name| {
-                    resp.headers()
-                        .get(name)
-                        .and_then(|v: &HeaderValue| v.to_str().ok())
-                        .map(str::to_owned)
-                };
-                let retry_after = header(RETRY_AFTER);
-                let location = header(LOCATION);
-                let v = verdict(
-                    status,
-                    retry_after.as_deref(),
-                    &self.settings.dead_letter_on,
-                );
-                let reason = match v {
-                    Verdict::Accepted => String::new(),
-                    _ if status.is_redirection() => redirect_reason(status, location.as_deref()),
-                    _ => {
-                        let text = tokio::select! {
-                            _ = ctx.stop.cancelled() => return Err(Stopped),
-                            t = body_prefix(resp, REASON_CHARS * 4) => t,
-                        };
-                        summary(status, &text)
-                    }
-                };
-                (v, status.as_u16(), reason)
-            }
-            Err(e) => (Verdict::Retry(None), 0, describe(e)),
-        };
-        ctx.metrics
-            .sync_duration
-            .observe(started.elapsed().as_secs_f64());
-        match outcome {
-            (Verdict::Accepted, ..) => {
-                ctx.metrics
-                    .sync_requests
-                    .with_label_values(&["success"])
-                    .inc();
-                ctx.upstream(true);
-                tracing::debug!(%key, records = batch.records.len(), "batch synced");
-                ctx.accepted(batch).await.map(|()| Delivery::Done)
-            }
-            (Verdict::Rejected, status, reason) => {
-                ctx.metrics
-                    .sync_requests
-                    .with_label_values(&["rejected"])
-                    .inc();
-                ctx.upstream(true);
-                ctx.rejected(batch, status, reason)
-                    .await
-                    .map(|()| Delivery::Done)
-            }
-            (verdict @ (Verdict::Retry(_) | Verdict::Unauthorized), status, reason) => {
-                ctx.metrics
-                    .sync_requests
-                    .with_label_values(&["retry"])
-                    .inc();
-                ctx.upstream(false);
-                // The status only, not the upstream's text: a label value should not be
-                // something the upstream can vary at will.
-                ctx.upstream_failed(&if status == 0 {
-                    reason.to_string()
+                let headers = resp.headers().clone();
+                let body = if reads_body(status) {
+                    body_prefix(resp, REASON_CHARS * 4).await
                 } else {
-                    format!("HTTP {status}")
-                });
-                let after = match verdict {
-                    Verdict::Retry(after) => after,
-                    _ => {
-                        ctx.metrics.upstream_auth_failures.inc();
-                        if attempt == 0 || attempt.is_multiple_of(10) {
-                            tracing::error!(status, %reason, "the upstream refused the credentials: delivery paused, nothing is dead-lettered; fix the token or certificate");
-                        }
-                        None
-                    }
+                    String::new()
                 };
-                let delay = after.unwrap_or_else(|| {
-                    backoff(
-                        attempt,
-                        self.settings.initial_backoff,
-                        self.settings.max_backoff,
-                    )
-                });
-                if attempt == 0 || attempt.is_multiple_of(10) {
-                    let url = diagnostics::url(&self.settings.url);
-                    tracing::warn!(%url, %key, attempt, %reason, retry_in = ?delay, "upstream unavailable, will retry");
-                }
-                // New credentials end the wait: they may be what the upstream waited for.
-                tokio::select! {
-                    r = ctx.pause(delay) => r.map(|()| Delivery::Retry),
-                    () = self.updates.changed() => Ok(Delivery::Retry),
+                Sent {
+                    outcome: outcome(status, &headers, &body, &self.settings.dead_letter_on),
+                    on_wire: true,
                 }
             }
+            // On the wire unless the connection was never made.
+            Err(e) => Sent {
+                on_wire: !e.is_connect(),
+                outcome: Outcome::Unreachable(describe(e)),
+            },
         }
     }
 
     /// The request body of `batch`, its format and its `Content-Encoding` (compressed
     /// as configured; sent as it is, without the header, if compressing failed).
-    fn encode(&self, batch: &Batch) -> (WireFormat, Vec<u8>, Option<&'static str>) {
+    pub(super) fn encode(&self, batch: &Batch) -> Payload {
         let (format, body) = self.writer.body(batch);
-        match compress(self.settings.compression, &body) {
-            Ok(Some((encoding, compressed))) => (format, compressed, Some(encoding)),
-            Ok(None) => (format, body, None),
+        let (body, encoding) = match compress(self.settings.compression, &body) {
+            Ok(Some((encoding, compressed))) => (compressed, Some(encoding)),
+            Ok(None) => (body, None),
             Err(e) => {
                 tracing::error!(error = %e, "compressing a batch: it goes uncompressed");
-                (format, body, None)
+                (body, None)
             }
+        };
+        Payload {
+            format,
+            body,
+            encoding,
         }
     }
 }
@@ -469,93 +420,4 @@ fn describe(e: reqwest::Error) -> String {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    /// The verdict with the default `deadLetterOn`.
-    fn v(status: StatusCode, retry_after: Option<&str>) -> Verdict {
-        verdict(status, retry_after, &[400, 413, 415, 422])
-    }
-
-    #[test]
-    fn statuses_are_classified_as_the_delivery_contract_says() {
-        assert_eq!(v(StatusCode::OK, None), Verdict::Accepted);
-        assert_eq!(v(StatusCode::ACCEPTED, None), Verdict::Accepted);
-        assert_eq!(
-            v(StatusCode::INTERNAL_SERVER_ERROR, None),
-            Verdict::Retry(None)
-        );
-        assert_eq!(
-            v(StatusCode::SERVICE_UNAVAILABLE, Some("7")),
-            Verdict::Retry(Some(Duration::from_secs(7)))
-        );
-        assert_eq!(
-            v(StatusCode::TOO_MANY_REQUESTS, Some(" 2 ")),
-            Verdict::Retry(Some(Duration::from_secs(2)))
-        );
-        assert_eq!(
-            v(
-                StatusCode::TOO_MANY_REQUESTS,
-                Some("Wed, 21 Oct 2015 07:28:00 GMT")
-            ),
-            Verdict::Retry(None),
-            "an HTTP date falls back to the backoff"
-        );
-        assert_eq!(
-            v(StatusCode::TOO_MANY_REQUESTS, Some("999999")),
-            Verdict::Retry(Some(MAX_RETRY_AFTER))
-        );
-        assert_eq!(v(StatusCode::REQUEST_TIMEOUT, None), Verdict::Retry(None));
-        assert_eq!(v(StatusCode::BAD_REQUEST, None), Verdict::Rejected);
-        assert_eq!(v(StatusCode::UNPROCESSABLE_ENTITY, None), Verdict::Rejected);
-        assert_eq!(v(StatusCode::NOT_FOUND, None), Verdict::Retry(None));
-        for status in [401, 403, 407] {
-            let status = StatusCode::from_u16(status).unwrap();
-            assert_eq!(v(status, None), Verdict::Unauthorized, "{status}");
-        }
-        assert_eq!(v(StatusCode::CONFLICT, None), Verdict::Retry(None));
-        // The list is the user's; credentials stay out of it whatever it says.
-        assert_eq!(
-            verdict(StatusCode::CONFLICT, None, &[409]),
-            Verdict::Rejected
-        );
-        assert_eq!(
-            verdict(StatusCode::BAD_REQUEST, None, &[]),
-            Verdict::Retry(None)
-        );
-        assert_eq!(
-            verdict(StatusCode::UNAUTHORIZED, None, &[401]),
-            Verdict::Unauthorized
-        );
-    }
-
-    #[test]
-    fn a_redirect_is_a_failed_attempt_never_a_delivery_or_a_rejection() {
-        for status in [301, 302, 303, 307, 308, 300, 304] {
-            let status = StatusCode::from_u16(status).unwrap();
-            assert_eq!(v(status, None), Verdict::Retry(None), "{status}");
-            assert_eq!(v(status, Some("5")), Verdict::Retry(None), "{status}");
-        }
-        let reason = redirect_reason(
-            StatusCode::TEMPORARY_REDIRECT,
-            Some("https://u:pw@elsewhere.example:8443/steal?token=abc"),
-        );
-        assert_eq!(
-            reason,
-            "307 Temporary Redirect to https://elsewhere.example:8443/steal: redirects are never followed"
-        );
-        assert!(redirect_reason(StatusCode::FOUND, None).contains("without a location"));
-    }
-
-    #[test]
-    fn rejection_reasons_are_one_bounded_line() {
-        let s = summary(
-            StatusCode::BAD_REQUEST,
-            &format!("bad\nrecord {}", "x".repeat(1000)),
-        );
-        assert!(s.starts_with("400 Bad Request: bad record"));
-        assert!(!s.contains('\n'));
-        assert!(s.len() < REASON_CHARS + 40);
-        assert_eq!(summary(StatusCode::BAD_REQUEST, " "), "400 Bad Request");
-    }
-}
+mod tests;

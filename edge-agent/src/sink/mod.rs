@@ -8,15 +8,21 @@
 //! oldest first.
 //!
 //! Two sinks: [`http`] (POST a JSON array to an ingest API) and [`mqtt`] (publish it with
-//! QoS 1 to an upstream broker). Both retry the same batch with capped exponential backoff
-//! and full jitter while the upstream is unreachable, which at the edge is a normal state:
-//! it never stops ingest and never fails liveness.
+//! QoS 1 to an upstream broker). A sink only does the I/O: it sends a batch once and says
+//! what came of it as an [`Outcome`]. This loop applies every outcome the same way: the
+//! batch is acknowledged or dead-lettered in the queue, or sent again after a capped
+//! exponential backoff with full jitter (or the upstream's `Retry-After`); the upstream's
+//! state, the pauses and the metrics are kept here. An unreachable upstream is a normal
+//! state at the edge: it never stops ingest and never fails liveness.
 
 pub mod http;
 pub mod mqtt;
+mod outcome;
+mod pace;
 pub mod schedule;
 pub mod wire;
 
+use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -24,9 +30,11 @@ use rand::Rng;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
+pub use self::outcome::{Outcome, Payload, Sent};
+pub use self::pace::{Drain, TokenBucket};
 use self::schedule::RateSchedule;
 use crate::http::{Health, Loop};
-use crate::queue::{Batch, Prefer, Queue, QueueError};
+use crate::queue::{Batch, Queue, QueueError};
 use crate::record::Lane;
 use crate::telemetry::Metrics;
 
@@ -34,6 +42,8 @@ use crate::telemetry::Metrics;
 const BEAT: Duration = Duration::from_secs(1);
 /// Pause before retrying a queue write that failed (a full disk).
 const QUEUE_RETRY: Duration = Duration::from_millis(500);
+/// Failed attempts logged: the first, then every this many.
+const LOG_EVERY: u32 = 10;
 
 /// The configured sink.
 pub enum Sink {
@@ -44,29 +54,51 @@ pub enum Sink {
 }
 
 impl Sink {
-    fn batch_size(&self) -> usize {
+    /// Records per batch at most, and how long a partial batch may wait.
+    fn batching(&self) -> (usize, Duration) {
         match self {
-            Self::Http(s) => s.batch_size(),
-            Self::Mqtt(s) => s.batch_size(),
+            Self::Http(s) => (s.settings.batch_size, s.settings.flush_interval),
+            Self::Mqtt(s) => (s.settings.batch_size, s.settings.flush_interval),
         }
     }
 
-    fn flush_interval(&self) -> Duration {
+    /// The first and the largest retry delay.
+    fn backoff(&self) -> (Duration, Duration) {
         match self {
-            Self::Http(s) => s.flush_interval(),
-            Self::Mqtt(s) => s.flush_interval(),
+            Self::Http(s) => (s.settings.initial_backoff, s.settings.max_backoff),
+            Self::Mqtt(_) => (mqtt::INITIAL_BACKOFF, mqtt::MAX_BACKOFF),
         }
     }
 
-    async fn deliver(
-        &mut self,
-        batch: Batch,
-        attempt: u32,
-        ctx: &SyncContext,
-    ) -> Result<Delivery, Stopped> {
+    /// What the logs call the upstream, and its URL (redacted).
+    fn upstream(&self) -> (&'static str, String) {
         match self {
-            Self::Http(s) => s.deliver(batch, attempt, ctx).await,
-            Self::Mqtt(s) => s.deliver(batch, attempt, ctx).await,
+            Self::Http(s) => ("upstream", crate::diagnostics::url(&s.settings.url)),
+            Self::Mqtt(s) => ("upstream broker", crate::diagnostics::url(&s.settings.url)),
+        }
+    }
+
+    /// `batch` as it goes on the wire.
+    fn encode(&self, batch: &Batch) -> Payload {
+        match self {
+            Self::Http(s) => s.encode(batch),
+            Self::Mqtt(s) => s.encode(batch),
+        }
+    }
+
+    /// Sends `payload` (`batch` on the wire) once.
+    async fn send(&mut self, batch: &Batch, payload: &Payload) -> Sent {
+        match self {
+            Self::Http(s) => s.send(batch, payload).await,
+            Self::Mqtt(s) => s.send(payload).await,
+        }
+    }
+
+    /// Resolves when new credentials are there to be taken (never without them).
+    async fn credentials_changed(&mut self) {
+        match self {
+            Self::Http(s) => s.updates.changed().await,
+            Self::Mqtt(s) => s.updates.changed().await,
         }
     }
 }
@@ -87,16 +119,14 @@ pub enum Delivery {
 #[derive(Debug)]
 pub struct Stopped;
 
-/// What a sink needs besides its own connection.
+/// What the sync loop works with besides the sink.
 pub struct SyncContext {
     /// The queue batches come from.
-    pub queue: Queue,
-    /// Metrics.
-    pub metrics: Arc<Metrics>,
-    /// Heartbeats.
-    pub health: Arc<Health>,
+    queue: Queue,
+    metrics: Arc<Metrics>,
+    health: Arc<Health>,
     /// Cancelled at shutdown.
-    pub stop: CancellationToken,
+    stop: CancellationToken,
     upstream: std::sync::Mutex<UpstreamClock>,
     /// `sink.rateLimit`, when set.
     limit: std::sync::Mutex<Option<Limit>>,
@@ -104,119 +134,11 @@ pub struct SyncContext {
     drain: Drain,
 }
 
-/// `sink.backlog` as the sync loop applies it: which part of the routine records to ask
-/// the queue for first, by what each part was sent.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Drain {
-    live_first: bool,
-    share_percent: u64,
-    live_bytes: u64,
-    backlog_bytes: u64,
-}
-
-impl Drain {
-    /// Live first, the backlog with `share_percent` of the bytes while both wait; or,
-    /// without `live_first`, oldest first.
-    pub fn new(live_first: bool, share_percent: u8) -> Self {
-        Self {
-            live_first,
-            share_percent: u64::from(share_percent.min(100)),
-            live_bytes: 0,
-            backlog_bytes: 0,
-        }
-    }
-
-    /// What to ask for next.
-    pub fn prefer(&self) -> Prefer {
-        let total = self.live_bytes + self.backlog_bytes;
-        if !self.live_first || self.backlog_bytes * 100 < self.share_percent * total {
-            Prefer::Backlog
-        } else {
-            Prefer::Live
-        }
-    }
-
-    /// Counts a delivered batch.
-    pub fn sent(&mut self, lane: Lane, backlog: bool, bytes: u64) {
-        match (lane, backlog) {
-            (Lane::Urgent, _) => {}
-            (Lane::Routine, true) => self.backlog_bytes += bytes,
-            (Lane::Routine, false) => self.live_bytes += bytes,
-        }
-    }
-
-    /// Forgets what was sent (a new backlog begins).
-    pub fn restart(&mut self) {
-        self.live_bytes = 0;
-        self.backlog_bytes = 0;
-    }
-}
-
-impl Default for Drain {
-    fn default() -> Self {
-        Self::new(true, edge_crds::BacklogDrain::DEFAULT_SHARE_PERCENT)
-    }
-}
-
 /// `sink.rateLimit`: the bucket, and the cap it runs at by time of day.
 #[derive(Debug)]
 struct Limit {
     bucket: TokenBucket,
     schedule: RateSchedule,
-}
-
-/// A token bucket of bytes: `rate` per second, at most `burst` saved up. It may go into
-/// debt for one item larger than the burst, which the following items pay for.
-#[derive(Debug)]
-pub struct TokenBucket {
-    rate: f64,
-    burst: f64,
-    tokens: f64,
-    last: Instant,
-}
-
-impl TokenBucket {
-    /// A full bucket.
-    pub fn new(bytes_per_second: u64, burst: u64) -> Self {
-        let burst = burst.max(1) as f64;
-        Self {
-            rate: bytes_per_second.max(1) as f64,
-            burst,
-            tokens: burst,
-            last: Instant::now(),
-        }
-    }
-
-    /// Runs at `bytes_per_second` from `now` on (what was saved up at the old rate stays,
-    /// within the burst).
-    pub fn set_rate(&mut self, bytes_per_second: u64, now: Instant) {
-        self.refill(now);
-        self.rate = bytes_per_second.max(1) as f64;
-    }
-
-    fn refill(&mut self, now: Instant) {
-        let elapsed = now.saturating_duration_since(self.last).as_secs_f64();
-        self.tokens = (self.tokens + elapsed * self.rate).min(self.burst);
-        self.last = now;
-    }
-
-    /// How long to wait before `bytes` may go (zero: now, and they are taken).
-    pub fn take(&mut self, bytes: usize, now: Instant) -> Duration {
-        self.refill(now);
-        // An item larger than the burst goes once the bucket is full.
-        let need = (bytes as f64).min(self.burst);
-        if self.tokens >= need {
-            self.tokens -= bytes as f64;
-            Duration::ZERO
-        } else {
-            Duration::from_secs_f64((need - self.tokens) / self.rate)
-        }
-    }
-
-    /// Gives back `bytes` taken for something that never went out.
-    pub fn refund(&mut self, bytes: usize) {
-        self.tokens = (self.tokens + bytes as f64).min(self.burst);
-    }
 }
 
 impl SyncContext {
@@ -270,7 +192,7 @@ impl SyncContext {
     /// Waits until `bytes` may go out under `sink.rateLimit` (at once without one); the
     /// wait counts in `edge_agent_sink_throttled_seconds_total`. A wait ends early when the
     /// cap changes with the time of day; under a cap of 0 it lasts until the cap changes.
-    pub async fn throttle(&self, bytes: usize) -> Result<(), Stopped> {
+    async fn throttle(&self, bytes: usize) -> Result<(), Stopped> {
         loop {
             let wait = {
                 let mut limit = self.limit.lock().unwrap_or_else(|p| p.into_inner());
@@ -302,7 +224,7 @@ impl SyncContext {
     }
 
     /// Gives back what [`SyncContext::throttle`] took for bytes that never went out.
-    pub fn refund(&self, bytes: usize) {
+    fn refund(&self, bytes: usize) {
         if let Some(Limit { bucket, .. }) = self
             .limit
             .lock()
@@ -315,7 +237,7 @@ impl SyncContext {
 
     /// Records whether the upstream answered (up) or not (down), and accumulates the time
     /// spent down in `edge_agent_upstream_down_seconds_total`.
-    pub fn upstream(&self, up: bool) {
+    fn upstream(&self, up: bool) {
         let now = Instant::now();
         let mut clock = self.upstream.lock().unwrap_or_else(|p| p.into_inner());
         if let Some(since) = clock.down_since.take() {
@@ -334,7 +256,7 @@ impl SyncContext {
 
     /// Records why the upstream failed (`edge_agent_upstream_last_error_info`): one
     /// series, its text cut to 120 characters and stripped of control characters.
-    pub fn upstream_failed(&self, reason: &str) {
+    fn upstream_failed(&self, reason: &str) {
         let text: String = reason
             .chars()
             .map(|c| if c.is_control() { ' ' } else { c })
@@ -349,7 +271,7 @@ impl SyncContext {
     }
 
     /// Sleeps `delay` (beating, and adding to the down time), unless stopped first.
-    pub async fn pause(&self, delay: Duration) -> Result<(), Stopped> {
+    async fn pause(&self, delay: Duration) -> Result<(), Stopped> {
         let until = Instant::now() + delay;
         loop {
             self.health.beat(Loop::Sync);
@@ -373,20 +295,25 @@ impl SyncContext {
         }
     }
 
-    /// Deletes an accepted batch and counts it as synced. A failing delete (a full disk)
-    /// is retried in place: the upstream has the batch, it must leave the queue.
-    pub async fn accepted(&self, batch: Batch) -> Result<(), Stopped> {
+    /// Runs a queue write the upstream's answer calls for (`doing` it, for the log) until
+    /// it succeeds: a failing write (a full disk) is retried in place, since the upstream
+    /// has decided and the batch must leave the queue.
+    async fn until_written<T, F>(
+        &self,
+        doing: &str,
+        mut write: impl FnMut() -> F,
+    ) -> Result<T, Stopped>
+    where
+        F: Future<Output = Result<T, QueueError>>,
+    {
         let mut failures = 0u32;
         loop {
-            match self.queue.ack(batch.clone()).await {
-                Ok(n) => {
-                    self.metrics.records_synced.inc_by(n);
-                    return Ok(());
-                }
+            match write().await {
+                Ok(done) => return Ok(done),
                 Err(QueueError::Stopped) => return Err(Stopped),
                 Err(e) => {
-                    if failures.is_multiple_of(10) {
-                        tracing::error!(error = %e, "deleting a synced batch; will retry");
+                    if failures.is_multiple_of(LOG_EVERY) {
+                        tracing::error!(error = %e, "{doing}; will retry");
                     }
                     failures = failures.saturating_add(1);
                     self.pause(QUEUE_RETRY).await?;
@@ -395,42 +322,37 @@ impl SyncContext {
         }
     }
 
-    /// Moves a rejected batch to the dead letters and counts its records as dropped,
-    /// retrying in place while the queue cannot write.
-    pub async fn rejected(&self, batch: Batch, status: u16, reason: String) -> Result<(), Stopped> {
+    /// Deletes an accepted batch and counts it as synced.
+    async fn ack(&self, batch: Batch) -> Result<(), Stopped> {
+        let n = self
+            .until_written("deleting a synced batch", || self.queue.ack(batch.clone()))
+            .await?;
+        self.metrics.records_synced.inc_by(n);
+        Ok(())
+    }
+
+    /// Moves a rejected batch to the dead letters and counts its records as dropped.
+    async fn dead_letter(&self, batch: Batch, status: u16, reason: String) -> Result<(), Stopped> {
         let (first, last) = (batch.first_seq, batch.last_seq);
-        let mut failures = 0u32;
-        loop {
-            match self
-                .queue
-                .dead_letter(batch.clone(), status, reason.clone())
-                .await
-            {
-                Ok(done) => {
-                    let n = done.records;
-                    tracing::warn!(status, first, last, records = n, %reason, "upstream rejected a batch: dead-lettered (edge-agent dead-letters replay sends it again)");
-                    self.metrics.dropped("dead_letter", n);
-                    if done.overflow_records > 0 {
-                        tracing::warn!(
-                            records = done.overflow_records,
-                            "deleted the oldest dead letters to keep within buffer.maxDeadLetterBytes"
-                        );
-                        self.metrics
-                            .dead_letter_overflow
-                            .inc_by(done.overflow_records);
-                    }
-                    return Ok(());
-                }
-                Err(QueueError::Stopped) => return Err(Stopped),
-                Err(e) => {
-                    if failures.is_multiple_of(10) {
-                        tracing::error!(error = %e, "dead-lettering a batch; will retry");
-                    }
-                    failures = failures.saturating_add(1);
-                    self.pause(QUEUE_RETRY).await?;
-                }
-            }
+        let done = self
+            .until_written("dead-lettering a batch", || {
+                self.queue
+                    .dead_letter(batch.clone(), status, reason.clone())
+            })
+            .await?;
+        let n = done.records;
+        tracing::warn!(status, first, last, records = n, %reason, "upstream rejected a batch: dead-lettered (edge-agent dead-letters replay sends it again)");
+        self.metrics.dropped("dead_letter", n);
+        if done.overflow_records > 0 {
+            tracing::warn!(
+                records = done.overflow_records,
+                "deleted the oldest dead letters to keep within buffer.maxDeadLetterBytes"
+            );
+            self.metrics
+                .dead_letter_overflow
+                .inc_by(done.overflow_records);
         }
+        Ok(())
     }
 }
 
@@ -441,8 +363,8 @@ struct UpstreamClock {
 /// Runs `sink` until `ctx.stop` is cancelled: full batches as soon as they are there, a
 /// partial batch at most once per flush interval.
 pub async fn run(mut sink: Sink, ctx: SyncContext) {
-    let batch_size = sink.batch_size().max(1);
-    let flush = sink.flush_interval();
+    let (batch_size, flush) = sink.batching();
+    let batch_size = batch_size.max(1);
     let mut stats = ctx.queue.stats();
     let mut flush_due = Instant::now() + flush;
     let mut attempt = 0u32;
@@ -464,7 +386,7 @@ pub async fn run(mut sink: Sink, ctx: SyncContext) {
             Ok(Some(batch)) => {
                 let (lane, backlog) = (batch.lane, batch.backlog);
                 let bytes: u64 = batch.records.iter().map(|r| r.body.len() as u64).sum();
-                match sink.deliver(batch, attempt, &ctx).await {
+                match deliver(&mut sink, batch, attempt, &ctx).await {
                     Ok(Delivery::Done) => {
                         attempt = 0;
                         drain.sent(lane, backlog, bytes);
@@ -505,6 +427,93 @@ pub async fn run(mut sink: Sink, ctx: SyncContext) {
     }
 }
 
+/// Sends `batch` once (within `sink.rateLimit`) and applies what came of it.
+async fn deliver(
+    sink: &mut Sink,
+    batch: Batch,
+    attempt: u32,
+    ctx: &SyncContext,
+) -> Result<Delivery, Stopped> {
+    let payload = sink.encode(&batch);
+    let bytes = payload.body.len();
+    ctx.throttle(bytes).await?;
+    let started = Instant::now();
+    let sent = tokio::select! {
+        _ = ctx.stop.cancelled() => return Err(Stopped),
+        sent = sink.send(&batch, &payload) => sent,
+    };
+    if sent.on_wire {
+        ctx.metrics.sent_bytes.inc_by(bytes as u64);
+    } else {
+        ctx.refund(bytes);
+    }
+    ctx.metrics
+        .sync_duration
+        .observe(started.elapsed().as_secs_f64());
+    apply(sink, batch, attempt, sent.outcome, ctx).await
+}
+
+/// Applies the outcome of the `attempt`th send of `batch`: the batch leaves the queue
+/// (acknowledged, or dead-lettered), or stays and is sent again after the upstream's
+/// `Retry-After` or the backoff; new credentials end that wait, they may be what the
+/// upstream waited for.
+async fn apply(
+    sink: &mut Sink,
+    batch: Batch,
+    attempt: u32,
+    outcome: Outcome,
+    ctx: &SyncContext,
+) -> Result<Delivery, Stopped> {
+    let requests = &ctx.metrics.sync_requests;
+    match outcome {
+        Outcome::Accepted => {
+            requests.with_label_values(&["success"]).inc();
+            ctx.upstream(true);
+            tracing::debug!(
+                first = batch.first_seq,
+                last = batch.last_seq,
+                records = batch.records.len(),
+                "batch synced"
+            );
+            ctx.ack(batch).await?;
+            Ok(Delivery::Done)
+        }
+        Outcome::Rejected { status, reason } => {
+            requests.with_label_values(&["rejected"]).inc();
+            ctx.upstream(true);
+            ctx.dead_letter(batch, status, reason).await?;
+            Ok(Delivery::Done)
+        }
+        failed => {
+            requests.with_label_values(&["retry"]).inc();
+            ctx.upstream(false);
+            ctx.upstream_failed(&failed.last_error());
+            let logged = attempt == 0 || attempt.is_multiple_of(LOG_EVERY);
+            let reason = failed.reason();
+            if let Outcome::Unauthorized { status, .. } = &failed {
+                ctx.metrics.upstream_auth_failures.inc();
+                if logged {
+                    tracing::error!(status, %reason, "the upstream refused the credentials: delivery paused, nothing is dead-lettered; fix the token or certificate");
+                }
+            }
+            let (initial, max) = sink.backoff();
+            let delay = failed
+                .retry_after()
+                .unwrap_or_else(|| backoff(attempt, initial, max));
+            if logged {
+                let (upstream, url) = sink.upstream();
+                let (first, last) = (batch.first_seq, batch.last_seq);
+                tracing::warn!(%url, first, last, attempt, %reason, retry_in = ?delay, "{upstream} unavailable, will retry");
+            }
+            tokio::select! {
+                r = ctx.pause(delay) => r?,
+                () = sink.credentials_changed() => {}
+            }
+            Ok(Delivery::Retry)
+        }
+    }
+}
+
 /// Capped exponential backoff with full jitter: a random delay between `initial` and
 /// `min(max, initial * 2^attempt)`.
 pub fn backoff(attempt: u32, initial: Duration, max: Duration) -> Duration {
@@ -521,57 +530,6 @@ pub fn backoff(attempt: u32, initial: Duration, max: Duration) -> Duration {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn the_bucket_holds_the_rate_over_time_and_lets_one_large_item_through() {
-        let t0 = Instant::now();
-        let at = |ms: u64| t0 + Duration::from_millis(ms);
-        let mut bucket = TokenBucket {
-            rate: 1000.0,
-            burst: 500.0,
-            tokens: 500.0,
-            last: t0,
-        };
-        assert_eq!(bucket.take(400, at(0)), Duration::ZERO, "within the burst");
-        // 100 left: 300 more need 200 ms.
-        assert_eq!(bucket.take(300, at(0)), Duration::from_millis(200));
-        assert_eq!(bucket.take(300, at(200)), Duration::ZERO);
-        // Larger than the burst: waits for a full bucket (500 ms), then goes into debt.
-        assert_eq!(bucket.take(2000, at(200)), Duration::from_millis(500));
-        assert_eq!(bucket.take(2000, at(700)), Duration::ZERO);
-        // The debt (1500 bytes) is paid before the next 100 go: 1.6 s.
-        assert_eq!(bucket.take(100, at(700)), Duration::from_millis(1600));
-        // A refund never fills beyond the burst.
-        bucket.refund(10_000);
-        assert_eq!(bucket.tokens, 500.0);
-    }
-
-    #[test]
-    fn the_backlog_keeps_its_share_of_the_bytes_while_live_batches_are_ready() {
-        let mut d = Drain::new(true, 20);
-        assert_eq!(d.prefer(), Prefer::Live);
-        d.sent(Lane::Routine, false, 800);
-        assert_eq!(d.prefer(), Prefer::Backlog, "0 of 800 bytes is below 20%");
-        d.sent(Lane::Routine, true, 100);
-        assert_eq!(d.prefer(), Prefer::Backlog, "100 of 900");
-        d.sent(Lane::Routine, true, 100);
-        assert_eq!(d.prefer(), Prefer::Live, "200 of 1000");
-        d.sent(Lane::Urgent, false, 10_000);
-        assert_eq!(d.prefer(), Prefer::Live, "urgent batches take no share");
-        d.sent(Lane::Routine, false, 1);
-        d.restart();
-        assert_eq!(
-            d.prefer(),
-            Prefer::Live,
-            "a new backlog starts the shares again"
-        );
-
-        let mut none = Drain::new(true, 0);
-        none.sent(Lane::Routine, false, 1 << 20);
-        assert_eq!(none.prefer(), Prefer::Live);
-        let oldest = Drain::new(false, 20);
-        assert_eq!(oldest.prefer(), Prefer::Backlog);
-    }
 
     #[test]
     fn backoff_grows_is_capped_and_jittered() {

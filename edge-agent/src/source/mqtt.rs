@@ -32,7 +32,7 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc};
 use tokio::task::JoinHandle;
 
 use super::oversized;
-use super::tls::{Connect, TlsError, client_config, mqtt_options};
+use super::tls::{TlsError, client_config, mqtt_options};
 use crate::config::SourceSettings;
 use crate::credentials::Updates;
 use crate::http::Health;
@@ -40,6 +40,25 @@ use crate::parse::InvalidReason;
 use crate::queue::now_ms;
 use crate::sink::backoff;
 use crate::telemetry::Metrics;
+
+/// The [`Connect`](super::tls::Connect) of settings that name a broker and how to log in
+/// to it: the source's and the MQTT sink's, which hold the same fields under the same
+/// names.
+macro_rules! connect {
+    ($settings:expr, keep_alive: $keep_alive:expr) => {
+        $crate::source::tls::Connect {
+            client_id: &$settings.client_id,
+            host: &$settings.host,
+            port: $settings.port,
+            tls: $settings.tls,
+            material: &$settings.tls_material,
+            username: $settings.username.as_deref(),
+            password: $settings.password.as_deref(),
+            keep_alive: $keep_alive,
+        }
+    };
+}
+pub(crate) use connect;
 
 /// Messages waiting for the ingest loop. When it is full, messages wait in the driver
 /// and the event loop goes on sending acknowledgements and keep-alives: a connection
@@ -139,16 +158,7 @@ pub struct SourceConnection {
 impl SourceConnection {
     /// The connection of `settings`.
     pub fn new(settings: &SourceSettings) -> Result<Self, TlsError> {
-        let mut options = mqtt_options(&Connect {
-            client_id: &settings.client_id,
-            host: &settings.host,
-            port: settings.port,
-            tls: settings.tls,
-            material: &settings.tls_material,
-            username: settings.username.as_deref(),
-            password: settings.password.as_deref(),
-            keep_alive: settings.keep_alive,
-        })?;
+        let mut options = mqtt_options(&connect!(settings, keep_alive: settings.keep_alive))?;
         options.set_clean_session(false);
         options.set_manual_acks(true);
         // A payload up to the limit plus the largest topic reaches the parser; a larger
