@@ -14,9 +14,9 @@ use anyhow::Context;
 use clap::{Parser, Subcommand};
 use edge_agent::config::AgentConfig;
 use edge_agent::datadir::lock::{DirLock, Mode};
-use edge_agent::demo;
 use edge_agent::run::{RunOptions, preflight, run};
 use edge_agent::source::tls::install_crypto_provider;
+use edge_agent::{demo, diagnostics};
 use tokio_util::sync::CancellationToken;
 
 mod dead_letters_cli;
@@ -246,8 +246,11 @@ fn main() -> ExitCode {
     match dispatch(cli.command) {
         Ok(code) => code,
         Err(e) => {
-            tracing::error!("{e:#}");
-            eprintln!("edge-agent: {e:#}");
+            // Every cause once: an error that names its cause in its message also
+            // returns it as its source, which `{e:#}` would print a second time.
+            let message = diagnostics::chain(&*e);
+            tracing::error!("{message}");
+            eprintln!("edge-agent: {message}");
             ExitCode::FAILURE
         }
     }

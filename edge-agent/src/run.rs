@@ -79,7 +79,7 @@ pub enum RunError {
     #[error(transparent)]
     Processors(#[from] ProcessError),
     #[error("source: {0}")]
-    SourceTls(TlsError),
+    SourceTls(#[source] TlsError),
     #[error(transparent)]
     Broker(#[from] BrokerError),
     #[error("sink: spec.sink.http: {0}")]

@@ -95,7 +95,7 @@ pub enum DemoError {
     NotConnected(Duration),
     /// The local cloud receiver could not listen.
     #[error("the local cloud receiver: {0}")]
-    Cloud(std::io::Error),
+    Cloud(#[source] std::io::Error),
 }
 
 impl DemoOptions {

@@ -65,7 +65,7 @@ pub enum InferenceError {
     Timeout(#[source] UnitError),
     /// A thread could not be started.
     #[error("starting the {0} thread: {1}")]
-    Spawn(&'static str, std::io::Error),
+    Spawn(&'static str, #[source] std::io::Error),
 }
 
 /// The score of one full window.
