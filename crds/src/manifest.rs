@@ -66,9 +66,18 @@ pub struct PipelineFile {
 #[derive(Debug, thiserror::Error)]
 pub enum ManifestError {
     #[error("not valid YAML: {0}")]
-    Yaml(String),
-    #[error("{0}")]
-    Shape(String),
+    Yaml(#[source] serde_saphyr::Error),
+    /// A field of the wrong type, a missing or an unknown one.
+    #[error("{path}: {source}{hint}")]
+    Shape {
+        /// Where, e.g. `spec.sink.http.batchSize`.
+        path: String,
+        /// What the typed parse found there.
+        #[source]
+        source: serde_json::Error,
+        /// Advice for a known pitfall (a YAML 1.1 boolean where text belongs), or empty.
+        hint: &'static str,
+    },
     #[error("apiVersion {found:?} is not {API_VERSION}")]
     ApiVersion { found: String },
     #[error("kind {found:?} is not {KIND}")]
@@ -119,14 +128,14 @@ pub fn parse_pipeline(text: &str) -> Result<PipelineFile, ManifestError> {
     }
     if full {
         let full: FullManifest = serde_path_to_error::deserialize(value)
-            .map_err(|e| shape_error(e.path().to_string(), e.inner()))?;
+            .map_err(|e| shape_error(e.path().to_string(), e.into_inner()))?;
         Ok(PipelineFile {
             meta: full.metadata,
             spec: full.spec,
         })
     } else {
         let spec: EdgePipelineSpec = serde_path_to_error::deserialize(value)
-            .map_err(|e| shape_error(format!("spec.{}", e.path()), e.inner()))?;
+            .map_err(|e| shape_error(format!("spec.{}", e.path()), e.into_inner()))?;
         Ok(PipelineFile {
             meta: PipelineMeta::default(),
             spec,
@@ -140,8 +149,8 @@ pub fn parse_pipeline(text: &str) -> Result<PipelineFile, ManifestError> {
 fn read_as_kubectl_sends(text: &str) -> Result<Value, ManifestError> {
     let mut options = serde_saphyr::Options::default();
     options.legacy_octal_numbers = true;
-    let mut value: Value = serde_saphyr::from_str_with_options(text, options)
-        .map_err(|e| ManifestError::Yaml(e.to_string()))?;
+    let mut value: Value =
+        serde_saphyr::from_str_with_options(text, options).map_err(ManifestError::Yaml)?;
     integral_floats_to_integers(&mut value);
     Ok(value)
 }
@@ -166,14 +175,13 @@ fn integral_floats_to_integers(value: &mut Value) {
 }
 
 /// A type error at `path`, with a hint when a YAML 1.1 boolean stands where text belongs.
-fn shape_error(path: String, inner: &serde_json::Error) -> ManifestError {
-    let mut message = format!("{path}: {inner}");
-    if message.contains("invalid type: boolean") {
-        message.push_str(
-            " (kubectl and Helm read YAML 1.1, where unquoted y, n, yes, no, on, off, true and false are booleans: quote the value)",
-        );
-    }
-    ManifestError::Shape(message)
+fn shape_error(path: String, source: serde_json::Error) -> ManifestError {
+    let hint = if source.to_string().contains("invalid type: boolean") {
+        " (kubectl and Helm read YAML 1.1, where unquoted y, n, yes, no, on, off, true and false are booleans: quote the value)"
+    } else {
+        ""
+    };
+    ManifestError::Shape { path, source, hint }
 }
 
 #[cfg(test)]

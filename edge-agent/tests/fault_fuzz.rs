@@ -241,8 +241,8 @@ fn check_config(text: &str) -> Result<(), TestCaseError> {
                 );
             }
         }
-        Err(ConfigError::Manifest(ManifestError::Shape(message))) => {
-            prop_assert!(!message.trim().is_empty(), "an empty shape error");
+        Err(ConfigError::Manifest(e @ ManifestError::Shape { .. })) => {
+            prop_assert!(!e.to_string().trim().is_empty(), "an empty shape error");
         }
         Err(e) => prop_assert!(!e.to_string().trim().is_empty()),
     }
