@@ -120,7 +120,7 @@ pub struct BufferSettings {
     /// Commit durability.
     pub durability: Durability,
     /// `buffer.encryption`: the keys sealing what the queue stores (empty: none).
-    pub keys: crate::queue::seal::Keyring,
+    pub keys: crate::delivery::queue::seal::Keyring,
 }
 
 /// Where records go.

@@ -12,15 +12,13 @@ use std::process::ExitCode;
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
+use edge_agent::cli::demo;
 use edge_agent::config::AgentConfig;
-use edge_agent::datadir::lock::{DirLock, Mode};
 use edge_agent::run::{RunOptions, preflight, run};
-use edge_agent::source::tls::install_crypto_provider;
-use edge_agent::{demo, diagnostics};
+use edge_agent::runtime::datadir::lock::{DirLock, Mode};
+use edge_agent::runtime::diagnostics;
+use edge_agent::runtime::tls::install_crypto_provider;
 use tokio_util::sync::CancellationToken;
-
-mod dead_letters_cli;
-mod model_cli;
 
 /// Where `run` serves its endpoint by default: this machine only.
 const DEFAULT_LISTEN: &str = "127.0.0.1:9464";
@@ -144,7 +142,7 @@ enum Command {
     /// Inspect a TFLite model or check it against golden vectors.
     Model {
         #[command(subcommand)]
-        command: model_cli::ModelCommand,
+        command: edge_agent::cli::model::ModelCommand,
     },
     /// Run the whole pipeline on this machine with simulated sensors, the embedded broker
     /// and a local cloud that goes offline for a while; print a live view and a summary.
@@ -171,13 +169,13 @@ enum Command {
     /// arguments.
     Doctor {
         /// Pipeline file (in an agent pod: $EDGEPIPE_CONFIG).
-        #[arg(long, value_name = "FILE", env = edge_agent::doctor::CONFIG_ENV)]
+        #[arg(long, value_name = "FILE", env = edge_agent::cli::doctor::CONFIG_ENV)]
         config: PathBuf,
         /// Directory of the durable queue (in an agent pod: $EDGEPIPE_DATA_DIR).
         #[arg(
             long,
             value_name = "DIR",
-            env = edge_agent::doctor::DATA_DIR_ENV,
+            env = edge_agent::cli::doctor::DATA_DIR_ENV,
             default_value = "/var/lib/edgepipe"
         )]
         data_dir: PathBuf,
@@ -195,7 +193,7 @@ enum Command {
     /// drain or to full, upstream, drops, inference. Ctrl-C to quit.
     Top {
         /// The agent's /metrics URL (http:// only).
-        #[arg(long, value_name = "URL", default_value = edge_agent::top::DEFAULT_URL)]
+        #[arg(long, value_name = "URL", default_value = edge_agent::cli::top::DEFAULT_URL)]
         url: String,
         /// Time between two scrapes (e.g. 1s, 500ms).
         #[arg(long, value_name = "DURATION", default_value = "1s", value_parser = parse_duration)]
@@ -220,7 +218,7 @@ enum Command {
         #[arg(long, value_name = "FILE", global = true)]
         config: Option<PathBuf>,
         #[command(subcommand)]
-        command: Option<dead_letters_cli::DeadLetterCommand>,
+        command: Option<edge_agent::cli::dead_letters::DeadLetterCommand>,
     },
 }
 
@@ -332,7 +330,7 @@ fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Command::PrepareDataDir { path, uid, gid } => {
-            let changed = edge_agent::datadir::prepare_data_dir(&path, uid, gid)
+            let changed = edge_agent::runtime::datadir::prepare_data_dir(&path, uid, gid)
                 .with_context(|| format!("preparing {}", path.display()))?;
             let what = if changed {
                 "now owned by"
@@ -350,7 +348,7 @@ fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
             name,
             grace,
         } => {
-            use edge_agent::datadir::unit;
+            use edge_agent::runtime::datadir::unit;
             let paths = unit::Paths {
                 unit_dir,
                 bin_dir,
@@ -373,7 +371,7 @@ fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
             namespace,
             name,
         } => {
-            let done = edge_agent::datadir::unit::disarm(
+            let done = edge_agent::runtime::datadir::unit::disarm(
                 unit_dir.as_deref(),
                 data_dir.as_deref(),
                 &namespace,
@@ -389,7 +387,7 @@ fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
             }
             Ok(ExitCode::SUCCESS)
         }
-        Command::Model { command } => model_cli::run(command),
+        Command::Model { command } => edge_agent::cli::model::run(command),
         Command::Demo {
             duration,
             sensors,
@@ -424,13 +422,13 @@ fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
             output,
             timeout,
         } => {
-            let options = edge_agent::doctor::Options {
+            let options = edge_agent::cli::doctor::Options {
                 config,
                 data_dir,
                 node: node_name.unwrap_or_else(hostname),
                 timeout,
             };
-            let report = edge_agent::doctor::run(&options);
+            let report = edge_agent::cli::doctor::run(&options);
             match output {
                 DoctorOutput::Text => print!("{}", report.text()),
                 DoctorOutput::Json => println!("{}", report.json()),
@@ -441,7 +439,7 @@ fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
             url,
             interval,
             once,
-        } => edge_agent::top::run(edge_agent::top::TopOptions {
+        } => edge_agent::cli::top::run(edge_agent::cli::top::TopOptions {
             url,
             interval,
             once,
@@ -461,7 +459,7 @@ fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
                 },
                 None => Default::default(),
             };
-            dead_letters_cli::run(&data_dir, &keys, command)
+            edge_agent::cli::dead_letters::run(&data_dir, &keys, command)
         }
     }
 }
@@ -474,7 +472,7 @@ fn fallback(
     listen: SocketAddr,
     node: Option<String>,
 ) -> anyhow::Result<ExitCode> {
-    let path = data_dir.join(edge_agent::datadir::STORED_PIPELINE);
+    let path = data_dir.join(edge_agent::runtime::datadir::STORED_PIPELINE);
     let text = match std::fs::read_to_string(&path) {
         Ok(text) => text,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
@@ -488,7 +486,7 @@ fn fallback(
     };
     // What the agent's pod gave it (environment, mounted Secrets and model), when it kept
     // a snapshot for the fallback; the process environment wins over it.
-    let snapshot = edge_agent::datadir::snapshot::Snapshot::load(&data_dir);
+    let snapshot = edge_agent::runtime::datadir::snapshot::Snapshot::load(&data_dir);
     let kept = |name: &str| snapshot.as_ref().and_then(|s| s.env.get(name).cloned());
     let env = |name: &str| std::env::var(name).ok().or_else(|| kept(name));
     let node = node.or_else(|| kept("NODE_NAME")).unwrap_or_else(hostname);
@@ -505,7 +503,7 @@ fn fallback(
     };
     // The queue belongs to the pipeline the agent ran: the uid it recorded there.
     if config.uid.is_none() {
-        config.uid = edge_agent::queue::owner::recorded(&data_dir);
+        config.uid = edge_agent::delivery::queue::owner::recorded(&data_dir);
     }
     let runtime = runtime()?;
     runtime.block_on(async {

@@ -11,21 +11,25 @@
 //! what it costs within a batch of 16; BENCHMARKS.md, B6), and a busy agent is exactly the
 //! one that gets batches. An idle agent gets batches of one: no reading waits for others.
 
+pub mod actions;
+pub mod inference;
+pub mod parse;
+pub mod process;
+
 use std::path::Path;
 use std::sync::Arc;
 use std::time::Instant;
 
 use edge_crds::ActionTrigger;
 
-use crate::actions::{Effect, Effects};
 use crate::config::AgentConfig;
-use crate::inference::{InferenceError, InferenceMetrics, InferenceStage};
-use crate::parse::{InvalidReason, PayloadParser};
-use crate::process::Processors;
-use crate::queue::{StateChange, UnitContent};
-use crate::record::{Reading, RecordKind};
+use crate::pipeline::actions::{Effect, Effects};
+use crate::pipeline::inference::{InferenceError, InferenceMetrics, InferenceStage};
+use crate::pipeline::parse::PayloadParser;
+use crate::pipeline::process::Processors;
+use crate::record::{InvalidReason, Reading, RecordKind, StateChange, UnitContent};
 
-use crate::telemetry::{Metrics, MetricsError, init_labels};
+use crate::runtime::telemetry::{Metrics, MetricsError, init_labels};
 
 /// Turns messages into records and effects: parsing, inference, the processors, and
 /// their metrics.

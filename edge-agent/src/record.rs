@@ -1,6 +1,8 @@
-//! The two values that flow through the agent: a [`Reading`] parsed from an MQTT message,
-//! and a [`Record`] that must travel upstream (a reading that passed the processors, an
-//! aggregate, an anomaly or an image classification).
+//! The values that flow from one step of the agent to the next: a [`Reading`] parsed
+//! from an MQTT message (or the [`InvalidReason`] it is not one), a [`Record`] that must
+//! travel upstream (a reading that passed the processors, an aggregate, an anomaly or an
+//! image classification), and the [`UnitContent`] a message becomes: its records and the
+//! device state they change, committed to the queue together.
 //!
 //! [`UpstreamRecord`] is the wire format of DESIGN.md: one JSON object per record, a
 //! batch is a JSON array of them.
@@ -8,6 +10,125 @@
 use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+
+/// Why a message is not a reading. The names are the `reason` label of the invalid
+/// messages counter.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, thiserror::Error)]
+pub enum InvalidReason {
+    /// The payload is neither JSON nor a plain number.
+    #[error("payload is neither JSON nor a number")]
+    NotJson,
+    /// The value path is absent (or `null`).
+    #[error("payload has no value at the configured path")]
+    MissingValue,
+    /// The value is not a number or a numeric string.
+    #[error("value is not a number")]
+    NotNumeric,
+    /// The value is NaN or infinite.
+    #[error("value is NaN or infinite")]
+    NotFinite,
+    /// The payload is larger than `spec.source.maxPayloadSize`.
+    #[error("payload is larger than the maximum payload size")]
+    TooLarge,
+    /// A timestamp is present but is not unix seconds, unix milliseconds or RFC 3339.
+    #[error("timestamp is not unix seconds, unix milliseconds or RFC 3339")]
+    BadTimestamp,
+    /// No device id in the payload or the topic.
+    #[error("no device id in the payload or the topic")]
+    MissingDevice,
+    /// The device id breaks the device id rule (see [`check_device_id`]).
+    #[error(
+        "device id is longer than 128 bytes or holds a control character, whitespace, '/', '+' or '#'"
+    )]
+    BadDevice,
+}
+
+impl InvalidReason {
+    /// Every reason, e.g. to initialise metric label values.
+    pub const ALL: [InvalidReason; 8] = [
+        Self::NotJson,
+        Self::MissingValue,
+        Self::NotNumeric,
+        Self::NotFinite,
+        Self::TooLarge,
+        Self::BadTimestamp,
+        Self::MissingDevice,
+        Self::BadDevice,
+    ];
+
+    /// Static name used as a metric label.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::NotJson => "not_json",
+            Self::MissingValue => "missing_value",
+            Self::NotNumeric => "not_numeric",
+            Self::NotFinite => "not_finite",
+            Self::TooLarge => "too_large",
+            Self::BadTimestamp => "bad_timestamp",
+            Self::MissingDevice => "missing_device",
+            Self::BadDevice => "bad_device",
+        }
+    }
+}
+
+/// What one MQTT message (or a window closed by the clock) commits.
+#[derive(Debug, Default)]
+pub struct UnitContent {
+    /// The records derived from it.
+    pub records: Vec<Record>,
+    /// The per-device state it changed.
+    pub state: Vec<StateChange>,
+    /// The delivery it came from (QoS 1).
+    pub delivery: Option<DeliveryId>,
+}
+
+impl From<Vec<Record>> for UnitContent {
+    fn from(records: Vec<Record>) -> Self {
+        Self {
+            records,
+            ..Self::default()
+        }
+    }
+}
+
+/// A change to one key of the per-device state.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct StateChange {
+    /// `<owner>/<device>` (device ids never hold `/`).
+    pub key: String,
+    /// The new state; `None` deletes it (a device evicted).
+    pub value: Option<Vec<u8>>,
+}
+
+/// Which MQTT delivery a unit came from.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct DeliveryId {
+    /// The packet identifier (QoS 1).
+    pub pkid: u16,
+    /// A hash of the topic and the payload.
+    pub hash: i64,
+}
+
+impl DeliveryId {
+    /// The delivery of a QoS 1 publish (`pkid` non-zero).
+    pub fn of(pkid: u16, topic: &str, payload: &[u8]) -> Option<Self> {
+        if pkid == 0 {
+            return None;
+        }
+        let mut h = Sha256::new();
+        h.update((topic.len() as u64).to_le_bytes());
+        h.update(topic.as_bytes());
+        h.update(payload);
+        let digest = h.finalize();
+        let mut first = [0u8; 8];
+        first.copy_from_slice(&digest[..8]);
+        Some(Self {
+            pkid,
+            hash: i64::from_le_bytes(first),
+        })
+    }
+}
 
 /// One sensor reading, as parsed from one MQTT message.
 #[derive(Clone, Debug, PartialEq)]

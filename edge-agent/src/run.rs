@@ -1,6 +1,6 @@
 //! The running agent: wires the source, the pipeline of one reading, the queue, the sink,
 //! the local actions, the metrics endpoint and the node's fleet record
-//! ([`crate::heartbeat`]) together, and shuts them down in the order that loses nothing.
+//! ([`crate::runtime::heartbeat`]) together, and shuts them down in the order that loses nothing.
 //!
 //! Ingest: the loop takes the next MQTT message together with every one already waiting
 //! behind it (up to [`MAX_BATCH`]; it never waits for more). Each is counted, the batch
@@ -10,13 +10,15 @@
 //! by a separate task, in arrival order, once its unit is committed. Malformed messages
 //! are counted by reason and acknowledged in turn.
 //!
-//! Credentials given as files are watched while the agent runs ([`crate::credentials`]):
+//! Credentials given as files are watched while the agent runs ([`crate::runtime::credentials`]):
 //! the sink and the source pick up rotated tokens, passwords and certificates.
 //!
 //! Shutdown (SIGTERM/SIGINT): stop intake (messages not yet processed stay unacknowledged
 //! at the broker), stop sync (a batch in flight stays queued and is resent with the same
 //! key), let the writer commit what it received, send the acknowledgements of everything
 //! committed, disconnect from the broker, stop serving metrics.
+
+pub mod reload;
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -27,23 +29,25 @@ use tokio::net::TcpListener;
 use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 
-use crate::actions::Actions;
-use crate::broker::{BrokerError, BrokerSettings, EmbeddedBroker};
 use crate::config::{AgentConfig, SinkSettings};
-use crate::credentials::{self, Client, Updates, Watch, export_expiry};
-use crate::datadir::lock::{DirLock, LockError, Mode, handover_requested};
-use crate::datadir::{fallback, store_pipeline};
-use crate::http::{Health, Loop};
-use crate::inference::{InferenceError, InferenceStage};
-use crate::pipeline::{Pipeline, Received, metrics_for};
-use crate::process::{ProcessError, Processors};
-use crate::queue::{
-    Committed, DeliveryId, Queue, QueueConfig, QueueError, StoreSettings, UnitContent, now_ms,
+use crate::delivery::queue::{Committed, Queue, QueueConfig, QueueError, StoreSettings};
+use crate::delivery::sink::{self, Sink, SyncContext};
+use crate::ingest::broker::{BrokerError, BrokerSettings, EmbeddedBroker};
+use crate::ingest::source::mqtt::{
+    self as source, Message, Receipt, SourceConnection, SourceHandle,
 };
-use crate::sink::{self, Sink, SyncContext};
-use crate::source::mqtt::{self as source, Message, Receipt, SourceConnection, SourceHandle};
-use crate::source::tls::TlsError;
-use crate::telemetry::{Metrics, MetricsError};
+use crate::pipeline::actions::Actions;
+use crate::pipeline::inference::{InferenceError, InferenceStage};
+use crate::pipeline::process::{ProcessError, Processors};
+use crate::pipeline::{Pipeline, Received, metrics_for};
+use crate::record::{DeliveryId, UnitContent};
+use crate::runtime::clock::now_ms;
+use crate::runtime::credentials::{self, Client, Updates, Watch, export_expiry};
+use crate::runtime::datadir::lock::{DirLock, LockError, Mode, handover_requested};
+use crate::runtime::datadir::{fallback, store_pipeline};
+use crate::runtime::health::{Health, Loop};
+use crate::runtime::telemetry::{Metrics, MetricsError};
+use crate::runtime::tls::TlsError;
 
 /// Most messages the ingest loop takes in one turn: those already waiting, never more.
 const MAX_BATCH: usize = 64;
@@ -57,7 +61,7 @@ pub struct RunOptions {
     pub data_dir: PathBuf,
     /// Address of `/metrics`, `/livez` and `/readyz`.
     pub listen: SocketAddr,
-    /// The pipeline file, watched for a new model reference (see [`crate::reload`]).
+    /// The pipeline file, watched for a new model reference (see [`crate::run::reload`]).
     pub config_path: Option<PathBuf>,
     /// An ordinary agent, or the node's fallback (gives the queue up when an agent asks).
     pub mode: Mode,
@@ -100,7 +104,7 @@ pub fn preflight(config: &AgentConfig) -> Vec<String> {
         problems.push(e.to_string());
     }
     if config.source.tls
-        && let Err(e) = crate::source::tls::client_config(&config.source.tls_material)
+        && let Err(e) = crate::runtime::tls::client_config(&config.source.tls_material)
     {
         problems.push(format!("spec.source.mqtt.tls: {e}"));
     }
@@ -128,7 +132,7 @@ fn build_sink(config: &AgentConfig) -> Result<Sink, RunError> {
     }
 }
 
-/// The credential files of the sink and the source, watched (see [`crate::credentials`]):
+/// The credential files of the sink and the source, watched (see [`crate::runtime::credentials`]):
 /// the sink takes its new clients from its watch, the source's updates are returned for
 /// it. Exports the expiry of every certificate in use. The source's files are not watched
 /// in front of the embedded broker, where the agent logs in with a login of its own.
@@ -191,7 +195,7 @@ pub async fn run(
 /// needs in `dir`; one that is not removes it. A failure is logged: the agent runs on, the
 /// node's fallback may then lack a Secret.
 fn keep_fallback_snapshot(dir: &Path) {
-    use crate::datadir::snapshot;
+    use crate::runtime::datadir::snapshot;
     use edge_crds::fallback::{ARMED, ARMED_ENV};
     let armed = std::env::var(ARMED_ENV).is_ok_and(|v| v == ARMED);
     let kept = if armed {
@@ -285,7 +289,7 @@ pub async fn run_with_metrics(
         })?;
     tracing::info!(addr = %options.listen, "serving /metrics, /livez and /readyz");
     let http_stop = CancellationToken::new();
-    let http_task = tokio::spawn(crate::http::serve(
+    let http_task = tokio::spawn(crate::runtime::http::serve(
         listener,
         metrics.clone(),
         health.clone(),
@@ -328,7 +332,7 @@ pub async fn run_with_metrics(
     // The node's fleet record (after the sync context, which counts the upstream as up
     // until a request fails): a report to the cluster in any mode, never in the way.
     let heartbeat_stop = CancellationToken::new();
-    let heartbeat_task = crate::heartbeat::start(&config, &metrics, &heartbeat_stop);
+    let heartbeat_task = crate::runtime::heartbeat::start(&config, &metrics, &heartbeat_stop);
 
     let (source, messages, source_task) = source::start(
         &config.source,
@@ -372,7 +376,7 @@ pub async fn run_with_metrics(
     drop(saved);
     let watcher = options.config_path.clone().map(|path| {
         let model = pipeline.inference().map(|s| s.inference().control());
-        tokio::spawn(crate::reload::watch(
+        tokio::spawn(crate::run::reload::watch(
             path,
             config.clone(),
             model,

@@ -12,8 +12,8 @@ use std::time::{Duration, Instant};
 
 use common::*;
 use edge_agent::config::{AgentConfig, ConfigError};
-use edge_agent::parse::PayloadParser;
-use edge_agent::sink::http::{Verdict, verdict};
+use edge_agent::delivery::sink::http::{Verdict, verdict};
+use edge_agent::pipeline::parse::PayloadParser;
 use edge_crds::PayloadFormat;
 use edge_crds::manifest::ManifestError;
 use faults::*;

@@ -6,7 +6,7 @@ use crate::inference_common;
 use std::collections::BTreeSet;
 use std::time::Duration;
 
-use edge_agent::inference::Model;
+use edge_agent::pipeline::inference::Model;
 use edge_agent::record::format_timestamp_ms;
 use inference_common::e2e::{Agent, Mosquitto, MqttPeer, Receiver, pipeline, yaml_path};
 use inference_common::*;

@@ -6,7 +6,7 @@ use crate::inference_common;
 
 use std::time::Duration;
 
-use edge_agent::inference::{
+use edge_agent::pipeline::inference::{
     GoldenSet, Inference, InferenceMetrics, InferenceSettings, Model, ModelFiles, ModelFormat,
     OpSupport, Preprocess, Skip, SourceSettings, compare, image_input, op_support, prepare,
     read_contents,
@@ -359,7 +359,9 @@ async fn a_refused_model_is_counted_and_inference_keeps_answering() {
 
 #[tokio::test(flavor = "current_thread")]
 async fn slow_inferences_are_abandoned_and_a_full_queue_is_skipped() {
-    use edge_agent::inference::{Inference, InferenceMetrics, InferenceSettings, SourceSettings};
+    use edge_agent::pipeline::inference::{
+        Inference, InferenceMetrics, InferenceSettings, SourceSettings,
+    };
     let data = tempfile::tempdir().unwrap();
     let metrics = InferenceMetrics::standalone().unwrap();
     let mut s = anomaly_spec(&fixture("anomaly_conv1d.tflite"), None);
@@ -429,7 +431,9 @@ async fn slow_inferences_are_abandoned_and_a_full_queue_is_skipped() {
 /// window away before it fills, so nothing is scored; every eviction is counted.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn windows_evicted_for_too_many_devices_are_counted() {
-    use edge_agent::inference::{Inference, InferenceMetrics, InferenceSettings, SourceSettings};
+    use edge_agent::pipeline::inference::{
+        Inference, InferenceMetrics, InferenceSettings, SourceSettings,
+    };
     let data = tempfile::tempdir().unwrap();
     let metrics = InferenceMetrics::standalone().unwrap();
     let spec = anomaly_spec(&fixture("anomaly_autoencoder.tflite"), None);

@@ -9,7 +9,7 @@ use crate::inference_common;
 use std::fs;
 use std::time::Duration;
 
-use edge_agent::inference::{
+use edge_agent::pipeline::inference::{
     Inference, InferenceMetrics, InferenceSettings, Model, Scored, SourceSettings,
 };
 use edge_agent::record::Reading;

@@ -7,7 +7,7 @@ use crate::inference_common;
 
 use std::time::Duration;
 
-use edge_agent::inference::Skip;
+use edge_agent::pipeline::inference::Skip;
 use inference_common::*;
 
 fn url_spec(base: &str, sha256: &str) -> edge_crds::Inference {

@@ -419,7 +419,7 @@ async fn refused_credentials_pause_delivery_and_dead_letter_nothing() {
 /// reading the whole file, delivers it, and gives the disk space back once it is drained.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_gigabyte_backlog_restarts_ready_at_once_and_gives_its_disk_back_once_drained() {
-    use edge_agent::queue::{Store, StoreSettings};
+    use edge_agent::delivery::queue::{Store, StoreSettings};
     use edge_agent::record::{Reading, Record};
     let target: u64 = std::env::var("EDGEPIPE_BIG_BACKLOG_BYTES")
         .ok()
@@ -439,19 +439,22 @@ async fn a_gigabyte_backlog_restarts_ready_at_once_and_gives_its_disk_back_once_
     };
     let mut store = Store::open(&data, settings).unwrap().store;
     let device = long_device();
+    // Queued now: the backlog must not reach the default `maxAge` (7 days) while it
+    // drains, whatever the date the test runs on.
+    let now = edge_agent::runtime::clock::now_ms();
     let group: Vec<Record> = (0..20_000)
         .map(|i| {
             Record::reading(&Reading {
                 device: device.clone(),
                 topic: format!("sensors/{device}/temperature"),
                 value: i as f64,
-                timestamp_ms: T0 + i,
-                received_ms: T0 + i,
+                timestamp_ms: now + i,
+                received_ms: now + i,
             })
         })
         .collect();
     while store.stats().unwrap().bytes < target {
-        store.append(&[&group], T0).unwrap();
+        store.append(&[&group], now).unwrap();
     }
     let backlog = store.stats().unwrap();
     store.close().unwrap();

@@ -1,6 +1,6 @@
 //! B10: a fleet that reports itself. 20 EdgePipelines (`B10_PIPELINES`) on 50 simulated
 //! nodes (`B10_NODES`) of a real control plane: 1,000 agents, each keeping its node's
-//! fleet record with the agent's own heartbeat code (`edge_agent::heartbeat`, every
+//! fleet record with the agent's own heartbeat code (`edge_agent::runtime::heartbeat`, every
 //! `B10_INTERVAL` seconds, default 30), each with a ServiceAccount token bound to its
 //! agent pod (so the chart's admission policy checks every write, as in a cluster). The
 //! operator runs as the chart's ServiceAccount (the release build).
@@ -21,8 +21,8 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use edge_agent::heartbeat::{self, Settings};
-use edge_agent::telemetry::Metrics;
+use edge_agent::runtime::heartbeat::{self, Settings};
+use edge_agent::runtime::telemetry::Metrics;
 use edge_testkit::cluster::{Cluster, Node};
 use edge_testkit::operator::Operator;
 use edge_testkit::poll;

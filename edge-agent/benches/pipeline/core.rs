@@ -7,13 +7,13 @@ use std::io::Write;
 use std::path::Path;
 use std::time::Instant;
 
-use edge_agent::parse::PayloadParser;
-use edge_agent::process::Processors;
-use edge_agent::queue::seal::Keyring;
-use edge_agent::queue::{Batch, Store, StoreSettings, StoredRecord};
+use edge_agent::delivery::queue::seal::Keyring;
+use edge_agent::delivery::queue::{Batch, Store, StoreSettings, StoredRecord};
+use edge_agent::delivery::sink::http;
+use edge_agent::delivery::sink::wire::{self, WireFormat};
+use edge_agent::pipeline::parse::PayloadParser;
+use edge_agent::pipeline::process::Processors;
 use edge_agent::record::{Lane, Record, UpstreamRecord};
-use edge_agent::sink::http;
-use edge_agent::sink::wire::{self, WireFormat};
 use edge_crds::{Compression, Durability, EdgePipelineSpec, WhenFull, parse_pipeline};
 
 use crate::scaled;
@@ -107,7 +107,7 @@ fn agent_core(
     let mut procs = Processors::new(&spec.processors, 10_000).map_err(|e| e.to_string())?;
     let mut store = store(dir, durability, keys)?;
     timed(|| {
-        let now = edge_agent::queue::now_ms();
+        let now = edge_agent::runtime::clock::now_ms();
         for chunk in msgs.chunks(GROUP) {
             let units: Vec<Vec<Record>> = chunk
                 .iter()
@@ -128,7 +128,7 @@ fn agent_core(
 fn raw_sqlite(dir: &Path, msgs: &[(String, Vec<u8>)]) -> BenchResult<(f64, f64)> {
     let spec = spec("")?;
     let parser = PayloadParser::new(&spec.source.format, 64 * 1024);
-    let now = edge_agent::queue::now_ms();
+    let now = edge_agent::runtime::clock::now_ms();
     let bodies: Vec<Vec<u8>> = msgs
         .iter()
         .enumerate()
@@ -174,7 +174,7 @@ fn parse_only(msgs: &[(String, Vec<u8>)]) -> BenchResult<(f64, f64)> {
     let spec = spec("")?;
     let parser = PayloadParser::new(&spec.source.format, 64 * 1024);
     timed(|| {
-        let now = edge_agent::queue::now_ms();
+        let now = edge_agent::runtime::clock::now_ms();
         for (t, p) in msgs {
             std::hint::black_box(parser.parse(t, p, now).ok());
         }

@@ -6,8 +6,8 @@ use std::path::Path;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
-use edge_agent::queue::seal::Keyring;
-use edge_agent::queue::{Store, StoreSettings};
+use edge_agent::delivery::queue::seal::Keyring;
+use edge_agent::delivery::queue::{Store, StoreSettings};
 use edge_agent::record::{Reading, Record};
 use edge_crds::{Durability, WhenFull};
 
@@ -28,7 +28,7 @@ fn fill(dir: &Path, n: usize, keys: Keyring) -> BenchResult<()> {
         keys,
     };
     let mut store = Store::open(dir, settings).map_err(|e| e.to_string())?.store;
-    let now = edge_agent::queue::now_ms();
+    let now = edge_agent::runtime::clock::now_ms();
     let mut i = 0usize;
     while i < n {
         let units: Vec<[Record; 1]> = (i..(i + FILL_GROUP).min(n))

@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use edge_agent::inference::{GoldenSet, Model};
+use edge_agent::pipeline::inference::{GoldenSet, Model};
 
 use crate::scaled;
 use crate::util::{self, BenchResult, counter, metrics, workspace};
@@ -124,7 +124,7 @@ pub fn b6() -> BenchResult<Vec<String>> {
             2.0
         };
         rows.push(format!(
-            "| B6 inference {name} (tract-tflite via edge_agent::inference::Model) | batch 1: {:.1} µs/window; {batch_text} | TFLite ai-edge-litert 2.3.0 (Python, 1 thread, XNNPACK): {:.1} µs/window (max err vs golden {err:.1e}); its plain kernels (no delegate): {:.1} µs/window, tract/plain {:.2} | {ratio:.2} | batch 1 ≤ {goal} {} |",
+            "| B6 inference {name} (tract-tflite via edge_agent::pipeline::inference::Model) | batch 1: {:.1} µs/window; {batch_text} | TFLite ai-edge-litert 2.3.0 (Python, 1 thread, XNNPACK): {:.1} µs/window (max err vs golden {err:.1e}); its plain kernels (no delegate): {:.1} µs/window, tract/plain {:.2} | {ratio:.2} | batch 1 ≤ {goal} {} |",
             single * 1e6,
             tflite * 1e6,
             plain * 1e6,

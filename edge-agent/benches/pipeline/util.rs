@@ -569,8 +569,8 @@ pub fn row(line: &str) {
 const BENCH_KEY_HEX: &str = "0f1e2d3c4b5a69788796a5b4c3d2e1f00f1e2d3c4b5a69788796a5b4c3d2e1f0";
 
 /// The keyring of the encrypted runs, for code that opens the store directly.
-pub fn bench_keys() -> edge_agent::queue::seal::Keyring {
-    edge_agent::queue::seal::Keyring::new(vec![("bench".into(), BENCH_KEY_HEX.into())])
+pub fn bench_keys() -> edge_agent::delivery::queue::seal::Keyring {
+    edge_agent::delivery::queue::seal::Keyring::new(vec![("bench".into(), BENCH_KEY_HEX.into())])
         .expect("bench key")
 }
 

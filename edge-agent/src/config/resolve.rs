@@ -9,7 +9,7 @@ use edge_crds::redact;
 use edge_crds::units::Duration as SpecDuration;
 use edge_crds::{Buffer, Compression, EdgePipelineSpec, FieldError, Header, Sink, Tls, ValueFrom};
 
-use crate::queue::seal::Keyring;
+use crate::delivery::queue::seal::Keyring;
 
 use super::{
     BufferSettings, EmbeddedUser, HttpSettings, MqttSinkSettings, SinkSettings, SourceSettings,

@@ -7,7 +7,9 @@ pub mod e2e;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use edge_agent::inference::{Inference, InferenceMetrics, InferenceSettings, SourceSettings};
+use edge_agent::pipeline::inference::{
+    Inference, InferenceMetrics, InferenceSettings, SourceSettings,
+};
 use edge_agent::record::Reading;
 
 /// `tests/models` of the workspace.

@@ -1,0 +1,424 @@
+//! Credentials that rotate without a restart, and fail safe when the new ones are broken.
+//!
+//! Every credential given as a file (`valueFrom: {file: ...}` of the HTTP sink's headers,
+//! `passwordFrom: {file: ...}`, the `tls` CA, certificate and key of the sink and of the
+//! source broker connection) is read again every [`POLL`]. A change is acted on once the
+//! files have held it for two looks in a row (a certificate is not tried without the key
+//! written after it). The client is then rebuilt with it: the HTTP sink takes a new
+//! client and headers before its next request, the MQTT sink and the source reconnect. A
+//! new version that cannot be used (an empty or unreadable file, text that is no PEM
+//! certificate or key, a key that does not match its certificate, a header value with
+//! control characters) is logged once, counted as
+//! `edge_agent_credential_reloads_total{use,result="failed"}`, and the credentials in use
+//! stay until the files change again.
+//!
+//! The `notAfter` of every certificate in use is exported as
+//! `edge_agent_certificate_expiry_timestamp_seconds{use}`, at start and after every
+//! reload. Environment variables cannot change under a running process: credentials from
+//! `env` (and so from `secretKeyRef`, which the operator turns into variables) take a
+//! restart.
+//!
+//! The decisions are pure ([`files`], [`expiry`]); this module reads the files and hands
+//! the rebuilt clients over.
+
+pub mod expiry;
+pub mod files;
+
+use std::path::Path;
+use std::time::Duration;
+
+use rumqttc::MqttOptions;
+use tokio::io::AsyncReadExt;
+use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
+
+use self::files::{Content, CredentialFiles, Credentials, Decision};
+use crate::config::{HttpSettings, MqttSinkSettings, SourceSettings, TlsMaterial};
+use crate::delivery::sink::http::HttpClient;
+use crate::delivery::sink::mqtt::MqttSink;
+use crate::ingest::source::mqtt::SourceConnection;
+use crate::runtime::telemetry::Metrics;
+
+/// How often credential files are read.
+pub const POLL: Duration = Duration::from_secs(2);
+/// Largest credential file read; a larger one is broken.
+const MAX_FILE_BYTES: u64 = 1024 * 1024;
+
+/// The client credentials belong to (the `use` label of
+/// `edge_agent_credential_reloads_total`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Client {
+    /// The HTTP or MQTT sink.
+    Sink,
+    /// The source broker connection.
+    Source,
+}
+
+impl Client {
+    /// Every client, for the metric's label values.
+    pub const ALL: [Client; 2] = [Client::Sink, Client::Source];
+
+    /// The label value.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Sink => "sink",
+            Self::Source => "source",
+        }
+    }
+
+    /// The `use` labels of its certificates' expiry: (client certificate, CA bundle).
+    fn expiry_uses(self) -> (&'static str, &'static str) {
+        match self {
+            Self::Sink => ("sink_client", "sink_ca"),
+            Self::Source => ("source_client", "source_ca"),
+        }
+    }
+}
+
+/// New values of a client's connection (new credentials), as the client sees them: it
+/// takes the latest when it is ready for it.
+pub struct Updates<T> {
+    rx: Option<watch::Receiver<Option<T>>>,
+    /// A value [`Updates::changed`] saw arrive, not taken yet.
+    next: Option<T>,
+}
+
+impl<T: Clone> Updates<T> {
+    /// No updates ever (nothing is read from files).
+    pub fn none() -> Self {
+        Self {
+            rx: None,
+            next: None,
+        }
+    }
+
+    fn from(rx: watch::Receiver<Option<T>>) -> Self {
+        Self {
+            rx: Some(rx),
+            next: None,
+        }
+    }
+
+    /// The newest value, if one came since the last call.
+    pub fn take(&mut self) -> Option<T> {
+        if let Some(rx) = self.rx.as_mut()
+            && rx.has_changed().unwrap_or(false)
+        {
+            self.next = rx.borrow_and_update().clone();
+        }
+        self.next.take()
+    }
+
+    /// Resolves when a new value is waiting (then [`Updates::take`] returns it); never
+    /// without a watcher.
+    pub async fn changed(&mut self) {
+        if self.next.is_some() {
+            return;
+        }
+        let Some(rx) = self.rx.as_mut() else {
+            return std::future::pending().await;
+        };
+        match rx.changed().await {
+            Ok(()) => self.next = rx.borrow_and_update().clone(),
+            Err(_) => {
+                // The watcher stopped: nothing will ever change again.
+                self.rx = None;
+                std::future::pending::<()>().await;
+            }
+        }
+    }
+}
+
+/// Where checked credentials go: the settings of the client they belong to, from which it
+/// is rebuilt, and the channel to the running client.
+enum Target {
+    HttpSink(HttpSettings, watch::Sender<Option<HttpClient>>),
+    MqttSink(MqttSinkSettings, watch::Sender<Option<MqttOptions>>),
+    Source(SourceSettings, watch::Sender<Option<SourceConnection>>),
+}
+
+impl Target {
+    /// Builds the client with `c` and hands it over, or says why it cannot be built.
+    fn rebuild(&mut self, c: &Credentials) -> Result<(), String> {
+        match self {
+            Self::HttpSink(settings, tx) => {
+                settings.headers.clone_from(&c.headers);
+                settings.tls_material = c.tls.clone();
+                let client = HttpClient::new(settings).map_err(|e| e.to_string())?;
+                tx.send_replace(Some(client));
+            }
+            Self::MqttSink(settings, tx) => {
+                settings.password.clone_from(&c.password);
+                settings.tls_material = c.tls.clone();
+                let options = MqttSink::options(settings).map_err(|e| e.to_string())?;
+                tx.send_replace(Some(options));
+            }
+            Self::Source(settings, tx) => {
+                settings.password.clone_from(&c.password);
+                settings.tls_material = c.tls.clone();
+                let connection = SourceConnection::new(settings).map_err(|e| e.to_string())?;
+                tx.send_replace(Some(connection));
+            }
+        }
+        Ok(())
+    }
+}
+
+/// The credential files of one client and where their new versions go.
+pub struct Watch {
+    client: Client,
+    files: CredentialFiles,
+    target: Target,
+}
+
+impl Watch {
+    /// The HTTP sink's files; `None` when none of its credentials comes from a file.
+    pub fn http_sink(
+        settings: &HttpSettings,
+        files: Vec<(files::Part, std::path::PathBuf)>,
+    ) -> Option<(Self, Updates<HttpClient>)> {
+        let in_use = Credentials {
+            headers: settings.headers.clone(),
+            password: None,
+            tls: settings.tls_material.clone(),
+        };
+        let (tx, rx) = watch::channel(None);
+        let target = Target::HttpSink(settings.clone(), tx);
+        Self::new(Client::Sink, files, in_use, target).map(|w| (w, Updates::from(rx)))
+    }
+
+    /// The MQTT sink's files; `None` when none of its credentials comes from a file.
+    pub fn mqtt_sink(
+        settings: &MqttSinkSettings,
+        files: Vec<(files::Part, std::path::PathBuf)>,
+    ) -> Option<(Self, Updates<MqttOptions>)> {
+        let in_use = Credentials {
+            headers: Vec::new(),
+            password: settings.password.clone(),
+            tls: settings.tls_material.clone(),
+        };
+        let (tx, rx) = watch::channel(None);
+        let target = Target::MqttSink(settings.clone(), tx);
+        Self::new(Client::Sink, files, in_use, target).map(|w| (w, Updates::from(rx)))
+    }
+
+    /// The source's files; `None` when none of its credentials comes from a file.
+    pub fn source(
+        settings: &SourceSettings,
+        files: Vec<(files::Part, std::path::PathBuf)>,
+    ) -> Option<(Self, Updates<SourceConnection>)> {
+        let in_use = Credentials {
+            headers: Vec::new(),
+            password: settings.password.clone(),
+            tls: settings.tls_material.clone(),
+        };
+        let (tx, rx) = watch::channel(None);
+        let target = Target::Source(settings.clone(), tx);
+        Self::new(Client::Source, files, in_use, target).map(|w| (w, Updates::from(rx)))
+    }
+
+    fn new(
+        client: Client,
+        files: Vec<(files::Part, std::path::PathBuf)>,
+        in_use: Credentials,
+        target: Target,
+    ) -> Option<Self> {
+        let files = CredentialFiles::new(files, in_use);
+        (!files.is_empty()).then_some(Self {
+            client,
+            files,
+            target,
+        })
+    }
+
+    /// One look at the files, and what follows from it.
+    async fn check(&mut self, metrics: &Metrics) {
+        let mut now = Vec::new();
+        for path in self.files.paths() {
+            now.push(read(path).await);
+        }
+        let client = self.client.as_str();
+        let failed = |reason: &str| {
+            tracing::warn!(client, %reason, "new credentials are unusable; the ones in use stay");
+            metrics
+                .credential_reloads
+                .with_label_values(&[client, "failed"])
+                .inc();
+        };
+        match self.files.observe(now) {
+            Decision::Unchanged | Decision::Settling => {}
+            Decision::Broken(reason) => failed(&reason),
+            Decision::Reload(credentials) => match self.target.rebuild(&credentials) {
+                Ok(()) => {
+                    tracing::info!(client, "credentials reloaded from their files");
+                    metrics
+                        .credential_reloads
+                        .with_label_values(&[client, "ok"])
+                        .inc();
+                    export_expiry(metrics, self.client, &credentials.tls);
+                    self.files.adopt(credentials);
+                }
+                Err(reason) => failed(&reason),
+            },
+        }
+    }
+}
+
+/// Reads the files of `watches` every [`POLL`] until `stop`, rebuilding clients as their
+/// credentials change.
+pub async fn run(
+    mut watches: Vec<Watch>,
+    metrics: std::sync::Arc<Metrics>,
+    stop: CancellationToken,
+) {
+    loop {
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            _ = tokio::time::sleep(POLL) => {}
+        }
+        for watch in &mut watches {
+            watch.check(&metrics).await;
+        }
+    }
+}
+
+/// A file's content, at most [`MAX_FILE_BYTES`], read off the async workers.
+async fn read(path: &Path) -> Content {
+    let read = async {
+        let file = tokio::fs::File::open(path).await?;
+        let mut bytes = Vec::new();
+        file.take(MAX_FILE_BYTES + 1)
+            .read_to_end(&mut bytes)
+            .await?;
+        if bytes.len() as u64 > MAX_FILE_BYTES {
+            return Err(std::io::Error::other(format!(
+                "larger than {MAX_FILE_BYTES} bytes"
+            )));
+        }
+        Ok(bytes)
+    };
+    files::content(read.await)
+}
+
+/// Sets the expiry gauges of `client`'s certificates in `tls` (client certificate: its
+/// leaf; CA bundle: its earliest). A certificate that cannot be parsed is logged.
+pub fn export_expiry(metrics: &Metrics, client: Client, tls: &TlsMaterial) {
+    let (cert, ca) = client.expiry_uses();
+    export(metrics, cert, tls.cert.as_deref(), expiry::leaf);
+    export(metrics, ca, tls.ca.as_deref(), expiry::earliest);
+}
+
+/// Sets the expiry gauges of the embedded broker's certificate and client CA.
+pub fn export_embedded_expiry(metrics: &Metrics, tls: &TlsMaterial) {
+    export(
+        metrics,
+        "embedded_server",
+        tls.cert.as_deref(),
+        expiry::leaf,
+    );
+    export(
+        metrics,
+        "embedded_client_ca",
+        tls.ca.as_deref(),
+        expiry::earliest,
+    );
+}
+
+fn export(
+    metrics: &Metrics,
+    use_: &'static str,
+    pem: Option<&[u8]>,
+    not_after: fn(&[u8]) -> Result<i64, expiry::ExpiryError>,
+) {
+    let Some(pem) = pem else {
+        return;
+    };
+    match not_after(pem) {
+        Ok(at) => metrics
+            .certificate_expiry
+            .with_label_values(&[use_])
+            .set(at),
+        Err(e) => tracing::warn!(certificate = use_, error = %e, "no expiry date exported"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn a_value_seen_arriving_while_waiting_is_still_taken_after() {
+        let (tx, rx) = watch::channel(None);
+        let mut updates = Updates::from(rx);
+        assert_eq!(updates.take(), None);
+        tx.send_replace(Some(1));
+        updates.changed().await;
+        assert_eq!(updates.take(), Some(1));
+        assert_eq!(updates.take(), None);
+        tx.send_replace(Some(2));
+        tx.send_replace(Some(3));
+        assert_eq!(updates.take(), Some(3), "the newest");
+        drop(tx);
+        let waited = tokio::time::timeout(Duration::from_millis(50), updates.changed()).await;
+        assert!(waited.is_err(), "a stopped watcher never wakes the client");
+        let mut none = Updates::<u8>::none();
+        assert_eq!(none.take(), None);
+    }
+
+    const CERT_A: &[u8] = include_bytes!("testdata/until-2034.crt");
+    const KEY_A: &[u8] = include_bytes!("testdata/until-2034.key");
+    const KEY_B: &[u8] = include_bytes!("testdata/until-2030.key");
+
+    fn http(cert: &[u8], key: &[u8]) -> HttpSettings {
+        let config = crate::config::AgentConfig::from_text(
+            "source:\n  mqtt: {url: \"mqtt://127.0.0.1:1883\", topics: [a]}\n\
+             sink:\n  http: {url: \"https://127.0.0.1:9/ingest\"}\n",
+            "edge-1",
+            &|_| None,
+        )
+        .expect("config");
+        let crate::config::SinkSettings::Http(mut settings) = config.sink else {
+            panic!("http sink");
+        };
+        settings.tls_material = TlsMaterial {
+            ca: None,
+            cert: Some(cert.to_vec()),
+            key: Some(key.to_vec()),
+        };
+        settings
+    }
+
+    #[test]
+    fn a_key_that_does_not_match_its_certificate_builds_no_client() {
+        crate::runtime::tls::install_crypto_provider();
+        assert!(HttpClient::new(&http(CERT_A, KEY_A)).is_ok());
+        let err = HttpClient::new(&http(CERT_A, KEY_B)).expect_err("mismatched key");
+        assert!(err.to_string().contains("KeyMismatch"), "{err}");
+        let material = |key: &[u8]| TlsMaterial {
+            ca: None,
+            cert: Some(CERT_A.to_vec()),
+            key: Some(key.to_vec()),
+        };
+        assert!(crate::runtime::tls::client_config(&material(KEY_A)).is_ok());
+        assert!(crate::runtime::tls::client_config(&material(KEY_B)).is_err());
+    }
+
+    #[test]
+    fn expiry_is_exported_for_the_certificates_in_use_only() {
+        let metrics = Metrics::new("a/b").expect("metrics");
+        export_expiry(
+            &metrics,
+            Client::Sink,
+            &TlsMaterial {
+                ca: Some(include_bytes!("testdata/until-2030.crt").to_vec()),
+                cert: Some(CERT_A.to_vec()),
+                key: Some(KEY_A.to_vec()),
+            },
+        );
+        let text = metrics.render();
+        assert!(text.contains("edge_agent_certificate_expiry_timestamp_seconds{pipeline=\"a/b\",use=\"sink_client\"} 2019686400"), "{text}");
+        assert!(text.contains("edge_agent_certificate_expiry_timestamp_seconds{pipeline=\"a/b\",use=\"sink_ca\"} 1906545600"), "{text}");
+        assert!(!text.contains("use=\"source_"), "{text}");
+        assert!(text.contains("edge_agent_credential_reloads_total{pipeline=\"a/b\",result=\"failed\",use=\"source\"} 0"), "{text}");
+    }
+}
