@@ -22,6 +22,21 @@ pub fn choose(flag: Option<LogFormat>, env: Option<&str>) -> LogFormat {
         .unwrap_or_default()
 }
 
+/// The `--log-format` flag both command lines take (`#[command(flatten)]`).
+#[derive(Clone, Debug, Default, clap::Args)]
+pub struct LogArgs {
+    /// Log lines as `text` or `json` (default: `EDGEPIPE_LOG_FORMAT`, else text).
+    #[arg(long, global = true, value_name = "FORMAT")]
+    pub log_format: Option<LogFormat>,
+}
+
+impl LogArgs {
+    /// Installs the global subscriber with this flag (see [`init`]).
+    pub fn init(&self, default_filter: &str) {
+        init(default_filter, self.log_format);
+    }
+}
+
 /// Installs the global subscriber: `RUST_LOG`, else `default_filter`; `format` from
 /// [`choose`] with the process environment.
 pub fn init(default_filter: &str, flag: Option<LogFormat>) {

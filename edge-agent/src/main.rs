@@ -27,9 +27,8 @@ const DEFAULT_LISTEN: &str = "127.0.0.1:9464";
 #[derive(Parser)]
 #[command(name = "edge-agent", version, about)]
 struct Cli {
-    /// Log lines as `text` or `json` (default: `EDGEPIPE_LOG_FORMAT`, else text).
-    #[arg(long, global = true, value_name = "FORMAT")]
-    log_format: Option<edge_crds::logging::LogFormat>,
+    #[command(flatten)]
+    log: edge_crds::logging::LogArgs,
     #[command(subcommand)]
     command: Command,
 }
@@ -240,7 +239,7 @@ fn main() -> ExitCode {
         Command::Doctor { .. } => "error",
         _ => "info",
     };
-    edge_crds::logging::init(default_filter, cli.log_format);
+    cli.log.init(default_filter);
     match dispatch(cli.command) {
         Ok(code) => code,
         Err(e) => {

@@ -23,9 +23,8 @@ use tokio_util::sync::CancellationToken;
 #[derive(Parser)]
 #[command(name = "edge-operator", version, about)]
 struct Cli {
-    /// Log lines as `text` or `json` (default: `EDGEPIPE_LOG_FORMAT`, else text).
-    #[arg(long, global = true, value_name = "FORMAT")]
-    log_format: Option<edge_crds::logging::LogFormat>,
+    #[command(flatten)]
+    log: edge_crds::logging::LogArgs,
     #[command(subcommand)]
     command: Command,
 }
@@ -153,7 +152,7 @@ fn main() -> anyhow::Result<()> {
         Command::Crd => print!("{}", edge_crds::crd_yaml()),
         Command::Render(args) => print!("{}", render_file(&args)?),
         Command::Run(args) => {
-            edge_crds::logging::init("info", cli.log_format);
+            cli.log.init("info");
             tokio::runtime::Builder::new_multi_thread()
                 .enable_all()
                 .build()
