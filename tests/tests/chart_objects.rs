@@ -381,15 +381,8 @@ fn monitors_select_the_operator_and_every_agent() {
     let manifest = read("deploy/examples/temperature-significant-change.yaml");
     let pipeline: edge_crds::EdgePipeline =
         serde_saphyr::from_str(&manifest).expect("the example is an EdgePipeline");
-    let options = edge_operator::RenderOptions {
-        agent_image: edge_operator::default_agent_image(),
-        model_version: None,
-        secrets_digest: None,
-        avoid_control_plane: true,
-        agent_access: None,
-        fallback: None,
-    };
-    let agents = edge_operator::render(&pipeline, &options).expect("the operator renders it");
+    let agents = edge_operator::render(&pipeline, &edge_tests::fleet::render_options())
+        .expect("the operator renders it");
     let daemon_set = serde_json::to_value(&agents.daemon_set).expect("DaemonSet serializes");
     let pod = &daemon_set["spec"]["template"];
     for (key, value) in monitor["spec"]["selector"]["matchLabels"]

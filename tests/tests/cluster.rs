@@ -11,29 +11,21 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
 use edge_crds::EdgePipeline;
 use edge_testkit::cluster::{Cluster, Node, condition};
-use edge_testkit::operator::Operator;
 use edge_testkit::{Agent, Mosquitto, Publisher, Receiver, eventually, poll};
 use edge_tests::api::{rust_layer, schema_layer};
-use edge_tests::helm;
+use edge_tests::fleet::{EDGE_NODES, Fleet, admin_client, pipeline_manifest, watch_agent_pods};
 use edge_tests::workspace_root;
 use futures::StreamExt;
-use k8s_openapi::api::core::v1::Pod;
+use kube::Api;
 use kube::runtime::watcher;
-use kube::{Api, Client};
 use serde_json::Value;
 
 const WAIT: Duration = Duration::from_secs(120);
-
-struct Fleet {
-    cluster: Cluster,
-    operator: Operator,
-}
 
 /// The shared cluster: six edge nodes labelled `edgepipe.dev/edge=true` (edge-3 also
 /// tainted `edgepipe.dev/edge=true:NoSchedule`), one server node without the label, the
@@ -48,9 +40,7 @@ fn fleet() -> &'static Fleet {
             .clone()
             .taint("edgepipe.dev/edge", "true", "NoSchedule");
         nodes.push(Node::new("server-1"));
-        let cluster = Cluster::start("operator", &nodes);
-        let operator = helm::install_and_run_operator(&cluster);
-        Fleet { cluster, operator }
+        Fleet::start("operator", &nodes)
     })
 }
 
@@ -225,14 +215,7 @@ fn every_example_applies_with_kubectl_and_runs_on_the_nodes_it_selects() {
                 && nodes.len() == expected.len())
             .then_some(nodes)
         });
-        let pods = cluster.get_json(&[
-            "pods",
-            "-n",
-            namespace,
-            "-l",
-            &format!("app.kubernetes.io/instance={name}"),
-        ]);
-        for pod in pods["items"].as_array().into_iter().flatten() {
+        for pod in cluster.agent_pods(namespace, name) {
             assert_eq!(pod["spec"]["securityContext"]["runAsUser"], 65532);
             assert_eq!(pod["spec"]["securityContext"]["runAsNonRoot"], true);
         }
@@ -376,19 +359,8 @@ fn ancestors(path: &str) -> Vec<String> {
 /// A pipeline on every edge node (tolerating edge-3's taint) with a given batch size.
 fn rollout_pipeline(namespace: &str, name: &str, batch: u32, max_unavailable: u32) -> String {
     format!(
-        r#"apiVersion: edgepipe.dev/v1alpha1
-kind: EdgePipeline
-metadata: {{name: {name}, namespace: {namespace}}}
-spec:
-  source:
-    mqtt: {{url: "mqtt://${{HOST_IP}}:1883", topics: ["sensors/#"]}}
-  sink:
-    http: {{url: "https://ingest.example.com/batch", batchSize: {batch}}}
-  nodeSelector: {{edgepipe.dev/edge: "true"}}
-  tolerations:
-    - {{key: edgepipe.dev/edge, operator: Exists, effect: NoSchedule}}
-  agent: {{maxUnavailable: {max_unavailable}}}
-"#
+        "{}  tolerations:\n    - {{key: edgepipe.dev/edge, operator: Exists, effect: NoSchedule}}\n  agent: {{maxUnavailable: {max_unavailable}}}\n",
+        pipeline_manifest(namespace, name, EDGE_NODES, Some(batch))
     )
 }
 
@@ -397,15 +369,6 @@ fn apply_ready(cluster: &Cluster, namespace: &str, name: &str, batch: u32, max_u
     cluster.namespace(namespace);
     cluster.apply(&rollout_pipeline(namespace, name, batch, max_unavailable));
     cluster.wait_pipeline_ready(namespace, name);
-}
-
-async fn admin_client(cluster: &Cluster) -> Client {
-    let kubeconfig =
-        kube::config::Kubeconfig::read_from(cluster.kubeconfig()).expect("admin kubeconfig");
-    let config = kube::Config::from_custom_kubeconfig(kubeconfig, &Default::default())
-        .await
-        .expect("kube config");
-    Client::try_from(config).expect("kube client")
 }
 
 /// Test 5: a spec change rolls the DaemonSet with never more than `maxUnavailable` agents
@@ -424,69 +387,28 @@ async fn a_spec_change_rolls_out_within_max_unavailable_and_then_stays_quiet() {
     let client = admin_client(cluster).await;
     // Watch every agent pod and track, after each event, how many selected nodes have no
     // ready, non-terminating agent.
-    let pods: Api<Pod> = Api::namespaced(client.clone(), namespace);
     let worst = Arc::new(Mutex::new(0usize));
-    let synced = Arc::new(AtomicBool::new(false));
     let watch = {
         let worst = worst.clone();
-        let synced = synced.clone();
         let nodes = nodes.clone();
-        let selector = format!("app.kubernetes.io/instance={name}");
-        tokio::spawn(async move {
-            let mut live: BTreeMap<String, Pod> = BTreeMap::new();
-            // Counting starts once the initial list is complete (InitDone): while it
-            // streams in, the pods not yet listed are not down.
-            let mut listed = false;
-            let stream = watcher(pods, watcher::Config::default().labels(&selector));
-            futures::pin_mut!(stream);
-            while let Some(event) = stream.next().await {
-                match event {
-                    Ok(watcher::Event::Init) => {
-                        live.clear();
-                        listed = false;
-                    }
-                    Ok(watcher::Event::InitApply(pod)) => {
-                        live.insert(pod.metadata.name.clone().unwrap_or_default(), pod);
-                        continue;
-                    }
-                    Ok(watcher::Event::InitDone) => {
-                        listed = true;
-                        synced.store(true, Ordering::SeqCst);
-                    }
-                    Ok(watcher::Event::Apply(pod)) => {
-                        live.insert(pod.metadata.name.clone().unwrap_or_default(), pod);
-                    }
-                    Ok(watcher::Event::Delete(pod)) => {
-                        live.remove(&pod.metadata.name.clone().unwrap_or_default());
-                    }
-                    Err(_) => continue,
-                }
-                if !listed {
-                    continue;
-                }
-                let available: BTreeSet<String> = live
-                    .values()
-                    .filter(|p| p.metadata.deletion_timestamp.is_none())
-                    .filter(|p| {
-                        p.status
-                            .as_ref()
-                            .and_then(|s| s.conditions.as_ref())
-                            .is_some_and(|c| {
-                                c.iter().any(|c| c.type_ == "Ready" && c.status == "True")
-                            })
-                    })
-                    .filter_map(|p| p.spec.as_ref()?.node_name.clone())
-                    .collect();
-                let down = nodes.iter().filter(|n| !available.contains(*n)).count();
-                let mut worst = worst.lock().expect("lock");
-                *worst = (*worst).max(down);
-            }
+        watch_agent_pods(client.clone(), namespace, name, move |live| {
+            let available: BTreeSet<String> = live
+                .values()
+                .filter(|p| p.metadata.deletion_timestamp.is_none())
+                .filter(|p| {
+                    p.status
+                        .as_ref()
+                        .and_then(|s| s.conditions.as_ref())
+                        .is_some_and(|c| c.iter().any(|c| c.type_ == "Ready" && c.status == "True"))
+                })
+                .filter_map(|p| p.spec.as_ref()?.node_name.clone())
+                .collect();
+            let down = nodes.iter().filter(|n| !available.contains(*n)).count();
+            let mut worst = worst.lock().expect("lock");
+            *worst = (*worst).max(down);
         })
     };
-    eventually(WAIT, "the pod watch to list the agents", async || {
-        synced.load(Ordering::SeqCst).then_some(())
-    })
-    .await;
+    watch.wait_listed(WAIT).await;
 
     let pipelines: Api<EdgePipeline> = Api::namespaced(client.clone(), namespace);
     let seen_progressing = Arc::new(Mutex::new(false));
@@ -526,7 +448,7 @@ async fn a_spec_change_rolls_out_within_max_unavailable_and_then_stays_quiet() {
     .await;
     let rollout = started.elapsed();
     cluster.wait_pipeline_ready(namespace, name);
-    watch.abort();
+    drop(watch);
     status_watch.abort();
     let worst = *worst.lock().expect("lock");
     eprintln!("rollout of 6 agents took {rollout:?}; at most {worst} down at once");
@@ -795,14 +717,8 @@ fn agent_as_the_pod_runs_it(
         .as_str()
         .expect("the agent ConfigMap holds pipeline.yaml")
         .to_string();
-    let pods = cluster.get_json(&[
-        "pods",
-        "-n",
-        namespace,
-        "-l",
-        &format!("app.kubernetes.io/instance={name}"),
-    ]);
-    let pod = &pods["items"][0];
+    let pods = cluster.agent_pods(namespace, name);
+    let pod = pods.first().expect("an agent pod");
     let node = pod["spec"]["nodeName"].as_str().expect("scheduled");
     let host_ip = pod["status"]["hostIP"].as_str().expect("hostIP");
     let mut env = Vec::new();

@@ -10,6 +10,7 @@ use std::time::{Duration, Instant};
 use edge_testkit::cluster::{Cluster, Node};
 use edge_testkit::operator::Operator;
 use edge_testkit::poll;
+use edge_tests::fleet::{EDGE_NODES, pipeline_manifest};
 use edge_tests::helm::{self, CHART, NAMESPACE, RELEASE};
 use serde_json::Value;
 
@@ -26,19 +27,9 @@ fn helm_run(cluster: &Cluster, args: &[&str]) -> helm::HelmRun {
     run
 }
 
+/// Pipeline `line1` of `namespace` on the edge nodes.
 fn pipeline(namespace: &str, batch: u32) -> String {
-    format!(
-        r#"apiVersion: edgepipe.dev/v1alpha1
-kind: EdgePipeline
-metadata: {{name: line1, namespace: {namespace}}}
-spec:
-  source:
-    mqtt: {{url: "mqtt://${{HOST_IP}}:1883", topics: ["sensors/#"]}}
-  sink:
-    http: {{url: "https://ingest.example.com/batch", batchSize: {batch}}}
-  nodeSelector: {{edgepipe.dev/edge: "true"}}
-"#
-    )
+    pipeline_manifest(namespace, "line1", EDGE_NODES, Some(batch))
 }
 
 fn holder(cluster: &Cluster) -> Option<String> {

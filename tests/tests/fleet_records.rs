@@ -21,20 +21,14 @@ use std::time::Duration;
 use edge_testkit::agent::Agent;
 use edge_testkit::cluster::{Cluster, Node};
 use edge_testkit::mqtt::{Mosquitto, Publisher};
-use edge_testkit::operator::Operator;
 use edge_testkit::poll;
 use edge_testkit::receiver::Receiver;
-use edge_tests::helm;
+use edge_tests::fleet::{Fleet, pipeline_manifest, site_nodes};
 use serde_json::Value;
 
 const WAIT: Duration = Duration::from_secs(180);
 /// The namespace of the pipelines, and the label value of their nodes.
 const SITE: &str = "records";
-
-struct Fleet {
-    cluster: Cluster,
-    operator: Operator,
-}
 
 fn fleet() -> &'static Fleet {
     static FLEET: OnceLock<Fleet> = OnceLock::new();
@@ -42,40 +36,20 @@ fn fleet() -> &'static Fleet {
         let nodes: Vec<Node> = (1..=3)
             .map(|i| Node::new(&format!("{SITE}-{i}")).label("edgepipe.dev/site", SITE))
             .collect();
-        let cluster = Cluster::start("fleet-records", &nodes);
-        let operator = helm::install_and_run_operator(&cluster);
-        cluster.namespace(SITE);
-        Fleet { cluster, operator }
+        let fleet = Fleet::start("fleet-records", &nodes);
+        fleet.cluster.namespace(SITE);
+        fleet
     })
 }
 
 /// Applies pipeline `name` on the site's nodes and returns its agent pods as
 /// `(pod, node)`, sorted by node.
 fn apply_pipeline(cluster: &Cluster, name: &str) -> Vec<(String, String)> {
-    cluster.apply(&format!(
-        r#"apiVersion: edgepipe.dev/v1alpha1
-kind: EdgePipeline
-metadata: {{name: {name}, namespace: {SITE}}}
-spec:
-  source:
-    mqtt: {{url: "mqtt://${{HOST_IP}}:1883", topics: ["sensors/#"]}}
-  sink:
-    http: {{url: "https://ingest.example.com/batch"}}
-  nodeSelector: {{edgepipe.dev/site: {SITE}}}
-"#
-    ));
+    cluster.apply(&pipeline_manifest(SITE, name, &site_nodes(SITE), None));
     poll(WAIT, "an agent pod on each of the 3 nodes", || {
-        let pods = cluster.get_json(&[
-            "pods",
-            "-n",
-            SITE,
-            "-l",
-            &format!("app.kubernetes.io/instance={name}"),
-        ]);
-        let mut pods: Vec<(String, String)> = pods["items"]
-            .as_array()
-            .into_iter()
-            .flatten()
+        let mut pods: Vec<(String, String)> = cluster
+            .agent_pods(SITE, name)
+            .iter()
             .filter_map(|p| {
                 Some((
                     p["metadata"]["name"].as_str()?.to_string(),

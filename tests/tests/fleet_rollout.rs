@@ -25,26 +25,18 @@
 //! nodes (selected by a label), so taking a node offline touches only its test.
 
 use std::collections::BTreeMap;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
 use edge_testkit::cluster::{CRASH_LOOP_TOLERATION, Cluster, NEVER_READY_TOLERATION, Node};
-use edge_testkit::operator::Operator;
 use edge_testkit::poll;
-use edge_tests::helm;
-use futures::StreamExt;
-use k8s_openapi::api::core::v1::Pod;
-use kube::runtime::watcher;
-use kube::{Api, Client};
+use edge_tests::fleet::{
+    Fleet, admin_client, pipeline_manifest, pod_ready, rendered_revision, site_nodes,
+    watch_agent_pods,
+};
 use serde_json::{Value, json};
 
 const WAIT: Duration = Duration::from_secs(180);
-
-struct Fleet {
-    cluster: Cluster,
-    operator: Operator,
-}
 
 /// The shared cluster: three nodes for each test (`rollout-*`, `stall-*`, `offline-*`,
 /// `failing-*`, `paused-*`, `catchup-*`; four `canary-*`), labelled
@@ -69,27 +61,14 @@ fn fleet() -> &'static Fleet {
                 node
             }
         }));
-        let cluster = Cluster::start("fleet-rollout", &nodes);
-        let operator = helm::install_and_run_operator(&cluster);
-        Fleet { cluster, operator }
+        Fleet::start("fleet-rollout", &nodes)
     })
 }
 
 /// A pipeline on the nodes of `site`; `extra` is appended to its spec.
 fn pipeline(site: &str, name: &str, batch: u32, extra: &str) -> String {
-    format!(
-        r#"apiVersion: edgepipe.dev/v1alpha1
-kind: EdgePipeline
-metadata: {{name: {name}, namespace: {site}}}
-spec:
-  source:
-    mqtt: {{url: "mqtt://${{HOST_IP}}:1883", topics: ["sensors/#"]}}
-  sink:
-    http: {{url: "https://ingest.example.com/batch", batchSize: {batch}}}
-  nodeSelector: {{edgepipe.dev/site: {site}}}
-  agent: {{maxUnavailable: 1}}
-{extra}"#
-    )
+    let manifest = pipeline_manifest(site, name, &site_nodes(site), Some(batch));
+    format!("{manifest}  agent: {{maxUnavailable: 1}}\n{extra}")
 }
 
 fn status(cluster: &Cluster, namespace: &str, name: &str) -> Value {
@@ -98,17 +77,9 @@ fn status(cluster: &Cluster, namespace: &str, name: &str) -> Value {
 
 /// The agent pods of a pipeline: (pod name, node, mounted revision, ready).
 fn agents(cluster: &Cluster, namespace: &str, name: &str) -> Vec<(String, String, String, bool)> {
-    let pods = cluster.get_json(&[
-        "pods",
-        "-n",
-        namespace,
-        "-l",
-        &format!("app.kubernetes.io/instance={name}"),
-    ]);
-    pods["items"]
-        .as_array()
-        .into_iter()
-        .flatten()
+    cluster
+        .agent_pods(namespace, name)
+        .iter()
         .filter(|p| p["metadata"]["deletionTimestamp"].is_null())
         .map(|p| {
             (
@@ -121,7 +92,7 @@ fn agents(cluster: &Cluster, namespace: &str, name: &str) -> Vec<(String, String
                     .unwrap_or_default()
                     .to_string(),
                 revision_of(p).unwrap_or_default(),
-                ready(p),
+                pod_ready(p),
             )
         })
         .collect()
@@ -136,29 +107,12 @@ fn revision_of(pod: &Value) -> Option<String> {
         .map(str::to_string)
 }
 
-fn ready(pod: &Value) -> bool {
-    pod["status"]["conditions"]
-        .as_array()
-        .into_iter()
-        .flatten()
-        .any(|c| c["type"] == "Ready" && c["status"] == "True")
-}
-
 fn revision_names(cluster: &Cluster, namespace: &str, name: &str) -> Vec<String> {
     cluster
         .agent_config_maps(namespace, name)
         .iter()
         .filter_map(|cm| cm["metadata"]["name"].as_str().map(str::to_string))
         .collect()
-}
-
-async fn admin_client(cluster: &Cluster) -> Client {
-    let kubeconfig =
-        kube::config::Kubeconfig::read_from(cluster.kubeconfig()).expect("admin kubeconfig");
-    let config = kube::Config::from_custom_kubeconfig(kubeconfig, &Default::default())
-        .await
-        .expect("kube config");
-    Client::try_from(config).expect("kube client")
 }
 
 /// What a watch of the agent pods saw: for each pod event after the initial list, the
@@ -205,84 +159,34 @@ async fn a_change_rolls_node_by_node_through_an_immutable_revision() {
 
     // The new revision's name follows from the content, as `edge-operator render` shows.
     let changed = pipeline(site, name, 200, "");
-    let new = {
-        let p = edge_operator::render::pipeline_from_manifest(&changed).expect("parses");
-        let rendered = edge_operator::render(
-            &p,
-            &edge_operator::RenderOptions {
-                agent_image: edge_operator::default_agent_image(),
-                model_version: None,
-                secrets_digest: None,
-                avoid_control_plane: true,
-                agent_access: None,
-                fallback: None,
-            },
-        )
-        .expect("renders");
-        rendered.config_map.metadata.name.expect("a name")
-    };
+    let new = rendered_revision(&changed);
     assert_ne!(new, old);
 
     // Watch every agent pod from before the change.
     let client = admin_client(cluster).await;
-    let pods: Api<Pod> = Api::namespaced(client, site);
     let watched = Arc::new(Mutex::new(Watched::default()));
-    let synced = Arc::new(AtomicBool::new(false));
     let watch = {
-        let (watched, synced, new) = (watched.clone(), synced.clone(), new.clone());
-        let selector = format!("app.kubernetes.io/instance={name}");
-        tokio::spawn(async move {
-            let mut live: BTreeMap<String, Pod> = BTreeMap::new();
-            let mut listed = false;
-            let stream = watcher(pods, watcher::Config::default().labels(&selector));
-            futures::pin_mut!(stream);
-            while let Some(event) = stream.next().await {
-                match event {
-                    Ok(watcher::Event::Init) => {
-                        live.clear();
-                        listed = false;
-                    }
-                    Ok(watcher::Event::InitApply(pod)) => {
-                        live.insert(pod.metadata.name.clone().unwrap_or_default(), pod);
-                        continue;
-                    }
-                    Ok(watcher::Event::InitDone) => {
-                        listed = true;
-                        synced.store(true, Ordering::SeqCst);
-                    }
-                    Ok(watcher::Event::Apply(pod)) => {
-                        live.insert(pod.metadata.name.clone().unwrap_or_default(), pod);
-                    }
-                    Ok(watcher::Event::Delete(pod)) => {
-                        live.remove(&pod.metadata.name.clone().unwrap_or_default());
-                    }
-                    Err(_) => continue,
-                }
-                if !listed {
+        let (watched, new) = (watched.clone(), new.clone());
+        watch_agent_pods(client, site, name, move |live| {
+            let Ok(mut seen) = watched.lock() else { return };
+            let mut unready_new = 0;
+            for pod in live.values() {
+                let json = serde_json::to_value(pod).unwrap_or_default();
+                if revision_of(&json).as_deref() != Some(new.as_str()) {
                     continue;
                 }
-                let Ok(mut seen) = watched.lock() else { break };
-                let mut unready_new = 0;
-                for pod in live.values() {
-                    let json = serde_json::to_value(pod).unwrap_or_default();
-                    if revision_of(&json).as_deref() != Some(new.as_str()) {
-                        continue;
-                    }
-                    let pod_name = pod.metadata.name.clone().unwrap_or_default();
-                    if !seen.new_pods.contains(&pod_name) {
-                        seen.new_pods.push(pod_name);
-                    }
-                    if !ready(&json) {
-                        unready_new += 1;
-                    }
+                let pod_name = pod.metadata.name.clone().unwrap_or_default();
+                if !seen.new_pods.contains(&pod_name) {
+                    seen.new_pods.push(pod_name);
                 }
-                seen.worst_unready_new = seen.worst_unready_new.max(unready_new);
+                if !pod_ready(&json) {
+                    unready_new += 1;
+                }
             }
+            seen.worst_unready_new = seen.worst_unready_new.max(unready_new);
         })
     };
-    poll(WAIT, "the pod watch to list", || {
-        synced.load(Ordering::SeqCst).then_some(())
-    });
+    watch.wait_listed(WAIT).await;
 
     cluster.apply(&changed);
     poll(WAIT, "the DaemonSet to mount the new revision", || {
@@ -329,7 +233,7 @@ async fn a_change_rolls_node_by_node_through_an_immutable_revision() {
     poll(WAIT, "the old revision to be deleted", || {
         (revision_names(cluster, site, name) == [new.clone()]).then_some(())
     });
-    watch.abort();
+    drop(watch);
 
     let seen = watched.lock().expect("watch results");
     assert!(
@@ -527,20 +431,11 @@ fn a_node_that_goes_offline_is_counted_apart_and_the_pipeline_stays_ready() {
 /// The agent pod of pipeline `namespace/name` on `node`, as JSON, if there is one (not
 /// being deleted).
 fn pod_on(cluster: &Cluster, namespace: &str, name: &str, node: &str) -> Option<Value> {
-    let pods = cluster.get_json(&[
-        "pods",
-        "-n",
-        namespace,
-        "-l",
-        &format!("app.kubernetes.io/instance={name}"),
-        "--field-selector",
-        &format!("spec.nodeName={node}"),
-    ]);
-    pods["items"]
-        .as_array()?
-        .iter()
+    let field = format!("spec.nodeName={node}");
+    cluster
+        .agent_pods_where(namespace, name, &["--field-selector", &field])
+        .into_iter()
         .find(|p| p["metadata"]["deletionTimestamp"].is_null())
-        .cloned()
 }
 
 /// Seconds since the epoch of an RFC 3339 time in `value`.
@@ -593,7 +488,7 @@ fn a_canary_takes_a_new_revision_first_and_the_others_follow_once_it_soaked() {
         "the canary agent on the new revision and ready",
         || {
             let pod = pod_on(cluster, site, name, "canary-2")?;
-            (revision_of(&pod).as_deref() == Some(new.as_str()) && ready(&pod)).then_some(pod)
+            (revision_of(&pod).as_deref() == Some(new.as_str()) && pod_ready(&pod)).then_some(pod)
         },
     );
     let phase = poll(WAIT, "status.rollout in its canary phase", || {
@@ -787,7 +682,7 @@ fn offline_nodes_are_skipped_and_updated_when_they_come_back() {
         "the returning node's agent on the new revision",
         || {
             let pod = pod_on(cluster, site, name, "catchup-3")?;
-            (revision_of(&pod).as_deref() == Some(new.as_str()) && ready(&pod)).then_some(())
+            (revision_of(&pod).as_deref() == Some(new.as_str()) && pod_ready(&pod)).then_some(())
         },
     );
     cluster.wait_pipeline_ready(site, name);

@@ -20,26 +20,12 @@ use std::time::Duration;
 use edge_testkit::cluster::{Cluster, Node};
 use edge_testkit::operator::Operator;
 use edge_testkit::poll;
+use edge_tests::fleet::{EDGE_NODES, pipeline_manifest, rendered_revision};
 use edge_tests::helm::{self, NAMESPACE};
 
 /// The operator Deployment the chart creates for release `edgepipe`.
 const DEPLOYMENT: &str = "edgepipe-edge-operator";
 const WAIT: Duration = Duration::from_secs(180);
-
-fn pipeline(namespace: &str, name: &str, batch: u32) -> String {
-    format!(
-        r#"apiVersion: edgepipe.dev/v1alpha1
-kind: EdgePipeline
-metadata: {{name: {name}, namespace: {namespace}}}
-spec:
-  source:
-    mqtt: {{url: "mqtt://${{HOST_IP}}:1883", topics: ["sensors/#"]}}
-  sink:
-    http: {{url: "https://ingest.example.com/batch", batchSize: {batch}}}
-  nodeSelector: {{edgepipe.dev/edge: "true"}}
-"#
-    )
-}
 
 /// A cluster with two edge nodes, the chart installed and the operator running.
 fn start(name: &str) -> (Cluster, Operator) {
@@ -148,7 +134,12 @@ fn a_refused_apply_degrades_the_pipeline_until_the_admission_policy_goes() {
     let (cluster, _operator) = start("apply-failed");
     let _guard = cluster.guard();
     cluster.namespace("guarded");
-    cluster.apply(&pipeline("guarded", "line1", 100));
+    cluster.apply(&pipeline_manifest(
+        "guarded",
+        "line1",
+        EDGE_NODES,
+        Some(100),
+    ));
     cluster.wait_pipeline_ready("guarded", "line1");
 
     cluster.apply(NO_HOST_PATH);
@@ -159,7 +150,12 @@ fn a_refused_apply_degrades_the_pipeline_until_the_admission_policy_goes() {
     });
 
     // A new spec the API server refuses to apply: Ready=True does not stay.
-    cluster.apply(&pipeline("guarded", "line1", 200));
+    cluster.apply(&pipeline_manifest(
+        "guarded",
+        "line1",
+        EDGE_NODES,
+        Some(200),
+    ));
     let message = wait_true(&cluster, "guarded", "line1", "Degraded", "ApplyFailed");
     assert!(
         message.contains("hostPath volumes are not allowed in namespace guarded")
@@ -201,28 +197,13 @@ fn a_refused_apply_degrades_the_pipeline_until_the_admission_policy_goes() {
     );
 }
 
-/// The name of the configuration revision the operator renders for `manifest`.
-fn revision_of(manifest: &str) -> String {
-    let p = edge_operator::render::pipeline_from_manifest(manifest).expect("parses");
-    let options = edge_operator::RenderOptions {
-        agent_image: edge_operator::default_agent_image(),
-        model_version: None,
-        secrets_digest: None,
-        avoid_control_plane: true,
-        agent_access: None,
-        fallback: None,
-    };
-    let rendered = edge_operator::render(&p, &options).expect("renders");
-    rendered.config_map.metadata.name.expect("a name")
-}
-
 #[test]
 fn a_foreign_config_map_of_the_agent_name_is_a_conflict_and_stays_untouched() {
     let (cluster, _operator) = start("conflict");
     let _guard = cluster.guard();
     cluster.namespace("shared");
-    let line2 = pipeline("shared", "line2", 100);
-    let revision = revision_of(&line2);
+    let line2 = pipeline_manifest("shared", "line2", EDGE_NODES, Some(100));
+    let revision = rendered_revision(&line2);
     cluster.kubectl_ok(&[
         "create",
         "configmap",
@@ -233,7 +214,7 @@ fn a_foreign_config_map_of_the_agent_name_is_a_conflict_and_stays_untouched() {
     ]);
     let before = cluster.get_json(&["configmap", &revision, "-n", "shared"]);
     cluster.apply(&line2);
-    cluster.apply(&pipeline("shared", "line3", 100));
+    cluster.apply(&pipeline_manifest("shared", "line3", EDGE_NODES, Some(100)));
 
     // The pipeline beside it runs.
     cluster.wait_pipeline_ready("shared", "line3");
@@ -319,14 +300,19 @@ fn a_pipeline_with_a_field_this_operator_does_not_know_is_invalid_and_the_others
         String::from_utf8_lossy(&out.stderr)
     );
     // The API server keeps the field only once it serves the newer schema.
-    let newer = pipeline("factory", "newer", 100)
+    let newer = pipeline_manifest("factory", "newer", EDGE_NODES, Some(100))
         .replace("  nodeSelector:", "  priority: 3\n  nodeSelector:");
     poll(WAIT, "the API server to keep spec.priority", || {
         cluster.apply(&newer);
         let stored = cluster.get_json(&["epl", "newer", "-n", "factory"]);
         (stored["spec"]["priority"] == 3).then_some(())
     });
-    cluster.apply(&pipeline("factory", "plain", 100));
+    cluster.apply(&pipeline_manifest(
+        "factory",
+        "plain",
+        EDGE_NODES,
+        Some(100),
+    ));
 
     // The operator starts (as after `helm upgrade`) and lists pipelines, this one first.
     let _operator = run_operator(&cluster);
@@ -350,7 +336,12 @@ fn a_pipeline_with_a_field_this_operator_does_not_know_is_invalid_and_the_others
     assert!(!exists(&cluster, "factory", "daemonset", "newer-agent"));
 
     // Without the field it decodes again and runs.
-    cluster.apply(&pipeline("factory", "newer", 100));
+    cluster.apply(&pipeline_manifest(
+        "factory",
+        "newer",
+        EDGE_NODES,
+        Some(100),
+    ));
     cluster.wait_pipeline_ready("factory", "newer");
 }
 
@@ -374,7 +365,7 @@ fn a_model_config_map_rolls_the_agents_when_its_content_changes_not_its_labels()
     cluster.apply(
         "apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: anomaly-model\n  namespace: models\n  labels: {edgepipe.dev/model: \"true\"}\ndata: {model.tflite: weights-v1}\n",
     );
-    let scored = pipeline("models", "scored", 100).replace(
+    let scored = pipeline_manifest("models", "scored", EDGE_NODES, Some(100)).replace(
         "  sink:",
         "  inference:\n    model: {configMap: {name: anomaly-model, key: model.tflite}}\n    window: 16\n    threshold: 0.8\n  sink:",
     );

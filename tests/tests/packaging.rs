@@ -80,14 +80,7 @@ fn dockerfile_builds_both_images_as_non_root_distroless() {
     let pipeline: edge_crds::EdgePipeline =
         serde_saphyr::from_str(&read("deploy/examples/temperature-significant-change.yaml"))
             .expect("the example is an EdgePipeline");
-    let options = edge_operator::RenderOptions {
-        agent_image: edge_operator::default_agent_image(),
-        model_version: None,
-        secrets_digest: None,
-        avoid_control_plane: true,
-        agent_access: None,
-        fallback: None,
-    };
+    let options = edge_tests::fleet::render_options();
     let agents = edge_operator::render(&pipeline, &options).expect("the operator renders it");
     let pod =
         serde_json::to_value(&agents.daemon_set).expect("serializes")["spec"]["template"]["spec"]

@@ -22,6 +22,7 @@ use edge_operator::render::{
 use edge_testkit::cluster::{Cluster, Node};
 use edge_testkit::operator::Operator;
 use edge_testkit::poll;
+use edge_tests::fleet::pod_ready;
 use edge_tests::helm;
 use k8s_openapi::api::core::v1::Secret;
 use serde_json::Value;
@@ -90,34 +91,36 @@ fn expected_digest(cluster: &Cluster) -> String {
 
 /// (pod name, its secrets digest, ready) of each live agent pod.
 fn agents(cluster: &Cluster) -> Vec<(String, Option<String>, bool)> {
-    let pods = cluster.get_json(&[
-        "pods",
-        "-n",
-        SITE,
-        "-l",
-        &format!("app.kubernetes.io/instance={NAME}"),
-    ]);
-    pods["items"]
-        .as_array()
-        .into_iter()
-        .flatten()
+    cluster
+        .agent_pods(SITE, NAME)
+        .iter()
         .filter(|p| p["metadata"]["deletionTimestamp"].is_null())
         .map(|p| {
-            let ready = p["status"]["conditions"]
-                .as_array()
-                .into_iter()
-                .flatten()
-                .any(|c| c["type"] == "Ready" && c["status"] == "True");
             (
                 p["metadata"]["name"]
                     .as_str()
                     .unwrap_or_default()
                     .to_string(),
                 digest_of(&p["metadata"]),
-                ready,
+                pod_ready(p),
             )
         })
         .collect()
+}
+
+/// Patches the Secret `broker-login` as a user does: `kubectl patch --type=<kind> -p <patch>`.
+fn patch_secret(cluster: &Cluster, kind: &str, patch: &str) {
+    let kind = format!("--type={kind}");
+    cluster.kubectl_ok(&[
+        "patch",
+        "secret",
+        "broker-login",
+        "-n",
+        SITE,
+        &kind,
+        "-p",
+        patch,
+    ]);
 }
 
 fn reconciles(operator: &Operator) -> f64 {
@@ -206,16 +209,11 @@ fn a_secret_rotation_rolls_the_agents() {
     // the pod template stays as it is.
     let before = reconciles(&operator);
     cluster.kubectl_ok(&["label", "secret", "broker-login", "-n", SITE, "team=line-1"]);
-    cluster.kubectl_ok(&[
-        "patch",
-        "secret",
-        "broker-login",
-        "-n",
-        SITE,
-        "--type=merge",
-        "-p",
+    patch_secret(
+        &cluster,
+        "merge",
         r#"{"stringData":{"note":"still not referenced"}}"#,
-    ]);
+    );
     wait_for_a_reconcile(&operator, before, "a reconcile after the label");
     assert_eq!(expected_digest(&cluster), first);
     assert_eq!(
@@ -225,16 +223,11 @@ fn a_secret_rotation_rolls_the_agents() {
     );
 
     // A new password: a new digest, a new pod template, every agent rolled onto it.
-    cluster.kubectl_ok(&[
-        "patch",
-        "secret",
-        "broker-login",
-        "-n",
-        SITE,
-        "--type=merge",
-        "-p",
+    patch_secret(
+        &cluster,
+        "merge",
         r#"{"stringData":{"password":"second-password"}}"#,
-    ]);
+    );
     let (second, rolled) = poll(WAIT, "a new secrets digest on the pod template", || {
         let (digest, generation) = template_digest(&cluster);
         (digest != first).then_some((digest, generation))
@@ -261,16 +254,11 @@ fn a_secret_rotation_rolls_the_agents() {
     );
 
     // The key removed: Degraded, naming it, and the agents keep running as they are.
-    cluster.kubectl_ok(&[
-        "patch",
-        "secret",
-        "broker-login",
-        "-n",
-        SITE,
-        "--type=json",
-        "-p",
+    patch_secret(
+        &cluster,
+        "json",
         r#"[{"op":"remove","path":"/data/password"}]"#,
-    ]);
+    );
     let message = poll(WAIT, "Degraded/SecretMissing", || {
         match cluster.pipeline_condition(SITE, NAME, "Degraded") {
             Some((status, reason, message)) if status == "True" && reason == "SecretMissing" => {
@@ -287,16 +275,11 @@ fn a_secret_rotation_rolls_the_agents() {
     assert_eq!(agents(&cluster).len(), 2);
 
     // Back: Ready again, and the same password is the same template.
-    cluster.kubectl_ok(&[
-        "patch",
-        "secret",
-        "broker-login",
-        "-n",
-        SITE,
-        "--type=merge",
-        "-p",
+    patch_secret(
+        &cluster,
+        "merge",
         r#"{"stringData":{"password":"second-password"}}"#,
-    ]);
+    );
     poll(WAIT, "Degraded cleared", || {
         match cluster.pipeline_condition(SITE, NAME, "Degraded") {
             Some((status, _, _)) if status == "False" => Some(()),

@@ -280,7 +280,15 @@ impl Cluster {
         let never_ready = dir.join("kwok-never-ready.yaml");
         std::fs::write(
             &never_ready,
-            format!("{NEVER_READY_STAGE}---\n{CRASH_LOOP_STAGE}"),
+            format!(
+                "{}---\n{}",
+                pending_pod_stage(
+                    "pod-never-ready",
+                    NEVER_READY_TOLERATION,
+                    NEVER_READY_STATUS
+                ),
+                pending_pod_stage("pod-crash-loop", CRASH_LOOP_TOLERATION, CRASH_LOOP_STATUS)
+            ),
         )
         .expect("kwok stages");
         let mut kwok = Command::new(tool("kwok"));
@@ -436,20 +444,28 @@ impl Cluster {
         condition(&self.get_json(&["epl", name, "-n", namespace]), type_)
     }
 
+    /// The agent pods of the pipeline `namespace/name` (label
+    /// `app.kubernetes.io/instance=<name>`), as JSON, those being deleted included.
+    pub fn agent_pods(&self, namespace: &str, name: &str) -> Vec<Value> {
+        self.agent_pods_where(namespace, name, &[])
+    }
+
+    /// Like [`Cluster::agent_pods`], with more `kubectl get` arguments (e.g. a
+    /// `--field-selector`).
+    pub fn agent_pods_where(&self, namespace: &str, name: &str, more: &[&str]) -> Vec<Value> {
+        let selector = format!("app.kubernetes.io/instance={name}");
+        let mut args = vec!["pods", "-n", namespace, "-l", &selector];
+        args.extend_from_slice(more);
+        let pods = self.get_json(&args);
+        pods["items"].as_array().cloned().unwrap_or_default()
+    }
+
     /// The nodes running a live (not deleted) agent pod of the pipeline `namespace/name`,
     /// sorted.
     pub fn agent_nodes(&self, namespace: &str, name: &str) -> Vec<String> {
-        let pods = self.get_json(&[
-            "pods",
-            "-n",
-            namespace,
-            "-l",
-            &format!("app.kubernetes.io/instance={name}"),
-        ]);
-        let mut nodes: Vec<String> = pods["items"]
-            .as_array()
-            .into_iter()
-            .flatten()
+        let mut nodes: Vec<String> = self
+            .agent_pods(namespace, name)
+            .iter()
             .filter(|p| p["metadata"]["deletionTimestamp"].is_null())
             .filter_map(|p| p["spec"]["nodeName"].as_str().map(str::to_string))
             .collect();
@@ -743,13 +759,17 @@ spec:
 /// its readiness probe. Tests use it to make a rollout that cannot progress.
 pub const NEVER_READY_TOLERATION: &str = "edgepipe.dev/never-ready";
 
-/// Wins over kwok's `pod-ready` (a positive weight beats weight 0) for the pods of
-/// [`NEVER_READY_TOLERATION`]; the status it writes is constant, so applying it again
-/// changes nothing.
-const NEVER_READY_STAGE: &str = r#"apiVersion: kwok.x-k8s.io/v1alpha1
+/// A kwok Stage that holds the Pending pods tolerating `toleration` (any operator, value
+/// or effect) in the status `status` (YAML at the indentation of `statusTemplate`'s
+/// children, six spaces). Its positive weight wins over kwok's own `pod-ready` (weight 0);
+/// the status it writes is constant, so applying it again changes nothing. The phase stays
+/// Pending so that kwok's own stages never pick the pod up.
+fn pending_pod_stage(name: &str, toleration: &str, status: &str) -> String {
+    format!(
+        r#"apiVersion: kwok.x-k8s.io/v1alpha1
 kind: Stage
 metadata:
-  name: pod-never-ready
+  name: {name}
 spec:
   resourceRef:
     apiGroup: v1
@@ -762,13 +782,18 @@ spec:
     - key: '.status.phase'
       operator: 'In'
       values: ['Pending']
-    - key: '.spec.tolerations.[] | select( .key == "edgepipe.dev/never-ready" ) | .key'
+    - key: '.spec.tolerations.[] | select( .key == "{toleration}" ) | .key'
       operator: 'In'
-      values: ['edgepipe.dev/never-ready']
+      values: ['{toleration}']
   next:
     statusTemplate: |
       phase: Pending
-      conditions:
+{status}"#
+    )
+}
+
+/// The status of a pod of [`NEVER_READY_TOLERATION`]: not ready, and nothing more.
+const NEVER_READY_STATUS: &str = r#"      conditions:
       - lastTransitionTime: {{ .metadata.creationTimestamp | Quote }}
         status: "False"
         type: Ready
@@ -780,32 +805,9 @@ spec:
 /// an agent that exits at start (a configuration it refuses, a model it cannot load).
 pub const CRASH_LOOP_TOLERATION: &str = "edgepipe.dev/crash-loop";
 
-/// Like [`NEVER_READY_STAGE`], for the pods of [`CRASH_LOOP_TOLERATION`]. The phase stays
-/// Pending so that kwok's own stages never pick the pod up; the container status is what
-/// the kubelet reports for a crash loop.
-const CRASH_LOOP_STAGE: &str = r#"apiVersion: kwok.x-k8s.io/v1alpha1
-kind: Stage
-metadata:
-  name: pod-crash-loop
-spec:
-  resourceRef:
-    apiGroup: v1
-    kind: Pod
-  weight: 100
-  selector:
-    matchExpressions:
-    - key: '.metadata.deletionTimestamp'
-      operator: 'DoesNotExist'
-    - key: '.status.phase'
-      operator: 'In'
-      values: ['Pending']
-    - key: '.spec.tolerations.[] | select( .key == "edgepipe.dev/crash-loop" ) | .key'
-      operator: 'In'
-      values: ['edgepipe.dev/crash-loop']
-  next:
-    statusTemplate: |
-      phase: Pending
-      conditions:
+/// The status of a pod of [`CRASH_LOOP_TOLERATION`]: what the kubelet reports for a
+/// crash loop.
+const CRASH_LOOP_STATUS: &str = r#"      conditions:
       - lastTransitionTime: {{ .metadata.creationTimestamp | Quote }}
         status: "False"
         type: Ready
