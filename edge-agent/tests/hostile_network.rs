@@ -105,8 +105,14 @@ async fn a_redirect_from_the_ingest_api_is_a_failed_attempt_and_the_other_host_g
         0.0,
         "a redirect is never a rejection"
     );
+    // Counted once the queue has deleted the batch, which follows the response.
+    let synced = series("edge_agent_records_synced_total", &[]);
+    eventually(Duration::from_secs(10), "5 records synced", async || {
+        (agent.metric(&synced) >= 5.0).then_some(())
+    })
+    .await;
     assert_eq!(
-        agent.metric(&series("edge_agent_records_synced_total", &[])),
+        agent.metric(&synced),
         5.0,
         "only the delivery to the configured host counts"
     );
