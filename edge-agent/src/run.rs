@@ -31,6 +31,8 @@ use tokio_util::sync::CancellationToken;
 
 use crate::config::{AgentConfig, SinkSettings};
 use crate::delivery::queue::{Committed, Queue, QueueConfig, QueueError, StoreSettings};
+use crate::delivery::sink::http::HttpClient;
+use crate::delivery::sink::mqtt::MqttSink;
 use crate::delivery::sink::{self, Sink, SyncContext};
 use crate::ingest::broker::{BrokerError, BrokerSettings, EmbeddedBroker};
 use crate::ingest::source::mqtt::{
@@ -146,7 +148,7 @@ fn watch_credentials(
     let sink = match (sink, &config.sink) {
         (Sink::Http(s), SinkSettings::Http(settings)) => {
             export_expiry(metrics, Client::Sink, &settings.tls_material);
-            match Watch::http_sink(settings, sink_files) {
+            match HttpClient::watch(settings, sink_files) {
                 Some((watch, updates)) => {
                     watches.push(watch);
                     Sink::Http(Box::new(s.with_updates(updates)))
@@ -156,7 +158,7 @@ fn watch_credentials(
         }
         (Sink::Mqtt(s), SinkSettings::Mqtt(settings)) => {
             export_expiry(metrics, Client::Sink, &settings.tls_material);
-            match Watch::mqtt_sink(settings, sink_files) {
+            match MqttSink::watch(settings, sink_files) {
                 Some((watch, updates)) => {
                     watches.push(watch);
                     Sink::Mqtt(Box::new(s.with_updates(updates)))
@@ -173,7 +175,7 @@ fn watch_credentials(
     if config.source.embedded_listen.is_none() {
         export_expiry(metrics, Client::Source, &config.source.tls_material);
         let files = credentials::files::source_files(&config.spec.source.mqtt);
-        if let Some((watch, updates)) = Watch::source(&config.source, files) {
+        if let Some((watch, updates)) = SourceConnection::watch(&config.source, files) {
             watches.push(watch);
             source_updates = updates;
         }

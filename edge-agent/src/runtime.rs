@@ -2,9 +2,9 @@
 //! backoff ([`backoff`]), the MQTT clients' TLS and connection options ([`tls`]), the
 //! metrics registry ([`telemetry`]), the health registry ([`health`]) and the `/metrics`
 //! and probe server ([`http`]), error diagnostics, the data directory (its lock, the
-//! fallback unit and snapshot) and the node's fleet record ([`heartbeat`]). None of these
-//! imports a stage; [`credentials`] is the one part that knows the stages' clients, since
-//! it rebuilds them when their credential files rotate.
+//! fallback unit and snapshot), the node's fleet record ([`heartbeat`]) and the watch on
+//! rotating credential files ([`credentials`], which each stage gives the way to rebuild
+//! its client). Nothing here imports a stage.
 
 pub mod backoff;
 pub mod clock;

@@ -19,7 +19,8 @@
 //! restart.
 //!
 //! The decisions are pure ([`files`], [`expiry`]); this module reads the files and hands
-//! the rebuilt clients over.
+//! the rebuilt clients over. How a client is rebuilt is its stage's business: each gives
+//! [`Watch::new`] its builder (the HTTP and MQTT sinks, the source).
 
 pub mod expiry;
 pub mod files;
@@ -27,16 +28,13 @@ pub mod files;
 use std::path::Path;
 use std::time::Duration;
 
-use rumqttc::MqttOptions;
 use tokio::io::AsyncReadExt;
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
-use self::files::{Content, CredentialFiles, Credentials, Decision};
-use crate::config::{HttpSettings, MqttSinkSettings, SourceSettings, TlsMaterial};
-use crate::delivery::sink::http::HttpClient;
-use crate::delivery::sink::mqtt::MqttSink;
-use crate::ingest::source::mqtt::SourceConnection;
+pub use self::files::Credentials;
+use self::files::{Content, CredentialFiles, Decision};
+use crate::config::TlsMaterial;
 use crate::runtime::telemetry::Metrics;
 
 /// How often credential files are read.
@@ -129,106 +127,45 @@ impl<T: Clone> Updates<T> {
     }
 }
 
-/// Where checked credentials go: the settings of the client they belong to, from which it
-/// is rebuilt, and the channel to the running client.
-enum Target {
-    HttpSink(HttpSettings, watch::Sender<Option<HttpClient>>),
-    MqttSink(MqttSinkSettings, watch::Sender<Option<MqttOptions>>),
-    Source(SourceSettings, watch::Sender<Option<SourceConnection>>),
-}
-
-impl Target {
-    /// Builds the client with `c` and hands it over, or says why it cannot be built.
-    fn rebuild(&mut self, c: &Credentials) -> Result<(), String> {
-        match self {
-            Self::HttpSink(settings, tx) => {
-                settings.headers.clone_from(&c.headers);
-                settings.tls_material = c.tls.clone();
-                let client = HttpClient::new(settings).map_err(|e| e.to_string())?;
-                tx.send_replace(Some(client));
-            }
-            Self::MqttSink(settings, tx) => {
-                settings.password.clone_from(&c.password);
-                settings.tls_material = c.tls.clone();
-                let options = MqttSink::options(settings).map_err(|e| e.to_string())?;
-                tx.send_replace(Some(options));
-            }
-            Self::Source(settings, tx) => {
-                settings.password.clone_from(&c.password);
-                settings.tls_material = c.tls.clone();
-                let connection = SourceConnection::new(settings).map_err(|e| e.to_string())?;
-                tx.send_replace(Some(connection));
-            }
-        }
-        Ok(())
-    }
-}
+/// Builds a client from checked credentials and hands it to the running one; or says why
+/// it cannot be built. Supplied by the client's stage, which alone knows how.
+type Rebuild = Box<dyn FnMut(&Credentials) -> Result<(), String> + Send>;
 
 /// The credential files of one client and where their new versions go.
 pub struct Watch {
     client: Client,
     files: CredentialFiles,
-    target: Target,
+    rebuild: Rebuild,
 }
 
 impl Watch {
-    /// The HTTP sink's files; `None` when none of its credentials comes from a file.
-    pub fn http_sink(
-        settings: &HttpSettings,
-        files: Vec<(files::Part, std::path::PathBuf)>,
-    ) -> Option<(Self, Updates<HttpClient>)> {
-        let in_use = Credentials {
-            headers: settings.headers.clone(),
-            password: None,
-            tls: settings.tls_material.clone(),
-        };
-        let (tx, rx) = watch::channel(None);
-        let target = Target::HttpSink(settings.clone(), tx);
-        Self::new(Client::Sink, files, in_use, target).map(|w| (w, Updates::from(rx)))
-    }
-
-    /// The MQTT sink's files; `None` when none of its credentials comes from a file.
-    pub fn mqtt_sink(
-        settings: &MqttSinkSettings,
-        files: Vec<(files::Part, std::path::PathBuf)>,
-    ) -> Option<(Self, Updates<MqttOptions>)> {
-        let in_use = Credentials {
-            headers: Vec::new(),
-            password: settings.password.clone(),
-            tls: settings.tls_material.clone(),
-        };
-        let (tx, rx) = watch::channel(None);
-        let target = Target::MqttSink(settings.clone(), tx);
-        Self::new(Client::Sink, files, in_use, target).map(|w| (w, Updates::from(rx)))
-    }
-
-    /// The source's files; `None` when none of its credentials comes from a file.
-    pub fn source(
-        settings: &SourceSettings,
-        files: Vec<(files::Part, std::path::PathBuf)>,
-    ) -> Option<(Self, Updates<SourceConnection>)> {
-        let in_use = Credentials {
-            headers: Vec::new(),
-            password: settings.password.clone(),
-            tls: settings.tls_material.clone(),
-        };
-        let (tx, rx) = watch::channel(None);
-        let target = Target::Source(settings.clone(), tx);
-        Self::new(Client::Source, files, in_use, target).map(|w| (w, Updates::from(rx)))
-    }
-
-    fn new(
+    /// The files of `client`, whose credentials in use are `in_use`; each checked new
+    /// version is turned into a client by `build` and handed over through the returned
+    /// updates. `None` when none of its credentials comes from a file.
+    pub fn new<T>(
         client: Client,
         files: Vec<(files::Part, std::path::PathBuf)>,
         in_use: Credentials,
-        target: Target,
-    ) -> Option<Self> {
+        mut build: impl FnMut(&Credentials) -> Result<T, String> + Send + 'static,
+    ) -> Option<(Self, Updates<T>)>
+    where
+        T: Clone + Send + Sync + 'static,
+    {
         let files = CredentialFiles::new(files, in_use);
-        (!files.is_empty()).then_some(Self {
+        if files.is_empty() {
+            return None;
+        }
+        let (tx, rx) = watch::channel(None);
+        let rebuild: Rebuild = Box::new(move |c| {
+            tx.send_replace(Some(build(c)?));
+            Ok(())
+        });
+        let watch = Self {
             client,
             files,
-            target,
-        })
+            rebuild,
+        };
+        Some((watch, Updates::from(rx)))
     }
 
     /// One look at the files, and what follows from it.
@@ -248,7 +185,7 @@ impl Watch {
         match self.files.observe(now) {
             Decision::Unchanged | Decision::Settling => {}
             Decision::Broken(reason) => failed(&reason),
-            Decision::Reload(credentials) => match self.target.rebuild(&credentials) {
+            Decision::Reload(credentials) => match (self.rebuild)(&credentials) {
                 Ok(()) => {
                     tracing::info!(client, "credentials reloaded from their files");
                     metrics
@@ -345,6 +282,8 @@ fn export(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::config::HttpSettings;
+    use crate::delivery::sink::http::HttpClient;
 
     #[tokio::test]
     async fn a_value_seen_arriving_while_waiting_is_still_taken_after() {
