@@ -11,6 +11,7 @@ use edge_operator::{RenderOptions, Rendered};
 use edge_testkit::cluster::{Cluster, Node};
 use edge_testkit::eventually;
 use edge_testkit::operator::Operator;
+use edge_testkit::pipeline_yaml;
 use futures::StreamExt;
 use k8s_openapi::api::core::v1::Pod;
 use kube::runtime::watcher;
@@ -57,17 +58,17 @@ pub fn pipeline_manifest(
     let batch = batch
         .map(|b| format!(", batchSize: {b}"))
         .unwrap_or_default();
-    format!(
-        r#"apiVersion: edgepipe.dev/v1alpha1
-kind: EdgePipeline
-metadata: {{name: {name}, namespace: {namespace}}}
-spec:
-  source:
+    pipeline_yaml(
+        namespace,
+        name,
+        &format!(
+            r#"  source:
     mqtt: {{url: "mqtt://${{HOST_IP}}:1883", topics: ["sensors/#"]}}
   sink:
     http: {{url: "https://ingest.example.com/batch"{batch}}}
   nodeSelector: {{{node_selector}}}
 "#
+        ),
     )
 }
 

@@ -16,7 +16,7 @@ use std::time::{Duration, Instant};
 
 use edge_crds::EdgePipeline;
 use edge_testkit::cluster::{Cluster, Node, condition};
-use edge_testkit::{Agent, Mosquitto, Publisher, Receiver, eventually, poll};
+use edge_testkit::{Agent, Mosquitto, Publisher, Receiver, eventually, pipeline_yaml, poll};
 use edge_tests::api::{rust_layer, schema_layer};
 use edge_tests::fleet::{EDGE_NODES, Fleet, admin_client, pipeline_manifest, watch_agent_pods};
 use edge_tests::workspace_root;
@@ -688,12 +688,11 @@ async fn the_operators_configmap_runs_an_agent_that_delivers_a_reading() {
 /// A pipeline from the node's broker (`HOST_IP`, port `broker`) to a receiver on this
 /// host, one record a batch, on the edge nodes.
 fn data_path_pipeline(namespace: &str, name: &str, broker: u16, receiver: u16) -> String {
-    format!(
-        r#"apiVersion: edgepipe.dev/v1alpha1
-kind: EdgePipeline
-metadata: {{name: {name}, namespace: {namespace}}}
-spec:
-  source:
+    pipeline_yaml(
+        namespace,
+        name,
+        &format!(
+            r#"  source:
     mqtt:
       url: "mqtt://${{HOST_IP}}:{broker}"
       topics: ["sensors/+/temperature"]
@@ -703,6 +702,7 @@ spec:
     http: {{url: "http://127.0.0.1:{receiver}/ingest", batchSize: 1, flushInterval: 100ms}}
   nodeSelector: {{edgepipe.dev/edge: "true"}}
 "#
+        ),
     )
 }
 

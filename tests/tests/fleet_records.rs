@@ -21,8 +21,8 @@ use std::time::Duration;
 use edge_testkit::agent::Agent;
 use edge_testkit::cluster::{Cluster, Node};
 use edge_testkit::mqtt::{Mosquitto, Publisher};
-use edge_testkit::poll;
 use edge_testkit::receiver::Receiver;
+use edge_testkit::{pipeline_yaml, poll};
 use edge_tests::fleet::{Fleet, pipeline_manifest, site_nodes};
 use serde_json::Value;
 
@@ -78,12 +78,11 @@ fn host_agent(
     (upstream, sink_extra): (u16, &str),
 ) -> Agent {
     let (token, _) = cluster.pod_token(SITE, &format!("edgepipe-agent.{pipeline}"), pod);
-    let config = format!(
-        r#"apiVersion: edgepipe.dev/v1alpha1
-kind: EdgePipeline
-metadata: {{name: {pipeline}, namespace: {SITE}}}
-spec:
-  source:
+    let config = pipeline_yaml(
+        SITE,
+        pipeline,
+        &format!(
+            r#"  source:
     mqtt: {{url: "mqtt://127.0.0.1:{broker}", topics: ["sensors/{node}/#"], clientId: {node}}}
     format: {{value: value, device: device_id}}
   sink:
@@ -93,6 +92,7 @@ spec:
       flushInterval: 100ms
       retry: {{initialBackoff: 50ms, maxBackoff: 500ms}}
 {sink_extra}"#
+        ),
     );
     let lease = format!("edgepipe-agent.{pipeline}.{node}");
     let dir = dir.join(node);

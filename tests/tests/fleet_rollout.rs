@@ -78,9 +78,8 @@ fn status(cluster: &Cluster, namespace: &str, name: &str) -> Value {
 /// The agent pods of a pipeline: (pod name, node, mounted revision, ready).
 fn agents(cluster: &Cluster, namespace: &str, name: &str) -> Vec<(String, String, String, bool)> {
     cluster
-        .agent_pods(namespace, name)
+        .live_agent_pods(namespace, name)
         .iter()
-        .filter(|p| p["metadata"]["deletionTimestamp"].is_null())
         .map(|p| {
             (
                 p["metadata"]["name"]

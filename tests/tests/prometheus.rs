@@ -17,7 +17,7 @@ use std::time::{Duration, Instant};
 use edge_tests::{tool, workspace_root};
 
 use edge_testkit::pki::Pki;
-use edge_testkit::{Mosquitto, Receiver, ServerTls, free_port};
+use edge_testkit::{Mosquitto, Receiver, ServerTls, free_port, pipeline_yaml};
 
 /// A child process killed on drop.
 struct Proc(Child);
@@ -198,12 +198,8 @@ fn every_dashboard_query_returns_series_from_a_real_prometheus() {
     let config = dir.path().join("pipeline.yaml");
     std::fs::write(
         &config,
-        format!(
-            r#"apiVersion: edgepipe.dev/v1alpha1
-kind: EdgePipeline
-metadata: {{name: monitored, namespace: factory}}
-spec:
-  source:
+        pipeline_yaml("factory", "monitored", &format!(
+            r#"  source:
     mqtt: {{url: "mqtt://127.0.0.1:{broker_port}", topics: ["sensors/+/temperature"], clientId: prom-test}}
     format: {{value: value, device: device_id}}
   processors:
@@ -224,7 +220,7 @@ spec:
             ca = pki.path("ca.crt"),
             cert = pki.path("client.crt"),
             key = pki.path("client.key"),
-        ),
+        )),
     )
     .unwrap();
     let log = std::fs::File::create(dir.path().join("agent.log")).unwrap();

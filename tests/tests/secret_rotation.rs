@@ -92,9 +92,8 @@ fn expected_digest(cluster: &Cluster) -> String {
 /// (pod name, its secrets digest, ready) of each live agent pod.
 fn agents(cluster: &Cluster) -> Vec<(String, Option<String>, bool)> {
     cluster
-        .agent_pods(SITE, NAME)
+        .live_agent_pods(SITE, NAME)
         .iter()
-        .filter(|p| p["metadata"]["deletionTimestamp"].is_null())
         .map(|p| {
             (
                 p["metadata"]["name"]

@@ -137,6 +137,12 @@ fn secret(cluster: &Cluster, name: &str) {
     ]);
 }
 
+/// Labels (`key=value`) or unlabels (`key-`) the Secret `name` of the tenant, as a user
+/// opts it in to pipelines or withdraws that.
+fn label_secret(cluster: &Cluster, name: &str, label: &str) {
+    cluster.kubectl_ok(&["label", "secret", name, "-n", TENANT, label]);
+}
+
 /// The operator's requests as `verb resource` for the audit events matching `keep`.
 fn operator_requests(
     cluster: &Cluster,
@@ -191,14 +197,11 @@ fn pipelines_outside_the_tenant_policy_get_no_agents_and_the_rest_keep_running()
     cluster.namespace(TENANT);
     secret(&cluster, "ingest-token");
     secret(&cluster, "shared-token");
-    cluster.kubectl_ok(&[
-        "label",
-        "secret",
+    label_secret(
+        &cluster,
         "shared-token",
-        "-n",
-        TENANT,
         "edgepipe.dev/allow-pipelines=true",
-    ]);
+    );
 
     let bad = outside_the_policy();
     for (_, manifest, _) in &bad {
@@ -256,14 +259,7 @@ fn pipelines_outside_the_tenant_policy_get_no_agents_and_the_rest_keep_running()
     }
 
     // Withdrawing the Secret's opt-in stops the agents that use it...
-    cluster.kubectl_ok(&[
-        "label",
-        "secret",
-        "shared-token",
-        "-n",
-        TENANT,
-        "edgepipe.dev/allow-pipelines-",
-    ]);
+    label_secret(&cluster, "shared-token", "edgepipe.dev/allow-pipelines-");
     let message = wait_forbidden(&cluster, "compliant");
     assert!(
         message
@@ -297,14 +293,11 @@ fn pipelines_outside_the_tenant_policy_get_no_agents_and_the_rest_keep_running()
     });
 
     // ... and opting in again brings them back.
-    cluster.kubectl_ok(&[
-        "label",
-        "secret",
+    label_secret(
+        &cluster,
         "shared-token",
-        "-n",
-        TENANT,
         "edgepipe.dev/allow-pipelines=true",
-    ]);
+    );
     cluster.wait_pipeline_ready(TENANT, "compliant");
     poll(WAIT, "compliant's agents back on both edge nodes", || {
         (cluster.agent_nodes(TENANT, "compliant") == ["edge-1", "edge-2"]).then_some(())

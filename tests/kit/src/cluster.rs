@@ -276,7 +276,7 @@ impl Cluster {
         cluster.spawn("kube-scheduler", &scheduler);
 
         let ready_again = dir.join("kwok-ready-again.yaml");
-        std::fs::write(&ready_again, READY_AGAIN_STAGE).expect("kwok stage");
+        std::fs::write(&ready_again, ready_again_stage()).expect("kwok stage");
         let never_ready = dir.join("kwok-never-ready.yaml");
         std::fs::write(
             &never_ready,
@@ -450,6 +450,13 @@ impl Cluster {
         self.agent_pods_where(namespace, name, &[])
     }
 
+    /// The agent pods of the pipeline `namespace/name` that are not being deleted.
+    pub fn live_agent_pods(&self, namespace: &str, name: &str) -> Vec<Value> {
+        let mut pods = self.agent_pods(namespace, name);
+        pods.retain(|p| p["metadata"]["deletionTimestamp"].is_null());
+        pods
+    }
+
     /// Like [`Cluster::agent_pods`], with more `kubectl get` arguments (e.g. a
     /// `--field-selector`).
     pub fn agent_pods_where(&self, namespace: &str, name: &str, more: &[&str]) -> Vec<Value> {
@@ -464,9 +471,8 @@ impl Cluster {
     /// sorted.
     pub fn agent_nodes(&self, namespace: &str, name: &str) -> Vec<String> {
         let mut nodes: Vec<String> = self
-            .agent_pods(namespace, name)
+            .live_agent_pods(namespace, name)
             .iter()
-            .filter(|p| p["metadata"]["deletionTimestamp"].is_null())
             .filter_map(|p| p["spec"]["nodeName"].as_str().map(str::to_string))
             .collect();
         nodes.sort();
@@ -578,55 +584,49 @@ impl Cluster {
     /// token from the TokenRequest API (valid for `hours`), as a pod of that
     /// ServiceAccount would.
     pub fn service_account_kubeconfig(&self, namespace: &str, name: &str, hours: u32) -> PathBuf {
-        let token = self.kubectl_ok(&[
-            "create",
-            "token",
-            name,
-            "-n",
-            namespace,
-            &format!("--duration={hours}h"),
-        ]);
-        let token = token.trim();
+        let token = self.service_account_token(namespace, name, &[&format!("--duration={hours}h")]);
+        let path = self.dir.join(format!("sa-{namespace}-{name}.kubeconfig"));
+        self.write_token_kubeconfig(&path, &token);
+        path
+    }
+
+    /// A token of ServiceAccount `namespace/name` from the TokenRequest API
+    /// (`kubectl create token` with `options`); panics when there is none.
+    fn service_account_token(&self, namespace: &str, name: &str, options: &[&str]) -> String {
+        let mut args = vec!["create", "token", name, "-n", namespace];
+        args.extend_from_slice(options);
+        let token = self.kubectl_ok(&args).trim().to_string();
         assert!(
             !token.is_empty(),
-            "TokenRequest for {namespace}/{name} gave no token"
+            "TokenRequest for {namespace}/{name} ({}) gave no token",
+            options.join(" ")
         );
-        let path = self.dir.join(format!("sa-{namespace}-{name}.kubeconfig"));
+        token
+    }
+
+    /// Writes a kubeconfig for this cluster that authenticates with `token`.
+    fn write_token_kubeconfig(&self, path: &Path, token: &str) {
         std::fs::write(
-            &path,
+            path,
             kubeconfig_text(&self.server, &self.ca_file(), &format!("token: {token}")),
         )
         .expect("write kubeconfig");
-        path
     }
 
     /// A token of ServiceAccount `namespace/name` bound to the pod `pod` (and so to its
     /// node: the API server puts the node's name in the token's user info), as the
     /// kubelet projects one into the pod: `(token file, kubeconfig using it)`.
     pub fn pod_token(&self, namespace: &str, name: &str, pod: &str) -> (PathBuf, PathBuf) {
-        let token = self.kubectl_ok(&[
-            "create",
-            "token",
-            name,
-            "-n",
+        let bound_to = format!("--bound-object-name={pod}");
+        let token = self.service_account_token(
             namespace,
-            "--bound-object-kind=Pod",
-            &format!("--bound-object-name={pod}"),
-            "--duration=1h",
-        ]);
-        let token = token.trim();
-        assert!(
-            !token.is_empty(),
-            "TokenRequest for {namespace}/{name} bound to {pod} gave no token"
+            name,
+            &["--bound-object-kind=Pod", &bound_to, "--duration=1h"],
         );
         let file = self.dir.join(format!("token-{namespace}-{pod}"));
-        std::fs::write(&file, token).expect("write token");
+        std::fs::write(&file, &token).expect("write token");
         let kubeconfig = self.dir.join(format!("token-{namespace}-{pod}.kubeconfig"));
-        std::fs::write(
-            &kubeconfig,
-            kubeconfig_text(&self.server, &self.ca_file(), &format!("token: {token}")),
-        )
-        .expect("write kubeconfig");
+        self.write_token_kubeconfig(&kubeconfig, &token);
         (file, kubeconfig)
     }
 
@@ -728,31 +728,22 @@ impl Drop for Guard<'_> {
 
 /// What a kubelet does and kwok's own Stages do not: when a node comes back after the
 /// node lifecycle controller marked its running pods unready, they report ready again.
-const READY_AGAIN_STAGE: &str = r#"apiVersion: kwok.x-k8s.io/v1alpha1
-kind: Stage
-metadata:
-  name: pod-ready-again
-spec:
-  resourceRef:
-    apiGroup: v1
-    kind: Pod
-  selector:
-    matchExpressions:
-    - key: '.metadata.deletionTimestamp'
-      operator: 'DoesNotExist'
-    - key: '.status.phase'
-      operator: 'In'
-      values: ['Running']
-    - key: '.status.conditions.[] | select( .type == "Ready" ) | .status'
-      operator: 'In'
-      values: ['False']
-  next:
-    statusTemplate: |
-      conditions:
+fn ready_again_stage() -> String {
+    pod_stage(
+        "pod-ready-again",
+        "",
+        "Running",
+        (
+            r#".status.conditions.[] | select( .type == "Ready" ) | .status"#,
+            "False",
+        ),
+        r#"      conditions:
       - lastTransitionTime: {{ Now | Quote }}
         status: "True"
         type: Ready
-"#;
+"#,
+    )
+}
 
 /// A pod that tolerates this taint key (any operator, value or effect) never becomes
 /// ready on a simulated node: it stays Pending, as an agent whose container never passes
@@ -765,6 +756,28 @@ pub const NEVER_READY_TOLERATION: &str = "edgepipe.dev/never-ready";
 /// the status it writes is constant, so applying it again changes nothing. The phase stays
 /// Pending so that kwok's own stages never pick the pod up.
 fn pending_pod_stage(name: &str, toleration: &str, status: &str) -> String {
+    pod_stage(
+        name,
+        "  weight: 100\n",
+        "Pending",
+        (
+            &format!(r#".spec.tolerations.[] | select( .key == "{toleration}" ) | .key"#),
+            toleration,
+        ),
+        &format!("      phase: Pending\n{status}"),
+    )
+}
+
+/// A kwok Stage `name` for the live pods in `phase` whose `key` (a kwok selector
+/// expression) is `value`, writing the status `status` (YAML at six spaces); `weight` is
+/// its `weight:` line, or empty.
+fn pod_stage(
+    name: &str,
+    weight: &str,
+    phase: &str,
+    (key, value): (&str, &str),
+    status: &str,
+) -> String {
     format!(
         r#"apiVersion: kwok.x-k8s.io/v1alpha1
 kind: Stage
@@ -774,20 +787,18 @@ spec:
   resourceRef:
     apiGroup: v1
     kind: Pod
-  weight: 100
-  selector:
+{weight}  selector:
     matchExpressions:
     - key: '.metadata.deletionTimestamp'
       operator: 'DoesNotExist'
     - key: '.status.phase'
       operator: 'In'
-      values: ['Pending']
-    - key: '.spec.tolerations.[] | select( .key == "{toleration}" ) | .key'
+      values: ['{phase}']
+    - key: '{key}'
       operator: 'In'
-      values: ['{toleration}']
+      values: ['{value}']
   next:
     statusTemplate: |
-      phase: Pending
 {status}"#
     )
 }

@@ -58,6 +58,14 @@ pub fn target_dir() -> PathBuf {
         .unwrap_or_else(|| workspace_root().join("target"))
 }
 
+/// The YAML of the EdgePipeline `namespace/name` with `spec` (YAML at the indentation of
+/// `spec:`'s children, two spaces).
+pub fn pipeline_yaml(namespace: &str, name: &str, spec: &str) -> String {
+    format!(
+        "apiVersion: edgepipe.dev/v1alpha1\nkind: EdgePipeline\nmetadata: {{name: {name}, namespace: {namespace}}}\nspec:\n{spec}"
+    )
+}
+
 /// A binary of this workspace built by cargo (`target/debug/NAME`, or in
 /// `EDGEPIPE_BIN_DIR` when set: benchmarks point it at `target/release`); panics with the
 /// command that builds it when it is missing, so a test never runs a stale path silently.

@@ -157,18 +157,7 @@ impl Mosquitto {
     /// Stops the broker with SIGTERM (a persistent one saves its sessions) and waits.
     pub fn stop(&mut self) {
         if let Some(mut child) = self.child.take() {
-            let _ = Command::new("kill")
-                .args(["-TERM", &child.id().to_string()])
-                .status();
-            let deadline = Instant::now() + Duration::from_secs(10);
-            while Instant::now() < deadline {
-                if let Ok(Some(_)) = child.try_wait() {
-                    return;
-                }
-                std::thread::sleep(Duration::from_millis(10));
-            }
-            let _ = child.kill();
-            let _ = child.wait();
+            crate::process::terminate(&mut child, Duration::from_secs(10));
         }
     }
 

@@ -146,6 +146,23 @@ impl Drop for Process {
     }
 }
 
+/// Stops a child process that is not a [`Process`]: SIGTERM, then SIGKILL if it is still
+/// running after `grace`; waits for it either way.
+pub fn terminate(child: &mut Child, grace: Duration) {
+    let _ = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status();
+    let deadline = Instant::now() + grace;
+    while Instant::now() < deadline {
+        if let Ok(Some(_)) = child.try_wait() {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+}
+
 /// The highest RSS of a process so far (the kernel's `VmHWM`), in bytes: catches a peak
 /// between two polls.
 pub fn peak_rss(pid: u32) -> u64 {

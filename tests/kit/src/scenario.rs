@@ -2,6 +2,7 @@
 //! readings look like the anomaly autoencoder's training data, and a pipeline that scores
 //! them and sends through a capped, gzipped HTTP sink to a [`crate::Link`].
 
+use crate::pipeline_yaml;
 use std::path::Path;
 
 /// Bytes per second the scenario's `sink.rateLimit` allows: a little under the 64 kbit/s
@@ -36,12 +37,11 @@ pub fn thin_link_pipeline(
     format: &str,
     link: u16,
 ) -> String {
-    format!(
-        r#"apiVersion: edgepipe.dev/v1alpha1
-kind: EdgePipeline
-metadata: {{name: thin, namespace: factory}}
-spec:
-  source:
+    pipeline_yaml(
+        "factory",
+        "thin",
+        &format!(
+            r#"  source:
     mqtt: {{url: "mqtt://127.0.0.1:{broker}", topics: ["sensors/+/temperature"], qos: 1, clientId: {client_id}}}
     format: {{value: value, device: device_id, timestamp: timestamp}}
   inference:
@@ -61,6 +61,7 @@ spec:
       compression: gzip
       retry: {{initialBackoff: 100ms, maxBackoff: 1s}}
 "#,
-        model = model.display().to_string(),
+            model = model.display().to_string(),
+        ),
     )
 }
