@@ -8,10 +8,11 @@ use crate::common;
 use std::sync::Arc;
 use std::time::Duration;
 
-use common::api::{Seen, internal_error, not_found, respond};
+use common::api::{Seen, internal_error, respond};
 use common::cluster::{
     DS_PATH, STATUS_PATH, UID, cluster_pipeline, cm_path, condition, config_hash, daemon_set,
-    expect_no_children, no_models, pipeline_with_status, reconciled, run, run_with,
+    expect_no_children, expect_no_daemon_set, no_models, pipeline_with_status,
+    reconcile_reading_only_the_daemon_set, reconciled, run, run_with,
 };
 use common::default_options;
 use edge_crds::{EdgePipeline, EdgePipelineStatus};
@@ -266,12 +267,7 @@ async fn a_pipeline_that_stays_invalid_publishes_nothing_new() {
     run(
         no_models(),
         move |mut api| async move {
-            let (_, send) = api.expect(Method::GET, DS_PATH).await;
-            respond(
-                send,
-                StatusCode::NOT_FOUND,
-                not_found("daemonsets.apps", "line1-agent"),
-            );
+            expect_no_daemon_set(&mut api).await;
             let (seen, send) = api.expect(Method::PATCH, STATUS_PATH).await;
             let status = seen.body["status"].clone();
             assert_eq!(
@@ -301,22 +297,7 @@ async fn a_pipeline_that_stays_invalid_publishes_nothing_new() {
 
     // The periodic reconcile: same spec, status already says so. Only the read.
     let again = cluster_pipeline(1, BAD_PROCESSORS, invalid_status);
-    run(
-        no_models(),
-        |mut api| async move {
-            let (_, send) = api.expect(Method::GET, DS_PATH).await;
-            respond(
-                send,
-                StatusCode::NOT_FOUND,
-                not_found("daemonsets.apps", "line1-agent"),
-            );
-            api
-        },
-        |ctx, _metrics| async move {
-            reconciled(again, &ctx).await.expect("reconcile succeeds");
-        },
-    )
-    .await;
+    reconcile_reading_only_the_daemon_set(again).await;
 }
 
 /// A pipeline (generation 3) whose status already says what its DaemonSet shows, and

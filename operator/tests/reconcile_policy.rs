@@ -11,7 +11,8 @@ use std::collections::BTreeMap;
 use common::api::{Seen, not_found, respond};
 use common::cluster::{
     DS_PATH, LEGACY_CM_PATH, STATUS_PATH, UID, cluster_pipeline, cm_path, condition, daemon_set,
-    expect_no_children, no_models, pipeline_with_status, reconciled, run_with,
+    expect_no_children, expect_no_daemon_set, no_models, pipeline_with_status,
+    reconcile_reading_only_the_daemon_set, reconciled, run_with,
 };
 use common::default_options;
 use edge_crds::EdgePipeline;
@@ -260,8 +261,7 @@ async fn a_secret_is_used_only_once_it_opted_in() {
             no_models(),
             |ctx| ctx.with_policy(TenantPolicy::default(), store),
             move |mut api| async move {
-                let (_, send) = api.expect(Method::GET, DS_PATH).await;
-                respond(send, StatusCode::NOT_FOUND, not_found("daemonsets.apps", "line1-agent"));
+                expect_no_daemon_set(&mut api).await;
                 let (seen, send) = api.expect(Method::PATCH, STATUS_PATH).await;
                 let message = assert_forbidden(&seen.body["status"]);
                 assert!(
@@ -350,23 +350,7 @@ async fn a_pipeline_that_stays_forbidden_writes_nothing_more() {
     );
     let mut again = first.clone();
     again.status = Some(status);
-    let seen = run_with(
-        no_models(),
-        |ctx| ctx,
-        |mut api| async move {
-            let (_, send) = api.expect(Method::GET, DS_PATH).await;
-            respond(
-                send,
-                StatusCode::NOT_FOUND,
-                not_found("daemonsets.apps", "line1-agent"),
-            );
-            api
-        },
-        |ctx, _metrics| async move {
-            reconciled(again, &ctx).await.expect("reconcile succeeds");
-        },
-    )
-    .await;
+    let seen = reconcile_reading_only_the_daemon_set(again).await;
     assert_eq!(seen.len(), 1, "only the read: {seen:#?}");
 }
 

@@ -3,13 +3,11 @@
 
 use crate::common;
 
-use common::pipeline;
+use common::{condition_summary, expected_conditions, pipeline, rolling_daemon_set};
 use edge_crds::{EdgePipeline, EdgePipelineStatus, FieldError};
 use edge_operator::status::{Transition, compute, reason, transitions};
-use k8s_openapi::api::apps::v1::{
-    DaemonSet, DaemonSetSpec, DaemonSetStatus, DaemonSetUpdateStrategy, RollingUpdateDaemonSet,
-};
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, Time};
+use k8s_openapi::api::apps::v1::DaemonSet;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use k8s_openapi::jiff::Timestamp;
 
@@ -33,46 +31,12 @@ fn ds(
     updated: i32,
     max_unavailable: IntOrString,
 ) -> DaemonSet {
-    DaemonSet {
-        metadata: ObjectMeta {
-            generation: Some(generation),
-            ..ObjectMeta::default()
-        },
-        spec: Some(DaemonSetSpec {
-            update_strategy: Some(DaemonSetUpdateStrategy {
-                type_: Some("RollingUpdate".to_string()),
-                rolling_update: Some(RollingUpdateDaemonSet {
-                    max_surge: Some(IntOrString::Int(0)),
-                    max_unavailable: Some(max_unavailable),
-                }),
-            }),
-            ..DaemonSetSpec::default()
-        }),
-        status: Some(DaemonSetStatus {
-            observed_generation: observed,
-            desired_number_scheduled: desired,
-            current_number_scheduled: desired,
-            number_ready: ready,
-            updated_number_scheduled: Some(updated),
-            ..DaemonSetStatus::default()
-        }),
-    }
-}
-
-/// `(status, reason)` of each condition, in the order Ready, Progressing, Degraded,
-/// Invalid (and Stalled for a valid spec).
-fn summary(status: &EdgePipelineStatus) -> Vec<(String, String, String)> {
-    status
-        .conditions
-        .iter()
-        .map(|c| (c.type_.clone(), c.status.clone(), c.reason.clone()))
-        .collect()
-}
-
-fn expect(rows: &[(&str, &str, &str)]) -> Vec<(String, String, String)> {
-    rows.iter()
-        .map(|(t, s, r)| (t.to_string(), s.to_string(), r.to_string()))
-        .collect()
+    rolling_daemon_set(
+        generation,
+        observed,
+        (desired, ready, updated),
+        max_unavailable,
+    )
 }
 
 /// A row: name, DaemonSet, expected `(type, status, reason)` of the five conditions,
@@ -203,7 +167,11 @@ fn conditions_follow_the_rollout() {
             .and_then(|u| u.rolling_update.as_ref())
             .and_then(|r| r.max_unavailable.clone());
         let status = compute(&pipeline, Ok(()), daemon_set.as_ref(), &at(0));
-        assert_eq!(summary(&status), expect(&conditions), "{name}");
+        assert_eq!(
+            condition_summary(&status),
+            expected_conditions(&conditions),
+            "{name}"
+        );
         assert_eq!(
             (
                 status.desired_nodes,
@@ -239,8 +207,8 @@ fn an_invalid_spec_lists_its_errors_and_keeps_the_running_counts() {
     let running = ds(4, Some(4), 2, 2, 2, IntOrString::Int(1));
     let status = compute(&ep(5, None), Err(&errors), Some(&running), &at(0));
     assert_eq!(
-        summary(&status),
-        expect(&[
+        condition_summary(&status),
+        expected_conditions(&[
             ("Ready", "False", reason::INVALID_SPEC),
             ("Progressing", "False", reason::INVALID_SPEC),
             ("Degraded", "True", reason::INVALID_SPEC),

@@ -8,16 +8,14 @@ use crate::common;
 use std::collections::BTreeSet;
 use std::time::Duration;
 
-use common::pipeline;
+use common::{condition_summary, expected_conditions, pipeline, rolling_daemon_set};
 use edge_crds::{EdgePipeline, EdgePipelineStatus, RolloutSettings, units};
 use edge_operator::controller::unused_revisions;
 use edge_operator::render::CONFIG_HASH_ANNOTATION;
 use edge_operator::status::{
     AgentPod, Fleet, Transition, compute_fleet, reason, stall_check_in, transitions,
 };
-use k8s_openapi::api::apps::v1::{
-    DaemonSet, DaemonSetSpec, DaemonSetStatus, DaemonSetUpdateStrategy, RollingUpdateDaemonSet,
-};
+use k8s_openapi::api::apps::v1::DaemonSet;
 use k8s_openapi::api::core::v1::{ConfigMapVolumeSource, PodSpec, PodTemplateSpec, Volume};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, Time};
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
@@ -46,49 +44,30 @@ fn ds(
     (desired, ready, updated): (i32, i32, i32),
     hash: &str,
 ) -> DaemonSet {
-    DaemonSet {
-        metadata: ObjectMeta {
-            generation: Some(generation),
+    let mut ds = rolling_daemon_set(
+        generation,
+        Some(observed),
+        (desired, ready, updated),
+        IntOrString::Int(1),
+    );
+    ds.spec.as_mut().expect("a spec").template = PodTemplateSpec {
+        metadata: Some(ObjectMeta {
+            annotations: Some([(CONFIG_HASH_ANNOTATION.to_string(), hash.to_string())].into()),
             ..ObjectMeta::default()
-        },
-        spec: Some(DaemonSetSpec {
-            update_strategy: Some(DaemonSetUpdateStrategy {
-                type_: Some("RollingUpdate".to_string()),
-                rolling_update: Some(RollingUpdateDaemonSet {
-                    max_surge: Some(IntOrString::Int(0)),
-                    max_unavailable: Some(IntOrString::Int(1)),
-                }),
-            }),
-            template: PodTemplateSpec {
-                metadata: Some(ObjectMeta {
-                    annotations: Some(
-                        [(CONFIG_HASH_ANNOTATION.to_string(), hash.to_string())].into(),
-                    ),
-                    ..ObjectMeta::default()
-                }),
-                spec: Some(PodSpec {
-                    volumes: Some(vec![Volume {
-                        name: "config".to_string(),
-                        config_map: Some(ConfigMapVolumeSource {
-                            name: format!("line1-agent-{hash}"),
-                            ..ConfigMapVolumeSource::default()
-                        }),
-                        ..Volume::default()
-                    }]),
-                    ..PodSpec::default()
-                }),
-            },
-            ..DaemonSetSpec::default()
         }),
-        status: Some(DaemonSetStatus {
-            observed_generation: Some(observed),
-            desired_number_scheduled: desired,
-            current_number_scheduled: desired,
-            number_ready: ready,
-            updated_number_scheduled: Some(updated),
-            ..DaemonSetStatus::default()
+        spec: Some(PodSpec {
+            volumes: Some(vec![Volume {
+                name: "config".to_string(),
+                config_map: Some(ConfigMapVolumeSource {
+                    name: format!("line1-agent-{hash}"),
+                    ..ConfigMapVolumeSource::default()
+                }),
+                ..Volume::default()
+            }]),
+            ..PodSpec::default()
         }),
-    }
+    };
+    ds
 }
 
 /// An agent on `node`, ready or not, running the configuration `hash`.
@@ -105,20 +84,6 @@ fn fleet(agents: Vec<AgentPod>, offline: &[&str]) -> Fleet {
         agents,
         offline_nodes: offline.iter().map(|n| n.to_string()).collect(),
     }
-}
-
-fn summary(status: &EdgePipelineStatus) -> Vec<(String, String, String)> {
-    status
-        .conditions
-        .iter()
-        .map(|c| (c.type_.clone(), c.status.clone(), c.reason.clone()))
-        .collect()
-}
-
-fn expect(rows: &[(&str, &str, &str)]) -> Vec<(String, String, String)> {
-    rows.iter()
-        .map(|(t, s, r)| (t.to_string(), s.to_string(), r.to_string()))
-        .collect()
 }
 
 #[test]
@@ -254,8 +219,8 @@ fn agents_on_offline_nodes_are_neither_ready_nor_failures() {
             &at(0),
         );
         assert_eq!(
-            summary(&status),
-            expect(&[
+            condition_summary(&status),
+            expected_conditions(&[
                 ("Ready", ready.0, ready.1),
                 ("Progressing", progressing.0, progressing.1),
                 ("Degraded", degraded.0, degraded.1),

@@ -190,6 +190,32 @@ pub fn cm_path(p: &EdgePipeline) -> String {
     format!("/api/v1/namespaces/factory/configmaps/{name}")
 }
 
+/// Expects the read of the DaemonSet `line1-agent`; answers that there is none.
+pub async fn expect_no_daemon_set(api: &mut ApiServer) {
+    let (_, send) = api.expect(http::Method::GET, DS_PATH).await;
+    respond(
+        send,
+        http::StatusCode::NOT_FOUND,
+        not_found("daemonsets.apps", "line1-agent"),
+    );
+}
+
+/// Reconciles `p` against an API server that has no DaemonSet of it and expects nothing
+/// but that read: the periodic reconcile of a pipeline whose status already says so.
+pub async fn reconcile_reading_only_the_daemon_set(p: EdgePipeline) -> Vec<Seen> {
+    run(
+        no_models(),
+        |mut api| async move {
+            expect_no_daemon_set(&mut api).await;
+            api
+        },
+        |ctx, _metrics| async move {
+            reconciled(p, &ctx).await.expect("reconcile succeeds");
+        },
+    )
+    .await
+}
+
 /// Expects the ownership check before an apply (the metadata of the ConfigMap at
 /// `cm_path`, then of the DaemonSet); answers that neither exists.
 pub async fn expect_no_children(api: &mut ApiServer, cm_path: &str) {

@@ -8,9 +8,14 @@ pub mod cluster;
 
 use std::path::{Path, PathBuf};
 
-use edge_crds::EdgePipeline;
+use edge_crds::{EdgePipeline, EdgePipelineStatus};
 use edge_operator::RenderOptions;
 use edge_operator::render::pipeline_from_manifest;
+use k8s_openapi::api::apps::v1::{
+    DaemonSet, DaemonSetSpec, DaemonSetStatus, DaemonSetUpdateStrategy, RollingUpdateDaemonSet,
+};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
+use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 
 /// The workspace root.
 pub fn workspace() -> PathBuf {
@@ -56,9 +61,7 @@ pub fn default_options() -> RenderOptions {
 /// The pipeline `factory/line1` with this spec (YAML at the indentation of `spec:`'s
 /// children, i.e. two spaces).
 pub fn with_spec(spec: &str) -> EdgePipeline {
-    let text = format!(
-        "apiVersion: edgepipe.dev/v1alpha1\nkind: EdgePipeline\nmetadata: {{name: line1, namespace: factory}}\nspec:\n{spec}"
-    );
+    let text = edge_testkit::pipeline_yaml("factory", "line1", spec);
     pipeline_from_manifest(&text).unwrap_or_else(|e| panic!("test pipeline: {e}\n{text}"))
 }
 
@@ -69,4 +72,55 @@ pub const BASE_SPEC: &str = "  source:\n    mqtt: {url: 'mqtt://${HOST_IP}:1883'
 /// two-space indentation, e.g. `"  agent: {metricsPort: 9100}\n"`).
 pub fn pipeline(extra: &str) -> EdgePipeline {
     with_spec(&format!("{BASE_SPEC}{extra}"))
+}
+
+/// `(type, status, reason)` of each condition of `status`, in its order.
+pub fn condition_summary(status: &EdgePipelineStatus) -> Vec<(String, String, String)> {
+    status
+        .conditions
+        .iter()
+        .map(|c| (c.type_.clone(), c.status.clone(), c.reason.clone()))
+        .collect()
+}
+
+/// The expected `(type, status, reason)` rows, as [`condition_summary`] returns them.
+pub fn expected_conditions(rows: &[(&str, &str, &str)]) -> Vec<(String, String, String)> {
+    rows.iter()
+        .map(|(t, s, r)| (t.to_string(), s.to_string(), r.to_string()))
+        .collect()
+}
+
+/// A DaemonSet at `generation` that replaces `max_unavailable` agents at a time (no surge),
+/// whose controller observed generation `observed`: `desired` agents scheduled, `ready` of
+/// them ready, `updated` of them on its pod template (which is empty).
+pub fn rolling_daemon_set(
+    generation: i64,
+    observed: Option<i64>,
+    (desired, ready, updated): (i32, i32, i32),
+    max_unavailable: IntOrString,
+) -> DaemonSet {
+    DaemonSet {
+        metadata: ObjectMeta {
+            generation: Some(generation),
+            ..ObjectMeta::default()
+        },
+        spec: Some(DaemonSetSpec {
+            update_strategy: Some(DaemonSetUpdateStrategy {
+                type_: Some("RollingUpdate".to_string()),
+                rolling_update: Some(RollingUpdateDaemonSet {
+                    max_surge: Some(IntOrString::Int(0)),
+                    max_unavailable: Some(max_unavailable),
+                }),
+            }),
+            ..DaemonSetSpec::default()
+        }),
+        status: Some(DaemonSetStatus {
+            observed_generation: observed,
+            desired_number_scheduled: desired,
+            current_number_scheduled: desired,
+            number_ready: ready,
+            updated_number_scheduled: Some(updated),
+            ..DaemonSetStatus::default()
+        }),
+    }
 }
