@@ -13,9 +13,6 @@ use edge_agent::record::format_timestamp_ms;
 use edge_testkit::process::Process;
 use serde_json::Value;
 
-const TOPIC: &str = "sensors/+/temperature";
-const T0: i64 = 1_795_608_000_000;
-
 /// (device, timestamp, value) of a record or a published reading.
 type Key = (String, String, String);
 
@@ -70,18 +67,14 @@ impl Lcg {
 async fn the_original_scenario_sends_exactly_what_significant_change_implies() {
     let broker = Mosquitto::start();
     let receiver = Receiver::start().await;
-    let dir = tempfile::tempdir().unwrap();
-    prepare_session(broker.port, "agent-original", &[TOPIC]).await;
-    let yaml = Pipeline {
-        broker_port: broker.port,
+    let (_dir, mut agent) = Pipeline {
         client_id: "agent-original",
-        receiver_port: receiver.port,
         processors: "[{significantChange: {window: 10, threshold: 2.0}}]",
         batch_size: 200,
         ..Pipeline::default()
     }
-    .yaml();
-    let mut agent = Agent::start(dir.path(), &yaml);
+    .start_agent(&broker, receiver.port)
+    .await;
 
     // Values are multiples of 1/8 (exact in binary). The rule is evaluated here in exact
     // integer eighths: |n*v - sum| > 2*n  <=>  |v - mean| > 2, and a value that would land
@@ -182,18 +175,14 @@ async fn the_original_scenario_sends_exactly_what_significant_change_implies() {
 async fn an_outage_is_retried_with_the_same_key_and_everything_arrives_in_seq_order() {
     let broker = Mosquitto::start();
     let mut receiver = Receiver::down();
-    let dir = tempfile::tempdir().unwrap();
-    prepare_session(broker.port, "agent-outage", &[TOPIC]).await;
-    let yaml = Pipeline {
-        broker_port: broker.port,
+    let (_dir, mut agent) = Pipeline {
         client_id: "agent-outage",
-        receiver_port: receiver.port,
         batch_size: 25,
         extra_sink: "      compression: gzip",
         ..Pipeline::default()
     }
-    .yaml();
-    let mut agent = Agent::start(dir.path(), &yaml);
+    .start_agent(&broker, receiver.port)
+    .await;
     agent.wait_ready().await;
     let mut publisher = Publisher::connect(broker.port, "publisher-outage");
     let mut expected = BTreeSet::new();
@@ -322,17 +311,13 @@ async fn an_outage_is_retried_with_the_same_key_and_everything_arrives_in_seq_or
 async fn kill_9_during_a_qos1_stream_loses_nothing_and_never_reuses_a_seq() {
     let broker = Mosquitto::start();
     let receiver = Receiver::start().await;
-    let dir = tempfile::tempdir().unwrap();
-    prepare_session(broker.port, "agent-kill", &[TOPIC]).await;
-    let yaml = Pipeline {
-        broker_port: broker.port,
+    let (_dir, mut agent) = Pipeline {
         client_id: "agent-kill",
-        receiver_port: receiver.port,
         batch_size: 40,
         ..Pipeline::default()
     }
-    .yaml();
-    let mut agent = Agent::start(dir.path(), &yaml);
+    .start_agent(&broker, receiver.port)
+    .await;
     const N: i64 = 3000;
     let port = broker.port;
     let publishing = tokio::spawn(async move {
@@ -400,12 +385,7 @@ async fn sigterm_stops_cleanly_and_a_restart_picks_up_where_it_left() {
     .yaml();
     let mut agent = Agent::start(dir.path(), &yaml);
     let mut publisher = Publisher::connect(broker.port, "publisher-term");
-    for i in 0..300 {
-        publisher
-            .send("sensors/a/temperature", reading("a", i as f64, T0 + i))
-            .await;
-    }
-    publisher.flush().await;
+    publish_readings(&mut publisher, "a", 0..300).await;
     agent
         .wait_metric(
             &series("edge_agent_messages_received_total", &[]),
@@ -472,12 +452,7 @@ async fn a_pipeline_created_again_under_the_same_name_sends_the_old_queue_only_w
 
     // The first pipeline queues 100 readings while its upstream is down, then is deleted.
     let mut first = Agent::start(dir.path(), &with_uid(&pipeline("{}"), FIRST));
-    for i in 0..100 {
-        publisher
-            .send("sensors/a/temperature", reading("a", i as f64, T0 + i))
-            .await;
-    }
-    publisher.flush().await;
+    publish_readings(&mut publisher, "a", 0..100).await;
     first
         .wait_metric(&queued, 100.0, Duration::from_secs(20))
         .await;
@@ -488,12 +463,7 @@ async fn a_pipeline_created_again_under_the_same_name_sends_the_old_queue_only_w
     let mut second = Agent::start(dir.path(), &with_uid(&pipeline("{}"), SECOND));
     second.wait_ready().await;
     assert_eq!(second.metric(&set_aside), 1.0, "{}", second.log_text());
-    for i in 0..50 {
-        publisher
-            .send("sensors/b/temperature", reading("b", i as f64, T0 + i))
-            .await;
-    }
-    publisher.flush().await;
+    publish_readings(&mut publisher, "b", 0..50).await;
     let devices = |receiver: &Receiver| -> BTreeMap<String, usize> {
         let mut by_device = BTreeMap::new();
         for key in dedupe_by_seq(&receiver.accepted()).into_values() {
@@ -537,12 +507,7 @@ async fn a_pipeline_created_again_under_the_same_name_sends_the_old_queue_only_w
     // The second pipeline queues 30 readings during an outage and is deleted; a third,
     // created with `adoptPreviousQueue`, sends them.
     receiver.stop().await;
-    for i in 0..30 {
-        publisher
-            .send("sensors/c/temperature", reading("c", i as f64, T0 + i))
-            .await;
-    }
-    publisher.flush().await;
+    publish_readings(&mut publisher, "c", 0..30).await;
     second
         .wait_metric(&queued, 30.0, Duration::from_secs(20))
         .await;
@@ -1008,21 +973,14 @@ async fn a_rate_limited_sink_drains_a_backlog_at_the_configured_rate() {
     const RATE: usize = 16 * 1024;
     let broker = Mosquitto::start();
     let mut receiver = Receiver::down();
-    let dir = tempfile::tempdir().unwrap();
-    prepare_session(broker.port, "agent-metered", &[TOPIC]).await;
-    let yaml = Pipeline {
-        broker_port: broker.port,
+    let (_dir, mut agent) = Pipeline {
         client_id: "agent-metered",
-        receiver_port: receiver.port,
         batch_size: 20,
+        sink_settings: "    rateLimit: {bytesPerSecond: 16Ki, burst: 8Ki}\n",
         ..Pipeline::default()
     }
-    .yaml()
-    .replace(
-        "  sink:\n",
-        "  sink:\n    rateLimit: {bytesPerSecond: 16Ki, burst: 8Ki}\n",
-    );
-    let mut agent = Agent::start(dir.path(), &yaml);
+    .start_agent(&broker, receiver.port)
+    .await;
     agent.wait_ready().await;
     assert_eq!(
         agent.metric(&series("edge_agent_sink_rate_limit_bytes_per_second", &[])),
@@ -1112,23 +1070,17 @@ async fn a_scheduled_window_of_zero_holds_the_queue_until_it_ends() {
     let window_ends = std::time::Instant::now() + Duration::from_secs(60 - second % 60);
     let broker = Mosquitto::start();
     let receiver = Receiver::start().await;
-    let dir = tempfile::tempdir().unwrap();
-    prepare_session(broker.port, "agent-scheduled", &[TOPIC]).await;
-    let yaml = Pipeline {
-        broker_port: broker.port,
+    let rate_limit = format!(
+        "    rateLimit:\n      bytesPerSecond: 1Mi\n      schedule:\n        - {{from: \"{from}\", to: \"{to}\", bytesPerSecond: \"0\"}}\n"
+    );
+    let (_dir, mut agent) = Pipeline {
         client_id: "agent-scheduled",
-        receiver_port: receiver.port,
         batch_size: 20,
+        sink_settings: &rate_limit,
         ..Pipeline::default()
     }
-    .yaml()
-    .replace(
-        "  sink:\n",
-        &format!(
-            "  sink:\n    rateLimit:\n      bytesPerSecond: 1Mi\n      schedule:\n        - {{from: \"{from}\", to: \"{to}\", bytesPerSecond: \"0\"}}\n"
-        ),
-    );
-    let mut agent = Agent::start(dir.path(), &yaml);
+    .start_agent(&broker, receiver.port)
+    .await;
     agent.wait_ready().await;
     const N: i64 = 100;
     stream_readings(broker.port, "publisher-scheduled", N)
@@ -1368,20 +1320,16 @@ impl Variants {
         };
         for (label, sink, http) in variants {
             let receiver = Receiver::start().await;
-            let dir = tempfile::tempdir().unwrap();
             let client = format!("agent-{what}-{label}");
-            prepare_session(broker.port, &client, &[TOPIC]).await;
-            let yaml = Pipeline {
-                broker_port: broker.port,
+            let (dir, mut agent) = Pipeline {
                 client_id: &client,
-                receiver_port: receiver.port,
                 batch_size: 100,
                 extra_sink: http,
+                sink_settings: &format!("{sink}\n"),
                 ..Pipeline::default()
             }
-            .yaml()
-            .replace("  sink:\n", &format!("  sink:\n{sink}\n"));
-            let mut agent = Agent::start(dir.path(), &yaml);
+            .start_agent(broker, receiver.port)
+            .await;
             agent.wait_ready().await;
             v._agents.push(agent);
             v.receivers.push(receiver);
@@ -1554,19 +1502,15 @@ async fn the_example_receiver_reads_every_format() {
             port
         };
         let client = format!("agent-example-{i}");
-        prepare_session(broker.port, &client, &[TOPIC]).await;
-        let dir = tempfile::tempdir().unwrap();
-        let yaml = Pipeline {
-            broker_port: broker.port,
+        let (dir, mut agent) = Pipeline {
             client_id: &client,
-            receiver_port: port,
             batch_size: 64,
             extra_sink: if gzip { "      compression: gzip" } else { "" },
+            sink_settings: &format!("    format: {format}\n"),
             ..Pipeline::default()
         }
-        .yaml()
-        .replace("  sink:\n", &format!("  sink:\n    format: {format}\n"));
-        let mut agent = Agent::start(dir.path(), &yaml);
+        .start_agent(&broker, port)
+        .await;
         agent.wait_ready().await;
         agents.push(agent);
         dirs.push(dir);

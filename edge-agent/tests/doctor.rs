@@ -94,12 +94,11 @@ fn doctor_with(command: &mut Command) -> Diagnosis {
 
 /// A pipeline for the test broker and receiver; `extra_source` / `extra_sink` add lines.
 fn pipeline(broker: u16, receiver: &str, extra_source: &str, extra_sink: &str) -> String {
-    format!(
-        r#"apiVersion: edgepipe.dev/v1alpha1
-kind: EdgePipeline
-metadata: {{name: doctor, namespace: site}}
-spec:
-  source:
+    pipeline_yaml(
+        "site",
+        "doctor",
+        &format!(
+            r#"  source:
     mqtt:
       url: mqtt://127.0.0.1:{broker}
       topics: ["sensors/+/temperature"]
@@ -112,6 +111,7 @@ spec:
       url: {receiver}/ingest
 {extra_sink}
 "#
+        ),
     )
 }
 

@@ -21,12 +21,11 @@ const PUB: &str = "/usr/bin/mosquitto_pub";
 const SUB: &str = "/usr/bin/mosquitto_sub";
 
 fn pipeline(broker_port: u16, receiver_port: u16, credentials: &str) -> String {
-    format!(
-        r#"apiVersion: edgepipe.dev/v1alpha1
-kind: EdgePipeline
-metadata: {{name: test, namespace: factory}}
-spec:
-  source:
+    pipeline_yaml(
+        "factory",
+        "test",
+        &format!(
+            r#"  source:
     mqtt:
       embedded: {{listen: "127.0.0.1:{broker_port}"}}
       topics: ["sensors/+/temperature"]
@@ -43,6 +42,7 @@ spec:
       flushInterval: 100ms
       retry: {{initialBackoff: 50ms, maxBackoff: 500ms}}
 "#
+        ),
     )
 }
 

@@ -225,18 +225,14 @@ async fn damaged_queue_recovers(
 ) -> f64 {
     let broker = Mosquitto::start();
     let mut receiver = Receiver::start().await;
-    let dir = tempfile::tempdir().expect("tempdir");
-    prepare_session(broker.port, client, &[TOPIC]).await;
-    let yaml = Pipeline {
-        broker_port: broker.port,
+    let (_dir, mut agent) = Pipeline {
         client_id: client,
-        receiver_port: receiver.port,
         batch_size: 100,
         buffer: &format!("{{durability: {durability}}}"),
         ..Pipeline::default()
     }
-    .yaml();
-    let mut agent = Agent::start(dir.path(), &yaml);
+    .start_agent(&broker, receiver.port)
+    .await;
     agent.wait_ready().await;
     // Phase 1 is synced; phase 2 waits in the queue (its WAL) when the agent dies.
     publish_through_faults(broker.port, &format!("{client}-1"), 0..500, 0).await;

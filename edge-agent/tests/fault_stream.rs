@@ -345,19 +345,15 @@ async fn burst_killed_at_its_last_reading(client: &str, processors: &str, publis
     let broker = Mosquitto::start();
     let receiver = Receiver::start().await;
     receiver.forget_records();
-    let dir = tempfile::tempdir().expect("tempdir");
-    prepare_session(broker.port, client, &[TOPIC]).await;
-    let yaml = Pipeline {
-        broker_port: broker.port,
+    let (_dir, mut agent) = Pipeline {
         client_id: client,
-        receiver_port: receiver.port,
         batch_size: 5000,
         processors,
         extra_sink: "      compression: none",
         ..Pipeline::default()
     }
-    .yaml();
-    let mut agent = Agent::start(dir.path(), &yaml);
+    .start_agent(&broker, receiver.port)
+    .await;
     agent.wait_ready().await;
     let started = Instant::now();
     let port = broker.port;
@@ -448,17 +444,13 @@ async fn f5_broker_restarts_mid_stream_lose_nothing() {
     let (n, restarts): (u64, u64) = if soak() { (30_000, 6) } else { (6_000, 2) };
     let mut broker = Mosquitto::persistent();
     let receiver = Receiver::start().await;
-    let dir = tempfile::tempdir().expect("tempdir");
-    prepare_session(broker.port, "agent-f5", &[TOPIC]).await;
-    let yaml = Pipeline {
-        broker_port: broker.port,
+    let (_dir, mut agent) = Pipeline {
         client_id: "agent-f5",
-        receiver_port: receiver.port,
         batch_size: 200,
         ..Pipeline::default()
     }
-    .yaml();
-    let mut agent = Agent::start(dir.path(), &yaml);
+    .start_agent(&broker, receiver.port)
+    .await;
     agent.wait_ready().await;
     let received = series("edge_agent_messages_received_total", &[]);
     let connected = series("edge_agent_mqtt_connected", &[]);
@@ -512,17 +504,13 @@ async fn f7_sigterm_under_load_exits_0_in_the_grace_period_and_loses_nothing() {
     let n: u64 = if soak() { 30_000 } else { 6_000 };
     let broker = Mosquitto::start();
     let receiver = Receiver::start().await;
-    let dir = tempfile::tempdir().expect("tempdir");
-    prepare_session(broker.port, "agent-f7", &[TOPIC]).await;
-    let yaml = Pipeline {
-        broker_port: broker.port,
+    let (_dir, mut agent) = Pipeline {
         client_id: "agent-f7",
-        receiver_port: receiver.port,
         batch_size: 100,
         ..Pipeline::default()
     }
-    .yaml();
-    let mut agent = Agent::start(dir.path(), &yaml);
+    .start_agent(&broker, receiver.port)
+    .await;
     let port = broker.port;
     let publishing = tokio::spawn(publish_range(port, "publisher-f7", 0..n));
     let received = series("edge_agent_messages_received_total", &[]);

@@ -16,8 +16,6 @@ use std::time::Duration;
 
 use common::*;
 
-const TOPIC: &str = "sensors/+/temperature";
-const T0: i64 = 1_795_608_000_000;
 /// The agent pod's memory limit in the chart.
 const POD_LIMIT_BYTES: u64 = 256 * 1024 * 1024;
 
@@ -180,16 +178,12 @@ async fn hostile_device_ids_are_counted_and_never_reach_a_topic_or_the_source_se
 async fn a_17_mib_message_is_skipped_and_everything_behind_it_delivered() {
     let broker = Mosquitto::start();
     let receiver = Receiver::start().await;
-    let dir = tempfile::tempdir().unwrap();
-    prepare_session(broker.port, "agent-huge", &[TOPIC]).await;
-    let yaml = Pipeline {
-        broker_port: broker.port,
+    let (_dir, mut agent) = Pipeline {
         client_id: "agent-huge",
-        receiver_port: receiver.port,
         ..Pipeline::default()
     }
-    .yaml();
-    let mut agent = Agent::start(dir.path(), &yaml);
+    .start_agent(&broker, receiver.port)
+    .await;
     agent.wait_ready().await;
     let readiness = ReadinessWatch::start(agent.metrics_port);
 
@@ -261,19 +255,15 @@ async fn a_17_mib_message_is_skipped_and_everything_behind_it_delivered() {
 async fn long_device_ids_and_too_many_devices_keep_the_agent_under_its_pod_limit() {
     let broker = Mosquitto::start();
     let receiver = Receiver::start().await;
-    let dir = tempfile::tempdir().unwrap();
-    prepare_session(broker.port, "agent-memory", &[TOPIC]).await;
-    let yaml = Pipeline {
-        broker_port: broker.port,
+    let (_dir, mut agent) = Pipeline {
         client_id: "agent-memory",
-        receiver_port: receiver.port,
         processors: "[{deadband: {absolute: 0.5}}, {aggregate: {window: 1h, functions: [mean, count, last]}}]",
         extra_source: "    maxPayloadSize: 256Ki\n    maxDevices: 10000",
         batch_size: 1000,
         ..Pipeline::default()
     }
-    .yaml();
-    let mut agent = Agent::start(dir.path(), &yaml);
+    .start_agent(&broker, receiver.port)
+    .await;
     agent.wait_ready().await;
     let mut publisher = Publisher::connect(broker.port, "agent-memory-pub");
     let long = 1_500;
@@ -330,12 +320,11 @@ async fn a_png_bomb_is_refused_within_the_pod_limit_and_the_next_frame_classifie
     let receiver = Receiver::start().await;
     let dir = tempfile::tempdir().unwrap();
     prepare_session(broker.port, "agent-bomb", &["cameras/+/frame"]).await;
-    let yaml = format!(
-        r#"apiVersion: edgepipe.dev/v1alpha1
-kind: EdgePipeline
-metadata: {{name: test, namespace: factory}}
-spec:
-  source:
+    let yaml = pipeline_yaml(
+        "factory",
+        "test",
+        &format!(
+            r#"  source:
     mqtt:
       url: mqtt://127.0.0.1:{broker}
       topics: ["cameras/+/frame"]
@@ -350,9 +339,10 @@ spec:
   sink:
     http: {{url: "http://127.0.0.1:{receiver}/ingest", batchSize: 10, flushInterval: 100ms}}
 "#,
-        broker = broker.port,
-        model = models.join("image_classifier.tflite").display(),
-        receiver = receiver.port,
+            broker = broker.port,
+            model = models.join("image_classifier.tflite").display(),
+            receiver = receiver.port,
+        ),
     );
     let mut agent = Agent::start(dir.path(), &yaml);
     agent.wait_ready().await;
@@ -404,18 +394,14 @@ spec:
 async fn a_flood_of_large_messages_is_read_no_faster_than_ingest_takes_it_in() {
     let broker = Mosquitto::start();
     let receiver = Receiver::start().await;
-    let dir = tempfile::tempdir().unwrap();
-    prepare_session(broker.port, "agent-flood", &[TOPIC]).await;
-    let yaml = Pipeline {
-        broker_port: broker.port,
+    let (_dir, mut agent) = Pipeline {
         client_id: "agent-flood",
-        receiver_port: receiver.port,
         extra_source: "    maxPayloadSize: 2Mi",
         batch_size: 100,
         ..Pipeline::default()
     }
-    .yaml();
-    let mut agent = Agent::start(dir.path(), &yaml);
+    .start_agent(&broker, receiver.port)
+    .await;
     agent.wait_ready().await;
     let at_ready = agent.memory();
     let n = 400;

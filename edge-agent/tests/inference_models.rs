@@ -139,13 +139,7 @@ async fn inference_runs_an_onnx_model_from_its_path() {
         ),
         data.path(),
     );
-    assert!(
-        inference
-            .wait_for_generation(1, Duration::from_secs(20))
-            .await,
-        "{:?}",
-        inference.status()
-    );
+    wait_first_model(&inference).await;
     assert_eq!(metrics.loads("success"), 1);
     let golden = GoldenSet::from_json(&fixture_bytes("anomaly_dense.golden.json"), None).unwrap();
     // The normalisation of `anomaly_spec` is (x - 20) / 3.5: feed raw values that give the
@@ -223,13 +217,7 @@ async fn image_payloads_become_classification_records_with_the_labels_file() {
         "timeout": "10s",
     }));
     let (mut inference, metrics) = start(s, data.path());
-    assert!(
-        inference
-            .wait_for_generation(1, Duration::from_secs(20))
-            .await,
-        "{:?}",
-        inference.status()
-    );
+    wait_first_model(&inference).await;
     let golden: Value = serde_json::from_slice(&fixture_bytes("images/golden.json")).unwrap();
     for image in golden["images"].as_array().unwrap() {
         let file = image["file"].as_str().unwrap();

@@ -66,13 +66,7 @@ async fn models_swap_while_readings_flow_and_broken_updates_keep_the_old_model()
     let mut settings = InferenceSettings::new(spec, source, 100);
     settings.poll_interval = Duration::from_millis(20);
     let mut inference = Inference::start(settings, metrics.clone()).unwrap();
-    assert!(
-        inference
-            .wait_for_generation(1, Duration::from_secs(20))
-            .await,
-        "{:?}",
-        inference.status()
-    );
+    wait_first_model(&inference).await;
 
     let autoencoder = Model::load(&fixture_bytes("anomaly_autoencoder.tflite")).unwrap();
     let conv1d = Model::load(&fixture_bytes("anomaly_conv1d.tflite")).unwrap();

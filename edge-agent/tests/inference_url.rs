@@ -46,13 +46,7 @@ async fn url_models_are_verified_cached_and_used_offline() {
 
     // Downloaded, verified, cached, used.
     let (mut inference, metrics) = start(url_spec(&server.base, &sha), data.path());
-    assert!(
-        inference
-            .wait_for_generation(1, Duration::from_secs(20))
-            .await,
-        "{:?}",
-        inference.status()
-    );
+    wait_first_model(&inference).await;
     let status = inference.status();
     assert_eq!(status.sha256.as_deref(), Some(sha.as_str()));
     assert!(status.origin.unwrap().starts_with(&server.base));
@@ -100,13 +94,7 @@ async fn url_models_are_verified_cached_and_used_offline() {
     let base = server.base.clone();
     server.stop().await;
     let (mut offline, offline_metrics) = start(url_spec(&base, &sha), data.path());
-    assert!(
-        offline
-            .wait_for_generation(1, Duration::from_secs(20))
-            .await,
-        "{:?}",
-        offline.status()
-    );
+    wait_first_model(&offline).await;
     assert_eq!(offline_metrics.loads("download_error"), 0);
     let scored = offline.score(&windows("d2")).await.unwrap();
     assert!(scored[1].score > 0.8);

@@ -11,24 +11,17 @@ use std::time::Duration;
 use common::*;
 use serde_json::Value;
 
-const TOPIC: &str = "sensors/+/temperature";
-const T0: i64 = 1_795_608_000_000;
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn malformed_payloads_are_counted_by_reason_and_the_valid_ones_processed() {
     let broker = Mosquitto::start();
     let receiver = Receiver::start().await;
-    let dir = tempfile::tempdir().unwrap();
-    prepare_session(broker.port, "agent-malformed", &[TOPIC]).await;
-    let yaml = Pipeline {
-        broker_port: broker.port,
+    let (_dir, mut agent) = Pipeline {
         client_id: "agent-malformed",
-        receiver_port: receiver.port,
         extra_source: "    maxPayloadSize: 1Ki",
         ..Pipeline::default()
     }
-    .yaml();
-    let mut agent = Agent::start(dir.path(), &yaml);
+    .start_agent(&broker, receiver.port)
+    .await;
     let padding = "x".repeat(2000);
     let invalid: Vec<(&str, String)> = vec![
         ("not_json", "hello".into()),
@@ -111,29 +104,17 @@ async fn malformed_payloads_are_counted_by_reason_and_the_valid_ones_processed()
 async fn under_block_a_full_queue_stops_acknowledging_and_nothing_is_dropped() {
     let broker = Mosquitto::start();
     let mut receiver = Receiver::down();
-    let dir = tempfile::tempdir().unwrap();
-    prepare_session(broker.port, "agent-block", &[TOPIC]).await;
-    let yaml = Pipeline {
-        broker_port: broker.port,
+    let (_dir, mut agent) = Pipeline {
         client_id: "agent-block",
-        receiver_port: receiver.port,
         buffer: "{maxBytes: 64Ki, whenFull: block, durability: os}",
         batch_size: 20,
         ..Pipeline::default()
     }
-    .yaml();
-    let mut agent = Agent::start(dir.path(), &yaml);
+    .start_agent(&broker, receiver.port)
+    .await;
     let device = format!("d{}", "x".repeat(120));
     let mut publisher = Publisher::connect(broker.port, "agent-block-pub");
-    for i in 0..400 {
-        publisher
-            .send(
-                &format!("sensors/{device}/temperature"),
-                reading(&device, i as f64, T0 + i),
-            )
-            .await;
-    }
-    publisher.flush().await;
+    publish_readings(&mut publisher, &device, 0..400).await;
     agent
         .wait_metric(
             &series("edge_agent_messages_received_total", &[]),
@@ -254,16 +235,16 @@ fn mqtt_sink_pipeline(
     topic: &str,
     sink_lines: &str,
 ) -> String {
-    format!(
-        r#"apiVersion: edgepipe.dev/v1alpha1
-kind: EdgePipeline
-metadata: {{name: test, namespace: factory}}
-spec:
-  source:
+    pipeline_yaml(
+        "factory",
+        "test",
+        &format!(
+            r#"  source:
     mqtt: {{url: "mqtt://127.0.0.1:{edge}", topics: ["{TOPIC}"], clientId: {client}}}
   sink:
 {sink_lines}    mqtt: {{url: "mqtt://127.0.0.1:{cloud}", topic: "{topic}", batchSize: 7, flushInterval: 100ms}}
 "#
+        ),
     )
 }
 
@@ -283,12 +264,7 @@ async fn the_mqtt_sink_publishes_json_batches_upstream() {
     );
     let mut agent = Agent::start(dir.path(), &yaml);
     let mut publisher = Publisher::connect(edge.port, "agent-mqtt-sink-pub");
-    for i in 0..30 {
-        publisher
-            .send("sensors/a/temperature", reading("a", i as f64, T0 + i))
-            .await;
-    }
-    publisher.flush().await;
+    publish_readings(&mut publisher, "a", 0..30).await;
     let batches = eventually(Duration::from_secs(15), "30 records upstream", async || {
         let batches: Vec<(String, Vec<Value>)> = upstream
             .messages()

@@ -12,9 +12,6 @@ use std::time::Duration;
 
 use common::*;
 
-const TOPIC: &str = "sensors/+/temperature";
-const T0: i64 = 1_795_608_000_000;
-
 /// Readings published by the cap tests; each record is about 300 bytes (a device id of
 /// 121 bytes, near the 128-byte limit), so the smallest queue (64 KiB) holds about 220.
 const N: i64 = 400;
@@ -43,15 +40,7 @@ async fn fill_while_offline(when_full: &str, client_id: &str) -> (BTreeSet<i64>,
     let mut agent = Agent::start(dir.path(), &yaml);
     let mut publisher = Publisher::connect(broker.port, &format!("{client_id}-pub"));
     let device = long_device();
-    for i in 0..N {
-        publisher
-            .send(
-                &format!("sensors/{device}/temperature"),
-                reading(&device, i as f64, T0 + i),
-            )
-            .await;
-    }
-    publisher.flush().await;
+    publish_readings(&mut publisher, &device, 0..N).await;
     // Every message has an outcome (stored or dropped) once its unit completed.
     agent
         .wait_metric(
@@ -122,24 +111,15 @@ async fn drop_oldest_keeps_the_newest_and_counts_every_record_it_evicted() {
 async fn records_older_than_max_age_are_dropped_and_counted() {
     let broker = Mosquitto::start();
     let receiver = Receiver::down();
-    let dir = tempfile::tempdir().unwrap();
-    prepare_session(broker.port, "agent-age", &[TOPIC]).await;
-    let yaml = Pipeline {
-        broker_port: broker.port,
+    let (_dir, mut agent) = Pipeline {
         client_id: "agent-age",
-        receiver_port: receiver.port,
         buffer: "{maxAge: 1s}",
         ..Pipeline::default()
     }
-    .yaml();
-    let mut agent = Agent::start(dir.path(), &yaml);
+    .start_agent(&broker, receiver.port)
+    .await;
     let mut publisher = Publisher::connect(broker.port, "agent-age-pub");
-    for i in 0..10 {
-        publisher
-            .send("sensors/a/temperature", reading("a", i as f64, T0 + i))
-            .await;
-    }
-    publisher.flush().await;
+    publish_readings(&mut publisher, "a", 0..10).await;
     agent
         .wait_metric(
             &series("edge_agent_records_dropped_total", &[("reason", "max_age")]),
@@ -223,12 +203,7 @@ async fn a_rejected_batch_is_dead_lettered_once_then_replayed_or_purged_while_th
     );
 
     // Sync goes on after the rejection.
-    for i in 20..25 {
-        publisher
-            .send("sensors/a/temperature", reading("a", i as f64, T0 + i))
-            .await;
-    }
-    publisher.flush().await;
+    publish_readings(&mut publisher, "a", 20..25).await;
     eventually(
         Duration::from_secs(10),
         "later records synced",
@@ -362,24 +337,15 @@ async fn refused_credentials_pause_delivery_and_dead_letter_nothing() {
         let n = count.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
         Some(Reply::Status(if n % 2 == 0 { 401 } else { 403 }))
     });
-    let dir = tempfile::tempdir().unwrap();
-    prepare_session(broker.port, "agent-token", &[TOPIC]).await;
-    let yaml = Pipeline {
-        broker_port: broker.port,
+    let (_dir, mut agent) = Pipeline {
         client_id: "agent-token",
-        receiver_port: receiver.port,
         batch_size: 10,
         ..Pipeline::default()
     }
-    .yaml();
-    let mut agent = Agent::start(dir.path(), &yaml);
+    .start_agent(&broker, receiver.port)
+    .await;
     let mut publisher = Publisher::connect(broker.port, "agent-token-pub");
-    for i in 0..200 {
-        publisher
-            .send("sensors/a/temperature", reading("a", i as f64, T0 + i))
-            .await;
-    }
-    publisher.flush().await;
+    publish_readings(&mut publisher, "a", 0..200).await;
     let failures = series("edge_agent_upstream_auth_failures_total", &[]);
     agent
         .wait_metric(&failures, 4.0, Duration::from_secs(15))
@@ -576,12 +542,7 @@ async fn a_corrupt_queue_file_is_moved_aside_and_the_agent_runs() {
     assert!(agent.log_text().contains("corrupt"), "the event is logged");
 
     let mut publisher = Publisher::connect(broker.port, "agent-corrupt-pub");
-    for i in 0..10 {
-        publisher
-            .send("sensors/a/temperature", reading("a", i as f64, T0 + i))
-            .await;
-    }
-    publisher.flush().await;
+    publish_readings(&mut publisher, "a", 0..10).await;
     eventually(
         Duration::from_secs(10),
         "readings synced from the fresh queue",

@@ -11,7 +11,7 @@ pub mod netns;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 use rand::SeedableRng;
@@ -98,22 +98,6 @@ pub fn difference(got: &BTreeSet<u64>, n: u64) -> String {
         "{} of {n} indices; first missing {missing:?}; unexpected {extra:?}",
         got.len()
     )
-}
-
-/// SIGTERM, then SIGKILL if `child` is still running after `grace`.
-pub fn terminate(child: &mut Child, grace: Duration) {
-    let _ = Command::new("kill")
-        .args(["-TERM", &child.id().to_string()])
-        .status();
-    let deadline = Instant::now() + grace;
-    while Instant::now() < deadline {
-        if let Ok(Some(_)) = child.try_wait() {
-            return;
-        }
-        std::thread::sleep(Duration::from_millis(10));
-    }
-    let _ = child.kill();
-    let _ = child.wait();
 }
 
 /// The pid of the running agent whose command line names `config`.

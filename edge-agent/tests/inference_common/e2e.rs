@@ -13,6 +13,7 @@ use serde_json::Value;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use super::eventually;
+use edge_testkit::pipeline_yaml;
 
 pub use edge_testkit::free_port;
 
@@ -312,12 +313,11 @@ pub fn pipeline(
     processors: &str,
     encoding: &str,
 ) -> String {
-    format!(
-        r#"apiVersion: edgepipe.dev/v1alpha1
-kind: EdgePipeline
-metadata: {{name: vibration, namespace: e2e}}
-spec:
-  source:
+    pipeline_yaml(
+        "e2e",
+        "vibration",
+        &format!(
+            r#"  source:
     mqtt:
       url: mqtt://127.0.0.1:{broker}
       topics: ["sensors/+/vibration", "cameras/+/frame"]
@@ -337,6 +337,7 @@ spec:
   sink:
     http: {{url: "{receiver}", batchSize: 200, flushInterval: 100ms, timeout: 5s}}
 "#
+        ),
     )
 }
 

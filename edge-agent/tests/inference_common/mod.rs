@@ -59,6 +59,18 @@ pub fn start(
     (inference, metrics)
 }
 
+/// Waits (up to 20 s) until `inference` has loaded its first model; panics with its
+/// status otherwise.
+pub async fn wait_first_model(inference: &Inference) {
+    assert!(
+        inference
+            .wait_for_generation(1, Duration::from_secs(20))
+            .await,
+        "{:?}",
+        inference.status()
+    );
+}
+
 /// A raw reading.
 pub fn reading(device: &str, value: f64, t: i64) -> Reading {
     Reading {
