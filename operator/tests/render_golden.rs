@@ -11,7 +11,7 @@ use std::process::Command;
 use common::{default_options, examples, golden_path, pipeline, with_spec, workspace};
 use edge_operator::render::{pipeline_from_manifest, render};
 
-/// Kubernetes versions every rendered object must be valid for (README: supported range).
+/// Kubernetes versions every rendered object must be valid for (operator/README.md: supported versions).
 const KUBERNETES_VERSIONS: [&str; 2] = ["1.33.0", "1.37.0"];
 
 fn render_example(example: &Path) -> String {

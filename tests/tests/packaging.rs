@@ -66,7 +66,7 @@ fn dockerfile_builds_both_images_as_non_root_distroless() {
         let entrypoint = format!(r#"ENTRYPOINT ["/usr/local/bin/edge-{name}"]"#);
         assert!(lines.contains(&entrypoint.as_str()), "{name}: {entrypoint}");
     }
-    // Every platform the README documents is handled by the cross-compiling builder.
+    // Every platform deploy/docker/README.md documents is handled by the cross-compiling builder.
     for triple in [
         "x86_64-unknown-linux-gnu",
         "aarch64-unknown-linux-gnu",

@@ -540,8 +540,9 @@ async fn a_node_rebooted_without_its_control_plane_runs_its_pipeline_in_fallback
         ],
     );
 
-    // The devices' broker runs on the host, as README advises for sites with a fallback:
-    // a broker pod would be down with everything else after the reboot.
+    // The devices' broker runs on the host, as edge-agent/README.md (Node autonomy) advises
+    // for sites with a fallback: a broker pod would be down with everything else after the
+    // reboot.
     let broker = edge_testkit::mqtt::Mosquitto::start_for_containers();
     let receiver = Receiver::start_for_containers().await;
     let url = format!("http://{ip}:{}/sensor-data/batch", receiver.port);

@@ -3,7 +3,7 @@
 //! correctly. TFLite flatbuffers are read here; ONNX files in [`super::onnx`].
 //!
 //! The support table comes from tract-tflite's operator registry and from measurements
-//! against the LiteRT reference interpreter (see the README's inference section): an op
+//! against the LiteRT reference interpreter (see edge-agent/INFERENCE.md): an op
 //! can be verified, registered but not measured here, loaded but known to compute a
 //! wrong result, or not supported at all (the loader returns an error).
 
