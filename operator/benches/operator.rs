@@ -36,14 +36,7 @@ fn main() {
             p
         })
         .collect();
-    let options = RenderOptions {
-        agent_image: edge_operator::default_agent_image(),
-        model_version: None,
-        secrets_digest: None,
-        avoid_control_plane: true,
-        agent_access: None,
-        fallback: None,
-    };
+    let options = RenderOptions::default();
     let now = Time(Timestamp::now());
     let rss_before = rss_kib("VmRSS");
 

@@ -75,14 +75,7 @@ pub fn pipeline_manifest(
 /// The render options of `edge-operator render -f FILE`: the default agent image, no
 /// model, no Secrets, no fleet records, no fallback, off the control-plane nodes.
 pub fn render_options() -> RenderOptions {
-    RenderOptions {
-        agent_image: edge_operator::default_agent_image(),
-        model_version: None,
-        secrets_digest: None,
-        avoid_control_plane: true,
-        agent_access: None,
-        fallback: None,
-    }
+    RenderOptions::default()
 }
 
 /// What `edge-operator render` makes of the EdgePipeline `manifest`.

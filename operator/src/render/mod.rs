@@ -103,6 +103,22 @@ pub struct RenderOptions {
 /// binary under [`edge_crds::fallback::HOST_BIN_DIR`] and the systemd unit in
 /// `unit_dir`, enabled for the pipeline; the agent keeps what the fallback needs in its
 /// data directory.
+impl Default for RenderOptions {
+    /// What `edge-operator render` uses without flags: the default agent image, no model
+    /// or Secret digest, agents kept off control-plane nodes, no extra agent access, no
+    /// node fallback.
+    fn default() -> Self {
+        Self {
+            agent_image: crate::default_agent_image(),
+            model_version: None,
+            secrets_digest: None,
+            avoid_control_plane: true,
+            agent_access: None,
+            fallback: None,
+        }
+    }
+}
+
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct FallbackInstall {
     /// The nodes' systemd unit directory.

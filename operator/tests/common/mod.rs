@@ -48,14 +48,7 @@ pub fn golden_path(example: &Path) -> PathBuf {
 
 /// The render options the golden files use (the defaults of `edge-operator render`).
 pub fn default_options() -> RenderOptions {
-    RenderOptions {
-        agent_image: edge_operator::default_agent_image(),
-        model_version: None,
-        secrets_digest: None,
-        avoid_control_plane: true,
-        agent_access: None,
-        fallback: None,
-    }
+    RenderOptions::default()
 }
 
 /// The pipeline `factory/line1` with this spec (YAML at the indentation of `spec:`'s
