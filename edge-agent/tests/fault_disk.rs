@@ -16,12 +16,7 @@ const TOPIC: &str = "sensors/+/temperature";
 
 /// Every `edge_agent_records_dropped_total` series, summed.
 fn dropped_total(agent: &mut Agent) -> f64 {
-    agent
-        .metrics()
-        .iter()
-        .filter(|(k, _)| k.starts_with("edge_agent_records_dropped_total"))
-        .map(|(_, v)| v)
-        .sum()
+    edge_testkit::metrics::sum(&agent.metrics(), "edge_agent_records_dropped_total")
 }
 
 /// Asserts `/livez` answers 200 (the agent is up and not stuck).

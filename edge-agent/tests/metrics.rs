@@ -287,12 +287,7 @@ async fn top_shows_what_the_agent_exports_once_and_live_in_a_terminal() {
         *m.get(s)
             .unwrap_or_else(|| panic!("{s} not exported by the agent"))
     };
-    let sum = |name: &str| -> f64 {
-        m.iter()
-            .filter(|(s, _)| s.starts_with(&format!("{name}{{")))
-            .map(|(_, v)| v)
-            .sum()
-    };
+    let sum = |name: &str| edge_testkit::metrics::sum(&m, name);
     let header = panel.lines().next().unwrap_or_default();
     assert!(
         header.starts_with("edge-agent top  pipeline factory/test  agent "),

@@ -17,7 +17,7 @@ use std::time::{Duration, Instant};
 use edge_tests::{tool, workspace_root};
 
 use edge_testkit::pki::Pki;
-use edge_testkit::{Mosquitto, Receiver, ServerTls, free_port, pipeline_yaml};
+use edge_testkit::{Mosquitto, Receiver, ServerTls, free_port, parse_metrics, pipeline_yaml};
 
 /// A child process killed on drop.
 struct Proc(Child);
@@ -53,13 +53,7 @@ fn http_get(port: u16, path: &str) -> Option<String> {
 
 /// The value of one exact series line in a /metrics text (0 when absent).
 fn metric(text: &str, series: &str) -> f64 {
-    text.lines()
-        .find_map(|l| {
-            l.strip_prefix(series)
-                .and_then(|rest| rest.strip_prefix(' '))
-        })
-        .and_then(|v| v.trim().parse().ok())
-        .unwrap_or(0.0)
+    parse_metrics(text).get(series).copied().unwrap_or(0.0)
 }
 
 fn poll(what: &str, timeout: Duration, mut ok: impl FnMut() -> bool) {
@@ -73,17 +67,8 @@ fn poll(what: &str, timeout: Duration, mut ok: impl FnMut() -> bool) {
 /// Publishes one message per line with QoS 1.
 fn publish(port: u16, topic: &str, lines: &[String]) {
     let mut child = Command::new(tool("mosquitto_pub"))
-        .args([
-            "-h",
-            "127.0.0.1",
-            "-p",
-            &port.to_string(),
-            "-q",
-            "1",
-            "-t",
-            topic,
-            "-l",
-        ])
+        .args(edge_testkit::mqtt::cli_args(port, 1))
+        .args(["-t", topic, "-l"])
         .stdin(Stdio::piped())
         .spawn()
         .expect("mosquitto_pub");
@@ -116,10 +101,9 @@ fn names_used_by_dashboard_and_rules() -> BTreeSet<String> {
 
 /// A name in an exposition: plain, or a histogram's `_bucket`/`_sum`/`_count` series.
 fn exported(exposition: &str, name: &str) -> bool {
-    exposition.lines().filter(|l| !l.starts_with('#')).any(|l| {
-        let series = l.split(['{', ' ']).next().unwrap_or("");
-        series == name
-    })
+    parse_metrics(exposition)
+        .keys()
+        .any(|series| series.split('{').next() == Some(name))
 }
 
 struct Operator {

@@ -30,6 +30,7 @@ use serde_json::Value;
 
 use edge_testkit::cluster::{Cluster, Node, Options};
 use edge_testkit::images::{self, MOSQUITTO};
+use edge_testkit::metrics::sum as metric_sum;
 use edge_testkit::mqtt::Publisher;
 use edge_testkit::node::{RealNode, host_ip};
 use edge_testkit::receiver::{Receiver, Reply};
@@ -113,14 +114,6 @@ fn agent_metrics(cluster: &Cluster, pod: &str) -> BTreeMap<String, f64> {
         &format!("/api/v1/namespaces/{NS}/pods/{pod}:9464/proxy/metrics"),
     ]);
     parse_metrics(&String::from_utf8_lossy(&out.stdout))
-}
-
-fn metric_sum(metrics: &BTreeMap<String, f64>, name: &str) -> f64 {
-    metrics
-        .iter()
-        .filter(|(series, _)| series.split('{').next() == Some(name))
-        .map(|(_, v)| v)
-        .sum()
 }
 
 /// A reading whose value names it: `i` alternates far above and below the device's

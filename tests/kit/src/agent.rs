@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
 
-use crate::{free_port, workspace_bin};
+use crate::{free_port, parse_metrics, workspace_bin};
 
 /// The agent binary, run with a config file and data directory of its own.
 pub struct Agent {
@@ -102,9 +102,10 @@ impl Agent {
         if !self.env.iter().any(|(k, _)| k == "NODE_NAME") {
             command.arg("--node-name").arg("edge-test");
         }
+        // RUST_LOG first, so a test (or a benchmark, which wants "error") may set its own.
         let child = command
-            .envs(self.env.iter().map(|(k, v)| (k, v)))
             .env("RUST_LOG", "info,edge_agent=debug")
+            .envs(self.env.iter().map(|(k, v)| (k, v)))
             .stdout(Stdio::null())
             .stderr(log)
             .spawn()
@@ -167,6 +168,11 @@ impl Agent {
         {
             panic!("agent exited with {status}:\n{}", self.log_text());
         }
+    }
+
+    /// The agent's process id, while it runs.
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
     }
 
     /// The agent's peak resident memory so far (`VmHWM` of `/proc/<pid>/status`), bytes.
@@ -288,17 +294,6 @@ pub fn http_get(port: u16, path: &str) -> Option<(u16, String)> {
         .map(|(_, b)| b.to_string())
         .unwrap_or_default();
     Some((status, body))
-}
-
-/// Parses the Prometheus text format into `series -> value`.
-pub fn parse_metrics(text: &str) -> BTreeMap<String, f64> {
-    text.lines()
-        .filter(|l| !l.starts_with('#') && !l.trim().is_empty())
-        .filter_map(|l| {
-            let (series, value) = l.rsplit_once(' ')?;
-            Some((series.to_string(), value.parse().ok()?))
-        })
-        .collect()
 }
 
 /// An agent's memory, bytes (threads: a count), from `/proc/<pid>/status`.

@@ -5,6 +5,7 @@
 //!   PUBACKs, a subscriber, persistent-session preparation;
 //! - [`agent`]: the `edge-agent` binary with its own config, data directory and log, and
 //!   its `/metrics`, `/livez` and `/readyz`;
+//! - [`metrics`]: a Prometheus exposition read into series, sums and histogram quantiles;
 //! - [`receiver`]: a real HTTP(S) ingest endpoint that records requests and can fail or
 //!   stop, with mutual TLS on request;
 //! - [`operator`]: the `edge-operator` binary as the chart runs it, as its ServiceAccount;
@@ -23,6 +24,7 @@ pub mod agent;
 pub mod cluster;
 pub mod images;
 pub mod link;
+pub mod metrics;
 pub mod mqtt;
 pub mod node;
 pub mod operator;
@@ -35,12 +37,13 @@ pub mod scenario;
 
 use std::path::{Path, PathBuf};
 
-pub use agent::{Agent, Memory, http_get, parse_metrics};
+pub use agent::{Agent, Memory, http_get};
 pub use link::Link;
+pub use metrics::parse_metrics;
 pub use mqtt::{Mosquitto, Publisher, Received, Subscriber, prepare_session};
 pub use poll::{eventually, poll};
 pub use ports::free_port;
-pub use receiver::{Receiver, Reply, Request, ServerTls};
+pub use receiver::{Counts, Receiver, Reply, Request, ServerTls};
 
 /// The workspace root (the directory holding the top-level Cargo.toml).
 pub fn workspace_root() -> PathBuf {

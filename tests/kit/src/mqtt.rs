@@ -20,6 +20,8 @@ pub struct Mosquitto {
     users: Vec<(String, String)>,
     /// The address it listens on.
     host: &'static str,
+    /// Configuration lines after the kit's own (a later line wins).
+    extra: String,
 }
 
 impl Mosquitto {
@@ -37,7 +39,7 @@ impl Mosquitto {
     /// A broker on every interface of this host (on a free port), so containers and pods
     /// reach it at the host's address.
     pub fn start_for_containers() -> Self {
-        Self::launch_on("0.0.0.0", None, false, &[])
+        Self::launch_on("0.0.0.0", None, false, &[], "")
     }
 
     /// A broker with `persistence true`: persistent sessions and their queued messages
@@ -52,12 +54,18 @@ impl Mosquitto {
         Self::launch_with(None, false, users)
     }
 
+    /// A broker on a free loopback port with `extra` configuration lines after the
+    /// kit's own (Mosquitto takes the last value of an option): the benchmarks' limits.
+    pub fn with_config(extra: &str) -> Self {
+        Self::launch_on("127.0.0.1", None, false, &[], extra)
+    }
+
     fn launch(fixed: Option<u16>, persistent: bool) -> Self {
         Self::launch_with(fixed, persistent, &[])
     }
 
     fn launch_with(fixed: Option<u16>, persistent: bool, users: &[(&str, &str)]) -> Self {
-        Self::launch_on("127.0.0.1", fixed, persistent, users)
+        Self::launch_on("127.0.0.1", fixed, persistent, users, "")
     }
 
     fn launch_on(
@@ -65,9 +73,11 @@ impl Mosquitto {
         fixed: Option<u16>,
         persistent: bool,
         users: &[(&str, &str)],
+        extra: &str,
     ) -> Self {
         let mut broker = Self {
             host,
+            extra: extra.to_string(),
             port: 0,
             child: None,
             dir: tempfile::tempdir().expect("tempdir"),
@@ -125,6 +135,7 @@ impl Mosquitto {
         } else {
             text += "persistence false\n";
         }
+        text += &self.extra;
         std::fs::write(&conf, text).expect("write mosquitto.conf");
         let log = std::fs::OpenOptions::new()
             .create(true)
@@ -175,6 +186,11 @@ impl Mosquitto {
         }
     }
 
+    /// The broker's process id, while it runs.
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
+    }
+
     /// The broker's log so far.
     pub fn log_text(&self) -> String {
         std::fs::read_to_string(self.dir.path().join("mosquitto.log")).unwrap_or_default()
@@ -188,6 +204,20 @@ impl Drop for Mosquitto {
             let _ = child.wait();
         }
     }
+}
+
+/// The arguments that point a Mosquitto command-line client (`mosquitto_pub`,
+/// `mosquitto_sub`) at the loopback broker on `port`, with QoS `qos`.
+pub fn cli_args(port: u16, qos: u8) -> [String; 6] {
+    [
+        "-h",
+        "127.0.0.1",
+        "-p",
+        &port.to_string(),
+        "-q",
+        &qos.to_string(),
+    ]
+    .map(String::from)
 }
 
 /// Opens the persistent session of `client_id` with `topics` subscribed (QoS 1), so the

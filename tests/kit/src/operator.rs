@@ -105,13 +105,7 @@ impl Operator {
 
     /// The sum of every series of metric `name`.
     pub fn metric_sum(&self, name: &str) -> f64 {
-        self.metrics()
-            .iter()
-            .filter(|(series, _)| {
-                series.as_str() == name || series.starts_with(&format!("{name}{{"))
-            })
-            .map(|(_, v)| v)
-            .sum()
+        crate::metrics::sum(&self.metrics(), name)
     }
 
     /// The operator's process id, while it runs.

@@ -84,7 +84,19 @@ struct State {
     rule: Option<Rule>,
     /// Keep no records (see [`Receiver::forget_records`]).
     forget: bool,
+    /// Only count requests (see [`Receiver::count_only`]).
+    count_only: bool,
+    counts: Counts,
     refused_handshakes: Vec<String>,
+}
+
+/// What a counting receiver took in (see [`Receiver::count_only`]).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Counts {
+    /// Requests answered.
+    pub requests: u64,
+    /// Body bytes as they came over the wire (compressed, if they were).
+    pub bytes: u64,
 }
 
 /// The TLS identity of an HTTPS receiver, from PEM files of the test PKI.
@@ -215,6 +227,17 @@ impl Receiver {
         self.state.lock().unwrap().forget = true;
     }
 
+    /// From now on every request is answered 200 at once and only counted ([`Receiver::counts`]):
+    /// nothing is decoded or kept, so the receiver costs a sender as little as it can.
+    pub fn count_only(&self) {
+        self.state.lock().unwrap().count_only = true;
+    }
+
+    /// The requests and body bytes counted since [`Receiver::count_only`].
+    pub fn counts(&self) -> Counts {
+        self.state.lock().unwrap().counts
+    }
+
     /// The next requests get these replies, in order; then the rule, then 200.
     pub fn script(&self, replies: impl IntoIterator<Item = Reply>) {
         self.state.lock().unwrap().script.extend(replies);
@@ -300,6 +323,16 @@ async fn serve(listener: TcpListener, state: Arc<Mutex<State>>, tls: Option<TlsA
 }
 
 async fn handle(req: HttpRequest<Incoming>, state: &Mutex<State>) -> Response<Full<Bytes>> {
+    if state.lock().unwrap().count_only {
+        let Ok(body) = req.into_body().collect().await else {
+            return response(400, None);
+        };
+        let bytes = body.to_bytes().len() as u64;
+        let mut state = state.lock().unwrap();
+        state.counts.requests += 1;
+        state.counts.bytes += bytes;
+        return response(200, None);
+    }
     let headers: BTreeMap<String, String> = req
         .headers()
         .iter()
