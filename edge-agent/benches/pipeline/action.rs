@@ -10,9 +10,10 @@ use std::path::Path;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use edge_testkit::metrics::quantile;
 use rumqttc::QoS;
 
-use crate::util::{self, BenchResult, metrics, percentile, quantile};
+use crate::util::{self, BenchResult, percentile};
 
 /// Messages measured.
 const MESSAGES: usize = 2_000;
@@ -68,11 +69,11 @@ pub async fn b7(dir: &Path) -> BenchResult<Vec<String>> {
     // Without TCP_NODELAY on the broker's sockets, Nagle's algorithm holds each reading
     // to the agent until the agent's TCP ACK for the previous one, which rides on its
     // PUBACK, sent only after the group commit: the commit's time lands on the alert path.
-    let broker = util::broker_with(dir, "set_tcp_nodelay true\n")?;
+    let broker = util::broker("set_tcp_nodelay true\n");
     let port = broker.port;
     let extra = "  processors:\n    - threshold: {above: 100}\n  actions:\n    - trigger: threshold\n      mqtt: {topic: \"alerts/{device}\"}\n";
-    let sink = format!("http://127.0.0.1:{}/ingest", util::free_port()?);
-    let agent = util::agent(dir, &util::pipeline(port, extra, "fsync", &sink, false))?;
+    let sink = format!("http://127.0.0.1:{}/ingest", edge_testkit::free_port());
+    let mut agent = util::agent(dir, &util::pipeline(port, extra, "fsync", &sink, false)).await;
 
     let times = Arc::new(Mutex::new(Times {
         sent: vec![None; MESSAGES],
@@ -156,7 +157,7 @@ pub async fn b7(dir: &Path) -> BenchResult<Vec<String>> {
         let t = times.lock().map_err(|e| e.to_string())?;
         (latencies(&t.sent, &t.alert), latencies(&t.sent, &t.sensor))
     };
-    let text = metrics(&agent);
+    let text = agent.metrics();
     let h = "edge_agent_action_latency_seconds";
     let (m50, m99) = (
         quantile(&text, h, 0.5).unwrap_or(f64::NAN),

@@ -3,16 +3,16 @@
 //! raw loopback HTTP POSTs of the same number of same-size bodies from one client.
 
 use std::path::Path;
-use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use edge_agent::delivery::queue::seal::Keyring;
 use edge_agent::delivery::queue::{Store, StoreSettings};
 use edge_agent::record::{Reading, Record};
 use edge_crds::{Durability, WhenFull};
+use edge_testkit::metrics::sum;
 
 use crate::scaled;
-use crate::util::{self, BenchResult, counter, metrics};
+use crate::util::{self, BenchResult};
 
 /// Messages per fill transaction.
 const FILL_GROUP: usize = 10_000;
@@ -61,12 +61,12 @@ fn copy_dir(from: &Path, to: &Path) -> BenchResult<()> {
 
 /// Sequential POSTs of `count` bodies of `size` bytes; seconds taken.
 async fn raw_posts(count: u64, size: usize) -> BenchResult<f64> {
-    let receiver = util::receiver().await?;
+    let receiver = util::receiver().await;
     let client = reqwest::Client::builder()
         .build()
         .map_err(|e| e.to_string())?;
     let body = bytes::Bytes::from(vec![b'x'; size]);
-    let url = format!("http://{}/ingest", receiver.addr);
+    let url = format!("http://127.0.0.1:{}/ingest", receiver.port);
     let start = Instant::now();
     for _ in 0..count {
         let resp = client
@@ -88,7 +88,7 @@ pub async fn b3(dir: &Path) -> BenchResult<Vec<String>> {
     let sealed = dir.join("filled-sealed");
     tokio::task::block_in_place(|| fill(&sealed, n, util::bench_keys()))?;
     eprintln!("b3: filled {n} records twice in {:?}", fill_start.elapsed());
-    let broker = util::broker(dir)?;
+    let broker = util::broker("");
     let mut rows = Vec::new();
     let mut plain_rate = None;
     for (gzip, encrypted) in [(false, false), (true, false), (false, true)] {
@@ -99,32 +99,31 @@ pub async fn b3(dir: &Path) -> BenchResult<Vec<String>> {
         });
         let from = if encrypted { &sealed } else { &filled };
         tokio::task::block_in_place(|| copy_dir(from, &run.join("data")))?;
-        let receiver = util::receiver().await?;
-        let sink = format!("http://{}/ingest", receiver.addr);
+        let receiver = util::receiver().await;
+        let sink = format!("http://127.0.0.1:{}/ingest", receiver.port);
         let durability = if encrypted {
             util::encrypted("os", dir)?
         } else {
             "os".to_string()
         };
         let start = Instant::now();
-        let agent = util::agent(
+        let mut agent = util::agent(
             &run,
             &util::pipeline(broker.port, "", &durability, &sink, gzip),
-        )?;
-        let end = Instant::now() + Duration::from_secs(240);
-        loop {
-            let synced = counter(&metrics(&agent), "edge_agent_records_synced_total");
-            if synced >= n as f64 {
-                break;
-            }
-            if Instant::now() > end {
-                return Err(format!("only {synced} of {n} records drained in 240 s"));
-            }
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
+        )
+        .await;
+        let synced = |m: &util::Series| sum(m, "edge_agent_records_synced_total");
+        util::until_metrics(
+            &mut agent,
+            Duration::from_secs(240),
+            Duration::from_millis(20),
+            |m| synced(m) >= n as f64,
+        )
+        .await
+        .map_err(|m| format!("only {} of {n} records drained in 240 s", synced(&m)))?;
         let secs = start.elapsed().as_secs_f64();
-        let requests = receiver.requests.load(Ordering::Relaxed);
-        let wire = receiver.bytes.load(Ordering::Relaxed);
+        let counts = receiver.counts();
+        let (requests, wire) = (counts.requests, counts.bytes);
         drop(agent);
         let size = (wire / requests.max(1)) as usize;
         let base = raw_posts(requests, size).await?;

@@ -9,9 +9,11 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use edge_agent::pipeline::inference::{GoldenSet, Model};
+use edge_testkit::metrics::sum;
+use edge_testkit::workspace_root;
 
 use crate::scaled;
-use crate::util::{self, BenchResult, counter, metrics, workspace};
+use crate::util::{self, BenchResult};
 
 /// Time spent measuring each latency.
 const MEASURE: Duration = Duration::from_millis(1500);
@@ -32,7 +34,7 @@ fn per_call(mut f: impl FnMut(usize) -> BenchResult<()>) -> BenchResult<f64> {
 
 fn python() -> PathBuf {
     std::env::var_os("BENCH_PYTHON").map_or_else(
-        || workspace().join("target/bench/venv/bin/python"),
+        || workspace_root().join("target/bench/venv/bin/python"),
         PathBuf::from,
     )
 }
@@ -41,7 +43,7 @@ fn python() -> PathBuf {
 /// kernels) and its largest error on the goldens.
 fn reference(model: &PathBuf, golden: &PathBuf) -> BenchResult<(f64, f64, f64)> {
     let out = Command::new(python())
-        .arg(workspace().join("tests/bench/tflite_ref.py"))
+        .arg(workspace_root().join("tests/bench/tflite_ref.py"))
         .arg(model)
         .arg(golden)
         .arg(MEASURE.as_secs_f64().to_string())
@@ -69,7 +71,7 @@ pub fn b6() -> BenchResult<Vec<String>> {
         "image_classifier",
         "mobilenet_v2_035_96",
     ] {
-        let dir = workspace().join("tests/models");
+        let dir = workspace_root().join("tests/models");
         let model_path = dir.join(format!("{name}.tflite"));
         let golden_path = dir.join(format!("{name}.golden.json"));
         let bytes = std::fs::read(&model_path).map_err(|e| e.to_string())?;
@@ -141,8 +143,8 @@ pub fn b6() -> BenchResult<Vec<String>> {
 /// against the same model's batch-1 time per window, measured here in the same run.
 pub async fn b6_live(dir: &Path) -> BenchResult<Vec<String>> {
     let n = scaled(50_000);
-    let model_path = workspace().join("tests/models/anomaly_autoencoder.tflite");
-    let golden_path = workspace().join("tests/models/anomaly_autoencoder.golden.json");
+    let model_path = workspace_root().join("tests/models/anomaly_autoencoder.tflite");
+    let golden_path = workspace_root().join("tests/models/anomaly_autoencoder.golden.json");
     let bytes = std::fs::read(&model_path).map_err(|e| e.to_string())?;
     let golden_bytes = std::fs::read(&golden_path).map_err(|e| e.to_string())?;
     let golden = GoldenSet::from_json(&golden_bytes, None).map_err(|e| e.to_string())?;
@@ -163,34 +165,38 @@ pub async fn b6_live(dir: &Path) -> BenchResult<Vec<String>> {
         })
     })?;
 
-    let broker = util::broker(dir)?;
+    let broker = util::broker("");
     let inference = format!(
         "  inference:\n    model: {{path: {:?}}}\n    window: 16\n    threshold: 0.8\n    normalize: {{mean: 20.0, std: 3.5}}\n    timeout: 5s\n",
         model_path.display().to_string()
     );
-    let sink = format!("http://127.0.0.1:{}/ingest", util::free_port()?);
-    let agent = util::agent(
+    let sink = format!("http://127.0.0.1:{}/ingest", edge_testkit::free_port());
+    let mut agent = util::agent(
         dir,
         &util::pipeline(broker.port, &inference, "os", &sink, false),
-    )?;
-    let wait = |limit: Duration, what: &str, done: &dyn Fn(&str) -> bool| {
-        tokio::task::block_in_place(|| util::poll(limit, || done(&metrics(&agent)).then_some(())))
-            .ok_or(format!("the agent did not {what} within {limit:?}"))
-    };
-    wait(Duration::from_secs(30), "load the model", &|text| {
-        counter(text, "edge_agent_model_loads_total") >= 1.0
-    })?;
+    )
+    .await;
+    let every = Duration::from_millis(5);
+    let limit = Duration::from_secs(30);
+    util::until_metrics(&mut agent, limit, every, |m| {
+        sum(m, "edge_agent_model_loads_total") >= 1.0
+    })
+    .await
+    .map_err(|_| format!("the agent did not load the model within {limit:?}"))?;
     let start = Instant::now();
     util::publish(broker.port, 4, n, None).await?;
-    wait(Duration::from_secs(180), "take in every reading", &|text| {
-        counter(text, "edge_agent_messages_received_total") >= n as f64
-    })?;
+    let limit = Duration::from_secs(180);
+    util::until_metrics(&mut agent, limit, every, |m| {
+        sum(m, "edge_agent_messages_received_total") >= n as f64
+    })
+    .await
+    .map_err(|_| format!("the agent did not take in every reading within {limit:?}"))?;
     let secs = start.elapsed().as_secs_f64();
-    let text = metrics(&agent);
-    let windows = counter(&text, "edge_agent_inferences_total");
-    let calls = counter(&text, "edge_agent_inference_duration_seconds_count");
-    let model_s = counter(&text, "edge_agent_inference_duration_seconds_sum");
-    let skipped = counter(&text, "edge_agent_inference_errors_total");
+    let text = agent.metrics();
+    let windows = sum(&text, "edge_agent_inferences_total");
+    let calls = sum(&text, "edge_agent_inference_duration_seconds_count");
+    let model_s = sum(&text, "edge_agent_inference_duration_seconds_sum");
+    let skipped = sum(&text, "edge_agent_inference_errors_total");
     if windows < 1.0 || calls < 1.0 {
         return Err(format!(
             "no inferences ran ({windows} windows, {calls} calls)"

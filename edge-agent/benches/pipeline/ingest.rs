@@ -5,38 +5,38 @@
 use std::path::Path;
 use std::time::{Duration, Instant};
 
+use edge_testkit::Agent;
+use edge_testkit::metrics::{quantile, quantile_since, sum};
+use edge_testkit::process::{peak_rss, usage};
 use rumqttc::QoS;
 
 use crate::scaled;
-use crate::util::{
-    self, Agent, BenchResult, Footprint, counter, footprint, metrics, payload, quantile,
-};
+use crate::util::{self, BenchResult, payload};
 
 const TOPIC: &str = "sensors/+/temperature";
 /// Concurrent QoS 1 publishers.
 const PUBLISHERS: usize = 4;
 
-/// Waits (up to `limit`) until the agent has committed `n` records; the elapsed time.
-async fn until_enqueued(agent: &Agent, n: f64, limit: Duration) -> BenchResult<()> {
-    let end = Instant::now() + limit;
-    loop {
-        let text = metrics(agent);
-        let done = counter(&text, "edge_agent_records_enqueued_total")
-            + counter(&text, "edge_agent_records_dropped_total");
-        if done >= n {
-            return Ok(());
-        }
-        if Instant::now() > end {
-            return Err(format!(
-                "agent committed {done} of {n} records in {limit:?}"
-            ));
-        }
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
+/// Waits (up to `limit`) until the agent has committed `n` records.
+async fn until_enqueued(agent: &mut Agent, n: f64, limit: Duration) -> BenchResult<()> {
+    let committed = |m: &util::Series| {
+        sum(m, "edge_agent_records_enqueued_total") + sum(m, "edge_agent_records_dropped_total")
+    };
+    util::until_metrics(agent, limit, Duration::from_millis(10), |m| {
+        committed(m) >= n
+    })
+    .await
+    .map(|_| ())
+    .map_err(|m| {
+        format!(
+            "agent committed {} of {n} records in {limit:?}",
+            committed(&m)
+        )
+    })
 }
 
 /// Publishes one message and waits until the agent has it: its subscription is in place.
-async fn warm_up(port: u16, agent: &Agent) -> BenchResult<()> {
+async fn warm_up(port: u16, agent: &mut Agent) -> BenchResult<()> {
     let c = util::client(port, &util::client_id("bench-warmup"), |_, _, _| {}).await;
     c.client
         .publish(
@@ -53,8 +53,8 @@ async fn warm_up(port: u16, agent: &Agent) -> BenchResult<()> {
 }
 
 /// A URL nobody listens on: the sink is down, so the queue holds everything.
-fn down_sink() -> BenchResult<String> {
-    Ok(format!("http://127.0.0.1:{}/ingest", util::free_port()?))
+fn down_sink() -> String {
+    format!("http://127.0.0.1:{}/ingest", edge_testkit::free_port())
 }
 
 /// Median and spread of per-round rates.
@@ -99,7 +99,7 @@ async fn baseline_round(port: u16, n: usize) -> BenchResult<f64> {
 
 pub async fn b1(dir: &Path) -> BenchResult<Vec<String>> {
     let n = scaled(50_000);
-    let broker = util::broker(dir)?;
+    let broker = util::broker("");
     let port = broker.port;
 
     // What the publishers alone reach (nobody subscribed): the ceiling of this harness.
@@ -119,26 +119,27 @@ pub async fn b1(dir: &Path) -> BenchResult<Vec<String>> {
     for durability in ["fsync", "os"] {
         let run_dir = dir.join(durability);
         std::fs::create_dir_all(&run_dir).map_err(|e| e.to_string())?;
-        let agent = util::agent(
+        let mut agent = util::agent(
             &run_dir,
-            &util::pipeline(port, "", durability, &down_sink()?, false),
-        )?;
-        warm_up(port, &agent).await?;
+            &util::pipeline(port, "", durability, &down_sink(), false),
+        )
+        .await;
+        warm_up(port, &mut agent).await?;
         let mut rates = Rates(Vec::new());
         for round in 1..=ROUNDS {
             let start = Instant::now();
             util::publish(port, PUBLISHERS, n, None).await?;
             let total = (round * n + 1) as f64;
-            until_enqueued(&agent, total, Duration::from_secs(180)).await?;
+            until_enqueued(&mut agent, total, Duration::from_secs(180)).await?;
             rates.0.push(n as f64 / start.elapsed().as_secs_f64());
         }
-        let text = metrics(&agent);
+        let m = agent.metrics();
         let h = "edge_agent_ingest_to_durable_seconds";
         let (p50, p99) = (
-            quantile(&text, h, 0.5).unwrap_or(f64::NAN),
-            quantile(&text, h, 0.99).unwrap_or(f64::NAN),
+            quantile(&m, h, 0.5).unwrap_or(f64::NAN),
+            quantile(&m, h, 0.99).unwrap_or(f64::NAN),
         );
-        let dropped = counter(&text, "edge_agent_records_dropped_total");
+        let dropped = sum(&m, "edge_agent_records_dropped_total");
         let ratio = rates.median() / base_rate;
         rows.push(format!(
             "| B1 ingest, durability {durability}, {n} msgs x {ROUNDS} rounds, {PUBLISHERS} QoS 1 publishers | {}; ingest_to_durable p50 {:.2} ms, p99 {:.2} ms; dropped {dropped} | mosquitto_sub -q 1: {} (publishers alone, no subscriber: {}) | {ratio:.2} | ≥ 0.9 {} |",
@@ -157,29 +158,45 @@ fn verdict(met: bool) -> &'static str {
     if met { "met" } else { "**missed**" }
 }
 
+/// Footprint of a process: resident and peak resident bytes, CPU seconds (user + system).
+#[derive(Clone, Copy)]
+struct Footprint {
+    rss: u64,
+    peak: u64,
+    cpu_s: f64,
+}
+
+/// The footprint of process `pid` now (zeros once it is gone).
+fn footprint(pid: Option<u32>) -> Footprint {
+    let pid = pid.unwrap_or(0);
+    let (rss, cpu_s) = usage(pid);
+    Footprint {
+        rss,
+        peak: peak_rss(pid),
+        cpu_s,
+    }
+}
+
 /// RSS MiB, peak MiB and CPU % of one core between two readings `secs` apart.
 fn describe(before: Footprint, after: Footprint, secs: f64) -> (f64, f64, f64) {
     (
-        after.rss_kib / 1024.0,
-        after.hwm_kib / 1024.0,
+        after.rss as f64 / 1_048_576.0,
+        after.peak as f64 / 1_048_576.0,
         (after.cpu_s - before.cpu_s) / secs * 100.0,
     )
 }
 
 pub async fn b5(dir: &Path) -> BenchResult<Vec<String>> {
-    let broker = util::broker(dir)?;
+    let broker = util::broker("");
     let port = broker.port;
-    let agent = util::agent(
-        dir,
-        &util::pipeline(port, "", "fsync", &down_sink()?, false),
-    )?;
-    warm_up(port, &agent).await?;
+    let mut agent = util::agent(dir, &util::pipeline(port, "", "fsync", &down_sink(), false)).await;
+    warm_up(port, &mut agent).await?;
     let secs = 5.0;
     let mut rows = Vec::new();
     for rate in [0.0, 1_000.0, 10_000.0] {
-        let (a0, m0) = (footprint(agent.proc.pid()), footprint(broker.proc.pid()));
-        let text0 = metrics(&agent);
-        let enq0 = counter(&text0, "edge_agent_records_enqueued_total");
+        let (a0, m0) = (footprint(agent.pid()), footprint(broker.pid()));
+        let text0 = agent.metrics();
+        let enq0 = sum(&text0, "edge_agent_records_enqueued_total");
         let start = Instant::now();
         if rate > 0.0 {
             util::publish(port, 2, (rate * secs) as usize, Some(rate)).await?;
@@ -187,16 +204,16 @@ pub async fn b5(dir: &Path) -> BenchResult<Vec<String>> {
         let rest = Duration::from_secs_f64(secs).saturating_sub(start.elapsed());
         tokio::time::sleep(rest).await;
         let wall = start.elapsed().as_secs_f64();
-        let (a1, m1) = (footprint(agent.proc.pid()), footprint(broker.proc.pid()));
-        let text1 = metrics(&agent);
-        let enq = counter(&text1, "edge_agent_records_enqueued_total") - enq0;
+        let (a1, m1) = (footprint(agent.pid()), footprint(broker.pid()));
+        let text1 = agent.metrics();
+        let enq = sum(&text1, "edge_agent_records_enqueued_total") - enq0;
         let (rss, hwm, cpu) = describe(a0, a1, wall);
         let (mrss, _, mcpu) = describe(m0, m1, wall);
         // Ingest latency at a steady, non-saturating rate (B1 measures it at saturation).
         let h = "edge_agent_ingest_to_durable_seconds";
         let latency = match (
-            util::quantile_since(&text0, &text1, h, 0.5),
-            util::quantile_since(&text0, &text1, h, 0.99),
+            quantile_since(&text0, &text1, h, 0.5),
+            quantile_since(&text0, &text1, h, 0.99),
         ) {
             (Some(p50), Some(p99)) => format!(
                 "; ingest_to_durable p50 {:.2} ms, p99 {:.2} ms",

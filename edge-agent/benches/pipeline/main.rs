@@ -5,8 +5,9 @@
 //! table rows `| bench | measured | baseline | ratio | goal |` on stdout, so a noisy machine
 //! still yields a meaningful ratio. Nothing here asserts on time: `tests/bench/run.sh`
 //! runs it (`cargo bench -p edge-agent --bench pipeline -- [b1 b2 ...]`) and collects the
-//! rows. End-to-end benches drive the release agent binary (`target/release/edge-agent`,
-//! or `EDGE_AGENT_BIN`) against a real Mosquitto broker started on a free port.
+//! rows. End-to-end benches drive the agent binary in `EDGEPIPE_BIN_DIR` (run.sh points it
+//! at `target/release`) against a real Mosquitto broker on a free port, both started
+//! through the test kit (`edge-testkit`).
 
 mod action;
 mod core;

@@ -41,7 +41,7 @@ async fn run(dir: &std::path::Path, format: &str, outage: usize) -> BenchResult<
     let receiver = Receiver::start().await;
     let link = Link::start(receiver.port, scenario::LINK).await;
     link.cut();
-    let model = crate::util::workspace().join("tests/models/anomaly_autoencoder.tflite");
+    let model = edge_testkit::workspace_root().join("tests/models/anomaly_autoencoder.tflite");
     let yaml = scenario::thin_link_pipeline(broker.port, "agent-b11", &model, format, link.port);
     let mut agent = Agent::start(dir, &yaml);
     agent.wait_ready().await;
