@@ -148,7 +148,7 @@ fn watch_credentials(
     let sink = match (sink, &config.sink) {
         (Sink::Http(s), SinkSettings::Http(settings)) => {
             export_expiry(metrics, Client::Sink, &settings.tls_material);
-            match HttpClient::watch(settings, sink_files) {
+            match Watch::new(Client::Sink, settings, sink_files, HttpClient::new) {
                 Some((watch, updates)) => {
                     watches.push(watch);
                     Sink::Http(Box::new(s.with_updates(updates)))
@@ -158,7 +158,7 @@ fn watch_credentials(
         }
         (Sink::Mqtt(s), SinkSettings::Mqtt(settings)) => {
             export_expiry(metrics, Client::Sink, &settings.tls_material);
-            match MqttSink::watch(settings, sink_files) {
+            match Watch::new(Client::Sink, settings, sink_files, MqttSink::options) {
                 Some((watch, updates)) => {
                     watches.push(watch);
                     Sink::Mqtt(Box::new(s.with_updates(updates)))
@@ -175,7 +175,9 @@ fn watch_credentials(
     if config.source.embedded_listen.is_none() {
         export_expiry(metrics, Client::Source, &config.source.tls_material);
         let files = credentials::files::source_files(&config.spec.source.mqtt);
-        if let Some((watch, updates)) = SourceConnection::watch(&config.source, files) {
+        if let Some((watch, updates)) =
+            Watch::new(Client::Source, &config.source, files, SourceConnection::new)
+        {
             watches.push(watch);
             source_updates = updates;
         }

@@ -34,7 +34,7 @@ use super::{Outcome, Payload, Sent};
 use crate::config::HttpSettings;
 use crate::delivery::queue::Batch;
 use crate::record::Lane;
-use crate::runtime::credentials::{Client, Credentials, Updates, Watch};
+use crate::runtime::credentials::Updates;
 use crate::runtime::diagnostics;
 
 /// Longest `Retry-After` honoured.
@@ -182,25 +182,6 @@ pub struct HttpClient {
 }
 
 impl HttpClient {
-    /// Watches the credential files of `settings` (the headers' and the TLS files): each
-    /// checked new version becomes a new client. `None` when none comes from a file.
-    pub fn watch(
-        settings: &HttpSettings,
-        files: Vec<(crate::runtime::credentials::files::Part, std::path::PathBuf)>,
-    ) -> Option<(Watch, Updates<HttpClient>)> {
-        let in_use = Credentials {
-            headers: settings.headers.clone(),
-            password: None,
-            tls: settings.tls_material.clone(),
-        };
-        let mut settings = settings.clone();
-        Watch::new(Client::Sink, files, in_use, move |c: &Credentials| {
-            settings.headers.clone_from(&c.headers);
-            settings.tls_material = c.tls.clone();
-            HttpClient::new(&settings).map_err(|e| e.to_string())
-        })
-    }
-
     /// The client and headers of `settings`.
     pub fn new(settings: &HttpSettings) -> Result<Self, HttpSinkError> {
         let mut builder = reqwest::Client::builder()

@@ -17,7 +17,7 @@ use super::{Outcome, Payload, Sent};
 use crate::config::MqttSinkSettings;
 use crate::delivery::queue::Batch;
 use crate::ingest::source::mqtt::connect;
-use crate::runtime::credentials::{Client, Credentials, Updates, Watch};
+use crate::runtime::credentials::Updates;
 use crate::runtime::diagnostics;
 use crate::runtime::tls::{TlsError, mqtt_options};
 
@@ -46,25 +46,6 @@ struct Connection {
 }
 
 impl MqttSink {
-    /// Watches the credential files of `settings` (password and TLS files): each checked
-    /// new version becomes new connection options. `None` when none comes from a file.
-    pub fn watch(
-        settings: &MqttSinkSettings,
-        files: Vec<(crate::runtime::credentials::files::Part, std::path::PathBuf)>,
-    ) -> Option<(Watch, Updates<MqttOptions>)> {
-        let in_use = Credentials {
-            headers: Vec::new(),
-            password: settings.password.clone(),
-            tls: settings.tls_material.clone(),
-        };
-        let mut settings = settings.clone();
-        Watch::new(Client::Sink, files, in_use, move |c: &Credentials| {
-            settings.password.clone_from(&c.password);
-            settings.tls_material = c.tls.clone();
-            MqttSink::options(&settings).map_err(|e| e.to_string())
-        })
-    }
-
     /// A sink for `settings` (not connected until the first batch).
     pub fn new(settings: &MqttSinkSettings) -> Result<Self, TlsError> {
         Ok(Self {

@@ -36,7 +36,7 @@ use crate::config::SourceSettings;
 use crate::record::InvalidReason;
 use crate::runtime::backoff::backoff;
 use crate::runtime::clock::now_ms;
-use crate::runtime::credentials::{Client, Credentials, Updates, Watch};
+use crate::runtime::credentials::Updates;
 use crate::runtime::health::Health;
 use crate::runtime::telemetry::Metrics;
 use crate::runtime::tls::{TlsError, client_config, mqtt_options};
@@ -156,25 +156,6 @@ pub struct SourceConnection {
 }
 
 impl SourceConnection {
-    /// Watches the credential files of `settings` (password and TLS files): each checked
-    /// new version becomes a new connection. `None` when none comes from a file.
-    pub fn watch(
-        settings: &SourceSettings,
-        files: Vec<(crate::runtime::credentials::files::Part, std::path::PathBuf)>,
-    ) -> Option<(Watch, Updates<SourceConnection>)> {
-        let in_use = Credentials {
-            headers: Vec::new(),
-            password: settings.password.clone(),
-            tls: settings.tls_material.clone(),
-        };
-        let mut settings = settings.clone();
-        Watch::new(Client::Source, files, in_use, move |c: &Credentials| {
-            settings.password.clone_from(&c.password);
-            settings.tls_material = c.tls.clone();
-            SourceConnection::new(&settings).map_err(|e| e.to_string())
-        })
-    }
-
     /// The connection of `settings`.
     pub fn new(settings: &SourceSettings) -> Result<Self, TlsError> {
         let mut options = mqtt_options(&connect!(settings, keep_alive: settings.keep_alive))?;

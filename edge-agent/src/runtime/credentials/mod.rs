@@ -19,8 +19,8 @@
 //! restart.
 //!
 //! The decisions are pure ([`files`], [`expiry`]); this module reads the files and hands
-//! the rebuilt clients over. How a client is rebuilt is its stage's business: each gives
-//! [`Watch::new`] its builder (the HTTP and MQTT sinks, the source).
+//! the rebuilt clients over. How a client is built is its stage's business: [`Watch::new`]
+//! takes the client's constructor.
 
 pub mod expiry;
 pub mod files;
@@ -34,7 +34,7 @@ use tokio_util::sync::CancellationToken;
 
 pub use self::files::Credentials;
 use self::files::{Content, CredentialFiles, Decision};
-use crate::config::TlsMaterial;
+use crate::config::{HttpSettings, MqttSinkSettings, SourceSettings, TlsMaterial};
 use crate::runtime::telemetry::Metrics;
 
 /// How often credential files are read.
@@ -127,8 +127,63 @@ impl<T: Clone> Updates<T> {
     }
 }
 
+/// Settings whose credentials may come from files: the credentials they use, and how they
+/// take checked new ones.
+pub trait WithCredentials: Clone + Send + 'static {
+    /// The credentials these settings use now.
+    fn credentials(&self) -> Credentials;
+    /// Takes `c` in place of the credentials in use.
+    fn adopt(&mut self, c: &Credentials);
+}
+
+impl WithCredentials for HttpSettings {
+    fn credentials(&self) -> Credentials {
+        Credentials {
+            headers: self.headers.clone(),
+            password: None,
+            tls: self.tls_material.clone(),
+        }
+    }
+
+    fn adopt(&mut self, c: &Credentials) {
+        self.headers.clone_from(&c.headers);
+        self.tls_material = c.tls.clone();
+    }
+}
+
+impl WithCredentials for MqttSinkSettings {
+    fn credentials(&self) -> Credentials {
+        mqtt_credentials(&self.password, &self.tls_material)
+    }
+
+    fn adopt(&mut self, c: &Credentials) {
+        self.password.clone_from(&c.password);
+        self.tls_material = c.tls.clone();
+    }
+}
+
+impl WithCredentials for SourceSettings {
+    fn credentials(&self) -> Credentials {
+        mqtt_credentials(&self.password, &self.tls_material)
+    }
+
+    fn adopt(&mut self, c: &Credentials) {
+        self.password.clone_from(&c.password);
+        self.tls_material = c.tls.clone();
+    }
+}
+
+/// An MQTT client's credentials: a password and TLS files, no headers.
+fn mqtt_credentials(password: &Option<String>, tls: &TlsMaterial) -> Credentials {
+    Credentials {
+        headers: Vec::new(),
+        password: password.clone(),
+        tls: tls.clone(),
+    }
+}
+
 /// Builds a client from checked credentials and hands it to the running one; or says why
-/// it cannot be built. Supplied by the client's stage, which alone knows how.
+/// it cannot be built.
 type Rebuild = Box<dyn FnMut(&Credentials) -> Result<(), String> + Send>;
 
 /// The credential files of one client and where their new versions go.
@@ -139,25 +194,30 @@ pub struct Watch {
 }
 
 impl Watch {
-    /// The files of `client`, whose credentials in use are `in_use`; each checked new
-    /// version is turned into a client by `build` and handed over through the returned
-    /// updates. `None` when none of its credentials comes from a file.
-    pub fn new<T>(
+    /// The credential files of `client`, configured by `settings`: each checked new
+    /// version is taken into a copy of the settings, turned into a client by `build` (the
+    /// client's own constructor) and handed over through the returned updates. `None`
+    /// when none of its credentials comes from a file.
+    pub fn new<S, T, E>(
         client: Client,
+        settings: &S,
         files: Vec<(files::Part, std::path::PathBuf)>,
-        in_use: Credentials,
-        mut build: impl FnMut(&Credentials) -> Result<T, String> + Send + 'static,
+        build: fn(&S) -> Result<T, E>,
     ) -> Option<(Self, Updates<T>)>
     where
+        S: WithCredentials,
         T: Clone + Send + Sync + 'static,
+        E: std::fmt::Display + 'static,
     {
-        let files = CredentialFiles::new(files, in_use);
+        let files = CredentialFiles::new(files, settings.credentials());
         if files.is_empty() {
             return None;
         }
         let (tx, rx) = watch::channel(None);
+        let mut settings = settings.clone();
         let rebuild: Rebuild = Box::new(move |c| {
-            tx.send_replace(Some(build(c)?));
+            settings.adopt(c);
+            tx.send_replace(Some(build(&settings).map_err(|e| e.to_string())?));
             Ok(())
         });
         let watch = Self {
@@ -282,7 +342,6 @@ fn export(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::HttpSettings;
     use crate::delivery::sink::http::HttpClient;
 
     #[tokio::test]
