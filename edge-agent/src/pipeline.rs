@@ -126,8 +126,8 @@ impl Pipeline {
                 Ok(())
             })
             .collect();
-        let (mut units, effects) = self.on_readings(&readings, &received).await;
-        let mut units = units.drain(..);
+        let (units, effects) = self.on_readings(&readings, &received).await;
+        let mut units = units.into_iter();
         Handled {
             units: parsed
                 .into_iter()
