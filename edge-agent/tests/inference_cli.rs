@@ -50,6 +50,10 @@ fn inspect_lists_ops_io_and_the_load_result() {
         out.contains("load:    ok: input [1, 16] -> output [1, 1], symbolic batch"),
         "{out}"
     );
+    assert!(
+        out.contains("plan:    tract\n"),
+        "convolutions run on tract:\n{out}"
+    );
 
     let (code, out) = model(&["inspect", &path("unsupported_op.tflite")]);
     assert_eq!(code, 1, "{out}");
@@ -91,6 +95,10 @@ fn inspect_lists_ops_io_and_the_load_result() {
     assert!(
         out.contains("load:    ok: input [1, 16] -> output [1, 1], symbolic batch"),
         "{out}"
+    );
+    assert!(
+        out.contains("plan:    compact (") && out.contains("checked against tract's plan"),
+        "a dense model runs on the compact plan:\n{out}"
     );
 }
 

@@ -15,6 +15,8 @@ use inference_common::*;
 use serde_json::Value;
 
 const ANOMALY_MODELS: [&str; 3] = ["anomaly_autoencoder", "anomaly_logistic", "anomaly_conv1d"];
+/// The fixture models small and dense enough for the compact batch-1 plan.
+const COMPACT_MODELS: [&str; 2] = ["anomaly_autoencoder", "anomaly_logistic"];
 
 fn files(model: &str, golden: Option<&str>) -> ModelFiles {
     let bytes = fixture_bytes(model);
@@ -52,6 +54,13 @@ fn every_fixture_model_matches_its_golden_vectors_single_and_batched() {
         assert!(
             model.batches(),
             "{file}: a symbolic batch works for every fixture model"
+        );
+        // Batch 1 of the dense models runs on the compact plan; convolutions stay on tract.
+        assert_eq!(
+            model.compact_steps().is_some(),
+            COMPACT_MODELS.contains(name),
+            "{file}: compact plan {:?}",
+            model.compact_steps()
         );
         matches_golden_single_and_batched(&model, &format!("{name}.golden.json"), &file);
     }
@@ -119,6 +128,10 @@ fn the_onnx_fixture_matches_onnxruntime_single_and_batched() {
         (vec![1, 16], vec![1, 1])
     );
     assert!(model.batches());
+    assert!(
+        model.compact_steps().is_some(),
+        "a dense ONNX model runs compact"
+    );
     matches_golden_single_and_batched(&model, "anomaly_dense.golden.json", "anomaly_dense.onnx");
     let golden = GoldenSet::from_json(&fixture_bytes("anomaly_dense.golden.json"), None).unwrap();
     // The fixture separates its spiked windows (every third) from the others.

@@ -1,8 +1,8 @@
-//! B6 inference: latency per window of the agent's tract model (the same `Model` the
-//! inference worker runs, batch 1 and batched) against the TFLite reference interpreter
-//! (ai-edge-litert, `tests/bench/tflite_ref.py`) on the same model and inputs, same run;
-//! and the same model in a running agent under load, where the ingest loop batches the
-//! readings that wait, against tract's batch-1 cost measured here.
+//! B6 inference: latency per window of the agent's model (the same `Model` the inference
+//! worker runs, batch 1 and batched, on the compact plan or tract's) against the TFLite
+//! reference interpreter (ai-edge-litert, `tests/bench/tflite_ref.py`) on the same model
+//! and inputs, same run; and the same model in a running agent under load, where the
+//! ingest loop batches the readings that wait, against its batch-1 cost measured here.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -105,6 +105,10 @@ pub fn b6() -> BenchResult<Vec<String>> {
         } else {
             None
         };
+        let plan = match model.compact_steps() {
+            Some(steps) => format!("compact plan, {steps} steps"),
+            None => "tract-tflite plan".to_string(),
+        };
         let (tflite, plain, err) = reference(&model_path, &golden_path)?;
         let ratio = single / tflite;
         let met = |ok: bool| if ok { "met" } else { "**missed**" };
@@ -126,7 +130,7 @@ pub fn b6() -> BenchResult<Vec<String>> {
             2.0
         };
         rows.push(format!(
-            "| B6 inference {name} (tract-tflite via edge_agent::pipeline::inference::Model) | batch 1: {:.1} µs/window; {batch_text} | TFLite ai-edge-litert 2.3.0 (Python, 1 thread, XNNPACK): {:.1} µs/window (max err vs golden {err:.1e}); its plain kernels (no delegate): {:.1} µs/window, tract/plain {:.2} | {ratio:.2} | batch 1 ≤ {goal} {} |",
+            "| B6 inference {name} (edge_agent::pipeline::inference::Model, {plan}) | batch 1: {:.1} µs/window; {batch_text} | TFLite ai-edge-litert 2.3.0 (Python, 1 thread, XNNPACK): {:.1} µs/window (max err vs golden {err:.1e}); its plain kernels (no delegate): {:.1} µs/window, tract/plain {:.2} | {ratio:.2} | batch 1 ≤ {goal} {} |",
             single * 1e6,
             tflite * 1e6,
             plain * 1e6,
@@ -204,7 +208,7 @@ pub async fn b6_live(dir: &Path) -> BenchResult<Vec<String>> {
     }
     let live = model_s / windows;
     Ok(vec![format!(
-        "| B6 inference in the running agent, anomaly_autoencoder, {n} readings from 100 devices, 4 QoS 1 publishers | {:.0} msg/s; {windows:.0} windows in {calls:.0} model calls ({:.1} windows/call); {:.2} µs of model time per window; {skipped:.0} skipped | tract batch 1, same model, this run: {:.1} µs/window | {:.2} | — |",
+        "| B6 inference in the running agent, anomaly_autoencoder, {n} readings from 100 devices, 4 QoS 1 publishers | {:.0} msg/s; {windows:.0} windows in {calls:.0} model calls ({:.1} windows/call); {:.2} µs of model time per window; {skipped:.0} skipped | the agent's model at batch 1 (compact plan), this run: {:.1} µs/window | {:.2} | — |",
         n as f64 / secs,
         windows / calls,
         live * 1e6,

@@ -125,6 +125,13 @@ fn inspect(file: &Path, out: &mut dyn Write) -> anyhow::Result<ExitCode> {
                 "load:    ok: input {:?} -> output {:?}, {batch}",
                 model.input_shape, model.output_shape
             )?;
+            match model.compact_steps() {
+                Some(steps) => writeln!(
+                    out,
+                    "plan:    compact ({steps} steps, checked against tract's plan at load)"
+                )?,
+                None => writeln!(out, "plan:    tract")?,
+            }
             Ok(ExitCode::SUCCESS)
         }
         Err(e) => {

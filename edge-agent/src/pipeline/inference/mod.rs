@@ -10,6 +10,7 @@
 //! and counted, the readings keep flowing.
 
 mod classify;
+mod compact;
 mod download;
 mod engine;
 mod golden;
@@ -17,6 +18,7 @@ mod loader;
 mod model;
 mod onnx;
 mod ops;
+mod rewrite;
 mod source;
 mod stage;
 mod window;

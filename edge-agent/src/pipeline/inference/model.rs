@@ -3,7 +3,9 @@
 //! runs under `catch_unwind` (some malformed or unusual models make tract's loader panic),
 //! the graph is optimised once, a batch variant with a symbolic batch dimension is built
 //! when the model allows it, and both plans are warmed up before the model is handed out.
-//! The batch-1 plan keeps its run state from one call to the next ([`Runner`]).
+//! The batch-1 plan keeps its run state from one call to the next ([`Runner`]); a small
+//! dense model runs on a compact plan instead, checked against tract's at load
+//! ([`super::compact`]).
 
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::sync::Mutex;
@@ -11,7 +13,9 @@ use std::sync::Mutex;
 use tract_tflite::internal::tract_core::ops::source::TypedSource;
 use tract_tflite::prelude::*;
 
+use super::compact::{self, Buffers, Compact};
 use super::ops::{FormatError, ModelContents, ModelFormat, read_contents};
+use super::rewrite;
 
 /// A plan ready to run (optimised tract graph).
 type Plan = Arc<TypedRunnableModel>;
@@ -105,10 +109,13 @@ pub struct Model {
 /// The batch-1 plan with the run state it keeps between calls. Building a state per call
 /// (what `SimplePlan::run` does) allocates every node's state and dominated a small
 /// model's call (B6); a state is reusable because each run resets its turn. A run that
-/// fails or panics leaves no state behind: the next call builds a fresh one.
+/// fails or panics leaves no state behind: the next call builds a fresh one. A small
+/// dense model also gets a [`Compact`] plan, checked against this one at load, which then
+/// runs its rows instead.
 struct Runner {
     plan: Plan,
     state: Mutex<Option<TypedSimpleState>>,
+    compact: Option<(Compact, Mutex<Buffers>)>,
 }
 
 impl Runner {
@@ -116,10 +123,25 @@ impl Runner {
         Self {
             plan,
             state: Mutex::new(None),
+            compact: None,
         }
     }
 
     fn run(&self, shape: &[usize], input: &[f32]) -> Result<Vec<f32>, RunError> {
+        match &self.compact {
+            Some((compact, buffers)) => {
+                let mut buffers = buffers.lock().unwrap_or_else(|p| p.into_inner());
+                let result = guarded(|| compact.run(&mut buffers, input));
+                if result.is_err() {
+                    *buffers = compact.buffers();
+                }
+                result.map_err(RunError::Panic)
+            }
+            None => self.run_tract(shape, input),
+        }
+    }
+
+    fn run_tract(&self, shape: &[usize], input: &[f32]) -> Result<Vec<f32>, RunError> {
         let mut cached = self.state.lock().unwrap_or_else(|p| p.into_inner());
         let result = guarded(|| -> TractResult<Vec<f32>> {
             let state = match cached.as_mut() {
@@ -134,6 +156,17 @@ impl Runner {
             *cached = None;
         }
         outcome(result)
+    }
+
+    /// Takes `compact` when it gives this plan's results on the probe rows.
+    fn adopt(&mut self, compact: Compact, shape: &[usize]) {
+        let rows = compact::probe_rows(shape.iter().product());
+        if compact.agrees(&rows, |row| self.run_tract(shape, row).ok()) {
+            let buffers = Mutex::new(compact.buffers());
+            self.compact = Some((compact, buffers));
+        } else {
+            tracing::debug!("the compact plan differs from tract's; batch 1 runs on tract");
+        }
     }
 }
 
@@ -180,6 +213,15 @@ impl Model {
                 hint: "",
             })?
             .map_err(LoadError::Load)?;
+        let compact = guarded(|| {
+            typed
+                .clone()
+                .into_decluttered()
+                .ok()
+                .and_then(|m| Compact::compile(&m))
+        })
+        .ok()
+        .flatten();
         // A batch variant exists only when the declared batch is 1; if tract cannot
         // re-type the graph with a symbolic batch the model simply runs one row at a time.
         let batched = if input_shape.first() == Some(&1) {
@@ -197,6 +239,10 @@ impl Model {
             batched,
         };
         model.warm_up()?;
+        if let Some(compact) = compact {
+            let shape = model.input_shape.clone();
+            model.single.adopt(compact, &shape);
+        }
         Ok(model)
     }
 
@@ -210,7 +256,13 @@ impl Model {
         self.output_shape.iter().product()
     }
 
-    /// Whether several rows run as one batched call.
+    /// Steps of the compact plan batch 1 runs on, if the model has one.
+    pub fn compact_steps(&self) -> Option<usize> {
+        self.single.compact.as_ref().map(|(c, _)| c.len())
+    }
+
+    /// Whether several rows run as one call: in tract's batch plan, or row by row in the
+    /// compact plan, which is faster per row than the batch plan on the models it takes.
     pub fn batches(&self) -> bool {
         self.batched.is_some()
     }
@@ -226,7 +278,7 @@ impl Model {
             });
         }
         match &self.batched {
-            Some(plan) if rows > 1 => {
+            Some(plan) if rows > 1 && self.single.compact.is_none() => {
                 let mut shape = self.input_shape.clone();
                 shape[0] = rows;
                 let out = run_plan(plan, &shape, input)?;
@@ -337,7 +389,9 @@ fn typed_onnx(bytes: &[u8]) -> TractResult<TypedModel> {
 }
 
 fn optimise(model: TypedModel) -> TractResult<Plan> {
-    model.into_optimized()?.into_runnable()
+    let mut optimised = model.into_optimized()?;
+    rewrite::fast_paths(&mut optimised)?;
+    optimised.into_runnable()
 }
 
 fn with_symbolic_batch(model: TypedModel) -> TractResult<TypedModel> {
