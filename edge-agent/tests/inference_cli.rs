@@ -51,8 +51,14 @@ fn inspect_lists_ops_io_and_the_load_result() {
         "{out}"
     );
     assert!(
+        out.contains("plan:    compact ("),
+        "a small 1-D CNN runs on the compact plan:\n{out}"
+    );
+    let (code, out) = model(&["inspect", &path("image_classifier.tflite")]);
+    assert_eq!(code, 0, "{out}");
+    assert!(
         out.contains("plan:    tract\n"),
-        "convolutions run on tract:\n{out}"
+        "an image CNN runs on tract:\n{out}"
     );
 
     let (code, out) = model(&["inspect", &path("unsupported_op.tflite")]);

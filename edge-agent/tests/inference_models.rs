@@ -16,7 +16,7 @@ use serde_json::Value;
 
 const ANOMALY_MODELS: [&str; 3] = ["anomaly_autoencoder", "anomaly_logistic", "anomaly_conv1d"];
 /// The fixture models small and dense enough for the compact batch-1 plan.
-const COMPACT_MODELS: [&str; 2] = ["anomaly_autoencoder", "anomaly_logistic"];
+const COMPACT_MODELS: [&str; 3] = ["anomaly_autoencoder", "anomaly_logistic", "anomaly_conv1d"];
 
 fn files(model: &str, golden: Option<&str>) -> ModelFiles {
     let bytes = fixture_bytes(model);

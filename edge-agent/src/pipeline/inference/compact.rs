@@ -1,12 +1,13 @@
 //! The compact plan: batch 1 of the small models the agent scores every reading with
-//! (dense autoencoders, logistic scorers: a few matrix products, element-wise functions and
-//! a reduction over a few dozen values). On such a model tract spends most of a call on
+//! (dense autoencoders, logistic scorers, small 1-D CNNs: a few matrix products or
+//! convolutions, element-wise functions, poolings and reductions over a few dozen values). On such a model tract spends most of a call on
 //! work that does not depend on the input: per node an output tensor allocated, its
 //! scratch space looked up, its shape evaluated, and the turn reset after the run, about
 //! 0.3–1 µs a node (B6). The compact plan is compiled once from tract's decluttered graph
 //! into steps over buffers allocated at load: a matrix product (any `EinSum` with one
-//! constant operand) becomes a dense matrix, a broadcast an index map, a reduction an index
-//! map, a reshape a copy. It takes only the ops [`Step`] lists, tensors of at most
+//! constant operand) or a convolution with constant kernel and bias becomes a dense matrix
+//! (and bias), a max pooling the list of inputs in each window, a broadcast or a reduction
+//! an index map, a reshape a copy. It takes only the ops [`Step`] lists, tensors of at most
 //! [`MAX_VALUES`] values and at most [`MAX_MACS`] multiply-adds per row; the model keeps
 //! it only when it gives tract's results on the probe rows ([`Compact::agrees`]). Any other
 //! model runs on tract's plan alone.
@@ -15,6 +16,7 @@ use std::collections::HashMap;
 
 use tract_tflite::internal::tract_core::ops::binary::TypedBinOp;
 use tract_tflite::internal::tract_core::ops::change_axes::AxisOp;
+use tract_tflite::internal::tract_core::ops::cnn::{Conv, MaxPool};
 use tract_tflite::internal::tract_core::ops::einsum::EinSum;
 use tract_tflite::internal::tract_core::ops::element_wise::ElementWiseOp;
 use tract_tflite::internal::tract_core::ops::konst::Const;
@@ -45,12 +47,22 @@ pub(super) struct Buffers(Vec<Vec<f32>>);
 
 /// One step: reads earlier buffers, writes its own.
 enum Step {
-    /// `out = M · x`, M stored column by column (`rows` values per column of `x`).
+    /// `out = bias + M · x`, M stored column by column (`rows` values per column of `x`);
+    /// no bias when empty.
     Linear {
         x: usize,
         out: usize,
         columns: Vec<f32>,
         rows: usize,
+        bias: Vec<f32>,
+    },
+    /// `out[i] = max(x[j] for j in window i)`, window i being
+    /// `indices[starts[i]..starts[i + 1]]` (a max pooling).
+    WindowMax {
+        x: usize,
+        out: usize,
+        starts: Vec<u32>,
+        indices: Vec<u32>,
     },
     /// `out[i] = f(x[i])`.
     Unary { f: Unary, x: usize, out: usize },
@@ -155,8 +167,13 @@ impl Compact {
                 let input_shapes: Vec<&[usize]> =
                     inputs.iter().map(|&i| shapes[i].as_slice()).collect();
                 let step = step(model, node, &inputs, &input_shapes, &shape, out)?;
-                if let Step::Linear { columns, .. } = &step {
-                    macs += columns.len();
+                let work = match &step {
+                    Step::Linear { columns, .. } => columns.len(),
+                    Step::WindowMax { indices, .. } => indices.len(),
+                    _ => 0,
+                };
+                {
+                    macs += work;
                     if macs > MAX_MACS {
                         return None;
                     }
@@ -277,6 +294,18 @@ fn step(
             return None;
         }
         return linear(model, node, einsum, inputs, input_shapes, shape, out);
+    }
+    if let Some(conv) = op.downcast_ref::<Conv>() {
+        if conv.q_params.is_some() {
+            return None;
+        }
+        return affine(model, node, inputs, input_shapes, shape, out);
+    }
+    if let Some(pool) = op.downcast_ref::<MaxPool>() {
+        if pool.with_index_outputs.is_some() {
+            return None;
+        }
+        return window_max(model, node, inputs, input_shapes, shape, out);
     }
     if let Some(ElementWiseOp(mini, None)) = op.downcast_ref::<ElementWiseOp>() {
         let f = match mini.name().as_str() {
@@ -447,6 +476,134 @@ fn linear(
         out,
         columns,
         rows,
+        bias: Vec::new(),
+    })
+}
+
+/// The one input of `node` that is not a constant, with every input as a value (the
+/// variable one left empty); `None` unless exactly one input varies.
+fn one_variable(model: &TypedModel, node: &TypedNode) -> Option<(usize, TVec<Option<TValue>>)> {
+    let mut variable = None;
+    let mut values = TVec::new();
+    for (slot, outlet) in node.inputs.iter().enumerate() {
+        match model.node(outlet.node).op_as::<Const>() {
+            Some(k) => values.push(Some(TValue::from_const(k.val().clone()))),
+            None if variable.is_none() => {
+                variable = Some(slot);
+                values.push(None);
+            }
+            None => return None,
+        }
+    }
+    Some((variable?, values))
+}
+
+/// Runs `node`'s op once on a batch of rows of its variable input: the rows stacked on
+/// the leading axis, which must be 1 (a batch axis). Returns the output rows.
+fn eval_rows(
+    node: &TypedNode,
+    mut values: TVec<Option<TValue>>,
+    variable: usize,
+    x_shape: &[usize],
+    rows: &[Vec<f32>],
+) -> Option<Vec<Vec<f32>>> {
+    if x_shape.first() != Some(&1) {
+        return None;
+    }
+    let mut shape = x_shape.to_vec();
+    shape[0] = rows.len();
+    let flat: Vec<f32> = rows.iter().flatten().copied().collect();
+    values[variable] = Some(Tensor::from_shape(&shape, &flat).ok()?.into_tvalue());
+    let inputs: TVec<TValue> = values.into_iter().collect::<Option<_>>()?;
+    let out = node.op().eval_out_of_plan(inputs).ok()??;
+    let values = f32_values(out.first()?)?;
+    let per_row = values.len() / rows.len();
+    Some(values.chunks_exact(per_row).map(<[f32]>::to_vec).collect())
+}
+
+/// A convolution with a constant kernel and bias, an affine map of its input: its bias
+/// part and columns are read from one run on zeros and on every basis vector.
+fn affine(
+    model: &TypedModel,
+    node: &TypedNode,
+    inputs: &[usize],
+    input_shapes: &[&[usize]],
+    shape: &[usize],
+    out: usize,
+) -> Option<Step> {
+    let (variable, values) = one_variable(model, node)?;
+    let x_shape = input_shapes[variable];
+    let cols: usize = x_shape.iter().product();
+    let rows: usize = shape.iter().product();
+    if rows * cols > MAX_MACS {
+        return None;
+    }
+    let basis: Vec<Vec<f32>> = (0..=cols)
+        .map(|j| {
+            (0..cols)
+                .map(|i| if i + 1 == j { 1.0 } else { 0.0 })
+                .collect()
+        })
+        .collect();
+    let outputs = eval_rows(node, values, variable, x_shape, &basis)?;
+    let (bias, units) = outputs.split_first()?;
+    if bias.len() != rows {
+        return None;
+    }
+    let columns: Vec<f32> = units
+        .iter()
+        .flat_map(|unit| unit.iter().zip(bias).map(|(u, b)| u - b))
+        .collect();
+    Some(Step::Linear {
+        x: inputs[variable],
+        out,
+        columns,
+        rows,
+        bias: bias.clone(),
+    })
+}
+
+/// A max pooling as the window of input values each output takes: output `i`'s window
+/// holds input `j` when a one-hot input at `j` gives 1 at `i`.
+fn window_max(
+    model: &TypedModel,
+    node: &TypedNode,
+    inputs: &[usize],
+    input_shapes: &[&[usize]],
+    shape: &[usize],
+    out: usize,
+) -> Option<Step> {
+    let (variable, values) = one_variable(model, node)?;
+    let [x] = inputs else { return None };
+    let x_shape = input_shapes[variable];
+    let cols: usize = x_shape.iter().product();
+    let rows: usize = shape.iter().product();
+    let hots: Vec<Vec<f32>> = (0..cols)
+        .map(|j| (0..cols).map(|i| if i == j { 1.0 } else { 0.0 }).collect())
+        .collect();
+    let outputs = eval_rows(node, values, variable, x_shape, &hots)?;
+    let mut windows: Vec<Vec<u32>> = vec![Vec::new(); rows];
+    for (j, output) in outputs.iter().enumerate() {
+        if output.len() != rows {
+            return None;
+        }
+        for (i, &v) in output.iter().enumerate() {
+            if v == 1.0 {
+                windows[i].push(u32::try_from(j).ok()?);
+            }
+        }
+    }
+    let mut starts = vec![0u32];
+    let mut indices = Vec::new();
+    for window in windows {
+        indices.extend(window);
+        starts.push(u32::try_from(indices.len()).ok()?);
+    }
+    Some(Step::WindowMax {
+        x: *x,
+        out,
+        starts,
+        indices,
     })
 }
 
@@ -512,13 +669,34 @@ impl Step {
                 out,
                 columns,
                 rows,
+                bias,
             } => {
                 let mut o = std::mem::take(&mut b[*out]);
-                o.fill(0.0);
+                if bias.is_empty() {
+                    o.fill(0.0);
+                } else {
+                    o.copy_from_slice(bias);
+                }
                 for (&xc, column) in b[*x].iter().zip(columns.chunks_exact(*rows)) {
                     for (acc, &w) in o.iter_mut().zip(column) {
                         *acc += xc * w;
                     }
+                }
+                b[*out] = o;
+            }
+            Step::WindowMax {
+                x,
+                out,
+                starts,
+                indices,
+            } => {
+                let mut o = std::mem::take(&mut b[*out]);
+                let xv = &b[*x];
+                for (y, bounds) in o.iter_mut().zip(starts.windows(2)) {
+                    *y = indices[bounds[0] as usize..bounds[1] as usize]
+                        .iter()
+                        .map(|&j| xv[j as usize])
+                        .fold(f32::NEG_INFINITY, f32::max);
                 }
                 b[*out] = o;
             }
@@ -720,6 +898,39 @@ mod tests {
         let y = m
             .wire_node("max", Reduce::new(tvec![1], Reducer::Max), &[y])
             .unwrap()[0];
+        m.select_output_outlets(&[y]).unwrap();
+        assert!(agrees_with_tract(m));
+    }
+
+    #[test]
+    fn convolutions_and_max_pools_with_padding_give_tracts_results() {
+        use tract_tflite::internal::tract_core::ops::cnn::{KernelFormat, PaddingSpec, PoolSpec};
+        use tract_tflite::internal::tract_core::ops::nn::DataFormat;
+        let spec = |kernel: [usize; 2], strides: [usize; 2], channels: (usize, usize)| PoolSpec {
+            data_format: DataFormat::NHWC,
+            kernel_shape: tvec![kernel[0], kernel[1]],
+            padding: PaddingSpec::SameUpper,
+            dilations: None,
+            strides: Some(tvec![strides[0], strides[1]]),
+            input_channels: channels.0,
+            output_channels: channels.1,
+        };
+        let mut m = TypedModel::default();
+        let x = m.add_source("x", f32::fact([1, 5, 4, 2])).unwrap();
+        let kernel = m.add_const("kernel", ramp(&[3, 3, 3, 2], 0.1)).unwrap();
+        let bias = m.add_const("bias", ramp(&[3], 0.5)).unwrap();
+        let conv = Conv {
+            pool_spec: spec([3, 3], [2, 1], (2, 3)),
+            kernel_fmt: KernelFormat::OHWI,
+            group: 1,
+            q_params: None,
+        };
+        let y = m.wire_node("conv", conv, &[x, kernel, bias]).unwrap()[0];
+        let pool = MaxPool {
+            pool_spec: spec([2, 3], [2, 2], (3, 3)),
+            with_index_outputs: None,
+        };
+        let y = m.wire_node("pool", pool, &[y]).unwrap()[0];
         m.select_output_outlets(&[y]).unwrap();
         assert!(agrees_with_tract(m));
     }
