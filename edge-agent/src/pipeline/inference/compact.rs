@@ -166,7 +166,14 @@ impl Compact {
             } else {
                 let input_shapes: Vec<&[usize]> =
                     inputs.iter().map(|&i| shapes[i].as_slice()).collect();
-                let step = step(model, node, &inputs, &input_shapes, &shape, out)?;
+                let step = step(Site {
+                    model,
+                    node,
+                    inputs: &inputs,
+                    input_shapes: &input_shapes,
+                    shape: &shape,
+                    out,
+                })?;
                 let work = match &step {
                     Step::Linear { columns, .. } => columns.len(),
                     Step::WindowMax { indices, .. } => indices.len(),
@@ -279,33 +286,46 @@ fn f32_values(tensor: &Tensor) -> Option<Vec<f32>> {
     )
 }
 
-/// The step computing `node`, or `None` for an op the compact plan does not take.
-fn step(
-    model: &TypedModel,
-    node: &TypedNode,
-    inputs: &[usize],
-    input_shapes: &[&[usize]],
-    shape: &[usize],
+/// A node being compiled: the graph, the node, the buffers and shapes of its inputs, its
+/// output's shape and buffer.
+#[derive(Clone, Copy)]
+struct Site<'a> {
+    model: &'a TypedModel,
+    node: &'a TypedNode,
+    inputs: &'a [usize],
+    input_shapes: &'a [&'a [usize]],
+    shape: &'a [usize],
     out: usize,
-) -> Option<Step> {
+}
+
+/// The step computing `node`, or `None` for an op the compact plan does not take.
+fn step(site: Site) -> Option<Step> {
+    let Site {
+        node,
+        inputs,
+        input_shapes,
+        shape,
+        out,
+        ..
+    } = site;
     let op = node.op();
     if let Some(einsum) = node.op_as::<EinSum>() {
         if einsum.q_params.is_some() || einsum.operating_dt != f32::datum_type() {
             return None;
         }
-        return linear(model, node, einsum, inputs, input_shapes, shape, out);
+        return linear(site, einsum);
     }
     if let Some(conv) = op.downcast_ref::<Conv>() {
         if conv.q_params.is_some() {
             return None;
         }
-        return affine(model, node, inputs, input_shapes, shape, out);
+        return affine(site);
     }
     if let Some(pool) = op.downcast_ref::<MaxPool>() {
         if pool.with_index_outputs.is_some() {
             return None;
         }
-        return window_max(model, node, inputs, input_shapes, shape, out);
+        return window_max(site);
     }
     if let Some(ElementWiseOp(mini, None)) = op.downcast_ref::<ElementWiseOp>() {
         let f = match mini.name().as_str() {
@@ -393,15 +413,15 @@ fn step(
 /// index of every axis is visited once and the constant's entry added where the output
 /// and the variable operand's entries meet (so contractions sum, and axes of the output
 /// alone broadcast).
-fn linear(
-    model: &TypedModel,
-    node: &TypedNode,
-    einsum: &EinSum,
-    inputs: &[usize],
-    input_shapes: &[&[usize]],
-    shape: &[usize],
-    out: usize,
-) -> Option<Step> {
+fn linear(site: Site, einsum: &EinSum) -> Option<Step> {
+    let Site {
+        model,
+        node,
+        inputs,
+        input_shapes,
+        shape,
+        out,
+    } = site;
     let [_, _] = inputs else { return None };
     let constant = |slot: usize| {
         model
@@ -521,16 +541,17 @@ fn eval_rows(
     Some(values.chunks_exact(per_row).map(<[f32]>::to_vec).collect())
 }
 
-/// A convolution with a constant kernel and bias, an affine map of its input: its bias
-/// part and columns are read from one run on zeros and on every basis vector.
-fn affine(
-    model: &TypedModel,
-    node: &TypedNode,
-    inputs: &[usize],
-    input_shapes: &[&[usize]],
-    shape: &[usize],
-    out: usize,
-) -> Option<Step> {
+/// Runs `node` (one variable input, of at most [`MAX_MACS`] values times its output's) on
+/// one-hot rows, one per value of its input (the 1 at that value), after a row of zeros
+/// when `zeros_first`. Returns the variable input's slot and the output rows.
+fn one_hot_runs(site: Site, zeros_first: bool) -> Option<(usize, Vec<Vec<f32>>)> {
+    let Site {
+        model,
+        node,
+        input_shapes,
+        shape,
+        ..
+    } = site;
     let (variable, values) = one_variable(model, node)?;
     let x_shape = input_shapes[variable];
     let cols: usize = x_shape.iter().product();
@@ -538,18 +559,25 @@ fn affine(
     if rows * cols > MAX_MACS {
         return None;
     }
-    let basis: Vec<Vec<f32>> = (0..=cols)
-        .map(|j| {
-            (0..cols)
-                .map(|i| if i + 1 == j { 1.0 } else { 0.0 })
-                .collect()
-        })
-        .collect();
-    let outputs = eval_rows(node, values, variable, x_shape, &basis)?;
+    let hot_rows = (0..cols).map(|j| (0..cols).map(|i| f32::from(u8::from(i == j))).collect());
+    let probes: Vec<Vec<f32>> = if zeros_first {
+        std::iter::once(vec![0.0; cols]).chain(hot_rows).collect()
+    } else {
+        hot_rows.collect()
+    };
+    let outputs = eval_rows(node, values, variable, x_shape, &probes)?;
+    outputs
+        .iter()
+        .all(|o| o.len() == rows)
+        .then_some((variable, outputs))
+}
+
+/// A convolution with a constant kernel and bias, an affine map of its input: its bias
+/// part and columns are read from one run on zeros and on every basis vector.
+fn affine(site: Site) -> Option<Step> {
+    let Site { inputs, out, .. } = site;
+    let (variable, outputs) = one_hot_runs(site, true)?;
     let (bias, units) = outputs.split_first()?;
-    if bias.len() != rows {
-        return None;
-    }
     let columns: Vec<f32> = units
         .iter()
         .flat_map(|unit| unit.iter().zip(bias).map(|(u, b)| u - b))
@@ -558,38 +586,23 @@ fn affine(
         x: inputs[variable],
         out,
         columns,
-        rows,
+        rows: bias.len(),
         bias: bias.clone(),
     })
 }
 
 /// A max pooling as the window of input values each output takes: output `i`'s window
 /// holds input `j` when a one-hot input at `j` gives 1 at `i`.
-fn window_max(
-    model: &TypedModel,
-    node: &TypedNode,
-    inputs: &[usize],
-    input_shapes: &[&[usize]],
-    shape: &[usize],
-    out: usize,
-) -> Option<Step> {
-    let (variable, values) = one_variable(model, node)?;
-    let [x] = inputs else { return None };
-    let x_shape = input_shapes[variable];
-    let cols: usize = x_shape.iter().product();
-    let rows: usize = shape.iter().product();
-    let hots: Vec<Vec<f32>> = (0..cols)
-        .map(|j| (0..cols).map(|i| if i == j { 1.0 } else { 0.0 }).collect())
-        .collect();
-    let outputs = eval_rows(node, values, variable, x_shape, &hots)?;
-    let mut windows: Vec<Vec<u32>> = vec![Vec::new(); rows];
+fn window_max(site: Site) -> Option<Step> {
+    let Site {
+        inputs, shape, out, ..
+    } = site;
+    let (variable, outputs) = one_hot_runs(site, false)?;
+    let mut windows: Vec<Vec<u32>> = vec![Vec::new(); shape.iter().product()];
     for (j, output) in outputs.iter().enumerate() {
-        if output.len() != rows {
-            return None;
-        }
-        for (i, &v) in output.iter().enumerate() {
+        for (window, &v) in windows.iter_mut().zip(output) {
             if v == 1.0 {
-                windows[i].push(u32::try_from(j).ok()?);
+                window.push(u32::try_from(j).ok()?);
             }
         }
     }
@@ -600,7 +613,7 @@ fn window_max(
         starts.push(u32::try_from(indices.len()).ok()?);
     }
     Some(Step::WindowMax {
-        x: *x,
+        x: inputs[variable],
         out,
         starts,
         indices,
