@@ -179,11 +179,9 @@ impl Compact {
                     Step::WindowMax { indices, .. } => indices.len(),
                     _ => 0,
                 };
-                {
-                    macs += work;
-                    if macs > MAX_MACS {
-                        return None;
-                    }
+                macs += work;
+                if macs > MAX_MACS {
+                    return None;
                 }
                 steps.push(step);
             }
