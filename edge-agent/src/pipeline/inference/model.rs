@@ -262,8 +262,9 @@ impl Model {
         self.single.compact.as_ref().map(|(c, _)| c.len())
     }
 
-    /// Whether several rows run as one call: in tract's batch plan, or row by row in the
-    /// compact plan, which is faster per row than the batch plan on the models it takes.
+    /// Whether the model has tract's batch plan (several rows in one call). A model with a
+    /// compact plan runs its rows one after the other on that instead, faster per row than
+    /// the batch plan on the models it takes.
     pub fn batches(&self) -> bool {
         self.batched.is_some()
     }
